@@ -1,0 +1,30 @@
+// Every rnnfast op's schema, declared once (DESIGN.md §3). Implementations register per
+// dispatch key: csrc/cpu (CPU), csrc/cuda (CUDA). Python wiring (fake/autograd) is rnnfast/_ops.py.
+#include <Python.h>
+#include <torch/library.h>
+
+// `import rnnfast._C` only has to load this shared object so the registrations below run.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+
+TORCH_LIBRARY(rnnfast, m) {
+  // ---- recurrent layers: one layer, one direction, the whole sequence --------------------------
+  // input (T, B, I) time-major; hx, cx (B, H); w_ih (G*H, I); w_hh (G*H, H); b_* (G*H) or None.
+  // reverse=true walks t = T-1 .. 0 (the backward direction of a bidirectional layer); output[t]
+  // is always the state after consuming input[t].
+  // workspace is what backward needs beyond output (layout in rnnfast/_ops.py, shared by CPU/CUDA):
+  //   rnn_*: (0,)   gru: (T, B, 4H) = [r, z, n, hn]   lstm: (T, B, 5H) = [i, f, g, o, c]
+  m.def("rnn_tanh_forward(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, bool reverse) -> (Tensor output, Tensor hy, Tensor workspace)");
+  m.def("rnn_tanh_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
+  m.def("rnn_relu_forward(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, bool reverse) -> (Tensor output, Tensor hy, Tensor workspace)");
+  m.def("rnn_relu_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
+  m.def("gru_forward(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, bool reverse, bool reset_after) -> (Tensor output, Tensor hy, Tensor workspace)");
+  m.def("gru_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse, bool reset_after) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
+  m.def("lstm_forward(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, bool reverse) -> (Tensor output, Tensor hy, Tensor cy, Tensor workspace)");
+  m.def("lstm_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
+
+  // ---- gradient clipping (csrc/cpu/clip.cpp, csrc/cuda/clip.cu) ---------------------------------
+  // (schemas added by the clipping work)
+}
