@@ -1,0 +1,282 @@
+"""`rnnfast` command line: train | generate | eval | stats | sine | bench  (also `python -m rnnfast`).
+
+Bad input (a missing file, an unknown cell, a corrupt checkpoint, ...) ends with a one-line
+`rnnfast: error: ...` on stderr and exit status 2, never a traceback.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_BACKEND = "torch"  # the recurrent implementation `rnnfast train` uses unless --backend says otherwise
+
+# `rnnfast train` defaults: the whole Time Machine, characters, a GRU trained with Adam for a few
+# epochs: a few minutes on a 2-core CPU, after which "time traveller" continues in mostly real words.
+TRAIN_DEFAULTS = {
+    "corpus": "timemachine", "token": "char", "max_tokens": -1,
+    "cell": "gru", "hidden": 256, "layers": 1, "dropout": 0.0, "embedding": None, "backend": DEFAULT_BACKEND,
+    "epochs": 6, "batch_size": 32, "num_steps": 35, "lr": 0.01, "optimizer": "adam", "clip": 1.0,
+    "random_iter": False, "seed": 0, "device": "auto",
+    "valid": "auto", "valid_tokens": 20000,
+}
+PREFIXES = ("time traveller", "traveller")
+
+
+class CLIError(Exception):
+    """Bad input detected by the CLI itself (reported like any other bad-input error)."""
+
+
+def _device(name):
+    import torch
+    if name in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise CLIError(f"invalid --device {name!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {name}: CUDA is not available on this machine")
+    return str(dev)
+
+
+def _sep(token):
+    return "" if token == "char" else " "
+
+
+# --------------------------------------------------------------------------------------------------
+# Subcommands
+# --------------------------------------------------------------------------------------------------
+
+def cmd_train(args):
+    import torch
+    from .data import SeqDataLoader, load_corpus
+    from .models import RNNLM
+    from .train import _read_checkpoint, train
+
+    # Settings: built-in defaults < the checkpoint's own settings (when resuming) < explicit flags.
+    settings = dict(TRAIN_DEFAULTS)
+    if args.resume:
+        stored = _read_checkpoint(args.resume)["train_config"].get("cli_settings")
+        if stored is None:
+            raise CLIError(f"{args.resume} was not written by `rnnfast train`; resume it from Python "
+                           "with rnnfast.train(..., resume=path)")
+        settings.update(stored)
+    settings.update({k: v for k, v in vars(args).items() if k in TRAIN_DEFAULTS and v is not None})
+    s = settings
+    if s["token"] not in ("char", "word"):
+        raise CLIError(f"--token must be 'char' or 'word', got {s['token']!r}")
+    device = _device(s["device"])
+    out = args.out or (os.path.dirname(os.path.abspath(args.resume)) if args.resume
+                       else os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
+
+    corpus, vocab = load_corpus(s["corpus"], s["token"], s["max_tokens"])
+    loader = SeqDataLoader(corpus, vocab, s["batch_size"], s["num_steps"], s["random_iter"], seed=s["seed"])
+    valid_name = s["valid"]
+    if valid_name == "auto":
+        valid_name = "war_of_the_worlds" if s["corpus"] == "timemachine" else "none"
+    valid = None
+    if valid_name != "none":
+        valid, _ = load_corpus(valid_name, s["token"], s["valid_tokens"], vocab=vocab)
+    torch.manual_seed(s["seed"])  # the initial weights
+    net = RNNLM(len(vocab), num_hiddens=s["hidden"], cell=s["cell"], num_layers=s["layers"],
+                dropout=s["dropout"], embedding_dim=s["embedding"], backend=s["backend"])
+    print(f"training a {s['layers']}-layer {s['cell'].upper()} (H={s['hidden']}, backend {s['backend']}) "
+          f"on {s['corpus']!r}: {len(corpus):,} {s['token']} tokens, vocabulary {len(vocab)}, "
+          f"{s['epochs']} epochs of {len(loader)} minibatches (B={s['batch_size']}, T={s['num_steps']}), "
+          f"{s['optimizer']} lr={s['lr']}, device {device}")
+    t0 = time.perf_counter()
+    try:
+        history = train(net, loader, vocab, s["epochs"], s["lr"], device=device, optimizer=s["optimizer"],
+                        clip=s["clip"], out_dir=out, log_every=args.log_every, predict_prefixes=PREFIXES,
+                        resume=args.resume, progress=not args.quiet, valid_corpus=valid, seed=s["seed"],
+                        use_random_iter=s["random_iter"], sep=_sep(s["token"]),
+                        meta={"cli_settings": s, "token": s["token"], "corpus": str(s["corpus"])})
+    except KeyboardInterrupt:
+        ckpt = os.path.join(out, "checkpoint.pt")
+        print(f"\ninterrupted; continue with: rnnfast train --resume {ckpt}"
+              if os.path.exists(ckpt) else "\ninterrupted before the first checkpoint", file=sys.stderr)
+        return 130
+    wall = time.perf_counter() - t0
+    if not history["train_ppl"]:
+        print(f"nothing to do: the checkpoint already has {s['epochs']} epochs (raise --epochs)")
+        return 0
+    print(f"done in {wall:.1f} s")
+    print(f"train perplexity     {history['train_ppl'][-1]:.2f}")
+    if valid is not None:
+        print(f"held-out perplexity  {history['valid_ppl'][-1]:.2f}  ({valid_name}, first {len(valid):,} tokens)")
+    print(f"speed                {history['tokens_per_s'][-1]:,.0f} tokens/s")
+    for prefix, text in history["samples"].items():
+        print(f"sample: {text}")
+    p = history["paths"]
+    print(f"wrote {p['checkpoint.pt']}, {p['metrics.jsonl']}"
+          + (f", {p['perplexity.png']}" if os.path.exists(p["perplexity.png"]) else ""))
+    return 0
+
+
+def cmd_generate(args):
+    import torch
+    from .train import load_checkpoint, predict
+    device = _device(args.device)
+    net, vocab, config = load_checkpoint(args.checkpoint, device=device)
+    generator = None
+    if args.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+    sep = config["train"].get("sep", "")
+    print(predict(args.prefix, args.num, net, vocab, device=device, temperature=args.temperature,
+                  top_k=args.top_k, generator=generator, sep=sep))
+    return 0
+
+
+def cmd_eval(args):
+    from .data import load_corpus
+    from .train import evaluate, load_checkpoint
+    device = _device(args.device)
+    net, vocab, config = load_checkpoint(args.checkpoint, device=device)
+    token = config["train"].get("token", "char")
+    corpus, _ = load_corpus(args.corpus, token, args.max_tokens, vocab=vocab)
+    batch_size = args.batch_size or config["train"].get("batch_size") or 32
+    num_steps = args.num_steps or config["train"].get("num_steps") or 35
+    batch_size = min(batch_size, max(1, (len(corpus) - 1) // 2))
+    ppl = evaluate(net, corpus, batch_size, num_steps, device)
+    unk = (corpus == vocab.unk).float().mean().item()
+    print(f"held-out perplexity {ppl:.3f} on {args.corpus!r} ({len(corpus):,} {token} tokens, "
+          f"{unk:.1%} unknown to the training vocabulary)")
+    return 0
+
+
+def cmd_stats(args):
+    from .data import corpus_stats, format_stats, ngram_freqs, read_text, tokenize, zipf_plot
+    stats = corpus_stats(args.corpus, args.token, args.top)
+    print(format_stats(stats))
+    if args.plot:
+        flat = [t for line in tokenize(read_text(args.corpus), args.token) for t in line]
+        try:
+            path = zipf_plot([ngram_freqs(flat, n) for n in (1, 2, 3)], args.plot)
+        except ImportError as e:
+            raise CLIError(str(e)) from None
+        print(f"wrote Zipf plot {path}")
+    return 0
+
+
+def cmd_sine(args):
+    from .sine import run_sine
+    r = run_sine(tau=args.tau, epochs=args.epochs, out_dir=args.out, seed=args.seed)
+    print("train loss per epoch: " + ", ".join(f"{l:.4f}" for l in r["train_loss"]))
+    print(f"test MSE: 1-step {r['onestep_mse']:.4f}, multistep (fed back) {r['multistep_mse']:.4f}")
+    print("k-step MSE: " + ", ".join(f"k={k}: {v:.4f}" for k, v in r["kstep_mse"].items()))
+    for p in r["plots"]:
+        print(f"wrote {p}")
+    return 0
+
+
+def cmd_bench(args):
+    run = Path(__file__).resolve().parent.parent / "bench" / "run.py"
+    if not run.is_file():
+        raise CLIError("the benchmarks live in the source repository (bench/run.py), not in the "
+                       "installed package: clone the repository and run `make bench` there")
+    return subprocess.call([sys.executable, str(run), *args.bench_args], cwd=str(run.parent.parent))
+
+
+# --------------------------------------------------------------------------------------------------
+# Parser
+# --------------------------------------------------------------------------------------------------
+
+def _positive_int(s):
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {s}")
+    return v
+
+
+def build_parser():
+    d = TRAIN_DEFAULTS
+    parser = argparse.ArgumentParser(prog="rnnfast", description="RNN language models the textbook way, fast.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    t = sub.add_parser("train", help="train a character/word language model",
+                       description="Train an RNN language model; writes checkpoint.pt, metrics.jsonl "
+                                   "and perplexity.png to --out. Flags left out take the defaults "
+                                   "shown (or, with --resume, the checkpoint's settings).")
+    t.add_argument("--corpus", help=f"bundled name (timemachine, war_of_the_worlds) or a text file [{d['corpus']}]")
+    t.add_argument("--token", choices=("char", "word"), help=f"[{d['token']}]")
+    t.add_argument("--cell", help=f"rnn, gru or lstm [{d['cell']}]")
+    t.add_argument("--hidden", type=_positive_int, help=f"hidden units [{d['hidden']}]")
+    t.add_argument("--layers", type=_positive_int, help=f"[{d['layers']}]")
+    t.add_argument("--dropout", type=float, help=f"between layers [{d['dropout']}]")
+    t.add_argument("--embedding", type=_positive_int, help="embedding size [one-hot inputs]")
+    t.add_argument("--backend", help=f"torch, scratch or rnnfast [{d['backend']}]")
+    t.add_argument("--epochs", type=int, help=f"total epochs (with --resume: the new total) [{d['epochs']}]")
+    t.add_argument("--batch-size", dest="batch_size", type=_positive_int, help=f"[{d['batch_size']}]")
+    t.add_argument("--num-steps", dest="num_steps", type=_positive_int, help=f"[{d['num_steps']}]")
+    t.add_argument("--lr", type=float, help=f"[{d['lr']}]")
+    t.add_argument("--optimizer", choices=("sgd", "adam"), help=f"[{d['optimizer']}]")
+    t.add_argument("--clip", type=float, help=f"max gradient norm, 0 = off [{d['clip']}]")
+    t.add_argument("--max-tokens", dest="max_tokens", type=int, help="keep the first N tokens, -1 = all [-1]")
+    t.add_argument("--random-iter", dest="random_iter", action="store_const", const=True,
+                   help="random sampling instead of sequential partitioning")
+    t.add_argument("--seed", type=int, help=f"[{d['seed']}]")
+    t.add_argument("--device", help="cpu, cuda, cuda:1 ... [auto]")
+    t.add_argument("--valid", help="held-out corpus, or 'none' [auto: war_of_the_worlds for timemachine]")
+    t.add_argument("--valid-tokens", dest="valid_tokens", type=int,
+                   help=f"held-out tokens used (-1 = all) [{d['valid_tokens']}]")
+    t.add_argument("--out", help="output directory [runs/<timestamp>; with --resume: the checkpoint's]")
+    t.add_argument("--resume", metavar="CHECKPOINT", help="continue an interrupted run")
+    t.add_argument("--log-every", dest="log_every", type=int, default=1, help="print a sample every N epochs [1]")
+    t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    t.set_defaults(func=cmd_train)
+
+    g = sub.add_parser("generate", help="continue a prefix with a trained model")
+    g.add_argument("--checkpoint", required=True)
+    g.add_argument("--prefix", default="time traveller")
+    g.add_argument("--num", type=int, default=100, help="tokens to generate [100]")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy argmax [0]")
+    g.add_argument("--top-k", dest="top_k", type=_positive_int, default=None, help="sample only among the k most likely")
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--device", default="cpu")
+    g.set_defaults(func=cmd_generate)
+
+    e = sub.add_parser("eval", help="held-out perplexity through the training vocabulary")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--corpus", default="war_of_the_worlds")
+    e.add_argument("--max-tokens", dest="max_tokens", type=int, default=-1)
+    e.add_argument("--batch-size", dest="batch_size", type=_positive_int, default=None)
+    e.add_argument("--num-steps", dest="num_steps", type=_positive_int, default=None)
+    e.add_argument("--device", default="cpu")
+    e.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("stats", help="vocabulary size, top n-grams, Zipf plot")
+    s.add_argument("--corpus", default="timemachine")
+    s.add_argument("--token", choices=("char", "word"), default="word")
+    s.add_argument("--top", type=_positive_int, default=10)
+    s.add_argument("--plot", metavar="PATH", help="write a Zipf (log-log frequency/rank) PNG")
+    s.set_defaults(func=cmd_stats)
+
+    n = sub.add_parser("sine", help="the textbook's sequence-model experiment on a noisy sine")
+    n.add_argument("--tau", type=_positive_int, default=4)
+    n.add_argument("--epochs", type=_positive_int, default=5)
+    n.add_argument("--seed", type=int, default=0)
+    n.add_argument("--out", default=os.path.join("runs", "sine"))
+    n.set_defaults(func=cmd_sine)
+
+    b = sub.add_parser("bench", help="run the benchmarks (source checkout only)")
+    b.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed to bench/run.py")
+    b.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (CLIError, FileNotFoundError, IsADirectoryError, PermissionError, ValueError, TypeError,
+            NotImplementedError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        parser.exit(2, f"rnnfast: error: {msg}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
