@@ -1,0 +1,282 @@
+"""Text pipeline of the textbook (d2l, "Text preprocessing"): read lines, tokenize, build a
+vocabulary, and turn a corpus into one int64 tensor of token ids."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Sequence, Union
+
+import torch
+
+__all__ = [
+    "BUNDLED_CORPORA",
+    "corpus_path",
+    "read_text",
+    "read_time_machine",
+    "tokenize",
+    "Vocab",
+    "load_corpus",
+    "load_corpus_time_machine",
+]
+
+_DATA_DIR = Path(__file__).resolve().parent
+
+#: Corpora shipped with the package: name -> file name next to this module.
+BUNDLED_CORPORA = {
+    "timemachine": "timemachine.txt",
+    "war_of_the_worlds": "war_of_the_worlds.txt",
+}
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_NON_LETTERS = re.compile("[^A-Za-z]+")
+
+
+def corpus_path(name_or_path: PathLike) -> Path:
+    """Resolve a bundled corpus name ('timemachine', 'war_of_the_worlds') or a file path.
+
+    Raises FileNotFoundError naming the path (and the bundled names) when no such file exists.
+    """
+    if isinstance(name_or_path, str) and name_or_path in BUNDLED_CORPORA:
+        path = _DATA_DIR / BUNDLED_CORPORA[name_or_path]
+    elif isinstance(name_or_path, (str, os.PathLike)):
+        path = Path(name_or_path)
+    else:
+        raise TypeError(
+            f"corpus must be a bundled name or a file path, got {type(name_or_path).__name__}"
+        )
+    if not path.is_file():
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(
+            f"corpus file {str(path)!r} {what}; bundled corpora are "
+            + ", ".join(repr(n) for n in BUNDLED_CORPORA)
+        )
+    return path
+
+
+def _preprocess(line: str) -> str:
+    # The textbook's preprocessing: letters only, runs of anything else become one space.
+    return _NON_LETTERS.sub(" ", line).strip().lower()
+
+
+def read_text(name_or_path: PathLike = "timemachine", raw: bool = False) -> list[str]:
+    """Read a UTF-8 text file as a list of lines (newlines removed).
+
+    By default each line gets the textbook preprocessing
+    ``re.sub('[^A-Za-z]+', ' ', line).strip().lower()``; ``raw=True`` keeps lines as they are.
+    Line endings follow Python's text mode (LF, CRLF and CR all end a line); a leading BOM is
+    dropped. Non-UTF-8 bytes raise ValueError naming the file and the byte offset.
+    """
+    path = corpus_path(name_or_path)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{str(path)!r} is not valid UTF-8: byte 0x{data[e.start]:02x} at byte offset "
+            f"{e.start} ({e.reason})"
+        ) from e
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline ends the last line, it does not start a new one
+    if raw:
+        return lines
+    return [_preprocess(line) for line in lines]
+
+
+def read_time_machine() -> list[str]:
+    """The textbook's ``read_time_machine()``: preprocessed lines of the bundled Time Machine."""
+    return read_text("timemachine")
+
+
+def tokenize(lines: Sequence[str], token: str = "word") -> list[list[str]]:
+    """Split each line into tokens: ``'word'`` -> ``line.split()``, ``'char'`` -> ``list(line)``."""
+    if isinstance(lines, str):
+        raise TypeError("tokenize expects a list of lines, got a single str; wrap it: [text]")
+    if token == "word":
+        return [line.split() for line in lines]
+    if token == "char":
+        return [list(line) for line in lines]
+    raise ValueError(f"unknown token kind {token!r}; expected 'word' or 'char'")
+
+
+def _flatten(tokens: Iterable) -> list:
+    flat: list = []
+    for item in tokens:
+        if isinstance(item, list):
+            flat.extend(item)
+        else:
+            flat.append(item)
+    return flat
+
+
+class Vocab:
+    """Vocabulary mapping tokens to indices, as in the textbook.
+
+    Index 0 is ``'<unk>'``, then ``reserved_tokens``, then the tokens by descending frequency,
+    ties in order of first appearance; tokens seen fewer than ``min_freq`` times are left out
+    (they map to ``<unk>``). ``tokens`` is a flat list or a list of lists (e.g. tokenized lines).
+    """
+
+    UNK = "<unk>"
+
+    def __init__(self, tokens=None, min_freq: int = 0, reserved_tokens=None):
+        if isinstance(tokens, str):
+            raise TypeError("Vocab expects a list of tokens (or of token lists), got a str")
+        counter = Counter(_flatten(tokens if tokens is not None else []))
+        # sorted() is stable, and Counter keeps first-insertion order: ties stay in order of
+        # first appearance.
+        self._token_freqs = sorted(counter.items(), key=lambda kv: kv[1], reverse=True)
+        self.min_freq = min_freq
+        self.reserved_tokens = list(reserved_tokens or [])
+        self.idx_to_token = [self.UNK]
+        self.token_to_idx = {self.UNK: 0}
+        for tok in self.reserved_tokens:
+            self._add(tok)
+        for tok, freq in self._token_freqs:
+            if freq < min_freq:
+                break
+            self._add(tok)
+
+    def _add(self, tok) -> None:
+        if tok not in self.token_to_idx:
+            self.token_to_idx[tok] = len(self.idx_to_token)
+            self.idx_to_token.append(tok)
+
+    def __len__(self) -> int:
+        return len(self.idx_to_token)
+
+    def __contains__(self, tok) -> bool:
+        return tok in self.token_to_idx
+
+    def __getitem__(self, tokens):
+        """Index of a token (``<unk>``'s index 0 if unknown); a list/tuple maps elementwise."""
+        if isinstance(tokens, (list, tuple)):
+            return [self.__getitem__(t) for t in tokens]
+        return self.token_to_idx.get(tokens, 0)
+
+    def to_tokens(self, indices):
+        """Token of an index, or list of tokens of a list/tuple/1-D tensor of indices."""
+        if isinstance(indices, torch.Tensor):
+            indices = indices.tolist()
+        if isinstance(indices, (list, tuple)):
+            return [self.to_tokens(i) for i in indices]
+        i = int(indices)
+        if not 0 <= i < len(self.idx_to_token):
+            raise IndexError(f"token index {i} out of range for a vocabulary of {len(self)}")
+        return self.idx_to_token[i]
+
+    @property
+    def unk(self) -> int:
+        """Index of the unknown token (0)."""
+        return 0
+
+    @property
+    def token_freqs(self) -> list:
+        """All counted tokens as (token, count), by descending count, ties by first appearance."""
+        return list(self._token_freqs)
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Vocab):
+            return NotImplemented
+        return self.idx_to_token == other.idx_to_token
+
+    __hash__ = None  # mutable-looking container with value equality
+
+    def __repr__(self) -> str:
+        head = ", ".join(repr(t) for t in self.idx_to_token[:8])
+        more = ", ..." if len(self) > 8 else ""
+        return f"Vocab(size={len(self)}, tokens=[{head}{more}])"
+
+    # -- serialization ------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """Plain-data form (lists, ints, str) for checkpoints; inverse of ``Vocab.from_dict``."""
+        return {
+            "format": "rnnfast.Vocab",
+            "version": 1,
+            "idx_to_token": list(self.idx_to_token),
+            "token_freqs": [[t, c] for t, c in self._token_freqs],
+            "min_freq": self.min_freq,
+            "reserved_tokens": list(self.reserved_tokens),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Vocab":
+        """Rebuild a Vocab from ``to_dict()`` output (indices are kept exactly)."""
+        if not isinstance(d, dict) or "idx_to_token" not in d:
+            raise ValueError("not a Vocab dict: expected a dict with an 'idx_to_token' list")
+        idx_to_token = list(d["idx_to_token"])
+        if not idx_to_token or idx_to_token[0] != cls.UNK:
+            raise ValueError(f"invalid Vocab dict: index 0 must be {cls.UNK!r}")
+        if len(set(idx_to_token)) != len(idx_to_token):
+            raise ValueError("invalid Vocab dict: idx_to_token has duplicate tokens")
+        v = cls.__new__(cls)
+        v.idx_to_token = idx_to_token
+        v.token_to_idx = {t: i for i, t in enumerate(idx_to_token)}
+        v._token_freqs = [(t, int(c)) for t, c in d.get("token_freqs", [])]
+        v.min_freq = d.get("min_freq", 0)
+        v.reserved_tokens = list(d.get("reserved_tokens", []))
+        return v
+
+    def save(self, path: PathLike) -> None:
+        """Write the vocabulary as JSON (tokens must be str)."""
+        bad = [t for t in self.idx_to_token if not isinstance(t, str)]
+        if bad:
+            raise TypeError(f"Vocab.save needs str tokens for JSON, got {type(bad[0]).__name__}")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, ensure_ascii=False)
+
+    @classmethod
+    def load(cls, path: PathLike) -> "Vocab":
+        """Read a vocabulary written by ``save``."""
+        with open(path, encoding="utf-8") as f:
+            try:
+                d = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{str(path)!r} is not a Vocab JSON file: {e}") from e
+        return cls.from_dict(d)
+
+
+def load_corpus(
+    name_or_path: PathLike = "timemachine",
+    token: str = "char",
+    max_tokens: int = -1,
+    vocab: Vocab | None = None,
+    raw: bool = False,
+) -> tuple[torch.Tensor, Vocab]:
+    """Token ids of a text as one 1-D int64 tensor, with its vocabulary.
+
+    Lines are read (``read_text``), tokenized and concatenated (the textbook's
+    ``[vocab[token] for line in tokens for token in line]``). ``max_tokens > 0`` keeps the first
+    ``max_tokens`` ids (the vocabulary is still built from the whole text, as in the textbook).
+    Pass ``vocab`` to map through an existing vocabulary (unknown tokens -> ``<unk>``, index 0),
+    e.g. held-out text through the training vocabulary. Returns ``(corpus, vocab)``.
+    """
+    if vocab is not None and not isinstance(vocab, Vocab):
+        raise TypeError(f"vocab must be a rnnfast.data.Vocab, got {type(vocab).__name__}")
+    path = corpus_path(name_or_path)
+    tokens = tokenize(read_text(path, raw=raw), token)
+    flat = [t for line in tokens for t in line]
+    if not flat:
+        raise ValueError(
+            f"{str(path)!r} contains no tokens after preprocessing (token={token!r}, raw={raw})"
+            + ("; the file is empty" if path.stat().st_size == 0 else
+               "; the default preprocessing keeps only the letters A-Z/a-z")
+        )
+    if vocab is None:
+        vocab = Vocab(flat)
+    if max_tokens > 0:
+        flat = flat[:max_tokens]
+    get = vocab.token_to_idx.get
+    corpus = torch.tensor([get(t, 0) for t in flat], dtype=torch.int64)
+    return corpus, vocab
+
+
+def load_corpus_time_machine(max_tokens: int = -1) -> tuple[torch.Tensor, Vocab]:
+    """The textbook's ``load_corpus_time_machine``: char-level ids of The Time Machine."""
+    return load_corpus("timemachine", "char", max_tokens)
