@@ -1,0 +1,50 @@
+"""Shared pieces of the benchmark suites: backends, canonical sizes, adaptive timing.
+
+BACKENDS is the list of recurrent backends every suite compares (names from
+rnnfast.models.BACKENDS, the one registry: 'torch', 'scratch', 'rnnfast'). 'rnnfast' has a
+registry entry already (rnnfast.nn, imported lazily) and joins the benchmarks by adding it here.
+"""
+import time
+
+import torch
+
+from rnnfast.models import recurrent_module
+
+BACKENDS = ["scratch", "torch"]  # + "rnnfast" once rnnfast.nn is in
+
+# DESIGN.md §6 canonical sizes. d2l: the textbook's char model (V=28 one-hot input, so I=28).
+SIZES = {
+    "d2l-256": dict(B=32, T=35, I=28, H=256),
+    "d2l-512": dict(B=32, T=35, I=28, H=512),
+    "fastrnns": dict(B=64, T=100, I=512, H=512),
+}
+
+
+def make_layer(backend, cell, input_size, hidden_size, device, num_layers=1):
+    """One recurrent layer stack from a backend by name (see rnnfast.models.recurrent_module)."""
+    return recurrent_module(backend, cell, input_size, hidden_size, num_layers=num_layers).to(device)
+
+
+def synchronize(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_adaptive(benchmark, fn, target_s=1.5, min_rounds=3, max_rounds=200):
+    """Time fn with benchmark.pedantic: one warmup call (also measured, to size the run), then
+    enough rounds for about target_s seconds (at least min_rounds). fn must synchronize the
+    device itself. Returns the median time in seconds."""
+    start = time.perf_counter()
+    fn()
+    first = time.perf_counter() - start
+    rounds = int(min(max_rounds, max(min_rounds, target_s / max(first, 1e-9))))
+    # The sizing call already warmed up; one more warmup only where it is cheap.
+    benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1 if first < 0.2 else 0)
+    return benchmark.stats.stats.median
+
+
+def record(benchmark, median_s, **info):
+    """Fill extra_info (see bench/report.py for the convention) and tokens_per_s if 'tokens'."""
+    benchmark.extra_info.update(info)
+    if "tokens" in info:
+        benchmark.extra_info["tokens_per_s"] = info["tokens"] / median_s
