@@ -64,6 +64,10 @@ def git_commit():
         return "unknown"
 
 
+def pytest_configure(config):
+    _resolve_device(config.getoption("--device"))  # a bad --device fails before any test runs
+
+
 @pytest.fixture(scope="session")
 def device(request):
     return _resolve_device(request.config.getoption("--device"))
