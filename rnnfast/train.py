@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from torch.nn.utils import clip_grad_norm_  # the one clipping entry point of the loop
 
+from .models import detach_state
+
 __all__ = [
     "train_epoch", "train", "evaluate", "perplexity", "predict",
     "save_checkpoint", "load_checkpoint", "CHECKPOINT_FORMAT",
@@ -33,13 +35,6 @@ __all__ = [
 CHECKPOINT_FORMAT = "rnnfast-lm-checkpoint-v1"
 _CHECKPOINT_KEYS = ("format", "model_state", "model_config", "vocab", "optimizer", "optimizer_state",
                     "epoch", "torch_rng_state", "loader_state", "train_config", "history")
-
-
-def _detach_state(state):
-    """Cut the autograd graph behind a recurrent state (a tensor, or a tuple such as LSTM's (h, c))."""
-    if isinstance(state, torch.Tensor):
-        return state.detach()
-    return type(state)(_detach_state(s) for s in state)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -64,7 +59,7 @@ def train_epoch(net, loader, loss, optimizer, device, use_random_iter, clip=1.0)
         else:
             # Sequential partitioning: minibatch i+1 continues the text of minibatch i, so carry the
             # state on, but detach it so backpropagation stops here (truncated BPTT).
-            state = _detach_state(state)
+            state = detach_state(state)
         X, Y = X.to(device, non_blocking=True), Y.to(device, non_blocking=True)
         y = Y.T.reshape(-1)  # the model emits logits time-major: row t*B + b is step t of sequence b
         y_hat, state = net(X, state)
