@@ -65,6 +65,7 @@ def cmd_train(args):
         settings.update(stored)
     settings.update({k: v for k, v in vars(args).items() if k in TRAIN_DEFAULTS and v is not None})
     s = settings
+    s["cell"] = {"rnn": "rnn_tanh", "relu": "rnn_relu"}.get(s["cell"], s["cell"])
     if s["token"] not in ("char", "word"):
         raise CLIError(f"--token must be 'char' or 'word', got {s['token']!r}")
     device = _device(s["device"])
@@ -171,8 +172,13 @@ def cmd_sine(args):
     return 0
 
 
+def _bench_script():
+    """bench/run.py beside the package: present in a source checkout, absent in an installed wheel."""
+    return Path(__file__).resolve().parent.parent / "bench" / "run.py"
+
+
 def cmd_bench(args):
-    run = Path(__file__).resolve().parent.parent / "bench" / "run.py"
+    run = _bench_script()
     if not run.is_file():
         raise CLIError("the benchmarks live in the source repository (bench/run.py), not in the "
                        "installed package: clone the repository and run `make bench` there")
@@ -202,7 +208,7 @@ def build_parser():
                                    "shown (or, with --resume, the checkpoint's settings).")
     t.add_argument("--corpus", help=f"bundled name (timemachine, war_of_the_worlds) or a text file [{d['corpus']}]")
     t.add_argument("--token", choices=("char", "word"), help=f"[{d['token']}]")
-    t.add_argument("--cell", help=f"rnn, gru or lstm [{d['cell']}]")
+    t.add_argument("--cell", help=f"rnn (= rnn_tanh), rnn_relu, gru or lstm [{d['cell']}]")
     t.add_argument("--hidden", type=_positive_int, help=f"hidden units [{d['hidden']}]")
     t.add_argument("--layers", type=_positive_int, help=f"[{d['layers']}]")
     t.add_argument("--dropout", type=float, help=f"between layers [{d['dropout']}]")
@@ -262,14 +268,19 @@ def build_parser():
     n.set_defaults(func=cmd_sine)
 
     b = sub.add_parser("bench", help="run the benchmarks (source checkout only)")
-    b.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed to bench/run.py")
+    b.add_argument("bench_args", nargs="*", metavar="ARG", help="passed to bench/run.py (e.g. -k gru)")
     b.set_defaults(func=cmd_bench)
     return parser
 
 
 def main(argv=None):
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    if argv[:1] == ["bench"] and argv[1:] not in (["-h"], ["--help"]):
+        # everything after `bench` goes to bench/run.py untouched (pytest options such as -k)
+        args = argparse.Namespace(command="bench", func=cmd_bench, bench_args=argv[1:])
+    else:
+        args = parser.parse_args(argv)
     try:
         return args.func(args)
     except (CLIError, FileNotFoundError, IsADirectoryError, PermissionError, ValueError, TypeError,

@@ -388,7 +388,7 @@ def train(net, loader, vocab, num_epochs, lr, device="cpu", optimizer="sgd", cli
         return {p: predict(p, num_preds, net, vocab, device, sep=sep) for p in predict_prefixes}
 
     use_bar = bool(progress) and sys.stderr.isatty()
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
     bar = tqdm(range(start_epoch, int(num_epochs)), desc="train", unit="epoch", disable=not use_bar,
                initial=0, total=max(0, int(num_epochs) - start_epoch), dynamic_ncols=True)
     say = tqdm.write if use_bar else print
