@@ -13,6 +13,16 @@ TINY = ["--max-tokens", "3000", "--hidden", "16", "--epochs", "2", "--batch-size
         "--num-steps", "10", "--valid-tokens", "1500", "--quiet"]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models: one intra-op thread is faster, and spares the shared cores' OpenMP spinning.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
 def _fails_with(capsys, argv, match):
     with pytest.raises(SystemExit) as e:
         main(argv)

@@ -5,6 +5,16 @@ import torch
 from rnnfast.sine import make_features, make_sine_data, run_sine
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models: one intra-op thread is faster, and spares the shared cores' OpenMP spinning.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
 def test_data_and_features_shapes():
     time, x = make_sine_data(1000, generator=torch.Generator().manual_seed(0))
     assert time.shape == x.shape == (1000,) and time[0] == 1 and time[-1] == 1000

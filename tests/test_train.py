@@ -12,6 +12,16 @@ from rnnfast.models import RNNLM
 from rnnfast.train import evaluate, load_checkpoint, predict, save_checkpoint, train, train_epoch
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models: one intra-op thread is faster, and spares the shared cores' OpenMP spinning.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
 @pytest.fixture(scope="module")
 def tiny():
     """The first 3000 characters of the Time Machine and its (full-text) character vocabulary."""
