@@ -312,7 +312,7 @@ def main(argv=None):
     try:
         return args.func(args)
     except (CLIError, FileNotFoundError, IsADirectoryError, PermissionError, ValueError, TypeError,
-            NotImplementedError) as e:
+            NotImplementedError, ImportError) as e:  # bad input or a backend that is not built
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         parser.exit(2, f"rnnfast: error: {msg}\n")
 

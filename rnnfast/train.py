@@ -195,7 +195,7 @@ def save_checkpoint(path, net, vocab, optimizer, epoch, loader=None, train_confi
     ckpt = {
         "format": CHECKPOINT_FORMAT,
         "model_state": net.state_dict(),
-        "model_config": dict(net.config),
+        "model_config": dict(getattr(net, "config", None) or {}),  # RNNLM(**config) rebuilds it
         "vocab": vocab.to_dict(),
         "optimizer": type(optimizer).__name__.lower() if optimizer is not None else None,
         "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
@@ -255,7 +255,7 @@ def load_checkpoint(path, device="cpu"):
 
 def _restore(ckpt, path, net, vocab, optimizer, loader, optimizer_name):
     """Load a checkpoint into the live objects of a run, refusing anything that does not match."""
-    if dict(ckpt["model_config"]) != dict(net.config):
+    if dict(ckpt["model_config"]) != dict(getattr(net, "config", None) or {}):
         raise ValueError(f"checkpoint {path} was saved from a different model: "
                          f"{ckpt['model_config']} != {net.config}")
     saved_tokens = ckpt["vocab"].get("idx_to_token") if isinstance(ckpt["vocab"], dict) else None
