@@ -73,6 +73,30 @@ def test_train_resume_uses_the_checkpoint_settings(run_dir, tmp_path, capsys):
                          "--quiet"], "different model")
 
 
+def test_word_level_train_and_generate(tmp_path, capsys):
+    out = tmp_path / "words"
+    assert main(["train", "--token", "word", "--max-tokens", "1200", "--embedding", "8", "--hidden", "8",
+                 "--epochs", "1", "--batch-size", "4", "--num-steps", "5", "--valid", "none", "--quiet",
+                 "--out", str(out)]) == 0
+    assert "held-out" not in capsys.readouterr().out
+    assert main(["generate", "--checkpoint", str(out / "checkpoint.pt"), "--prefix", "the time traveller",
+                 "--num", "6"]) == 0
+    words = capsys.readouterr().out.split()
+    assert words[:3] == ["the", "time", "traveller"] and len(words) == 9
+
+
+def test_interrupted_training_says_how_to_resume(run_dir, tmp_path, monkeypatch, capsys):
+    import rnnfast.train as T
+
+    def interrupted(*a, out_dir=None, **k):
+        (tmp_path / "checkpoint.pt").write_bytes((run_dir / "checkpoint.pt").read_bytes())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "train", interrupted)
+    assert main(["train", *TINY, "--out", str(tmp_path)]) == 130
+    assert f"rnnfast train --resume {tmp_path / 'checkpoint.pt'}" in capsys.readouterr().err
+
+
 def test_generate(run_dir, capsys):
     ck = str(run_dir / "checkpoint.pt")
     assert main(["generate", "--checkpoint", ck, "--prefix", "time traveller", "--num", "20"]) == 0

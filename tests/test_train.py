@@ -162,6 +162,21 @@ def test_clipping_goes_through_the_module_level_name_before_every_step(tiny, mon
     assert calls == [0.5] * len(net.seen)
 
 
+def test_one_host_synchronization_per_epoch(tiny, monkeypatch):
+    # The step must not read tensor values on the host (a device sync on a GPU): the epoch's loss is
+    # read once, at the end. Batches are drawn beforehand so that only the loop itself is watched.
+    corpus, vocab = tiny
+    batches = list(_loader(corpus, vocab))
+    net = RNNLM(len(vocab), num_hiddens=8)
+    reads = []
+    for name in ("item", "__float__", "__int__", "__bool__", "tolist"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name,
+                            (lambda real, name: lambda self, *a: reads.append(name) or real(self, *a))(real, name))
+    train_epoch(net, batches, nn.CrossEntropyLoss(), torch.optim.SGD(net.parameters(), lr=0.1), "cpu", False, 1.0)
+    assert len(batches) > 10 and reads == ["item"], reads
+
+
 def test_train_epoch_rejects_an_empty_loader(tiny):
     net = SpyNet(5)
     with pytest.raises(ValueError, match="no minibatches"):
