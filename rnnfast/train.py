@@ -381,8 +381,11 @@ def train(net, loader, vocab, num_epochs, lr, device="cpu", optimizer="sgd", cli
         os.makedirs(out_dir, exist_ok=True)
         paths = {name: os.path.join(out_dir, name)
                  for name in ("metrics.jsonl", "perplexity.png", "checkpoint.pt")}
-        if resume is None and os.path.exists(paths["metrics.jsonl"]):
-            os.remove(paths["metrics.jsonl"])  # a fresh run starts a fresh log
+        # A fresh run starts a fresh log; a resumed run rewrites it up to the checkpoint's epoch
+        # (an interrupted run may have logged epochs after its last checkpoint).
+        with open(paths["metrics.jsonl"], "w") as f:
+            for i in range(len(history["epoch"])):
+                f.write(json.dumps({k: v[i] for k, v in history.items() if len(v) > i}) + "\n")
 
     def samples():
         return {p: predict(p, num_preds, net, vocab, device, sep=sep) for p in predict_prefixes}

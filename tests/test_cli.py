@@ -63,10 +63,13 @@ def test_train_resume_uses_the_checkpoint_settings(run_dir, tmp_path, capsys):
     import shutil
     run = tmp_path / "copy"
     shutil.copytree(run_dir, run)
+    with open(run / "metrics.jsonl", "a") as f:  # an epoch logged after the last checkpoint
+        f.write('{"epoch": 3, "train_ppl": 1.0}\n')
     assert main(["train", "--resume", str(run / "checkpoint.pt"), "--epochs", "3", "--quiet"]) == 0
     capsys.readouterr()
     records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert [r["epoch"] for r in records] == [1, 2, 3] and records[2]["train_ppl"] > 1.0
+    assert set(records[0]) == set(records[2])
     assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 3
     # an explicit flag that contradicts the checkpoint's model is refused
     _fails_with(capsys, ["train", "--resume", str(run / "checkpoint.pt"), "--epochs", "4", "--hidden", "32",
