@@ -433,3 +433,19 @@ def test_save_checkpoint_is_atomic_and_complete(saved, tmp_path):
     assert not (tmp_path / "c.pt.tmp").exists()
     ck = torch.load(p, weights_only=True)
     assert set(T._CHECKPOINT_KEYS) <= set(ck) and ck["epoch"] == 3 and ck["train_config"] == {"lr": 0.1}
+
+
+def test_missing_matplotlib_warns_once_and_training_goes_on(tiny, tmp_path, monkeypatch):
+    import sys
+    import warnings
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # makes the import fail
+    monkeypatch.setattr(T, "_warned_no_matplotlib", False)
+    corpus, vocab = tiny
+    net = RNNLM(len(vocab), num_hiddens=8)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        train(net, _loader(corpus, vocab), vocab, 2, 0.01, optimizer="adam", out_dir=tmp_path,
+              progress=False, predict_prefixes=())
+    msgs = [str(x.message) for x in w if "matplotlib" in str(x.message)]
+    assert len(msgs) == 1 and "rnnfast[plot]" in msgs[0]
+    assert (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "perplexity.png").exists()
