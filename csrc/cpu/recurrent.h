@@ -1,0 +1,263 @@
+// The one host loop every recurrent cell runs through on CPU (DESIGN.md §3): GEMMs through ATen
+// into buffers allocated once per call, the cell's pointwise math (cells.h) over batch rows.
+//
+// forward:  XG = X W_ihᵀ + biases (one GEMM over all T*B rows); per step t (walking order)
+//           HG = h_{t-1} W_hhᵀ (mm_out into one (B, G*H) buffer), then Cell::forward per row.
+// backward: per step in reverse, Cell::backward per row writes dG[t] (and dGh[t]), then one GEMM
+//           dh_{t-1} (+)= dGh[t] W_hh; after the loop dx = dG W_ih, dW_ih = dGᵀ X,
+//           dW_hh = dGhᵀ Hprev, db_ih / db_hh = column sums of dG / dGh.
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <tuple>
+
+#include "cells.h"
+
+namespace rnnfast {
+namespace cpu {
+
+// Rows per parallel chunk: below ~16K elements a step is cheaper on one thread than the wake-up
+// of a second one (measured on the 2-core dev box).
+inline int64_t row_grain(int64_t row_elems) {
+  constexpr int64_t kMinChunk = 16384;
+  return std::max<int64_t>(1, kMinChunk / std::max<int64_t>(1, row_elems));
+}
+
+template <typename F>
+inline void for_rows(int64_t B, int64_t row_elems, const F& f) {
+  const int64_t grain = row_grain(row_elems);
+  if (B <= grain) {
+    f(0, B);
+  } else {
+    at::parallel_for(0, B, grain, f);
+  }
+}
+
+// Time index of walking step s (reverse layers walk T-1 .. 0).
+inline int64_t time_of(int64_t s, int64_t T, bool reverse) { return reverse ? T - 1 - s : s; }
+
+// Bias added to the input projection: b_ih + b_hh, except the b_hh rows a cell keeps inside its
+// pointwise math (GRU reset_after: b_hn). Undefined when there are no biases at all.
+template <class Cell>
+at::Tensor folded_bias(const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh, int64_t H) {
+  const bool has_ih = b_ih.has_value() && b_ih->defined();
+  const bool has_hh = b_hh.has_value() && b_hh->defined();
+  at::Tensor hh;
+  if (has_hh) {
+    hh = *b_hh;
+    if (!Cell::fold_hidden_bias_n) {
+      hh = hh.clone();
+      hh.narrow(0, 2 * H, H).zero_();
+    }
+  }
+  if (has_ih && has_hh) return *b_ih + hh;
+  if (has_ih) return b_ih->contiguous();
+  if (has_hh) return hh.contiguous();
+  return at::Tensor();
+}
+
+// Returns (output, hy, cy (undefined unless Cell::has_cell_state), workspace).
+template <class Cell>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_forward(
+    const at::Tensor& input_, const at::Tensor& hx_, const at::Tensor& cx_, const at::Tensor& w_ih_,
+    const at::Tensor& w_hh_, const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+    bool reverse) {
+  constexpr int64_t G = Cell::gates;
+  constexpr int64_t GR = Cell::two_phase ? 2 : G;  // gate rows in the per-step recurrent GEMM
+  const at::Tensor input = input_.contiguous();
+  const at::Tensor hx = hx_.contiguous();
+  const at::Tensor w_ih = w_ih_.contiguous();
+  const at::Tensor w_hh = w_hh_.contiguous();
+  const at::Tensor cx = Cell::has_cell_state ? cx_.contiguous() : at::Tensor();
+  const int64_t T = input.size(0), B = input.size(1), I = input.size(2), H = hx.size(1);
+  const auto opts = input.options();
+
+  at::Tensor output = at::empty({T, B, H}, opts);
+  at::Tensor ws = Cell::ws_width ? at::empty({T, B, Cell::ws_width * H}, opts) : at::empty({0}, opts);
+
+  // Input projection of all steps at once, biases folded in.
+  at::Tensor xg = at::empty({T * B, G * H}, opts);
+  const at::Tensor bias = folded_bias<Cell>(b_ih, b_hh, H);
+  if (bias.defined()) {
+    at::addmm_out(xg, bias, input.view({T * B, I}), w_ih.t());
+  } else {
+    at::mm_out(xg, input.view({T * B, I}), w_ih.t());
+  }
+  at::Tensor b_hn;
+  if (!Cell::fold_hidden_bias_n) {
+    b_hn = (b_hh.has_value() && b_hh->defined()) ? b_hh->narrow(0, 2 * H, H).contiguous() : at::zeros({H}, opts);
+  }
+
+  at::Tensor hg = at::empty({B, GR * H}, opts);
+  at::Tensor gn = Cell::two_phase ? at::empty({B, H}, opts) : at::Tensor();
+  const at::Tensor w_rec_t = w_hh.narrow(0, 0, GR * H).t();
+  const at::Tensor w_hn_t = Cell::two_phase ? w_hh.narrow(0, 2 * H, H).t() : at::Tensor();
+  const auto steps = output.unbind(0);
+  const int64_t WS = Cell::ws_width * H;
+
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), Cell::name, [&] {
+    using T_ = scalar_t;
+    const T_* xg_p = xg.const_data_ptr<T_>();
+    const T_* hg_p = hg.const_data_ptr<T_>();
+    const T_* gn_p = Cell::two_phase ? gn.const_data_ptr<T_>() : nullptr;
+    const T_* b_hn_p = b_hn.defined() ? b_hn.const_data_ptr<T_>() : nullptr;
+    T_* out_p = output.data_ptr<T_>();
+    T_* ws_p = Cell::ws_width ? ws.data_ptr<T_>() : nullptr;
+    const T_* hx_p = hx.const_data_ptr<T_>();
+    const T_* cx_p = Cell::has_cell_state ? cx.const_data_ptr<T_>() : nullptr;
+
+    for (int64_t s = 0; s < T; ++s) {
+      const int64_t t = time_of(s, T, reverse);
+      const int64_t tp = s ? time_of(s - 1, T, reverse) : -1;
+      const T_* h_prev = s ? out_p + tp * B * H : hx_p;
+      // c_{t-1}: cx, or the c column block of the previous step's workspace
+      const T_* c_prev = Cell::has_cell_state ? (s ? ws_p + tp * B * WS + 4 * H : cx_p) : nullptr;
+      const int64_t c_stride = s ? WS : H;
+      at::mm_out(hg, s ? steps[tp] : hx, w_rec_t);
+
+      auto row = [&](int64_t b) {
+        FwdRow<T_> r;
+        r.xg = xg_p + (t * B + b) * G * H;
+        r.hg = hg_p + b * GR * H;
+        r.b_hn = b_hn_p;
+        r.h = h_prev + b * H;
+        r.c = c_prev ? c_prev + b * c_stride : nullptr;
+        r.h_out = out_p + (t * B + b) * H;
+        r.ws = ws_p ? ws_p + (t * B + b) * WS : nullptr;
+        r.c_out = Cell::has_cell_state ? r.ws + 4 * H : nullptr;
+        return r;
+      };
+      for_rows(B, G * H, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) Cell::forward(row(b), H);
+      });
+      if constexpr (Cell::two_phase) {
+        // candidate's recurrent GEMM on r ⊙ h (workspace column block hn, row stride 4H)
+        at::mm_out(gn, ws.select(0, t).narrow(1, 3 * H, H), w_hn_t);
+        for_rows(B, G * H, [&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b) {
+            FwdRow<T_> r = row(b);
+            r.hg = gn_p + b * H;
+            Cell::forward2(r, H);
+          }
+        });
+      }
+    }
+  });
+
+  const int64_t t_last = time_of(T - 1, T, reverse);
+  at::Tensor hy = output.select(0, t_last).clone();
+  at::Tensor cy;
+  if (Cell::has_cell_state) cy = ws.select(0, t_last).narrow(1, 4 * H, H).contiguous();
+  return {output, hy, cy, ws};
+}
+
+// Returns (grad_input, grad_hx, grad_cx (undefined unless cell state), grad_w_ih, grad_w_hh,
+// grad_b_ih, grad_b_hh).
+template <class Cell>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_backward(
+    const at::Tensor& grad_output_, const at::Tensor& grad_hy, const at::Tensor& grad_cy, const at::Tensor& input_,
+    const at::Tensor& hx_, const at::Tensor& cx_, const at::Tensor& w_ih_, const at::Tensor& w_hh_,
+    const at::Tensor& output_, const at::Tensor& ws_, bool reverse) {
+  constexpr int64_t G = Cell::gates;
+  constexpr int64_t GR = Cell::two_phase ? 2 : G;
+  const at::Tensor grad_output = grad_output_.contiguous();
+  const at::Tensor input = input_.contiguous();
+  const at::Tensor hx = hx_.contiguous();
+  const at::Tensor w_ih = w_ih_.contiguous();
+  const at::Tensor w_hh = w_hh_.contiguous();
+  const at::Tensor output = output_.contiguous();
+  const at::Tensor ws = ws_.contiguous();
+  const at::Tensor cx = Cell::has_cell_state ? cx_.contiguous() : at::Tensor();
+  const int64_t T = input.size(0), B = input.size(1), I = input.size(2), H = hx.size(1);
+  const auto opts = input.options();
+  const int64_t WS = Cell::ws_width * H;
+
+  at::Tensor dG = at::empty({T, B, G * H}, opts);
+  at::Tensor dGh = Cell::separate_hidden_grad ? at::empty({T, B, G * H}, opts) : dG;
+  at::Tensor dh = grad_hy.contiguous().clone();  // dL/dh_t flowing back through the recurrence
+  at::Tensor dc = Cell::has_cell_state ? grad_cy.contiguous().clone() : at::Tensor();
+  at::Tensor drh = Cell::two_phase ? at::empty({B, H}, opts) : at::Tensor();
+  const at::Tensor w_rec = w_hh.narrow(0, 0, GR * H);
+  const at::Tensor w_hn = Cell::two_phase ? w_hh.narrow(0, 2 * H, H) : at::Tensor();
+  const auto dgh_steps = dGh.unbind(0);
+
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), Cell::name, [&] {
+    using T_ = scalar_t;
+    const T_* dy_p = grad_output.const_data_ptr<T_>();
+    const T_* out_p = output.const_data_ptr<T_>();
+    const T_* ws_p = Cell::ws_width ? ws.const_data_ptr<T_>() : nullptr;
+    const T_* hx_p = hx.const_data_ptr<T_>();
+    const T_* cx_p = Cell::has_cell_state ? cx.const_data_ptr<T_>() : nullptr;
+    T_* dg_p = dG.data_ptr<T_>();
+    T_* dgh_p = dGh.data_ptr<T_>();
+    T_* dh_p = dh.data_ptr<T_>();
+    T_* dc_p = Cell::has_cell_state ? dc.data_ptr<T_>() : nullptr;
+    const T_* drh_p = Cell::two_phase ? drh.const_data_ptr<T_>() : nullptr;
+
+    for (int64_t s = T - 1; s >= 0; --s) {
+      const int64_t t = time_of(s, T, reverse);
+      const int64_t tp = s ? time_of(s - 1, T, reverse) : -1;
+      const T_* h_prev = s ? out_p + tp * B * H : hx_p;
+      const T_* c_prev = Cell::has_cell_state ? (s ? ws_p + tp * B * WS + 4 * H : cx_p) : nullptr;
+      const int64_t c_stride = s ? WS : H;
+
+      auto row = [&](int64_t b) {
+        BwdRow<T_> r;
+        r.dy = dy_p + (t * B + b) * H;
+        r.h = h_prev + b * H;
+        r.h_out = out_p + (t * B + b) * H;
+        r.c = c_prev ? c_prev + b * c_stride : nullptr;
+        r.ws = ws_p ? ws_p + (t * B + b) * WS : nullptr;
+        r.dg = dg_p + (t * B + b) * G * H;
+        r.dgh = dgh_p + (t * B + b) * G * H;
+        r.dh = dh_p + b * H;
+        r.dc = dc_p ? dc_p + b * H : nullptr;
+        return r;
+      };
+      for_rows(B, G * H, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) Cell::backward(row(b), H);
+      });
+      if constexpr (Cell::two_phase) {
+        at::mm_out(drh, dG.select(0, t).narrow(1, 2 * H, H), w_hn);
+        for_rows(B, G * H, [&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b) Cell::backward2(row(b), drh_p + b * H, H);
+        });
+      }
+      const at::Tensor dgh_t = GR == G ? dgh_steps[t] : dgh_steps[t].narrow(1, 0, GR * H);
+      if (Cell::carries_dh) {
+        dh.addmm_(dgh_t, w_rec);
+      } else {
+        at::mm_out(dh, dgh_t, w_rec);
+      }
+    }
+  });
+
+  const at::Tensor dG2 = dG.view({T * B, G * H});
+  const at::Tensor dGh2 = dGh.view({T * B, G * H});
+  const at::Tensor x2 = input.view({T * B, I});
+  at::Tensor grad_input = at::mm(dG2, w_ih).view({T, B, I});
+  at::Tensor grad_w_ih = at::mm(dG2.t(), x2);
+  // h_{t-1} for every time index t, in time order (one cat, no per-step copies).
+  const at::Tensor h0 = hx.unsqueeze(0);
+  const at::Tensor hprev = (T == 1 ? h0
+                            : reverse ? at::cat({output.narrow(0, 1, T - 1), h0}, 0)
+                                      : at::cat({h0, output.narrow(0, 0, T - 1)}, 0))
+                               .view({T * B, H});
+  at::Tensor grad_w_hh;
+  if constexpr (Cell::two_phase) {
+    grad_w_hh = at::empty({G * H, H}, opts);
+    at::Tensor rz_rows = grad_w_hh.narrow(0, 0, 2 * H), n_rows = grad_w_hh.narrow(0, 2 * H, H);
+    at::mm_out(rz_rows, dG2.narrow(1, 0, 2 * H).t(), hprev);
+    at::mm_out(n_rows, dG2.narrow(1, 2 * H, H).t(),
+               ws.view({T * B, WS}).narrow(1, 3 * H, H));  // W_hn saw r ⊙ h
+  } else {
+    grad_w_hh = at::mm(dGh2.t(), hprev);
+  }
+  at::Tensor grad_b_ih = dG2.sum(0);
+  at::Tensor grad_b_hh = Cell::separate_hidden_grad ? dGh2.sum(0) : grad_b_ih.clone();
+  return {grad_input, dh, dc, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
+}
+
+}  // namespace cpu
+}  // namespace rnnfast
