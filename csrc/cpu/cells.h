@@ -16,12 +16,14 @@
 #include <cmath>
 #include <cstdint>
 
+#include "fastmath.h"
+
 namespace rnnfast {
 namespace cpu {
 
 template <typename T>
 inline T sigmoid(T x) {
-  return T(1) / (T(1) + std::exp(-x));
+  return T(1) / (T(1) + fast_exp(-x));
 }
 
 template <typename T>
@@ -67,7 +69,7 @@ struct RnnCell {
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) {
       const T a = r.xg[j] + r.hg[j];
-      r.h_out[j] = Relu ? (a > T(0) ? a : T(0)) : std::tanh(a);
+      r.h_out[j] = Relu ? (a > T(0) ? a : T(0)) : fast_tanh(a);
     }
   }
   template <typename T>
@@ -102,7 +104,7 @@ struct LstmCell {
     for (int64_t j = 0; j < H; ++j) {
       const T i = sigmoid(r.xg[j] + r.hg[j]);
       const T f = sigmoid(r.xg[H + j] + r.hg[H + j]);
-      const T g = std::tanh(r.xg[2 * H + j] + r.hg[2 * H + j]);
+      const T g = fast_tanh(r.xg[2 * H + j] + r.hg[2 * H + j]);
       const T o = sigmoid(r.xg[3 * H + j] + r.hg[3 * H + j]);
       const T c = f * r.c[j] + i * g;
       wi[j] = i;
@@ -110,7 +112,7 @@ struct LstmCell {
       wg[j] = g;
       wo[j] = o;
       r.c_out[j] = c;
-      r.h_out[j] = o * std::tanh(c);
+      r.h_out[j] = o * fast_tanh(c);
     }
   }
   template <typename T>
@@ -123,7 +125,7 @@ struct LstmCell {
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) {
       const T i = wi[j], f = wf[j], g = wg[j], o = wo[j];
-      const T tc = std::tanh(wc[j]);
+      const T tc = fast_tanh(wc[j]);
       const T dh = r.dh[j] + r.dy[j];
       const T dc = r.dc[j] + dh * o * (T(1) - tc * tc);
       r.dg[j] = dc * g * i * (T(1) - i);
@@ -158,7 +160,7 @@ struct GruResetAfterCell {
       const T rr = sigmoid(r.xg[j] + r.hg[j]);
       const T z = sigmoid(r.xg[H + j] + r.hg[H + j]);
       const T hn = r.hg[2 * H + j] + r.b_hn[j];
-      const T n = std::tanh(r.xg[2 * H + j] + rr * hn);
+      const T n = fast_tanh(r.xg[2 * H + j] + rr * hn);
       wr[j] = rr;
       wz[j] = z;
       wn[j] = n;
@@ -225,7 +227,7 @@ struct GruResetBeforeCell {
     T* wn = r.ws + 2 * H;
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) {
-      const T n = std::tanh(r.xg[2 * H + j] + r.hg[j]);
+      const T n = fast_tanh(r.xg[2 * H + j] + r.hg[j]);
       wn[j] = n;
       r.h_out[j] = n + wz[j] * (r.h[j] - n);
     }
