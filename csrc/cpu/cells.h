@@ -69,7 +69,7 @@ struct RnnCell {
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) {
       const T a = r.xg[j] + r.hg[j];
-      r.h_out[j] = Relu ? (a > T(0) ? a : T(0)) : fast_tanh(a);
+      r.h_out[j] = Relu ? (a < T(0) ? T(0) : a) : fast_tanh(a);  // relu keeps NaN, as torch's
     }
   }
   template <typename T>
@@ -78,7 +78,7 @@ struct RnnCell {
     for (int64_t j = 0; j < H; ++j) {
       const T d = r.dh[j] + r.dy[j];
       const T y = r.h_out[j];
-      r.dg[j] = Relu ? (y > T(0) ? d : T(0)) : d * (T(1) - y * y);
+      r.dg[j] = Relu ? (y <= T(0) ? T(0) : d) : d * (T(1) - y * y);
     }
   }
 };
