@@ -12,6 +12,7 @@
 
 #include <tuple>
 
+#include "blas.h"
 #include "cells.h"
 
 namespace rnnfast {
@@ -91,8 +92,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_forward(
 
   at::Tensor hg = at::empty({B, GR * H}, opts);
   at::Tensor gn = Cell::two_phase ? at::empty({B, H}, opts) : at::Tensor();
-  const at::Tensor w_rec_t = w_hh.narrow(0, 0, GR * H).t();
-  const at::Tensor w_hn_t = Cell::two_phase ? w_hh.narrow(0, 2 * H, H).t() : at::Tensor();
+  // h_{t-1} W_recᵀ and (two-phase) (r h) W_hnᵀ, weights packed once for all steps
+  const RecurrentGemm rec(w_hh.narrow(0, 0, GR * H), /*transpose=*/true, B);
+  const RecurrentGemm rec_n = Cell::two_phase ? RecurrentGemm(w_hh.narrow(0, 2 * H, H), true, B) : rec;
   const auto steps = output.unbind(0);
   const int64_t WS = Cell::ws_width * H;
 
@@ -114,7 +116,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_forward(
       // c_{t-1}: cx, or the c column block of the previous step's workspace
       const T_* c_prev = Cell::has_cell_state ? (s ? ws_p + tp * B * WS + 4 * H : cx_p) : nullptr;
       const int64_t c_stride = s ? WS : H;
-      at::mm_out(hg, s ? steps[tp] : hx, w_rec_t);
+      rec.run(s ? steps[tp] : hx, hg, /*accumulate=*/false);
 
       auto row = [&](int64_t b) {
         FwdRow<T_> r;
@@ -133,7 +135,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_forward(
       });
       if constexpr (Cell::two_phase) {
         // candidate's recurrent GEMM on r ⊙ h (workspace column block hn, row stride 4H)
-        at::mm_out(gn, ws.select(0, t).narrow(1, 3 * H, H), w_hn_t);
+        rec_n.run(ws.select(0, t).narrow(1, 3 * H, H), gn, false);
         for_rows(B, G * H, [&](int64_t b0, int64_t b1) {
           for (int64_t b = b0; b < b1; ++b) {
             FwdRow<T_> r = row(b);
@@ -178,8 +180,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor dh = grad_hy.contiguous().clone();  // dL/dh_t flowing back through the recurrence
   at::Tensor dc = Cell::has_cell_state ? grad_cy.contiguous().clone() : at::Tensor();
   at::Tensor drh = Cell::two_phase ? at::empty({B, H}, opts) : at::Tensor();
-  const at::Tensor w_rec = w_hh.narrow(0, 0, GR * H);
-  const at::Tensor w_hn = Cell::two_phase ? w_hh.narrow(0, 2 * H, H) : at::Tensor();
+  // dGh[t] W_rec and (two-phase) dn W_hn, weights packed once for all steps
+  const RecurrentGemm rec(w_hh.narrow(0, 0, GR * H), /*transpose=*/false, B);
+  const RecurrentGemm rec_n = Cell::two_phase ? RecurrentGemm(w_hh.narrow(0, 2 * H, H), false, B) : rec;
   const auto dgh_steps = dGh.unbind(0);
 
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), Cell::name, [&] {
@@ -219,17 +222,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         for (int64_t b = b0; b < b1; ++b) Cell::backward(row(b), H);
       });
       if constexpr (Cell::two_phase) {
-        at::mm_out(drh, dG.select(0, t).narrow(1, 2 * H, H), w_hn);
+        rec_n.run(dG.select(0, t).narrow(1, 2 * H, H), drh, false);
         for_rows(B, G * H, [&](int64_t b0, int64_t b1) {
           for (int64_t b = b0; b < b1; ++b) Cell::backward2(row(b), drh_p + b * H, H);
         });
       }
       const at::Tensor dgh_t = GR == G ? dgh_steps[t] : dgh_steps[t].narrow(1, 0, GR * H);
-      if (Cell::carries_dh) {
-        dh.addmm_(dgh_t, w_rec);
-      } else {
-        at::mm_out(dh, dgh_t, w_rec);
-      }
+      rec.run(dgh_t, dh, /*accumulate=*/Cell::carries_dh);
     }
   });
 
