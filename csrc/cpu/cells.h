@@ -22,7 +22,7 @@ namespace rnnfast {
 namespace cpu {
 
 template <typename T>
-inline T sigmoid(T x) {
+RNNFAST_ALWAYS_INLINE T sigmoid(T x) {
   return T(1) / (T(1) + fast_exp(-x));
 }
 
@@ -65,7 +65,7 @@ struct RnnCell {
   static constexpr bool two_phase = false;
 
   template <typename T>
-  static void forward(const FwdRow<T>& r, int64_t H) {
+  RNNFAST_ALWAYS_INLINE static void forward(const FwdRow<T>& r, int64_t H) {
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) {
       const T a = r.xg[j] + r.hg[j];
@@ -73,7 +73,7 @@ struct RnnCell {
     }
   }
   template <typename T>
-  static void backward(const BwdRow<T>& r, int64_t H) {
+  RNNFAST_ALWAYS_INLINE static void backward(const BwdRow<T>& r, int64_t H) {
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) {
       const T d = r.dh[j] + r.dy[j];
@@ -95,7 +95,7 @@ struct LstmCell {
   static constexpr bool two_phase = false;
 
   template <typename T>
-  static void forward(const FwdRow<T>& r, int64_t H) {
+  RNNFAST_ALWAYS_INLINE static void forward(const FwdRow<T>& r, int64_t H) {
     T* wi = r.ws;
     T* wf = r.ws + H;
     T* wg = r.ws + 2 * H;
@@ -116,7 +116,7 @@ struct LstmCell {
     }
   }
   template <typename T>
-  static void backward(const BwdRow<T>& r, int64_t H) {
+  RNNFAST_ALWAYS_INLINE static void backward(const BwdRow<T>& r, int64_t H) {
     const T* wi = r.ws;
     const T* wf = r.ws + H;
     const T* wg = r.ws + 2 * H;
@@ -150,7 +150,7 @@ struct GruResetAfterCell {
   static constexpr bool two_phase = false;
 
   template <typename T>
-  static void forward(const FwdRow<T>& r, int64_t H) {
+  RNNFAST_ALWAYS_INLINE static void forward(const FwdRow<T>& r, int64_t H) {
     T* wr = r.ws;
     T* wz = r.ws + H;
     T* wn = r.ws + 2 * H;
@@ -169,7 +169,7 @@ struct GruResetAfterCell {
     }
   }
   template <typename T>
-  static void backward(const BwdRow<T>& r, int64_t H) {
+  RNNFAST_ALWAYS_INLINE static void backward(const BwdRow<T>& r, int64_t H) {
     const T* wr = r.ws;
     const T* wz = r.ws + H;
     const T* wn = r.ws + 2 * H;
@@ -208,7 +208,7 @@ struct GruResetBeforeCell {
   static constexpr bool two_phase = true;
 
   template <typename T>
-  static void forward(const FwdRow<T>& r, int64_t H) {  // phase 1: r, z, r h
+  RNNFAST_ALWAYS_INLINE static void forward(const FwdRow<T>& r, int64_t H) {  // phase 1: r, z, r h
     T* wr = r.ws;
     T* wz = r.ws + H;
     T* whn = r.ws + 3 * H;
@@ -222,7 +222,7 @@ struct GruResetBeforeCell {
   }
   // phase 2; r.hg is the second GEMM's row W_hn (r h)
   template <typename T>
-  static void forward2(const FwdRow<T>& r, int64_t H) {
+  RNNFAST_ALWAYS_INLINE static void forward2(const FwdRow<T>& r, int64_t H) {
     const T* wz = r.ws + H;
     T* wn = r.ws + 2 * H;
 #pragma omp simd
@@ -233,7 +233,7 @@ struct GruResetBeforeCell {
     }
   }
   template <typename T>
-  static void backward(const BwdRow<T>& r, int64_t H) {  // phase 1: dz, dn
+  RNNFAST_ALWAYS_INLINE static void backward(const BwdRow<T>& r, int64_t H) {  // phase 1: dz, dn
     const T* wz = r.ws + H;
     const T* wn = r.ws + 2 * H;
 #pragma omp simd
@@ -247,7 +247,7 @@ struct GruResetBeforeCell {
   }
   // phase 2; drh = dn W_hn (the second GEMM's row)
   template <typename T>
-  static void backward2(const BwdRow<T>& r, const T* drh, int64_t H) {
+  RNNFAST_ALWAYS_INLINE static void backward2(const BwdRow<T>& r, const T* drh, int64_t H) {
     const T* wr = r.ws;
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) {

@@ -13,18 +13,23 @@
 #include <cstdint>
 #include <cstring>
 
+// Everything the pointwise loops call is force-inlined, so that the loops compiled for a wider
+// ISA (recurrent.h's target_clones) inline it too (gcc does not inline across target options
+// otherwise and the loop would not vectorize).
+#define RNNFAST_ALWAYS_INLINE inline __attribute__((always_inline))
+
 namespace rnnfast {
 namespace cpu {
 
 // Bit views of a float. Every branch below is a bitwise blend under an integer mask: with the
 // default -ftrapping-math gcc turns `c ? a : b` on floats into real branches (sinking the float
 // work into them) and then refuses to vectorize the loop; masks keep the code straight-line.
-inline int32_t bits_of(float x) {
+RNNFAST_ALWAYS_INLINE int32_t bits_of(float x) {
   int32_t i;
   std::memcpy(&i, &x, sizeof i);
   return i;
 }
-inline float float_of(int32_t i) {
+RNNFAST_ALWAYS_INLINE float float_of(int32_t i) {
   float x;
   std::memcpy(&x, &i, sizeof x);
   return x;
@@ -34,15 +39,15 @@ constexpr int32_t kMagnitude = 0x7fffffff;
 constexpr int32_t kInfBits = 0x7f800000;
 
 // all ones where `cond`, else zero
-inline int32_t mask_of(bool cond) { return -static_cast<int32_t>(cond); }
-inline int32_t blend(int32_t mask, int32_t if_set, int32_t if_clear) { return (mask & if_set) | (~mask & if_clear); }
+RNNFAST_ALWAYS_INLINE int32_t mask_of(bool cond) { return -static_cast<int32_t>(cond); }
+RNNFAST_ALWAYS_INLINE int32_t blend(int32_t mask, int32_t if_set, int32_t if_clear) { return (mask & if_set) | (~mask & if_clear); }
 
 // |x| clamped to `limit` (given as bits of a positive float); NaN passes through unchanged.
-inline int32_t clamp_magnitude(int32_t abs_bits, int32_t limit) {
+RNNFAST_ALWAYS_INLINE int32_t clamp_magnitude(int32_t abs_bits, int32_t limit) {
   return blend(mask_of((abs_bits > limit) & (abs_bits <= kInfBits)), limit, abs_bits);
 }
 
-inline float exp_approx(float x) {
+RNNFAST_ALWAYS_INLINE float exp_approx(float x) {
   // |x| <= 87.3 keeps 2^n a normal float (exp(-87.3) ~ 1.2e-38, exp(87.3) ~ 8.2e37); callers
   // (sigmoid, tanh) never need more range than that.
   const int32_t xb = bits_of(x);
@@ -62,7 +67,7 @@ inline float exp_approx(float x) {
   return p * float_of((static_cast<int32_t>(n) + 127) << 23);
 }
 
-inline float tanh_approx(float x) {
+RNNFAST_ALWAYS_INLINE float tanh_approx(float x) {
   const int32_t xb = bits_of(x);
   const int32_t ab = xb & kMagnitude;
   const float a = float_of(ab);
@@ -88,20 +93,20 @@ inline float tanh_approx(float x) {
 }
 
 template <typename T>
-inline T fast_exp(T x) {
+RNNFAST_ALWAYS_INLINE T fast_exp(T x) {
   return std::exp(x);
 }
 template <>
-inline float fast_exp<float>(float x) {
+RNNFAST_ALWAYS_INLINE float fast_exp<float>(float x) {
   return exp_approx(x);
 }
 
 template <typename T>
-inline T fast_tanh(T x) {
+RNNFAST_ALWAYS_INLINE T fast_tanh(T x) {
   return std::tanh(x);
 }
 template <>
-inline float fast_tanh<float>(float x) {
+RNNFAST_ALWAYS_INLINE float fast_tanh<float>(float x) {
   return tanh_approx(x);
 }
 

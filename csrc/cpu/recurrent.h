@@ -35,6 +35,39 @@ inline void for_rows(int64_t B, int64_t row_elems, const F& f) {
   }
 }
 
+// The pointwise row loops, compiled for AVX-512, AVX2 and the baseline ISA (x86-64 builds use
+// plain SSE2 otherwise); the dynamic loader picks the widest the CPU supports. Cell functions are
+// force-inlined into each clone (cells.h), so each clone vectorizes the whole cell.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define RNNFAST_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define RNNFAST_SIMD_CLONES
+#endif
+
+// Phase 1: Cell::forward; phase 2 (two-phase cells): Cell::forward2. `row(b)` builds row b's args.
+template <class Cell, int Phase, class MakeRow>
+RNNFAST_SIMD_CLONES void forward_rows(const MakeRow& row, int64_t b0, int64_t b1, int64_t H) {
+  for (int64_t b = b0; b < b1; ++b) {
+    if constexpr (Phase == 1) {
+      Cell::forward(row(b), H);
+    } else {
+      Cell::forward2(row(b), H);
+    }
+  }
+}
+
+// Phase 1: Cell::backward; phase 2: Cell::backward2 with row b of `extra` (drh, row stride H).
+template <class Cell, int Phase, class MakeRow, typename T>
+RNNFAST_SIMD_CLONES void backward_rows(const MakeRow& row, const T* extra, int64_t b0, int64_t b1, int64_t H) {
+  for (int64_t b = b0; b < b1; ++b) {
+    if constexpr (Phase == 1) {
+      Cell::backward(row(b), H);
+    } else {
+      Cell::backward2(row(b), extra + b * H, H);
+    }
+  }
+}
+
 // Time index of walking step s (reverse layers walk T-1 .. 0).
 inline int64_t time_of(int64_t s, int64_t T, bool reverse) { return reverse ? T - 1 - s : s; }
 
@@ -130,19 +163,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_forward(
         r.c_out = Cell::has_cell_state ? r.ws + 4 * H : nullptr;
         return r;
       };
-      for_rows(B, G * H, [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) Cell::forward(row(b), H);
-      });
+      for_rows(B, G * H, [&](int64_t b0, int64_t b1) { forward_rows<Cell, 1>(row, b0, b1, H); });
       if constexpr (Cell::two_phase) {
         // candidate's recurrent GEMM on r ⊙ h (workspace column block hn, row stride 4H)
         rec_n.run(ws.select(0, t).narrow(1, 3 * H, H), gn, false);
-        for_rows(B, G * H, [&](int64_t b0, int64_t b1) {
-          for (int64_t b = b0; b < b1; ++b) {
-            FwdRow<T_> r = row(b);
-            r.hg = gn_p + b * H;
-            Cell::forward2(r, H);
-          }
-        });
+        auto row2 = [&](int64_t b) {
+          FwdRow<T_> r = row(b);
+          r.hg = gn_p + b * H;
+          return r;
+        };
+        for_rows(B, G * H, [&](int64_t b0, int64_t b1) { forward_rows<Cell, 2>(row2, b0, b1, H); });
       }
     }
   });
@@ -218,14 +248,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         r.dc = dc_p ? dc_p + b * H : nullptr;
         return r;
       };
-      for_rows(B, G * H, [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) Cell::backward(row(b), H);
-      });
+      for_rows(B, G * H, [&](int64_t b0, int64_t b1) { backward_rows<Cell, 1>(row, drh_p, b0, b1, H); });
       if constexpr (Cell::two_phase) {
         rec_n.run(dG.select(0, t).narrow(1, 2 * H, H), drh, false);
-        for_rows(B, G * H, [&](int64_t b0, int64_t b1) {
-          for (int64_t b = b0; b < b1; ++b) Cell::backward2(row(b), drh_p + b * H, H);
-        });
+        for_rows(B, G * H, [&](int64_t b0, int64_t b1) { backward_rows<Cell, 2>(row, drh_p, b0, b1, H); });
       }
       const at::Tensor dgh_t = GR == G ? dgh_steps[t] : dgh_steps[t].narrow(1, 0, GR * H);
       rec.run(dgh_t, dh, /*accumulate=*/Cell::carries_dh);
