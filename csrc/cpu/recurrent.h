@@ -2,10 +2,13 @@
 // into buffers allocated once per call, the cell's pointwise math (cells.h) over batch rows.
 //
 // forward:  XG = X W_ihᵀ + biases (one GEMM over all T*B rows); per step t (walking order)
-//           HG = h_{t-1} W_hhᵀ (mm_out into one (B, G*H) buffer), then Cell::forward per row.
+//           HG = h_{t-1} W_hhᵀ (into one preallocated (B, G*H) buffer), then Cell::forward per row.
 // backward: per step in reverse, Cell::backward per row writes dG[t] (and dGh[t]), then one GEMM
 //           dh_{t-1} (+)= dGh[t] W_hh; after the loop dx = dG W_ih, dW_ih = dGᵀ X,
-//           dW_hh = dGhᵀ Hprev, db_ih / db_hh = column sums of dG / dGh.
+//           dW_hh = dGhᵀ Hprev, db_ih / db_hh = column sums of dG / dGh (for RNN and LSTM the
+//           last three are one GEMM, dGᵀ [X | Hprev | 1]).
+// The per-step recurrent GEMMs go through RecurrentGemm (blas.h: W_hh packed once per call); the
+// pointwise passes run over batch rows with at::parallel_for once B*G*H is large enough.
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -18,10 +21,10 @@
 namespace rnnfast {
 namespace cpu {
 
-// Rows per parallel chunk: below ~16K elements a step is cheaper on one thread than the wake-up
-// of a second one (measured on the 2-core dev box).
+// Rows per parallel chunk: below ~4K elements a chunk is cheaper on the calling thread than the
+// wake-up of another one (measured on the 2-core dev box: 4K-16K equal, 64K slower for LSTM).
 inline int64_t row_grain(int64_t row_elems) {
-  constexpr int64_t kMinChunk = 16384;
+  constexpr int64_t kMinChunk = 4096;
   return std::max<int64_t>(1, kMinChunk / std::max<int64_t>(1, row_elems));
 }
 
@@ -262,25 +265,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor dGh2 = dGh.view({T * B, G * H});
   const at::Tensor x2 = input.view({T * B, I});
   at::Tensor grad_input = at::mm(dG2, w_ih).view({T, B, I});
-  at::Tensor grad_w_ih = at::mm(dG2.t(), x2);
-  // h_{t-1} for every time index t, in time order (one cat, no per-step copies).
-  const at::Tensor h0 = hx.unsqueeze(0);
-  const at::Tensor hprev = (T == 1 ? h0
-                            : reverse ? at::cat({output.narrow(0, 1, T - 1), h0}, 0)
-                                      : at::cat({h0, output.narrow(0, 0, T - 1)}, 0))
-                               .view({T * B, H});
-  at::Tensor grad_w_hh;
-  if constexpr (Cell::two_phase) {
-    grad_w_hh = at::empty({G * H, H}, opts);
-    at::Tensor rz_rows = grad_w_hh.narrow(0, 0, 2 * H), n_rows = grad_w_hh.narrow(0, 2 * H, H);
-    at::mm_out(rz_rows, dG2.narrow(1, 0, 2 * H).t(), hprev);
-    at::mm_out(n_rows, dG2.narrow(1, 2 * H, H).t(),
-               ws.view({T * B, WS}).narrow(1, 3 * H, H));  // W_hn saw r ⊙ h
+  // h_{t-1} for every time index t, in time order (one copy, no per-step copies): walking forward
+  // that is [hx, output[0 .. T-2]], walking in reverse [output[1 .. T-1], hx].
+  auto fill_hprev = [&](at::Tensor dst) {  // dst (T*B, H), any row stride
+    const int64_t rest = (T - 1) * B;
+    dst.narrow(0, reverse ? rest : 0, B).copy_(hx);
+    if (T > 1) dst.narrow(0, reverse ? 0 : B, rest).copy_(output.narrow(0, reverse ? 1 : 0, T - 1).view({rest, H}));
+  };
+  at::Tensor grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh;
+  if constexpr (!Cell::two_phase && !Cell::separate_hidden_grad) {
+    // dW_ih, dW_hh and the bias grad in ONE GEMM that reads dG once: dGᵀ [X | Hprev | 1].
+    at::Tensor a = at::empty({T * B, I + H + 1}, opts);
+    a.narrow(1, 0, I).copy_(x2);
+    fill_hprev(a.narrow(1, I, H));
+    a.narrow(1, I + H, 1).fill_(1);
+    const at::Tensor w = at::mm(dG2.t(), a);
+    grad_w_ih = w.narrow(1, 0, I).contiguous();
+    grad_w_hh = w.narrow(1, I, H).contiguous();
+    grad_b_ih = w.select(1, I + H).contiguous();
+    grad_b_hh = grad_b_ih.clone();
   } else {
-    grad_w_hh = at::mm(dGh2.t(), hprev);
+    at::Tensor hprev = at::empty({T * B, H}, opts);
+    fill_hprev(hprev);
+    grad_w_ih = at::mm(dG2.t(), x2);
+    if constexpr (Cell::two_phase) {
+      grad_w_hh = at::empty({G * H, H}, opts);
+      at::Tensor rz_rows = grad_w_hh.narrow(0, 0, 2 * H), n_rows = grad_w_hh.narrow(0, 2 * H, H);
+      at::mm_out(rz_rows, dG2.narrow(1, 0, 2 * H).t(), hprev);
+      at::mm_out(n_rows, dG2.narrow(1, 2 * H, H).t(),
+                 ws.view({T * B, WS}).narrow(1, 3 * H, H));  // W_hn saw r ⊙ h
+    } else {
+      grad_w_hh = at::mm(dGh2.t(), hprev);
+    }
+    grad_b_ih = dG2.sum(0);
+    grad_b_hh = Cell::separate_hidden_grad ? dGh2.sum(0) : grad_b_ih.clone();
   }
-  at::Tensor grad_b_ih = dG2.sum(0);
-  at::Tensor grad_b_hh = Cell::separate_hidden_grad ? dGh2.sum(0) : grad_b_ih.clone();
   return {grad_input, dh, dc, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
 }
 
