@@ -358,3 +358,21 @@ def test_workspace_layouts():
     assert ws.shape == (T, B, 5 * H)
     torch.testing.assert_close(ws[0, :, 4 * H:], cy)  # reverse: the last state is at t = 0
     torch.testing.assert_close(out[0], hy)
+
+
+@pytest.mark.slow
+def test_torch_compile_inductor_one_op():
+    """The default backend (inductor) around an op: fake kernel, autograd and codegen all agree."""
+    torch._dynamo.reset()
+    x, h0, _, (w_ih, w_hh, b_ih, b_hh) = make("rnn_tanh", 5, 3, 4, 6, torch.float32)
+
+    def f(x, h0, w_ih, w_hh, b_ih, b_hh):
+        out, hy = F.rnn_tanh(x, h0, w_ih, w_hh, b_ih, b_hh)
+        return out.sin().sum() + hy.sum()
+
+    leaves = [x, h0, w_ih, w_hh, b_ih, b_hh]
+    got = torch.compile(f, fullgraph=True)(*leaves)
+    want = f(*leaves)
+    torch.testing.assert_close(got, want)
+    for a, b in zip(torch.autograd.grad(got, leaves), torch.autograd.grad(want, leaves)):
+        torch.testing.assert_close(a, b)
