@@ -1,0 +1,114 @@
+// Input validation shared by every recurrent op: one clear message per mistake, naming the op and
+// the argument (the Python layer adds friendlier type errors; these guard direct op calls).
+#pragma once
+#include <ATen/ATen.h>
+
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace rnnfast {
+namespace cpu {
+
+inline std::string shape_str(at::IntArrayRef s) {
+  std::ostringstream os;
+  os << "(";
+  for (size_t k = 0; k < s.size(); ++k) os << (k ? ", " : "") << s[k];
+  if (s.size() == 1) os << ",";
+  os << ")";
+  return os.str();
+}
+
+// What an op was given, after the shape of its recurrent problem was read off input and hx.
+struct RecurrentArgs {
+  const char* op;  // "rnnfast.lstm"
+  int64_t gates;   // G
+  int64_t T, B, I, H;
+};
+
+inline void check_same_kind(const char* op, const at::Tensor& ref, const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(),
+              " but input has dtype ", ref.scalar_type(), " (all tensors must share one dtype)");
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but input is on ",
+              ref.device(), " (all tensors must be on one device)");
+}
+
+inline void check_shape(const char* op, const at::Tensor& t, const char* name, at::IntArrayRef want,
+                        const std::string& symbolic) {
+  TORCH_CHECK(t.sizes() == want, op, ": ", name, " must have shape ", symbolic, " = ", shape_str(want),
+              ", got ", shape_str(t.sizes()));
+}
+
+inline void check_rank(const char* op, const at::Tensor& t, const char* name, int64_t rank,
+                       const char* symbolic) {
+  TORCH_CHECK(t.dim() == rank, op, ": ", name, " must be ", rank, "-D ", symbolic, ", got ", t.dim(),
+              "-D with shape ", shape_str(t.sizes()));
+}
+
+inline std::string gates_times(int64_t G) { return G == 1 ? std::string("H") : std::to_string(G) + "*H"; }
+
+// Checks the forward arguments and returns the problem sizes. cx is checked when given.
+inline RecurrentArgs check_forward(const char* op, int64_t G, const at::Tensor& input, const at::Tensor& hx,
+                                   const at::Tensor* cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                   const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh) {
+  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
+              ": supports float32 and float64 on CPU, got input of dtype ", input.scalar_type());
+  check_rank(op, input, "input", 3, "(T, B, I)");
+  check_rank(op, hx, "hx", 2, "(B, H)");
+  check_rank(op, w_ih, "w_ih", 2, "(G*H, I)");
+  check_rank(op, w_hh, "w_hh", 2, "(G*H, H)");
+  check_same_kind(op, input, hx, "hx");
+  check_same_kind(op, input, w_ih, "w_ih");
+  check_same_kind(op, input, w_hh, "w_hh");
+  RecurrentArgs a{op, G, input.size(0), input.size(1), input.size(2), hx.size(1)};
+  TORCH_CHECK(a.T > 0, op, ": expected sequence length > 0 (as torch.nn), got input of shape ",
+              shape_str(input.sizes()));
+  const std::string gh = gates_times(G);
+  check_shape(op, hx, "hx", {a.B, a.H}, "(B, H)");
+  check_shape(op, w_hh, "w_hh", {G * a.H, a.H}, "(" + gh + ", H)");
+  check_shape(op, w_ih, "w_ih", {G * a.H, a.I}, "(" + gh + ", I)");
+  if (cx) {
+    check_rank(op, *cx, "cx", 2, "(B, H)");
+    check_same_kind(op, input, *cx, "cx");
+    check_shape(op, *cx, "cx", {a.B, a.H}, "(B, H)");
+  }
+  const char* names[2] = {"b_ih", "b_hh"};
+  const c10::optional<at::Tensor>* biases[2] = {&b_ih, &b_hh};
+  for (int k = 0; k < 2; ++k) {
+    if (biases[k]->has_value() && (*biases[k])->defined()) {
+      const at::Tensor& b = **biases[k];
+      check_same_kind(op, input, b, names[k]);
+      check_shape(op, b, names[k], {G * a.H}, "(" + gh + ",)");
+    }
+  }
+  return a;
+}
+
+// Checks what backward gets beyond the forward's arguments: incoming grads, output, workspace.
+inline RecurrentArgs check_backward(const char* op, int64_t G, int64_t ws_width, const at::Tensor& grad_output,
+                                    const at::Tensor& grad_hy, const at::Tensor* grad_cy, const at::Tensor& input,
+                                    const at::Tensor& hx, const at::Tensor* cx, const at::Tensor& w_ih,
+                                    const at::Tensor& w_hh, const at::Tensor& output, const at::Tensor& workspace) {
+  RecurrentArgs a = check_forward(op, G, input, hx, cx, w_ih, w_hh, c10::nullopt, c10::nullopt);
+  check_same_kind(op, input, grad_output, "grad_output");
+  check_same_kind(op, input, grad_hy, "grad_hy");
+  check_same_kind(op, input, output, "output");
+  check_same_kind(op, input, workspace, "workspace");
+  check_shape(op, grad_output, "grad_output", {a.T, a.B, a.H}, "(T, B, H)");
+  check_shape(op, grad_hy, "grad_hy", {a.B, a.H}, "(B, H)");
+  check_shape(op, output, "output", {a.T, a.B, a.H}, "(T, B, H)");
+  if (grad_cy) {
+    check_same_kind(op, input, *grad_cy, "grad_cy");
+    check_shape(op, *grad_cy, "grad_cy", {a.B, a.H}, "(B, H)");
+  }
+  if (ws_width == 0) {
+    check_shape(op, workspace, "workspace", {0}, "(0,)");
+  } else {
+    check_shape(op, workspace, "workspace", {a.T, a.B, ws_width * a.H},
+                "(T, B, " + std::to_string(ws_width) + "*H)");
+  }
+  return a;
+}
+
+}  // namespace cpu
+}  // namespace rnnfast

@@ -1,0 +1,111 @@
+// CPU implementations of the recurrent ops (schemas in csrc/ops.cpp): argument checks, then the
+// shared host loop (recurrent.h) instantiated with each cell (cells.h).
+#include <torch/library.h>
+
+#include "checks.h"
+#include "recurrent.h"
+
+namespace rnnfast {
+namespace cpu {
+namespace {
+
+using Fwd3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+using Bwd6 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using Bwd7 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+template <class Cell>
+Fwd3 forward_no_cell(const char* op, const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
+                     const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+                     const c10::optional<at::Tensor>& b_hh, bool reverse) {
+  check_forward(op, Cell::gates, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh);
+  auto [output, hy, cy, ws] = recurrent_forward<Cell>(input, hx, at::Tensor(), w_ih, w_hh, b_ih, b_hh, reverse);
+  return {output, hy, ws};
+}
+
+template <class Cell>
+Bwd6 backward_no_cell(const char* op, const at::Tensor& grad_output, const at::Tensor& grad_hy,
+                      const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                      const at::Tensor& output, const at::Tensor& workspace, bool reverse) {
+  check_backward(op, Cell::gates, Cell::ws_width, grad_output, grad_hy, nullptr, input, hx, nullptr, w_ih, w_hh,
+                 output, workspace);
+  auto [dx, dhx, dcx, dw_ih, dw_hh, db_ih, db_hh] = recurrent_backward<Cell>(
+      grad_output, grad_hy, at::Tensor(), input, hx, at::Tensor(), w_ih, w_hh, output, workspace, reverse);
+  return {dx, dhx, dw_ih, dw_hh, db_ih, db_hh};
+}
+
+Fwd3 rnn_tanh_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                      const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh, bool reverse) {
+  return forward_no_cell<RnnCell<false>>("rnnfast.rnn_tanh", input, hx, w_ih, w_hh, b_ih, b_hh, reverse);
+}
+
+Fwd3 rnn_relu_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                      const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh, bool reverse) {
+  return forward_no_cell<RnnCell<true>>("rnnfast.rnn_relu", input, hx, w_ih, w_hh, b_ih, b_hh, reverse);
+}
+
+Fwd3 gru_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                 const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh, bool reverse,
+                 bool reset_after) {
+  if (reset_after) {
+    return forward_no_cell<GruResetAfterCell>("rnnfast.gru", input, hx, w_ih, w_hh, b_ih, b_hh, reverse);
+  }
+  return forward_no_cell<GruResetBeforeCell>("rnnfast.gru", input, hx, w_ih, w_hh, b_ih, b_hh, reverse);
+}
+
+Bwd6 rnn_tanh_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& input,
+                       const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output,
+                       const at::Tensor& workspace, bool reverse) {
+  return backward_no_cell<RnnCell<false>>("rnnfast.rnn_tanh", grad_output, grad_hy, input, hx, w_ih, w_hh, output,
+                                          workspace, reverse);
+}
+
+Bwd6 rnn_relu_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& input,
+                       const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output,
+                       const at::Tensor& workspace, bool reverse) {
+  return backward_no_cell<RnnCell<true>>("rnnfast.rnn_relu", grad_output, grad_hy, input, hx, w_ih, w_hh, output,
+                                         workspace, reverse);
+}
+
+Bwd6 gru_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& input,
+                  const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output,
+                  const at::Tensor& workspace, bool reverse, bool reset_after) {
+  if (reset_after) {
+    return backward_no_cell<GruResetAfterCell>("rnnfast.gru", grad_output, grad_hy, input, hx, w_ih, w_hh, output,
+                                               workspace, reverse);
+  }
+  return backward_no_cell<GruResetBeforeCell>("rnnfast.gru", grad_output, grad_hy, input, hx, w_ih, w_hh, output,
+                                              workspace, reverse);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
+    const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+    bool reverse) {
+  check_forward("rnnfast.lstm", LstmCell::gates, input, hx, &cx, w_ih, w_hh, b_ih, b_hh);
+  return recurrent_forward<LstmCell>(input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse);
+}
+
+Bwd7 lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& grad_cy,
+                   const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
+                   const at::Tensor& w_hh, const at::Tensor& output, const at::Tensor& workspace, bool reverse) {
+  check_backward("rnnfast.lstm", LstmCell::gates, LstmCell::ws_width, grad_output, grad_hy, &grad_cy, input, hx, &cx,
+                 w_ih, w_hh, output, workspace);
+  return recurrent_backward<LstmCell>(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, output, workspace,
+                                      reverse);
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace rnnfast
+
+TORCH_LIBRARY_IMPL(rnnfast, CPU, m) {
+  using namespace rnnfast::cpu;
+  m.impl("rnn_tanh_forward", &rnn_tanh_forward);
+  m.impl("rnn_tanh_backward", &rnn_tanh_backward);
+  m.impl("rnn_relu_forward", &rnn_relu_forward);
+  m.impl("rnn_relu_backward", &rnn_relu_backward);
+  m.impl("gru_forward", &gru_forward);
+  m.impl("gru_backward", &gru_backward);
+  m.impl("lstm_forward", &lstm_forward);
+  m.impl("lstm_backward", &lstm_backward);
+}

@@ -1,0 +1,307 @@
+// The one host loop every recurrent cell runs through on CPU (DESIGN.md §3): GEMMs through ATen
+// into buffers allocated once per call, the cell's pointwise math (cells.h) over batch rows.
+//
+// forward:  XG = X W_ihᵀ + biases (one GEMM over all T*B rows); per step t (walking order)
+//           HG = h_{t-1} W_hhᵀ (into one preallocated (B, G*H) buffer), then Cell::forward per row.
+// backward: per step in reverse, Cell::backward per row writes dG[t] (and dGh[t]), then one GEMM
+//           dh_{t-1} (+)= dGh[t] W_hh; after the loop dx = dG W_ih, dW_ih = dGᵀ X,
+//           dW_hh = dGhᵀ Hprev, db_ih / db_hh = column sums of dG / dGh (for RNN and LSTM the
+//           last three are one GEMM, dGᵀ [X | Hprev | 1]).
+// The per-step recurrent GEMMs go through RecurrentGemm (blas.h: W_hh packed once per call); the
+// pointwise passes run over batch rows with at::parallel_for once B*G*H is large enough.
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <tuple>
+
+#include "blas.h"
+#include "cells.h"
+
+namespace rnnfast {
+namespace cpu {
+
+// Rows per parallel chunk: below ~4K elements a chunk is cheaper on the calling thread than the
+// wake-up of another one (measured on the 2-core dev box: 4K-16K equal, 64K slower for LSTM).
+inline int64_t row_grain(int64_t row_elems) {
+  constexpr int64_t kMinChunk = 4096;
+  return std::max<int64_t>(1, kMinChunk / std::max<int64_t>(1, row_elems));
+}
+
+template <typename F>
+inline void for_rows(int64_t B, int64_t row_elems, const F& f) {
+  const int64_t grain = row_grain(row_elems);
+  if (B <= grain) {
+    f(0, B);
+  } else {
+    at::parallel_for(0, B, grain, f);
+  }
+}
+
+// The pointwise row loops, compiled for AVX-512, AVX2 and the baseline ISA (x86-64 builds use
+// plain SSE2 otherwise); the dynamic loader picks the widest the CPU supports. Cell functions are
+// force-inlined into each clone (cells.h), so each clone vectorizes the whole cell.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define RNNFAST_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define RNNFAST_SIMD_CLONES
+#endif
+
+// Phase 1: Cell::forward; phase 2 (two-phase cells): Cell::forward2. `row(b)` builds row b's args.
+template <class Cell, int Phase, class MakeRow>
+RNNFAST_SIMD_CLONES void forward_rows(const MakeRow& row, int64_t b0, int64_t b1, int64_t H) {
+  for (int64_t b = b0; b < b1; ++b) {
+    if constexpr (Phase == 1) {
+      Cell::forward(row(b), H);
+    } else {
+      Cell::forward2(row(b), H);
+    }
+  }
+}
+
+// Phase 1: Cell::backward; phase 2: Cell::backward2 with row b of `extra` (drh, row stride H).
+template <class Cell, int Phase, class MakeRow, typename T>
+RNNFAST_SIMD_CLONES void backward_rows(const MakeRow& row, const T* extra, int64_t b0, int64_t b1, int64_t H) {
+  for (int64_t b = b0; b < b1; ++b) {
+    if constexpr (Phase == 1) {
+      Cell::backward(row(b), H);
+    } else {
+      Cell::backward2(row(b), extra + b * H, H);
+    }
+  }
+}
+
+// Time index of walking step s (reverse layers walk T-1 .. 0).
+inline int64_t time_of(int64_t s, int64_t T, bool reverse) { return reverse ? T - 1 - s : s; }
+
+// Bias added to the input projection: b_ih + b_hh, except the b_hh rows a cell keeps inside its
+// pointwise math (GRU reset_after: b_hn). Undefined when there are no biases at all.
+template <class Cell>
+at::Tensor folded_bias(const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh, int64_t H) {
+  const bool has_ih = b_ih.has_value() && b_ih->defined();
+  const bool has_hh = b_hh.has_value() && b_hh->defined();
+  at::Tensor hh;
+  if (has_hh) {
+    hh = *b_hh;
+    if (!Cell::fold_hidden_bias_n) {
+      hh = hh.clone();
+      hh.narrow(0, 2 * H, H).zero_();
+    }
+  }
+  if (has_ih && has_hh) return *b_ih + hh;
+  if (has_ih) return b_ih->contiguous();
+  if (has_hh) return hh.contiguous();
+  return at::Tensor();
+}
+
+// Returns (output, hy, cy (undefined unless Cell::has_cell_state), workspace).
+template <class Cell>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_forward(
+    const at::Tensor& input_, const at::Tensor& hx_, const at::Tensor& cx_, const at::Tensor& w_ih_,
+    const at::Tensor& w_hh_, const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+    bool reverse) {
+  constexpr int64_t G = Cell::gates;
+  constexpr int64_t GR = Cell::two_phase ? 2 : G;  // gate rows in the per-step recurrent GEMM
+  const at::Tensor input = input_.contiguous();
+  const at::Tensor hx = hx_.contiguous();
+  const at::Tensor w_ih = w_ih_.contiguous();
+  const at::Tensor w_hh = w_hh_.contiguous();
+  const at::Tensor cx = Cell::has_cell_state ? cx_.contiguous() : at::Tensor();
+  const int64_t T = input.size(0), B = input.size(1), I = input.size(2), H = hx.size(1);
+  const auto opts = input.options();
+
+  at::Tensor output = at::empty({T, B, H}, opts);
+  at::Tensor ws = Cell::ws_width ? at::empty({T, B, Cell::ws_width * H}, opts) : at::empty({0}, opts);
+
+  // Input projection of all steps at once, biases folded in.
+  at::Tensor xg = at::empty({T * B, G * H}, opts);
+  const at::Tensor bias = folded_bias<Cell>(b_ih, b_hh, H);
+  if (bias.defined()) {
+    at::addmm_out(xg, bias, input.view({T * B, I}), w_ih.t());
+  } else {
+    at::mm_out(xg, input.view({T * B, I}), w_ih.t());
+  }
+  at::Tensor b_hn;
+  if (!Cell::fold_hidden_bias_n) {
+    b_hn = (b_hh.has_value() && b_hh->defined()) ? b_hh->narrow(0, 2 * H, H).contiguous() : at::zeros({H}, opts);
+  }
+
+  at::Tensor hg = at::empty({B, GR * H}, opts);
+  at::Tensor gn = Cell::two_phase ? at::empty({B, H}, opts) : at::Tensor();
+  // h_{t-1} W_recᵀ and (two-phase) (r h) W_hnᵀ, weights packed once for all steps
+  const RecurrentGemm rec(w_hh.narrow(0, 0, GR * H), /*transpose=*/true, B);
+  const RecurrentGemm rec_n = Cell::two_phase ? RecurrentGemm(w_hh.narrow(0, 2 * H, H), true, B) : rec;
+  const auto steps = output.unbind(0);
+  const int64_t WS = Cell::ws_width * H;
+
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), Cell::name, [&] {
+    using T_ = scalar_t;
+    const T_* xg_p = xg.const_data_ptr<T_>();
+    const T_* hg_p = hg.const_data_ptr<T_>();
+    const T_* gn_p = Cell::two_phase ? gn.const_data_ptr<T_>() : nullptr;
+    const T_* b_hn_p = b_hn.defined() ? b_hn.const_data_ptr<T_>() : nullptr;
+    T_* out_p = output.data_ptr<T_>();
+    T_* ws_p = Cell::ws_width ? ws.data_ptr<T_>() : nullptr;
+    const T_* hx_p = hx.const_data_ptr<T_>();
+    const T_* cx_p = Cell::has_cell_state ? cx.const_data_ptr<T_>() : nullptr;
+
+    for (int64_t s = 0; s < T; ++s) {
+      const int64_t t = time_of(s, T, reverse);
+      const int64_t tp = s ? time_of(s - 1, T, reverse) : -1;
+      const T_* h_prev = s ? out_p + tp * B * H : hx_p;
+      // c_{t-1}: cx, or the c column block of the previous step's workspace
+      const T_* c_prev = Cell::has_cell_state ? (s ? ws_p + tp * B * WS + 4 * H : cx_p) : nullptr;
+      const int64_t c_stride = s ? WS : H;
+      rec.run(s ? steps[tp] : hx, hg, /*accumulate=*/false);
+
+      auto row = [&](int64_t b) {
+        FwdRow<T_> r;
+        r.xg = xg_p + (t * B + b) * G * H;
+        r.hg = hg_p + b * GR * H;
+        r.b_hn = b_hn_p;
+        r.h = h_prev + b * H;
+        r.c = c_prev ? c_prev + b * c_stride : nullptr;
+        r.h_out = out_p + (t * B + b) * H;
+        r.ws = ws_p ? ws_p + (t * B + b) * WS : nullptr;
+        r.c_out = Cell::has_cell_state ? r.ws + 4 * H : nullptr;
+        return r;
+      };
+      for_rows(B, G * H, [&](int64_t b0, int64_t b1) { forward_rows<Cell, 1>(row, b0, b1, H); });
+      if constexpr (Cell::two_phase) {
+        // candidate's recurrent GEMM on r ⊙ h (workspace column block hn, row stride 4H)
+        rec_n.run(ws.select(0, t).narrow(1, 3 * H, H), gn, false);
+        auto row2 = [&](int64_t b) {
+          FwdRow<T_> r = row(b);
+          r.hg = gn_p + b * H;
+          return r;
+        };
+        for_rows(B, G * H, [&](int64_t b0, int64_t b1) { forward_rows<Cell, 2>(row2, b0, b1, H); });
+      }
+    }
+  });
+
+  const int64_t t_last = time_of(T - 1, T, reverse);
+  at::Tensor hy = output.select(0, t_last).clone();
+  at::Tensor cy;
+  if (Cell::has_cell_state) cy = ws.select(0, t_last).narrow(1, 4 * H, H).contiguous();
+  return {output, hy, cy, ws};
+}
+
+// Returns (grad_input, grad_hx, grad_cx (undefined unless cell state), grad_w_ih, grad_w_hh,
+// grad_b_ih, grad_b_hh).
+template <class Cell>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_backward(
+    const at::Tensor& grad_output_, const at::Tensor& grad_hy, const at::Tensor& grad_cy, const at::Tensor& input_,
+    const at::Tensor& hx_, const at::Tensor& cx_, const at::Tensor& w_ih_, const at::Tensor& w_hh_,
+    const at::Tensor& output_, const at::Tensor& ws_, bool reverse) {
+  constexpr int64_t G = Cell::gates;
+  constexpr int64_t GR = Cell::two_phase ? 2 : G;
+  const at::Tensor grad_output = grad_output_.contiguous();
+  const at::Tensor input = input_.contiguous();
+  const at::Tensor hx = hx_.contiguous();
+  const at::Tensor w_ih = w_ih_.contiguous();
+  const at::Tensor w_hh = w_hh_.contiguous();
+  const at::Tensor output = output_.contiguous();
+  const at::Tensor ws = ws_.contiguous();
+  const at::Tensor cx = Cell::has_cell_state ? cx_.contiguous() : at::Tensor();
+  const int64_t T = input.size(0), B = input.size(1), I = input.size(2), H = hx.size(1);
+  const auto opts = input.options();
+  const int64_t WS = Cell::ws_width * H;
+
+  at::Tensor dG = at::empty({T, B, G * H}, opts);
+  at::Tensor dGh = Cell::separate_hidden_grad ? at::empty({T, B, G * H}, opts) : dG;
+  at::Tensor dh = grad_hy.contiguous().clone();  // dL/dh_t flowing back through the recurrence
+  at::Tensor dc = Cell::has_cell_state ? grad_cy.contiguous().clone() : at::Tensor();
+  at::Tensor drh = Cell::two_phase ? at::empty({B, H}, opts) : at::Tensor();
+  // dGh[t] W_rec and (two-phase) dn W_hn, weights packed once for all steps
+  const RecurrentGemm rec(w_hh.narrow(0, 0, GR * H), /*transpose=*/false, B);
+  const RecurrentGemm rec_n = Cell::two_phase ? RecurrentGemm(w_hh.narrow(0, 2 * H, H), false, B) : rec;
+  const auto dgh_steps = dGh.unbind(0);
+
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), Cell::name, [&] {
+    using T_ = scalar_t;
+    const T_* dy_p = grad_output.const_data_ptr<T_>();
+    const T_* out_p = output.const_data_ptr<T_>();
+    const T_* ws_p = Cell::ws_width ? ws.const_data_ptr<T_>() : nullptr;
+    const T_* hx_p = hx.const_data_ptr<T_>();
+    const T_* cx_p = Cell::has_cell_state ? cx.const_data_ptr<T_>() : nullptr;
+    T_* dg_p = dG.data_ptr<T_>();
+    T_* dgh_p = dGh.data_ptr<T_>();
+    T_* dh_p = dh.data_ptr<T_>();
+    T_* dc_p = Cell::has_cell_state ? dc.data_ptr<T_>() : nullptr;
+    const T_* drh_p = Cell::two_phase ? drh.const_data_ptr<T_>() : nullptr;
+
+    for (int64_t s = T - 1; s >= 0; --s) {
+      const int64_t t = time_of(s, T, reverse);
+      const int64_t tp = s ? time_of(s - 1, T, reverse) : -1;
+      const T_* h_prev = s ? out_p + tp * B * H : hx_p;
+      const T_* c_prev = Cell::has_cell_state ? (s ? ws_p + tp * B * WS + 4 * H : cx_p) : nullptr;
+      const int64_t c_stride = s ? WS : H;
+
+      auto row = [&](int64_t b) {
+        BwdRow<T_> r;
+        r.dy = dy_p + (t * B + b) * H;
+        r.h = h_prev + b * H;
+        r.h_out = out_p + (t * B + b) * H;
+        r.c = c_prev ? c_prev + b * c_stride : nullptr;
+        r.ws = ws_p ? ws_p + (t * B + b) * WS : nullptr;
+        r.dg = dg_p + (t * B + b) * G * H;
+        r.dgh = dgh_p + (t * B + b) * G * H;
+        r.dh = dh_p + b * H;
+        r.dc = dc_p ? dc_p + b * H : nullptr;
+        return r;
+      };
+      for_rows(B, G * H, [&](int64_t b0, int64_t b1) { backward_rows<Cell, 1>(row, drh_p, b0, b1, H); });
+      if constexpr (Cell::two_phase) {
+        rec_n.run(dG.select(0, t).narrow(1, 2 * H, H), drh, false);
+        for_rows(B, G * H, [&](int64_t b0, int64_t b1) { backward_rows<Cell, 2>(row, drh_p, b0, b1, H); });
+      }
+      const at::Tensor dgh_t = GR == G ? dgh_steps[t] : dgh_steps[t].narrow(1, 0, GR * H);
+      rec.run(dgh_t, dh, /*accumulate=*/Cell::carries_dh);
+    }
+  });
+
+  const at::Tensor dG2 = dG.view({T * B, G * H});
+  const at::Tensor dGh2 = dGh.view({T * B, G * H});
+  const at::Tensor x2 = input.view({T * B, I});
+  at::Tensor grad_input = at::mm(dG2, w_ih).view({T, B, I});
+  // h_{t-1} for every time index t, in time order (one copy, no per-step copies): walking forward
+  // that is [hx, output[0 .. T-2]], walking in reverse [output[1 .. T-1], hx].
+  auto fill_hprev = [&](at::Tensor dst) {  // dst (T*B, H), any row stride
+    const int64_t rest = (T - 1) * B;
+    dst.narrow(0, reverse ? rest : 0, B).copy_(hx);
+    if (T > 1) dst.narrow(0, reverse ? 0 : B, rest).copy_(output.narrow(0, reverse ? 1 : 0, T - 1).view({rest, H}));
+  };
+  at::Tensor grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh;
+  if constexpr (!Cell::two_phase && !Cell::separate_hidden_grad) {
+    // dW_ih, dW_hh and the bias grad in ONE GEMM that reads dG once: dGᵀ [X | Hprev | 1].
+    at::Tensor a = at::empty({T * B, I + H + 1}, opts);
+    a.narrow(1, 0, I).copy_(x2);
+    fill_hprev(a.narrow(1, I, H));
+    a.narrow(1, I + H, 1).fill_(1);
+    const at::Tensor w = at::mm(dG2.t(), a);
+    grad_w_ih = w.narrow(1, 0, I).contiguous();
+    grad_w_hh = w.narrow(1, I, H).contiguous();
+    grad_b_ih = w.select(1, I + H).contiguous();
+    grad_b_hh = grad_b_ih.clone();
+  } else {
+    at::Tensor hprev = at::empty({T * B, H}, opts);
+    fill_hprev(hprev);
+    grad_w_ih = at::mm(dG2.t(), x2);
+    if constexpr (Cell::two_phase) {
+      grad_w_hh = at::empty({G * H, H}, opts);
+      at::Tensor rz_rows = grad_w_hh.narrow(0, 0, 2 * H), n_rows = grad_w_hh.narrow(0, 2 * H, H);
+      at::mm_out(rz_rows, dG2.narrow(1, 0, 2 * H).t(), hprev);
+      at::mm_out(n_rows, dG2.narrow(1, 2 * H, H).t(),
+                 ws.view({T * B, WS}).narrow(1, 3 * H, H));  // W_hn saw r ⊙ h
+    } else {
+      grad_w_hh = at::mm(dGh2.t(), hprev);
+    }
+    grad_b_ih = dG2.sum(0);
+    grad_b_hh = Cell::separate_hidden_grad ? dGh2.sum(0) : grad_b_ih.clone();
+  }
+  return {grad_input, dh, dc, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
+}
+
+}  // namespace cpu
+}  // namespace rnnfast

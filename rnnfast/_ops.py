@@ -1,0 +1,143 @@
+"""Loads the compiled ops (rnnfast._C) and wires them into PyTorch: a fake (meta) kernel for every
+op, so they trace under torch.compile and pass torch.library.opcheck, and autograd from each
+forward op to its backward op (DESIGN.md §3). Op schemas: csrc/ops.cpp.
+
+Workspace layouts (shared by the CPU and CUDA implementations), H = hidden size:
+    rnn_tanh / rnn_relu: (0,)
+    gru:  (T, B, 4H) = [r, z, n, hn]; hn = W_hn h + b_hn (reset_after) or r * h (not reset_after)
+    lstm: (T, B, 5H) = [i, f, g, o, c] (gates after their nonlinearity, c the new cell state)
+"""
+import torch
+
+try:
+    from . import _C  # noqa: F401  (loading it registers the ops)
+except ImportError as err:  # pragma: no cover - depends on the build
+    raise ImportError(
+        "rnnfast's compiled extension (rnnfast._C) could not be loaded. Either it is not built — run "
+        "`pip install --no-build-isolation -e .` in the repository root — or it was built against "
+        "another torch version (ABI mismatch after a torch upgrade) — rebuild it the same way. "
+        f"Original error: {err}"
+    ) from err
+
+_ops = torch.ops.rnnfast
+
+# gates per cell and workspace width (in units of H)
+_GATES = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}
+_WS = {"rnn_tanh": 0, "rnn_relu": 0, "gru": 4, "lstm": 5}
+
+
+def _workspace_shape(cell, T, B, H):
+    return (0,) if _WS[cell] == 0 else (T, B, _WS[cell] * H)
+
+
+# ---- fake kernels: shapes per the contract; dtype/device follow the input -----------------------
+def _fake_forward(cell):
+    def fake(input, hx, w_ih, w_hh, b_ih, b_hh, reverse, *rest):
+        T, B, _ = input.shape
+        H = hx.shape[1]
+        return (input.new_empty((T, B, H)), input.new_empty((B, H)),
+                input.new_empty(_workspace_shape(cell, T, B, H)))
+    return fake
+
+
+def _fake_backward(grad_output, grad_hy, input, hx, w_ih, w_hh, output, workspace, reverse, *rest):
+    G = w_ih.shape[0]
+    return (input.new_empty(input.shape), input.new_empty(hx.shape), input.new_empty(w_ih.shape),
+            input.new_empty(w_hh.shape), input.new_empty((G,)), input.new_empty((G,)))
+
+
+for _cell in ("rnn_tanh", "rnn_relu", "gru"):
+    torch.library.register_fake(f"rnnfast::{_cell}_forward")(_fake_forward(_cell))
+    torch.library.register_fake(f"rnnfast::{_cell}_backward")(_fake_backward)
+
+
+@torch.library.register_fake("rnnfast::lstm_forward")
+def _(input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse):
+    T, B, _ = input.shape
+    H = hx.shape[1]
+    return (input.new_empty((T, B, H)), input.new_empty((B, H)), input.new_empty((B, H)),
+            input.new_empty(_workspace_shape("lstm", T, B, H)))
+
+
+@torch.library.register_fake("rnnfast::lstm_backward")
+def _(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, output, workspace, reverse):
+    G = w_ih.shape[0]
+    return (input.new_empty(input.shape), input.new_empty(hx.shape), input.new_empty(cx.shape),
+            input.new_empty(w_ih.shape), input.new_empty(w_hh.shape), input.new_empty((G,)),
+            input.new_empty((G,)))
+
+
+# ---- autograd: forward op -> backward op ---------------------------------------------------------
+def _dense(grad, like):
+    return torch.zeros_like(like) if grad is None else grad
+
+
+def _bias_grads(ctx, db_ih, db_hh):
+    return (db_ih if ctx.has_b_ih else None), (db_hh if ctx.has_b_hh else None)
+
+
+def _setup_no_cell(ctx, inputs, output):
+    input, hx, w_ih, w_hh, b_ih, b_hh, reverse = inputs[:7]
+    ctx.extra = tuple(inputs[7:])  # gru: (reset_after,)
+    ctx.reverse = reverse
+    ctx.has_b_ih, ctx.has_b_hh = b_ih is not None, b_hh is not None
+    out, _, ws = output
+    ctx.save_for_backward(input, hx, w_ih, w_hh, out, ws)
+
+
+def _backward_no_cell(cell):
+    backward_op = getattr(_ops, f"{cell}_backward")
+
+    def backward(ctx, grad_output, grad_hy, _grad_ws):
+        input, hx, w_ih, w_hh, out, ws = ctx.saved_tensors
+        dx, dhx, dw_ih, dw_hh, db_ih, db_hh = backward_op(
+            _dense(grad_output, out), _dense(grad_hy, hx), input, hx, w_ih, w_hh, out, ws, ctx.reverse, *ctx.extra)
+        db_ih, db_hh = _bias_grads(ctx, db_ih, db_hh)
+        return (dx, dhx, dw_ih, dw_hh, db_ih, db_hh, None) + (None,) * len(ctx.extra)
+    return backward
+
+
+for _cell in ("rnn_tanh", "rnn_relu", "gru"):
+    torch.library.register_autograd(f"rnnfast::{_cell}_forward", _backward_no_cell(_cell),
+                                    setup_context=_setup_no_cell)
+
+
+def _setup_lstm(ctx, inputs, output):
+    input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse = inputs
+    ctx.reverse = reverse
+    ctx.has_b_ih, ctx.has_b_hh = b_ih is not None, b_hh is not None
+    out, _, _, ws = output
+    ctx.save_for_backward(input, hx, cx, w_ih, w_hh, out, ws)
+
+
+def _backward_lstm(ctx, grad_output, grad_hy, grad_cy, _grad_ws):
+    input, hx, cx, w_ih, w_hh, out, ws = ctx.saved_tensors
+    dx, dhx, dcx, dw_ih, dw_hh, db_ih, db_hh = _ops.lstm_backward(
+        _dense(grad_output, out), _dense(grad_hy, hx), _dense(grad_cy, cx), input, hx, cx, w_ih, w_hh, out, ws,
+        ctx.reverse)
+    db_ih, db_hh = _bias_grads(ctx, db_ih, db_hh)
+    return dx, dhx, dcx, dw_ih, dw_hh, db_ih, db_hh, None
+
+
+torch.library.register_autograd("rnnfast::lstm_forward", _backward_lstm, setup_context=_setup_lstm)
+
+
+# Double backward is not implemented: differentiating a backward op raises a clear error instead of
+# silently returning a graph without it.
+def _no_double_backward(cell):
+    def setup_context(ctx, inputs, output):
+        pass
+
+    def backward(ctx, *grads):
+        raise NotImplementedError(
+            f"double backward through rnnfast.{cell} is not supported (the gradient of its backward op "
+            f"rnnfast::{cell}_backward is not implemented); use torch.nn's layers for higher-order gradients")
+    return backward, setup_context
+
+
+for _cell in _GATES:
+    _bw, _setup = _no_double_backward(_cell)
+    torch.library.register_autograd(f"rnnfast::{_cell}_backward", _bw, setup_context=_setup)
+
+
+# ---- gradient clipping ----

@@ -1,0 +1,112 @@
+"""Differentiable recurrent layers on rnnfast's fused ops: one call = one layer, one direction,
+the whole sequence (DESIGN.md §3; op contracts in CONTRACTS.md and rnnfast/_ops.py).
+
+Shapes: input (T, B, I) time-major; hx, cx (B, H); w_ih (G*H, I); w_hh (G*H, H); b_ih, b_hh
+(G*H,) or None, with torch.nn's gate order (LSTM i, f, g, o; GRU r, z, n), so torch.nn's
+``weight_ih_l0`` etc. are used unchanged. ``reverse=True`` walks t = T-1 .. 0 (the reverse
+direction of a bidirectional layer); ``output[t]`` is always the state after consuming input[t].
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _ops  # noqa: F401  (registers fake kernels and autograd for torch.ops.rnnfast)
+
+__all__ = ["rnn_tanh", "rnn_relu", "gru", "lstm", "check_layer_args", "GATES"]
+
+#: gates per cell: rows of w_ih / w_hh are GATES[cell] * hidden_size
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}
+
+_CPU_DTYPES = (torch.float32, torch.float64)
+_CUDA_DTYPES = (torch.float32,)
+
+
+def _shape(t):
+    return tuple(t.shape)
+
+
+def check_layer_args(op: str, input: Tensor, hx: Tensor, cx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+                     b_ih: Optional[Tensor], b_hh: Optional[Tensor]) -> None:
+    """Validates one layer-direction's arguments with messages naming the op and the argument.
+
+    TypeError for non-tensors and unsupported or mismatched dtypes; ValueError for wrong ranks,
+    sizes and devices. ``op`` is the cell name ("lstm", "gru", "rnn_tanh", "rnn_relu").
+    """
+    name = f"rnnfast.{op}"
+    G = GATES[op]
+    named = [("input", input), ("hx", hx), ("w_ih", w_ih), ("w_hh", w_hh)]
+    if op == "lstm":
+        named.insert(2, ("cx", cx))
+    named += [(n, b) for n, b in (("b_ih", b_ih), ("b_hh", b_hh)) if b is not None]
+    for arg, t in named:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name}: {arg} must be a torch.Tensor, got {type(t).__name__}")
+    allowed = _CUDA_DTYPES if input.device.type == "cuda" else _CPU_DTYPES
+    if input.dtype not in allowed:
+        raise TypeError(f"{name} supports float32 and float64 on CPU and float32 on CUDA, "
+                        f"got {input.dtype} on {input.device.type.upper()}")
+    for arg, t in named[1:]:
+        if t.dtype != input.dtype:
+            raise TypeError(f"{name}: {arg} has dtype {t.dtype} but input has dtype {input.dtype} "
+                            "(all tensors must share one dtype)")
+        if t.device != input.device:
+            raise ValueError(f"{name}: {arg} is on {t.device} but input is on {input.device} "
+                             "(all tensors must be on one device)")
+    ranks = {"input": (3, "(T, B, I)"), "hx": (2, "(B, H)"), "cx": (2, "(B, H)"), "w_ih": (2, "(G*H, I)"),
+             "w_hh": (2, "(G*H, H)"), "b_ih": (1, "(G*H,)"), "b_hh": (1, "(G*H,)")}
+    for arg, t in named:
+        rank, sym = ranks[arg]
+        if t.dim() != rank:
+            raise ValueError(f"{name}: {arg} must be {rank}-D {sym}, got {t.dim()}-D with shape {_shape(t)}")
+    T, B, I = input.shape
+    H = hx.shape[1]
+    if T == 0:
+        raise ValueError(f"{name}: expected sequence length > 0 (as torch.nn), got input of shape {_shape(input)}")
+    gh = "H" if G == 1 else f"{G}*H"
+    want = {"hx": ((B, H), "(B, H)"), "cx": ((B, H), "(B, H)"), "w_hh": ((G * H, H), f"({gh}, H)"),
+            "w_ih": ((G * H, I), f"({gh}, I)"), "b_ih": ((G * H,), f"({gh},)"), "b_hh": ((G * H,), f"({gh},)")}
+    for arg, t in named[1:]:
+        shape, sym = want[arg]
+        if _shape(t) != shape:
+            raise ValueError(f"{name}: {arg} must have shape {sym} = {shape}, got {_shape(t)}"
+                             + (f" (input is {_shape(input)}, hx is {_shape(hx)})" if arg != "hx" else
+                                f" (input is {_shape(input)})"))
+
+
+def rnn_tanh(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
+             b_hh: Optional[Tensor] = None, reverse: bool = False) -> Tuple[Tensor, Tensor]:
+    """Elman RNN layer, h' = tanh(W_ih x + b_ih + W_hh h + b_hh). Returns (output, hy)."""
+    check_layer_args("rnn_tanh", input, hx, None, w_ih, w_hh, b_ih, b_hh)
+    output, hy, _ = torch.ops.rnnfast.rnn_tanh_forward(input, hx, w_ih, w_hh, b_ih, b_hh, bool(reverse))
+    return output, hy
+
+
+def rnn_relu(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
+             b_hh: Optional[Tensor] = None, reverse: bool = False) -> Tuple[Tensor, Tensor]:
+    """Elman RNN layer, h' = relu(W_ih x + b_ih + W_hh h + b_hh). Returns (output, hy)."""
+    check_layer_args("rnn_relu", input, hx, None, w_ih, w_hh, b_ih, b_hh)
+    output, hy, _ = torch.ops.rnnfast.rnn_relu_forward(input, hx, w_ih, w_hh, b_ih, b_hh, bool(reverse))
+    return output, hy
+
+
+def gru(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
+        b_hh: Optional[Tensor] = None, reverse: bool = False, reset_after: bool = True) -> Tuple[Tensor, Tensor]:
+    """GRU layer (gates r, z, n). Returns (output, hy).
+
+    reset_after=True is torch.nn.GRU's form, n = tanh(W_in x + b_in + r * (W_hn h + b_hn));
+    reset_after=False is the textbook form, n = tanh(W_in x + b_in + W_hn (r * h) + b_hn).
+    """
+    check_layer_args("gru", input, hx, None, w_ih, w_hh, b_ih, b_hh)
+    output, hy, _ = torch.ops.rnnfast.gru_forward(input, hx, w_ih, w_hh, b_ih, b_hh, bool(reverse), bool(reset_after))
+    return output, hy
+
+
+def lstm(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
+         b_hh: Optional[Tensor] = None, reverse: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+    """LSTM layer (gates i, f, g, o). Returns (output, hy, cy)."""
+    check_layer_args("lstm", input, hx, cx, w_ih, w_hh, b_ih, b_hh)
+    output, hy, cy, _ = torch.ops.rnnfast.lstm_forward(input, hx, cx, w_ih, w_hh, b_ih, b_hh, bool(reverse))
+    return output, hy, cy

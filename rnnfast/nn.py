@@ -1,0 +1,514 @@
+"""Recurrent modules on rnnfast's fused ops: drop-ins for torch.nn.RNN, GRU, LSTM and their cells.
+
+Each module has torch.nn's constructor arguments, parameter names, shapes, registration order and
+initialization, so ``model.load_state_dict(torch_model.state_dict())`` works unchanged in both
+directions, and its forward has torch.nn's signature and return values (optional hx, unbatched
+input, batch_first, bidirectional, dropout between layers).
+
+A multi-layer forward makes one call into ``rnnfast.functional`` per layer and direction; each
+call runs the whole sequence in C++ (never a Python loop over time steps). Cells are one step
+(T = 1) of the same ops.
+
+Differences from torch.nn, all of them explicit errors or additions, never silent changes:
+
+* ``GRU(reset_after=False)`` selects the textbook GRU (Cho et al. 2014); the default
+  ``reset_after=True`` is torch.nn.GRU's (cuDNN's) formulation.
+* ``LSTM(proj_size>0)`` and ``PackedSequence`` inputs raise ``NotImplementedError``.
+* There is no flat cuDNN weight buffer; ``flatten_parameters()`` is a no-op kept for compatibility.
+* ``repr(RNN(..., nonlinearity='relu'))`` shows the nonlinearity (torch.nn.RNN's repr omits it).
+
+Dropout between layers is ``torch.nn.functional.dropout`` on each time-major layer output, the
+same call ATen's CPU RNN makes, so on CPU a given seed gives torch.nn's masks.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence
+
+from . import functional as rf
+
+__all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell"]
+
+# Number of gate blocks stacked in each weight matrix (PyTorch's layout and gate order).
+_NUM_GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "GRU": 3, "LSTM": 4}
+
+
+# ---- shared argument and input checks ----------------------------------------------------------
+
+def _check_sizes(input_size, hidden_size, bias):
+    if not isinstance(bias, bool):
+        raise TypeError(f"bias should be of type bool, got: {type(bias).__name__}")
+    if not isinstance(input_size, int) or isinstance(input_size, bool):
+        raise TypeError(f"input_size should be of type int, got: {type(input_size).__name__}")
+    if input_size <= 0:
+        raise ValueError("input_size must be greater than zero")
+    if not isinstance(hidden_size, int) or isinstance(hidden_size, bool):
+        raise TypeError(f"hidden_size should be of type int, got: {type(hidden_size).__name__}")
+    if hidden_size <= 0:
+        raise ValueError("hidden_size must be greater than zero")
+
+
+def _rnn_mode(nonlinearity):
+    if nonlinearity == "tanh":
+        return "RNN_TANH"
+    if nonlinearity == "relu":
+        return "RNN_RELU"
+    raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+
+
+def _check_packed(name, input):
+    if isinstance(input, PackedSequence):
+        raise NotImplementedError(
+            f"rnnfast.{name} does not accept PackedSequence input. Pass a padded tensor instead "
+            "(torch.nn.utils.rnn.pad_packed_sequence), noting that the padded steps then also "
+            f"update the state, or use torch.nn.{name} for packed variable-length batches.")
+
+
+def _check_tensor(name, what, t, weight):
+    """Input/state tensors must share the parameters' dtype and device (clear error otherwise)."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name}: expected {what} to be a Tensor, got {type(t).__name__}")
+    if t.dtype != weight.dtype:
+        raise ValueError(
+            f"{name} {what} dtype ({t.dtype}) does not match weight dtype ({weight.dtype}). "
+            f"Convert {what}: {what}.to({weight.dtype}), or convert model: model.to({t.dtype})")
+    if t.device != weight.device:
+        raise RuntimeError(
+            f"{name} {what} is on device {t.device} but the weights are on {weight.device}; "
+            f"move one of them (model.to({t.device}) or {what}.to({weight.device}))")
+
+
+def _check_shape(t, expected, msg="Expected hidden size {}, got {}"):
+    if tuple(t.shape) != tuple(expected):
+        raise RuntimeError(msg.format(tuple(expected), list(t.shape)))
+
+
+def _call_layer(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, reset_after):
+    """One layer, one direction, the whole sequence: x (T, B, I) -> (output, hy[, cy])."""
+    if mode == "LSTM":
+        return rf.lstm(x, h, c, w_ih, w_hh, b_ih, b_hh, reverse=reverse)
+    if mode == "GRU":
+        return rf.gru(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse, reset_after=reset_after)
+    if mode == "RNN_TANH":
+        return rf.rnn_tanh(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse)
+    return rf.rnn_relu(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse)
+
+
+# ---- multi-layer modules -----------------------------------------------------------------------
+
+class _RecurrentBase(torch.nn.Module):
+    """Parameters, checks and the layer/direction loop shared by RNN, GRU and LSTM."""
+
+    _reset_after = True  # only GRU uses it
+
+    def __init__(self, mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                 bidirectional, device, dtype):
+        super().__init__()
+        if (not isinstance(dropout, numbers.Number) or isinstance(dropout, bool)
+                or not 0 <= dropout <= 1):
+            raise ValueError("dropout should be a number in range [0, 1] representing the "
+                             "probability of an element being zeroed")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(
+                "dropout option adds dropout after all but last recurrent layer, so non-zero "
+                f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
+                f"num_layers={num_layers}", stacklevel=3)
+        if not isinstance(batch_first, bool):
+            raise TypeError(f"batch_first should be of type bool, got: {type(batch_first).__name__}")
+        _check_sizes(input_size, hidden_size, bias)
+        if not isinstance(num_layers, int) or num_layers <= 0:
+            raise ValueError("num_layers must be greater than zero")
+
+        self.mode = mode
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.proj_size = 0
+
+        gate_size = _NUM_GATES[mode] * hidden_size
+        num_directions = 2 if bidirectional else 1
+        factory = {"device": device, "dtype": dtype}
+        # Same names, shapes and registration order as torch.nn.RNNBase (state_dict interchange).
+        self._flat_weights_names = []
+        self._all_weights = []
+        for layer in range(num_layers):
+            layer_input_size = input_size if layer == 0 else hidden_size * num_directions
+            for direction in range(num_directions):
+                suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+                shapes = {f"weight_ih{suffix}": (gate_size, layer_input_size),
+                          f"weight_hh{suffix}": (gate_size, hidden_size)}
+                if bias:
+                    shapes[f"bias_ih{suffix}"] = (gate_size,)
+                    shapes[f"bias_hh{suffix}"] = (gate_size,)
+                for name, shape in shapes.items():
+                    self.register_parameter(name, torch.nn.Parameter(torch.empty(shape, **factory)))
+                self._flat_weights_names.extend(shapes)
+                self._all_weights.append(list(shapes))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """uniform(-1/sqrt(H), 1/sqrt(H)) for every parameter, in registration order (as torch.nn)."""
+        stdv = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            torch.nn.init.uniform_(weight, -stdv, stdv)
+
+    def flatten_parameters(self) -> None:
+        """No-op: rnnfast keeps no flat cuDNN weight buffer (kept for torch.nn compatibility)."""
+
+    @property
+    def all_weights(self):
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        if self.batch_first is not False:
+            s += f", batch_first={self.batch_first}"
+        if self.dropout != 0:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional is not False:
+            s += f", bidirectional={self.bidirectional}"
+        return s
+
+    def _layer_weights(self, layer, direction):
+        suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+        w_ih = getattr(self, f"weight_ih{suffix}")
+        w_hh = getattr(self, f"weight_hh{suffix}")
+        if self.bias:
+            return w_ih, w_hh, getattr(self, f"bias_ih{suffix}"), getattr(self, f"bias_hh{suffix}")
+        return w_ih, w_hh, None, None
+
+    def _prepare(self, input, states):
+        """Checks input and states (a tuple of 1 or 2 tensors, or None) like torch.nn, returns
+        (time-major contiguous input, full states (L*D, B, H), is_batched)."""
+        name = type(self).__name__
+        _check_packed(name, input)
+        if not isinstance(input, Tensor):
+            raise TypeError(f"{name}: expected input to be a Tensor, got {type(input).__name__}")
+        if input.dim() not in (2, 3):
+            raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
+        weight = self.weight_ih_l0
+        _check_tensor(name, "input", input, weight)
+        is_batched = input.dim() == 3
+        batch_dim = 0 if self.batch_first else 1
+        if not is_batched:
+            input = input.unsqueeze(batch_dim)
+        if self.batch_first:
+            input = input.transpose(0, 1)
+        if input.size(-1) != self.input_size:
+            raise RuntimeError("input.size(-1) must be equal to input_size. "
+                               f"Expected {self.input_size}, got {input.size(-1)}")
+        if input.size(0) == 0:
+            # torch.nn's message; a zero-length sequence has no output to return.
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        batch = input.size(1)
+        expected = (self.num_layers * (2 if self.bidirectional else 1), batch, self.hidden_size)
+        if states is None:
+            states = tuple(input.new_zeros(expected) for _ in range(1 + (self.mode == "LSTM")))
+        else:
+            kind = "hx and cx" if len(states) == 2 else "hx"
+            dims = tuple(s.dim() if isinstance(s, Tensor) else None for s in states)
+            want = 3 if is_batched else 2
+            if any(d != want for d in dims):
+                got = ", ".join(f"{d}-D" for d in dims)
+                got = f"({got}) tensors" if len(states) == 2 else f"{got} tensor"
+                rank = "batched 3-D" if is_batched else "unbatched 2-D"
+                raise RuntimeError(f"For {rank} input, {kind} should also be {want}-D but got {got}")
+            if not is_batched:
+                states = tuple(s.unsqueeze(1) for s in states)
+            for i, s in enumerate(states):
+                what = "hx" if i == 0 else "cx"
+                _check_tensor(name, what, s, weight)
+                msg = (f"Expected hidden[{i}] size {{}}, got {{}}" if len(states) == 2
+                       else "Expected hidden size {}, got {}")
+                _check_shape(s, expected, msg)
+        return input.contiguous(), tuple(s.contiguous() for s in states), is_batched
+
+    def _run(self, input, h0, c0):
+        """All layers and directions; input (T, B, I) contiguous -> (output (T, B, D*H), h_n[, c_n])."""
+        num_directions = 2 if self.bidirectional else 1
+        h_n, c_n = [], []
+        layer_input = input
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(num_directions):
+                idx = layer * num_directions + direction
+                res = _call_layer(self.mode, layer_input, h0[idx],
+                                  c0[idx] if c0 is not None else None,
+                                  *self._layer_weights(layer, direction),
+                                  reverse=direction == 1, reset_after=self._reset_after)
+                outputs.append(res[0])
+                h_n.append(res[1])
+                if c0 is not None:
+                    c_n.append(res[2])
+            layer_output = outputs[0] if num_directions == 1 else torch.cat(outputs, dim=2)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                layer_output = torch.nn.functional.dropout(layer_output, self.dropout, True)
+            layer_input = layer_output
+        return layer_input, torch.stack(h_n), (torch.stack(c_n) if c0 is not None else None)
+
+    def _finish(self, output, is_batched):
+        if self.batch_first:
+            output = output.transpose(0, 1)
+        if not is_batched:
+            output = output.squeeze(0 if self.batch_first else 1)
+        return output
+
+    def forward(self, input, hx=None):
+        input, (h0,), is_batched = self._prepare(input, None if hx is None else (hx,))
+        output, h_n, _ = self._run(input, h0, None)
+        return self._finish(output, is_batched), (h_n if is_batched else h_n.squeeze(1))
+
+
+class RNN(_RecurrentBase):
+    """Drop-in for ``torch.nn.RNN`` (Elman RNN, tanh or ReLU) on rnnfast's fused ops.
+
+    h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh). Same constructor arguments, parameters,
+    initialization, forward signature and outputs as torch.nn.RNN: ``output, h_n = rnn(x, h0)``.
+    A torch.nn.RNN state_dict loads unchanged, and vice versa.
+
+    Differences: PackedSequence input raises NotImplementedError (pass a padded tensor);
+    ``flatten_parameters()`` is a no-op.
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None):
+        super().__init__(_rnn_mode(nonlinearity), input_size, hidden_size, num_layers, bias,
+                         batch_first, dropout, bidirectional, device, dtype)
+        self.nonlinearity = nonlinearity
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        if self.nonlinearity != "tanh":
+            s += f", nonlinearity={self.nonlinearity}"
+        return s
+
+
+class GRU(_RecurrentBase):
+    """Drop-in for ``torch.nn.GRU`` on rnnfast's fused ops, plus the textbook variant.
+
+    Gates r, z, n (PyTorch's order). With the default ``reset_after=True`` this is exactly
+    torch.nn.GRU (and cuDNN): n = tanh(W_in x + b_in + r * (W_hn h + b_hn)).
+    ``reset_after=False`` is the textbook GRU (Cho et al. 2014; d2l):
+    n = tanh(W_in x + b_in + W_hn (r * h) + b_hn). Both share h' = (1 - z) * n + z * h and the same
+    parameter names and shapes, so either loads a torch.nn.GRU state_dict (the numbers only match
+    torch.nn.GRU's with reset_after=True).
+
+    Same constructor arguments (plus keyword-only ``reset_after``), parameters, initialization,
+    forward signature and outputs as torch.nn.GRU: ``output, h_n = gru(x, h0)``.
+    Differences: PackedSequence input raises NotImplementedError; ``flatten_parameters()`` is a
+    no-op.
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, reset_after=True):
+        if not isinstance(reset_after, bool):
+            raise TypeError(f"reset_after should be of type bool, got: {type(reset_after).__name__}")
+        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, device, dtype)
+        self.reset_after = reset_after
+
+    @property
+    def _reset_after(self):
+        return self.reset_after
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        if not self.reset_after:
+            s += ", reset_after=False"
+        return s
+
+
+class LSTM(_RecurrentBase):
+    """Drop-in for ``torch.nn.LSTM`` on rnnfast's fused ops.
+
+    Gates i, f, g, o (PyTorch's order); c' = f * c + i * g, h' = o * tanh(c'). Same constructor
+    arguments, parameters, initialization, forward signature and outputs as torch.nn.LSTM:
+    ``output, (h_n, c_n) = lstm(x, (h0, c0))``. A torch.nn.LSTM state_dict loads unchanged, and
+    vice versa.
+
+    Differences: ``proj_size > 0`` (LSTM with projections) and PackedSequence input raise
+    NotImplementedError (use torch.nn.LSTM for those); ``flatten_parameters()`` is a no-op.
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None):
+        if not isinstance(proj_size, int) or proj_size < 0:
+            raise ValueError("proj_size should be a positive integer or zero to disable projections")
+        if proj_size > 0:
+            raise NotImplementedError(
+                f"rnnfast.LSTM does not support proj_size > 0 (got proj_size={proj_size}); "
+                "use torch.nn.LSTM(..., proj_size=...) for LSTMs with projections")
+        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, device, dtype)
+
+    def forward(self, input, hx=None):
+        if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+            raise TypeError("LSTM: hx must be a tuple (h_0, c_0) of two tensors")
+        input, (h0, c0), is_batched = self._prepare(input, None if hx is None else tuple(hx))
+        output, h_n, c_n = self._run(input, h0, c0)
+        if not is_batched:
+            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
+        return self._finish(output, is_batched), (h_n, c_n)
+
+
+# ---- cells: one time step of the same ops ------------------------------------------------------
+
+class _CellBase(torch.nn.Module):
+    """weight_ih (G*H, I), weight_hh (G*H, H), bias_ih/bias_hh (G*H) or None, as torch.nn's cells."""
+
+    _reset_after = True
+
+    def __init__(self, mode, input_size, hidden_size, bias, device, dtype):
+        super().__init__()
+        _check_sizes(input_size, hidden_size, bias)
+        self.mode = mode
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        gate_size = _NUM_GATES[mode] * hidden_size
+        factory = {"device": device, "dtype": dtype}
+        self.weight_ih = torch.nn.Parameter(torch.empty((gate_size, input_size), **factory))
+        self.weight_hh = torch.nn.Parameter(torch.empty((gate_size, hidden_size), **factory))
+        if bias:
+            self.bias_ih = torch.nn.Parameter(torch.empty(gate_size, **factory))
+            self.bias_hh = torch.nn.Parameter(torch.empty(gate_size, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        stdv = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            torch.nn.init.uniform_(weight, -stdv, stdv)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        return s
+
+    def _step(self, input, states):
+        """Checks like torch.nn's cells, then runs one step (T = 1). states: tuple or None."""
+        name = type(self).__name__
+        if not isinstance(input, Tensor):
+            raise TypeError(f"{name}: expected input to be a Tensor, got {type(input).__name__}")
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        _check_tensor(name, "input", input, self.weight_ih)
+        if input.size(-1) != self.input_size:
+            raise RuntimeError(f"{name}: input has inconsistent input_size: got {input.size(-1)}, "
+                               f"expected {self.input_size}")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        expected = (input.size(0), self.hidden_size)
+        if states is None:
+            states = tuple(input.new_zeros(expected) for _ in range(1 + (self.mode == "LSTM")))
+        else:
+            for i, s in enumerate(states):
+                what = "hx" if len(states) == 1 else f"hx[{i}]"
+                if not isinstance(s, Tensor):
+                    raise TypeError(f"{name}: expected {what} to be a Tensor, got {type(s).__name__}")
+                if s.dim() != input.dim() - (0 if is_batched else 1):
+                    raise RuntimeError(
+                        f"{name}: Expected {what} to be {'2D' if is_batched else '1D'} for "
+                        f"{'batched 2D' if is_batched else 'unbatched 1D'} input, got {s.dim()}D")
+                _check_tensor(name, what, s, self.weight_ih)
+            if not is_batched:
+                states = tuple(s.unsqueeze(0) for s in states)
+            for i, s in enumerate(states):
+                msg = (f"{name}: Expected hidden[{i}] size {{}}, got {{}}" if len(states) == 2
+                       else f"{name}: Expected hidden size {{}}, got {{}}")
+                _check_shape(s, expected, msg)
+        h = states[0].contiguous()
+        c = states[1].contiguous() if len(states) == 2 else None
+        res = _call_layer(self.mode, input.unsqueeze(0).contiguous(), h, c, self.weight_ih,
+                          self.weight_hh, self.bias_ih, self.bias_hh, reverse=False,
+                          reset_after=self._reset_after)
+        new_states = res[1:]
+        if not is_batched:
+            new_states = tuple(s.squeeze(0) for s in new_states)
+        return new_states
+
+
+class RNNCell(_CellBase):
+    """Drop-in for ``torch.nn.RNNCell``: h' = act(W_ih x + b_ih + W_hh h + b_hh), act tanh or relu.
+
+    Same constructor, parameters (weight_ih, weight_hh, bias_ih, bias_hh), initialization and
+    forward (input (B, I) or (I,), optional hx) as torch.nn.RNNCell; runs one step of rnnfast's
+    sequence op.
+    """
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None,
+                 dtype=None):
+        super().__init__(_rnn_mode(nonlinearity), input_size, hidden_size, bias, device, dtype)
+        self.nonlinearity = nonlinearity
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        if self.nonlinearity != "tanh":
+            s += f", nonlinearity={self.nonlinearity}"
+        return s
+
+    def forward(self, input, hx=None):
+        return self._step(input, None if hx is None else (hx,))[0]
+
+
+class GRUCell(_CellBase):
+    """Drop-in for ``torch.nn.GRUCell`` (gates r, z, n), plus the textbook variant.
+
+    ``reset_after=True`` (default) is torch.nn.GRUCell exactly; ``reset_after=False`` is the
+    textbook GRU, n = tanh(W_in x + b_in + W_hn (r * h) + b_hn), with the same parameter names
+    and shapes. Runs one step of rnnfast's sequence op.
+    """
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
+                 reset_after=True):
+        if not isinstance(reset_after, bool):
+            raise TypeError(f"reset_after should be of type bool, got: {type(reset_after).__name__}")
+        super().__init__("GRU", input_size, hidden_size, bias, device, dtype)
+        self.reset_after = reset_after
+
+    @property
+    def _reset_after(self):
+        return self.reset_after
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        if not self.reset_after:
+            s += ", reset_after=False"
+        return s
+
+    def forward(self, input, hx=None):
+        return self._step(input, None if hx is None else (hx,))[0]
+
+
+class LSTMCell(_CellBase):
+    """Drop-in for ``torch.nn.LSTMCell``: ``h', c' = cell(x, (h, c))``, gates i, f, g, o.
+
+    Same constructor, parameters, initialization and forward as torch.nn.LSTMCell; runs one step
+    of rnnfast's sequence op.
+    """
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
+        super().__init__("LSTM", input_size, hidden_size, bias, device, dtype)
+
+    def forward(self, input, hx=None):
+        if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+            raise TypeError("LSTMCell: hx must be a tuple (h_0, c_0) of two tensors")
+        h, c = self._step(input, None if hx is None else tuple(hx))
+        return h, c

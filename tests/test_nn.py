@@ -1,0 +1,565 @@
+"""rnnfast.nn modules against torch.nn: outputs, final states and every gradient after loading the
+same state_dict; torch.nn's parameter layout, init, dropout, unbatched input and error behaviour."""
+import math
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import rnnfast.nn as rnn
+
+F64, F32 = torch.float64, torch.float32
+TOL = {F64: 1e-10, F32: 1e-5}
+MODES = ["tanh", "relu", "gru", "lstm"]
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+def build(lib, mode, input_size, hidden_size, dtype=F64, reset_after=True, **kw):
+    """lib.RNN/GRU/LSTM for mode in tanh, relu, gru, lstm (lib: rnnfast.nn or torch.nn)."""
+    if mode in ("tanh", "relu"):
+        return lib.RNN(input_size, hidden_size, nonlinearity=mode, dtype=dtype, **kw)
+    if mode == "gru":
+        if lib is rnn:
+            kw["reset_after"] = reset_after
+        return lib.GRU(input_size, hidden_size, dtype=dtype, **kw)
+    return lib.LSTM(input_size, hidden_size, dtype=dtype, **kw)
+
+
+def make_pair(mode, input_size, hidden_size, dtype=F64, reset_after=True, **kw):
+    """(rnnfast module, torch.nn module holding the same parameters)."""
+    ours = build(rnn, mode, input_size, hidden_size, dtype, reset_after, **kw)
+    ref = build(torch.nn, mode, input_size, hidden_size, dtype, **kw)
+    ref.load_state_dict(ours.state_dict())
+    return ours, ref
+
+
+def build_cell(lib, mode, input_size, hidden_size, dtype=F64, bias=True):
+    if mode in ("tanh", "relu"):
+        return lib.RNNCell(input_size, hidden_size, bias, nonlinearity=mode, dtype=dtype)
+    cls = lib.GRUCell if mode == "gru" else lib.LSTMCell
+    return cls(input_size, hidden_size, bias, dtype=dtype)
+
+
+def make_cell_pair(mode, input_size, hidden_size, dtype=F64, bias=True):
+    ours = build_cell(rnn, mode, input_size, hidden_size, dtype, bias)
+    ref = build_cell(torch.nn, mode, input_size, hidden_size, dtype, bias)
+    ref.load_state_dict(ours.state_dict())
+    return ours, ref
+
+
+def flat(result):
+    """(output, h) / (output, (h, c)) / h / (h, c) -> list of tensors."""
+    if isinstance(result, torch.Tensor):
+        return [result]
+    out = []
+    for r in result:
+        out.extend(flat(r))
+    return out
+
+
+def run(module, x, states, cotangents=None):
+    """Forward, then grads of sum(out_i * cotangent_i) w.r.t. input, states and every parameter.
+    states: None, a tensor or a tuple of tensors (fresh leaves are made here)."""
+    x = x.detach().clone().requires_grad_()
+    leaves = [x]
+    if states is None:
+        hx = None
+    elif isinstance(states, torch.Tensor):
+        hx = states.detach().clone().requires_grad_()
+        leaves.append(hx)
+    else:
+        hx = tuple(s.detach().clone().requires_grad_() for s in states)
+        leaves.extend(hx)
+    params = [p for _, p in module.named_parameters()]
+    outs = flat(module(x, hx))
+    if cotangents is None:
+        cotangents = [torch.randn_like(o) for o in outs]
+    loss = sum((o * c).sum() for o, c in zip(outs, cotangents))
+    grads = torch.autograd.grad(loss, leaves + params, allow_unused=True)
+    return [o.detach() for o in outs], list(grads), cotangents
+
+
+def assert_rel(a, b, dtype, what):
+    """max|a - b| <= tol * max(1, max|b|): 1e-10 in float64, 1e-5 in float32."""
+    assert a is not None and b is not None, what
+    assert a.shape == b.shape, f"{what}: shape {tuple(a.shape)} != {tuple(b.shape)}"
+    if b.numel() == 0:
+        return
+    err = (a - b).abs().max().item()
+    scale = max(1.0, b.abs().max().item())
+    assert err <= TOL[dtype] * scale, f"{what}: max abs error {err:.3g} (scale {scale:.3g})"
+
+
+def check_parity(ours, ref, x, states, dtype):
+    out_a, grads_a, cot = run(ours, x, states)
+    out_b, grads_b, _ = run(ref, x, states, cot)
+    names = ["input"] + ["state"] * (len(grads_a) - 1 - len(list(ours.parameters())))
+    names += [n for n, _ in ours.named_parameters()]
+    for i, (a, b) in enumerate(zip(out_a, out_b)):
+        assert_rel(a, b, dtype, f"output {i}")
+    assert len(grads_a) == len(grads_b)
+    for n, a, b in zip(names, grads_a, grads_b):
+        assert_rel(a, b, dtype, f"grad of {n}")
+
+
+def zero_states(mode, shape, dtype):
+    h = torch.randn(shape, dtype=dtype)
+    return (h, torch.randn(shape, dtype=dtype)) if mode == "lstm" else h
+
+
+# ---- parity with torch.nn over shapes and options ----------------------------------------------
+
+# (batch, steps, input, hidden, layers, bidirectional, batch_first, bias, dtype): every value of
+# batch {1, 3, 32}, steps {1, 7, 35}, hidden {1, 5, 64, 256}, layers {1, 2, 3} and each flag appears.
+CONFIGS = [
+    (1, 1, 1, 1, 1, False, False, True, F64),
+    (3, 7, 4, 5, 2, True, False, False, F64),
+    (32, 35, 10, 64, 2, True, True, True, F64),
+    (3, 35, 7, 256, 1, False, True, True, F32),
+    (32, 7, 16, 256, 2, False, False, True, F64),
+    (1, 7, 3, 5, 3, True, True, False, F32),
+    (32, 7, 8, 64, 3, True, False, True, F32),
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "B{}-T{}-I{}-H{}-L{}-bi{:d}-bf{:d}-bias{:d}-{}".format(
+    *c[:5], c[5], c[6], c[7], str(c[8])[6:]))
+def test_module_parity(mode, cfg):
+    B, T, I, H, L, bidir, batch_first, bias, dtype = cfg
+    with_hx = H != 5  # hx=None (zeros) on the H=5 configs, given states elsewhere
+    ours, ref = make_pair(mode, I, H, dtype, num_layers=L, bidirectional=bidir,
+                          batch_first=batch_first, bias=bias)
+    x = torch.randn((B, T, I) if batch_first else (T, B, I), dtype=dtype)
+    states = zero_states(mode, (L * (2 if bidir else 1), B, H), dtype) if with_hx else None
+    check_parity(ours, ref, x, states, dtype)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("batch", [3, None], ids=["batched", "unbatched"])
+def test_cell_parity(mode, dtype, bias, batch):
+    ours, ref = make_cell_pair(mode, 6, 5, dtype, bias)
+    shape = (batch,) if batch else ()
+    x = torch.randn(shape + (6,), dtype=dtype)
+    states = zero_states(mode, shape + (5,), dtype)
+    check_parity(ours, ref, x, states, dtype)
+    check_parity(ours, ref, x, None, dtype)
+
+
+@settings(max_examples=12, deadline=None)
+@given(mode=st.sampled_from(MODES), batch=st.integers(1, 4), steps=st.integers(1, 6),
+       input_size=st.integers(1, 6), hidden=st.integers(1, 7), layers=st.integers(1, 3),
+       bidir=st.booleans(), batch_first=st.booleans(), bias=st.booleans(),
+       unbatched=st.booleans())
+def test_module_parity_hypothesis(mode, batch, steps, input_size, hidden, layers, bidir,
+                                  batch_first, bias, unbatched):
+    ours, ref = make_pair(mode, input_size, hidden, F64, num_layers=layers, bidirectional=bidir,
+                          batch_first=batch_first, bias=bias)
+    D = 2 if bidir else 1
+    if unbatched:
+        x = torch.randn(steps, input_size, dtype=F64)
+        states = zero_states(mode, (layers * D, hidden), F64)
+    else:
+        x = torch.randn((batch, steps, input_size) if batch_first else (steps, batch, input_size),
+                        dtype=F64)
+        states = zero_states(mode, (layers * D, batch, hidden), F64)
+    check_parity(ours, ref, x, states, F64)
+
+
+# ---- GRU reset_after=False (textbook) against a plain-PyTorch reference -------------------------
+
+def textbook_gru_layer(x, h, w_ih, w_hh, b_ih, b_hh, reverse):
+    """Cho et al. GRU, one direction, written step by step: n uses W_hn (r * h)."""
+    w_ir, w_iz, w_in = w_ih.chunk(3)
+    w_hr, w_hz, w_hn = w_hh.chunk(3)
+    zeros = torch.zeros(3 * h.shape[-1], dtype=x.dtype)
+    b_ir, b_iz, b_in = (b_ih if b_ih is not None else zeros).chunk(3)
+    b_hr, b_hz, b_hn = (b_hh if b_hh is not None else zeros).chunk(3)
+    outputs = [None] * x.shape[0]
+    for t in (reversed(range(x.shape[0])) if reverse else range(x.shape[0])):
+        r = torch.sigmoid(x[t] @ w_ir.T + b_ir + h @ w_hr.T + b_hr)
+        z = torch.sigmoid(x[t] @ w_iz.T + b_iz + h @ w_hz.T + b_hz)
+        n = torch.tanh(x[t] @ w_in.T + b_in + (r * h) @ w_hn.T + b_hn)
+        h = (1 - z) * n + z * h
+        outputs[t] = h
+    return torch.stack(outputs), h
+
+
+class TextbookGRU(torch.nn.Module):
+    """Multi-layer reference wrapping textbook_gru_layer, parameters borrowed from a rnnfast.GRU."""
+
+    def __init__(self, gru):
+        super().__init__()
+        self.gru = gru
+
+    def forward(self, x, h0):
+        g = self.gru
+        D = 2 if g.bidirectional else 1
+        if g.batch_first:
+            x = x.transpose(0, 1)
+        h_n = []
+        for layer in range(g.num_layers):
+            outs = []
+            for d in range(D):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                bias = [getattr(g, f"bias_ih{sfx}"), getattr(g, f"bias_hh{sfx}")] if g.bias else [None, None]
+                out, h = textbook_gru_layer(x, h0[layer * D + d], getattr(g, f"weight_ih{sfx}"),
+                                            getattr(g, f"weight_hh{sfx}"), *bias, reverse=d == 1)
+                outs.append(out)
+                h_n.append(h)
+            x = torch.cat(outs, 2)
+        return (x.transpose(0, 1) if g.batch_first else x), torch.stack(h_n)
+
+
+@pytest.mark.parametrize("B,T,H,L,bidir,batch_first,bias,dtype", [
+    (1, 1, 1, 1, False, False, True, F64),
+    (3, 7, 5, 2, True, True, False, F64),
+    (32, 35, 64, 1, False, False, True, F64),
+    (3, 7, 256, 2, True, False, True, F32),
+])
+def test_gru_textbook_parity(B, T, H, L, bidir, batch_first, bias, dtype):
+    ours = rnn.GRU(4, H, L, bias=bias, batch_first=batch_first, bidirectional=bidir,
+                   dtype=dtype, reset_after=False)
+    ref = TextbookGRU(ours)
+    x = torch.randn((B, T, 4) if batch_first else (T, B, 4), dtype=dtype)
+    h0 = torch.randn(L * (2 if bidir else 1), B, H, dtype=dtype)
+    check_parity(ours, ref, x, h0, dtype)
+    # and it really is a different cell from torch.nn.GRU's
+    torch_gru = torch.nn.GRU(4, H, L, bias=bias, batch_first=batch_first, bidirectional=bidir,
+                             dtype=dtype)
+    torch_gru.load_state_dict(ours.state_dict())
+    if H > 1:
+        assert not torch.allclose(ours(x, h0)[0], torch_gru(x, h0)[0])
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_gru_cell_textbook(batched):
+    cell = rnn.GRUCell(4, 5, dtype=F64, reset_after=False)
+    x = torch.randn((3, 4) if batched else (4,), dtype=F64)
+    h = torch.randn((3, 5) if batched else (5,), dtype=F64)
+    _, expected = textbook_gru_layer(x[None] if batched else x[None, None], h if batched else h[None],
+                                     cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh,
+                                     reverse=False)
+    got = cell(x, h)
+    assert_rel(got, expected if batched else expected[0], F64, "h'")
+    assert "reset_after=False" in repr(cell)
+
+
+# ---- layout, init and state_dict interchange --------------------------------------------------
+
+def _layout(module):
+    return [(n, tuple(p.shape)) for n, p in module.named_parameters()]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kw", [dict(), dict(num_layers=3, bidirectional=True, bias=False),
+                                dict(num_layers=2, batch_first=True)])
+def test_parameter_layout_and_init_match_torch(mode, kw):
+    torch.manual_seed(1)
+    ours = build(rnn, mode, 7, 6, F32, **kw)
+    torch.manual_seed(1)
+    ref = build(torch.nn, mode, 7, 6, F32, **kw)
+    assert _layout(ours) == _layout(ref)
+    # identical registration order and init distribution: the same seed gives the same values
+    for (n, a), (_, b) in zip(ours.named_parameters(), ref.named_parameters()):
+        assert torch.equal(a, b), n
+    if mode != "relu":  # torch.nn.RNN's repr omits nonlinearity; ours shows it
+        assert repr(ours) == repr(ref)
+    assert ours.all_weights[0][0] is ours.weight_ih_l0
+    ours.flatten_parameters()  # no-op, kept for compatibility
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cell_layout_and_init_match_torch(mode):
+    torch.manual_seed(2)
+    ours = build_cell(rnn, mode, 7, 6, F32, bias=False)
+    torch.manual_seed(2)
+    ref = build_cell(torch.nn, mode, 7, 6, F32, bias=False)
+    assert _layout(ours) == _layout(ref)
+    for (n, a), (_, b) in zip(ours.named_parameters(), ref.named_parameters()):
+        assert torch.equal(a, b), n
+    assert repr(ours) == repr(ref)
+    assert ours.bias_ih is None and ours.bias_hh is None
+
+
+@pytest.mark.parametrize("cls", [rnn.RNN, rnn.GRU, rnn.LSTM])
+def test_init_bounds(cls):
+    H = 16
+    m = cls(8, H, num_layers=2, bidirectional=True)
+    bound = 1 / math.sqrt(H)
+    values = torch.cat([p.detach().flatten() for p in m.parameters()])
+    assert values.abs().max() <= bound
+    assert values.min() < -0.9 * bound and values.max() > 0.9 * bound  # uniform over the range
+    assert abs(values.mean().item()) < 0.05 * bound
+    assert abs(values.std().item() - bound / math.sqrt(3)) < 0.05 * bound
+    cell = rnn.LSTMCell(8, H)
+    assert all(p.abs().max() <= bound for p in cell.parameters())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_state_dict_interchange_both_ways(mode):
+    kw = dict(num_layers=2, bidirectional=True)
+    x = torch.randn(5, 3, 4)
+    ours = build(rnn, mode, 4, 6, F32, **kw)
+    # torch.nn -> rnnfast
+    src = build(torch.nn, mode, 4, 6, F32, **kw)
+    ours.load_state_dict(src.state_dict())  # strict: same keys and shapes
+    for a, b in zip(flat(ours(x)), flat(src(x))):
+        assert_rel(a, b, F32, "torch.nn -> rnnfast")
+    # rnnfast -> torch.nn
+    fresh = build(rnn, mode, 4, 6, F32, **kw)
+    dst = build(torch.nn, mode, 4, 6, F32, **kw)
+    dst.load_state_dict(fresh.state_dict())
+    for a, b in zip(flat(fresh(x)), flat(dst(x))):
+        assert_rel(a, b, F32, "rnnfast -> torch.nn")
+    assert set(fresh.state_dict()) == set(dst.state_dict())
+
+
+def test_cell_state_dict_interchange():
+    src = torch.nn.LSTMCell(4, 5)
+    ours = rnn.LSTMCell(4, 5)
+    ours.load_state_dict(src.state_dict())
+    x = torch.randn(2, 4)
+    for a, b in zip(ours(x), src(x)):
+        assert_rel(a, b, F32, "LSTMCell")
+    back = torch.nn.LSTMCell(4, 5)
+    back.load_state_dict(ours.state_dict())
+    for a, b in zip(ours(x), back(x)):
+        assert_rel(a, b, F32, "LSTMCell back")
+
+
+def test_dtype_conversion_and_functional_call():
+    m = rnn.LSTM(3, 4).double()
+    ref = torch.nn.LSTM(3, 4).double()
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(5, 2, 3, dtype=F64)
+    assert_rel(m(x)[0], ref(x)[0], F64, "after .double()")
+    # parameters are read at call time, so torch.func.functional_call sees swapped weights
+    params = {n: torch.zeros_like(p) for n, p in m.named_parameters()}
+    out, (h, c) = torch.func.functional_call(m, params, (x,))
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+# ---- dropout ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", MODES)
+def test_dropout_train_vs_eval(mode):
+    ours, ref = make_pair(mode, 4, 8, F64, num_layers=3, dropout=0.5, bidirectional=True)
+    x = torch.randn(6, 3, 4, dtype=F64)
+    ours.train()
+    train_out = flat(ours(x))
+    assert not torch.allclose(train_out[0], flat(ours(x))[0])  # fresh masks each call
+    ours.eval(), ref.eval()
+    eval_out = flat(ours(x))
+    assert not torch.allclose(train_out[0], eval_out[0])
+    for a, b in zip(eval_out, flat(ref(x))):
+        assert_rel(a, b, F64, "eval output")
+    for a, b in zip(eval_out, flat(ours(x))):
+        assert torch.equal(a, b)  # eval is deterministic
+    if mode != "relu":  # the last layer's output never has dropout applied: no exact zeros
+        ours.train()
+        assert (flat(ours(x))[0] != 0).all()
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_dropout_same_masks_as_torch_cpu(batch_first):
+    # Dropout is torch.nn.functional.dropout on each time-major layer output, as ATen's CPU RNN
+    # does, so with the same seed the masks (and results) coincide with torch.nn's on CPU.
+    ours, ref = make_pair("lstm", 4, 8, F64, num_layers=3, dropout=0.3, bidirectional=True,
+                          batch_first=batch_first)
+    x = torch.randn(3, 6, 4, dtype=F64)
+    torch.manual_seed(7)
+    out_a, grads_a, cot = run(ours, x, None)
+    torch.manual_seed(7)
+    out_b, grads_b, _ = run(ref, x, None, cot)
+    for a, b in zip(out_a + grads_a, out_b + grads_b):
+        assert_rel(a, b, F64, "dropout parity")
+
+
+def test_dropout_argument_checks():
+    with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):
+        rnn.LSTM(3, 4, dropout=0.2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rnn.LSTM(3, 4, num_layers=2, dropout=0.2)
+    for bad in (-0.1, 1.5, True, "0.5"):
+        with pytest.raises(ValueError, match=r"dropout should be a number in range \[0, 1\]"):
+            rnn.GRU(3, 4, num_layers=2, dropout=bad)
+
+
+# ---- unbatched, zero-length, non-contiguous -----------------------------------------------------
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_unbatched_input(mode, batch_first):
+    ours, ref = make_pair(mode, 4, 5, F64, num_layers=2, bidirectional=True, batch_first=batch_first)
+    x = torch.randn(7, 4, dtype=F64)
+    states = zero_states(mode, (4, 5), F64)
+    out = flat(ours(x, states))
+    assert out[0].shape == (7, 10) and out[1].shape == (4, 5)
+    check_parity(ours, ref, x, states, F64)
+    check_parity(ours, ref, x, None, F64)
+    # unbatched equals batch of one
+    batched = flat(ours(x.unsqueeze(0 if batch_first else 1),
+                        tuple(s.unsqueeze(1) for s in flat(states))
+                        if mode == "lstm" else states.unsqueeze(1)))
+    assert torch.equal(out[0], batched[0].squeeze(0 if batch_first else 1))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_zero_length_sequence_like_torch(mode):
+    ours, ref = make_pair(mode, 4, 5, F32, num_layers=2)
+    for x in (torch.randn(0, 3, 4), torch.randn(0, 4)):
+        with pytest.raises(RuntimeError, match="Expected sequence length to be larger than 0"):
+            ref(x)
+        with pytest.raises(RuntimeError, match="Expected sequence length to be larger than 0"):
+            ours(x)
+    ours_bf = make_pair(mode, 4, 5, F32, batch_first=True)[0]
+    with pytest.raises(RuntimeError, match="Expected sequence length to be larger than 0"):
+        ours_bf(torch.randn(3, 0, 4))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_empty_batch_like_torch(mode):
+    ours, ref = make_pair(mode, 4, 5, F64, num_layers=2, bidirectional=True)
+    x = torch.randn(6, 0, 4, dtype=F64)
+    check_parity(ours, ref, x, None, F64)  # shapes (6, 0, 10), (4, 0, 5), grads all empty
+    cell, ref_cell = make_cell_pair(mode, 4, 5, F64)
+    check_parity(cell, ref_cell, torch.randn(0, 4, dtype=F64), None, F64)
+
+
+def test_unsupported_dtype_is_a_clear_error():
+    m = rnn.LSTM(3, 4, dtype=torch.bfloat16)
+    with pytest.raises(TypeError, match="supports float32 and float64 on CPU"):
+        m(torch.randn(5, 2, 3, dtype=torch.bfloat16))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_non_contiguous_input_and_state(mode):
+    ours, ref = make_pair(mode, 4, 6, F64, num_layers=2, bidirectional=True)
+    base = torch.randn(3, 9, 8, dtype=F64)
+    x = base[:, ::2, ::2].transpose(0, 1)  # (5, 3, 4), strided in every dim
+    assert not x.is_contiguous()
+    h = torch.randn(3, 4, 6, dtype=F64).transpose(0, 1)  # (4, 3, 6), non-contiguous
+    states = (h, torch.randn(6, 4, 3, dtype=F64).permute(1, 2, 0)) if mode == "lstm" else h
+    check_parity(ours, ref, x, states, F64)
+    # same numbers as the contiguous copy
+    contiguous_states = tuple(s.contiguous() for s in states) if mode == "lstm" else h.contiguous()
+    for a, b in zip(flat(ours(x, states)), flat(ours(x.contiguous(), contiguous_states))):
+        assert torch.equal(a, b)
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+
+def test_bad_input_rank_and_size():
+    m = rnn.LSTM(10, 20)
+    with pytest.raises(ValueError, match="LSTM: Expected input to be 2D or 3D, got 4D"):
+        m(torch.randn(2, 3, 4, 10))
+    with pytest.raises(ValueError, match="Expected input to be 2D or 3D, got 1D"):
+        rnn.RNN(10, 20)(torch.randn(10))
+    with pytest.raises(RuntimeError, match="input.size\\(-1\\) must be equal to input_size. Expected 10, got 9"):
+        m(torch.randn(5, 3, 9))
+    with pytest.raises(TypeError, match="expected input to be a Tensor"):
+        m([[1.0] * 10])
+    cell = rnn.GRUCell(10, 20)
+    with pytest.raises(ValueError, match="GRUCell: Expected input to be 1D or 2D, got 3D"):
+        cell(torch.randn(1, 3, 10))
+    with pytest.raises(RuntimeError, match="inconsistent input_size: got 9, expected 10"):
+        cell(torch.randn(3, 9))
+
+
+def test_bad_hidden_shapes():
+    x = torch.randn(5, 3, 10)
+    with pytest.raises(RuntimeError, match=r"Expected hidden size \(1, 3, 20\), got \[1, 3, 19\]"):
+        rnn.RNN(10, 20)(x, torch.randn(1, 3, 19))
+    with pytest.raises(RuntimeError, match=r"Expected hidden size \(4, 3, 20\), got \[2, 3, 20\]"):
+        rnn.GRU(10, 20, 2, bidirectional=True)(x, torch.randn(2, 3, 20))
+    lstm = rnn.LSTM(10, 20)
+    with pytest.raises(RuntimeError, match=r"Expected hidden\[0\] size \(1, 3, 20\), got \[1, 2, 20\]"):
+        lstm(x, (torch.randn(1, 2, 20), torch.randn(1, 3, 20)))
+    with pytest.raises(RuntimeError, match=r"Expected hidden\[1\] size \(1, 3, 20\), got \[1, 3, 21\]"):
+        lstm(x, (torch.randn(1, 3, 20), torch.randn(1, 3, 21)))
+    with pytest.raises(RuntimeError, match="For batched 3-D input, hx should also be 3-D but got 2-D tensor"):
+        rnn.RNN(10, 20)(x, torch.randn(3, 20))
+    with pytest.raises(RuntimeError, match=r"For unbatched 2-D input, hx and cx should also be 2-D but got \(3-D, 2-D\)"):
+        lstm(torch.randn(5, 10), (torch.randn(1, 1, 20), torch.randn(1, 20)))
+    with pytest.raises(TypeError, match="hx must be a tuple"):
+        lstm(x, torch.randn(1, 3, 20))
+    cell = rnn.LSTMCell(10, 20)
+    with pytest.raises(RuntimeError, match=r"Expected hidden\[1\] size \(3, 20\), got \[3, 19\]"):
+        cell(torch.randn(3, 10), (torch.randn(3, 20), torch.randn(3, 19)))
+    with pytest.raises(RuntimeError, match="Expected hx to be 1D for unbatched 1D input, got 2D"):
+        rnn.RNNCell(10, 20)(torch.randn(10), torch.randn(1, 20))
+
+
+def test_dtype_and_device_mismatch():
+    m = rnn.GRU(4, 5)
+    with pytest.raises(ValueError, match=r"input dtype \(torch.float64\) does not match weight dtype \(torch.float32\)"):
+        m(torch.randn(3, 2, 4, dtype=F64))
+    with pytest.raises(ValueError, match=r"hx dtype \(torch.float64\) does not match weight dtype"):
+        m(torch.randn(3, 2, 4), torch.randn(1, 2, 5, dtype=F64))
+    with pytest.raises(ValueError, match=r"cx dtype \(torch.float64\)"):
+        rnn.LSTM(4, 5)(torch.randn(3, 2, 4), (torch.randn(1, 2, 5), torch.randn(1, 2, 5, dtype=F64)))
+    with pytest.raises(ValueError, match="input dtype \\(torch.int64\\)"):
+        m(torch.ones(3, 2, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="does not match weight dtype"):
+        rnn.LSTMCell(4, 5)(torch.randn(2, 4, dtype=F64))
+    with pytest.raises(RuntimeError, match="is on device meta but the weights are on cpu"):
+        m(torch.empty(3, 2, 4, device="meta"))
+
+
+def test_unsupported_features_raise():
+    with pytest.raises(NotImplementedError, match=r"proj_size > 0.*use torch.nn.LSTM"):
+        rnn.LSTM(10, 20, proj_size=5)
+    with pytest.raises(ValueError, match="proj_size should be a positive integer or zero"):
+        rnn.LSTM(10, 20, proj_size=-1)
+    with pytest.raises(TypeError):
+        rnn.GRU(10, 20, proj_size=5)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(4, 2, 10), [4, 2])
+    for m in (rnn.RNN(10, 20), rnn.GRU(10, 20), rnn.LSTM(10, 20)):
+        with pytest.raises(NotImplementedError, match="does not accept PackedSequence input.*pad_packed_sequence"):
+            m(packed)
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="Unknown nonlinearity 'sigmoid'"):
+        rnn.RNN(3, 4, nonlinearity="sigmoid")
+    with pytest.raises(ValueError, match="Unknown nonlinearity 'gelu'"):
+        rnn.RNNCell(3, 4, nonlinearity="gelu")
+    with pytest.raises(ValueError, match="hidden_size must be greater than zero"):
+        rnn.LSTM(3, 0)
+    with pytest.raises(ValueError, match="input_size must be greater than zero"):
+        rnn.GRUCell(0, 3)
+    with pytest.raises(ValueError, match="num_layers must be greater than zero"):
+        rnn.GRU(3, 4, num_layers=0)
+    with pytest.raises(TypeError, match="bias should be of type bool"):
+        rnn.LSTM(3, 4, bias=1)
+    with pytest.raises(TypeError, match="reset_after should be of type bool"):
+        rnn.GRU(3, 4, reset_after="no")
+
+
+def test_positional_arguments_like_torch():
+    # RNN's 4th positional argument is nonlinearity, as in torch.nn.RNN
+    m = rnn.RNN(3, 4, 2, "relu", False, True)
+    assert (m.nonlinearity, m.bias, m.batch_first, m.num_layers) == ("relu", False, True, 2)
+    m = rnn.LSTM(3, 4, 2, False, True, 0.0, True)
+    assert (m.bias, m.batch_first, m.bidirectional) == (False, True, True)
+    assert repr(rnn.RNN(3, 4, nonlinearity="relu")) == "RNN(3, 4, nonlinearity=relu)"
+    assert repr(rnn.GRU(3, 4, reset_after=False)) == "GRU(3, 4, reset_after=False)"
+
+
+# ---- torch.compile ------------------------------------------------------------------------------
+
+def test_torch_compile_lstm_fullgraph():
+    torch._dynamo.reset()
+    ours, ref = make_pair("lstm", 4, 6, F32, num_layers=2, batch_first=True)
+    compiled = torch.compile(ours, fullgraph=True, backend="aot_eager")
+    x = torch.randn(3, 5, 4)
+    out_a, grads_a, cot = run(compiled, x, None)
+    out_b, grads_b, _ = run(ref, x, None, cot)
+    for a, b in zip(out_a + grads_a, out_b + grads_b):
+        assert_rel(a, b, F32, "compiled LSTM")

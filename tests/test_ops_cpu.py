@@ -1,0 +1,378 @@
+"""CPU recurrent ops (csrc/cpu) against torch.nn and a textbook GRU loop: forward, final states and
+every gradient; gradcheck, opcheck, torch.compile, bad input, non-contiguous input, edge sizes."""
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import rnnfast.functional as F
+
+CELLS = ["rnn_tanh", "rnn_relu", "gru", "gru_before", "lstm"]  # gru_before: reset_after=False
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "gru_before": 3, "lstm": 4}
+
+
+# ---- references -----------------------------------------------------------------------------------
+def _torch_module(cell, I, H, dtype, bias=True):
+    if cell.startswith("rnn"):
+        return torch.nn.RNN(I, H, nonlinearity=cell[4:], bias=bias, dtype=dtype)
+    return {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell](I, H, bias=bias, dtype=dtype)
+
+
+def gru_textbook(x, h, w_ih, w_hh, b_ih, b_hh, reverse):
+    """The textbook GRU (reset before the candidate's recurrent product), a plain loop over time."""
+    H = h.shape[1]
+    b_ih = torch.zeros(3 * H, dtype=x.dtype) if b_ih is None else b_ih
+    b_hh = torch.zeros(3 * H, dtype=x.dtype) if b_hh is None else b_hh
+    outs = [None] * x.shape[0]
+    steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
+    for t in steps:
+        xr, xz, xn = (x[t] @ w_ih.T + b_ih).chunk(3, 1)
+        hr, hz, _ = (h @ w_hh.T + b_hh).chunk(3, 1)
+        r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + (r * h) @ w_hh[2 * H:].T + b_hh[2 * H:])
+        h = (1 - z) * n + z * h
+        outs[t] = h
+    return torch.stack(outs), h
+
+
+def reference(cell, x, h0, c0, params, reverse):
+    """(output, hy[, cy]) computed by torch.nn (reverse: on the time-flipped input) or the loop."""
+    w_ih, w_hh, b_ih, b_hh = params
+    if cell == "gru_before":
+        return gru_textbook(x, h0, w_ih, w_hh, b_ih, b_hh, reverse)
+    I, H = x.shape[2], h0.shape[1]
+    m = _torch_module(cell, I, H, x.dtype, bias=b_ih is not None)
+    names = ["weight_ih_l0", "weight_hh_l0"] + (["bias_ih_l0", "bias_hh_l0"] if b_ih is not None else [])
+    for name, p in zip(names, params):
+        delattr(m, name)  # replace the Parameter by the caller's leaf so gradients flow to it
+        setattr(m, name, p)
+    xs = x.flip(0) if reverse else x
+    state = (h0[None], c0[None]) if cell == "lstm" else h0[None]
+    out, hs = m(xs, state)
+    out = out.flip(0) if reverse else out
+    return (out, hs[0][0], hs[1][0]) if cell == "lstm" else (out, hs[0])
+
+
+def ours(cell, x, h0, c0, params, reverse):
+    w_ih, w_hh, b_ih, b_hh = params
+    if cell == "lstm":
+        return F.lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse=reverse)
+    if cell.startswith("gru"):
+        return F.gru(x, h0, w_ih, w_hh, b_ih, b_hh, reverse=reverse, reset_after=cell == "gru")
+    return getattr(F, cell)(x, h0, w_ih, w_hh, b_ih, b_hh, reverse=reverse)
+
+
+def make(cell, T, B, I, H, dtype, bias=True):
+    """Random leaves; weights scaled like torch.nn's init (std ~ 1/sqrt(H)) so that 35 steps stay
+    well-conditioned (larger weights make the recurrence chaotic and amplify rounding)."""
+    G = GATES[cell]
+    leaf = lambda *s, scale=1.0: (torch.randn(*s, dtype=dtype) * scale).requires_grad_()  # noqa: E731
+    x, h0, c0 = leaf(T, B, I), leaf(B, H, scale=0.5), leaf(B, H, scale=0.5)
+    w = 0.5 / H**0.5
+    params = [leaf(G * H, I, scale=0.5 / I**0.5), leaf(G * H, H, scale=w)]
+    params += [leaf(G * H, scale=0.1), leaf(G * H, scale=0.1)] if bias else [None, None]
+    return x, h0, c0, params
+
+
+def run_with_grads(fn, cell, x, h0, c0, params, reverse, upstream=None):
+    outs = fn(cell, x, h0, c0, params, reverse)
+    if upstream is None:
+        upstream = [torch.randn_like(o) for o in outs]
+    leaves = [x, h0] + ([c0] if cell == "lstm" else []) + [p for p in params if p is not None]
+    grads = torch.autograd.grad(sum((o * u).sum() for o, u in zip(outs, upstream)), leaves)
+    return [o.detach() for o in outs], list(grads), upstream
+
+
+def rel_err(a, b):
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def check_parity(cell, T, B, I, H, dtype, bias, reverse):
+    x, h0, c0, params = make(cell, T, B, I, H, dtype, bias)
+    got, ggot, up = run_with_grads(ours, cell, x, h0, c0, params, reverse)
+    if dtype == torch.float64:
+        want, gwant, _ = run_with_grads(reference, cell, x, h0, c0, params, reverse, up)
+        for a, b in zip(got + ggot, want + gwant):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    else:  # float32 against the float64 reference, ‖ours − ref‖ / ‖ref‖ (DESIGN.md §4)
+        d = lambda t: None if t is None else t.detach().double().requires_grad_()  # noqa: E731
+        want, gwant, _ = run_with_grads(reference, cell, d(x), d(h0), d(c0), [d(p) for p in params], reverse,
+                                        [u.double() for u in up])
+        for a, b in zip(got + ggot, want + gwant):
+            assert a.dtype == torch.float32
+            assert rel_err(a.double(), b) < 1e-5
+
+
+# ---- parity with torch.nn / the textbook loop -----------------------------------------------------
+SHAPES = [(1, 1, 3, 1), (7, 3, 5, 5), (35, 32, 28, 64), (7, 3, 4, 256), (35, 1, 6, 5), (1, 32, 7, 256)]
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T%dB%dI%dH%d" % s)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_parity(cell, dtype, shape, bias, reverse):
+    check_parity(cell, *shape, dtype, bias, reverse)
+
+
+@settings(max_examples=40, deadline=None)
+@given(cell=st.sampled_from(CELLS), T=st.integers(1, 6), B=st.integers(1, 5), I=st.integers(1, 6),
+       H=st.integers(1, 9), bias=st.booleans(), reverse=st.booleans())
+def test_parity_property(cell, T, B, I, H, bias, reverse):
+    check_parity(cell, T, B, I, H, torch.float64, bias, reverse)
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "lstm"])
+def test_reverse_matches_bidirectional_layer(cell):
+    T, B, I, H = 6, 3, 4, 5
+    m = _torch_module(cell, I, H, torch.float64)
+    m = type(m)(I, H, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    out, hs = m(x)
+    p = [getattr(m, n + "_l0_reverse") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    z = torch.zeros(B, H, dtype=torch.float64)
+    got = ours(cell, x, z, z, p, reverse=True)
+    torch.testing.assert_close(got[0], out[..., H:], rtol=1e-10, atol=1e-12)
+    hy = hs[0] if cell == "lstm" else hs
+    torch.testing.assert_close(got[1], hy[1], rtol=1e-10, atol=1e-12)
+
+
+def test_fast_math_accuracy_through_ops():
+    """float32 tanh and sigmoid in the pointwise passes stay within 1e-6 relative of float64."""
+    x = torch.linspace(-20, 20, 400001, dtype=torch.float32)
+    x = torch.cat([x, torch.logspace(-30, 1, 20001), -torch.logspace(-30, 1, 20001)])
+    inp = x.view(-1, 1, 1)
+    z = torch.zeros(1, 1)
+    # rnn_tanh with w_ih = 1, w_hh = 0: output = tanh(x)
+    out, _ = F.rnn_tanh(inp, z, torch.ones(1, 1), torch.zeros(1, 1))
+    ref = torch.tanh(x.double())
+    assert ((out.flatten().double() - ref).abs() / ref.abs().clamp_min(1e-37)).max() < 1e-6
+    # gru workspace row r = sigmoid(W_ir x) with hx = 0, no bias
+    ops = torch.ops.rnnfast
+    w = torch.tensor([[1.0], [0.0], [0.0]])
+    ws = ops.gru_forward(inp, z, w, torch.zeros(3, 1), None, None, False, True)[2]
+    sig = torch.sigmoid(x.double())
+    assert ((ws[:, 0, 0].double() - sig).abs() / sig).max() < 1e-6
+
+
+def test_nan_propagates():
+    x = torch.randn(3, 2, 4)
+    x[1, 0, 0] = float("nan")
+    for cell in CELLS:
+        _, h0, c0, params = make(cell, 3, 2, 4, 5, torch.float32)
+        out = ours(cell, x, h0, c0, params, False)[0]
+        assert torch.isnan(out[1, 0]).any() and not torch.isnan(out[:, 1]).any()
+
+
+def test_parallel_rows_match_single_thread():
+    """Large B*H takes the at::parallel_for path; the result must not depend on the thread count."""
+    old = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            torch.manual_seed(0)
+            torch.set_num_threads(n)
+            x, h0, c0, params = make("lstm", 5, 64, 8, 256, torch.float64)
+            results.append(run_with_grads(ours, "lstm", x, h0, c0, params, False))
+        for a, b in zip(results[0][0] + results[0][1], results[1][0] + results[1][1]):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+    finally:
+        torch.set_num_threads(old)
+
+
+# ---- edge sizes ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cell", CELLS)
+def test_zero_length_sequence_raises_like_torch(cell):
+    x, h0, c0, params = make(cell, 0, 2, 3, 4, torch.float64)
+    with pytest.raises(ValueError, match="sequence length > 0"):
+        ours(cell, x, h0, c0, params, False)
+    with pytest.raises(RuntimeError, match="sequence length > 0"):  # direct op call, C++ check
+        torch.ops.rnnfast.rnn_tanh_forward(torch.zeros(0, 2, 3), torch.zeros(2, 4), torch.zeros(4, 3),
+                                           torch.zeros(4, 4), None, None, False)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_empty_batch_like_torch(cell):
+    x, h0, c0, params = make(cell, 4, 0, 3, 5, torch.float64)
+    got, grads, _ = run_with_grads(ours, cell, x, h0, c0, params, False)
+    assert got[0].shape == (4, 0, 5) and got[1].shape == (0, 5)
+    for g, leaf in zip(grads, [x, h0] + ([c0] if cell == "lstm" else []) + params):
+        assert g.shape == leaf.shape and not g.abs().sum()
+
+
+# ---- autograd machinery -----------------------------------------------------------------------------
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradcheck(cell, reverse):
+    x, h0, c0, params = make(cell, 4, 2, 3, 3, torch.float64)
+    n = 3 if cell == "lstm" else 2
+
+    def f(*args):
+        return ours(cell, args[0], args[1], args[2] if cell == "lstm" else None, list(args[n:]), reverse)
+
+    args = [x, h0] + ([c0] if cell == "lstm" else []) + params
+    assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-7)
+
+
+def test_gradcheck_without_bias():
+    x, h0, c0, params = make("lstm", 3, 2, 3, 3, torch.float64, bias=False)
+    assert torch.autograd.gradcheck(lambda x, h, c, a, b: F.lstm(x, h, c, a, b), [x, h0, c0] + params[:2])
+
+
+def _op_args(cell, T=3, B=2, I=3, H=4, bias=True):
+    x, h0, c0, params = make(cell, T, B, I, H, torch.float64, bias)
+    name = "gru" if cell.startswith("gru") else cell
+    fwd = getattr(torch.ops.rnnfast, name + "_forward")
+    extra = (cell == "gru",) if name == "gru" else ()
+    args = (x, h0) + ((c0,) if cell == "lstm" else ()) + tuple(params) + (False,) + extra
+    return name, fwd, args, extra
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_opcheck_forward_and_backward(cell):
+    name, fwd, args, extra = _op_args(cell)
+    torch.library.opcheck(fwd, args)
+    torch.library.opcheck(fwd, _op_args(cell, bias=False)[2])
+    with torch.no_grad():
+        res = fwd(*args)
+    out, ws = res[0], res[-1]
+    go = [torch.randn_like(t) for t in res[:-1]]
+    x, h0 = args[0], args[1]
+    if cell == "lstm":
+        bargs = (go[0], go[1], go[2], x, h0, args[2], args[3], args[4], out, ws, False)
+    else:
+        bargs = (go[0], go[1], x, h0, args[2], args[3], out, ws, False) + extra
+    bargs = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in bargs)
+    torch.library.opcheck(getattr(torch.ops.rnnfast, name + "_backward"), bargs)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_double_backward_raises_clearly(cell):
+    x, h0, c0, params = make(cell, 3, 2, 3, 4, torch.float64)
+    out = ours(cell, x, h0, c0, params, False)[0]
+    (gx,) = torch.autograd.grad(out.pow(2).sum(), [x], create_graph=True)
+    name = "gru" if cell.startswith("gru") else cell
+    with pytest.raises(NotImplementedError, match=f"double backward through rnnfast.{name} is not supported"):
+        gx.sum().backward()
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_torch_compile_fullgraph(cell):
+    torch._dynamo.reset()
+    x, h0, c0, params = make(cell, 5, 3, 4, 6, torch.float32)
+
+    def step(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        outs = ours(cell, x, h0, c0, [w_ih, w_hh, b_ih, b_hh], False)
+        return sum(o.sum() for o in outs)
+
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    leaves = [x, h0, c0] + params
+    want = torch.autograd.grad(step(*leaves), [x, h0] + params)
+    got_loss = compiled(*leaves)
+    got = torch.autograd.grad(got_loss, [x, h0] + params)
+    torch.testing.assert_close(got_loss, step(*leaves))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+# ---- bad input --------------------------------------------------------------------------------------
+def test_bad_inputs_raise_clear_errors():
+    x, h0, c0, (w_ih, w_hh, b_ih, b_hh) = make("lstm", 3, 2, 4, 5, torch.float32)
+    with pytest.raises(ValueError, match=r"rnnfast.lstm: input must be 3-D \(T, B, I\), got 2-D"):
+        F.lstm(x[0], h0, c0, w_ih, w_hh)
+    with pytest.raises(ValueError, match=r"rnnfast.lstm: w_ih must have shape \(4\*H, I\) = \(20, 3\)"):
+        F.lstm(x[..., :3], h0, c0, w_ih, w_hh)
+    with pytest.raises(ValueError, match=r"rnnfast.lstm: hx must have shape \(B, H\) = \(2, 5\)"):
+        F.lstm(x, h0[:1], c0, w_ih, w_hh)
+    with pytest.raises(ValueError, match=r"rnnfast.lstm: w_hh must have shape \(4\*H, H\) = \(20, 5\), got \(20, 4\)"):
+        F.lstm(x, h0, c0, w_ih, w_hh[:, :4])
+    with pytest.raises(ValueError, match=r"rnnfast.lstm: b_hh must have shape"):
+        F.lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh[:3])
+    with pytest.raises(TypeError, match="w_hh has dtype torch.float64 but input has dtype torch.float32"):
+        F.lstm(x, h0, c0, w_ih, w_hh.double())
+    with pytest.raises(TypeError, match="supports float32 and float64 on CPU and float32 on CUDA, got torch.float16"):
+        F.lstm(x.half(), h0.half(), c0.half(), w_ih.half(), w_hh.half())
+    with pytest.raises(TypeError, match="got torch.int64"):
+        F.rnn_tanh(x.long(), h0.long(), w_ih[:5].long(), w_hh[:5].long())
+    with pytest.raises(TypeError, match="hx must be a torch.Tensor, got list"):
+        F.gru(x, [0.0], w_ih[:15], w_hh[:15])
+    with pytest.raises(ValueError, match=r"rnnfast.gru: w_ih must have shape \(3\*H, I\)"):
+        F.gru(x, h0, w_ih, w_hh[:15])
+
+
+def test_bad_inputs_direct_op_calls():
+    """The C++ checks guard direct torch.ops calls with the same kind of message."""
+    x, h0, c0, (w_ih, w_hh, b_ih, b_hh) = make("lstm", 3, 2, 4, 5, torch.float32)
+    ops = torch.ops.rnnfast
+    with pytest.raises(RuntimeError, match=r"rnnfast.lstm: w_hh must have shape \(4\*H, H\) = \(20, 5\), got \(20, 4\)"):
+        ops.lstm_forward(x, h0, c0, w_ih, w_hh[:, :4], None, None, False)
+    with pytest.raises(RuntimeError, match=r"rnnfast.rnn_tanh: input must be 3-D"):
+        ops.rnn_tanh_forward(x[0], h0, w_ih[:5], w_hh[:5], None, None, False)
+    with pytest.raises(RuntimeError, match="rnnfast.gru: hx has dtype Double but input has dtype Float"):
+        ops.gru_forward(x, h0.double(), w_ih[:15], w_hh[:15], None, None, False, True)
+    with pytest.raises(RuntimeError, match="supports float32 and float64 on CPU, got input of dtype Half"):
+        ops.rnn_relu_forward(x.half(), h0.half(), w_ih[:5].half(), w_hh[:5].half(), None, None, False)
+    with pytest.raises(RuntimeError, match=r"rnnfast.lstm: cx must have shape \(B, H\)"):
+        ops.lstm_forward(x, h0, c0[:, :2], w_ih, w_hh, None, None, False)
+    with pytest.raises(RuntimeError, match=r"rnnfast.lstm: b_ih must have shape \(4\*H,\) = \(20,\)"):
+        ops.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih[:3], None, False)
+    out, hy, cy, ws = ops.lstm_forward(x, h0, c0, w_ih, w_hh, None, None, False)
+    with pytest.raises(RuntimeError, match=r"rnnfast.lstm: workspace must have shape \(T, B, 5\*H\)"):
+        ops.lstm_backward(out, hy, cy, x, h0, c0, w_ih, w_hh, out, ws[..., :3], False)
+
+
+# ---- layouts -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cell", CELLS)
+def test_non_contiguous_inputs(cell):
+    T, B, I, H = 5, 3, 4, 6
+    G = GATES[cell]
+    d = torch.float64
+    # input from a batch-first tensor, states and weights as transposes / strided slices
+    xb = torch.randn(B, T, I, dtype=d)
+    x = xb.transpose(0, 1).requires_grad_()
+    h0 = torch.randn(H, B, dtype=d).t().requires_grad_()
+    c0 = torch.randn(B, 2 * H, dtype=d)[:, ::2].requires_grad_()
+    w_ih = torch.randn(I, G * H, dtype=d).t().requires_grad_()
+    w_hh = torch.randn(G * H, 2 * H, dtype=d)[:, 1::2].requires_grad_()
+    b_ih = torch.randn(2 * G * H, dtype=d)[::2].requires_grad_()
+    b_hh = torch.randn(G * H, dtype=d).requires_grad_()
+    params = [w_ih, w_hh, b_ih, b_hh]
+    assert not (x.is_contiguous() or h0.is_contiguous() or w_ih.is_contiguous() or w_hh.is_contiguous())
+    got, ggot, up = run_with_grads(ours, cell, x, h0, c0, params, False)
+    cont = lambda t: t.detach().contiguous().requires_grad_()  # noqa: E731
+    want, gwant, _ = run_with_grads(ours, cell, cont(x), cont(h0), cont(c0), [cont(p) for p in params], False, up)
+    ref, gref, _ = run_with_grads(reference, cell, x, h0, c0, params, False, up)
+    for a, b, c in zip(got + ggot, want + gwant, ref + gref):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12)
+
+
+def test_workspace_layouts():
+    T, B, I, H = 4, 2, 3, 5
+    ops = torch.ops.rnnfast
+    x, h, w = torch.randn(T, B, I), torch.randn(B, H), lambda G, n: torch.randn(G * H, n)
+    assert ops.rnn_tanh_forward(x, h, w(1, I), w(1, H), None, None, False)[2].shape == (0,)
+    for reset_after in (True, False):
+        assert ops.gru_forward(x, h, w(3, I), w(3, H), None, None, False, reset_after)[2].shape == (T, B, 4 * H)
+    out, hy, cy, ws = ops.lstm_forward(x, h, h, w(4, I), w(4, H), None, None, True)
+    assert ws.shape == (T, B, 5 * H)
+    torch.testing.assert_close(ws[0, :, 4 * H:], cy)  # reverse: the last state is at t = 0
+    torch.testing.assert_close(out[0], hy)
+
+
+@pytest.mark.slow
+def test_torch_compile_inductor_one_op():
+    """The default backend (inductor) around an op: fake kernel, autograd and codegen all agree."""
+    torch._dynamo.reset()
+    x, h0, _, (w_ih, w_hh, b_ih, b_hh) = make("rnn_tanh", 5, 3, 4, 6, torch.float32)
+
+    def f(x, h0, w_ih, w_hh, b_ih, b_hh):
+        out, hy = F.rnn_tanh(x, h0, w_ih, w_hh, b_ih, b_hh)
+        return out.sin().sum() + hy.sum()
+
+    leaves = [x, h0, w_ih, w_hh, b_ih, b_hh]
+    got = torch.compile(f, fullgraph=True)(*leaves)
+    want = f(*leaves)
+    torch.testing.assert_close(got, want)
+    for a, b in zip(torch.autograd.grad(got, leaves), torch.autograd.grad(want, leaves)):
+        torch.testing.assert_close(a, b)
