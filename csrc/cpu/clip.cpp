@@ -1,0 +1,268 @@
+// CPU implementation of the clipping ops (schemas in csrc/ops.cpp, semantics in csrc/clip.h).
+//
+// All gradients are viewed as one virtual vector: the concatenation of their elements. That vector
+// is cut into fixed-size chunks (a chunk may span several small tensors); one at::parallel_for
+// computes one partial per chunk, and the partials are combined in chunk order, so the result does
+// not depend on the number of threads. A second parallel pass over the same chunks scales the
+// grads, and is skipped when the coefficient is exactly 1 (x * 1 == x bit for bit, NaN included).
+//
+// Accumulation is in double for every dtype. Element order inside a tensor does not matter to a
+// norm or a scale, so any non-overlapping-and-dense tensor (contiguous, transposed, channels-last)
+// is processed in place as flat memory; other strided views are read through a contiguous copy and
+// scaled with ATen's mul_.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+#include "../clip.h"
+
+namespace rnnfast {
+namespace {
+
+using clip::NormKind;
+
+constexpr int64_t kChunk = 1 << 16;  // elements per parallel work item
+
+struct Piece {
+  void* data;            // flat memory of numel elements
+  int64_t numel;
+  at::ScalarType dtype;
+};
+
+// The grads as flat pieces, plus the strided views that went through a copy.
+struct FlatList {
+  std::vector<Piece> pieces;
+  std::vector<int64_t> offsets;     // offsets[i] = first element of piece i in the virtual vector
+  std::vector<at::Tensor> copies;   // keep the contiguous copies alive
+  std::vector<at::Tensor> strided;  // grads that must be scaled with ATen (not flat)
+  int64_t total = 0;
+};
+
+FlatList flatten(at::TensorList grads, bool for_write) {
+  FlatList f;
+  f.pieces.reserve(grads.size());
+  f.offsets.reserve(grads.size() + 1);
+  for (const at::Tensor& g : grads) {
+    if (g.numel() == 0) continue;
+    at::Tensor flat = g;
+    if (!g.is_non_overlapping_and_dense()) {
+      flat = g.contiguous();
+      f.copies.push_back(flat);
+      if (for_write) f.strided.push_back(g);
+    }
+    f.offsets.push_back(f.total);
+    f.pieces.push_back({flat.data_ptr(), flat.numel(), flat.scalar_type()});
+    f.total += flat.numel();
+  }
+  f.offsets.push_back(f.total);
+  return f;
+}
+
+template <typename T>
+inline double to_double(T v) {
+  if constexpr (std::is_same_v<T, double>) return v;
+  else if constexpr (std::is_same_v<T, float>) return static_cast<double>(v);
+  else return static_cast<double>(static_cast<float>(v));
+}
+
+// Reductions: step folds one |x| into an accumulator, combine merges two accumulators.
+struct SumSq {
+  static constexpr double init = 0.0;
+  static double step(double a, double v) { return a + v * v; }
+  static double combine(double a, double b) { return a + b; }
+};
+struct SumAbs {
+  static constexpr double init = 0.0;
+  static double step(double a, double v) { return a + std::fabs(v); }
+  static double combine(double a, double b) { return a + b; }
+};
+// max/min that propagate NaN, as torch's inf norms do.
+struct MaxAbs {
+  static constexpr double init = 0.0;
+  static double step(double a, double v) {
+    const double x = std::fabs(v);
+    return (x > a || x != x) ? x : a;
+  }
+  static double combine(double a, double b) { return (b > a || b != b) ? b : a; }
+};
+struct MinAbs {
+  static constexpr double init = std::numeric_limits<double>::infinity();
+  static double step(double a, double v) {
+    const double x = std::fabs(v);
+    return (x < a || x != x) ? x : a;
+  }
+  static double combine(double a, double b) { return (b < a || b != b) ? b : a; }
+};
+
+// kLanes independent accumulators: the compiler vectorizes the lane loop (no reassociation of a
+// single sum is needed), and the lanes are merged in a fixed order, so results are reproducible.
+template <typename Op, typename T>
+double reduce_flat(const T* x, int64_t n) {
+  constexpr int kLanes = 16;
+  double acc[kLanes];
+  for (int j = 0; j < kLanes; ++j) acc[j] = Op::init;
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) acc[j] = Op::step(acc[j], to_double(x[i + j]));
+  double r = Op::init;
+  for (; i < n; ++i) r = Op::step(r, to_double(x[i]));
+  for (int j = 0; j < kLanes; ++j) r = Op::combine(r, acc[j]);
+  return r;
+}
+
+template <typename T>
+double reduce_pow(const T* x, int64_t n, double p) {
+  double r = 0.0;
+  for (int64_t i = 0; i < n; ++i) r += std::pow(std::fabs(to_double(x[i])), p);
+  return r;
+}
+
+template <typename T>
+double reduce_piece(const T* x, int64_t n, NormKind kind, double p) {
+  switch (kind) {
+    case NormKind::Two: return reduce_flat<SumSq>(x, n);
+    case NormKind::One: return reduce_flat<SumAbs>(x, n);
+    case NormKind::Inf: return reduce_flat<MaxAbs>(x, n);
+    case NormKind::NegInf: return reduce_flat<MinAbs>(x, n);
+    default: return reduce_pow(x, n, p);
+  }
+}
+
+double combine(NormKind kind, double a, double b) {
+  switch (kind) {
+    case NormKind::Inf: return MaxAbs::combine(a, b);
+    case NormKind::NegInf: return MinAbs::combine(a, b);
+    default: return a + b;
+  }
+}
+
+double identity(NormKind kind) { return kind == NormKind::NegInf ? MinAbs::init : 0.0; }
+
+// Calls f(typed pointer, begin, end) for the part [g0, g1) of the virtual vector.
+template <typename F>
+void for_pieces(const FlatList& fl, int64_t g0, int64_t g1, F&& f) {
+  size_t i = std::upper_bound(fl.offsets.begin(), fl.offsets.end(), g0) - fl.offsets.begin() - 1;
+  for (; g0 < g1; ++i) {
+    const Piece& pc = fl.pieces[i];
+    const int64_t b = g0 - fl.offsets[i];
+    const int64_t e = std::min(pc.numel, g1 - fl.offsets[i]);
+    switch (pc.dtype) {
+      case at::kFloat: f(static_cast<float*>(pc.data), b, e); break;
+      case at::kDouble: f(static_cast<double*>(pc.data), b, e); break;
+      case at::kHalf: f(static_cast<c10::Half*>(pc.data), b, e); break;
+      default: f(static_cast<c10::BFloat16*>(pc.data), b, e); break;
+    }
+    g0 = fl.offsets[i] + e;
+  }
+}
+
+// torch's p = 0 "norm" of a list is the number of tensors that hold a nonzero (or NaN) element:
+// the 0-norm of the vector of per-tensor nonzero counts.
+double count_nonzero_tensors(const FlatList& fl) {
+  double n = 0.0;
+  for (size_t i = 0; i < fl.pieces.size(); ++i) {
+    bool any = false;
+    for_pieces(fl, fl.offsets[i], fl.offsets[i + 1], [&](auto* x, int64_t b, int64_t e) {
+      for (int64_t k = b; k < e && !any; ++k) any = to_double(x[k]) != 0.0;
+    });
+    n += any ? 1.0 : 0.0;
+  }
+  return n;
+}
+
+// The total norm in double, before rounding to the result dtype.
+double total_norm_value(const FlatList& fl, double p, at::ScalarType out) {
+  const NormKind kind = clip::norm_kind(p);
+  if (kind == NormKind::Zero) return count_nonzero_tensors(fl);
+  const int64_t nchunks = (fl.total + kChunk - 1) / kChunk;
+  std::vector<double> partial(nchunks, identity(kind));
+  at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      double acc = identity(kind);
+      for_pieces(fl, c * kChunk, std::min(fl.total, (c + 1) * kChunk), [&](auto* x, int64_t b, int64_t e) {
+        acc = combine(kind, acc, reduce_piece(x + b, e - b, kind, p));
+      });
+      partial[c] = acc;
+    }
+  });
+  double r = identity(kind);
+  for (double v : partial) r = combine(kind, r, v);
+  if (fl.total == 0) r = 0.0;  // ( -inf norm of no element is rejected before; keep 0 for the rest)
+  switch (kind) {
+    case NormKind::Inf:
+    case NormKind::NegInf: return r;
+    default: break;
+  }
+  // torch accumulates float16/bfloat16/float32 norms in float: a sum beyond FLT_MAX is inf there.
+  if (out != at::kDouble && r > static_cast<double>(FLT_MAX)) r = std::numeric_limits<double>::infinity();
+  if (kind == NormKind::One) return r;
+  if (kind == NormKind::Two) return std::sqrt(r);
+  return std::pow(r, 1.0 / p);
+}
+
+template <typename T>
+void scale_flat(T* x, int64_t n, double coef) {
+  if constexpr (std::is_same_v<T, double>) {
+    for (int64_t i = 0; i < n; ++i) x[i] *= coef;
+  } else {
+    const float c = static_cast<float>(coef);
+    for (int64_t i = 0; i < n; ++i) x[i] = static_cast<T>(static_cast<float>(x[i]) * c);
+  }
+}
+
+void scale_all(const FlatList& fl, double coef) {
+  if (coef == 1.0) return;  // torch multiplies by 1; the values are identical without the pass
+  const int64_t nchunks = (fl.total + kChunk - 1) / kChunk;
+  at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
+    for_pieces(fl, c0 * kChunk, std::min(fl.total, c1 * kChunk),
+               [&](auto* x, int64_t b, int64_t e) { scale_flat(x + b, e - b, coef); });
+  });
+  // Strided views were reduced through copies: scale the originals with ATen (same arithmetic:
+  // mul_ by a double Scalar computes in float for reduced and float32 dtypes, in double for float64).
+  for (const at::Tensor& g : fl.strided) g.mul_(coef);
+}
+
+at::Tensor make_scalar(double v, at::ScalarType out) {
+  return at::scalar_tensor(v, at::TensorOptions().dtype(out).device(at::kCPU));
+}
+
+at::Tensor grad_norm_cpu(at::TensorList tensors, double norm_type) {
+  const at::ScalarType out = clip::check_grads("grad_norm", tensors);
+  clip::check_empty_for_inf("grad_norm", tensors, clip::norm_kind(norm_type));
+  const FlatList fl = flatten(tensors, /*for_write=*/false);
+  return make_scalar(total_norm_value(fl, norm_type, out), out);
+}
+
+void clip_grads_with_norm_cpu(at::TensorList grads, double max_norm, const at::Tensor& total_norm) {
+  if (grads.empty()) return;
+  clip::check_grads("clip_grads_with_norm_", grads);
+  clip::check_total_norm("clip_grads_with_norm_", total_norm, grads[0].device());
+  const double coef = clip::clip_coef(total_norm.scalar_type(), total_norm.item<double>(), max_norm);
+  scale_all(flatten(grads, /*for_write=*/true), coef);
+}
+
+at::Tensor clip_grad_norm_cpu(at::TensorList grads, double max_norm, double norm_type) {
+  const at::ScalarType out = clip::check_grads("clip_grad_norm_", grads);
+  clip::check_empty_for_inf("clip_grad_norm_", grads, clip::norm_kind(norm_type));
+  const FlatList fl = flatten(grads, /*for_write=*/true);
+  at::Tensor total = make_scalar(total_norm_value(fl, norm_type, out), out);
+  // Round the norm to the result dtype first: torch's coefficient starts from that value.
+  scale_all(fl, clip::clip_coef(out, total.item<double>(), max_norm));
+  return total;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rnnfast, CPU, m) {
+  m.impl("grad_norm", &grad_norm_cpu);
+  m.impl("clip_grads_with_norm_", &clip_grads_with_norm_cpu);
+  m.impl("clip_grad_norm_", &clip_grad_norm_cpu);
+}
+
+}  // namespace rnnfast
