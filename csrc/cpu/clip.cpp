@@ -19,6 +19,9 @@
 #include <cmath>
 #include <type_traits>
 #include <vector>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 
 #include "../clip.h"
 
@@ -28,6 +31,12 @@ namespace {
 using clip::NormKind;
 
 constexpr int64_t kChunk = 1 << 16;  // elements per parallel work item
+// Threads join only for lists of at least this many elements (per thread). One thread streams
+// ~10 GB/s, so below this a pass takes about a millisecond, and waking a second OpenMP thread costs
+// tens of microseconds on an idle machine and milliseconds on a loaded one (measured here: 2 threads
+// made a 4M-element norm 10x slower on a shared 2-core box). torch's per-tensor reductions go
+// parallel only above 32K elements per tensor, so its small-tensor lists stay serial too.
+constexpr int64_t kGrainChunks = (1 << 23) / kChunk;
 
 struct Piece {
   void* data;            // flat memory of numel elements
@@ -116,6 +125,113 @@ double reduce_flat(const T* x, int64_t n) {
   return r;
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+// AVX2+FMA paths for the common cases (float32/float64 grads, p = 2 and p = 1), chosen at run time:
+// the build targets baseline x86-64, where double accumulation of float32 does not vectorize well
+// (3 GB/s measured, compute-bound, against ~10 GB/s of memory bandwidth per core). Sixteen double
+// lanes in four registers, merged in a fixed order: reproducible on a given machine.
+inline bool has_avx2_fma() {
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return yes;
+}
+
+__attribute__((target("avx2,fma"))) inline double hsum_avx2(__m256d a0, __m256d a1, __m256d a2, __m256d a3) {
+  const __m256d s = _mm256_add_pd(_mm256_add_pd(a0, a1), _mm256_add_pd(a2, a3));
+  alignas(32) double lanes[4];
+  _mm256_store_pd(lanes, s);
+  return (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+}
+
+__attribute__((target("avx2,fma"))) inline __m256d widen_add(__m256d acc, __m256 f) {
+  acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_castps256_ps128(f)));
+  return _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)));
+}
+
+// float32: blocks of 1024 elements are summed in float (32 lanes, 32 terms per lane: a relative
+// error of at most ~32 ulp of float per block, 1e-7 typical), and the blocks in double. Full float
+// throughput, no float error growth with the length (torch's float sum drifts: 6e-5 at 3M elements).
+template <bool kSquare>
+__attribute__((target("avx2,fma"))) double sum_f32_avx2(const float* x, int64_t n) {
+  const __m256d sign = _mm256_set1_pd(-0.0);
+  const __m256 signf = _mm256_set1_ps(-0.0f);
+  __m256d a0 = _mm256_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
+  int64_t i = 0;
+  constexpr int64_t kBlock = 1024;
+  for (; i + kBlock <= n; i += kBlock) {
+    __m256 f0 = _mm256_setzero_ps(), f1 = f0, f2 = f0, f3 = f0;
+    for (int64_t j = i; j < i + kBlock; j += 32) {
+      const __m256 v0 = _mm256_loadu_ps(x + j), v1 = _mm256_loadu_ps(x + j + 8);
+      const __m256 v2 = _mm256_loadu_ps(x + j + 16), v3 = _mm256_loadu_ps(x + j + 24);
+      if constexpr (kSquare) {
+        f0 = _mm256_fmadd_ps(v0, v0, f0); f1 = _mm256_fmadd_ps(v1, v1, f1);
+        f2 = _mm256_fmadd_ps(v2, v2, f2); f3 = _mm256_fmadd_ps(v3, v3, f3);
+      } else {
+        f0 = _mm256_add_ps(f0, _mm256_andnot_ps(signf, v0)); f1 = _mm256_add_ps(f1, _mm256_andnot_ps(signf, v1));
+        f2 = _mm256_add_ps(f2, _mm256_andnot_ps(signf, v2)); f3 = _mm256_add_ps(f3, _mm256_andnot_ps(signf, v3));
+      }
+    }
+    a0 = widen_add(a0, f0); a1 = widen_add(a1, f1); a2 = widen_add(a2, f2); a3 = widen_add(a3, f3);
+  }
+  for (; i + 16 <= n; i += 16) {
+    const __m256 v0 = _mm256_loadu_ps(x + i), v1 = _mm256_loadu_ps(x + i + 8);
+    const __m256d d0 = _mm256_cvtps_pd(_mm256_castps256_ps128(v0));
+    const __m256d d1 = _mm256_cvtps_pd(_mm256_extractf128_ps(v0, 1));
+    const __m256d d2 = _mm256_cvtps_pd(_mm256_castps256_ps128(v1));
+    const __m256d d3 = _mm256_cvtps_pd(_mm256_extractf128_ps(v1, 1));
+    if constexpr (kSquare) {
+      a0 = _mm256_fmadd_pd(d0, d0, a0); a1 = _mm256_fmadd_pd(d1, d1, a1);
+      a2 = _mm256_fmadd_pd(d2, d2, a2); a3 = _mm256_fmadd_pd(d3, d3, a3);
+    } else {
+      a0 = _mm256_add_pd(a0, _mm256_andnot_pd(sign, d0)); a1 = _mm256_add_pd(a1, _mm256_andnot_pd(sign, d1));
+      a2 = _mm256_add_pd(a2, _mm256_andnot_pd(sign, d2)); a3 = _mm256_add_pd(a3, _mm256_andnot_pd(sign, d3));
+    }
+  }
+  double r = hsum_avx2(a0, a1, a2, a3);
+  for (; i < n; ++i) {
+    const double v = x[i];
+    r += kSquare ? v * v : std::fabs(v);
+  }
+  return r;
+}
+
+template <bool kSquare>
+__attribute__((target("avx2,fma"))) double sum_f64_avx2(const double* x, int64_t n) {
+  const __m256d sign = _mm256_set1_pd(-0.0);
+  __m256d a0 = _mm256_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256d d0 = _mm256_loadu_pd(x + i), d1 = _mm256_loadu_pd(x + i + 4);
+    const __m256d d2 = _mm256_loadu_pd(x + i + 8), d3 = _mm256_loadu_pd(x + i + 12);
+    if constexpr (kSquare) {
+      a0 = _mm256_fmadd_pd(d0, d0, a0); a1 = _mm256_fmadd_pd(d1, d1, a1);
+      a2 = _mm256_fmadd_pd(d2, d2, a2); a3 = _mm256_fmadd_pd(d3, d3, a3);
+    } else {
+      a0 = _mm256_add_pd(a0, _mm256_andnot_pd(sign, d0)); a1 = _mm256_add_pd(a1, _mm256_andnot_pd(sign, d1));
+      a2 = _mm256_add_pd(a2, _mm256_andnot_pd(sign, d2)); a3 = _mm256_add_pd(a3, _mm256_andnot_pd(sign, d3));
+    }
+  }
+  double r = hsum_avx2(a0, a1, a2, a3);
+  for (; i < n; ++i) r += kSquare ? x[i] * x[i] : std::fabs(x[i]);
+  return r;
+}
+
+__attribute__((target("avx2,fma"))) void scale_f32_avx2(float* x, int64_t n, float c) {
+  const __m256 vc = _mm256_set1_ps(c);
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m256 v0 = _mm256_loadu_ps(x + i), v1 = _mm256_loadu_ps(x + i + 8);
+    const __m256 v2 = _mm256_loadu_ps(x + i + 16), v3 = _mm256_loadu_ps(x + i + 24);
+    _mm256_storeu_ps(x + i, _mm256_mul_ps(v0, vc));
+    _mm256_storeu_ps(x + i + 8, _mm256_mul_ps(v1, vc));
+    _mm256_storeu_ps(x + i + 16, _mm256_mul_ps(v2, vc));
+    _mm256_storeu_ps(x + i + 24, _mm256_mul_ps(v3, vc));
+  }
+  for (; i < n; ++i) x[i] *= c;
+}
+#else
+inline bool has_avx2_fma() { return false; }
+#endif
+
 template <typename T>
 double reduce_pow(const T* x, int64_t n, double p) {
   double r = 0.0;
@@ -125,6 +241,16 @@ double reduce_pow(const T* x, int64_t n, double p) {
 
 template <typename T>
 double reduce_piece(const T* x, int64_t n, NormKind kind, double p) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+    if ((kind == NormKind::Two || kind == NormKind::One) && has_avx2_fma()) {
+      if constexpr (std::is_same_v<T, float>)
+        return kind == NormKind::Two ? sum_f32_avx2<true>(x, n) : sum_f32_avx2<false>(x, n);
+      else
+        return kind == NormKind::Two ? sum_f64_avx2<true>(x, n) : sum_f64_avx2<false>(x, n);
+    }
+  }
+#endif
   switch (kind) {
     case NormKind::Two: return reduce_flat<SumSq>(x, n);
     case NormKind::One: return reduce_flat<SumAbs>(x, n);
@@ -182,7 +308,7 @@ double total_norm_value(const FlatList& fl, double p, at::ScalarType out) {
   if (kind == NormKind::Zero) return count_nonzero_tensors(fl);
   const int64_t nchunks = (fl.total + kChunk - 1) / kChunk;
   std::vector<double> partial(nchunks, identity(kind));
-  at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
+  at::parallel_for(0, nchunks, kGrainChunks, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       double acc = identity(kind);
       for_pieces(fl, c * kChunk, std::min(fl.total, (c + 1) * kChunk), [&](auto* x, int64_t b, int64_t e) {
@@ -212,6 +338,11 @@ void scale_flat(T* x, int64_t n, double coef) {
     for (int64_t i = 0; i < n; ++i) x[i] *= coef;
   } else {
     const float c = static_cast<float>(coef);
+#if defined(__x86_64__) && defined(__GNUC__)
+    if constexpr (std::is_same_v<T, float>) {
+      if (has_avx2_fma()) return scale_f32_avx2(x, n, c);
+    }
+#endif
     for (int64_t i = 0; i < n; ++i) x[i] = static_cast<T>(static_cast<float>(x[i]) * c);
   }
 }
@@ -219,7 +350,7 @@ void scale_flat(T* x, int64_t n, double coef) {
 void scale_all(const FlatList& fl, double coef) {
   if (coef == 1.0) return;  // torch multiplies by 1; the values are identical without the pass
   const int64_t nchunks = (fl.total + kChunk - 1) / kChunk;
-  at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
+  at::parallel_for(0, nchunks, kGrainChunks, [&](int64_t c0, int64_t c1) {
     for_pieces(fl, c0 * kChunk, std::min(fl.total, c1 * kChunk),
                [&](auto* x, int64_t b, int64_t e) { scale_flat(x + b, e - b, coef); });
   });
