@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cfloat>
 #include <cmath>
 #include <type_traits>
@@ -31,7 +32,7 @@ namespace {
 using clip::NormKind;
 
 constexpr int64_t kChunk = 1 << 16;  // elements per parallel work item
-// Threads join only for lists of at least this many elements (per thread). One thread streams
+// Threads join only for lists of at least this many elements. One thread streams
 // ~10 GB/s, so below this a pass takes about a millisecond, and waking a second OpenMP thread costs
 // tens of microseconds on an idle machine and milliseconds on a loaded one (measured here: 2 threads
 // made a 4M-element norm 10x slower on a shared 2-core box). torch's per-tensor reductions go
@@ -288,6 +289,24 @@ void for_pieces(const FlatList& fl, int64_t g0, int64_t g1, F&& f) {
   }
 }
 
+// Runs f(c) for every chunk c. Threads take chunks from a shared counter rather than a fixed half
+// each: on a shared machine a descheduled thread then delays the pass by one chunk, not by half of
+// the work. Which thread runs a chunk does not change its partial, so results stay reproducible.
+template <typename F>
+void for_each_chunk(int64_t nchunks, const F& f) {
+  const int threads = at::get_num_threads();
+  if (nchunks < kGrainChunks || threads == 1 || at::in_parallel_region()) {
+    for (int64_t c = 0; c < nchunks; ++c) f(c);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    for (int64_t c = next.fetch_add(1, std::memory_order_relaxed); c < nchunks;
+         c = next.fetch_add(1, std::memory_order_relaxed))
+      f(c);
+  });
+}
+
 // torch's p = 0 "norm" of a list is the number of tensors that hold a nonzero (or NaN) element:
 // the 0-norm of the vector of per-tensor nonzero counts.
 double count_nonzero_tensors(const FlatList& fl) {
@@ -308,14 +327,12 @@ double total_norm_value(const FlatList& fl, double p, at::ScalarType out) {
   if (kind == NormKind::Zero) return count_nonzero_tensors(fl);
   const int64_t nchunks = (fl.total + kChunk - 1) / kChunk;
   std::vector<double> partial(nchunks, identity(kind));
-  at::parallel_for(0, nchunks, kGrainChunks, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      double acc = identity(kind);
-      for_pieces(fl, c * kChunk, std::min(fl.total, (c + 1) * kChunk), [&](auto* x, int64_t b, int64_t e) {
-        acc = combine(kind, acc, reduce_piece(x + b, e - b, kind, p));
-      });
-      partial[c] = acc;
-    }
+  for_each_chunk(nchunks, [&](int64_t c) {
+    double acc = identity(kind);
+    for_pieces(fl, c * kChunk, std::min(fl.total, (c + 1) * kChunk), [&](auto* x, int64_t b, int64_t e) {
+      acc = combine(kind, acc, reduce_piece(x + b, e - b, kind, p));
+    });
+    partial[c] = acc;
   });
   double r = identity(kind);
   for (double v : partial) r = combine(kind, r, v);
@@ -350,8 +367,8 @@ void scale_flat(T* x, int64_t n, double coef) {
 void scale_all(const FlatList& fl, double coef) {
   if (coef == 1.0) return;  // torch multiplies by 1; the values are identical without the pass
   const int64_t nchunks = (fl.total + kChunk - 1) / kChunk;
-  at::parallel_for(0, nchunks, kGrainChunks, [&](int64_t c0, int64_t c1) {
-    for_pieces(fl, c0 * kChunk, std::min(fl.total, c1 * kChunk),
+  for_each_chunk(nchunks, [&](int64_t c) {
+    for_pieces(fl, c * kChunk, std::min(fl.total, (c + 1) * kChunk),
                [&](auto* x, int64_t b, int64_t e) { scale_flat(x + b, e - b, coef); });
   });
   // Strided views were reduced through copies: scale the originals with ATen (same arithmetic:
