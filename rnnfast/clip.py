@@ -17,7 +17,7 @@ import torch
 
 from . import _clip_ops  # noqa: F401  (loads the ops)
 
-__all__ = ["clip_grad_norm_", "clip_grad_value_", "get_total_norm", "clip_grads_with_norm_"]
+__all__ = ["clip_grad_norm_", "clip_grad_value_", "get_total_norm", "clip_grads_with_norm_", "grad_clipping"]
 
 _ops = torch.ops.rnnfast
 
@@ -60,6 +60,8 @@ def clip_grads_with_norm_(parameters, max_norm, total_norm, foreach=None):
     max_norm = float(max_norm)
     if not grads:
         return
+    if isinstance(total_norm, torch.Tensor) and total_norm.device != grads[0].device:
+        total_norm = total_norm.to(grads[0].device)  # torch moves it too (non_blocking is not needed)
     try:
         _ops.clip_grads_with_norm_(grads, max_norm, total_norm)
     except NotImplementedError:
@@ -108,3 +110,19 @@ def clip_grad_value_(parameters, clip_value, foreach=None):
     Elementwise clamping needs no reduction, so there is nothing to fuse: this is torch's own
     implementation (foreach clamp per device and dtype), re-exported for a single import site."""
     return torch.nn.utils.clip_grad_value_(parameters, clip_value, foreach)
+
+
+def grad_clipping(net, theta):
+    """The textbook's call shape, ``grad_clipping(net, theta)``, on the fused op: clips the grads of
+    ``net.parameters()`` (an nn.Module; only parameters that require grad) or of ``net.params`` (the
+    from-scratch models) to global L2 norm ``theta``; returns the norm before clipping (a tensor).
+
+    The arithmetic is torch's, not the textbook's: the coefficient is theta / (norm + 1e-6) clamped
+    at 1 rather than theta / norm when norm > theta (a relative difference of 1e-6 / norm), and no
+    host-side comparison happens, so the step never waits for the device.
+    """
+    if isinstance(net, torch.nn.Module):
+        params = [p for p in net.parameters() if p.requires_grad]
+    else:
+        params = list(net.params)
+    return clip_grad_norm_(params, theta)

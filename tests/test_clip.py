@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import rnnfast.clip as rclip
-from rnnfast.clip import clip_grad_norm_, clip_grad_value_, get_total_norm
+from rnnfast.clip import clip_grad_norm_, clip_grad_value_, get_total_norm, grad_clipping
 
 INF = float("inf")
 RTOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -96,6 +96,21 @@ def test_parity_counts_dtypes_norms(count, size, dtype, p, clips):
     # the dtype's range is inf, as in torch (e.g. the 0.5-norm of 7x123 float16 values)
     expected = total if total <= torch.finfo(dtype).max else INF
     assert math.isclose(n.item(), expected, rel_tol=RTOL[dtype] * 2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("max_norm", [1.3, 0.1, 2.9999])
+def test_coefficient_is_torchs_bit_for_bit(dtype, max_norm):
+    # exactly representable norm (16 * 0.75^2 = 9, norm 3): both sides start from the same total, so
+    # the coefficient arithmetic (t + 1e-6, reciprocal, * max_norm, rounded to the dtype, clamp) and
+    # the product must match torch exactly
+    tensors = [torch.full((16,), 0.75, dtype=dtype), torch.full((4, 4), -0.75, dtype=dtype).t()]
+    ours, ref = twins(tensors)
+    n_ours = clip_grad_norm_(ours, max_norm)
+    n_ref = torch.nn.utils.clip_grad_norm_(ref, max_norm)
+    assert torch.equal(n_ours, n_ref)
+    for a, b in zip(ours, ref):
+        assert torch.equal(a.grad, b.grad)
 
 
 def test_below_threshold_is_bitwise_noop():
@@ -310,6 +325,42 @@ def test_get_total_norm_and_clip_grads_with_norm():
         assert torch.equal(a.grad, b.grad)  # same norm in, same coefficient and product out
     with pytest.raises(RuntimeError, match="non-finite"):
         get_total_norm([torch.tensor([INF])], error_if_nonfinite=True)
+
+
+def test_clip_grads_with_norm_total_of_another_dtype():
+    tensors = randn_list(3, 20, torch.float32)
+    ours, ref = twins(tensors)
+    n = torch.nn.utils.get_total_norm(tensors)
+    rclip.clip_grads_with_norm_(ours, 0.5, n.double())  # another dtype: coefficient in float64
+    torch.nn.utils.clip_grads_with_norm_(ref, 0.5, n.double())
+    for a, b in zip(ours, ref):
+        assert torch.equal(a.grad, b.grad)
+
+
+def test_grad_clipping_textbook_call_shape():
+    torch.manual_seed(2)
+    net = torch.nn.Linear(5, 3)
+    frozen = torch.nn.Parameter(torch.ones(2), requires_grad=False)
+    net.register_parameter("frozen", frozen)
+    net(torch.randn(4, 5)).pow(2).sum().backward()
+    frozen.grad = torch.full((2,), 100.0)  # not requiring grad: the textbook skips it
+    grads = [p.grad.clone() for p in (net.weight, net.bias)]
+    expected = math.sqrt(sum(g.double().pow(2).sum().item() for g in grads))
+    n = grad_clipping(net, 0.1)
+    assert math.isclose(n.item(), expected, rel_tol=1e-6)
+    coef = 0.1 / (expected + 1e-6)
+    for p, g in zip((net.weight, net.bias), grads):
+        torch.testing.assert_close(p.grad, g * coef, rtol=1e-6, atol=0)
+    assert torch.equal(frozen.grad, torch.full((2,), 100.0))
+
+    class Scratch:  # the from-scratch models expose .params
+        pass
+
+    s = Scratch()
+    s.params = [torch.randn(3, requires_grad=True)]
+    s.params[0].grad = torch.tensor([3.0, 4.0, 0.0])
+    assert grad_clipping(s, 1.0).item() == 5.0
+    torch.testing.assert_close(s.params[0].grad, torch.tensor([0.6, 0.8, 0.0]), rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
