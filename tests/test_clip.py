@@ -8,6 +8,9 @@ norms agree to the dtype's precision (2^-10, 2^-7 relative), and the clipped gra
 the dtype.
 """
 import math
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -111,6 +114,30 @@ def test_coefficient_is_torchs_bit_for_bit(dtype, max_norm):
     assert torch.equal(n_ours, n_ref)
     for a, b in zip(ours, ref):
         assert torch.equal(a.grad, b.grad)
+
+
+def test_portable_loops_match_the_avx2_ones():
+    # the same parity through the portable (non-AVX2) loops, in a fresh process
+    code = (
+        "import torch, rnnfast.clip as c\n"
+        "torch.manual_seed(0)\n"
+        "for dt in (torch.float32, torch.float64):\n"
+        "    ts = [torch.randn(n, dtype=dt) for n in (3, 1000, 70001)]\n"
+        "    for p in (1.0, 2.0):\n"
+        "        exact = torch.linalg.vector_norm(torch.cat([t.double() for t in ts]), p).item()\n"
+        "        got = c.get_total_norm(ts, p).item()\n"
+        "        tol = 1e-12 if dt == torch.float64 else 1e-7  # the float32 total is rounded to float32\n"
+        "        assert abs(got - exact) <= tol * exact, (dt, p, got, exact)\n"
+        "        ps = [torch.nn.Parameter(torch.zeros_like(t)) for t in ts]\n"
+        "        for q, t in zip(ps, ts): q.grad = t.clone()\n"
+        "        c.clip_grad_norm_(ps, 0.5 * exact, p)\n"
+        "        coef = 0.5 * exact / (got + 1e-6)\n"
+        "        for q, t in zip(ps, ts): torch.testing.assert_close(q.grad, (t.double() * coef).to(dt))\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ, RNNFAST_DISABLE_AVX2="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
 def test_below_threshold_is_bitwise_noop():

@@ -18,6 +18,7 @@
 #include <atomic>
 #include <cfloat>
 #include <cmath>
+#include <cstdlib>
 #include <type_traits>
 #include <vector>
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -131,8 +132,10 @@ double reduce_flat(const T* x, int64_t n) {
 // the build targets baseline x86-64, where double accumulation of float32 does not vectorize well
 // (3 GB/s measured, compute-bound, against ~10 GB/s of memory bandwidth per core). Sixteen double
 // lanes in four registers, merged in a fixed order: reproducible on a given machine.
+// RNNFAST_DISABLE_AVX2=1 forces the portable loops (what non-x86 builds run), for tests.
 inline bool has_avx2_fma() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                          std::getenv("RNNFAST_DISABLE_AVX2") == nullptr;
   return yes;
 }
 
