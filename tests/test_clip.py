@@ -461,3 +461,22 @@ def test_torch_compile_fullgraph():
     assert torch.equal(n_compiled, n_eager)
     for x, y in zip(a, b):
         assert torch.equal(x, y)
+
+
+def test_public_function_compiles_fullgraph():
+    torch.manual_seed(3)
+    a, b = torch.nn.Linear(6, 4), torch.nn.Linear(6, 4)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(5, 6)
+    a(x).pow(2).sum().backward()
+    b(x).pow(2).sum().backward()
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def clip(params):
+        return clip_grad_norm_(params, 0.1)
+
+    n_compiled = clip(list(a.parameters()))
+    n_eager = clip_grad_norm_(list(b.parameters()), 0.1)
+    assert torch.equal(n_compiled, n_eager)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p.grad, q.grad)
