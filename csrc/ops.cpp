@@ -27,7 +27,8 @@ TORCH_LIBRARY(rnnfast, m) {
 
   // ---- gradient clipping (csrc/cpu/clip.cpp, csrc/cuda/clip.cu) ---------------------------------
   // A gradient list on one device, any mix of float16/bfloat16/float32/float64 (accumulated in
-  // float64 on CPU; in float, or float64 when a float64 grad is present, on CUDA). The total norm
+  // float64 on CPU, float32 grads in float within blocks of 1024 elements; on CUDA in float per
+  // thread, or float64 when a float64 grad is present, partials in float64). The total norm
   // is a 0-dim tensor of the promoted dtype, as torch.nn.utils.clip_grad_norm_ returns it.
   // grad_norm: the p-norm of the list viewed as one vector (p = inf, -inf, 0 as torch).
   m.def("grad_norm(Tensor[] tensors, float norm_type) -> Tensor");

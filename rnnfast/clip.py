@@ -2,7 +2,7 @@
 
 ``clip_grad_norm_`` returns the same total norm and leaves the same clipped grads as
 ``torch.nn.utils.clip_grad_norm_`` (to summation-order rounding: rnnfast accumulates in float64 on
-CPU), but runs one op for the whole list: one parallel pass for the norm and one for the scale on
+CPU, so for long float32 lists its norm is the more accurate one), but runs one op for the whole list: one parallel pass for the norm and one for the scale on
 CPU; on CUDA at most three kernel launches and no host synchronization.
 
 ``foreach`` is accepted for signature compatibility and otherwise ignored: the fused op always

@@ -1,7 +1,7 @@
 """rnnfast.clip against torch.nn.utils (the contract) and against a float64 reference (the truth).
 
-Tolerances: rnnfast accumulates every dtype in float64 on CPU, torch accumulates float32 in float32
-with its own summation order, so float32 norms agree to a few ulps of the sum (~1e-6 relative; pow
+Tolerances: rnnfast accumulates in float64 on CPU (float32: in float within blocks of 1024 elements,
+in float64 across blocks), torch accumulates float32 in float32 with its own summation order, so float32 norms agree to a few ulps of the sum (~1e-6 relative; pow
 for p=3 and p=0.5 adds float32 rounding per element on torch's side, hence 2e-5 there), float64 to
 ~1e-12. float16/bfloat16: torch rounds each tensor's norm to the grad dtype before combining, so the
 norms agree to the dtype's precision (2^-10, 2^-7 relative), and the clipped grads to one ulp of
