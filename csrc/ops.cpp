@@ -26,5 +26,14 @@ TORCH_LIBRARY(rnnfast, m) {
   m.def("lstm_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
 
   // ---- gradient clipping (csrc/cpu/clip.cpp, csrc/cuda/clip.cu) ---------------------------------
-  // (schemas added by the clipping work)
+  // A gradient list on one device, any mix of float16/bfloat16/float32/float64 (accumulated in
+  // float64 on CPU, float32 grads in float within blocks of 1024 elements; on CUDA in float per
+  // thread, or float64 when a float64 grad is present, partials in float64). The total norm
+  // is a 0-dim tensor of the promoted dtype, as torch.nn.utils.clip_grad_norm_ returns it.
+  // grad_norm: the p-norm of the list viewed as one vector (p = inf, -inf, 0 as torch).
+  m.def("grad_norm(Tensor[] tensors, float norm_type) -> Tensor");
+  // clip_grads_with_norm_: grads *= clamp(max_norm / (total_norm + 1e-6), max=1), in place.
+  m.def("clip_grads_with_norm_(Tensor(a!)[] grads, float max_norm, Tensor total_norm) -> ()");
+  // clip_grad_norm_: both in one call; returns the total norm (before clipping).
+  m.def("clip_grad_norm_(Tensor(a!)[] grads, float max_norm, float norm_type) -> Tensor");
 }
