@@ -23,6 +23,7 @@
 // Each cell's constants must agree with kernels.h's cell_layout(); recurrent.cu checks that.
 #pragma once
 #include <cuda_runtime.h>
+#include <math.h>  // expf, tanhf when compiled for the host (tests/cuda_emulation.cpp)
 
 namespace rnnfast {
 namespace cells {
@@ -31,7 +32,7 @@ template <int P>
 struct Phase {};  // phase tag: a cell with a GEMM between its pointwise parts has Phase<0> and Phase<1>
 
 // Accurate expf/tanhf (no fast-math): the CUDA float32 path is checked against float64 at 1e-5.
-__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+__host__ __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 // h' = act(W_ih x + b_ih + W_hh h + b_hh); tanh or relu.
 template <bool kRelu>
@@ -39,14 +40,14 @@ struct RnnCell {
   static constexpr int kGates = 1, kSaved = 0, kPhases = 1;
 
   template <class S>
-  __device__ static void forward(S& s, Phase<0>) {
+  __host__ __device__ static void forward(S& s, Phase<0>) {
     const float pre = s.x(0) + s.h(0);
     s.set_h(kRelu ? (pre < 0.0f ? 0.0f : pre) : tanhf(pre));  // relu keeps NaN, as torch.relu
   }
 
   // No workspace: the derivative is a function of the output h' alone.
   template <class S>
-  __device__ static void backward(S& s, Phase<0>) {
+  __host__ __device__ static void backward(S& s, Phase<0>) {
     const float h = s.h_new(), dh = s.dh();
     s.set_dg(0, kRelu ? (h > 0.0f ? dh : 0.0f) : dh * (1.0f - h * h));
   }
@@ -60,7 +61,7 @@ struct GruResetAfterCell {
   static constexpr int kGates = 3, kSaved = 4, kPhases = 1;
 
   template <class S>
-  __device__ static void forward(S& s, Phase<0>) {
+  __host__ __device__ static void forward(S& s, Phase<0>) {
     const float r = sigmoid(s.x(0) + s.h(0));
     const float z = sigmoid(s.x(1) + s.h(1));
     const float hn = s.h(2);
@@ -71,7 +72,7 @@ struct GruResetAfterCell {
   }
 
   template <class S>
-  __device__ static void backward(S& s, Phase<0>) {
+  __host__ __device__ static void backward(S& s, Phase<0>) {
     const float r = s.saved(0), z = s.saved(1), n = s.saved(2), hn = s.saved(3);
     const float hp = s.h_prev(), dh = s.dh();
     const float dn_pre = dh * (1.0f - z) * (1.0f - n * n);
@@ -91,14 +92,14 @@ struct GruResetBeforeCell {
   static constexpr int kGates = 3, kSaved = 4, kPhases = 2;
 
   template <class S>
-  __device__ static void forward(S& s, Phase<0>) {  // gates; the host then runs W_hn·(r⊙h)
+  __host__ __device__ static void forward(S& s, Phase<0>) {  // gates; the host then runs W_hn·(r⊙h)
     const float r = sigmoid(s.x(0) + s.h(0));
     const float z = sigmoid(s.x(1) + s.h(1));
     s.save(0, r); s.save(1, z); s.save(3, r * s.h_prev());
   }
 
   template <class S>
-  __device__ static void forward(S& s, Phase<1>) {  // candidate and state update
+  __host__ __device__ static void forward(S& s, Phase<1>) {  // candidate and state update
     const float z = s.saved(1), hp = s.h_prev();
     const float n = tanhf(s.x(2) + s.h(2));
     s.save(2, n);
@@ -106,7 +107,7 @@ struct GruResetBeforeCell {
   }
 
   template <class S>
-  __device__ static void backward(S& s, Phase<0>) {  // z, n; the host then runs dn_pre·W_hn
+  __host__ __device__ static void backward(S& s, Phase<0>) {  // z, n; the host then runs dn_pre·W_hn
     const float z = s.saved(1), n = s.saved(2);
     const float hp = s.h_prev(), dh = s.dh();
     s.set_dg(1, dh * (hp - n) * z * (1.0f - z));
@@ -115,7 +116,7 @@ struct GruResetBeforeCell {
   }
 
   template <class S>
-  __device__ static void backward(S& s, Phase<1>) {  // r, from d(r⊙h) = dn_pre·W_hn
+  __host__ __device__ static void backward(S& s, Phase<1>) {  // r, from d(r⊙h) = dn_pre·W_hn
     const float r = s.saved(0), hp = s.h_prev(), drh = s.drh();
     s.set_dg(0, drh * hp * r * (1.0f - r));
     s.add_dh_prev(drh * r);
@@ -127,7 +128,7 @@ struct LstmCell {
   static constexpr int kGates = 4, kSaved = 5, kPhases = 1;
 
   template <class S>
-  __device__ static void forward(S& s, Phase<0>) {
+  __host__ __device__ static void forward(S& s, Phase<0>) {
     const float i = sigmoid(s.x(0) + s.h(0));
     const float f = sigmoid(s.x(1) + s.h(1));
     const float g = tanhf(s.x(2) + s.h(2));
@@ -138,7 +139,7 @@ struct LstmCell {
   }
 
   template <class S>
-  __device__ static void backward(S& s, Phase<0>) {
+  __host__ __device__ static void backward(S& s, Phase<0>) {
     const float i = s.saved(0), f = s.saved(1), g = s.saved(2), o = s.saved(3);
     const float tc = tanhf(s.saved(4));  // recomputed: cheaper than saving tanh(c) too
     const float dh = s.dh();
