@@ -1,0 +1,345 @@
+// The CUDA host loop of the recurrent ops (DESIGN.md §3), one template for every cell, and the op
+// entry points, templated over the device context (guard + stream) so that recurrent.cu registers
+// them for CUDA and tests/cuda_emulation.cpp can run the very same loop on the CPU. ATen and
+// kernels.h only: no c10/cuda header here.
+//
+// forward:  XG = X·W_ihᵀ + b_ih for all T*B rows (one GEMM); per step t in walking order
+//           HG = h_{t-1}·W_hhᵀ (mm_out into one (B, G*H) buffer), then one pointwise launch that
+//           adds b_hh and writes output[t] and workspace[t]. GRU reset_before: HG covers r,z only;
+//           phase 0 writes r, z, r⊙h; GEMM W_hn·(r⊙h); phase 1 writes n and h'.
+// backward: per step in reverse walking order, one pointwise launch writing dG[t] (and dGh[t])
+//           and the direct part of dh_{t-1}, then dh_{t-1} (+)= dGh[t]·W_hh. After the loop:
+//           dx = dG·W_ih, dW_ih = dGᵀ·X, dW_hh = dGhᵀ·H_prev (two GEMMs, no concatenation),
+//           db_ih, db_hh = column sums.
+// Nothing here synchronizes with the host, so the ops can be captured in a CUDA graph.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <tuple>
+
+#include "../cpu/checks.h"
+#include "../kernels/kernels.h"
+
+namespace rnnfast {
+namespace cuda {
+using at::Tensor;
+using kernels::CellKind;
+using kernels::CellLayout;
+
+namespace detail {
+
+inline void check_launch(cudaError_t err, const char* op, const char* what) {
+  TORCH_CHECK(err == cudaSuccess, op, ": CUDA ", what, " kernel failed to launch: ", cudaGetErrorName(err), " (",
+              cudaGetErrorString(err), ")");
+}
+
+// CUDA-only requirements on top of the shared checks (which accept float64 for the CPU path).
+inline void check_cuda_dtype(const char* op, const Tensor& input) {
+  TORCH_CHECK_TYPE(input.scalar_type() == at::kFloat, op, ": supports float32 on CUDA, got input of dtype ",
+                   input.scalar_type(), " (float16/bfloat16/float64 CUDA kernels are not implemented; use ",
+                   "float32, or run float64 on CPU)");
+}
+
+inline const float* fptr(const Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
+inline float* mptr(Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
+
+// Time index of walking step s (reverse layers walk T-1 .. 0), as on CPU.
+inline int64_t time_of(int64_t s, int64_t T, bool reverse) { return reverse ? T - 1 - s : s; }
+
+// Returns (output, hy, cy (undefined unless the cell has a cell state), workspace).
+template <CellKind kCell>
+std::tuple<Tensor, Tensor, Tensor, Tensor> recurrent_forward(const char* op, cudaStream_t stream, const Tensor& input_, const Tensor& hx_,
+                                                             const Tensor& cx_, const Tensor& w_ih_,
+                                                             const Tensor& w_hh_, const c10::optional<Tensor>& b_ih_,
+                                                             const c10::optional<Tensor>& b_hh_, bool reverse) {
+  constexpr CellLayout L = kernels::cell_layout(kCell);
+  constexpr int64_t G = L.gates, G0 = L.phase0_gates;
+
+  const Tensor input = input_.contiguous(), hx = hx_.contiguous();
+  const Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
+  const Tensor cx = L.has_cell_state ? cx_.contiguous() : Tensor();
+  const bool has_b_ih = b_ih_.has_value() && b_ih_->defined();
+  const bool has_b_hh = b_hh_.has_value() && b_hh_->defined();
+  const Tensor b_hh = has_b_hh ? b_hh_->contiguous() : Tensor();
+  const int64_t T = input.size(0), B = input.size(1), I = input.size(2), H = hx.size(1);
+  const int64_t WS = L.saved * H;
+  const auto opts = input.options();
+
+  Tensor output = at::empty({T, B, H}, opts);
+  Tensor ws = L.saved ? at::empty({T, B, WS}, opts) : at::empty({0}, opts);
+
+  // Input projection of all steps at once, b_ih folded in; b_hh is added by the step kernels.
+  Tensor xg = at::empty({T * B, G * H}, opts);
+  if (has_b_ih) {
+    at::addmm_out(xg, *b_ih_, input.view({T * B, I}), w_ih.t());
+  } else {
+    at::mm_out(xg, input.view({T * B, I}), w_ih.t());
+  }
+
+  // Per-step GEMM outputs: allocated once, rewritten every step.
+  Tensor hg = at::empty({B, G0 * H}, opts);
+  const Tensor w_rec0_t = w_hh.narrow(0, 0, G0 * H).t();
+  Tensor hg1 = L.phases == 2 ? at::empty({B, (G - G0) * H}, opts) : Tensor();
+  const Tensor w_rec1_t = L.phases == 2 ? w_hh.narrow(0, G0 * H, (G - G0) * H).t() : Tensor();
+
+  const float* xg_p = fptr(xg);
+  const float* hx_p = fptr(hx);
+  const float* cx_p = fptr(cx);
+  float* out_p = mptr(output);
+  float* ws_p = L.saved ? mptr(ws) : nullptr;
+
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = time_of(s, T, reverse);
+    const int64_t tp = s ? time_of(s - 1, T, reverse) : -1;
+    at::mm_out(hg, s ? output.select(0, tp) : hx, w_rec0_t);
+
+    kernels::ForwardStepArgs a;
+    a.batch = B;
+    a.hidden = H;
+    a.xg = xg_p + t * B * G * H;
+    a.hg = fptr(hg);
+    a.hg_ld = G0 * H;
+    a.hg_first_gate = 0;
+    a.b_hh = fptr(b_hh);
+    a.h_prev = s ? out_p + tp * B * H : hx_p;
+    if (L.has_cell_state) {  // c_{t-1}: cx, or the c slot (4) of the previous step's workspace
+      a.c_prev = s ? ws_p + tp * B * WS + 4 * H : cx_p;
+      a.c_prev_ld = s ? WS : H;
+    }
+    a.h_out = out_p + t * B * H;
+    a.saved = ws_p ? ws_p + t * B * WS : nullptr;
+    check_launch(kernels::recurrent_forward_step(kCell, 0, a, stream), op, "forward step");
+
+    if constexpr (L.phases == 2) {
+      // The candidate's recurrent GEMM on the workspace slot phase 0 wrote (r⊙h, row stride WS).
+      at::mm_out(hg1, ws.select(0, t).narrow(1, L.gemm_slot * H, H), w_rec1_t);
+      a.hg = fptr(hg1);
+      a.hg_ld = (G - G0) * H;
+      a.hg_first_gate = G0;
+      check_launch(kernels::recurrent_forward_step(kCell, 1, a, stream), op, "forward step (phase 2)");
+    }
+  }
+
+  // Fresh tensors (never views of output/workspace: autograd outputs must not alias).
+  Tensor hy = at::empty({B, H}, opts);
+  Tensor cy = L.has_cell_state ? at::empty({B, H}, opts) : Tensor();
+  if (T > 0) {
+    const int64_t t_last = time_of(T - 1, T, reverse);
+    hy.copy_(output.select(0, t_last));
+    if (L.has_cell_state) cy.copy_(ws.select(0, t_last).narrow(1, 4 * H, H));
+  } else {
+    hy.copy_(hx);
+    if (L.has_cell_state) cy.copy_(cx);
+  }
+  return {output, hy, cy, ws};
+}
+
+// Returns (grad_input, grad_hx, grad_cx (undefined unless cell state), grad_w_ih, grad_w_hh,
+// grad_b_ih, grad_b_hh).
+template <CellKind kCell>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrent_backward(
+    const char* op, cudaStream_t stream, const Tensor& grad_output_, const Tensor& grad_hy, const Tensor& grad_cy, const Tensor& input_,
+    const Tensor& hx_, const Tensor& cx_, const Tensor& w_ih_, const Tensor& w_hh_, const Tensor& output_,
+    const Tensor& ws_, bool reverse) {
+  constexpr CellLayout L = kernels::cell_layout(kCell);
+  constexpr int64_t G = L.gates, G0 = L.phase0_gates;
+
+  const Tensor grad_output = grad_output_.contiguous(), input = input_.contiguous(), hx = hx_.contiguous();
+  const Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
+  const Tensor output = output_.contiguous(), ws = ws_.contiguous();
+  const Tensor cx = L.has_cell_state ? cx_.contiguous() : Tensor();
+  const int64_t T = input.size(0), B = input.size(1), I = input.size(2), H = hx.size(1);
+  const int64_t WS = L.saved * H;
+  const auto opts = input.options();
+
+  Tensor dG = at::empty({T, B, G * H}, opts);                         // input side: dx, dW_ih, db_ih
+  Tensor dGh = L.split_grad ? at::empty({T, B, G * H}, opts) : dG;   // recurrent side: dW_hh, db_hh
+  Tensor dh = at::empty({B, H}, opts);  // dL/dh_t carried back through the recurrence
+  dh.copy_(grad_hy);
+  Tensor dc;
+  if (L.has_cell_state) {
+    dc = at::empty({B, H}, opts);
+    dc.copy_(grad_cy);
+  }
+  Tensor drh = L.phases == 2 ? at::empty({B, H}, opts) : Tensor();
+  const Tensor w_rec0 = w_hh.narrow(0, 0, G0 * H);
+  const Tensor w_rec1 = L.phases == 2 ? w_hh.narrow(0, G0 * H, (G - G0) * H) : Tensor();
+
+  const float* dy_p = fptr(grad_output);
+  const float* out_p = fptr(output);
+  const float* ws_p = L.saved ? fptr(ws) : nullptr;
+  const float* hx_p = fptr(hx);
+  const float* cx_p = fptr(cx);
+  float* dg_p = mptr(dG);
+  float* dgh_p = L.split_grad ? mptr(dGh) : nullptr;
+
+  for (int64_t s = T - 1; s >= 0; --s) {
+    const int64_t t = time_of(s, T, reverse);
+    const int64_t tp = s ? time_of(s - 1, T, reverse) : -1;
+
+    kernels::BackwardStepArgs a;
+    a.batch = B;
+    a.hidden = H;
+    a.grad_h = dy_p + t * B * H;
+    a.dh = mptr(dh);
+    a.dc = mptr(dc);
+    a.saved = ws_p ? ws_p + t * B * WS : nullptr;
+    a.h_new = out_p + t * B * H;
+    a.h_prev = s ? out_p + tp * B * H : hx_p;
+    if (L.has_cell_state) {
+      a.c_prev = s ? ws_p + tp * B * WS + 4 * H : cx_p;
+      a.c_prev_ld = s ? WS : H;
+    }
+    a.dgx = dg_p + t * B * G * H;
+    a.dgh = dgh_p ? dgh_p + t * B * G * H : nullptr;
+    check_launch(kernels::recurrent_backward_step(kCell, 0, a, stream), op, "backward step");
+
+    if constexpr (L.phases == 2) {
+      // d(r⊙h) = dn_pre·W_hn, then phase 1 turns it into dr_pre and the r⊙ part of dh_{t-1}.
+      at::mm_out(drh, dG.select(0, t).narrow(1, G0 * H, (G - G0) * H), w_rec1);
+      a.drh = fptr(drh);
+      check_launch(kernels::recurrent_backward_step(kCell, 1, a, stream), op, "backward step (phase 2)");
+    }
+    const Tensor dgh_t = G0 == G ? dGh.select(0, t) : dGh.select(0, t).narrow(1, 0, G0 * H);
+    if (L.direct_dh) {
+      dh.addmm_(dgh_t, w_rec0);  // the kernel left the direct part in dh
+    } else {
+      at::mm_out(dh, dgh_t, w_rec0);
+    }
+  }
+
+  const Tensor dG2 = dG.view({T * B, G * H});
+  const Tensor dGh2 = dGh.view({T * B, G * H});
+  Tensor grad_input = at::mm(dG2, w_ih).view({T, B, I});
+  Tensor grad_w_ih = at::mm(dG2.t(), input.view({T * B, I}));
+
+  // dW_hh rows [0, G0*H) saw h_{t-1}: the step taken first saw hx, the others the previous output
+  // (a shifted view of output, so no concatenation). Rows of a two-phase cell's second GEMM saw
+  // the workspace slot r⊙h.
+  Tensor grad_w_hh = at::empty({G * H, H}, opts);
+  Tensor gw0 = grad_w_hh.narrow(0, 0, G0 * H);
+  const Tensor dgr = dGh.narrow(2, 0, G0 * H);  // (T, B, G0*H)
+  const int64_t t_first = time_of(0, T, reverse);
+  if (T > 1) {
+    const Tensor d_rest = (reverse ? dgr.narrow(0, 0, T - 1) : dgr.narrow(0, 1, T - 1)).reshape({(T - 1) * B, G0 * H});
+    const Tensor h_rest = (reverse ? output.narrow(0, 1, T - 1) : output.narrow(0, 0, T - 1)).reshape({(T - 1) * B, H});
+    at::mm_out(gw0, d_rest.t(), h_rest);
+    gw0.addmm_(dgr.select(0, t_first).t(), hx);
+  } else if (T == 1) {
+    at::mm_out(gw0, dgr.select(0, t_first).t(), hx);
+  } else {
+    gw0.zero_();
+  }
+  if constexpr (L.phases == 2) {
+    Tensor gw1 = grad_w_hh.narrow(0, G0 * H, (G - G0) * H);
+    at::mm_out(gw1, dG2.narrow(1, G0 * H, (G - G0) * H).t(), ws.view({T * B, WS}).narrow(1, L.gemm_slot * H, H));
+  }
+  Tensor grad_b_ih = dG2.sum(0);
+  Tensor grad_b_hh = L.split_grad ? dGh2.sum(0) : grad_b_ih.clone();
+  return {grad_input, dh, dc, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
+}
+
+}  // namespace detail
+
+// The ops (schemas: csrc/ops.cpp): checks shared with the CPU path, then the shared loop on the
+// context's device and stream. Ctx provides `Guard` (constructible from a Device) and `stream()`.
+template <class Ctx>
+struct RecurrentOps {
+  using Fwd3 = std::tuple<Tensor, Tensor, Tensor>;
+  using Fwd4 = std::tuple<Tensor, Tensor, Tensor, Tensor>;
+  using Bwd6 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+  using Bwd7 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+  using Bias = c10::optional<Tensor>;
+
+  template <CellKind kCell>
+  static Fwd3 forward_no_cell(const char* op, const Tensor& input, const Tensor& hx, const Tensor& w_ih,
+                              const Tensor& w_hh, const Bias& b_ih, const Bias& b_hh, bool reverse) {
+    detail::check_cuda_dtype(op, input);
+    cpu::check_forward(op, kernels::cell_layout(kCell).gates, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh);
+    const typename Ctx::Guard guard(input.device());
+    auto [output, hy, cy, ws] =
+        detail::recurrent_forward<kCell>(op, Ctx::stream(), input, hx, Tensor(), w_ih, w_hh, b_ih, b_hh, reverse);
+    return {output, hy, ws};
+  }
+
+  template <CellKind kCell>
+  static Bwd6 backward_no_cell(const char* op, const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input,
+                               const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh, const Tensor& output,
+                               const Tensor& workspace, bool reverse) {
+    constexpr CellLayout L = kernels::cell_layout(kCell);
+    detail::check_cuda_dtype(op, input);
+    cpu::check_backward(op, L.gates, L.saved, grad_output, grad_hy, nullptr, input, hx, nullptr, w_ih, w_hh, output,
+                        workspace);
+    const typename Ctx::Guard guard(input.device());
+    auto [dx, dhx, dcx, dw_ih, dw_hh, db_ih, db_hh] = detail::recurrent_backward<kCell>(
+        op, Ctx::stream(), grad_output, grad_hy, Tensor(), input, hx, Tensor(), w_ih, w_hh, output, workspace,
+        reverse);
+    return {dx, dhx, dw_ih, dw_hh, db_ih, db_hh};
+  }
+
+  static Fwd3 rnn_tanh_forward(const Tensor& input, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
+                               const Bias& b_ih, const Bias& b_hh, bool reverse) {
+    return forward_no_cell<CellKind::kRnnTanh>("rnnfast.rnn_tanh", input, hx, w_ih, w_hh, b_ih, b_hh, reverse);
+  }
+
+  static Fwd3 rnn_relu_forward(const Tensor& input, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
+                               const Bias& b_ih, const Bias& b_hh, bool reverse) {
+    return forward_no_cell<CellKind::kRnnRelu>("rnnfast.rnn_relu", input, hx, w_ih, w_hh, b_ih, b_hh, reverse);
+  }
+
+  static Fwd3 gru_forward(const Tensor& input, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
+                          const Bias& b_ih, const Bias& b_hh, bool reverse, bool reset_after) {
+    return reset_after
+               ? forward_no_cell<CellKind::kGruResetAfter>("rnnfast.gru", input, hx, w_ih, w_hh, b_ih, b_hh, reverse)
+               : forward_no_cell<CellKind::kGruResetBefore>("rnnfast.gru", input, hx, w_ih, w_hh, b_ih, b_hh, reverse);
+  }
+
+  static Fwd4 lstm_forward(const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
+                           const Tensor& w_hh, const Bias& b_ih, const Bias& b_hh, bool reverse) {
+    const char* op = "rnnfast.lstm";
+    detail::check_cuda_dtype(op, input);
+    cpu::check_forward(op, kernels::cell_layout(CellKind::kLstm).gates, input, hx, &cx, w_ih, w_hh, b_ih, b_hh);
+    const typename Ctx::Guard guard(input.device());
+    return detail::recurrent_forward<CellKind::kLstm>(op, Ctx::stream(), input, hx, cx, w_ih, w_hh, b_ih, b_hh,
+                                                      reverse);
+  }
+
+  static Bwd6 rnn_tanh_backward(const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input,
+                                const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh, const Tensor& output,
+                                const Tensor& workspace, bool reverse) {
+    return backward_no_cell<CellKind::kRnnTanh>("rnnfast.rnn_tanh", grad_output, grad_hy, input, hx, w_ih, w_hh,
+                                                output, workspace, reverse);
+  }
+
+  static Bwd6 rnn_relu_backward(const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input,
+                                const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh, const Tensor& output,
+                                const Tensor& workspace, bool reverse) {
+    return backward_no_cell<CellKind::kRnnRelu>("rnnfast.rnn_relu", grad_output, grad_hy, input, hx, w_ih, w_hh,
+                                                output, workspace, reverse);
+  }
+
+  static Bwd6 gru_backward(const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input, const Tensor& hx,
+                           const Tensor& w_ih, const Tensor& w_hh, const Tensor& output, const Tensor& workspace,
+                           bool reverse, bool reset_after) {
+    return reset_after ? backward_no_cell<CellKind::kGruResetAfter>("rnnfast.gru", grad_output, grad_hy, input, hx,
+                                                                    w_ih, w_hh, output, workspace, reverse)
+                       : backward_no_cell<CellKind::kGruResetBefore>("rnnfast.gru", grad_output, grad_hy, input, hx,
+                                                                     w_ih, w_hh, output, workspace, reverse);
+  }
+
+  static Bwd7 lstm_backward(const Tensor& grad_output, const Tensor& grad_hy, const Tensor& grad_cy,
+                            const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
+                            const Tensor& w_hh, const Tensor& output, const Tensor& workspace, bool reverse) {
+    const char* op = "rnnfast.lstm";
+    constexpr CellLayout L = kernels::cell_layout(CellKind::kLstm);
+    detail::check_cuda_dtype(op, input);
+    cpu::check_backward(op, L.gates, L.saved, grad_output, grad_hy, &grad_cy, input, hx, &cx, w_ih, w_hh, output,
+                        workspace);
+    const typename Ctx::Guard guard(input.device());
+    return detail::recurrent_backward<CellKind::kLstm>(op, Ctx::stream(), grad_output, grad_hy, grad_cy, input, hx,
+                                                       cx, w_ih, w_hh, output, workspace, reverse);
+  }
+};
+
+}  // namespace cuda
+}  // namespace rnnfast

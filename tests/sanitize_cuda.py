@@ -1,0 +1,64 @@
+"""Runs every CUDA recurrent kernel once, forward and backward, on small cases: the workload for
+compute-sanitizer on a GPU machine (DESIGN.md §7):
+
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 1 python3 tests/sanitize_cuda.py
+    compute-sanitizer --tool racecheck --error-exitcode 1 python3 tests/sanitize_cuda.py
+
+(without the caching allocator every tensor is its own allocation, so memcheck sees an access
+one past any buffer). Exits non-zero if an op fails or returns non-finite values. Plain script, no
+pytest, so the sanitizer runs as little as possible besides the kernels.
+"""
+import sys
+
+import torch
+
+
+def main():
+    if not torch.cuda.is_available():
+        print("sanitize_cuda.py: no CUDA device", file=sys.stderr)
+        return 2
+    import rnnfast._ops  # noqa: F401  loads rnnfast._C
+
+    ops = torch.ops.rnnfast
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    # (T, B, I, H): a single unit, a partial block, and several blocks with a ragged tail (3*130 units)
+    shapes = [(1, 1, 1, 1), (3, 2, 3, 5), (4, 3, 7, 130)]
+    cells = [("rnn_tanh", 1), ("rnn_relu", 1), ("gru", 3), ("gru_reset_before", 3), ("lstm", 4)]
+    failures = 0
+    for T, B, I, H in shapes:
+        for cell, G in cells:
+            for reverse in (False, True):
+                x = torch.randn(T, B, I, device=dev)
+                hx = torch.randn(B, H, device=dev)
+                w_ih = torch.randn(G * H, I, device=dev) * H ** -0.5
+                w_hh = torch.randn(G * H, H, device=dev) * H ** -0.5
+                b_ih = torch.randn(G * H, device=dev)
+                b_hh = torch.randn(G * H, device=dev)
+                g_out = torch.randn(T, B, H, device=dev)
+                g_hy = torch.randn(B, H, device=dev)
+                if cell == "lstm":
+                    cx = torch.randn(B, H, device=dev)
+                    out, hy, cy, ws = ops.lstm_forward(x, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse)
+                    grads = ops.lstm_backward(g_out, g_hy, torch.randn(B, H, device=dev), x, hx, cx, w_ih, w_hh,
+                                              out, ws, reverse)
+                    results = (out, hy, cy, ws) + tuple(grads)
+                elif cell.startswith("gru"):
+                    after = cell == "gru"
+                    out, hy, ws = ops.gru_forward(x, hx, w_ih, w_hh, b_ih, b_hh, reverse, after)
+                    grads = ops.gru_backward(g_out, g_hy, x, hx, w_ih, w_hh, out, ws, reverse, after)
+                    results = (out, hy, ws) + tuple(grads)
+                else:
+                    out, hy, ws = getattr(ops, f"{cell}_forward")(x, hx, w_ih, w_hh, None, b_hh, reverse)
+                    grads = getattr(ops, f"{cell}_backward")(g_out, g_hy, x, hx, w_ih, w_hh, out, ws, reverse)
+                    results = (out, hy, ws) + tuple(grads)
+                torch.cuda.synchronize()
+                ok = all(bool(torch.isfinite(r).all()) for r in results)
+                failures += not ok
+                print(f"{cell:17s} T={T} B={B} I={I} H={H} reverse={reverse!s:5s} {'ok' if ok else 'NON-FINITE'}")
+    print("sanitize_cuda.py:", "all ok" if not failures else f"{failures} case(s) failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

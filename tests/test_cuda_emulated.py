@@ -1,0 +1,204 @@
+"""The CUDA path's host loop and per-unit kernel code, run on the CPU (no GPU needed).
+
+tests/cuda_emulation.cpp compiles csrc/cuda/recurrent.h (the CUDA ops' host loop: GEMM wiring,
+per-step pointer arithmetic, workspace layout, weight-gradient GEMMs) together with
+csrc/kernels/step.cuh + cells.cuh (the kernels' per-unit math) for the host, replacing each kernel
+launch by a loop over the units. This checks everything of the CUDA ops except what only a GPU can
+show (launch configuration, streams, races: tests/test_cuda_recurrent.py and
+tests/sanitize_cuda.py on a GPU machine). The reference is a float64 PyTorch loop over time with
+autograd, written here from the cell equations.
+"""
+import os
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOL = 1e-5
+ATOL = 1e-6
+CELLS = ["rnn_tanh", "rnn_relu", "gru", "gru_reset_before", "lstm"]
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "gru_reset_before": 3, "lstm": 4}
+
+
+def cuda_include_dir():
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    try:
+        from torch.utils.cpp_extension import CUDA_HOME
+
+        candidates.append(CUDA_HOME)
+    except ImportError:
+        pass
+    for home in candidates:
+        if home and os.path.isfile(os.path.join(home, "include", "cuda_runtime.h")):
+            return os.path.join(home, "include")
+    return None
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory):
+    inc = cuda_include_dir()
+    if inc is None:
+        pytest.skip("cuda_runtime.h not found (CUDA toolkit headers are needed to compile the emulation)")
+    from torch.utils.cpp_extension import load
+
+    build = tmp_path_factory.mktemp("cuda_emulation")
+    return load("rnnfast_cuda_emulation", [os.path.join(ROOT, "tests", "cuda_emulation.cpp")],
+                extra_include_paths=[ROOT, inc], extra_cflags=["-O1", "-Wno-attributes"],
+                build_directory=str(build), verbose=False)
+
+
+def make_args(cell, T, B, I, H, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    G, k = GATES[cell], H ** -0.5
+
+    def u(*shape):
+        return (torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * k
+
+    def n(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    a = dict(input=n(T, B, I), hx=n(B, H), w_ih=u(G * H, I), w_hh=u(G * H, H),
+             b_ih=u(G * H) if bias else None, b_hh=u(G * H) if bias else None)
+    if cell == "lstm":
+        a["cx"] = n(B, H)
+    return a
+
+
+def reference(cell, a, reverse):
+    """(output, hy, cy or None, workspace) in float64, differentiable, straight from the equations."""
+    x, h, c = a["input"], a["hx"], a.get("cx")
+    w_ih, w_hh, b_ih, b_hh = a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"]
+    T, H = x.shape[0], h.shape[1]
+    outs, ws = [None] * T, [None] * T
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        gx = x[t] @ w_ih.t() + (b_ih if b_ih is not None else 0)
+        gh = h @ w_hh.t() + (b_hh if b_hh is not None else 0)
+        if cell in ("rnn_tanh", "rnn_relu"):
+            h = torch.tanh(gx + gh) if cell == "rnn_tanh" else torch.relu(gx + gh)
+        elif cell == "lstm":
+            i, f, gg, o = (gx + gh).chunk(4, 1)
+            i, f, gg, o = i.sigmoid(), f.sigmoid(), gg.tanh(), o.sigmoid()
+            c = f * c + i * gg
+            h = o * c.tanh()
+            ws[t] = torch.cat([i, f, gg, o, c], 1)
+        else:
+            xr, xz, xn = gx.chunk(3, 1)
+            hr, hz, hn = gh.chunk(3, 1)
+            r, z = (xr + hr).sigmoid(), (xz + hz).sigmoid()
+            if cell == "gru":
+                n = torch.tanh(xn + r * hn)
+                saved = hn
+            else:
+                saved = r * h
+                b_hn = b_hh[2 * H:] if b_hh is not None else 0
+                n = torch.tanh(xn + saved @ w_hh[2 * H:].t() + b_hn)
+            ws[t] = torch.cat([r, z, n, saved], 1)
+            h = (1 - z) * n + z * h
+        outs[t] = h
+    wsp = torch.stack(ws) if ws[0] is not None else torch.empty(0, dtype=x.dtype)
+    return torch.stack(outs), h, c, wsp
+
+
+def run_forward(emu, cell, a, reverse):
+    if cell == "lstm":
+        return tuple(emu.lstm_forward(a["input"], a["hx"], a["cx"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"],
+                                      reverse))
+    if cell.startswith("gru"):
+        out, hy, ws = emu.gru_forward(a["input"], a["hx"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], reverse,
+                                      cell == "gru")
+    else:
+        out, hy, ws = getattr(emu, f"{cell}_forward")(a["input"], a["hx"], a["w_ih"], a["w_hh"], a["b_ih"],
+                                                      a["b_hh"], reverse)
+    return out, hy, None, ws
+
+
+def run_backward(emu, cell, a, fwd, grads, reverse):
+    out, hy, cy, ws = fwd
+    g_out, g_hy, g_cy = grads
+    if cell == "lstm":
+        res = emu.lstm_backward(g_out, g_hy, g_cy, a["input"], a["hx"], a["cx"], a["w_ih"], a["w_hh"], out, ws,
+                                reverse)
+        return dict(zip(["input", "hx", "cx", "w_ih", "w_hh", "b_ih", "b_hh"], res))
+    if cell.startswith("gru"):
+        res = emu.gru_backward(g_out, g_hy, a["input"], a["hx"], a["w_ih"], a["w_hh"], out, ws, reverse,
+                               cell == "gru")
+    else:
+        res = getattr(emu, f"{cell}_backward")(g_out, g_hy, a["input"], a["hx"], a["w_ih"], a["w_hh"], out, ws,
+                                               reverse)
+    return dict(zip(["input", "hx", "w_ih", "w_hh", "b_ih", "b_hh"], res))
+
+
+def assert_rel(out, ref, name):
+    out, ref = out.detach().double(), ref.detach().double()
+    assert out.shape == ref.shape, (name, out.shape, ref.shape)
+    assert torch.isfinite(out).all(), name
+    # ‖out − ref‖ < TOL·‖ref‖, with an RMS floor of ATOL per element: a sum that cancels (a bias
+    # gradient with H = 1) has a float32 rounding error far above TOL times its tiny value.
+    diff, denom = (out - ref).norm().item(), ref.norm().item()
+    bound = TOL * denom + ATOL * out.numel() ** 0.5
+    assert diff <= bound, f"{name}: ‖out−ref‖ = {diff:.3e} > {bound:.3e} (‖ref‖ = {denom:.3e})"
+
+
+def check(emu, cell, T, B, I, H, reverse, bias=True, seed=0):
+    a64 = make_args(cell, T, B, I, H, bias=bias, seed=seed)
+    leaves = {k: v.clone().requires_grad_() for k, v in a64.items() if v is not None}
+    ref_args = dict(a64, **leaves)
+    ref_out, ref_hy, ref_cy, ref_ws = reference(cell, ref_args, reverse)
+
+    a32 = {k: (v.float() if v is not None else None) for k, v in a64.items()}
+    out, hy, cy, ws = run_forward(emu, cell, a32, reverse)
+    assert out.dtype == torch.float32
+    assert_rel(out, ref_out, f"{cell} output")
+    assert_rel(hy, ref_hy, f"{cell} hy")
+    if cell == "lstm":
+        assert_rel(cy, ref_cy, "lstm cy")
+    assert ws.shape == ref_ws.shape, (ws.shape, ref_ws.shape)
+    if ws.numel():
+        assert_rel(ws, ref_ws, f"{cell} workspace")
+
+    g = torch.Generator().manual_seed(seed + 1)
+    g_out = torch.randn(T, B, H, generator=g, dtype=torch.float64)
+    g_hy = torch.randn(B, H, generator=g, dtype=torch.float64)
+    g_cy = torch.randn(B, H, generator=g, dtype=torch.float64) if cell == "lstm" else None
+    loss = (ref_out * g_out).sum() + (ref_hy * g_hy).sum()
+    if cell == "lstm":
+        loss = loss + (ref_cy * g_cy).sum()
+    names = list(leaves)
+    ref_grads = dict(zip(names, torch.autograd.grad(loss, [leaves[k] for k in names])))
+
+    grads32 = (g_out.float(), g_hy.float(), g_cy.float() if g_cy is not None else None)
+    got = run_backward(emu, cell, a32, (out, hy, cy, ws), grads32, reverse)
+    for name, ref in ref_grads.items():
+        assert_rel(got[name], ref, f"{cell} grad_{name}")
+    if not bias:  # bias grads are always computed: they are those of zero biases
+        G = GATES[cell]
+        assert got["b_ih"].shape == (G * H,) and got["b_hh"].shape == (G * H,)
+
+
+SHAPES = [(1, 1, 1, 1), (5, 3, 4, 7), (9, 2, 3, 16), (4, 5, 6, 1)]
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}-B{}-I{}-H{}".format(*s))
+@pytest.mark.parametrize("cell", CELLS)
+def test_emulated_cuda_op_matches_reference(emu, cell, shape, reverse):
+    check(emu, cell, *shape, reverse=reverse, seed=sum(shape))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_emulated_cuda_op_without_biases(emu, cell):
+    check(emu, cell, 6, 2, 3, 5, reverse=True, bias=False, seed=3)
+
+
+def test_emulated_cuda_op_rejects_float64(emu):
+    a = {k: v for k, v in make_args("lstm", 2, 2, 2, 2).items()}
+    with pytest.raises(TypeError, match="float32 on CUDA"):
+        run_forward(emu, "lstm", a, False)
+
+
+def test_emulated_cuda_op_rejects_bad_shapes(emu):
+    a = {k: (v.float() if v is not None else None) for k, v in make_args("gru", 3, 2, 4, 5).items()}
+    a["b_hh"] = a["b_hh"][:-1]
+    with pytest.raises(RuntimeError, match="b_hh"):
+        run_forward(emu, "gru", a, False)
