@@ -10,7 +10,7 @@ import torch
 
 from rnnfast.models import recurrent_module
 
-BACKENDS = ["scratch", "torch"]  # + "rnnfast" once rnnfast.nn is in
+BACKENDS = ["scratch", "torch", "rnnfast"]
 
 # DESIGN.md §6 canonical sizes. d2l: the textbook's char model (V=28 one-hot input, so I=28).
 SIZES = {

@@ -1,3 +1,22 @@
 """rnnfast: fused C++/CUDA recurrent kernels and gradient clipping for PyTorch, with the
-d2l language-model workflow around them."""
+d2l (Dive into Deep Learning) language-model workflow around them.
+
+    import rnnfast
+    lstm = rnnfast.LSTM(28, 256)                     # drop-in for torch.nn.LSTM
+    rnnfast.clip_grad_norm_(lstm.parameters(), 1.0)  # drop-in for torch.nn.utils.clip_grad_norm_
+
+Submodules: functional (one layer-direction ops), nn (modules), clip, scratch (pure-PyTorch
+textbook references), data (text, Vocab, samplers), models (RNNLM), train (loop, evaluate, predict).
+"""
 __version__ = "0.1.0"
+
+from . import functional, nn, scratch  # noqa: E402
+from .clip import clip_grad_norm_, clip_grad_value_, get_total_norm  # noqa: E402
+from .models import RNNLM  # noqa: E402
+from .nn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell  # noqa: E402
+
+__all__ = [
+    "RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell", "RNNLM",
+    "clip_grad_norm_", "clip_grad_value_", "get_total_norm",
+    "functional", "nn", "scratch",
+]

@@ -7,6 +7,8 @@ Workspace layouts (shared by the CPU and CUDA implementations), H = hidden size:
     gru:  (T, B, 4H) = [r, z, n, hn]; hn = W_hn h + b_hn (reset_after) or r * h (not reset_after)
     lstm: (T, B, 5H) = [i, f, g, o, c] (gates after their nonlinearity, c the new cell state)
 """
+import functools
+
 import torch
 
 try:
@@ -140,4 +142,27 @@ for _cell in _GATES:
     torch.library.register_autograd(f"rnnfast::{_cell}_backward", _bw, setup_context=_setup)
 
 
-# ---- gradient clipping ----
+# ---- gradient clipping: fake kernels (the ops mutate and return no graph) ----
+def result_dtype(tensors):
+    """The dtype of the total norm: torch.stack's promotion of all dtypes in the list."""
+    return functools.reduce(torch.promote_types, (t.dtype for t in tensors))
+
+
+def _fake_norm(tensors, *args):
+    torch._check(len(tensors) > 0, lambda: "rnnfast: expected at least one tensor, got an empty list")
+    return tensors[0].new_empty((), dtype=result_dtype(tensors))
+
+
+@torch.library.register_fake("rnnfast::grad_norm")
+def _grad_norm_fake(tensors, norm_type):
+    return _fake_norm(tensors)
+
+
+@torch.library.register_fake("rnnfast::clip_grads_with_norm_")
+def _clip_grads_with_norm_fake(grads, max_norm, total_norm):
+    return None
+
+
+@torch.library.register_fake("rnnfast::clip_grad_norm_")
+def _clip_grad_norm_fake(grads, max_norm, norm_type):
+    return _fake_norm(grads)

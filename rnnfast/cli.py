@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_BACKEND = "torch"  # the recurrent implementation `rnnfast train` uses unless --backend says otherwise
+DEFAULT_BACKEND = "rnnfast"  # the recurrent implementation `rnnfast train` uses unless --backend says otherwise
 
 # `rnnfast train` defaults: the whole Time Machine (170,580 characters), a 1-layer GRU with H=256,
 # B=32, T=35, Adam lr=0.01, 8 epochs, one CPU thread: about 55 s of CPU time, 1-2 minutes of wall time

@@ -15,7 +15,7 @@ import warnings
 
 import torch
 
-from . import _clip_ops  # noqa: F401  (loads the ops)
+from . import _ops as _registered  # noqa: F401  (loads the ops and their fake kernels)
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_", "get_total_norm", "clip_grads_with_norm_", "grad_clipping"]
 

@@ -104,7 +104,7 @@ class RNNLM(nn.Module):
     """
 
     def __init__(self, vocab_size, num_hiddens=256, cell="gru", num_layers=1, dropout=0.0,
-                 embedding_dim=None, backend="torch", bidirectional=False, reset_after=True):
+                 embedding_dim=None, backend="rnnfast", bidirectional=False, reset_after=True):
         super().__init__()
         _check_choice("cell", cell, CELLS)
         _check_choice("backend", backend, tuple(BACKENDS))

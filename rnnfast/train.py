@@ -11,8 +11,8 @@ The loop follows the textbook (d2l, "RNN from scratch"/"concise RNN") so it read
 
 Two things differ from the textbook's plain loop, both for speed and neither for semantics: the loss is
 summed on the device and read once per epoch (no host synchronization inside the step), and the
-gradient clipping goes through one module-level name, `clip_grad_norm_`, so a fused implementation
-can be swapped in.
+gradient clipping is rnnfast's fused `clip_grad_norm_` (torch's contract, one C++ call for the whole
+gradient list, no host synchronization).
 """
 import json
 import math
@@ -23,7 +23,7 @@ import warnings
 
 import torch
 from torch import nn
-from torch.nn.utils import clip_grad_norm_  # the one clipping entry point of the loop
+from .clip import clip_grad_norm_  # the one clipping entry point of the loop: fused, no host sync
 
 from .models import detach_state
 

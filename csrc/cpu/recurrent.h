@@ -183,7 +183,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_forward(
   const int64_t t_last = time_of(T - 1, T, reverse);
   at::Tensor hy = output.select(0, t_last).clone();
   at::Tensor cy;
-  if (Cell::has_cell_state) cy = ws.select(0, t_last).narrow(1, 4 * H, H).contiguous();
+  if (Cell::has_cell_state) cy = ws.select(0, t_last).narrow(1, 4 * H, H).clone(at::MemoryFormat::Contiguous);  // never a view of ws (B == 1)
   return {output, hy, cy, ws};
 }
 
