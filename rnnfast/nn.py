@@ -272,6 +272,27 @@ class _RecurrentBase(torch.nn.Module):
         return self._finish(output, is_batched), (h_n if is_batched else h_n.squeeze(1))
 
 
+class _ResetAfterMixin:
+    """GRU's candidate form, shared by GRU and GRUCell: reset_after=True is torch.nn.GRU's
+    n = tanh(W_in x + b_in + r*(W_hn h + b_hn)); False is the textbook's n = tanh(W_in x + b_in +
+    W_hn (r*h) + b_hn). Both keep torch.nn's parameter names and shapes."""
+
+    def _set_reset_after(self, reset_after):
+        if not isinstance(reset_after, bool):
+            raise TypeError(f"reset_after should be of type bool, got: {type(reset_after).__name__}")
+        self.reset_after = reset_after
+
+    @property
+    def _reset_after(self):
+        return self.reset_after
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        if not self.reset_after:
+            s += ", reset_after=False"
+        return s
+
+
 class RNN(_RecurrentBase):
     """Drop-in for ``torch.nn.RNN`` (Elman RNN, tanh or ReLU) on rnnfast's fused ops.
 
@@ -296,7 +317,7 @@ class RNN(_RecurrentBase):
         return s
 
 
-class GRU(_RecurrentBase):
+class GRU(_ResetAfterMixin, _RecurrentBase):
     """Drop-in for ``torch.nn.GRU`` on rnnfast's fused ops, plus the textbook variant.
 
     Gates r, z, n (PyTorch's order). With the default ``reset_after=True`` this is exactly
@@ -314,21 +335,9 @@ class GRU(_RecurrentBase):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, device=None, dtype=None, *, reset_after=True):
-        if not isinstance(reset_after, bool):
-            raise TypeError(f"reset_after should be of type bool, got: {type(reset_after).__name__}")
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, device, dtype)
-        self.reset_after = reset_after
-
-    @property
-    def _reset_after(self):
-        return self.reset_after
-
-    def extra_repr(self) -> str:
-        s = super().extra_repr()
-        if not self.reset_after:
-            s += ", reset_after=False"
-        return s
+        self._set_reset_after(reset_after)
 
 
 class LSTM(_RecurrentBase):
@@ -468,7 +477,7 @@ class RNNCell(_CellBase):
         return self._step(input, None if hx is None else (hx,))[0]
 
 
-class GRUCell(_CellBase):
+class GRUCell(_ResetAfterMixin, _CellBase):
     """Drop-in for ``torch.nn.GRUCell`` (gates r, z, n), plus the textbook variant.
 
     ``reset_after=True`` (default) is torch.nn.GRUCell exactly; ``reset_after=False`` is the
@@ -478,20 +487,8 @@ class GRUCell(_CellBase):
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
                  reset_after=True):
-        if not isinstance(reset_after, bool):
-            raise TypeError(f"reset_after should be of type bool, got: {type(reset_after).__name__}")
         super().__init__("GRU", input_size, hidden_size, bias, device, dtype)
-        self.reset_after = reset_after
-
-    @property
-    def _reset_after(self):
-        return self.reset_after
-
-    def extra_repr(self) -> str:
-        s = super().extra_repr()
-        if not self.reset_after:
-            s += ", reset_after=False"
-        return s
+        self._set_reset_after(reset_after)
 
     def forward(self, input, hx=None):
         return self._step(input, None if hx is None else (hx,))[0]
