@@ -26,7 +26,7 @@ FAST = settings(max_examples=60, deadline=None)
 def sizes(draw):
     batch_size = draw(st.integers(1, 6))
     num_steps = draw(st.integers(1, 8))
-    length = draw(st.integers((batch_size + 1) * num_steps, 200))
+    length = draw(st.integers((batch_size + 1) * num_steps + 1, 200))  # enough for both samplers
     seed = draw(st.integers(0, 2**31 - 1))
     return length, batch_size, num_steps, seed
 
@@ -56,7 +56,7 @@ def check_sequential_epoch(batches, L, B, T):
     """Asserts the sequential-partitioning contract for one epoch over arange(L)."""
     assert batches
     offset = int(batches[0][0][0, 0])
-    assert 0 <= offset < T
+    assert 0 <= offset <= T                                   # d2l: random.randint(0, num_steps)
     cols = (L - offset - 1) // B                              # tokens per row
     assert len(batches) == cols // T
     for i, (X, Y) in enumerate(batches):
@@ -78,8 +78,8 @@ def test_textbook_example_random_and_sequential():
         assert len(rb) == 3
         check_random_epoch(rb, 35, 2, 5)
         sb = list(seq_data_iter_sequential(list(range(35)), 2, 5, generator=seed))
-        assert len(sb) == 3
-        check_sequential_epoch(sb, 35, 2, 5)
+        offset = check_sequential_epoch(sb, 35, 2, 5)
+        assert len(sb) == (3 if offset < 5 else 2)  # the textbook's offset 5 leaves 14 columns
 
 
 @FAST
@@ -109,16 +109,18 @@ def test_sequential_sampler_properties(args):
 @FAST
 @given(st.integers(1, 6), st.integers(1, 8), st.data())
 def test_size_rule_is_exact(B, T, data):
-    """L >= (B+1)*T  <=>  every offset in [0, T-1] yields >= 1 minibatch, for both samplers."""
+    """L >= B*T + max_offset + 1  <=>  every offset in [0, max_offset] yields >= 1 minibatch, where
+    max_offset is T-1 for random sampling and T for sequential partitioning (the textbook's ranges)."""
     L = data.draw(st.integers(T + 1, (B + 3) * T))
-    for random in (True, False):
-        every_offset_ok = all(_num_batches(L, B, T, off, random) >= 1 for off in range(T))
-        assert every_offset_ok == (L >= (B + 1) * T)
-    if L >= (B + 1) * T:
-        assert len(list(seq_data_iter_random(torch.arange(L), B, T, generator=0))) >= 1
-    else:
-        for fn in (seq_data_iter_random, seq_data_iter_sequential):
-            with pytest.raises(ValueError, match=r"corpus too short.*\(batch_size \+ 1\) \* num_steps"):
+    for random, fn, max_offset in ((True, seq_data_iter_random, T - 1),
+                                   (False, seq_data_iter_sequential, T)):
+        need = B * T + max_offset + 1
+        every_offset_ok = all(_num_batches(L, B, T, off, random) >= 1 for off in range(max_offset + 1))
+        assert every_offset_ok == (L >= need)
+        if L >= need:
+            assert len(list(fn(torch.arange(L), B, T, generator=0))) >= 1
+        else:
+            with pytest.raises(ValueError, match=rf"corpus too short.*= {need} tokens"):
                 fn(torch.arange(L), B, T)
 
 
@@ -126,7 +128,10 @@ def test_offsets_cover_range_and_seeds_differ():
     corpus = torch.arange(500)
     offsets = {int(next(iter(seq_data_iter_sequential(corpus, 4, 7, generator=s)))[0][0, 0])
                for s in range(200)}
-    assert offsets == set(range(7))
+    assert offsets == set(range(8))  # sequential: [0, num_steps], as d2l's random.randint(0, num_steps)
+    rand_offsets = {int(next(iter(seq_data_iter_random(corpus, 4, 7, generator=s)))[0].min()) % 7
+                    for s in range(200)}
+    assert rand_offsets == set(range(7))
     a = [x for x, _ in seq_data_iter_random(corpus, 4, 7, generator=1)]
     b = [x for x, _ in seq_data_iter_random(corpus, 4, 7, generator=2)]
     assert len(a) != len(b) or not all(torch.equal(x, y) for x, y in zip(a, b))
@@ -152,7 +157,7 @@ def test_sampler_bad_inputs():
         seq_data_iter_sequential(c, 0, 5)
     with pytest.raises(TypeError, match="num_steps must be an int"):
         seq_data_iter_sequential(c, 2, 5.0)
-    with pytest.raises(ValueError, match="corpus too short: 100 tokens.*need at least .* = 110 tokens"):
+    with pytest.raises(ValueError, match="corpus too short: 100 tokens.*need at least .* = 111 tokens"):
         seq_data_iter_sequential(c, 10, 10)
     with pytest.raises(ValueError, match="corpus too short: 0 tokens"):
         seq_data_iter_random([], 1, 1)
@@ -241,7 +246,7 @@ def test_loader_bad_inputs():
 def test_load_data_time_machine_textbook():
     loader, vocab = load_data_time_machine(32, 35, seed=0)
     assert len(vocab) == 28 and len(loader.corpus) == 10000
-    # (10000 - offset - 1) // 32 is 311 or 312 columns for offsets in [0, 34] -> 8 minibatches
+    # (10000 - offset - 1) // 32 is 311 or 312 columns for offsets in [0, 35] -> 8 minibatches
     batches = epoch(loader)
     assert len(batches) == len(loader) == 8
     X, Y = batches[0]
@@ -261,7 +266,7 @@ def test_load_data_heldout_with_train_vocab(tmp_path):
     f.write_text("just a few words\n")
     with pytest.raises(ValueError, match="corpus too short: 16 tokens"):
         load_data(f, 4, 5)
-    wl, wv = load_data(f, 1, 2, token="word")
+    wl, wv = load_data(f, 1, 1, token="word")
     assert wv.idx_to_token[1:] == ["just", "a", "few", "words"] and len(wl) >= 1
 
 

@@ -2,12 +2,15 @@
 
 Both samplers cut one 1-D tensor of token ids into ``(X, Y)`` pairs of shape
 ``(batch_size, num_steps)`` with ``Y`` = ``X`` shifted by one token. Each epoch starts at a
-random offset in ``[0, num_steps - 1]``. Batches are views or single gathers of the corpus
-tensor; no Python list is built per batch.
+random offset, as in the textbook: in ``[0, num_steps - 1]`` for random sampling and in
+``[0, num_steps]`` for sequential partitioning (d2l's ``random.randint(0, num_steps - 1)`` and
+``random.randint(0, num_steps)``). Batches are views or single gathers of the corpus tensor; no
+Python list is built per batch.
 
 Size rule: a corpus of ``L`` tokens gives at least one minibatch for *every* offset iff
-``L >= (batch_size + 1) * num_steps`` (worst offset ``num_steps - 1``); shorter corpora are
-rejected with ValueError, for both samplers.
+``L >= batch_size * num_steps + max_offset + 1``, i.e. ``(batch_size + 1) * num_steps`` for random
+sampling and one token more for sequential partitioning; shorter corpora are rejected with
+ValueError.
 """
 from __future__ import annotations
 
@@ -42,18 +45,24 @@ def _check_corpus(corpus) -> torch.Tensor:
     return corpus
 
 
-def _check_sizes(num_tokens: int, batch_size: int, num_steps: int) -> None:
+def _max_offset(num_steps: int, random: bool) -> int:
+    # The textbook's ranges: random.randint(0, num_steps - 1) and random.randint(0, num_steps).
+    return num_steps - 1 if random else num_steps
+
+
+def _check_sizes(num_tokens: int, batch_size: int, num_steps: int, random: bool) -> None:
     for name, v in (("batch_size", batch_size), ("num_steps", num_steps)):
         if isinstance(v, bool) or not isinstance(v, int):
             raise TypeError(f"{name} must be an int, got {type(v).__name__}")
         if v < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
-    need = (batch_size + 1) * num_steps
+    max_offset = _max_offset(num_steps, random)
+    need = batch_size * num_steps + max_offset + 1
     if num_tokens < need:
         raise ValueError(
             f"corpus too short: {num_tokens} tokens, but batch_size={batch_size} and "
-            f"num_steps={num_steps} need at least (batch_size + 1) * num_steps = {need} tokens "
-            "so that every random offset in [0, num_steps - 1] still yields one minibatch"
+            f"num_steps={num_steps} need at least batch_size * num_steps + {max_offset + 1} = {need} "
+            f"tokens so that every random offset in [0, {max_offset}] still yields one minibatch"
         )
 
 
@@ -66,10 +75,11 @@ def _as_generator(generator: GeneratorLike) -> Optional[torch.Generator]:
     raise TypeError(f"generator must be a torch.Generator, an int seed or None, got {type(generator).__name__}")
 
 
-def _draw_offset(num_steps: int, gen: Optional[torch.Generator]) -> int:
+def _draw_offset(num_steps: int, random: bool, gen: Optional[torch.Generator]) -> int:
     # The single draw that starts every epoch of both samplers (SeqDataLoader.__len__ replays it).
     device = gen.device if gen is not None else "cpu"
-    return int(torch.randint(0, num_steps, (1,), generator=gen, device=device).item())
+    high = _max_offset(num_steps, random) + 1
+    return int(torch.randint(0, high, (1,), generator=gen, device=device).item())
 
 
 def _num_batches(num_tokens: int, batch_size: int, num_steps: int, offset: int, random: bool) -> int:
@@ -112,9 +122,9 @@ def seq_data_iter_random(corpus, batch_size: int, num_steps: int,
     Arguments are checked when called, the offset is drawn when called.
     """
     corpus = _check_corpus(corpus)
-    _check_sizes(len(corpus), batch_size, num_steps)
+    _check_sizes(len(corpus), batch_size, num_steps, random=True)
     gen = _as_generator(generator)
-    offset = _draw_offset(num_steps, gen)
+    offset = _draw_offset(num_steps, True, gen)
     return _random_batches(corpus, batch_size, num_steps, offset, gen)
 
 
@@ -122,13 +132,13 @@ def seq_data_iter_sequential(corpus, batch_size: int, num_steps: int,
                              generator: GeneratorLike = None) -> Iterator[Batch]:
     """Sequential partitioning: minibatch i+1 continues minibatch i row by row.
 
-    From a random offset in [0, num_steps-1], ``num_tokens = ((len - offset - 1) // batch_size)
+    From a random offset in [0, num_steps] (the textbook's range), ``num_tokens = ((len - offset - 1) // batch_size)
     * batch_size`` tokens are laid out as ``batch_size`` rows; minibatch i is columns
     ``[i*num_steps, (i+1)*num_steps)`` (views). Use it to carry hidden state across minibatches.
     """
     corpus = _check_corpus(corpus)
-    _check_sizes(len(corpus), batch_size, num_steps)
-    offset = _draw_offset(num_steps, _as_generator(generator))
+    _check_sizes(len(corpus), batch_size, num_steps, random=False)
+    offset = _draw_offset(num_steps, False, _as_generator(generator))
     return _sequential_batches(corpus, batch_size, num_steps, offset)
 
 
@@ -146,7 +156,7 @@ class SeqDataLoader:
     def __init__(self, corpus, vocab: Optional[Vocab], batch_size: int, num_steps: int,
                  use_random_iter: bool = False, seed: Optional[int] = None):
         corpus = _check_corpus(corpus)
-        _check_sizes(len(corpus), batch_size, num_steps)
+        _check_sizes(len(corpus), batch_size, num_steps, bool(use_random_iter))
         if vocab is not None:
             if not isinstance(vocab, Vocab):
                 raise TypeError(f"vocab must be a rnnfast.data.Vocab or None, got {type(vocab).__name__}")
@@ -162,14 +172,14 @@ class SeqDataLoader:
         self._gen = torch.Generator().manual_seed(self.seed)
 
     def __iter__(self) -> Iterator[Batch]:
-        offset = _draw_offset(self.num_steps, self._gen)
+        offset = _draw_offset(self.num_steps, self.use_random_iter, self._gen)
         if self.use_random_iter:
             return _random_batches(self.corpus, self.batch_size, self.num_steps, offset, self._gen)
         return _sequential_batches(self.corpus, self.batch_size, self.num_steps, offset)
 
     def __len__(self) -> int:
         peek = torch.Generator().set_state(self._gen.get_state())
-        offset = _draw_offset(self.num_steps, peek)
+        offset = _draw_offset(self.num_steps, self.use_random_iter, peek)
         return _num_batches(len(self.corpus), self.batch_size, self.num_steps, offset,
                             self.use_random_iter)
 
