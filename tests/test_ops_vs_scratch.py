@@ -1,0 +1,84 @@
+"""rnnfast.functional (the fused C++ ops) against rnnfast.scratch, the textbook's from-scratch
+layers, through the textbook<->torch.nn parameter converters: outputs, final states and the
+gradients of input, initial state(s) and every torch-layout weight and bias.
+float64 to 1e-10 relative; float32 (ops) against the float64 scratch reference to 1e-5 relative."""
+import pytest
+import torch
+
+from rnnfast import functional as F
+from rnnfast import scratch
+
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}
+# (cell, reset_after): the GRU in both forms
+CELLS = [("rnn_tanh", True), ("rnn_relu", True), ("gru", True), ("gru", False), ("lstm", True)]
+SHAPES = [(1, 1, 3, 1), (7, 3, 5, 5), (35, 32, 28, 64)]  # (T, B, I, H)
+
+
+def make_case(cell, T, B, I, H, bias, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    G = GATES[cell]
+
+    def rand(*shape, scale=1.0):
+        return ((torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * scale).requires_grad_()
+
+    # torch.nn's init scale, 1/sqrt(H): larger recurrent weights make a 35-step tanh RNN chaotic,
+    # where float32 itself (torch.nn's included) cannot stay within 1e-5 of float64.
+    k = H ** -0.5
+    weights = {"weight_ih_l0": rand(G * H, I, scale=k), "weight_hh_l0": rand(G * H, H, scale=k)}
+    if bias:
+        weights.update(bias_ih_l0=rand(G * H, scale=k), bias_hh_l0=rand(G * H, scale=k))
+    x = rand(T, B, I)
+    states = [rand(B, H) for _ in range(2 if cell == "lstm" else 1)]
+    leaves = [x, *states, *weights.values()]
+    cast = [t.detach().to(dtype).requires_grad_() for t in leaves]
+    return leaves, cast
+
+
+def run_ops(cell, reset_after, reverse, bias, leaves):
+    n_states = 2 if cell == "lstm" else 1
+    x, states, w = leaves[0], leaves[1:1 + n_states], leaves[1 + n_states:]
+    b_ih, b_hh = (w[2], w[3]) if bias else (None, None)
+    if cell == "lstm":
+        out, hy, cy = F.lstm(x, states[0], states[1], w[0], w[1], b_ih, b_hh, reverse=reverse)
+        return out, (hy, cy)
+    if cell == "gru":
+        return F.gru(x, states[0], w[0], w[1], b_ih, b_hh, reverse=reverse, reset_after=reset_after)
+    return getattr(F, cell)(x, states[0], w[0], w[1], b_ih, b_hh, reverse=reverse)
+
+
+def run_scratch(cell, reset_after, reverse, bias, leaves):
+    n_states = 2 if cell == "lstm" else 1
+    x, states, w = leaves[0], leaves[1:1 + n_states], leaves[1 + n_states:]
+    names = ["weight_ih_l0", "weight_hh_l0"] + (["bias_ih_l0", "bias_hh_l0"] if bias else [])
+    params = scratch.from_torch_params(cell, dict(zip(names, w)), reset_after=reset_after)
+    state = tuple(states) if cell == "lstm" else states[0]
+    return scratch.layer(cell, x, state, params, reverse=reverse, reset_after=reset_after)
+
+
+def flat(out, state):
+    return [out, *(state if isinstance(state, tuple) else (state,))]
+
+
+def rel(a, b):
+    return ((a.double() - b).norm() / b.norm().clamp_min(1e-300)).item()
+
+
+@pytest.mark.parametrize("cell,reset_after", CELLS, ids=[f"{c}-{'after' if r else 'before'}" for c, r in CELLS])
+@pytest.mark.parametrize("T,B,I,H", SHAPES)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)], ids=["f64", "f32"])
+def test_ops_match_scratch(cell, reset_after, T, B, I, H, reverse, bias, dtype, tol):
+    leaves64, cast = make_case(cell, T, B, I, H, bias, dtype, seed=T * 1000 + H)
+    ref = flat(*run_scratch(cell, reset_after, reverse, bias, leaves64))
+    got = flat(*run_ops(cell, reset_after, reverse, bias, cast))
+    for a, b in zip(got, ref):
+        assert a.dtype == dtype
+        assert rel(a, b) < tol
+    # gradients of a random linear functional of output and final state(s)
+    g = torch.Generator().manual_seed(7)
+    cot = [torch.randn(r.shape, generator=g, dtype=torch.float64) for r in ref]
+    grads_ref = torch.autograd.grad(sum((r * c).sum() for r, c in zip(ref, cot)), leaves64)
+    grads = torch.autograd.grad(sum((o * c.to(dtype)).sum() for o, c in zip(got, cot)), cast)
+    for a, b in zip(grads, grads_ref):
+        assert rel(a, b) < tol
