@@ -6,7 +6,8 @@
 // backward: per step in reverse, Cell::backward per row writes dG[t] (and dGh[t]), then one GEMM
 //           dh_{t-1} (+)= dGh[t] W_hh; after the loop dx = dG W_ih, dW_ih = dGᵀ X,
 //           dW_hh = dGhᵀ Hprev, db_ih / db_hh = column sums of dG / dGh (for RNN and LSTM the
-//           last three are one GEMM, dGᵀ [X | Hprev | 1]).
+//           last three are one GEMM, dGᵀ [X | Hprev | 1]; for GRU reset_after two, dGᵀ [X | 1]
+//           and dGhᵀ [Hprev | 1]; right operands zero-padded to a multiple of 16 columns).
 // The per-step recurrent GEMMs go through RecurrentGemm (blas.h: W_hh packed once per call); the
 // pointwise passes run over batch rows with at::parallel_for once B*G*H is large enough.
 #pragma once
@@ -70,6 +71,9 @@ RNNFAST_SIMD_CLONES void backward_rows(const MakeRow& row, const T* extra, int64
     }
   }
 }
+
+// Column count of the weight-gradient GEMMs' right operand, rounded up to a multiple of 16.
+inline int64_t padded_cols(int64_t n) { return (n + 15) / 16 * 16; }
 
 // Time index of walking step s (reverse layers walk T-1 .. 0).
 inline int64_t time_of(int64_t s, int64_t T, bool reverse) { return reverse ? T - 1 - s : s; }
@@ -274,16 +278,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   };
   at::Tensor grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh;
   if constexpr (!Cell::two_phase && !Cell::separate_hidden_grad) {
-    // dW_ih, dW_hh and the bias grad in ONE GEMM that reads dG once: dGᵀ [X | Hprev | 1].
-    at::Tensor a = at::empty({T * B, I + H + 1}, opts);
+    // dW_ih, dW_hh and the bias grad in ONE GEMM that reads dG once: dGᵀ [X | Hprev | 1 | 0...],
+    // the column count padded to a multiple of 16 (MKL runs an odd N like I+H+1 up to 25% slower).
+    const int64_t n = padded_cols(I + H + 1);
+    at::Tensor a = at::empty({T * B, n}, opts);
     a.narrow(1, 0, I).copy_(x2);
     fill_hprev(a.narrow(1, I, H));
     a.narrow(1, I + H, 1).fill_(1);
+    if (n > I + H + 1) a.narrow(1, I + H + 1, n - (I + H + 1)).zero_();
     const at::Tensor w = at::mm(dG2.t(), a);
     grad_w_ih = w.narrow(1, 0, I).contiguous();
     grad_w_hh = w.narrow(1, I, H).contiguous();
     grad_b_ih = w.select(1, I + H).contiguous();
     grad_b_hh = grad_b_ih.clone();
+  } else if constexpr (Cell::separate_hidden_grad && !Cell::two_phase) {
+    // dW_ih and db_ih as dGᵀ [X | 1 | 0...], dW_hh and db_hh as dGhᵀ [Hprev | 1 | 0...] (bias
+    // sums inside the GEMMs, no separate passes over dG and dGh; column counts padded as above).
+    const int64_t nx = padded_cols(I + 1), nh = padded_cols(H + 1);
+    at::Tensor ax = at::empty({T * B, nx}, opts);
+    ax.narrow(1, 0, I).copy_(x2);
+    ax.narrow(1, I, 1).fill_(1);
+    if (nx > I + 1) ax.narrow(1, I + 1, nx - (I + 1)).zero_();
+    at::Tensor ah = at::empty({T * B, nh}, opts);
+    fill_hprev(ah.narrow(1, 0, H));
+    ah.narrow(1, H, 1).fill_(1);
+    if (nh > H + 1) ah.narrow(1, H + 1, nh - (H + 1)).zero_();
+    const at::Tensor wx = at::mm(dG2.t(), ax);
+    const at::Tensor wh = at::mm(dGh2.t(), ah);
+    grad_w_ih = wx.narrow(1, 0, I).contiguous();
+    grad_b_ih = wx.select(1, I).contiguous();
+    grad_w_hh = wh.narrow(1, 0, H).contiguous();
+    grad_b_hh = wh.select(1, H).contiguous();
   } else {
     at::Tensor hprev = at::empty({T * B, H}, opts);
     fill_hprev(hprev);
