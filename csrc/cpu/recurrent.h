@@ -1,8 +1,8 @@
 // The one host loop every recurrent cell runs through on CPU (DESIGN.md §3): GEMMs through ATen
 // into buffers allocated once per call, the cell's pointwise math (cells.h) over batch rows.
 //
-// forward:  XG = X W_ihᵀ + biases (one GEMM over all T*B rows); per step t (walking order)
-//           HG = h_{t-1} W_hhᵀ (into one preallocated (B, G*H) buffer), then Cell::forward per row.
+// forward:  XG = X W_ihᵀ (one GEMM over all T*B rows, biases added pointwise); per step t (walking
+//           order) HG = h_{t-1} W_hhᵀ (into one preallocated (B, G*H) buffer), then Cell::forward per row.
 // backward: per step in reverse, Cell::backward per row writes dG[t] (and dGh[t]), then one GEMM
 //           dh_{t-1} (+)= dGh[t] W_hh; after the loop dx = dG W_ih, dW_ih = dGᵀ X,
 //           dW_hh = dGhᵀ Hprev, db_ih / db_hh = column sums of dG / dGh (for RNN and LSTM the
@@ -117,14 +117,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_forward(
   at::Tensor output = at::empty({T, B, H}, opts);
   at::Tensor ws = Cell::ws_width ? at::empty({T, B, Cell::ws_width * H}, opts) : at::empty({0}, opts);
 
-  // Input projection of all steps at once, biases folded in.
+  // Input projection of all steps at once.
   at::Tensor xg = at::empty({T * B, G * H}, opts);
-  const at::Tensor bias = folded_bias<Cell>(b_ih, b_hh, H);
-  if (bias.defined()) {
-    at::addmm_out(xg, bias, input.view({T * B, I}), w_ih.t());
-  } else {
-    at::mm_out(xg, input.view({T * B, I}), w_ih.t());
-  }
+  // The biases are added in the pointwise pass, not here: at::addmm_out first broadcasts the bias
+  // into xg and then runs the GEMM with beta = 1 (measured 0.40 -> 0.20 ms at T*B=1120, G*H=768).
+  at::mm_out(xg, input.view({T * B, I}), w_ih.t());
+  at::Tensor bias = folded_bias<Cell>(b_ih, b_hh, H);
+  if (!bias.defined()) bias = at::zeros({G * H}, opts);
   at::Tensor b_hn;
   if (!Cell::fold_hidden_bias_n) {
     b_hn = (b_hh.has_value() && b_hh->defined()) ? b_hh->narrow(0, 2 * H, H).contiguous() : at::zeros({H}, opts);
@@ -141,6 +140,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_forward(
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), Cell::name, [&] {
     using T_ = scalar_t;
     const T_* xg_p = xg.const_data_ptr<T_>();
+    const T_* bias_p = bias.const_data_ptr<T_>();
     const T_* hg_p = hg.const_data_ptr<T_>();
     const T_* gn_p = Cell::two_phase ? gn.const_data_ptr<T_>() : nullptr;
     const T_* b_hn_p = b_hn.defined() ? b_hn.const_data_ptr<T_>() : nullptr;
@@ -161,6 +161,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_forward(
       auto row = [&](int64_t b) {
         FwdRow<T_> r;
         r.xg = xg_p + (t * B + b) * G * H;
+        r.bias = bias_p;
         r.hg = hg_p + b * GR * H;
         r.b_hn = b_hn_p;
         r.h = h_prev + b * H;
