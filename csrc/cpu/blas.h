@@ -20,11 +20,13 @@ using Pack = void (*)(int layout, int identifier, int trans, int m, int n, int k
                       int ld, float* dest);
 using Compute = void (*)(int layout, int transa, int transb, int m, int n, int k, const float* a, int lda,
                          const float* b, int ldb, float beta, float* c, int ldc);
+using SetNumThreadsLocal = int (*)(int nt);  // MKL_Set_Num_Threads_Local: previous value, 0 = global
 
 struct Api {
   PackGetSize get_size = nullptr;
   Pack pack = nullptr;
   Compute compute = nullptr;
+  SetNumThreadsLocal set_num_threads_local = nullptr;  // optional
   bool ok() const { return get_size && pack && compute; }
 };
 
@@ -42,10 +44,28 @@ inline const Api& api() {
     r.get_size = reinterpret_cast<PackGetSize>(find_symbol("cblas_sgemm_pack_get_size"));
     r.pack = reinterpret_cast<Pack>(find_symbol("cblas_sgemm_pack"));
     r.compute = reinterpret_cast<Compute>(find_symbol("cblas_sgemm_compute"));
+    r.set_num_threads_local = reinterpret_cast<SetNumThreadsLocal>(find_symbol("MKL_Set_Num_Threads_Local"));
     return r;
   }();
   return a;
 }
+
+// While alive, MKL calls from this thread run sequentially (for GEMMs issued from inside our own
+// parallel region; MKL would also detect the OpenMP region, this makes it explicit).
+class SequentialScope {
+ public:
+  SequentialScope() {
+    if (api().set_num_threads_local) prev_ = api().set_num_threads_local(1);
+  }
+  ~SequentialScope() {
+    if (api().set_num_threads_local) api().set_num_threads_local(prev_);
+  }
+  SequentialScope(const SequentialScope&) = delete;
+  SequentialScope& operator=(const SequentialScope&) = delete;
+
+ private:
+  int prev_ = 0;
+};
 }  // namespace mkl
 
 // C (M, N) = [C +] A (M, K) · op(W), op(W) = Wᵀ (transpose) or W. A and C are row-major with unit
@@ -63,6 +83,18 @@ class RecurrentGemm {
       a.pack(mkl::kRowMajor, mkl::kBMatrix, transpose ? mkl::kTrans : mkl::kNoTrans, int(max_m), int(n_), int(k_),
              1.f, w.const_data_ptr<float>(), int(w.size(1)), packed_.data_ptr<float>());
     }
+  }
+
+  bool packed() const { return packed_.defined(); }
+  // Size in bytes of op(W) (what every call streams through the cache).
+  int64_t weight_bytes() const { return n_ * k_ * int64_t(w_.element_size()); }
+
+  // Packed path only (packed() is true): C rows [0, m) (row stride ldc) = [C +] A rows · op(W).
+  // Safe to call from several threads at once on disjoint rows of C.
+  void run_rows(const float* a, int64_t lda, float* c, int64_t ldc, int64_t m, bool accumulate) const {
+    if (m <= 0) return;
+    mkl::api().compute(mkl::kRowMajor, mkl::kNoTrans, mkl::kPacked, int(m), int(n_), int(k_), a, int(lda),
+                       packed_.const_data_ptr<float>(), int(n_), accumulate ? 1.f : 0.f, c, int(ldc));
   }
 
   void run(const at::Tensor& a, at::Tensor& c, bool accumulate) const {

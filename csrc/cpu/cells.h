@@ -3,7 +3,8 @@
 // knows nothing of tensors. The CUDA kernels (csrc/kernels/cells.cuh) mirror the same formulas.
 //
 // Conventions (DESIGN.md §3, layouts in csrc/ops.cpp):
-//   xg  input projection row, W_ih x + biases folded by the host (see Cell::fold_hidden_bias_n)
+//   xg  input projection row, W_ih x (no bias: the GEMM without a bias operand is ~2x faster)
+//   bias the biases the host folds together, added here (b_ih + b_hh, see Cell::fold_hidden_bias_n)
 //   hg  recurrent GEMM row, W_hh h_{t-1} (GRU reset_before: only the r,z rows)
 //   ws  workspace row: gru [r, z, n, hn] (4H), lstm [i, f, g, o, c] (5H), rnn none
 //   dg  gradient w.r.t. the input-side pre-activations (rows of dG, used for dW_ih, db_ih, dx)
@@ -29,6 +30,7 @@ RNNFAST_ALWAYS_INLINE T sigmoid(T x) {
 template <typename T>
 struct FwdRow {
   const T* xg;
+  const T* bias;  // (G*H) folded biases (zeros when the layer has none)
   const T* hg;
   const T* b_hn;  // GRU reset_after: the n rows of b_hh (zeros when b_hh is None)
   const T* h;     // h_{t-1}
@@ -68,7 +70,7 @@ struct RnnCell {
   RNNFAST_ALWAYS_INLINE static void forward(const FwdRow<T>& r, int64_t H) {
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) {
-      const T a = r.xg[j] + r.hg[j];
+      const T a = (r.xg[j] + r.bias[j]) + r.hg[j];
       r.h_out[j] = Relu ? (a < T(0) ? T(0) : a) : fast_tanh(a);  // relu keeps NaN, as torch's
     }
   }
@@ -102,10 +104,10 @@ struct LstmCell {
     T* wo = r.ws + 3 * H;
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) {
-      const T i = sigmoid(r.xg[j] + r.hg[j]);
-      const T f = sigmoid(r.xg[H + j] + r.hg[H + j]);
-      const T g = fast_tanh(r.xg[2 * H + j] + r.hg[2 * H + j]);
-      const T o = sigmoid(r.xg[3 * H + j] + r.hg[3 * H + j]);
+      const T i = sigmoid((r.xg[j] + r.bias[j]) + r.hg[j]);
+      const T f = sigmoid((r.xg[H + j] + r.bias[H + j]) + r.hg[H + j]);
+      const T g = fast_tanh((r.xg[2 * H + j] + r.bias[2 * H + j]) + r.hg[2 * H + j]);
+      const T o = sigmoid((r.xg[3 * H + j] + r.bias[3 * H + j]) + r.hg[3 * H + j]);
       const T c = f * r.c[j] + i * g;
       wi[j] = i;
       wf[j] = f;
@@ -157,10 +159,10 @@ struct GruResetAfterCell {
     T* whn = r.ws + 3 * H;
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) {
-      const T rr = sigmoid(r.xg[j] + r.hg[j]);
-      const T z = sigmoid(r.xg[H + j] + r.hg[H + j]);
+      const T rr = sigmoid((r.xg[j] + r.bias[j]) + r.hg[j]);
+      const T z = sigmoid((r.xg[H + j] + r.bias[H + j]) + r.hg[H + j]);
       const T hn = r.hg[2 * H + j] + r.b_hn[j];
-      const T n = fast_tanh(r.xg[2 * H + j] + rr * hn);
+      const T n = fast_tanh((r.xg[2 * H + j] + r.bias[2 * H + j]) + rr * hn);
       wr[j] = rr;
       wz[j] = z;
       wn[j] = n;
@@ -214,9 +216,9 @@ struct GruResetBeforeCell {
     T* whn = r.ws + 3 * H;
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) {
-      const T rr = sigmoid(r.xg[j] + r.hg[j]);
+      const T rr = sigmoid((r.xg[j] + r.bias[j]) + r.hg[j]);
       wr[j] = rr;
-      wz[j] = sigmoid(r.xg[H + j] + r.hg[H + j]);
+      wz[j] = sigmoid((r.xg[H + j] + r.bias[H + j]) + r.hg[H + j]);
       whn[j] = rr * r.h[j];
     }
   }
@@ -227,7 +229,7 @@ struct GruResetBeforeCell {
     T* wn = r.ws + 2 * H;
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) {
-      const T n = fast_tanh(r.xg[2 * H + j] + r.hg[j]);
+      const T n = fast_tanh((r.xg[2 * H + j] + r.bias[2 * H + j]) + r.hg[j]);
       wn[j] = n;
       r.h_out[j] = n + wz[j] * (r.h[j] - n);
     }
