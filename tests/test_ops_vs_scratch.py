@@ -82,3 +82,31 @@ def test_ops_match_scratch(cell, reset_after, T, B, I, H, reverse, bias, dtype, 
     grads = torch.autograd.grad(sum((o * c.to(dtype)).sum() for o, c in zip(got, cot)), cast)
     for a, b in zip(grads, grads_ref):
         assert rel(a, b) < tol
+
+
+@pytest.mark.parametrize("cell,reset_after", [("rnn_tanh", True), ("gru", True), ("lstm", True)])
+@pytest.mark.parametrize("B,H", [(16, 64), (33, 256)])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_batch_split_path_float32(cell, reset_after, B, H, reverse):
+    """float32 with W_hh small enough to stay in L2 and B >= 16 on 2 threads takes the CPU path
+    that splits the batch across threads for the whole sequence (csrc/cpu/recurrent.h,
+    batch_split_chunks), including an uneven split (B=33). Same reference and tolerance as above,
+    and the 1-thread (plain loop) and 2-thread results agree to float32 rounding."""
+    threads = torch.get_num_threads()
+    try:
+        results = {}
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            leaves64, cast = make_case(cell, 35, B, 28, H, True, torch.float32, seed=B + H)
+            ref = flat(*run_scratch(cell, reset_after, reverse, True, leaves64))
+            got = flat(*run_ops(cell, reset_after, reverse, True, cast))
+            cot = [torch.randn(r.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64) for r in ref]
+            grads_ref = torch.autograd.grad(sum((r * c).sum() for r, c in zip(ref, cot)), leaves64)
+            grads = torch.autograd.grad(sum((o * c.float()).sum() for o, c in zip(got, cot)), cast)
+            for a, b in zip([*got, *grads], [*ref, *grads_ref]):
+                assert rel(a, b) < 1e-5
+            results[n] = [t.detach() for t in [*got, *grads]]
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(results[1], results[2]):
+        assert rel(a, b.double()) < 2e-6
