@@ -101,6 +101,14 @@ def _call_layer(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, reset_after):
 
 # ---- multi-layer modules -----------------------------------------------------------------------
 
+def _reset_uniform(module) -> None:
+    """uniform(-1/sqrt(H), 1/sqrt(H)) for every parameter, in registration order (as torch.nn), so
+    the same seed gives torch.nn's initial values."""
+    stdv = 1.0 / math.sqrt(module.hidden_size)
+    for weight in module.parameters():
+        torch.nn.init.uniform_(weight, -stdv, stdv)
+
+
 class _RecurrentBase(torch.nn.Module):
     """Parameters, checks and the layer/direction loop shared by RNN, GRU and LSTM."""
 
@@ -156,10 +164,7 @@ class _RecurrentBase(torch.nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """uniform(-1/sqrt(H), 1/sqrt(H)) for every parameter, in registration order (as torch.nn)."""
-        stdv = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters():
-            torch.nn.init.uniform_(weight, -stdv, stdv)
+        _reset_uniform(self)
 
     def flatten_parameters(self) -> None:
         """No-op: rnnfast keeps no flat cuDNN weight buffer (kept for torch.nn compatibility)."""
@@ -400,9 +405,7 @@ class _CellBase(torch.nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        stdv = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters():
-            torch.nn.init.uniform_(weight, -stdv, stdv)
+        _reset_uniform(self)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"

@@ -13,13 +13,8 @@ TINY = ["--max-tokens", "3000", "--hidden", "16", "--epochs", "2", "--batch-size
         "--num-steps", "10", "--valid-tokens", "1500", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: one intra-op thread is faster, and spares the shared cores' OpenMP spinning.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny models: one intra-op thread is faster, and spares shared cores OpenMP spinning.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

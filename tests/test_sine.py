@@ -5,13 +5,8 @@ import torch
 from rnnfast.sine import make_features, make_sine_data, run_sine
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: one intra-op thread is faster, and spares the shared cores' OpenMP spinning.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny models: one intra-op thread is faster, and spares shared cores OpenMP spinning.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

@@ -12,13 +12,8 @@ from rnnfast.models import RNNLM
 from rnnfast.train import evaluate, load_checkpoint, predict, save_checkpoint, train, train_epoch
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: one intra-op thread is faster, and spares the shared cores' OpenMP spinning.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny models: one intra-op thread is faster, and spares shared cores OpenMP spinning.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 
