@@ -40,7 +40,8 @@ def run_adaptive(benchmark, fn, target_s=1.5, min_rounds=3, max_rounds=200):
     rounds = int(min(max_rounds, max(min_rounds, target_s / max(first, 1e-9))))
     # The sizing call already warmed up; one more warmup only where it is cheap.
     benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1 if first < 0.2 else 0)
-    return benchmark.stats.stats.median
+    # --benchmark-disable runs fn once and records nothing: report the sizing call instead.
+    return benchmark.stats.stats.median if benchmark.stats is not None else first
 
 
 def record(benchmark, median_s, **info):

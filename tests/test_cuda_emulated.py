@@ -13,11 +13,12 @@ import os
 import pytest
 import torch
 
+from _cases import GATES, make_args  # tests/ is on sys.path under pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-5
 ATOL = 1e-6
 CELLS = ["rnn_tanh", "rnn_relu", "gru", "gru_reset_before", "lstm"]
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "gru_reset_before": 3, "lstm": 4}
 
 
 def cuda_include_dir():
@@ -45,23 +46,6 @@ def emu(tmp_path_factory):
     return load("rnnfast_cuda_emulation", [os.path.join(ROOT, "tests", "cuda_emulation.cpp")],
                 extra_include_paths=[ROOT, inc], extra_cflags=["-O1", "-Wno-attributes"],
                 build_directory=str(build), verbose=False)
-
-
-def make_args(cell, T, B, I, H, bias=True, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    G, k = GATES[cell], H ** -0.5
-
-    def u(*shape):
-        return (torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * k
-
-    def n(*shape):
-        return torch.randn(*shape, generator=g, dtype=torch.float64)
-
-    a = dict(input=n(T, B, I), hx=n(B, H), w_ih=u(G * H, I), w_hh=u(G * H, H),
-             b_ih=u(G * H) if bias else None, b_hh=u(G * H) if bias else None)
-    if cell == "lstm":
-        a["cx"] = n(B, H)
-    return a
 
 
 def reference(cell, a, reverse):

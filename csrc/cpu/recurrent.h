@@ -99,6 +99,25 @@ inline int64_t batch_split_chunks(int64_t B, const RecurrentGemm& rec) {
 // Time index of walking step s (reverse layers walk T-1 .. 0).
 inline int64_t time_of(int64_t s, int64_t T, bool reverse) { return reverse ? T - 1 - s : s; }
 
+// Where walking step s finds h_{t-1} and c_{t-1} (shared by forward and backward): hx / cx at the
+// first step, else the previous step's output rows and the c column block (4H) of its workspace rows.
+template <class Cell, typename T_>
+struct PrevState {
+  const T_* out;  // output (T, B, H)
+  const T_* hx;   // (B, H)
+  const T_* ws;   // workspace (T, B, WS)
+  const T_* cx;   // (B, H), LSTM only
+  int64_t T, B, H, WS;
+  bool reverse;
+
+  const T_* h(int64_t s) const { return s ? out + time_of(s - 1, T, reverse) * B * H : hx; }
+  const T_* h_row(int64_t s, int64_t b) const { return h(s) + b * H; }
+  const T_* c_row(int64_t s, int64_t b) const {
+    if constexpr (!Cell::has_cell_state) return nullptr;
+    return s ? ws + time_of(s - 1, T, reverse) * B * WS + 4 * H + b * WS : cx + b * H;
+  }
+};
+
 // Bias added to the input projection: b_ih + b_hh, except the b_hh rows a cell keeps inside its
 // pointwise math (GRU reset_after: b_hn). Undefined when there are no biases at all.
 template <class Cell>
@@ -170,21 +189,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_forward(
     const T_* hx_p = hx.const_data_ptr<T_>();
     const T_* cx_p = Cell::has_cell_state ? cx.const_data_ptr<T_>() : nullptr;
 
+    const PrevState<Cell, T_> prev{out_p, hx_p, ws_p, cx_p, T, B, H, WS, reverse};
     // Row b of step s's pointwise arguments.
     auto fwd_row = [&](int64_t s, int64_t b) {
       const int64_t t = time_of(s, T, reverse);
-      const int64_t tp = s ? time_of(s - 1, T, reverse) : -1;
-      const T_* h_prev = s ? out_p + tp * B * H : hx_p;
-      // c_{t-1}: cx, or the c column block of the previous step's workspace
-      const T_* c_prev = Cell::has_cell_state ? (s ? ws_p + tp * B * WS + 4 * H : cx_p) : nullptr;
-      const int64_t c_stride = s ? WS : H;
       FwdRow<T_> r;
       r.xg = xg_p + (t * B + b) * G * H;
       r.bias = bias_p;
       r.hg = hg_p + b * GR * H;
       r.b_hn = b_hn_p;
-      r.h = h_prev + b * H;
-      r.c = c_prev ? c_prev + b * c_stride : nullptr;
+      r.h = prev.h_row(s, b);
+      r.c = prev.c_row(s, b);
       r.h_out = out_p + (t * B + b) * H;
       r.ws = ws_p ? ws_p + (t * B + b) * WS : nullptr;
       r.c_out = Cell::has_cell_state ? r.ws + 4 * H : nullptr;
@@ -200,8 +215,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_forward(
           for (int64_t ch = c0; ch < c1; ++ch) {
             const int64_t b0 = B * ch / chunks, b1 = B * (ch + 1) / chunks;
             for (int64_t s = 0; s < T; ++s) {
-              const float* h_prev = s ? out_p + time_of(s - 1, T, reverse) * B * H : hx_p;
-              rec.run_rows(h_prev + b0 * H, H, hg_w + b0 * GR * H, GR * H, b1 - b0, /*accumulate=*/false);
+              rec.run_rows(prev.h_row(s, b0), H, hg_w + b0 * GR * H, GR * H, b1 - b0, /*accumulate=*/false);
               forward_rows<Cell, 1>([&](int64_t b) { return fwd_row(s, b); }, b0, b1, H);
             }
           }
@@ -280,18 +294,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     T_* dc_p = Cell::has_cell_state ? dc.data_ptr<T_>() : nullptr;
     const T_* drh_p = Cell::two_phase ? drh.const_data_ptr<T_>() : nullptr;
 
+    const PrevState<Cell, T_> prev{out_p, hx_p, ws_p, cx_p, T, B, H, WS, reverse};
     // Row b of step s's pointwise arguments.
     auto bwd_row = [&](int64_t s, int64_t b) {
       const int64_t t = time_of(s, T, reverse);
-      const int64_t tp = s ? time_of(s - 1, T, reverse) : -1;
-      const T_* h_prev = s ? out_p + tp * B * H : hx_p;
-      const T_* c_prev = Cell::has_cell_state ? (s ? ws_p + tp * B * WS + 4 * H : cx_p) : nullptr;
-      const int64_t c_stride = s ? WS : H;
       BwdRow<T_> r;
       r.dy = dy_p + (t * B + b) * H;
-      r.h = h_prev + b * H;
+      r.h = prev.h_row(s, b);
       r.h_out = out_p + (t * B + b) * H;
-      r.c = c_prev ? c_prev + b * c_stride : nullptr;
+      r.c = prev.c_row(s, b);
       r.ws = ws_p ? ws_p + (t * B + b) * WS : nullptr;
       r.dg = dg_p + (t * B + b) * G * H;
       r.dgh = dgh_p + (t * B + b) * G * H;
