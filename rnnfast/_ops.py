@@ -42,7 +42,7 @@ def _fake_forward(cell):
     return fake
 
 
-def _fake_backward(grad_output, grad_hy, input, hx, w_ih, w_hh, output, workspace, reverse, *rest):
+def _fake_backward(grad_output, grad_hy, input, hx, w_ih, w_hh, output, workspace, reverse, *rest, input_grad=True):
     G = w_ih.shape[0]
     return (input.new_empty(input.shape), input.new_empty(hx.shape), input.new_empty(w_ih.shape),
             input.new_empty(w_hh.shape), input.new_empty((G,)), input.new_empty((G,)))
@@ -62,7 +62,7 @@ def _(input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse):
 
 
 @torch.library.register_fake("rnnfast::lstm_backward")
-def _(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, output, workspace, reverse):
+def _(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, output, workspace, reverse, input_grad=True):
     G = w_ih.shape[0]
     return (input.new_empty(input.shape), input.new_empty(hx.shape), input.new_empty(cx.shape),
             input.new_empty(w_ih.shape), input.new_empty(w_hh.shape), input.new_empty((G,)),
@@ -71,7 +71,9 @@ def _(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, output, workspac
 
 # ---- autograd: forward op -> backward op ---------------------------------------------------------
 def _dense(grad, like):
-    return torch.zeros_like(like) if grad is None else grad
+    # An unused output's gradient is None: pass a broadcast zero (no (T, B, H) buffer to fill; the
+    # CPU backward reads a fully broadcast grad_output through one materialized row).
+    return like.new_zeros(()).expand(like.shape) if grad is None else grad
 
 
 def _bias_grads(ctx, db_ih, db_hh):
@@ -79,6 +81,10 @@ def _bias_grads(ctx, db_ih, db_hh):
 
 
 def _setup_no_cell(ctx, inputs, output):
+    # Gradients of unused outputs arrive as None instead of zero tensors: autograd would otherwise
+    # fill a (T, B, WS*H) zero tensor for the workspace on every backward (2 ms of a 33 ms LSTM
+    # layer step at d2l-512); backward densifies only the small ones the op needs.
+    ctx.set_materialize_grads(False)
     input, hx, w_ih, w_hh, b_ih, b_hh, reverse = inputs[:7]
     ctx.extra = tuple(inputs[7:])  # gru: (reset_after,)
     ctx.reverse = reverse
@@ -92,10 +98,12 @@ def _backward_no_cell(cell):
 
     def backward(ctx, grad_output, grad_hy, _grad_ws):
         input, hx, w_ih, w_hh, out, ws = ctx.saved_tensors
+        need_dx = ctx.needs_input_grad[0]
         dx, dhx, dw_ih, dw_hh, db_ih, db_hh = backward_op(
-            _dense(grad_output, out), _dense(grad_hy, hx), input, hx, w_ih, w_hh, out, ws, ctx.reverse, *ctx.extra)
+            _dense(grad_output, out), _dense(grad_hy, hx), input, hx, w_ih, w_hh, out, ws, ctx.reverse, *ctx.extra,
+            input_grad=need_dx)
         db_ih, db_hh = _bias_grads(ctx, db_ih, db_hh)
-        return (dx, dhx, dw_ih, dw_hh, db_ih, db_hh, None) + (None,) * len(ctx.extra)
+        return (dx if need_dx else None, dhx, dw_ih, dw_hh, db_ih, db_hh, None) + (None,) * len(ctx.extra)
     return backward
 
 
@@ -105,6 +113,7 @@ for _cell in ("rnn_tanh", "rnn_relu", "gru"):
 
 
 def _setup_lstm(ctx, inputs, output):
+    ctx.set_materialize_grads(False)  # see _setup_no_cell
     input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse = inputs
     ctx.reverse = reverse
     ctx.has_b_ih, ctx.has_b_hh = b_ih is not None, b_hh is not None
@@ -114,11 +123,12 @@ def _setup_lstm(ctx, inputs, output):
 
 def _backward_lstm(ctx, grad_output, grad_hy, grad_cy, _grad_ws):
     input, hx, cx, w_ih, w_hh, out, ws = ctx.saved_tensors
+    need_dx = ctx.needs_input_grad[0]
     dx, dhx, dcx, dw_ih, dw_hh, db_ih, db_hh = _ops.lstm_backward(
         _dense(grad_output, out), _dense(grad_hy, hx), _dense(grad_cy, cx), input, hx, cx, w_ih, w_hh, out, ws,
-        ctx.reverse)
+        ctx.reverse, input_grad=need_dx)
     db_ih, db_hh = _bias_grads(ctx, db_ih, db_hh)
-    return dx, dhx, dcx, dw_ih, dw_hh, db_ih, db_hh, None
+    return (dx if need_dx else None), dhx, dcx, dw_ih, dw_hh, db_ih, db_hh, None
 
 
 torch.library.register_autograd("rnnfast::lstm_forward", _backward_lstm, setup_context=_setup_lstm)

@@ -97,19 +97,19 @@ def run_forward(emu, cell, a, reverse):
     return out, hy, None, ws
 
 
-def run_backward(emu, cell, a, fwd, grads, reverse):
+def run_backward(emu, cell, a, fwd, grads, reverse, input_grad=True):
     out, hy, cy, ws = fwd
     g_out, g_hy, g_cy = grads
     if cell == "lstm":
         res = emu.lstm_backward(g_out, g_hy, g_cy, a["input"], a["hx"], a["cx"], a["w_ih"], a["w_hh"], out, ws,
-                                reverse)
+                                reverse, input_grad)
         return dict(zip(["input", "hx", "cx", "w_ih", "w_hh", "b_ih", "b_hh"], res))
     if cell.startswith("gru"):
         res = emu.gru_backward(g_out, g_hy, a["input"], a["hx"], a["w_ih"], a["w_hh"], out, ws, reverse,
-                               cell == "gru")
+                               cell == "gru", input_grad)
     else:
         res = getattr(emu, f"{cell}_backward")(g_out, g_hy, a["input"], a["hx"], a["w_ih"], a["w_hh"], out, ws,
-                                               reverse)
+                                               reverse, input_grad)
     return dict(zip(["input", "hx", "w_ih", "w_hh", "b_ih", "b_hh"], res))
 
 
@@ -186,3 +186,20 @@ def test_emulated_cuda_op_rejects_bad_shapes(emu):
     a["b_hh"] = a["b_hh"][:-1]
     with pytest.raises(RuntimeError, match="b_hh"):
         run_forward(emu, "gru", a, False)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_emulated_cuda_op_input_grad_false(emu, cell):
+    # input_grad=False: grad_input is zeros, every other gradient is bit-identical to the full call
+    a = {k: (v.float() if v is not None else None) for k, v in make_args(cell, 5, 3, 4, 6, seed=11).items()}
+    fwd = run_forward(emu, cell, a, False)
+    g = torch.Generator().manual_seed(12)
+    grads = (torch.randn(5, 3, 6, generator=g), torch.randn(3, 6, generator=g),
+             torch.randn(3, 6, generator=g) if cell == "lstm" else None)
+    full = run_backward(emu, cell, a, fwd, grads, False)
+    skip = run_backward(emu, cell, a, fwd, grads, False, input_grad=False)
+    assert full["input"].abs().sum() > 0
+    assert torch.equal(skip["input"], torch.zeros_like(a["input"]))
+    for name in full:
+        if name != "input":
+            assert torch.equal(skip[name], full[name]), name

@@ -243,7 +243,42 @@ def test_opcheck_forward_and_backward(cell):
     else:
         bargs = (go[0], go[1], x, h0, args[2], args[3], out, ws, False) + extra
     bargs = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in bargs)
-    torch.library.opcheck(getattr(torch.ops.rnnfast, name + "_backward"), bargs)
+    bwd = getattr(torch.ops.rnnfast, name + "_backward")
+    torch.library.opcheck(bwd, bargs)
+    torch.library.opcheck(bwd, bargs, {"input_grad": False})
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_backward_without_input_grad(cell, dtype):
+    # input_grad=False returns zeros for grad_input and leaves every other gradient unchanged; the
+    # autograd wiring passes it whenever the input needs no gradient (one-hot tokens).
+    name, fwd, args, extra = _op_args(cell, T=6, B=33, I=5, H=20)
+    args = tuple(a.detach().to(dtype) if isinstance(a, torch.Tensor) else a for a in args)
+    res = fwd(*args)
+    out, ws = res[0], res[-1]
+    g = torch.Generator().manual_seed(5)
+    go = [torch.randn(t.shape, generator=g, dtype=dtype) for t in res[:-1]]
+    x, h0 = args[0], args[1]
+    if cell == "lstm":
+        bargs = (go[0], go[1], go[2], x, h0, args[2], args[3], args[4], out, ws, False)
+    else:
+        bargs = (go[0], go[1], x, h0, args[2], args[3], out, ws, False) + extra
+    bwd = getattr(torch.ops.rnnfast, name + "_backward")
+    full, skip = bwd(*bargs), bwd(*bargs, input_grad=False)
+    assert full[0].abs().sum() > 0 and torch.equal(skip[0], torch.zeros_like(x))
+    for a, b in zip(full[1:], skip[1:]):
+        assert torch.equal(a, b)
+
+    # through autograd: x without requires_grad gets no gradient, the weights the same as with it
+    x0, h0_, c0, params = make(cell, 6, 4, 5, 7, dtype)
+    xs = [x0.detach(), x0.detach().requires_grad_()]
+    grads = []
+    for xi in xs:
+        outs = ours(cell, xi, h0_, c0, params, False)
+        grads.append(torch.autograd.grad(outs[0].pow(2).sum(), [p for p in params if p is not None]))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -346,6 +381,36 @@ def test_non_contiguous_inputs(cell):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
         torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12)
 
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_strided_grad_output(cell, dtype):
+    # The backward op reads grad_output in place for any T/B strides (a batch-first grad, a slice)
+    # and materializes one row of a fully broadcast grad (out.sum()); results equal a contiguous copy.
+    T, B, I, H = 6, 33, 5, 20  # B >= 16: the float32 batch-split path too
+    name, fwd, args, extra = _op_args(cell, T=T, B=B, I=I, H=H)
+    args = tuple(a.detach().to(dtype) if isinstance(a, torch.Tensor) else a for a in args)
+    res = fwd(*args)
+    out, ws = res[0], res[-1]
+    g = torch.Generator().manual_seed(9)
+    rest = [torch.randn(t.shape, generator=g, dtype=dtype) for t in res[1:-1]]
+    x, h0 = args[0], args[1]
+    bwd = getattr(torch.ops.rnnfast, name + "_backward")
+
+    def call(go):
+        if cell == "lstm":
+            return bwd(go, rest[0], rest[1], x, h0, args[2], args[3], args[4], out, ws, False)
+        return bwd(go, rest[0], x, h0, args[2], args[3], out, ws, False, *extra)
+
+    batch_first = torch.randn(B, T, H, generator=g, dtype=dtype).transpose(0, 1)
+    sliced = torch.randn(T, 2 * B, H + 3, generator=g, dtype=dtype)[:, ::2, 1:H + 1]
+    scalar = torch.tensor(0.7, dtype=dtype).expand(T, B, H)
+    along_h = torch.randn(T, B, 1, generator=g, dtype=dtype).expand(T, B, H)
+    for go in (batch_first, sliced, scalar, along_h):
+        assert not go.is_contiguous()
+        for a, b in zip(call(go), call(go.contiguous())):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 def test_workspace_layouts():
     T, B, I, H = 4, 2, 3, 5

@@ -25,11 +25,11 @@ Fwd3 forward_no_cell(const char* op, const at::Tensor& input, const at::Tensor& 
 template <class Cell>
 Bwd6 backward_no_cell(const char* op, const at::Tensor& grad_output, const at::Tensor& grad_hy,
                       const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                      const at::Tensor& output, const at::Tensor& workspace, bool reverse) {
+                      const at::Tensor& output, const at::Tensor& workspace, bool reverse, bool input_grad) {
   check_backward(op, Cell::gates, Cell::ws_width, grad_output, grad_hy, nullptr, input, hx, nullptr, w_ih, w_hh,
                  output, workspace);
   auto [dx, dhx, dcx, dw_ih, dw_hh, db_ih, db_hh] = recurrent_backward<Cell>(
-      grad_output, grad_hy, at::Tensor(), input, hx, at::Tensor(), w_ih, w_hh, output, workspace, reverse);
+      grad_output, grad_hy, at::Tensor(), input, hx, at::Tensor(), w_ih, w_hh, output, workspace, reverse, input_grad);
   return {dx, dhx, dw_ih, dw_hh, db_ih, db_hh};
 }
 
@@ -54,27 +54,27 @@ Fwd3 gru_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor
 
 Bwd6 rnn_tanh_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& input,
                        const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output,
-                       const at::Tensor& workspace, bool reverse) {
+                       const at::Tensor& workspace, bool reverse, bool input_grad) {
   return backward_no_cell<RnnCell<false>>("rnnfast.rnn_tanh", grad_output, grad_hy, input, hx, w_ih, w_hh, output,
-                                          workspace, reverse);
+                                          workspace, reverse, input_grad);
 }
 
 Bwd6 rnn_relu_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& input,
                        const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output,
-                       const at::Tensor& workspace, bool reverse) {
+                       const at::Tensor& workspace, bool reverse, bool input_grad) {
   return backward_no_cell<RnnCell<true>>("rnnfast.rnn_relu", grad_output, grad_hy, input, hx, w_ih, w_hh, output,
-                                         workspace, reverse);
+                                         workspace, reverse, input_grad);
 }
 
 Bwd6 gru_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& input,
                   const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output,
-                  const at::Tensor& workspace, bool reverse, bool reset_after) {
+                  const at::Tensor& workspace, bool reverse, bool reset_after, bool input_grad) {
   if (reset_after) {
     return backward_no_cell<GruResetAfterCell>("rnnfast.gru", grad_output, grad_hy, input, hx, w_ih, w_hh, output,
-                                               workspace, reverse);
+                                               workspace, reverse, input_grad);
   }
   return backward_no_cell<GruResetBeforeCell>("rnnfast.gru", grad_output, grad_hy, input, hx, w_ih, w_hh, output,
-                                              workspace, reverse);
+                                              workspace, reverse, input_grad);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
@@ -87,11 +87,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
 
 Bwd7 lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& grad_cy,
                    const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
-                   const at::Tensor& w_hh, const at::Tensor& output, const at::Tensor& workspace, bool reverse) {
+                   const at::Tensor& w_hh, const at::Tensor& output, const at::Tensor& workspace, bool reverse,
+                   bool input_grad) {
   check_backward("rnnfast.lstm", LstmCell::gates, LstmCell::ws_width, grad_output, grad_hy, &grad_cy, input, hx, &cx,
                  w_ih, w_hh, output, workspace);
   return recurrent_backward<LstmCell>(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, output, workspace,
-                                      reverse);
+                                      reverse, input_grad);
 }
 
 }  // namespace

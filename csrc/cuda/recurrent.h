@@ -140,7 +140,7 @@ template <CellKind kCell>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrent_backward(
     const char* op, cudaStream_t stream, const Tensor& grad_output_, const Tensor& grad_hy, const Tensor& grad_cy, const Tensor& input_,
     const Tensor& hx_, const Tensor& cx_, const Tensor& w_ih_, const Tensor& w_hh_, const Tensor& output_,
-    const Tensor& ws_, bool reverse) {
+    const Tensor& ws_, bool reverse, bool input_grad) {
   constexpr CellLayout L = kernels::cell_layout(kCell);
   constexpr int64_t G = L.gates, G0 = L.phase0_gates;
 
@@ -210,7 +210,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrent_bac
 
   const Tensor dG2 = dG.view({T * B, G * H});
   const Tensor dGh2 = dGh.view({T * B, G * H});
-  Tensor grad_input = at::mm(dG2, w_ih).view({T, B, I});
+  Tensor grad_input = input_grad ? at::mm(dG2, w_ih).view({T, B, I}) : at::zeros_like(input);
   Tensor grad_w_ih = at::mm(dG2.t(), input.view({T * B, I}));
 
   // dW_hh rows [0, G0*H) saw h_{t-1}: the step taken first saw hx, the others the previous output
@@ -265,7 +265,7 @@ struct RecurrentOps {
   template <CellKind kCell>
   static Bwd6 backward_no_cell(const char* op, const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input,
                                const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh, const Tensor& output,
-                               const Tensor& workspace, bool reverse) {
+                               const Tensor& workspace, bool reverse, bool input_grad) {
     constexpr CellLayout L = kernels::cell_layout(kCell);
     detail::check_cuda_dtype(op, input);
     cpu::check_backward(op, L.gates, L.saved, grad_output, grad_hy, nullptr, input, hx, nullptr, w_ih, w_hh, output,
@@ -273,7 +273,7 @@ struct RecurrentOps {
     const typename Ctx::Guard guard(input.device());
     auto [dx, dhx, dcx, dw_ih, dw_hh, db_ih, db_hh] = detail::recurrent_backward<kCell>(
         op, Ctx::stream(), grad_output, grad_hy, Tensor(), input, hx, Tensor(), w_ih, w_hh, output, workspace,
-        reverse);
+        reverse, input_grad);
     return {dx, dhx, dw_ih, dw_hh, db_ih, db_hh};
   }
 
@@ -306,30 +306,31 @@ struct RecurrentOps {
 
   static Bwd6 rnn_tanh_backward(const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input,
                                 const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh, const Tensor& output,
-                                const Tensor& workspace, bool reverse) {
+                                const Tensor& workspace, bool reverse, bool input_grad) {
     return backward_no_cell<CellKind::kRnnTanh>("rnnfast.rnn_tanh", grad_output, grad_hy, input, hx, w_ih, w_hh,
-                                                output, workspace, reverse);
+                                                output, workspace, reverse, input_grad);
   }
 
   static Bwd6 rnn_relu_backward(const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input,
                                 const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh, const Tensor& output,
-                                const Tensor& workspace, bool reverse) {
+                                const Tensor& workspace, bool reverse, bool input_grad) {
     return backward_no_cell<CellKind::kRnnRelu>("rnnfast.rnn_relu", grad_output, grad_hy, input, hx, w_ih, w_hh,
-                                                output, workspace, reverse);
+                                                output, workspace, reverse, input_grad);
   }
 
   static Bwd6 gru_backward(const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input, const Tensor& hx,
                            const Tensor& w_ih, const Tensor& w_hh, const Tensor& output, const Tensor& workspace,
-                           bool reverse, bool reset_after) {
+                           bool reverse, bool reset_after, bool input_grad) {
     return reset_after ? backward_no_cell<CellKind::kGruResetAfter>("rnnfast.gru", grad_output, grad_hy, input, hx,
-                                                                    w_ih, w_hh, output, workspace, reverse)
+                                                                    w_ih, w_hh, output, workspace, reverse, input_grad)
                        : backward_no_cell<CellKind::kGruResetBefore>("rnnfast.gru", grad_output, grad_hy, input, hx,
-                                                                     w_ih, w_hh, output, workspace, reverse);
+                                                                     w_ih, w_hh, output, workspace, reverse, input_grad);
   }
 
   static Bwd7 lstm_backward(const Tensor& grad_output, const Tensor& grad_hy, const Tensor& grad_cy,
                             const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
-                            const Tensor& w_hh, const Tensor& output, const Tensor& workspace, bool reverse) {
+                            const Tensor& w_hh, const Tensor& output, const Tensor& workspace, bool reverse,
+                            bool input_grad) {
     const char* op = "rnnfast.lstm";
     constexpr CellLayout L = kernels::cell_layout(CellKind::kLstm);
     detail::check_cuda_dtype(op, input);
@@ -337,7 +338,7 @@ struct RecurrentOps {
                         workspace);
     const typename Ctx::Guard guard(input.device());
     return detail::recurrent_backward<CellKind::kLstm>(op, Ctx::stream(), grad_output, grad_hy, grad_cy, input, hx,
-                                                       cx, w_ih, w_hh, output, workspace, reverse);
+                                                       cx, w_ih, w_hh, output, workspace, reverse, input_grad);
   }
 };
 
