@@ -228,6 +228,18 @@ def _op_args(cell, T=3, B=2, I=3, H=4, bias=True):
     return name, fwd, args, extra
 
 
+def _backward_args(cell, args, extra, fwd_res, grads):
+    """The backward op's arguments for forward args `args` (from _op_args), the forward's results and
+    the output grads `grads` = (grad_output, grad_hy[, grad_cy])."""
+    out, ws = fwd_res[0], fwd_res[-1]
+    x, h0 = args[0], args[1]
+    if cell == "lstm":
+        bargs = (*grads, x, h0, args[2], args[3], args[4], out, ws, False)
+    else:
+        bargs = (*grads, x, h0, args[2], args[3], out, ws, False) + extra
+    return tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in bargs)
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_opcheck_forward_and_backward(cell):
     name, fwd, args, extra = _op_args(cell)
@@ -235,14 +247,7 @@ def test_opcheck_forward_and_backward(cell):
     torch.library.opcheck(fwd, _op_args(cell, bias=False)[2])
     with torch.no_grad():
         res = fwd(*args)
-    out, ws = res[0], res[-1]
-    go = [torch.randn_like(t) for t in res[:-1]]
-    x, h0 = args[0], args[1]
-    if cell == "lstm":
-        bargs = (go[0], go[1], go[2], x, h0, args[2], args[3], args[4], out, ws, False)
-    else:
-        bargs = (go[0], go[1], x, h0, args[2], args[3], out, ws, False) + extra
-    bargs = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in bargs)
+    bargs = _backward_args(cell, args, extra, res, [torch.randn_like(t) for t in res[:-1]])
     bwd = getattr(torch.ops.rnnfast, name + "_backward")
     torch.library.opcheck(bwd, bargs)
     torch.library.opcheck(bwd, bargs, {"input_grad": False})
@@ -256,17 +261,12 @@ def test_backward_without_input_grad(cell, dtype):
     name, fwd, args, extra = _op_args(cell, T=6, B=33, I=5, H=20)
     args = tuple(a.detach().to(dtype) if isinstance(a, torch.Tensor) else a for a in args)
     res = fwd(*args)
-    out, ws = res[0], res[-1]
     g = torch.Generator().manual_seed(5)
-    go = [torch.randn(t.shape, generator=g, dtype=dtype) for t in res[:-1]]
-    x, h0 = args[0], args[1]
-    if cell == "lstm":
-        bargs = (go[0], go[1], go[2], x, h0, args[2], args[3], args[4], out, ws, False)
-    else:
-        bargs = (go[0], go[1], x, h0, args[2], args[3], out, ws, False) + extra
+    grads = [torch.randn(t.shape, generator=g, dtype=dtype) for t in res[:-1]]
+    bargs = _backward_args(cell, args, extra, res, grads)
     bwd = getattr(torch.ops.rnnfast, name + "_backward")
     full, skip = bwd(*bargs), bwd(*bargs, input_grad=False)
-    assert full[0].abs().sum() > 0 and torch.equal(skip[0], torch.zeros_like(x))
+    assert full[0].abs().sum() > 0 and torch.equal(skip[0], torch.zeros_like(args[0]))
     for a, b in zip(full[1:], skip[1:]):
         assert torch.equal(a, b)
 
@@ -392,16 +392,12 @@ def test_strided_grad_output(cell, dtype):
     name, fwd, args, extra = _op_args(cell, T=T, B=B, I=I, H=H)
     args = tuple(a.detach().to(dtype) if isinstance(a, torch.Tensor) else a for a in args)
     res = fwd(*args)
-    out, ws = res[0], res[-1]
     g = torch.Generator().manual_seed(9)
     rest = [torch.randn(t.shape, generator=g, dtype=dtype) for t in res[1:-1]]
-    x, h0 = args[0], args[1]
     bwd = getattr(torch.ops.rnnfast, name + "_backward")
 
     def call(go):
-        if cell == "lstm":
-            return bwd(go, rest[0], rest[1], x, h0, args[2], args[3], args[4], out, ws, False)
-        return bwd(go, rest[0], x, h0, args[2], args[3], out, ws, False, *extra)
+        return bwd(*_backward_args(cell, args, extra, res, [go] + rest))
 
     batch_first = torch.randn(B, T, H, generator=g, dtype=dtype).transpose(0, 1)
     sliced = torch.randn(T, 2 * B, H + 3, generator=g, dtype=dtype)[:, ::2, 1:H + 1]
