@@ -12,17 +12,19 @@ that sgemm leaves room for. Run: python3 bench/gemm_floor.py [--threads N]
 """
 import argparse
 import ctypes
+import functools
 import os
 import time
 
 import torch
 
 from _common import SIZES
+from rnnfast.functional import GATES
 
-GATES = {"rnn_tanh": 1, "gru": 3, "lstm": 4}
 _RowMajor, _NoTrans, _Trans, _Packed, _BMatrix = 101, 111, 112, 151, 162
 
 
+@functools.lru_cache(maxsize=None)
 def _mkl():
     lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
     try:

@@ -298,7 +298,17 @@ class _ResetAfterMixin:
         return s
 
 
-class RNN(_RecurrentBase):
+class _NonlinearityMixin:
+    """RNN and RNNCell: the repr names a non-default nonlinearity, as torch.nn's do."""
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        if self.nonlinearity != "tanh":
+            s += f", nonlinearity={self.nonlinearity}"
+        return s
+
+
+class RNN(_NonlinearityMixin, _RecurrentBase):
     """Drop-in for ``torch.nn.RNN`` (Elman RNN, tanh or ReLU) on rnnfast's fused ops.
 
     h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh). Same constructor arguments, parameters,
@@ -314,12 +324,6 @@ class RNN(_RecurrentBase):
         super().__init__(_rnn_mode(nonlinearity), input_size, hidden_size, num_layers, bias,
                          batch_first, dropout, bidirectional, device, dtype)
         self.nonlinearity = nonlinearity
-
-    def extra_repr(self) -> str:
-        s = super().extra_repr()
-        if self.nonlinearity != "tanh":
-            s += f", nonlinearity={self.nonlinearity}"
-        return s
 
 
 class GRU(_ResetAfterMixin, _RecurrentBase):
@@ -457,7 +461,7 @@ class _CellBase(torch.nn.Module):
         return new_states
 
 
-class RNNCell(_CellBase):
+class RNNCell(_NonlinearityMixin, _CellBase):
     """Drop-in for ``torch.nn.RNNCell``: h' = act(W_ih x + b_ih + W_hh h + b_hh), act tanh or relu.
 
     Same constructor, parameters (weight_ih, weight_hh, bias_ih, bias_hh), initialization and
@@ -469,12 +473,6 @@ class RNNCell(_CellBase):
                  dtype=None):
         super().__init__(_rnn_mode(nonlinearity), input_size, hidden_size, bias, device, dtype)
         self.nonlinearity = nonlinearity
-
-    def extra_repr(self) -> str:
-        s = super().extra_repr()
-        if self.nonlinearity != "tanh":
-            s += f", nonlinearity={self.nonlinearity}"
-        return s
 
     def forward(self, input, hx=None):
         return self._step(input, None if hx is None else (hx,))[0]

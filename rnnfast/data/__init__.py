@@ -5,6 +5,7 @@ text -> lines (``read_text``) -> tokens (``tokenize``) -> ``Vocab`` -> one int64
 ``SeqDataLoader``); ``load_data_time_machine`` does it all for the bundled Time Machine.
 Bundled corpora: 'timemachine' (the d2l file) and 'war_of_the_worlds' (held-out text).
 """
+from . import sampling, stats, text
 from .sampling import (
     SeqDataLoader,
     load_data,
@@ -24,22 +25,4 @@ from .text import (
     tokenize,
 )
 
-__all__ = [
-    "BUNDLED_CORPORA",
-    "corpus_path",
-    "read_text",
-    "read_time_machine",
-    "tokenize",
-    "Vocab",
-    "load_corpus",
-    "load_corpus_time_machine",
-    "seq_data_iter_random",
-    "seq_data_iter_sequential",
-    "SeqDataLoader",
-    "load_data",
-    "load_data_time_machine",
-    "ngram_freqs",
-    "zipf_plot",
-    "corpus_stats",
-    "format_stats",
-]
+__all__ = text.__all__ + sampling.__all__ + stats.__all__
