@@ -18,14 +18,20 @@ TORCH_LIBRARY(rnnfast, m) {
   //   rnn_*: (0,)   gru: (T, B, 4H) = [r, z, n, hn]   lstm: (T, B, 5H) = [i, f, g, o, c]
   // Backward ops: input_grad=false skips the dx GEMM (the input needs no gradient, e.g. one-hot
   // tokens into the first layer) and returns grad_input as zeros.
-  m.def("rnn_tanh_forward(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, bool reverse) -> (Tensor output, Tensor hy, Tensor workspace)");
-  m.def("rnn_tanh_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse, bool input_grad=True) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
-  m.def("rnn_relu_forward(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, bool reverse) -> (Tensor output, Tensor hy, Tensor workspace)");
-  m.def("rnn_relu_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse, bool input_grad=True) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
-  m.def("gru_forward(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, bool reverse, bool reset_after) -> (Tensor output, Tensor hy, Tensor workspace)");
-  m.def("gru_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse, bool reset_after, bool input_grad=True) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
-  m.def("lstm_forward(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, bool reverse) -> (Tensor output, Tensor hy, Tensor cy, Tensor workspace)");
-  m.def("lstm_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse, bool input_grad=True) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
+  // lengths (optional, int64 (B,) on the CPU, values in [0, T]): variable-length batches (what a
+  // PackedSequence holds). Sequence b is input[0 .. lengths[b]-1]; at every step t >= lengths[b]
+  // row b is frozen: its state is carried unchanged (output[t, b] = the state before, the reverse
+  // direction starts from hx at t = lengths[b]-1), so hy (cy) is each sequence's own final state.
+  // Frozen positions get no gradient into input or weights; grad_output there flows into the state
+  // they copy. Pass the same lengths to the backward op.
+  m.def("rnn_tanh_forward(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, bool reverse, Tensor? lengths=None) -> (Tensor output, Tensor hy, Tensor workspace)");
+  m.def("rnn_tanh_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse, bool input_grad=True, Tensor? lengths=None) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
+  m.def("rnn_relu_forward(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, bool reverse, Tensor? lengths=None) -> (Tensor output, Tensor hy, Tensor workspace)");
+  m.def("rnn_relu_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse, bool input_grad=True, Tensor? lengths=None) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
+  m.def("gru_forward(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, bool reverse, bool reset_after, Tensor? lengths=None) -> (Tensor output, Tensor hy, Tensor workspace)");
+  m.def("gru_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse, bool reset_after, bool input_grad=True, Tensor? lengths=None) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
+  m.def("lstm_forward(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, bool reverse, Tensor? lengths=None) -> (Tensor output, Tensor hy, Tensor cy, Tensor workspace)");
+  m.def("lstm_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse, bool input_grad=True, Tensor? lengths=None) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
 
   // ---- gradient clipping (csrc/cpu/clip.cpp, csrc/cuda/clip.cu) ---------------------------------
   // A gradient list on one device, any mix of float16/bfloat16/float32/float64 (accumulated in

@@ -42,7 +42,8 @@ def _fake_forward(cell):
     return fake
 
 
-def _fake_backward(grad_output, grad_hy, input, hx, w_ih, w_hh, output, workspace, reverse, *rest, input_grad=True):
+def _fake_backward(grad_output, grad_hy, input, hx, w_ih, w_hh, output, workspace, reverse, *rest, input_grad=True,
+                   lengths=None):
     G = w_ih.shape[0]
     return (input.new_empty(input.shape), input.new_empty(hx.shape), input.new_empty(w_ih.shape),
             input.new_empty(w_hh.shape), input.new_empty((G,)), input.new_empty((G,)))
@@ -54,7 +55,7 @@ for _cell in ("rnn_tanh", "rnn_relu", "gru"):
 
 
 @torch.library.register_fake("rnnfast::lstm_forward")
-def _(input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse):
+def _(input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse, lengths=None):
     T, B, _ = input.shape
     H = hx.shape[1]
     return (input.new_empty((T, B, H)), input.new_empty((B, H)), input.new_empty((B, H)),
@@ -62,7 +63,8 @@ def _(input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse):
 
 
 @torch.library.register_fake("rnnfast::lstm_backward")
-def _(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, output, workspace, reverse, input_grad=True):
+def _(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, output, workspace, reverse, input_grad=True,
+      lengths=None):
     G = w_ih.shape[0]
     return (input.new_empty(input.shape), input.new_empty(hx.shape), input.new_empty(cx.shape),
             input.new_empty(w_ih.shape), input.new_empty(w_hh.shape), input.new_empty((G,)),
@@ -80,17 +82,23 @@ def _bias_grads(ctx, db_ih, db_hh):
     return (db_ih if ctx.has_b_ih else None), (db_hh if ctx.has_b_hh else None)
 
 
-def _setup_no_cell(ctx, inputs, output):
-    # Gradients of unused outputs arrive as None instead of zero tensors: autograd would otherwise
-    # fill a (T, B, WS*H) zero tensor for the workspace on every backward (2 ms of a 33 ms LSTM
-    # layer step at d2l-512); backward densifies only the small ones the op needs.
-    ctx.set_materialize_grads(False)
-    input, hx, w_ih, w_hh, b_ih, b_hh, reverse = inputs[:7]
-    ctx.extra = tuple(inputs[7:])  # gru: (reset_after,)
-    ctx.reverse = reverse
-    ctx.has_b_ih, ctx.has_b_hh = b_ih is not None, b_hh is not None
-    out, _, ws = output
-    ctx.save_for_backward(input, hx, w_ih, w_hh, out, ws)
+def _setup_no_cell(cell):
+    n_fixed = 8 if cell == "gru" else 7  # gru's reset_after comes before lengths
+
+    def setup_context(ctx, inputs, output):
+        # Gradients of unused outputs arrive as None instead of zero tensors: autograd would otherwise
+        # fill a (T, B, WS*H) zero tensor for the workspace on every backward (2 ms of a 33 ms LSTM
+        # layer step at d2l-512); backward densifies only the small ones the op needs.
+        ctx.set_materialize_grads(False)
+        input, hx, w_ih, w_hh, b_ih, b_hh, reverse = inputs[:7]
+        ctx.extra = tuple(inputs[7:n_fixed])  # gru: (reset_after,)
+        ctx.lengths = inputs[n_fixed] if len(inputs) > n_fixed else None
+        ctx.n_inputs = len(inputs)
+        ctx.reverse = reverse
+        ctx.has_b_ih, ctx.has_b_hh = b_ih is not None, b_hh is not None
+        out, _, ws = output
+        ctx.save_for_backward(input, hx, w_ih, w_hh, out, ws)
+    return setup_context
 
 
 def _backward_no_cell(cell):
@@ -101,20 +109,23 @@ def _backward_no_cell(cell):
         need_dx = ctx.needs_input_grad[0]
         dx, dhx, dw_ih, dw_hh, db_ih, db_hh = backward_op(
             _dense(grad_output, out), _dense(grad_hy, hx), input, hx, w_ih, w_hh, out, ws, ctx.reverse, *ctx.extra,
-            input_grad=need_dx)
+            input_grad=need_dx, lengths=ctx.lengths)
         db_ih, db_hh = _bias_grads(ctx, db_ih, db_hh)
-        return (dx if need_dx else None, dhx, dw_ih, dw_hh, db_ih, db_hh, None) + (None,) * len(ctx.extra)
+        grads = (dx if need_dx else None, dhx, dw_ih, dw_hh, db_ih, db_hh)
+        return grads + (None,) * (ctx.n_inputs - len(grads))
     return backward
 
 
 for _cell in ("rnn_tanh", "rnn_relu", "gru"):
     torch.library.register_autograd(f"rnnfast::{_cell}_forward", _backward_no_cell(_cell),
-                                    setup_context=_setup_no_cell)
+                                    setup_context=_setup_no_cell(_cell))
 
 
 def _setup_lstm(ctx, inputs, output):
     ctx.set_materialize_grads(False)  # see _setup_no_cell
-    input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse = inputs
+    input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse = inputs[:8]
+    ctx.lengths = inputs[8] if len(inputs) > 8 else None
+    ctx.n_inputs = len(inputs)
     ctx.reverse = reverse
     ctx.has_b_ih, ctx.has_b_hh = b_ih is not None, b_hh is not None
     out, _, _, ws = output
@@ -126,9 +137,10 @@ def _backward_lstm(ctx, grad_output, grad_hy, grad_cy, _grad_ws):
     need_dx = ctx.needs_input_grad[0]
     dx, dhx, dcx, dw_ih, dw_hh, db_ih, db_hh = _ops.lstm_backward(
         _dense(grad_output, out), _dense(grad_hy, hx), _dense(grad_cy, cx), input, hx, cx, w_ih, w_hh, out, ws,
-        ctx.reverse, input_grad=need_dx)
+        ctx.reverse, input_grad=need_dx, lengths=ctx.lengths)
     db_ih, db_hh = _bias_grads(ctx, db_ih, db_hh)
-    return (dx if need_dx else None), dhx, dcx, dw_ih, dw_hh, db_ih, db_hh, None
+    grads = ((dx if need_dx else None), dhx, dcx, dw_ih, dw_hh, db_ih, db_hh)
+    return grads + (None,) * (ctx.n_inputs - len(grads))
 
 
 torch.library.register_autograd("rnnfast::lstm_forward", _backward_lstm, setup_context=_setup_lstm)

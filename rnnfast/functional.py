@@ -1,10 +1,19 @@
 """Differentiable recurrent layers on rnnfast's fused ops: one call = one layer, one direction,
-the whole sequence (DESIGN.md §3; op contracts in CONTRACTS.md and rnnfast/_ops.py).
+the whole sequence (DESIGN.md §3; op contracts in csrc/ops.cpp and rnnfast/_ops.py).
 
 Shapes: input (T, B, I) time-major; hx, cx (B, H); w_ih (G*H, I); w_hh (G*H, H); b_ih, b_hh
 (G*H,) or None, with torch.nn's gate order (LSTM i, f, g, o; GRU r, z, n), so torch.nn's
 ``weight_ih_l0`` etc. are used unchanged. ``reverse=True`` walks t = T-1 .. 0 (the reverse
 direction of a bidirectional layer); ``output[t]`` is always the state after consuming input[t].
+
+``lengths`` (optional, int64 (B,) on the CPU, values in [0, T]) runs a variable-length batch, what
+a ``PackedSequence`` holds, padded: sequence b is ``input[:lengths[b], b]``. From t = lengths[b] on,
+row b is frozen (its state is carried unchanged; the reverse direction starts from hx at
+t = lengths[b]-1), so hy / cy are each sequence's own final state, as torch.nn gives for packed
+input. ``output[t, b]`` for t >= lengths[b] holds that frozen state (torch.nn's padded output has
+zeros there: ``rnnfast.RNN/GRU/LSTM`` take PackedSequence input and return packed output, which
+drops those positions). ``lengths`` stays on the CPU for CUDA inputs too (the op copies it to
+the device without waiting for it).
 """
 from __future__ import annotations
 
@@ -15,7 +24,7 @@ from torch import Tensor
 
 from . import _ops  # noqa: F401  (registers fake kernels and autograd for torch.ops.rnnfast)
 
-__all__ = ["rnn_tanh", "rnn_relu", "gru", "lstm", "check_layer_args", "GATES"]
+__all__ = ["rnn_tanh", "rnn_relu", "gru", "lstm", "check_layer_args", "check_lengths", "GATES"]
 
 #: gates per cell: rows of w_ih / w_hh are GATES[cell] * hidden_size
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}
@@ -76,37 +85,65 @@ def check_layer_args(op: str, input: Tensor, hx: Tensor, cx: Optional[Tensor], w
                                 f" (input is {_shape(input)})"))
 
 
+def check_lengths(op: str, lengths: Optional[Tensor], input: Tensor) -> None:
+    """Validates the optional ``lengths`` of a layer call (see the module docstring)."""
+    if lengths is None:
+        return
+    name = f"rnnfast.{op}"
+    if not isinstance(lengths, Tensor):
+        raise TypeError(f"{name}: lengths must be a torch.Tensor or None, got {type(lengths).__name__}")
+    if lengths.dtype != torch.int64:
+        raise TypeError(f"{name}: lengths must have dtype torch.int64, got {lengths.dtype}")
+    if lengths.device.type != "cpu":
+        raise ValueError(f"{name}: lengths must be on the CPU (as PackedSequence.batch_sizes), got {lengths.device}")
+    T, B = input.shape[0], input.shape[1]
+    if _shape(lengths) != (B,):
+        raise ValueError(f"{name}: lengths must have shape (B,) = ({B},), got {_shape(lengths)}")
+    if B and (int(lengths.min()) < 0 or int(lengths.max()) > T):
+        raise ValueError(f"{name}: lengths must lie in [0, T] = [0, {T}], got values in "
+                         f"[{int(lengths.min())}, {int(lengths.max())}]")
+
+
 def rnn_tanh(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
-             b_hh: Optional[Tensor] = None, reverse: bool = False) -> Tuple[Tensor, Tensor]:
+             b_hh: Optional[Tensor] = None, reverse: bool = False,
+             lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """Elman RNN layer, h' = tanh(W_ih x + b_ih + W_hh h + b_hh). Returns (output, hy)."""
     check_layer_args("rnn_tanh", input, hx, None, w_ih, w_hh, b_ih, b_hh)
-    output, hy, _ = torch.ops.rnnfast.rnn_tanh_forward(input, hx, w_ih, w_hh, b_ih, b_hh, bool(reverse))
+    check_lengths("rnn_tanh", lengths, input)
+    output, hy, _ = torch.ops.rnnfast.rnn_tanh_forward(input, hx, w_ih, w_hh, b_ih, b_hh, bool(reverse), lengths)
     return output, hy
 
 
 def rnn_relu(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
-             b_hh: Optional[Tensor] = None, reverse: bool = False) -> Tuple[Tensor, Tensor]:
+             b_hh: Optional[Tensor] = None, reverse: bool = False,
+             lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """Elman RNN layer, h' = relu(W_ih x + b_ih + W_hh h + b_hh). Returns (output, hy)."""
     check_layer_args("rnn_relu", input, hx, None, w_ih, w_hh, b_ih, b_hh)
-    output, hy, _ = torch.ops.rnnfast.rnn_relu_forward(input, hx, w_ih, w_hh, b_ih, b_hh, bool(reverse))
+    check_lengths("rnn_relu", lengths, input)
+    output, hy, _ = torch.ops.rnnfast.rnn_relu_forward(input, hx, w_ih, w_hh, b_ih, b_hh, bool(reverse), lengths)
     return output, hy
 
 
 def gru(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
-        b_hh: Optional[Tensor] = None, reverse: bool = False, reset_after: bool = True) -> Tuple[Tensor, Tensor]:
+        b_hh: Optional[Tensor] = None, reverse: bool = False, reset_after: bool = True,
+        lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """GRU layer (gates r, z, n). Returns (output, hy).
 
     reset_after=True is torch.nn.GRU's form, n = tanh(W_in x + b_in + r * (W_hn h + b_hn));
     reset_after=False is the textbook form, n = tanh(W_in x + b_in + W_hn (r * h) + b_hn).
     """
     check_layer_args("gru", input, hx, None, w_ih, w_hh, b_ih, b_hh)
-    output, hy, _ = torch.ops.rnnfast.gru_forward(input, hx, w_ih, w_hh, b_ih, b_hh, bool(reverse), bool(reset_after))
+    check_lengths("gru", lengths, input)
+    output, hy, _ = torch.ops.rnnfast.gru_forward(input, hx, w_ih, w_hh, b_ih, b_hh, bool(reverse), bool(reset_after),
+                                                  lengths)
     return output, hy
 
 
 def lstm(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
-         b_hh: Optional[Tensor] = None, reverse: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+         b_hh: Optional[Tensor] = None, reverse: bool = False,
+         lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
     """LSTM layer (gates i, f, g, o). Returns (output, hy, cy)."""
     check_layer_args("lstm", input, hx, cx, w_ih, w_hh, b_ih, b_hh)
-    output, hy, cy, _ = torch.ops.rnnfast.lstm_forward(input, hx, cx, w_ih, w_hh, b_ih, b_hh, bool(reverse))
+    check_lengths("lstm", lengths, input)
+    output, hy, cy, _ = torch.ops.rnnfast.lstm_forward(input, hx, cx, w_ih, w_hh, b_ih, b_hh, bool(reverse), lengths)
     return output, hy, cy

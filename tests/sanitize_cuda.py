@@ -26,36 +26,40 @@ def main():
     shapes = [(1, 1, 1, 1), (3, 2, 3, 5), (4, 3, 7, 130)]
     cells = [("rnn_tanh", 1), ("rnn_relu", 1), ("gru", 3), ("gru_reset_before", 3), ("lstm", 4)]
     failures = 0
-    for T, B, I, H in shapes:
-        for cell, G in cells:
-            for reverse in (False, True):
-                x = torch.randn(T, B, I, device=dev)
-                hx = torch.randn(B, H, device=dev)
-                w_ih = torch.randn(G * H, I, device=dev) * H ** -0.5
-                w_hh = torch.randn(G * H, H, device=dev) * H ** -0.5
-                b_ih = torch.randn(G * H, device=dev)
-                b_hh = torch.randn(G * H, device=dev)
-                g_out = torch.randn(T, B, H, device=dev)
-                g_hy = torch.randn(B, H, device=dev)
-                if cell == "lstm":
-                    cx = torch.randn(B, H, device=dev)
-                    out, hy, cy, ws = ops.lstm_forward(x, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse)
-                    grads = ops.lstm_backward(g_out, g_hy, torch.randn(B, H, device=dev), x, hx, cx, w_ih, w_hh,
-                                              out, ws, reverse)
-                    results = (out, hy, cy, ws) + tuple(grads)
-                elif cell.startswith("gru"):
-                    after = cell == "gru"
-                    out, hy, ws = ops.gru_forward(x, hx, w_ih, w_hh, b_ih, b_hh, reverse, after)
-                    grads = ops.gru_backward(g_out, g_hy, x, hx, w_ih, w_hh, out, ws, reverse, after)
-                    results = (out, hy, ws) + tuple(grads)
-                else:
-                    out, hy, ws = getattr(ops, f"{cell}_forward")(x, hx, w_ih, w_hh, None, b_hh, reverse)
-                    grads = getattr(ops, f"{cell}_backward")(g_out, g_hy, x, hx, w_ih, w_hh, out, ws, reverse)
-                    results = (out, hy, ws) + tuple(grads)
-                torch.cuda.synchronize()
-                ok = all(bool(torch.isfinite(r).all()) for r in results)
-                failures += not ok
-                print(f"{cell:17s} T={T} B={B} I={I} H={H} reverse={reverse!s:5s} {'ok' if ok else 'NON-FINITE'}")
+    cases = [(shape, cell, reverse, ragged) for shape in shapes for cell in cells for reverse in (False, True)
+             for ragged in (False, True)]
+    for (T, B, I, H), (cell, G), reverse, ragged in cases:
+        # ragged: a variable-length batch, lengths in [0, T] (the frozen-row paths of the kernels)
+        lengths = torch.tensor([(2 * b) % (T + 1) for b in range(B)]) if ragged else None
+        x = torch.randn(T, B, I, device=dev)
+        hx = torch.randn(B, H, device=dev)
+        w_ih = torch.randn(G * H, I, device=dev) * H ** -0.5
+        w_hh = torch.randn(G * H, H, device=dev) * H ** -0.5
+        b_ih = torch.randn(G * H, device=dev)
+        b_hh = torch.randn(G * H, device=dev)
+        g_out = torch.randn(T, B, H, device=dev)
+        g_hy = torch.randn(B, H, device=dev)
+        if cell == "lstm":
+            cx = torch.randn(B, H, device=dev)
+            out, hy, cy, ws = ops.lstm_forward(x, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse, lengths)
+            grads = ops.lstm_backward(g_out, g_hy, torch.randn(B, H, device=dev), x, hx, cx, w_ih, w_hh,
+                                      out, ws, reverse, lengths=lengths)
+            results = (out, hy, cy, ws) + tuple(grads)
+        elif cell.startswith("gru"):
+            after = cell == "gru"
+            out, hy, ws = ops.gru_forward(x, hx, w_ih, w_hh, b_ih, b_hh, reverse, after, lengths)
+            grads = ops.gru_backward(g_out, g_hy, x, hx, w_ih, w_hh, out, ws, reverse, after, lengths=lengths)
+            results = (out, hy, ws) + tuple(grads)
+        else:
+            out, hy, ws = getattr(ops, f"{cell}_forward")(x, hx, w_ih, w_hh, None, b_hh, reverse, lengths)
+            grads = getattr(ops, f"{cell}_backward")(g_out, g_hy, x, hx, w_ih, w_hh, out, ws, reverse,
+                                                     lengths=lengths)
+            results = (out, hy, ws) + tuple(grads)
+        torch.cuda.synchronize()
+        ok = all(bool(torch.isfinite(r).all()) for r in results)
+        failures += not ok
+        print(f"{cell:17s} T={T} B={B} I={I} H={H} reverse={reverse!s:5s} ragged={ragged!s:5s} "
+              f"{'ok' if ok else 'NON-FINITE'}")
     print("sanitize_cuda.py:", "all ok" if not failures else f"{failures} case(s) failed")
     return 1 if failures else 0
 

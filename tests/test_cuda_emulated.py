@@ -84,32 +84,32 @@ def reference(cell, a, reverse):
     return torch.stack(outs), h, c, wsp
 
 
-def run_forward(emu, cell, a, reverse):
+def run_forward(emu, cell, a, reverse, lengths=None):
     if cell == "lstm":
         return tuple(emu.lstm_forward(a["input"], a["hx"], a["cx"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"],
-                                      reverse))
+                                      reverse, lengths))
     if cell.startswith("gru"):
         out, hy, ws = emu.gru_forward(a["input"], a["hx"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], reverse,
-                                      cell == "gru")
+                                      cell == "gru", lengths)
     else:
         out, hy, ws = getattr(emu, f"{cell}_forward")(a["input"], a["hx"], a["w_ih"], a["w_hh"], a["b_ih"],
-                                                      a["b_hh"], reverse)
+                                                      a["b_hh"], reverse, lengths)
     return out, hy, None, ws
 
 
-def run_backward(emu, cell, a, fwd, grads, reverse, input_grad=True):
+def run_backward(emu, cell, a, fwd, grads, reverse, input_grad=True, lengths=None):
     out, hy, cy, ws = fwd
     g_out, g_hy, g_cy = grads
     if cell == "lstm":
         res = emu.lstm_backward(g_out, g_hy, g_cy, a["input"], a["hx"], a["cx"], a["w_ih"], a["w_hh"], out, ws,
-                                reverse, input_grad)
+                                reverse, input_grad, lengths)
         return dict(zip(["input", "hx", "cx", "w_ih", "w_hh", "b_ih", "b_hh"], res))
     if cell.startswith("gru"):
         res = emu.gru_backward(g_out, g_hy, a["input"], a["hx"], a["w_ih"], a["w_hh"], out, ws, reverse,
-                               cell == "gru", input_grad)
+                               cell == "gru", input_grad, lengths)
     else:
         res = getattr(emu, f"{cell}_backward")(g_out, g_hy, a["input"], a["hx"], a["w_ih"], a["w_hh"], out, ws,
-                                               reverse, input_grad)
+                                               reverse, input_grad, lengths)
     return dict(zip(["input", "hx", "w_ih", "w_hh", "b_ih", "b_hh"], res))
 
 
@@ -203,3 +203,47 @@ def test_emulated_cuda_op_input_grad_false(emu, cell):
     for name in full:
         if name != "input":
             assert torch.equal(skip[name], full[name]), name
+
+
+def _cpu_op(cell, a, reverse, lengths, grads):
+    """The CPU op (tested against each sequence alone in tests/test_ops_cpu.py), float64, as dicts."""
+    import rnnfast  # noqa: F401  (registers torch.ops.rnnfast)
+
+    ops = torch.ops.rnnfast
+    d = {k: (v.double() if v is not None else None) for k, v in a.items()}
+    g = [x.double() if x is not None else None for x in grads]
+    if cell == "lstm":
+        out, hy, cy, ws = ops.lstm_forward(d["input"], d["hx"], d["cx"], d["w_ih"], d["w_hh"], d["b_ih"], d["b_hh"],
+                                           reverse, lengths)
+        res = ops.lstm_backward(*g, d["input"], d["hx"], d["cx"], d["w_ih"], d["w_hh"], out, ws, reverse,
+                                lengths=lengths)
+        names = ["input", "hx", "cx", "w_ih", "w_hh", "b_ih", "b_hh"]
+        return (out, hy, cy, ws), dict(zip(names, res))
+    name = "gru" if cell.startswith("gru") else cell
+    extra = (cell == "gru",) if name == "gru" else ()
+    fwd, bwd = getattr(ops, name + "_forward"), getattr(ops, name + "_backward")
+    out, hy, ws = fwd(d["input"], d["hx"], d["w_ih"], d["w_hh"], d["b_ih"], d["b_hh"], reverse, *extra, lengths)
+    res = bwd(g[0], g[1], d["input"], d["hx"], d["w_ih"], d["w_hh"], out, ws, reverse, *extra, lengths=lengths)
+    return (out, hy, None, ws), dict(zip(["input", "hx", "w_ih", "w_hh", "b_ih", "b_hh"], res))
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_emulated_cuda_op_lengths(emu, cell, reverse):
+    # variable-length batch: the step kernels' frozen rows and the glue's accumulating dh GEMM,
+    # against the CPU op in float64; every output position gets a gradient (frozen ones too)
+    T, B, I, H = 6, 4, 3, 5
+    lengths = torch.tensor([6, 2, 0, 4])
+    a = {k: (v.float() if v is not None else None) for k, v in make_args(cell, T, B, I, H, seed=21).items()}
+    g = torch.Generator().manual_seed(22)
+    grads = (torch.randn(T, B, H, generator=g), torch.randn(B, H, generator=g),
+             torch.randn(B, H, generator=g) if cell == "lstm" else None)
+    fwd = run_forward(emu, cell, a, reverse, lengths)
+    got = run_backward(emu, cell, a, fwd, grads, reverse, lengths=lengths)
+    ref_fwd, ref = _cpu_op(cell, a, reverse, lengths, grads)
+    for k, (x, y) in enumerate(zip(fwd, ref_fwd)):
+        if x is not None and x.numel():
+            assert_rel(x, y, f"{cell} forward result {k}")
+    for name in ref:
+        assert_rel(got[name], ref[name], f"{cell} grad_{name}")
+    assert not got["input"][:, 2].abs().sum(), "a zero-length sequence's inputs get no gradient"

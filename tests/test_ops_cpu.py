@@ -437,3 +437,157 @@ def test_torch_compile_inductor_one_op():
     torch.testing.assert_close(got, want)
     for a, b in zip(torch.autograd.grad(got, leaves), torch.autograd.grad(want, leaves)):
         torch.testing.assert_close(a, b)
+
+
+# ---- variable-length batches (lengths) ------------------------------------------------------------
+def _lengths(T, B, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    lengths[0] = T  # the longest one need not come first: rows are independent, no sorting
+    if B > 2:
+        lengths[2] = 1
+    return lengths
+
+
+def _per_sequence_reference(cell, x, h0, c0, params, reverse, lengths):
+    """Each sequence b alone through the reference on x[:lengths[b], b]: (outputs, hy[, cy]) lists."""
+    outs, hys, cys = [], [], []
+    for b, n in enumerate(lengths.tolist()):
+        res = reference(cell, x[:n, b:b + 1], h0[b:b + 1], None if c0 is None else c0[b:b + 1], params, reverse)
+        outs.append(res[0][:, 0])
+        hys.append(res[1][0])
+        if cell == "lstm":
+            cys.append(res[2][0])
+    return outs, hys, cys
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_lengths_match_each_sequence_alone(cell, dtype, reverse):
+    # B=32 (float32) takes the batch-split loop, float64 the shared one; outputs, final states and
+    # every gradient against the reference run on each sequence by itself, in float64.
+    T, B, I, H = 9, 32, 5, 16
+    lengths = _lengths(T, B)
+    x, h0, c0, params = make(cell, T, B, I, H, dtype)
+    c0 = c0 if cell == "lstm" else None
+    w_ih, w_hh, b_ih, b_hh = params
+    if cell == "lstm":
+        got = F.lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths)
+    elif cell.startswith("gru"):
+        got = F.gru(x, h0, w_ih, w_hh, b_ih, b_hh, reverse=reverse, reset_after=cell == "gru", lengths=lengths)
+    else:
+        got = getattr(F, cell)(x, h0, w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths)
+    valid = (torch.arange(T)[:, None] < lengths[None, :])[..., None]  # (T, B, 1)
+    up = [torch.randn_like(t) for t in got]
+    leaves = [x, h0] + ([c0] if cell == "lstm" else []) + params
+    # grad_output at padded positions is 0, as a packed loss gives (test_lengths_gradcheck covers others)
+    loss = (got[0] * up[0] * valid).sum() + sum((g * u).sum() for g, u in zip(got[1:], up[1:]))
+    grads = torch.autograd.grad(loss, leaves)
+
+    d = lambda t: None if t is None else t.detach().double().requires_grad_()  # noqa: E731
+    rx, rh0, rc0, rparams = d(x), d(h0), d(c0), [d(p) for p in params]
+    outs, hys, cys = _per_sequence_reference(cell, rx, rh0, rc0, rparams, reverse, lengths)
+    n = lengths.tolist()
+    rloss = sum((o * up[0][:n[b], b].double()).sum() for b, o in enumerate(outs))
+    rloss = rloss + (torch.stack(hys) * up[1].double()).sum()
+    if cell == "lstm":
+        rloss = rloss + (torch.stack(cys) * up[2].double()).sum()
+    rleaves = [rx, rh0] + ([rc0] if cell == "lstm" else []) + rparams
+    rgrads = torch.autograd.grad(rloss, rleaves)
+
+    def close(a, b):
+        if dtype == torch.float64:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        else:
+            assert a.dtype == torch.float32 and rel_err(a.double(), b) < 1e-5
+
+    for b in range(B):
+        close(got[0][:n[b], b], outs[b].detach())
+        # a frozen row carries its state unchanged: the final one (forward), hx (reverse, not yet started)
+        frozen_state = h0[b] if reverse else got[1][b]
+        assert torch.equal(got[0][n[b]:, b], frozen_state.detach().expand(T - n[b], H))
+    close(got[1], torch.stack(hys).detach())
+    if cell == "lstm":
+        close(got[2], torch.stack(cys).detach())
+    for g, r in zip(grads, rgrads):
+        close(g, r)
+    assert not (grads[0] * ~valid).abs().sum(), "padded inputs must get no gradient"
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_full_lengths_equal_no_lengths(cell):
+    T, B = 6, 4
+    x, h0, c0, params = make(cell, T, B, 3, 5, torch.float32)
+    name, fwd, args, extra = _op_args(cell, T=T, B=B)
+    args = tuple(a.detach().float() if isinstance(a, torch.Tensor) else a for a in args)
+    full = torch.full((B,), T, dtype=torch.int64)
+    plain, with_len = fwd(*args), fwd(*args, lengths=full)
+    for a, b in zip(plain, with_len):
+        assert torch.equal(a, b)
+    grads = [torch.randn_like(t) for t in plain[:-1]]
+    bwd = getattr(torch.ops.rnnfast, name + "_backward")
+    bargs = _backward_args(cell, args, extra, plain, grads)
+    for a, b in zip(bwd(*bargs), bwd(*bargs, lengths=full)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)  # GEMM accumulation order may differ
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("cell", CELLS)
+def test_lengths_gradcheck(cell, reverse):
+    # every output position gets a gradient here, the frozen ones included (they copy the state)
+    x, h0, c0, params = make(cell, 5, 3, 3, 3, torch.float64)
+    lengths = torch.tensor([5, 2, 0])
+    n = 3 if cell == "lstm" else 2
+    w = lambda a: list(a[n:])  # noqa: E731
+
+    def f(*a):
+        if cell == "lstm":
+            return F.lstm(a[0], a[1], a[2], *w(a), reverse=reverse, lengths=lengths)
+        if cell.startswith("gru"):
+            return F.gru(a[0], a[1], *w(a), reverse=reverse, reset_after=cell == "gru", lengths=lengths)
+        return getattr(F, cell)(a[0], a[1], *w(a), reverse=reverse, lengths=lengths)
+
+    args = [x, h0] + ([c0] if cell == "lstm" else []) + params
+    assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_lengths_opcheck(cell):
+    name, fwd, args, extra = _op_args(cell, T=4, B=3)
+    lengths = torch.tensor([4, 1, 3])
+    torch.library.opcheck(fwd, args, {"lengths": lengths})
+    with torch.no_grad():
+        res = fwd(*args, lengths=lengths)
+    bargs = _backward_args(cell, args, extra, res, [torch.randn_like(t) for t in res[:-1]])
+    bwd = getattr(torch.ops.rnnfast, name + "_backward")
+    torch.library.opcheck(bwd, bargs, {"lengths": lengths})
+    torch.library.opcheck(bwd, bargs, {"input_grad": False, "lengths": lengths})
+
+
+def test_bad_lengths_raise_clear_errors():
+    x, h0, c0, params = make("gru", 4, 3, 2, 5, torch.float64)
+    with torch.no_grad():
+        call = lambda lengths: F.gru(x, h0, *params, lengths=lengths)  # noqa: E731
+        with pytest.raises(TypeError, match="lengths must have dtype torch.int64, got torch.int32"):
+            call(torch.tensor([4, 2, 1], dtype=torch.int32))
+        with pytest.raises(TypeError, match="lengths must be a torch.Tensor or None, got list"):
+            call([4, 2, 1])
+        with pytest.raises(ValueError, match=r"lengths must have shape \(B,\) = \(3,\), got \(2,\)"):
+            call(torch.tensor([4, 2]))
+        with pytest.raises(ValueError, match=r"lengths must lie in \[0, T\] = \[0, 4\], got values in \[1, 5\]"):
+            call(torch.tensor([5, 2, 1]))
+        with pytest.raises(ValueError, match=r"got values in \[-1, 4\]"):
+            call(torch.tensor([4, -1, 1]))
+        with pytest.raises(ValueError, match="lengths must be on the CPU"):
+            call(torch.tensor([4, 2, 1], device="meta"))
+        # the op's own checks, for direct calls
+        op = torch.ops.rnnfast.gru_forward
+        with pytest.raises(RuntimeError, match=r"rnnfast.gru: lengths must have dtype int64, got Float"):
+            op(x, h0, *params, False, True, torch.tensor([4.0, 2.0, 1.0]))
+        with pytest.raises(RuntimeError, match=r"rnnfast.gru: lengths must lie in \[0, T\] = \[0, 4\]"):
+            op(x, h0, *params, False, True, torch.tensor([4, 2, 9]))
+        with pytest.raises(RuntimeError, match=r"rnnfast.gru: lengths must be 1-D \(B,\), got 2-D with shape \(3, 1\)"):
+            op(x, h0, *params, False, True, torch.tensor([[4, 2, 1]]).t())
+        with pytest.raises(RuntimeError, match=r"rnnfast.gru: lengths must have shape \(B,\) = \(3,\), got \(2,\)"):
+            op(x, h0, *params, False, True, torch.tensor([4, 2]))

@@ -110,5 +110,25 @@ inline RecurrentArgs check_backward(const char* op, int64_t G, int64_t ws_width,
   return a;
 }
 
+// Optional per-sequence lengths (variable-length batches, see csrc/ops.cpp): int64 (B,) on the CPU
+// with values in [0, T]. Returns them contiguous, or an undefined tensor when not given.
+inline at::Tensor check_lengths(const char* op, const c10::optional<at::Tensor>& lengths, int64_t T, int64_t B) {
+  if (!lengths.has_value() || !lengths->defined()) return at::Tensor();
+  const at::Tensor& l = *lengths;
+  TORCH_CHECK(l.device().is_cpu(), op, ": lengths must be a CPU tensor (as PackedSequence.batch_sizes), got one on ",
+              l.device());
+  TORCH_CHECK(l.scalar_type() == at::kLong, op, ": lengths must have dtype int64, got ", l.scalar_type());
+  check_rank(op, l, "lengths", 1, "(B,)");
+  check_shape(op, l, "lengths", {B}, "(B,)");
+  at::Tensor c = l.contiguous();
+  if (B > 0) {
+    const auto [lo, hi] = at::aminmax(c);
+    const int64_t mn = lo.item<int64_t>(), mx = hi.item<int64_t>();
+    TORCH_CHECK(mn >= 0 && mx <= T, op, ": lengths must lie in [0, T] = [0, ", T, "], got values in [", mn, ", ",
+                mx, "]");
+  }
+  return c;
+}
+
 }  // namespace cpu
 }  // namespace rnnfast

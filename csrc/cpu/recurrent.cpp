@@ -16,83 +16,94 @@ using Bwd7 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tens
 template <class Cell>
 Fwd3 forward_no_cell(const char* op, const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
                      const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
-                     const c10::optional<at::Tensor>& b_hh, bool reverse) {
-  check_forward(op, Cell::gates, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh);
-  auto [output, hy, cy, ws] = recurrent_forward<Cell>(input, hx, at::Tensor(), w_ih, w_hh, b_ih, b_hh, reverse);
+                     const c10::optional<at::Tensor>& b_hh, bool reverse, const c10::optional<at::Tensor>& lengths) {
+  const RecurrentArgs a = check_forward(op, Cell::gates, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh);
+  const at::Tensor len = check_lengths(op, lengths, a.T, a.B);
+  auto [output, hy, cy, ws] = recurrent_forward<Cell>(input, hx, at::Tensor(), w_ih, w_hh, b_ih, b_hh, reverse, len);
   return {output, hy, ws};
 }
 
 template <class Cell>
 Bwd6 backward_no_cell(const char* op, const at::Tensor& grad_output, const at::Tensor& grad_hy,
                       const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                      const at::Tensor& output, const at::Tensor& workspace, bool reverse, bool input_grad) {
-  check_backward(op, Cell::gates, Cell::ws_width, grad_output, grad_hy, nullptr, input, hx, nullptr, w_ih, w_hh,
-                 output, workspace);
+                      const at::Tensor& output, const at::Tensor& workspace, bool reverse, bool input_grad,
+                      const c10::optional<at::Tensor>& lengths) {
+  const RecurrentArgs a = check_backward(op, Cell::gates, Cell::ws_width, grad_output, grad_hy, nullptr, input, hx,
+                                         nullptr, w_ih, w_hh, output, workspace);
+  const at::Tensor len = check_lengths(op, lengths, a.T, a.B);
   auto [dx, dhx, dcx, dw_ih, dw_hh, db_ih, db_hh] = recurrent_backward<Cell>(
-      grad_output, grad_hy, at::Tensor(), input, hx, at::Tensor(), w_ih, w_hh, output, workspace, reverse, input_grad);
+      grad_output, grad_hy, at::Tensor(), input, hx, at::Tensor(), w_ih, w_hh, output, workspace, reverse, input_grad,
+      len);
   return {dx, dhx, dw_ih, dw_hh, db_ih, db_hh};
 }
 
 Fwd3 rnn_tanh_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                      const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh, bool reverse) {
-  return forward_no_cell<RnnCell<false>>("rnnfast.rnn_tanh", input, hx, w_ih, w_hh, b_ih, b_hh, reverse);
+                      const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh, bool reverse,
+                      const c10::optional<at::Tensor>& lengths) {
+  return forward_no_cell<RnnCell<false>>("rnnfast.rnn_tanh", input, hx, w_ih, w_hh, b_ih, b_hh, reverse, lengths);
 }
 
 Fwd3 rnn_relu_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                      const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh, bool reverse) {
-  return forward_no_cell<RnnCell<true>>("rnnfast.rnn_relu", input, hx, w_ih, w_hh, b_ih, b_hh, reverse);
+                      const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh, bool reverse,
+                      const c10::optional<at::Tensor>& lengths) {
+  return forward_no_cell<RnnCell<true>>("rnnfast.rnn_relu", input, hx, w_ih, w_hh, b_ih, b_hh, reverse, lengths);
 }
 
 Fwd3 gru_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
                  const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh, bool reverse,
-                 bool reset_after) {
+                 bool reset_after, const c10::optional<at::Tensor>& lengths) {
   if (reset_after) {
-    return forward_no_cell<GruResetAfterCell>("rnnfast.gru", input, hx, w_ih, w_hh, b_ih, b_hh, reverse);
+    return forward_no_cell<GruResetAfterCell>("rnnfast.gru", input, hx, w_ih, w_hh, b_ih, b_hh, reverse, lengths);
   }
-  return forward_no_cell<GruResetBeforeCell>("rnnfast.gru", input, hx, w_ih, w_hh, b_ih, b_hh, reverse);
+  return forward_no_cell<GruResetBeforeCell>("rnnfast.gru", input, hx, w_ih, w_hh, b_ih, b_hh, reverse, lengths);
 }
 
 Bwd6 rnn_tanh_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& input,
                        const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output,
-                       const at::Tensor& workspace, bool reverse, bool input_grad) {
+                       const at::Tensor& workspace, bool reverse, bool input_grad,
+                       const c10::optional<at::Tensor>& lengths) {
   return backward_no_cell<RnnCell<false>>("rnnfast.rnn_tanh", grad_output, grad_hy, input, hx, w_ih, w_hh, output,
-                                          workspace, reverse, input_grad);
+                                          workspace, reverse, input_grad, lengths);
 }
 
 Bwd6 rnn_relu_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& input,
                        const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output,
-                       const at::Tensor& workspace, bool reverse, bool input_grad) {
+                       const at::Tensor& workspace, bool reverse, bool input_grad,
+                       const c10::optional<at::Tensor>& lengths) {
   return backward_no_cell<RnnCell<true>>("rnnfast.rnn_relu", grad_output, grad_hy, input, hx, w_ih, w_hh, output,
-                                         workspace, reverse, input_grad);
+                                         workspace, reverse, input_grad, lengths);
 }
 
 Bwd6 gru_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& input,
                   const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output,
-                  const at::Tensor& workspace, bool reverse, bool reset_after, bool input_grad) {
+                  const at::Tensor& workspace, bool reverse, bool reset_after, bool input_grad,
+                  const c10::optional<at::Tensor>& lengths) {
   if (reset_after) {
     return backward_no_cell<GruResetAfterCell>("rnnfast.gru", grad_output, grad_hy, input, hx, w_ih, w_hh, output,
-                                               workspace, reverse, input_grad);
+                                               workspace, reverse, input_grad, lengths);
   }
   return backward_no_cell<GruResetBeforeCell>("rnnfast.gru", grad_output, grad_hy, input, hx, w_ih, w_hh, output,
-                                              workspace, reverse, input_grad);
+                                              workspace, reverse, input_grad, lengths);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
     const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
-    bool reverse) {
-  check_forward("rnnfast.lstm", LstmCell::gates, input, hx, &cx, w_ih, w_hh, b_ih, b_hh);
-  return recurrent_forward<LstmCell>(input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse);
+    bool reverse, const c10::optional<at::Tensor>& lengths) {
+  const RecurrentArgs a = check_forward("rnnfast.lstm", LstmCell::gates, input, hx, &cx, w_ih, w_hh, b_ih, b_hh);
+  const at::Tensor len = check_lengths("rnnfast.lstm", lengths, a.T, a.B);
+  return recurrent_forward<LstmCell>(input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse, len);
 }
 
 Bwd7 lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& grad_cy,
                    const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
                    const at::Tensor& w_hh, const at::Tensor& output, const at::Tensor& workspace, bool reverse,
-                   bool input_grad) {
-  check_backward("rnnfast.lstm", LstmCell::gates, LstmCell::ws_width, grad_output, grad_hy, &grad_cy, input, hx, &cx,
-                 w_ih, w_hh, output, workspace);
+                   bool input_grad, const c10::optional<at::Tensor>& lengths) {
+  const RecurrentArgs a = check_backward("rnnfast.lstm", LstmCell::gates, LstmCell::ws_width, grad_output, grad_hy,
+                                         &grad_cy, input, hx, &cx, w_ih, w_hh, output, workspace);
+  const at::Tensor len = check_lengths("rnnfast.lstm", lengths, a.T, a.B);
   return recurrent_backward<LstmCell>(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, output, workspace,
-                                      reverse, input_grad);
+                                      reverse, input_grad, len);
 }
 
 }  // namespace

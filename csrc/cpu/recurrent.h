@@ -12,6 +12,9 @@
 // pointwise passes run over batch rows with at::parallel_for once B*G*H is large enough. With a
 // packed W_hh small enough for L2, each thread instead walks the whole sequence over its own block
 // of batch rows (batch_split_chunks): no synchronization per step.
+// Variable-length batches (optional lengths): the GEMMs still cover all B rows; the pointwise
+// passes freeze a row once t >= lengths[b] (freeze_forward / freeze_backward), and backward then
+// always accumulates the dh GEMM (cells that do not carry dh zero their dh rows first).
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -52,11 +55,40 @@ inline void for_rows(int64_t B, int64_t row_elems, const F& f) {
 #define RNNFAST_SIMD_CLONES
 #endif
 
+// Variable-length batches (`len`, lengths per row, or nullptr): row b is frozen at time t when
+// t >= len[b]. A frozen row carries its state unchanged (h_out = h, c_out = c) and zeroes the rest
+// of its workspace row (the weight-grad GEMMs read every row; zeros times zero gradient stays zero).
+inline bool frozen(const int64_t* len, int64_t t, int64_t b) { return len != nullptr && t >= len[b]; }
+
+template <class Cell, typename T>
+RNNFAST_ALWAYS_INLINE void freeze_forward(const FwdRow<T>& r, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) r.h_out[j] = r.h[j];
+  if constexpr (Cell::has_cell_state) {
+    for (int64_t j = 0; j < H; ++j) r.c_out[j] = r.c[j];
+  }
+  constexpr int64_t kGateCols = Cell::ws_width - (Cell::has_cell_state ? 1 : 0);
+  for (int64_t j = 0; j < kGateCols * H; ++j) r.ws[j] = T(0);
+}
+
+// A frozen row in backward: no gradient into its gates (dG, dGh rows zero); dL/dh_{t-1} = dL/dh_t
+// + grad_output[t] (h_t is a copy of h_{t-1}), dL/dc_{t-1} = dL/dc_t (dc untouched).
+template <class Cell, typename T>
+RNNFAST_ALWAYS_INLINE void freeze_backward(const BwdRow<T>& r, int64_t H) {
+  for (int64_t j = 0; j < Cell::gates * H; ++j) r.dg[j] = T(0);
+  if (r.dgh != r.dg) {
+    for (int64_t j = 0; j < Cell::gates * H; ++j) r.dgh[j] = T(0);
+  }
+  for (int64_t j = 0; j < H; ++j) r.dh[j] += r.dy[j];
+}
+
 // Phase 1: Cell::forward; phase 2 (two-phase cells): Cell::forward2. `row(b)` builds row b's args.
 template <class Cell, int Phase, class MakeRow>
-RNNFAST_SIMD_CLONES void forward_rows(const MakeRow& row, int64_t b0, int64_t b1, int64_t H) {
+RNNFAST_SIMD_CLONES void forward_rows(const MakeRow& row, int64_t b0, int64_t b1, int64_t H, int64_t t,
+                                      const int64_t* len) {
   for (int64_t b = b0; b < b1; ++b) {
-    if constexpr (Phase == 1) {
+    if (frozen(len, t, b)) {
+      if constexpr (Phase == 1) freeze_forward<Cell>(row(b), H);
+    } else if constexpr (Phase == 1) {
       Cell::forward(row(b), H);
     } else {
       Cell::forward2(row(b), H);
@@ -65,11 +97,20 @@ RNNFAST_SIMD_CLONES void forward_rows(const MakeRow& row, int64_t b0, int64_t b1
 }
 
 // Phase 1: Cell::backward; phase 2: Cell::backward2 with row b of `extra` (drh, row stride H).
+// With lengths, the recurrent GEMM always accumulates into dh (a frozen row's dh must survive it),
+// so a cell that does not carry dh itself (Cell::carries_dh false) gets its dh row zeroed here.
 template <class Cell, int Phase, class MakeRow, typename T>
-RNNFAST_SIMD_CLONES void backward_rows(const MakeRow& row, const T* extra, int64_t b0, int64_t b1, int64_t H) {
+RNNFAST_SIMD_CLONES void backward_rows(const MakeRow& row, const T* extra, int64_t b0, int64_t b1, int64_t H,
+                                       int64_t t, const int64_t* len) {
   for (int64_t b = b0; b < b1; ++b) {
-    if constexpr (Phase == 1) {
-      Cell::backward(row(b), H);
+    if (frozen(len, t, b)) {
+      if constexpr (Phase == 1) freeze_backward<Cell>(row(b), H);
+    } else if constexpr (Phase == 1) {
+      const BwdRow<T> r = row(b);
+      Cell::backward(r, H);
+      if (len != nullptr && !Cell::carries_dh) {
+        for (int64_t j = 0; j < H; ++j) r.dh[j] = T(0);
+      }
     } else {
       Cell::backward2(row(b), extra + b * H, H);
     }
@@ -144,7 +185,7 @@ template <class Cell>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_forward(
     const at::Tensor& input_, const at::Tensor& hx_, const at::Tensor& cx_, const at::Tensor& w_ih_,
     const at::Tensor& w_hh_, const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
-    bool reverse) {
+    bool reverse, const at::Tensor& lengths) {
   constexpr int64_t G = Cell::gates;
   constexpr int64_t GR = Cell::two_phase ? 2 : G;  // gate rows in the per-step recurrent GEMM
   const at::Tensor input = input_.contiguous();
@@ -193,6 +234,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_forward(
     T_* ws_p = Cell::ws_width ? ws.data_ptr<T_>() : nullptr;
     const T_* hx_p = hx.const_data_ptr<T_>();
     const T_* cx_p = Cell::has_cell_state ? cx.const_data_ptr<T_>() : nullptr;
+    const int64_t* len_p = lengths.defined() ? lengths.const_data_ptr<int64_t>() : nullptr;
 
     const PrevState<Cell, T_> prev{out_p, hx_p, ws_p, cx_p, T, B, H, WS, reverse};
     // Row b of step s's pointwise arguments.
@@ -221,7 +263,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_forward(
             const int64_t b0 = B * ch / chunks, b1 = B * (ch + 1) / chunks;
             for (int64_t s = 0; s < T; ++s) {
               rec.run_rows(prev.h_row(s, b0), H, hg_w + b0 * GR * H, GR * H, b1 - b0, /*accumulate=*/false);
-              forward_rows<Cell, 1>([&](int64_t b) { return fwd_row(s, b); }, b0, b1, H);
+              forward_rows<Cell, 1>([&](int64_t b) { return fwd_row(s, b); }, b0, b1, H, time_of(s, T, reverse),
+                                    len_p);
             }
           }
         });
@@ -234,7 +277,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_forward(
       const int64_t tp = s ? time_of(s - 1, T, reverse) : -1;
       rec.run(s ? steps[tp] : hx, hg, /*accumulate=*/false);
       auto row = [&](int64_t b) { return fwd_row(s, b); };
-      for_rows(B, G * H, [&](int64_t b0, int64_t b1) { forward_rows<Cell, 1>(row, b0, b1, H); });
+      for_rows(B, G * H, [&](int64_t b0, int64_t b1) { forward_rows<Cell, 1>(row, b0, b1, H, t, len_p); });
       if constexpr (Cell::two_phase) {
         // candidate's recurrent GEMM on r ⊙ h (workspace column block hn, row stride 4H)
         rec_n.run(ws.select(0, t).narrow(1, 3 * H, H), gn, false);
@@ -243,7 +286,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_forward(
           r.hg = gn_p + b * H;
           return r;
         };
-        for_rows(B, G * H, [&](int64_t b0, int64_t b1) { forward_rows<Cell, 2>(row2, b0, b1, H); });
+        for_rows(B, G * H, [&](int64_t b0, int64_t b1) { forward_rows<Cell, 2>(row2, b0, b1, H, t, len_p); });
       }
     }
   });
@@ -261,7 +304,7 @@ template <class Cell>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_backward(
     const at::Tensor& grad_output_, const at::Tensor& grad_hy, const at::Tensor& grad_cy, const at::Tensor& input_,
     const at::Tensor& hx_, const at::Tensor& cx_, const at::Tensor& w_ih_, const at::Tensor& w_hh_,
-    const at::Tensor& output_, const at::Tensor& ws_, bool reverse, bool input_grad) {
+    const at::Tensor& output_, const at::Tensor& ws_, bool reverse, bool input_grad, const at::Tensor& lengths) {
   constexpr int64_t G = Cell::gates;
   constexpr int64_t GR = Cell::two_phase ? 2 : G;
   // grad_output is read one (t, b) row at a time: any strides along T and B are fine as long as a
@@ -308,6 +351,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     T_* dh_p = dh.data_ptr<T_>();
     T_* dc_p = Cell::has_cell_state ? dc.data_ptr<T_>() : nullptr;
     const T_* drh_p = Cell::two_phase ? drh.const_data_ptr<T_>() : nullptr;
+    const int64_t* len_p = lengths.defined() ? lengths.const_data_ptr<int64_t>() : nullptr;
+    const bool accumulate_dh = Cell::carries_dh || len_p != nullptr;  // see backward_rows
 
     const PrevState<Cell, T_> prev{out_p, hx_p, ws_p, cx_p, T, B, H, WS, reverse};
     // Row b of step s's pointwise arguments.
@@ -335,9 +380,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
             const int64_t b0 = B * ch / chunks, b1 = B * (ch + 1) / chunks;
             for (int64_t s = T - 1; s >= 0; --s) {
               const int64_t t = time_of(s, T, reverse);
-              backward_rows<Cell, 1>([&](int64_t b) { return bwd_row(s, b); }, drh_p, b0, b1, H);
+              backward_rows<Cell, 1>([&](int64_t b) { return bwd_row(s, b); }, drh_p, b0, b1, H, t, len_p);
               rec.run_rows(dgh_p + (t * B + b0) * G * H, G * H, dh_p + b0 * H, H, b1 - b0,
-                           /*accumulate=*/Cell::carries_dh);
+                           /*accumulate=*/Cell::carries_dh || len_p != nullptr);  // see accumulate_dh
             }
           }
         });
@@ -348,13 +393,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     for (int64_t s = T - 1; s >= 0; --s) {
       const int64_t t = time_of(s, T, reverse);
       auto row = [&](int64_t b) { return bwd_row(s, b); };
-      for_rows(B, G * H, [&](int64_t b0, int64_t b1) { backward_rows<Cell, 1>(row, drh_p, b0, b1, H); });
+      for_rows(B, G * H, [&](int64_t b0, int64_t b1) { backward_rows<Cell, 1>(row, drh_p, b0, b1, H, t, len_p); });
       if constexpr (Cell::two_phase) {
         rec_n.run(dG.select(0, t).narrow(1, 2 * H, H), drh, false);
-        for_rows(B, G * H, [&](int64_t b0, int64_t b1) { backward_rows<Cell, 2>(row, drh_p, b0, b1, H); });
+        for_rows(B, G * H, [&](int64_t b0, int64_t b1) { backward_rows<Cell, 2>(row, drh_p, b0, b1, H, t, len_p); });
       }
       const at::Tensor dgh_t = GR == G ? dgh_steps[t] : dgh_steps[t].narrow(1, 0, GR * H);
-      rec.run(dgh_t, dh, /*accumulate=*/Cell::carries_dh);
+      rec.run(dgh_t, dh, accumulate_dh);
     }
   });
 

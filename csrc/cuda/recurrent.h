@@ -11,6 +11,8 @@
 //           and the direct part of dh_{t-1}, then dh_{t-1} (+)= dGh[t]·W_hh. After the loop:
 //           dx = dG·W_ih, dW_ih = dGᵀ·X, dW_hh = dGhᵀ·H_prev (two GEMMs, no concatenation),
 //           db_ih, db_hh = column sums.
+// Variable-length batches: lengths (CPU int64) go to the device once per call (non-blocking); the
+// step kernels freeze a row once t >= lengths[b] and dh then always gets dGh[t]·W_hh added.
 // Nothing here synchronizes with the host, so the ops can be captured in a CUDA graph.
 #pragma once
 #include <ATen/ATen.h>
@@ -43,6 +45,12 @@ inline void check_cuda_dtype(const char* op, const Tensor& input) {
 inline const float* fptr(const Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 inline float* mptr(Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 
+// The checked CPU lengths (undefined when not given) on the input's device for the step kernels.
+// A non-blocking copy: the host does not wait for the device.
+inline Tensor device_lengths(const Tensor& lengths, const Tensor& input) {
+  return lengths.defined() ? lengths.to(input.device(), at::kLong, /*non_blocking=*/true) : Tensor();
+}
+
 // Time index of walking step s (reverse layers walk T-1 .. 0), as on CPU.
 inline int64_t time_of(int64_t s, int64_t T, bool reverse) { return reverse ? T - 1 - s : s; }
 
@@ -51,7 +59,8 @@ template <CellKind kCell>
 std::tuple<Tensor, Tensor, Tensor, Tensor> recurrent_forward(const char* op, cudaStream_t stream, const Tensor& input_, const Tensor& hx_,
                                                              const Tensor& cx_, const Tensor& w_ih_,
                                                              const Tensor& w_hh_, const c10::optional<Tensor>& b_ih_,
-                                                             const c10::optional<Tensor>& b_hh_, bool reverse) {
+                                                             const c10::optional<Tensor>& b_hh_, bool reverse,
+                                                             const Tensor& lengths) {
   constexpr CellLayout L = kernels::cell_layout(kCell);
   constexpr int64_t G = L.gates, G0 = L.phase0_gates;
 
@@ -87,6 +96,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> recurrent_forward(const char* op, cud
   const float* cx_p = fptr(cx);
   float* out_p = mptr(output);
   float* ws_p = L.saved ? mptr(ws) : nullptr;
+  const Tensor len = device_lengths(lengths, input);
 
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = time_of(s, T, reverse);
@@ -108,6 +118,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> recurrent_forward(const char* op, cud
     }
     a.h_out = out_p + t * B * H;
     a.saved = ws_p ? ws_p + t * B * WS : nullptr;
+    a.lengths = len.defined() ? len.const_data_ptr<int64_t>() : nullptr;
+    a.t = t;
     check_launch(kernels::recurrent_forward_step(kCell, 0, a, stream), op, "forward step");
 
     if constexpr (L.phases == 2) {
@@ -140,7 +152,7 @@ template <CellKind kCell>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrent_backward(
     const char* op, cudaStream_t stream, const Tensor& grad_output_, const Tensor& grad_hy, const Tensor& grad_cy, const Tensor& input_,
     const Tensor& hx_, const Tensor& cx_, const Tensor& w_ih_, const Tensor& w_hh_, const Tensor& output_,
-    const Tensor& ws_, bool reverse, bool input_grad) {
+    const Tensor& ws_, bool reverse, bool input_grad, const Tensor& lengths) {
   constexpr CellLayout L = kernels::cell_layout(kCell);
   constexpr int64_t G = L.gates, G0 = L.phase0_gates;
 
@@ -172,6 +184,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrent_bac
   const float* cx_p = fptr(cx);
   float* dg_p = mptr(dG);
   float* dgh_p = L.split_grad ? mptr(dGh) : nullptr;
+  const Tensor len = device_lengths(lengths, input);
 
   for (int64_t s = T - 1; s >= 0; --s) {
     const int64_t t = time_of(s, T, reverse);
@@ -192,6 +205,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrent_bac
     }
     a.dgx = dg_p + t * B * G * H;
     a.dgh = dgh_p ? dgh_p + t * B * G * H : nullptr;
+    a.lengths = len.defined() ? len.const_data_ptr<int64_t>() : nullptr;
+    a.t = t;
     check_launch(kernels::recurrent_backward_step(kCell, 0, a, stream), op, "backward step");
 
     if constexpr (L.phases == 2) {
@@ -201,8 +216,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrent_bac
       check_launch(kernels::recurrent_backward_step(kCell, 1, a, stream), op, "backward step (phase 2)");
     }
     const Tensor dgh_t = G0 == G ? dGh.select(0, t) : dGh.select(0, t).narrow(1, 0, G0 * H);
-    if (L.direct_dh) {
-      dh.addmm_(dgh_t, w_rec0);  // the kernel left the direct part in dh
+    if (L.direct_dh || len.defined()) {
+      dh.addmm_(dgh_t, w_rec0);  // the kernel left the direct part in dh (0 for other cells)
     } else {
       at::mm_out(dh, dgh_t, w_rec0);
     }
@@ -253,92 +268,105 @@ struct RecurrentOps {
 
   template <CellKind kCell>
   static Fwd3 forward_no_cell(const char* op, const Tensor& input, const Tensor& hx, const Tensor& w_ih,
-                              const Tensor& w_hh, const Bias& b_ih, const Bias& b_hh, bool reverse) {
+                              const Tensor& w_hh, const Bias& b_ih, const Bias& b_hh, bool reverse,
+                              const Bias& lengths) {
     detail::check_cuda_dtype(op, input);
-    cpu::check_forward(op, kernels::cell_layout(kCell).gates, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh);
+    const cpu::RecurrentArgs a =
+        cpu::check_forward(op, kernels::cell_layout(kCell).gates, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh);
+    const Tensor len = cpu::check_lengths(op, lengths, a.T, a.B);
     const typename Ctx::Guard guard(input.device());
-    auto [output, hy, cy, ws] =
-        detail::recurrent_forward<kCell>(op, Ctx::stream(), input, hx, Tensor(), w_ih, w_hh, b_ih, b_hh, reverse);
+    auto [output, hy, cy, ws] = detail::recurrent_forward<kCell>(op, Ctx::stream(), input, hx, Tensor(), w_ih, w_hh,
+                                                                 b_ih, b_hh, reverse, len);
     return {output, hy, ws};
   }
 
   template <CellKind kCell>
   static Bwd6 backward_no_cell(const char* op, const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input,
                                const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh, const Tensor& output,
-                               const Tensor& workspace, bool reverse, bool input_grad) {
+                               const Tensor& workspace, bool reverse, bool input_grad, const Bias& lengths) {
     constexpr CellLayout L = kernels::cell_layout(kCell);
     detail::check_cuda_dtype(op, input);
-    cpu::check_backward(op, L.gates, L.saved, grad_output, grad_hy, nullptr, input, hx, nullptr, w_ih, w_hh, output,
-                        workspace);
+    const cpu::RecurrentArgs a = cpu::check_backward(op, L.gates, L.saved, grad_output, grad_hy, nullptr, input, hx,
+                                                     nullptr, w_ih, w_hh, output, workspace);
+    const Tensor len = cpu::check_lengths(op, lengths, a.T, a.B);
     const typename Ctx::Guard guard(input.device());
     auto [dx, dhx, dcx, dw_ih, dw_hh, db_ih, db_hh] = detail::recurrent_backward<kCell>(
         op, Ctx::stream(), grad_output, grad_hy, Tensor(), input, hx, Tensor(), w_ih, w_hh, output, workspace,
-        reverse, input_grad);
+        reverse, input_grad, len);
     return {dx, dhx, dw_ih, dw_hh, db_ih, db_hh};
   }
 
   static Fwd3 rnn_tanh_forward(const Tensor& input, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
-                               const Bias& b_ih, const Bias& b_hh, bool reverse) {
-    return forward_no_cell<CellKind::kRnnTanh>("rnnfast.rnn_tanh", input, hx, w_ih, w_hh, b_ih, b_hh, reverse);
+                               const Bias& b_ih, const Bias& b_hh, bool reverse, const Bias& lengths) {
+    return forward_no_cell<CellKind::kRnnTanh>("rnnfast.rnn_tanh", input, hx, w_ih, w_hh, b_ih, b_hh, reverse,
+                                               lengths);
   }
 
   static Fwd3 rnn_relu_forward(const Tensor& input, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
-                               const Bias& b_ih, const Bias& b_hh, bool reverse) {
-    return forward_no_cell<CellKind::kRnnRelu>("rnnfast.rnn_relu", input, hx, w_ih, w_hh, b_ih, b_hh, reverse);
+                               const Bias& b_ih, const Bias& b_hh, bool reverse, const Bias& lengths) {
+    return forward_no_cell<CellKind::kRnnRelu>("rnnfast.rnn_relu", input, hx, w_ih, w_hh, b_ih, b_hh, reverse,
+                                               lengths);
   }
 
   static Fwd3 gru_forward(const Tensor& input, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
-                          const Bias& b_ih, const Bias& b_hh, bool reverse, bool reset_after) {
-    return reset_after
-               ? forward_no_cell<CellKind::kGruResetAfter>("rnnfast.gru", input, hx, w_ih, w_hh, b_ih, b_hh, reverse)
-               : forward_no_cell<CellKind::kGruResetBefore>("rnnfast.gru", input, hx, w_ih, w_hh, b_ih, b_hh, reverse);
+                          const Bias& b_ih, const Bias& b_hh, bool reverse, bool reset_after, const Bias& lengths) {
+    return reset_after ? forward_no_cell<CellKind::kGruResetAfter>("rnnfast.gru", input, hx, w_ih, w_hh, b_ih, b_hh,
+                                                                   reverse, lengths)
+                       : forward_no_cell<CellKind::kGruResetBefore>("rnnfast.gru", input, hx, w_ih, w_hh, b_ih, b_hh,
+                                                                    reverse, lengths);
   }
 
   static Fwd4 lstm_forward(const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
-                           const Tensor& w_hh, const Bias& b_ih, const Bias& b_hh, bool reverse) {
+                           const Tensor& w_hh, const Bias& b_ih, const Bias& b_hh, bool reverse,
+                           const Bias& lengths) {
     const char* op = "rnnfast.lstm";
     detail::check_cuda_dtype(op, input);
-    cpu::check_forward(op, kernels::cell_layout(CellKind::kLstm).gates, input, hx, &cx, w_ih, w_hh, b_ih, b_hh);
+    const cpu::RecurrentArgs a =
+        cpu::check_forward(op, kernels::cell_layout(CellKind::kLstm).gates, input, hx, &cx, w_ih, w_hh, b_ih, b_hh);
+    const Tensor len = cpu::check_lengths(op, lengths, a.T, a.B);
     const typename Ctx::Guard guard(input.device());
     return detail::recurrent_forward<CellKind::kLstm>(op, Ctx::stream(), input, hx, cx, w_ih, w_hh, b_ih, b_hh,
-                                                      reverse);
+                                                      reverse, len);
   }
 
   static Bwd6 rnn_tanh_backward(const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input,
                                 const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh, const Tensor& output,
-                                const Tensor& workspace, bool reverse, bool input_grad) {
+                                const Tensor& workspace, bool reverse, bool input_grad, const Bias& lengths) {
     return backward_no_cell<CellKind::kRnnTanh>("rnnfast.rnn_tanh", grad_output, grad_hy, input, hx, w_ih, w_hh,
-                                                output, workspace, reverse, input_grad);
+                                                output, workspace, reverse, input_grad, lengths);
   }
 
   static Bwd6 rnn_relu_backward(const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input,
                                 const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh, const Tensor& output,
-                                const Tensor& workspace, bool reverse, bool input_grad) {
+                                const Tensor& workspace, bool reverse, bool input_grad, const Bias& lengths) {
     return backward_no_cell<CellKind::kRnnRelu>("rnnfast.rnn_relu", grad_output, grad_hy, input, hx, w_ih, w_hh,
-                                                output, workspace, reverse, input_grad);
+                                                output, workspace, reverse, input_grad, lengths);
   }
 
   static Bwd6 gru_backward(const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input, const Tensor& hx,
                            const Tensor& w_ih, const Tensor& w_hh, const Tensor& output, const Tensor& workspace,
-                           bool reverse, bool reset_after, bool input_grad) {
+                           bool reverse, bool reset_after, bool input_grad, const Bias& lengths) {
     return reset_after ? backward_no_cell<CellKind::kGruResetAfter>("rnnfast.gru", grad_output, grad_hy, input, hx,
-                                                                    w_ih, w_hh, output, workspace, reverse, input_grad)
+                                                                    w_ih, w_hh, output, workspace, reverse, input_grad,
+                                                                    lengths)
                        : backward_no_cell<CellKind::kGruResetBefore>("rnnfast.gru", grad_output, grad_hy, input, hx,
-                                                                     w_ih, w_hh, output, workspace, reverse, input_grad);
+                                                                     w_ih, w_hh, output, workspace, reverse,
+                                                                     input_grad, lengths);
   }
 
   static Bwd7 lstm_backward(const Tensor& grad_output, const Tensor& grad_hy, const Tensor& grad_cy,
                             const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
                             const Tensor& w_hh, const Tensor& output, const Tensor& workspace, bool reverse,
-                            bool input_grad) {
+                            bool input_grad, const Bias& lengths) {
     const char* op = "rnnfast.lstm";
     constexpr CellLayout L = kernels::cell_layout(CellKind::kLstm);
     detail::check_cuda_dtype(op, input);
-    cpu::check_backward(op, L.gates, L.saved, grad_output, grad_hy, &grad_cy, input, hx, &cx, w_ih, w_hh, output,
-                        workspace);
+    const cpu::RecurrentArgs a = cpu::check_backward(op, L.gates, L.saved, grad_output, grad_hy, &grad_cy, input, hx,
+                                                     &cx, w_ih, w_hh, output, workspace);
+    const Tensor len = cpu::check_lengths(op, lengths, a.T, a.B);
     const typename Ctx::Guard guard(input.device());
     return detail::recurrent_backward<CellKind::kLstm>(op, Ctx::stream(), grad_output, grad_hy, grad_cy, input, hx,
-                                                       cx, w_ih, w_hh, output, workspace, reverse, input_grad);
+                                                       cx, w_ih, w_hh, output, workspace, reverse, input_grad, len);
   }
 };
 

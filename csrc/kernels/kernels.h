@@ -57,6 +57,11 @@ struct ForwardStepArgs {
   int64_t c_prev_ld = 0;
   float* h_out = nullptr;         // (B, H): output[t]
   float* saved = nullptr;         // (B, saved*H): workspace[t] (nullptr for rnn)
+  // Variable-length batch (csrc/ops.cpp): device int64 (B) or nullptr. Row b is frozen at time t when
+  // t >= lengths[b]: phase 0 writes h_out = h_prev (LSTM: c slot = c_prev) and zeroes the other
+  // workspace slots; later phases skip it.
+  const int64_t* lengths = nullptr;
+  int64_t t = 0;
 };
 
 // Backward step at time t (the loop walks steps in the reverse of the forward order).
@@ -74,6 +79,11 @@ struct BackwardStepArgs {
   const float* drh = nullptr;     // GRU reset_before phase 1: (B, H) = dn_pre·W_hn
   float* dgx = nullptr;           // (B, G*H): pre-activation grads, input side (dx, dW_ih, db_ih)
   float* dgh = nullptr;           // split_grad cells: (B, G*H) recurrent side (dW_hh, db_hh, dh GEMM); else nullptr
+  // Variable-length batch, as in ForwardStepArgs. A frozen row gets zero gate grads and dh += grad_h
+  // (dc untouched); with lengths every cell leaves dh ready for an accumulating GEMM (cells without
+  // direct_dh write 0 there), so the caller then always adds dGh·W_hh into dh.
+  const int64_t* lengths = nullptr;
+  int64_t t = 0;
 };
 
 // Launch one pointwise phase of a step on `stream`. Returns cudaErrorInvalidValue for a phase the

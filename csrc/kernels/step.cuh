@@ -26,6 +26,18 @@ static_assert(layout_matches<cells::GruResetAfterCell, CellKind::kGruResetAfter>
 static_assert(layout_matches<cells::GruResetBeforeCell, CellKind::kGruResetBefore>(), "gru layout");
 static_assert(layout_matches<cells::LstmCell, CellKind::kLstm>(), "lstm layout");
 
+// The host loop's table entry of each cell class.
+template <class Cell> struct LayoutOf;
+template <> struct LayoutOf<cells::RnnTanhCell> { static constexpr CellLayout value = cell_layout(CellKind::kRnnTanh); };
+template <> struct LayoutOf<cells::RnnReluCell> { static constexpr CellLayout value = cell_layout(CellKind::kRnnRelu); };
+template <> struct LayoutOf<cells::GruResetAfterCell> {
+  static constexpr CellLayout value = cell_layout(CellKind::kGruResetAfter);
+};
+template <> struct LayoutOf<cells::GruResetBeforeCell> {
+  static constexpr CellLayout value = cell_layout(CellKind::kGruResetBefore);
+};
+template <> struct LayoutOf<cells::LstmCell> { static constexpr CellLayout value = cell_layout(CellKind::kLstm); };
+
 // The forward accessor of cells.cuh for unit (b, j).
 template <class Cell>
 struct ForwardUnit {
@@ -73,16 +85,36 @@ struct BackwardUnit {
 };
 
 // Unit u = b*H + j of a step: consecutive u are consecutive hidden units of one batch row.
+// A frozen row of a variable-length batch (see ForwardStepArgs::lengths) carries its state.
 template <class Cell, int kPhase>
 RNNFAST_HD void forward_unit(const ForwardStepArgs& a, int64_t u) {
   ForwardUnit<Cell> s{a, u / a.hidden, u % a.hidden};
+  if (a.lengths != nullptr && a.t >= a.lengths[s.b]) {
+    if (kPhase == 0) {
+      constexpr bool kCellState = LayoutOf<Cell>::value.has_cell_state;  // c in slot 4
+      for (int k = 0; k < Cell::kSaved; ++k) s.save(k, (kCellState && k == 4) ? s.c_prev() : 0.0f);
+      s.set_h(s.h_prev());
+    }
+    return;
+  }
   Cell::forward(s, cells::Phase<kPhase>{});
 }
 
 template <class Cell, int kPhase>
 RNNFAST_HD void backward_unit(const BackwardStepArgs& a, int64_t u) {
   BackwardUnit<Cell> s{a, u / a.hidden, u % a.hidden};
+  if (a.lengths != nullptr && a.t >= a.lengths[s.b]) {
+    if (kPhase == 0) {
+      for (int g = 0; g < Cell::kGates; ++g) {
+        a.dgx[s.gate(g)] = 0.0f;
+        if (a.dgh) a.dgh[s.gate(g)] = 0.0f;
+      }
+      s.add_dh_prev(a.grad_h[s.at()]);  // h_t is a copy of h_{t-1}; dc passes through untouched
+    }
+    return;
+  }
   Cell::backward(s, cells::Phase<kPhase>{});
+  if (a.lengths != nullptr && kPhase == 0 && !LayoutOf<Cell>::value.direct_dh) s.set_dh_prev(0.0f);
 }
 
 // Calls f.template run<Cell, kPhase>() for a runtime (cell, phase); cudaErrorInvalidValue for a
