@@ -13,7 +13,10 @@ Differences from torch.nn, all of them explicit errors or additions, never silen
 
 * ``GRU(reset_after=False)`` selects the textbook GRU (Cho et al. 2014); the default
   ``reset_after=True`` is torch.nn.GRU's (cuDNN's) formulation.
-* ``LSTM(proj_size>0)`` and ``PackedSequence`` inputs raise ``NotImplementedError``.
+* ``LSTM(proj_size>0)`` raises ``NotImplementedError``.
+* ``PackedSequence`` input runs the padded batch with per-sequence lengths (a finished sequence's
+  state is frozen, never updated by padding; no sorting) and returns a ``PackedSequence`` with the
+  input's ``batch_sizes`` and indices, as torch.nn does.
 * There is no flat cuDNN weight buffer; ``flatten_parameters()`` is a no-op kept for compatibility.
 * ``repr(RNN(..., nonlinearity='relu'))`` shows the nonlinearity (torch.nn.RNN's repr omits it).
 
@@ -28,7 +31,7 @@ import warnings
 
 import torch
 from torch import Tensor
-from torch.nn.utils.rnn import PackedSequence
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from . import functional as rf
 
@@ -61,12 +64,20 @@ def _rnn_mode(nonlinearity):
     raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
 
 
-def _check_packed(name, input):
-    if isinstance(input, PackedSequence):
-        raise NotImplementedError(
-            f"rnnfast.{name} does not accept PackedSequence input. Pass a padded tensor instead "
-            "(torch.nn.utils.rnn.pad_packed_sequence), noting that the padded steps then also "
-            f"update the state, or use torch.nn.{name} for packed variable-length batches.")
+def _unpack(input):
+    """PackedSequence -> (time-major padded data in the caller's batch order, lengths (B,) int64 CPU)."""
+    padded, lengths = pad_packed_sequence(input)
+    return padded, lengths.to(torch.int64)
+
+
+def _repack(output, like):
+    """Padded (T, B, *) output in the caller's batch order -> PackedSequence laid out as `like`."""
+    if like.sorted_indices is not None:
+        output = output.index_select(1, like.sorted_indices)
+    batch_sizes = like.batch_sizes
+    mask = torch.arange(output.size(1))[None, :] < batch_sizes[:, None]  # (T, B): row b alive at step t
+    data = output[mask.to(output.device)]  # time-major, sorted rows: exactly the packed order
+    return PackedSequence(data, batch_sizes, like.sorted_indices, like.unsorted_indices)
 
 
 def _check_tensor(name, what, t, weight):
@@ -88,15 +99,15 @@ def _check_shape(t, expected, msg="Expected hidden size {}, got {}"):
         raise RuntimeError(msg.format(tuple(expected), list(t.shape)))
 
 
-def _call_layer(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, reset_after):
+def _call_layer(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, reset_after, lengths=None):
     """One layer, one direction, the whole sequence: x (T, B, I) -> (output, hy[, cy])."""
     if mode == "LSTM":
-        return rf.lstm(x, h, c, w_ih, w_hh, b_ih, b_hh, reverse=reverse)
+        return rf.lstm(x, h, c, w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths)
     if mode == "GRU":
-        return rf.gru(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse, reset_after=reset_after)
+        return rf.gru(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse, reset_after=reset_after, lengths=lengths)
     if mode == "RNN_TANH":
-        return rf.rnn_tanh(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse)
-    return rf.rnn_relu(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse)
+        return rf.rnn_tanh(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths)
+    return rf.rnn_relu(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths)
 
 
 # ---- multi-layer modules -----------------------------------------------------------------------
@@ -197,20 +208,24 @@ class _RecurrentBase(torch.nn.Module):
 
     def _prepare(self, input, states):
         """Checks input and states (a tuple of 1 or 2 tensors, or None) like torch.nn, returns
-        (time-major contiguous input, full states (L*D, B, H), is_batched)."""
+        (time-major contiguous input, full states (L*D, B, H), is_batched, lengths). A PackedSequence
+        becomes its padded data and lengths (else None), in the caller's batch order, as torch.nn
+        reads hx and returns h_n for packed input."""
         name = type(self).__name__
-        _check_packed(name, input)
-        if not isinstance(input, Tensor):
+        lengths = None
+        if isinstance(input, PackedSequence):
+            input, lengths = _unpack(input)
+        elif not isinstance(input, Tensor):
             raise TypeError(f"{name}: expected input to be a Tensor, got {type(input).__name__}")
         if input.dim() not in (2, 3):
             raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
         weight = self.weight_ih_l0
         _check_tensor(name, "input", input, weight)
         is_batched = input.dim() == 3
-        batch_dim = 0 if self.batch_first else 1
+        batch_first = self.batch_first and lengths is None  # packed data is time-major already
         if not is_batched:
-            input = input.unsqueeze(batch_dim)
-        if self.batch_first:
+            input = input.unsqueeze(0 if batch_first else 1)
+        if batch_first:
             input = input.transpose(0, 1)
         if input.size(-1) != self.input_size:
             raise RuntimeError("input.size(-1) must be equal to input_size. "
@@ -239,9 +254,9 @@ class _RecurrentBase(torch.nn.Module):
                 msg = (f"Expected hidden[{i}] size {{}}, got {{}}" if len(states) == 2
                        else "Expected hidden size {}, got {}")
                 _check_shape(s, expected, msg)
-        return input.contiguous(), tuple(s.contiguous() for s in states), is_batched
+        return input.contiguous(), tuple(s.contiguous() for s in states), is_batched, lengths
 
-    def _run(self, input, h0, c0):
+    def _run(self, input, h0, c0, lengths=None):
         """All layers and directions; input (T, B, I) contiguous -> (output (T, B, D*H), h_n[, c_n])."""
         num_directions = 2 if self.bidirectional else 1
         h_n, c_n = [], []
@@ -253,7 +268,7 @@ class _RecurrentBase(torch.nn.Module):
                 res = _call_layer(self.mode, layer_input, h0[idx],
                                   c0[idx] if c0 is not None else None,
                                   *self._layer_weights(layer, direction),
-                                  reverse=direction == 1, reset_after=self._reset_after)
+                                  reverse=direction == 1, reset_after=self._reset_after, lengths=lengths)
                 outputs.append(res[0])
                 h_n.append(res[1])
                 if c0 is not None:
@@ -264,7 +279,9 @@ class _RecurrentBase(torch.nn.Module):
             layer_input = layer_output
         return layer_input, torch.stack(h_n), (torch.stack(c_n) if c0 is not None else None)
 
-    def _finish(self, output, is_batched):
+    def _finish(self, output, is_batched, packed_like=None):
+        if packed_like is not None:
+            return _repack(output, packed_like)
         if self.batch_first:
             output = output.transpose(0, 1)
         if not is_batched:
@@ -272,9 +289,10 @@ class _RecurrentBase(torch.nn.Module):
         return output
 
     def forward(self, input, hx=None):
-        input, (h0,), is_batched = self._prepare(input, None if hx is None else (hx,))
-        output, h_n, _ = self._run(input, h0, None)
-        return self._finish(output, is_batched), (h_n if is_batched else h_n.squeeze(1))
+        packed_like = input if isinstance(input, PackedSequence) else None
+        input, (h0,), is_batched, lengths = self._prepare(input, None if hx is None else (hx,))
+        output, h_n, _ = self._run(input, h0, None, lengths)
+        return self._finish(output, is_batched, packed_like), (h_n if is_batched else h_n.squeeze(1))
 
 
 class _ResetAfterMixin:
@@ -315,8 +333,8 @@ class RNN(_NonlinearityMixin, _RecurrentBase):
     initialization, forward signature and outputs as torch.nn.RNN: ``output, h_n = rnn(x, h0)``.
     A torch.nn.RNN state_dict loads unchanged, and vice versa.
 
-    Differences: PackedSequence input raises NotImplementedError (pass a padded tensor);
-    ``flatten_parameters()`` is a no-op.
+    PackedSequence input gives a PackedSequence output, as torch.nn.RNN.
+    Differences: ``flatten_parameters()`` is a no-op.
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
@@ -338,8 +356,8 @@ class GRU(_ResetAfterMixin, _RecurrentBase):
 
     Same constructor arguments (plus keyword-only ``reset_after``), parameters, initialization,
     forward signature and outputs as torch.nn.GRU: ``output, h_n = gru(x, h0)``.
-    Differences: PackedSequence input raises NotImplementedError; ``flatten_parameters()`` is a
-    no-op.
+    PackedSequence input gives a PackedSequence output, as torch.nn.GRU.
+    Differences: ``flatten_parameters()`` is a no-op.
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
@@ -357,8 +375,9 @@ class LSTM(_RecurrentBase):
     ``output, (h_n, c_n) = lstm(x, (h0, c0))``. A torch.nn.LSTM state_dict loads unchanged, and
     vice versa.
 
-    Differences: ``proj_size > 0`` (LSTM with projections) and PackedSequence input raise
-    NotImplementedError (use torch.nn.LSTM for those); ``flatten_parameters()`` is a no-op.
+    PackedSequence input gives a PackedSequence output, as torch.nn.LSTM.
+    Differences: ``proj_size > 0`` (LSTM with projections) raises NotImplementedError (use
+    torch.nn.LSTM for it); ``flatten_parameters()`` is a no-op.
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
@@ -375,11 +394,12 @@ class LSTM(_RecurrentBase):
     def forward(self, input, hx=None):
         if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
             raise TypeError("LSTM: hx must be a tuple (h_0, c_0) of two tensors")
-        input, (h0, c0), is_batched = self._prepare(input, None if hx is None else tuple(hx))
-        output, h_n, c_n = self._run(input, h0, c0)
+        packed_like = input if isinstance(input, PackedSequence) else None
+        input, (h0, c0), is_batched, lengths = self._prepare(input, None if hx is None else tuple(hx))
+        output, h_n, c_n = self._run(input, h0, c0, lengths)
         if not is_batched:
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
-        return self._finish(output, is_batched), (h_n, c_n)
+        return self._finish(output, is_batched, packed_like), (h_n, c_n)
 
 
 # ---- cells: one time step of the same ops ------------------------------------------------------

@@ -243,6 +243,37 @@ def test_module_matches_torch_nn_on_cuda(kind, kw, bidirectional):
         assert_rel(params[name].grad, p.grad, f"{kind} grad {name}")
 
 
+@pytest.mark.parametrize("kind,kw", MODULES, ids=["rnn_tanh", "rnn_relu", "gru", "lstm"])
+def test_packed_sequence_module_matches_float64_cpu(kind, kw):
+    # variable-length batch on CUDA (lengths reach the step kernels): against torch.nn in float64 on CPU
+    import rnnfast.nn
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, kind)(10, 32, num_layers=2, bidirectional=True, dtype=torch.float64, **kw)
+    mod = getattr(rnnfast.nn, kind)(10, 32, num_layers=2, bidirectional=True, **kw).cuda()
+    mod.load_state_dict(ref.state_dict())
+    lengths = torch.tensor([35, 3, 17, 1, 35, 20, 9, 2])
+    x = torch.randn(35, 8, 10, dtype=torch.float64)
+    x_ref = x.clone().requires_grad_()
+    x_got = x.cuda().float().requires_grad_()
+    out_ref, h_ref = ref(pack_padded_sequence(x_ref, lengths, enforce_sorted=False))
+    out_got, h_got = mod(pack_padded_sequence(x_got, lengths, enforce_sorted=False))
+    assert torch.equal(out_got.batch_sizes, out_ref.batch_sizes)
+    assert_rel(out_got.data, out_ref.data, f"{kind} packed output")
+    states_ref = h_ref if kind == "LSTM" else (h_ref,)
+    states_got = h_got if kind == "LSTM" else (h_got,)
+    for a, b in zip(states_got, states_ref):
+        assert_rel(a, b, f"{kind} packed final state")
+    g = torch.randn_like(out_ref.data)
+    ((out_ref.data * g).sum() + sum(s.sum() for s in states_ref)).backward()
+    ((out_got.data * g.cuda().float()).sum() + sum(s.sum() for s in states_got)).backward()
+    assert_rel(x_got.grad, x_ref.grad, f"{kind} packed grad input")
+    params = dict(mod.named_parameters())
+    for name, p in ref.named_parameters():
+        assert_rel(params[name].grad, p.grad, f"{kind} packed grad {name}")
+
+
 @pytest.mark.parametrize("kind", ["RNNCell", "GRUCell", "LSTMCell"])
 def test_cell_module_matches_torch_nn_on_cuda(kind):
     import rnnfast.nn

@@ -6,6 +6,7 @@ import warnings
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pack_sequence, pad_packed_sequence
 
 import rnnfast.nn as rnn
 
@@ -519,10 +520,73 @@ def test_unsupported_features_raise():
         rnn.LSTM(10, 20, proj_size=-1)
     with pytest.raises(TypeError):
         rnn.GRU(10, 20, proj_size=5)
-    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(4, 2, 10), [4, 2])
-    for m in (rnn.RNN(10, 20), rnn.GRU(10, 20), rnn.LSTM(10, 20)):
-        with pytest.raises(NotImplementedError, match="does not accept PackedSequence input.*pad_packed_sequence"):
-            m(packed)
+
+
+# ---- PackedSequence input ------------------------------------------------------------------------
+def _packed_run(m, x, lengths, hx, batch_first, enforce_sorted):
+    """Packs x, runs m, differentiates a loss over the packed output and the final states; returns
+    (packed output, final states, grads of x, hx and every parameter)."""
+    x = x.clone().requires_grad_()
+    hx = None if hx is None else tuple(h.clone().requires_grad_() for h in hx)
+    packed = pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=enforce_sorted)
+    out, hn = m(packed, None if hx is None else (hx if len(hx) == 2 else hx[0]))
+    states = flat(hn)
+    weights = torch.linspace(-1, 1, out.data.numel(), dtype=out.data.dtype).view_as(out.data)
+    loss = (out.data * weights).sum() + sum((s * s).sum() for s in states)
+    leaves = [x] + list(hx or ()) + list(m.parameters())
+    return out, states, torch.autograd.grad(loss, leaves)
+
+
+@pytest.mark.parametrize("enforce_sorted", [False, True])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("mode", MODES)
+def test_packed_sequence_matches_torch(mode, bidirectional, enforce_sorted):
+    torch.manual_seed(1)
+    T, B, I, H, L = 7, 5, 3, 6, 2
+    ours, ref = make_pair(mode, I, H, num_layers=L, bidirectional=bidirectional, batch_first=True)
+    lengths = torch.tensor([7, 5, 5, 2, 1]) if enforce_sorted else torch.tensor([2, 7, 1, 5, 5])
+    x = torch.randn(B, T, I, dtype=F64)
+    D = 2 if bidirectional else 1
+    for hx in (None, tuple(torch.randn(D * L, B, H, dtype=F64) for _ in range(1 + (mode == "lstm")))):
+        out, states, grads = _packed_run(ours, x, lengths, hx, True, enforce_sorted)
+        rout, rstates, rgrads = _packed_run(ref, x, lengths, hx, True, enforce_sorted)
+        assert isinstance(out, PackedSequence)
+        assert torch.equal(out.batch_sizes, rout.batch_sizes)
+        for a, b in ((out.sorted_indices, rout.sorted_indices), (out.unsorted_indices, rout.unsorted_indices)):
+            assert (a is None and b is None) or torch.equal(a, b)
+        for a, b in zip([out.data] + states + list(grads), [rout.data] + rstates + list(rgrads)):
+            torch.testing.assert_close(a, b, rtol=TOL[F64], atol=TOL[F64])
+        padded, lens = pad_packed_sequence(out, batch_first=True)
+        rpadded, _ = pad_packed_sequence(rout, batch_first=True)
+        assert torch.equal(lens, lengths)
+        torch.testing.assert_close(padded, rpadded, rtol=TOL[F64], atol=TOL[F64])  # zeros past each end
+
+
+@settings(max_examples=25, deadline=None)
+@given(mode=st.sampled_from(MODES), B=st.integers(1, 6), T=st.integers(1, 8), L=st.integers(1, 3),
+       bidirectional=st.booleans(), bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_packed_sequence_property(mode, B, T, L, bidirectional, bias, seed):
+    g = torch.Generator().manual_seed(seed)
+    ours, ref = make_pair(mode, 2, 3, dtype=F32, num_layers=L, bidirectional=bidirectional, bias=bias)
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    x = torch.randn(T, B, 2, generator=g)
+    out, states, grads = _packed_run(ours, x, lengths, None, False, False)
+    rout, rstates, rgrads = _packed_run(ref, x, lengths, None, False, False)
+    for a, b in zip([out.data] + states + list(grads), [rout.data] + rstates + list(rgrads)):
+        torch.testing.assert_close(a, b, rtol=TOL[F32], atol=TOL[F32])
+
+
+def test_packed_sequence_from_pack_sequence_gru_textbook():
+    # reset_after=False has no torch.nn twin: packing must equal running each sequence alone
+    torch.manual_seed(2)
+    m = rnn.GRU(3, 4, num_layers=2, bidirectional=True, reset_after=False, dtype=F64)
+    seqs = [torch.randn(n, 3, dtype=F64) for n in (4, 1, 6)]
+    out, hn = m(pack_sequence(seqs, enforce_sorted=False))
+    padded, _ = pad_packed_sequence(out)
+    for b, s in enumerate(seqs):
+        alone, h_alone = m(s)
+        torch.testing.assert_close(padded[:len(s), b], alone, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(hn[:, b], h_alone, rtol=1e-12, atol=1e-12)
 
 
 def test_bad_constructor_arguments():
