@@ -6,6 +6,7 @@ Workspace layouts (shared by the CPU and CUDA implementations), H = hidden size:
     rnn_tanh / rnn_relu: (0,)
     gru:  (T, B, 4H) = [r, z, n, hn]; hn = W_hn h + b_hn (reset_after) or r * h (not reset_after)
     lstm: (T, B, 5H) = [i, f, g, o, c] (gates after their nonlinearity, c the new cell state)
+    lstm_proj: (T, B, 6H) = [i, f, g, o, c, m], m = o * tanh(c) (h = m W_hrᵀ is the output)
 """
 import functools
 
@@ -146,6 +147,49 @@ def _backward_lstm(ctx, grad_output, grad_hy, grad_cy, _grad_ws):
 torch.library.register_autograd("rnnfast::lstm_forward", _backward_lstm, setup_context=_setup_lstm)
 
 
+# ---- LSTM with a projection (proj_size): hx/output rows have P = w_hr.shape[0] columns -----------
+@torch.library.register_fake("rnnfast::lstm_proj_forward")
+def _(input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh, reverse, lengths=None):
+    T, B, _ = input.shape
+    P, H = w_hr.shape
+    return (input.new_empty((T, B, P)), input.new_empty((B, P)), input.new_empty((B, H)),
+            input.new_empty((T, B, 6 * H)))
+
+
+@torch.library.register_fake("rnnfast::lstm_proj_backward")
+def _(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, w_hr, output, workspace, reverse, input_grad=True,
+      lengths=None):
+    G = w_ih.shape[0]
+    return (input.new_empty(input.shape), input.new_empty(hx.shape), input.new_empty(cx.shape),
+            input.new_empty(w_ih.shape), input.new_empty(w_hh.shape), input.new_empty(w_hr.shape),
+            input.new_empty((G,)), input.new_empty((G,)))
+
+
+def _setup_lstm_proj(ctx, inputs, output):
+    ctx.set_materialize_grads(False)  # see _setup_no_cell
+    input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh, reverse = inputs[:9]
+    ctx.lengths = inputs[9] if len(inputs) > 9 else None
+    ctx.n_inputs = len(inputs)
+    ctx.reverse = reverse
+    ctx.has_b_ih, ctx.has_b_hh = b_ih is not None, b_hh is not None
+    out, _, _, ws = output
+    ctx.save_for_backward(input, hx, cx, w_ih, w_hh, w_hr, out, ws)
+
+
+def _backward_lstm_proj(ctx, grad_output, grad_hy, grad_cy, _grad_ws):
+    input, hx, cx, w_ih, w_hh, w_hr, out, ws = ctx.saved_tensors
+    need_dx = ctx.needs_input_grad[0]
+    dx, dhx, dcx, dw_ih, dw_hh, dw_hr, db_ih, db_hh = _ops.lstm_proj_backward(
+        _dense(grad_output, out), _dense(grad_hy, hx), _dense(grad_cy, cx), input, hx, cx, w_ih, w_hh, w_hr, out,
+        ws, ctx.reverse, input_grad=need_dx, lengths=ctx.lengths)
+    db_ih, db_hh = _bias_grads(ctx, db_ih, db_hh)
+    grads = ((dx if need_dx else None), dhx, dcx, dw_ih, dw_hh, dw_hr, db_ih, db_hh)
+    return grads + (None,) * (ctx.n_inputs - len(grads))
+
+
+torch.library.register_autograd("rnnfast::lstm_proj_forward", _backward_lstm_proj, setup_context=_setup_lstm_proj)
+
+
 # Double backward is not implemented: differentiating a backward op raises a clear error instead of
 # silently returning a graph without it.
 def _no_double_backward(cell):
@@ -159,7 +203,7 @@ def _no_double_backward(cell):
     return backward, setup_context
 
 
-for _cell in _GATES:
+for _cell in list(_GATES) + ["lstm_proj"]:
     _bw, _setup = _no_double_backward(_cell)
     torch.library.register_autograd(f"rnnfast::{_cell}_backward", _bw, setup_context=_setup)
 

@@ -140,10 +140,54 @@ def gru(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Te
 
 
 def lstm(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
-         b_hh: Optional[Tensor] = None, reverse: bool = False,
-         lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
-    """LSTM layer (gates i, f, g, o). Returns (output, hy, cy)."""
+         b_hh: Optional[Tensor] = None, reverse: bool = False, lengths: Optional[Tensor] = None,
+         w_hr: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    """LSTM layer (gates i, f, g, o). Returns (output, hy, cy).
+
+    With ``w_hr`` (P, H), torch.nn.LSTM's projection (proj_size=P, CPU only): h_t = (o * tanh(c_t)) W_hrᵀ,
+    so hx, hy and output rows have P columns, cx and cy H, and w_hh is (4*H, P).
+    """
+    if w_hr is not None:
+        return _lstm_proj(input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh, reverse, lengths)
     check_layer_args("lstm", input, hx, cx, w_ih, w_hh, b_ih, b_hh)
     check_lengths("lstm", lengths, input)
     output, hy, cy, _ = torch.ops.rnnfast.lstm_forward(input, hx, cx, w_ih, w_hh, b_ih, b_hh, bool(reverse), lengths)
+    return output, hy, cy
+
+
+def _lstm_proj(input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh, reverse, lengths):
+    name = "rnnfast.lstm"
+    if not isinstance(w_hr, Tensor):
+        raise TypeError(f"{name}: w_hr must be a torch.Tensor or None, got {type(w_hr).__name__}")
+    if w_hr.dim() != 2:
+        raise ValueError(f"{name}: w_hr must be 2-D (P, H), got {w_hr.dim()}-D with shape {_shape(w_hr)}")
+    if not isinstance(cx, Tensor) or cx.dim() != 2:
+        raise ValueError(f"{name}: cx must be a 2-D (B, H) tensor")
+    P, H = w_hr.shape
+    if isinstance(input, Tensor) and input.dim() == 3 and _shape(cx) != (input.shape[1], H):
+        raise ValueError(f"{name}: cx must have shape (B, H) = {(input.shape[1], H)}, got {_shape(cx)} "
+                         f"(w_hr is {_shape(w_hr)}, input is {_shape(input)})")
+    # The shared checks see the layer as one of hidden size H whose state is the (B, H) cx; hx and
+    # w_hh (the P-wide parts) are checked here.
+    check_layer_args("lstm", input, cx, cx, w_ih, torch.empty(4 * H, H, dtype=w_ih.dtype, device=w_ih.device),
+                     b_ih, b_hh)
+    for arg, t, want, sym in (("hx", hx, (input.shape[1], P), "(B, P)"), ("w_hh", w_hh, (4 * H, P), "(4*H, P)"),
+                              ("w_hr", w_hr, (P, H), "(P, H)")):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name}: {arg} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype != input.dtype:
+            raise TypeError(f"{name}: {arg} has dtype {t.dtype} but input has dtype {input.dtype} "
+                            "(all tensors must share one dtype)")
+        if t.device != input.device:
+            raise ValueError(f"{name}: {arg} is on {t.device} but input is on {input.device} "
+                             "(all tensors must be on one device)")
+        if _shape(t) != want:
+            raise ValueError(f"{name}: {arg} must have shape {sym} = {want}, got {_shape(t)} "
+                             f"(w_hr is {_shape(w_hr)}, input is {_shape(input)})")
+    if input.device.type != "cpu":
+        raise NotImplementedError(f"{name}: the projection (w_hr, LSTM proj_size > 0) is implemented on CPU only; "
+                                  "use torch.nn.LSTM(proj_size=...) on CUDA")
+    check_lengths("lstm", lengths, input)
+    output, hy, cy, _ = torch.ops.rnnfast.lstm_proj_forward(input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh,
+                                                           bool(reverse), lengths)
     return output, hy, cy

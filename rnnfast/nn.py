@@ -13,7 +13,7 @@ Differences from torch.nn, all of them explicit errors or additions, never silen
 
 * ``GRU(reset_after=False)`` selects the textbook GRU (Cho et al. 2014); the default
   ``reset_after=True`` is torch.nn.GRU's (cuDNN's) formulation.
-* ``LSTM(proj_size>0)`` raises ``NotImplementedError``.
+* ``LSTM(proj_size>0)`` (projections) runs on CPU only; on CUDA it raises ``NotImplementedError``.
 * ``PackedSequence`` input runs the padded batch with per-sequence lengths (a finished sequence's
   state is frozen, never updated by padding; no sorting) and returns a ``PackedSequence`` with the
   input's ``batch_sizes`` and indices, as torch.nn does.
@@ -99,10 +99,10 @@ def _check_shape(t, expected, msg="Expected hidden size {}, got {}"):
         raise RuntimeError(msg.format(tuple(expected), list(t.shape)))
 
 
-def _call_layer(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, reset_after, lengths=None):
+def _call_layer(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, reset_after, lengths=None, w_hr=None):
     """One layer, one direction, the whole sequence: x (T, B, I) -> (output, hy[, cy])."""
     if mode == "LSTM":
-        return rf.lstm(x, h, c, w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths)
+        return rf.lstm(x, h, c, w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths, w_hr=w_hr)
     if mode == "GRU":
         return rf.gru(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse, reset_after=reset_after, lengths=lengths)
     if mode == "RNN_TANH":
@@ -126,7 +126,7 @@ class _RecurrentBase(torch.nn.Module):
     _reset_after = True  # only GRU uses it
 
     def __init__(self, mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                 bidirectional, device, dtype):
+                 bidirectional, device, dtype, proj_size=0):
         super().__init__()
         if (not isinstance(dropout, numbers.Number) or isinstance(dropout, bool)
                 or not 0 <= dropout <= 1):
@@ -151,7 +151,8 @@ class _RecurrentBase(torch.nn.Module):
         self.batch_first = batch_first
         self.dropout = float(dropout)
         self.bidirectional = bidirectional
-        self.proj_size = 0
+        self.proj_size = proj_size
+        real_hidden_size = proj_size if proj_size > 0 else hidden_size
 
         gate_size = _NUM_GATES[mode] * hidden_size
         num_directions = 2 if bidirectional else 1
@@ -160,14 +161,16 @@ class _RecurrentBase(torch.nn.Module):
         self._flat_weights_names = []
         self._all_weights = []
         for layer in range(num_layers):
-            layer_input_size = input_size if layer == 0 else hidden_size * num_directions
+            layer_input_size = input_size if layer == 0 else real_hidden_size * num_directions
             for direction in range(num_directions):
                 suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
                 shapes = {f"weight_ih{suffix}": (gate_size, layer_input_size),
-                          f"weight_hh{suffix}": (gate_size, hidden_size)}
+                          f"weight_hh{suffix}": (gate_size, real_hidden_size)}
                 if bias:
                     shapes[f"bias_ih{suffix}"] = (gate_size,)
                     shapes[f"bias_hh{suffix}"] = (gate_size,)
+                if proj_size > 0:
+                    shapes[f"weight_hr{suffix}"] = (proj_size, hidden_size)
                 for name, shape in shapes.items():
                     self.register_parameter(name, torch.nn.Parameter(torch.empty(shape, **factory)))
                 self._flat_weights_names.extend(shapes)
@@ -186,6 +189,8 @@ class _RecurrentBase(torch.nn.Module):
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
+        if self.proj_size != 0:
+            s += f", proj_size={self.proj_size}"
         if self.num_layers != 1:
             s += f", num_layers={self.num_layers}"
         if self.bias is not True:
@@ -205,6 +210,12 @@ class _RecurrentBase(torch.nn.Module):
         if self.bias:
             return w_ih, w_hh, getattr(self, f"bias_ih{suffix}"), getattr(self, f"bias_hh{suffix}")
         return w_ih, w_hh, None, None
+
+    def _projection(self, layer, direction):
+        """weight_hr of a layer-direction (LSTM proj_size > 0), else None."""
+        if not self.proj_size:
+            return None
+        return getattr(self, f"weight_hr_l{layer}" + ("_reverse" if direction == 1 else ""))
 
     def _prepare(self, input, states):
         """Checks input and states (a tuple of 1 or 2 tensors, or None) like torch.nn, returns
@@ -234,9 +245,11 @@ class _RecurrentBase(torch.nn.Module):
             # torch.nn's message; a zero-length sequence has no output to return.
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         batch = input.size(1)
-        expected = (self.num_layers * (2 if self.bidirectional else 1), batch, self.hidden_size)
+        layers = self.num_layers * (2 if self.bidirectional else 1)
+        # h: (L*D, B, proj_size or H); c: (L*D, B, H)
+        shapes = [(layers, batch, self.proj_size or self.hidden_size), (layers, batch, self.hidden_size)]
         if states is None:
-            states = tuple(input.new_zeros(expected) for _ in range(1 + (self.mode == "LSTM")))
+            states = tuple(input.new_zeros(shapes[i]) for i in range(1 + (self.mode == "LSTM")))
         else:
             kind = "hx and cx" if len(states) == 2 else "hx"
             dims = tuple(s.dim() if isinstance(s, Tensor) else None for s in states)
@@ -253,7 +266,7 @@ class _RecurrentBase(torch.nn.Module):
                 _check_tensor(name, what, s, weight)
                 msg = (f"Expected hidden[{i}] size {{}}, got {{}}" if len(states) == 2
                        else "Expected hidden size {}, got {}")
-                _check_shape(s, expected, msg)
+                _check_shape(s, shapes[i], msg)
         return input.contiguous(), tuple(s.contiguous() for s in states), is_batched, lengths
 
     def _run(self, input, h0, c0, lengths=None):
@@ -268,7 +281,8 @@ class _RecurrentBase(torch.nn.Module):
                 res = _call_layer(self.mode, layer_input, h0[idx],
                                   c0[idx] if c0 is not None else None,
                                   *self._layer_weights(layer, direction),
-                                  reverse=direction == 1, reset_after=self._reset_after, lengths=lengths)
+                                  reverse=direction == 1, reset_after=self._reset_after, lengths=lengths,
+                                  w_hr=self._projection(layer, direction))
                 outputs.append(res[0])
                 h_n.append(res[1])
                 if c0 is not None:
@@ -375,21 +389,21 @@ class LSTM(_RecurrentBase):
     ``output, (h_n, c_n) = lstm(x, (h0, c0))``. A torch.nn.LSTM state_dict loads unchanged, and
     vice versa.
 
+    ``proj_size > 0`` adds torch.nn.LSTM's projection h' = W_hr (o * tanh(c')) (weight_hr_l*,
+    (proj_size, hidden_size); h0/h_n and the output have proj_size features), CPU only.
     PackedSequence input gives a PackedSequence output, as torch.nn.LSTM.
-    Differences: ``proj_size > 0`` (LSTM with projections) raises NotImplementedError (use
-    torch.nn.LSTM for it); ``flatten_parameters()`` is a no-op.
+    Differences: ``proj_size > 0`` on CUDA raises NotImplementedError; ``flatten_parameters()`` is a
+    no-op.
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None):
-        if not isinstance(proj_size, int) or proj_size < 0:
+        if not isinstance(proj_size, int) or isinstance(proj_size, bool) or proj_size < 0:
             raise ValueError("proj_size should be a positive integer or zero to disable projections")
-        if proj_size > 0:
-            raise NotImplementedError(
-                f"rnnfast.LSTM does not support proj_size > 0 (got proj_size={proj_size}); "
-                "use torch.nn.LSTM(..., proj_size=...) for LSTMs with projections")
+        if proj_size > 0 and isinstance(hidden_size, int) and proj_size >= hidden_size:
+            raise ValueError("proj_size has to be smaller than hidden_size")
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, device, dtype)
+                         bidirectional, device, dtype, proj_size)
 
     def forward(self, input, hx=None):
         if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):

@@ -513,11 +513,11 @@ def test_dtype_and_device_mismatch():
         m(torch.empty(3, 2, 4, device="meta"))
 
 
-def test_unsupported_features_raise():
-    with pytest.raises(NotImplementedError, match=r"proj_size > 0.*use torch.nn.LSTM"):
-        rnn.LSTM(10, 20, proj_size=5)
+def test_bad_proj_size_raises_like_torch():
     with pytest.raises(ValueError, match="proj_size should be a positive integer or zero"):
         rnn.LSTM(10, 20, proj_size=-1)
+    with pytest.raises(ValueError, match="proj_size has to be smaller than hidden_size"):
+        rnn.LSTM(10, 20, proj_size=20)
     with pytest.raises(TypeError):
         rnn.GRU(10, 20, proj_size=5)
 
@@ -627,3 +627,61 @@ def test_torch_compile_lstm_fullgraph():
     out_b, grads_b, _ = run(ref, x, None, cot)
     for a, b in zip(out_a + grads_a, out_b + grads_b):
         assert_rel(a, b, F32, "compiled LSTM")
+
+
+# ---- LSTM with projections (proj_size) -----------------------------------------------------------
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
+def test_lstm_proj_matches_torch(dtype, bidirectional, packed):
+    torch.manual_seed(3)
+    T, B, I, H, P, L = 6, 4, 3, 7, 4, 2
+    kw = dict(num_layers=L, bidirectional=bidirectional, proj_size=P, batch_first=True, dtype=dtype)
+    ref = torch.nn.LSTM(I, H, **kw)
+    ours = rnn.LSTM(I, H, **kw)
+    assert [(n, p.shape) for n, p in ours.named_parameters()] == [(n, p.shape) for n, p in ref.named_parameters()]
+    ours.load_state_dict(ref.state_dict())
+    D = 2 if bidirectional else 1
+    x = torch.randn(B, T, I, dtype=dtype)
+    hx = (torch.randn(D * L, B, P, dtype=dtype), torch.randn(D * L, B, H, dtype=dtype))
+    lengths = torch.tensor([3, 6, 1, 5])
+
+    def run(m):
+        xx = x.clone().requires_grad_()
+        h = tuple(t.clone().requires_grad_() for t in hx)
+        inp = pack_padded_sequence(xx, lengths, batch_first=True, enforce_sorted=False) if packed else xx
+        out, (hn, cn) = m(inp, h)
+        data = out.data if packed else out
+        assert data.shape[-1] == D * P and hn.shape == (D * L, B, P) and cn.shape == (D * L, B, H)
+        loss = (data * torch.linspace(-1, 1, data.numel(), dtype=dtype).view_as(data)).sum() + (hn * cn[..., :P]).sum()
+        return [data, hn, cn] + list(torch.autograd.grad(loss, [xx, *h, *m.parameters()]))
+
+    for a, b in zip(run(ours), run(ref)):
+        torch.testing.assert_close(a, b, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+def test_lstm_proj_state_dict_round_trip_and_defaults():
+    torch.manual_seed(4)
+    ours = rnn.LSTM(5, 8, num_layers=2, proj_size=3, bias=False)
+    ref = torch.nn.LSTM(5, 8, num_layers=2, proj_size=3, bias=False)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(4, 2, 5)
+    out, (h, c) = ours(x)  # hx=None: zero states of the right widths
+    rout, (rh, rc) = ref(x)
+    for a, b in ((out, rout), (h, rh), (c, rc)):
+        torch.testing.assert_close(a, b, rtol=TOL[F32], atol=TOL[F32])
+    ours2 = rnn.LSTM(5, 8, num_layers=2, proj_size=3, bias=False)
+    ours2.load_state_dict(ref.state_dict())
+    assert torch.equal(ours2(x)[0], out)
+    assert repr(ours) == "LSTM(5, 8, proj_size=3, num_layers=2, bias=False)" == repr(ref)
+    u_out, (u_h, u_c) = ours(x[:, 0])  # unbatched
+    assert u_out.shape == (4, 3) and u_h.shape == (2, 3) and u_c.shape == (2, 8)
+
+
+def test_lstm_proj_wrong_state_shapes_raise_like_torch():
+    m = rnn.LSTM(5, 8, proj_size=3)
+    x = torch.randn(4, 2, 5)
+    with pytest.raises(RuntimeError, match=r"Expected hidden\[0\] size \(1, 2, 3\), got \[1, 2, 8\]"):
+        m(x, (torch.zeros(1, 2, 8), torch.zeros(1, 2, 8)))
+    with pytest.raises(RuntimeError, match=r"Expected hidden\[1\] size \(1, 2, 8\), got \[1, 2, 3\]"):
+        m(x, (torch.zeros(1, 2, 3), torch.zeros(1, 2, 3)))

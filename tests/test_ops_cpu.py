@@ -591,3 +591,115 @@ def test_bad_lengths_raise_clear_errors():
             op(x, h0, *params, False, True, torch.tensor([[4, 2, 1]]).t())
         with pytest.raises(RuntimeError, match=r"rnnfast.gru: lengths must have shape \(B,\) = \(3,\), got \(2,\)"):
             op(x, h0, *params, False, True, torch.tensor([4, 2]))
+
+
+# ---- LSTM with a projection (lstm_proj ops, F.lstm(..., w_hr=...)) --------------------------------
+def _proj_make(T, B, I, H, P, dtype, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    leaf = lambda *s, scale=1.0: (torch.randn(*s, dtype=dtype, generator=g) * scale).requires_grad_()  # noqa: E731
+    x, h0, c0 = leaf(T, B, I), leaf(B, P, scale=0.5), leaf(B, H, scale=0.5)
+    w = [leaf(4 * H, I, scale=0.5 / I**0.5), leaf(4 * H, P, scale=0.5 / P**0.5)]
+    w += [leaf(4 * H, scale=0.1), leaf(4 * H, scale=0.1)] if bias else [None, None]
+    w_hr = leaf(P, H, scale=0.5 / H**0.5)
+    return x, h0, c0, w, w_hr
+
+
+def _proj_reference(x, h0, c0, w, w_hr, reverse):
+    """torch.nn.LSTM(proj_size=P) on the caller's leaves (reverse: on the time-flipped input)."""
+    I, H, P = x.shape[2], c0.shape[1], h0.shape[1]
+    m = torch.nn.LSTM(I, H, proj_size=P, bias=w[2] is not None, dtype=x.dtype)
+    names = ["weight_ih_l0", "weight_hh_l0"] + (["bias_ih_l0", "bias_hh_l0"] if w[2] is not None else [])
+    for name, p in list(zip(names, w)) + [("weight_hr_l0", w_hr)]:
+        delattr(m, name)
+        setattr(m, name, p)
+    out, (h, c) = m(x.flip(0) if reverse else x, (h0[None], c0[None]))
+    return (out.flip(0) if reverse else out), h[0], c[0]
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_lstm_proj_matches_torch(dtype, bias, reverse):
+    x, h0, c0, w, w_hr = _proj_make(9, 32, 5, 16, 6, dtype, bias)
+    got = F.lstm(x, h0, c0, *w, reverse=reverse, w_hr=w_hr)
+    up = [torch.randn_like(t) for t in got]
+    leaves = [x, h0, c0, w_hr] + [p for p in w if p is not None]
+    ggot = torch.autograd.grad(sum((a * u).sum() for a, u in zip(got, up)), leaves)
+    d = lambda t: None if t is None else t.detach().double().requires_grad_()  # noqa: E731
+    rleaves = [d(t) for t in (x, h0, c0, w_hr)] + [d(p) for p in w]
+    want = _proj_reference(rleaves[0], rleaves[1], rleaves[2], rleaves[4:], rleaves[3], reverse)
+    gwant = torch.autograd.grad(sum((a * u.double()).sum() for a, u in zip(want, up)),
+                                rleaves[:4] + [p for p in rleaves[4:] if p is not None])
+    for a, b in zip(list(got) + list(ggot), list(want) + list(gwant)):
+        if dtype == torch.float64:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        else:
+            assert a.dtype == torch.float32 and rel_err(a.double(), b) < 1e-5
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+@pytest.mark.parametrize("reverse", [False, True])
+def test_lstm_proj_lengths_match_each_sequence_alone(reverse):
+    T, B = 7, 5
+    lengths = _lengths(T, B, seed=3)
+    x, h0, c0, w, w_hr = _proj_make(T, B, 3, 6, 2, torch.float64)
+    out, hy, cy = F.lstm(x, h0, c0, *w, reverse=reverse, lengths=lengths, w_hr=w_hr)
+    valid = (torch.arange(T)[:, None] < lengths[None, :])[..., None]
+    up = [torch.randn_like(t) for t in (out, hy, cy)]
+    leaves = [x, h0, c0, w_hr] + w
+    loss = (out * up[0] * valid).sum() + (hy * up[1]).sum() + (cy * up[2]).sum()
+    grads = torch.autograd.grad(loss, leaves)
+    rloss = 0
+    for b, n in enumerate(lengths.tolist()):
+        o, h, c = _proj_reference(x[:n, b:b + 1], h0[b:b + 1], c0[b:b + 1], w, w_hr, reverse)
+        torch.testing.assert_close(out[:n, b], o[:, 0], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(hy[b], h[0], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(cy[b], c[0], rtol=1e-10, atol=1e-12)
+        rloss = rloss + (o[:, 0] * up[0][:n, b]).sum() + (h[0] * up[1][b]).sum() + (c[0] * up[2][b]).sum()
+    for g, r in zip(grads, torch.autograd.grad(rloss, leaves)):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("with_lengths", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_lstm_proj_gradcheck_and_opcheck(reverse, with_lengths):
+    x, h0, c0, w, w_hr = _proj_make(4, 3, 2, 4, 3, torch.float64, seed=5)
+    lengths = torch.tensor([4, 0, 2]) if with_lengths else None
+    f = lambda x, h, c, r, a, b, bi, bh: F.lstm(x, h, c, a, b, bi, bh, reverse=reverse, lengths=lengths, w_hr=r)  # noqa: E731
+    assert torch.autograd.gradcheck(f, [x, h0, c0, w_hr] + w, eps=1e-6, atol=1e-7)
+    args = tuple(t.detach() for t in (x, h0, c0, w[0], w[1], w_hr, w[2], w[3])) + (reverse,)
+    kw = {"lengths": lengths} if with_lengths else {}
+    torch.library.opcheck(torch.ops.rnnfast.lstm_proj_forward, args, kw)
+    with torch.no_grad():
+        out, hy, cy, ws = torch.ops.rnnfast.lstm_proj_forward(*args, **kw)
+    bargs = (torch.randn_like(out), torch.randn_like(hy), torch.randn_like(cy)) + args[:6] + (out, ws, reverse)
+    bwd = torch.ops.rnnfast.lstm_proj_backward
+    torch.library.opcheck(bwd, bargs, kw)
+    torch.library.opcheck(bwd, bargs, dict(kw, input_grad=False))
+    skip = bwd(*bargs, input_grad=False, **kw)
+    full = bwd(*bargs, **kw)
+    assert torch.equal(skip[0], torch.zeros_like(x)) and all(torch.equal(a, b) for a, b in zip(skip[1:], full[1:]))
+
+
+def test_lstm_proj_bad_inputs_raise_clear_errors():
+    x, h0, c0, w, w_hr = _proj_make(4, 3, 2, 5, 2, torch.float64)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"hx must have shape \(B, P\) = \(3, 2\), got \(3, 5\)"):
+            F.lstm(x, torch.zeros(3, 5, dtype=torch.float64), c0, *w, w_hr=w_hr)
+        with pytest.raises(ValueError, match=r"w_hh must have shape \(4\*H, P\) = \(20, 2\), got \(20, 5\)"):
+            F.lstm(x, h0, c0, w[0], torch.zeros(20, 5, dtype=torch.float64), w[2], w[3], w_hr=w_hr)
+        with pytest.raises(TypeError, match="w_hr has dtype torch.float32 but input has dtype torch.float64"):
+            F.lstm(x, h0, c0, *w, w_hr=w_hr.float())
+        with pytest.raises(ValueError, match=r"w_hr must be 2-D \(P, H\)"):
+            F.lstm(x, h0, c0, *w, w_hr=w_hr[0])
+        with pytest.raises(ValueError, match=r"cx must have shape \(B, H\)"):
+            F.lstm(x, h0, c0[:2], *w, w_hr=w_hr)
+        m = lambda t: t.to("meta")  # noqa: E731  (stands in for CUDA, which has no projection kernels)
+        with pytest.raises(NotImplementedError, match="projection .* is implemented on CPU only"):
+            F.lstm(m(x), m(h0), m(c0), *[m(p) for p in w], w_hr=m(w_hr))
+        op = torch.ops.rnnfast.lstm_proj_forward
+        with pytest.raises(RuntimeError, match=r"rnnfast.lstm_proj: w_hr must have shape \(P, H\) = \(2, 5\)"):
+            op(x, h0, c0, w[0], w[1], w_hr.t().contiguous()[:2, :2], w[2], w[3], False)
+        with pytest.raises(RuntimeError, match="rnnfast.lstm_proj: expected sequence length > 0"):
+            op(x[:0], h0, c0, w[0], w[1], w_hr, w[2], w[3], False)

@@ -1,0 +1,253 @@
+// LSTM with a projection (torch.nn.LSTM(proj_size=P)) on CPU: one layer, one direction, the whole
+// sequence, forward and backward (schemas in csrc/ops.cpp).
+//
+//   gates_t = x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh      W_hh (4H, P), h (B, P)
+//   c_t = f c_{t-1} + i g;  m_t = o tanh(c_t);  h_t = m_t W_hrᵀ     W_hr (P, H)
+//
+// The cell math is LstmCell's (cells.h) with its h output pointed at the workspace's m column; each
+// step adds one GEMM, m_t W_hrᵀ, written straight into output[t]. Workspace (T, B, 6H) =
+// [i, f, g, o, c, m]. Backward per step in reverse: dH[t] = dh + grad_output[t] (kept for
+// dW_hr), dm = dH[t] W_hr (GEMM), LstmCell::backward on dm, then dh_{t-1} = dG[t] W_hh (GEMM). After
+// the loop dx, dW_ih, dW_hh and dW_hr = dHᵀ M are single GEMMs. Variable-length batches (lengths)
+// freeze rows as the other cells do (recurrent.h): state carried, zero gate gradients.
+#include <torch/library.h>
+
+#include "checks.h"
+#include "recurrent.h"
+
+namespace rnnfast {
+namespace cpu {
+namespace {
+
+constexpr const char* kOp = "rnnfast.lstm_proj";
+constexpr int64_t kWs = 6;  // workspace width in units of H: i, f, g, o, c, m
+
+struct ProjArgs {
+  int64_t T, B, I, H, P;
+};
+
+ProjArgs check_proj_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
+                            const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& w_hr,
+                            const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh) {
+  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, kOp,
+              ": supports float32 and float64 on CPU, got input of dtype ", input.scalar_type());
+  check_rank(kOp, input, "input", 3, "(T, B, I)");
+  check_rank(kOp, hx, "hx", 2, "(B, P)");
+  check_rank(kOp, cx, "cx", 2, "(B, H)");
+  check_rank(kOp, w_ih, "w_ih", 2, "(4*H, I)");
+  check_rank(kOp, w_hh, "w_hh", 2, "(4*H, P)");
+  check_rank(kOp, w_hr, "w_hr", 2, "(P, H)");
+  const std::pair<const at::Tensor*, const char*> named[] = {{&hx, "hx"}, {&cx, "cx"}, {&w_ih, "w_ih"},
+                                                             {&w_hh, "w_hh"}, {&w_hr, "w_hr"}};
+  for (const auto& [t, name] : named) check_same_kind(kOp, input, *t, name);
+  ProjArgs a{input.size(0), input.size(1), input.size(2), cx.size(1), hx.size(1)};
+  TORCH_CHECK(a.T > 0, kOp, ": expected sequence length > 0 (as torch.nn), got input of shape ",
+              shape_str(input.sizes()));
+  check_shape(kOp, hx, "hx", {a.B, a.P}, "(B, P)");
+  check_shape(kOp, cx, "cx", {a.B, a.H}, "(B, H)");
+  check_shape(kOp, w_ih, "w_ih", {4 * a.H, a.I}, "(4*H, I)");
+  check_shape(kOp, w_hh, "w_hh", {4 * a.H, a.P}, "(4*H, P)");
+  check_shape(kOp, w_hr, "w_hr", {a.P, a.H}, "(P, H)");
+  const std::pair<const c10::optional<at::Tensor>*, const char*> biases[] = {{&b_ih, "b_ih"}, {&b_hh, "b_hh"}};
+  for (const auto& [b, name] : biases) {
+    if (b->has_value() && (*b)->defined()) {
+      check_same_kind(kOp, input, **b, name);
+      check_shape(kOp, **b, name, {4 * a.H}, "(4*H,)");
+    }
+  }
+  return a;
+}
+
+// Rows [b0, b1) of one step's pointwise pass; frozen rows carry c and get zero gates and m.
+template <typename T_, class MakeRow>
+RNNFAST_SIMD_CLONES void proj_forward_rows(const MakeRow& row, int64_t b0, int64_t b1, int64_t H, int64_t t,
+                                           const int64_t* len) {
+  for (int64_t b = b0; b < b1; ++b) {
+    const FwdRow<T_> r = row(b);
+    if (frozen(len, t, b)) {
+      for (int64_t j = 0; j < H; ++j) r.c_out[j] = r.c[j];
+      for (int64_t j = 0; j < 4 * H; ++j) r.ws[j] = T_(0);
+      for (int64_t j = 0; j < H; ++j) r.h_out[j] = T_(0);  // m
+    } else {
+      LstmCell::forward(r, H);
+    }
+  }
+}
+
+template <typename T_, class MakeRow>
+RNNFAST_SIMD_CLONES void proj_backward_rows(const MakeRow& row, T_* dh, const T_* dy, int64_t b0, int64_t b1,
+                                            int64_t H, int64_t P, int64_t t, const int64_t* len) {
+  for (int64_t b = b0; b < b1; ++b) {
+    const BwdRow<T_> r = row(b);
+    if (frozen(len, t, b)) {  // h_t is a copy of h_{t-1}: dh passes on with grad_output[t]; dc untouched
+      for (int64_t j = 0; j < 4 * H; ++j) r.dg[j] = T_(0);
+      for (int64_t j = 0; j < P; ++j) dh[b * P + j] += dy[b * P + j];
+    } else {
+      LstmCell::backward(r, H);
+      if (len) {
+        for (int64_t j = 0; j < P; ++j) dh[b * P + j] = T_(0);  // consumed into dH[t]; the GEMM adds the rest
+      }
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_proj_forward(
+    const at::Tensor& input_, const at::Tensor& hx_, const at::Tensor& cx_, const at::Tensor& w_ih_,
+    const at::Tensor& w_hh_, const at::Tensor& w_hr_, const c10::optional<at::Tensor>& b_ih,
+    const c10::optional<at::Tensor>& b_hh, bool reverse, const c10::optional<at::Tensor>& lengths) {
+  const ProjArgs a = check_proj_forward(input_, hx_, cx_, w_ih_, w_hh_, w_hr_, b_ih, b_hh);
+  const at::Tensor len = check_lengths(kOp, lengths, a.T, a.B);
+  const int64_t T = a.T, B = a.B, I = a.I, H = a.H, P = a.P, WS = kWs * H;
+  const at::Tensor input = input_.contiguous(), hx = hx_.contiguous(), cx = cx_.contiguous();
+  const at::Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous(), w_hr = w_hr_.contiguous();
+  const auto opts = input.options();
+
+  at::Tensor output = at::empty({T, B, P}, opts);
+  at::Tensor ws = at::empty({T, B, WS}, opts);
+  at::Tensor xg = at::empty({T * B, 4 * H}, opts);
+  at::mm_out(xg, input.view({T * B, I}), w_ih.t());
+  at::Tensor bias = folded_bias<LstmCell>(b_ih, b_hh, H);
+  if (!bias.defined()) bias = at::zeros({4 * H}, opts);
+  at::Tensor hg = at::empty({B, 4 * H}, opts);
+  const at::Tensor w_hh_t = w_hh.t(), w_hr_t = w_hr.t();
+
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_proj", [&] {
+    RECORD_FUNCTION("rnnfast::forward_recurrence", std::vector<c10::IValue>());
+    using T_ = scalar_t;
+    const T_* xg_p = xg.const_data_ptr<T_>();
+    const T_* bias_p = bias.const_data_ptr<T_>();
+    const T_* hg_p = hg.const_data_ptr<T_>();
+    const T_* cx_p = cx.const_data_ptr<T_>();
+    T_* ws_p = ws.data_ptr<T_>();
+    T_* out_p = output.data_ptr<T_>();
+    const T_* hx_p = hx.const_data_ptr<T_>();
+    const int64_t* len_p = len.defined() ? len.const_data_ptr<int64_t>() : nullptr;
+    for (int64_t s = 0; s < T; ++s) {
+      const int64_t t = time_of(s, T, reverse), tp = s ? time_of(s - 1, T, reverse) : -1;
+      at::mm_out(hg, s ? output.select(0, tp) : hx, w_hh_t);
+      auto row = [&](int64_t b) {
+        FwdRow<T_> r{};
+        r.xg = xg_p + (t * B + b) * 4 * H;
+        r.bias = bias_p;
+        r.hg = hg_p + b * 4 * H;
+        r.c = s ? ws_p + (tp * B + b) * WS + 4 * H : cx_p + b * H;
+        r.ws = ws_p + (t * B + b) * WS;
+        r.c_out = r.ws + 4 * H;
+        r.h_out = r.ws + 5 * H;  // m_t; h_t is its projection
+        return r;
+      };
+      for_rows(B, 4 * H, [&](int64_t b0, int64_t b1) { proj_forward_rows<T_>(row, b0, b1, H, t, len_p); });
+      at::Tensor out_t = output.select(0, t);
+      at::mm_out(out_t, ws.select(0, t).narrow(1, 5 * H, H), w_hr_t);
+      if (len_p) {  // frozen rows keep h_{t-1}
+        const T_* prev = s ? out_p + tp * B * P : hx_p;
+        for (int64_t b = 0; b < B; ++b) {
+          if (frozen(len_p, t, b)) std::copy(prev + b * P, prev + (b + 1) * P, out_p + (t * B + b) * P);
+        }
+      }
+    }
+  });
+  const int64_t t_last = time_of(T - 1, T, reverse);
+  at::Tensor hy = output.select(0, t_last).clone();
+  at::Tensor cy = ws.select(0, t_last).narrow(1, 4 * H, H).clone(at::MemoryFormat::Contiguous);
+  return {output, hy, cy, ws};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_proj_backward(const at::Tensor& grad_output_, const at::Tensor& grad_hy, const at::Tensor& grad_cy,
+                   const at::Tensor& input_, const at::Tensor& hx_, const at::Tensor& cx_, const at::Tensor& w_ih_,
+                   const at::Tensor& w_hh_, const at::Tensor& w_hr_, const at::Tensor& output_,
+                   const at::Tensor& ws_, bool reverse, bool input_grad, const c10::optional<at::Tensor>& lengths) {
+  const ProjArgs a = check_proj_forward(input_, hx_, cx_, w_ih_, w_hh_, w_hr_, c10::nullopt, c10::nullopt);
+  const int64_t T = a.T, B = a.B, I = a.I, H = a.H, P = a.P, WS = kWs * H;
+  const std::pair<const at::Tensor*, const char*> named[] = {
+      {&grad_output_, "grad_output"}, {&grad_hy, "grad_hy"}, {&grad_cy, "grad_cy"}, {&output_, "output"},
+      {&ws_, "workspace"}};
+  for (const auto& [t, name] : named) check_same_kind(kOp, input_, *t, name);
+  check_shape(kOp, grad_output_, "grad_output", {T, B, P}, "(T, B, P)");
+  check_shape(kOp, grad_hy, "grad_hy", {B, P}, "(B, P)");
+  check_shape(kOp, grad_cy, "grad_cy", {B, H}, "(B, H)");
+  check_shape(kOp, output_, "output", {T, B, P}, "(T, B, P)");
+  check_shape(kOp, ws_, "workspace", {T, B, WS}, "(T, B, 6*H)");
+  const at::Tensor len = check_lengths(kOp, lengths, T, B);
+
+  const at::Tensor grad_output = grad_output_.contiguous(), input = input_.contiguous();
+  const at::Tensor hx = hx_.contiguous(), cx = cx_.contiguous(), output = output_.contiguous();
+  const at::Tensor ws = ws_.contiguous(), w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
+  const at::Tensor w_hr = w_hr_.contiguous();
+  const auto opts = input.options();
+
+  at::Tensor dG = at::empty({T, B, 4 * H}, opts);
+  at::Tensor dH = at::empty({T, B, P}, opts);  // dL/dh_t in full, per step (for dW_hr)
+  at::Tensor dh = grad_hy.contiguous().clone();
+  at::Tensor dc = grad_cy.contiguous().clone();
+  at::Tensor dm = at::empty({B, H}, opts);
+  const at::Tensor zero_row = at::zeros({H}, opts);  // LstmCell::backward adds a grad_output row: none here
+
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_proj", [&] {
+    RECORD_FUNCTION("rnnfast::backward_recurrence", std::vector<c10::IValue>());
+    using T_ = scalar_t;
+    const T_* dy_p = grad_output.const_data_ptr<T_>();
+    const T_* ws_p = ws.const_data_ptr<T_>();
+    const T_* cx_p = cx.const_data_ptr<T_>();
+    const T_* zero_p = zero_row.const_data_ptr<T_>();
+    T_* dg_p = dG.data_ptr<T_>();
+    T_* dH_p = dH.data_ptr<T_>();
+    T_* dh_p = dh.data_ptr<T_>();
+    T_* dc_p = dc.data_ptr<T_>();
+    T_* dm_p = dm.data_ptr<T_>();
+    const int64_t* len_p = len.defined() ? len.const_data_ptr<int64_t>() : nullptr;
+    for (int64_t s = T - 1; s >= 0; --s) {
+      const int64_t t = time_of(s, T, reverse), tp = s ? time_of(s - 1, T, reverse) : -1;
+      const T_* dy_t = dy_p + t * B * P;
+      T_* dH_t = dH_p + t * B * P;
+      for (int64_t b = 0; b < B; ++b) {
+        const bool fr = frozen(len_p, t, b);
+        for (int64_t j = 0; j < P; ++j) dH_t[b * P + j] = fr ? T_(0) : dh_p[b * P + j] + dy_t[b * P + j];
+      }
+      at::mm_out(dm, dH.select(0, t), w_hr);
+      auto row = [&](int64_t b) {
+        BwdRow<T_> r{};
+        r.dy = zero_p;
+        r.c = s ? ws_p + (tp * B + b) * WS + 4 * H : cx_p + b * H;
+        r.ws = ws_p + (t * B + b) * WS;
+        r.dg = dg_p + (t * B + b) * 4 * H;
+        r.dgh = r.dg;
+        r.dh = dm_p + b * H;
+        r.dc = dc_p + b * H;
+        return r;
+      };
+      for_rows(B, 4 * H, [&](int64_t b0, int64_t b1) {
+        proj_backward_rows<T_>(row, dh_p, dy_t, b0, b1, H, P, t, len_p);
+      });
+      if (len_p) {
+        dh.addmm_(dG.select(0, t), w_hh);
+      } else {
+        at::mm_out(dh, dG.select(0, t), w_hh);
+      }
+    }
+  });
+
+  RECORD_FUNCTION("rnnfast::weight_grads", std::vector<c10::IValue>());
+  const at::Tensor dG2 = dG.view({T * B, 4 * H});
+  at::Tensor grad_input = input_grad ? at::mm(dG2, w_ih).view({T, B, I}) : at::zeros_like(input);
+  at::Tensor grad_w_ih = at::mm(dG2.t(), input.view({T * B, I}));
+  at::Tensor hprev = at::empty({T * B, P}, opts);  // h_{t-1} for every t, in time order
+  const int64_t rest = (T - 1) * B;
+  hprev.narrow(0, reverse ? rest : 0, B).copy_(hx);
+  if (T > 1) hprev.narrow(0, reverse ? 0 : B, rest).copy_(output.narrow(0, reverse ? 1 : 0, T - 1).view({rest, P}));
+  at::Tensor grad_w_hh = at::mm(dG2.t(), hprev);
+  at::Tensor grad_w_hr = at::mm(dH.view({T * B, P}).t(), ws.view({T * B, WS}).narrow(1, 5 * H, H));
+  at::Tensor grad_b_ih = dG2.sum(0);
+  at::Tensor grad_b_hh = grad_b_ih.clone();
+  return {grad_input, dh, dc, grad_w_ih, grad_w_hh, grad_w_hr, grad_b_ih, grad_b_hh};
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace rnnfast
+
+TORCH_LIBRARY_IMPL(rnnfast, CPU, m) {
+  m.impl("lstm_proj_forward", &rnnfast::cpu::lstm_proj_forward);
+  m.impl("lstm_proj_backward", &rnnfast::cpu::lstm_proj_backward);
+}
