@@ -31,7 +31,7 @@ import warnings
 
 import torch
 from torch import Tensor
-from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence
 
 from . import functional as rf
 
@@ -64,20 +64,32 @@ def _rnn_mode(nonlinearity):
     raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
 
 
+def _packed_layout(packed):
+    """(idx, lengths, T, B) of a PackedSequence: packed row k is row idx[k] of the (T*B, *) padded
+    batch in the caller's order (time-major), and lengths (B,) int64 are in that order too."""
+    batch_sizes, sorted_indices = packed.batch_sizes, packed.sorted_indices
+    T, B = batch_sizes.numel(), int(batch_sizes[0])
+    alive = torch.arange(B)[None, :] < batch_sizes[:, None]  # (T, B): sorted slot j alive at step t
+    t_idx, j_idx = alive.nonzero(as_tuple=True)               # t-major, then slot: the packed order
+    b_idx = j_idx if sorted_indices is None else sorted_indices.cpu()[j_idx]
+    slots = alive.sum(0)  # the length of the sequence in each sorted slot
+    lengths = slots if sorted_indices is None else torch.empty_like(slots).index_copy_(0, sorted_indices.cpu(), slots)
+    return t_idx * B + b_idx, lengths, T, B
+
+
 def _unpack(input):
-    """PackedSequence -> (time-major padded data in the caller's batch order, lengths (B,) int64 CPU)."""
-    padded, lengths = pad_packed_sequence(input)
-    return padded, lengths.to(torch.int64)
+    """PackedSequence -> (time-major zero-padded data in the caller's batch order, lengths, idx)."""
+    idx, lengths, T, B = _packed_layout(input)
+    data = input.data
+    idx = idx.to(data.device)
+    padded = data.new_zeros((T * B,) + tuple(data.shape[1:])).index_copy(0, idx, data)
+    return padded.view((T, B) + tuple(data.shape[1:])), lengths, idx
 
 
-def _repack(output, like):
+def _repack(output, like, idx):
     """Padded (T, B, *) output in the caller's batch order -> PackedSequence laid out as `like`."""
-    if like.sorted_indices is not None:
-        output = output.index_select(1, like.sorted_indices)
-    batch_sizes = like.batch_sizes
-    mask = torch.arange(output.size(1))[None, :] < batch_sizes[:, None]  # (T, B): row b alive at step t
-    data = output[mask.to(output.device)]  # time-major, sorted rows: exactly the packed order
-    return PackedSequence(data, batch_sizes, like.sorted_indices, like.unsorted_indices)
+    data = output.reshape((-1,) + tuple(output.shape[2:])).index_select(0, idx)
+    return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
 
 
 def _check_tensor(name, what, t, weight):
@@ -219,13 +231,14 @@ class _RecurrentBase(torch.nn.Module):
 
     def _prepare(self, input, states):
         """Checks input and states (a tuple of 1 or 2 tensors, or None) like torch.nn, returns
-        (time-major contiguous input, full states (L*D, B, H), is_batched, lengths). A PackedSequence
-        becomes its padded data and lengths (else None), in the caller's batch order, as torch.nn
-        reads hx and returns h_n for packed input."""
+        (time-major contiguous input, full states (L*D, B, H), is_batched, packing). A PackedSequence
+        becomes its padded data, in the caller's batch order (as torch.nn reads hx and returns h_n
+        for packed input), and packing = (lengths, idx) (else None; see _packed_layout)."""
         name = type(self).__name__
-        lengths = None
+        lengths, packing = None, None
         if isinstance(input, PackedSequence):
-            input, lengths = _unpack(input)
+            input, lengths, idx = _unpack(input)
+            packing = (lengths, idx)
         elif not isinstance(input, Tensor):
             raise TypeError(f"{name}: expected input to be a Tensor, got {type(input).__name__}")
         if input.dim() not in (2, 3):
@@ -267,7 +280,7 @@ class _RecurrentBase(torch.nn.Module):
                 msg = (f"Expected hidden[{i}] size {{}}, got {{}}" if len(states) == 2
                        else "Expected hidden size {}, got {}")
                 _check_shape(s, shapes[i], msg)
-        return input.contiguous(), tuple(s.contiguous() for s in states), is_batched, lengths
+        return input.contiguous(), tuple(s.contiguous() for s in states), is_batched, packing
 
     def _run(self, input, h0, c0, lengths=None):
         """All layers and directions; input (T, B, I) contiguous -> (output (T, B, D*H), h_n[, c_n])."""
@@ -293,9 +306,9 @@ class _RecurrentBase(torch.nn.Module):
             layer_input = layer_output
         return layer_input, torch.stack(h_n), (torch.stack(c_n) if c0 is not None else None)
 
-    def _finish(self, output, is_batched, packed_like=None):
+    def _finish(self, output, is_batched, packed_like=None, packing=None):
         if packed_like is not None:
-            return _repack(output, packed_like)
+            return _repack(output, packed_like, packing[1])
         if self.batch_first:
             output = output.transpose(0, 1)
         if not is_batched:
@@ -304,9 +317,9 @@ class _RecurrentBase(torch.nn.Module):
 
     def forward(self, input, hx=None):
         packed_like = input if isinstance(input, PackedSequence) else None
-        input, (h0,), is_batched, lengths = self._prepare(input, None if hx is None else (hx,))
-        output, h_n, _ = self._run(input, h0, None, lengths)
-        return self._finish(output, is_batched, packed_like), (h_n if is_batched else h_n.squeeze(1))
+        input, (h0,), is_batched, packing = self._prepare(input, None if hx is None else (hx,))
+        output, h_n, _ = self._run(input, h0, None, packing and packing[0])
+        return self._finish(output, is_batched, packed_like, packing), (h_n if is_batched else h_n.squeeze(1))
 
 
 class _ResetAfterMixin:
@@ -409,11 +422,11 @@ class LSTM(_RecurrentBase):
         if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
             raise TypeError("LSTM: hx must be a tuple (h_0, c_0) of two tensors")
         packed_like = input if isinstance(input, PackedSequence) else None
-        input, (h0, c0), is_batched, lengths = self._prepare(input, None if hx is None else tuple(hx))
-        output, h_n, c_n = self._run(input, h0, c0, lengths)
+        input, (h0, c0), is_batched, packing = self._prepare(input, None if hx is None else tuple(hx))
+        output, h_n, c_n = self._run(input, h0, c0, packing and packing[0])
         if not is_batched:
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
-        return self._finish(output, is_batched, packed_like), (h_n, c_n)
+        return self._finish(output, is_batched, packed_like, packing), (h_n, c_n)
 
 
 # ---- cells: one time step of the same ops ------------------------------------------------------
