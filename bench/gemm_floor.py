@@ -8,7 +8,9 @@ csrc/cpu/blas.h does), dW_hh with torch.mm. No pointwise math, no input projecti
 
 The sum is a floor for any implementation built on MKL's sgemm; `floor / measured` says how much
 of the layer is GEMM, and `scratch / floor` is the largest speed-up over the scratch reference
-that sgemm leaves room for. Run: python3 bench/gemm_floor.py [--threads N]
+that sgemm leaves room for. The GFLOP/s column is the floor's rate: compare it with the machine's
+FMA peak (AVX-512: 2 FMA units x 16 floats x 2 flops per cycle per core) to see how much a faster
+GEMM could still gain. Run: python3 bench/gemm_floor.py [--threads N]
 """
 import argparse
 import ctypes
@@ -78,12 +80,13 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads; GEMM-only floor of one layer's forward+backward")
-    print(f"{'cell':8} {'size':9} {'fwd':>7} {'bwd':>7} {'dW_hh':>7} {'floor ms':>9}")
+    print(f"{'cell':8} {'size':9} {'fwd':>7} {'bwd':>7} {'dW_hh':>7} {'floor ms':>9} {'GFLOP/s':>8}")
     for size in args.sizes.split(","):
         s = SIZES[size]
         for cell in ("gru", "lstm"):
             f, b, w = floor_ms(cell, s["B"], s["T"], s["H"])
-            print(f"{cell:8} {size:9} {f:7.2f} {b:7.2f} {w:7.2f} {f + b + w:9.2f}")
+            flops = 3 * 2 * s["T"] * s["B"] * GATES[cell] * s["H"] * s["H"]  # three GEMMs of T*B x G*H x H
+            print(f"{cell:8} {size:9} {f:7.2f} {b:7.2f} {w:7.2f} {f + b + w:9.2f} {flops / (f + b + w) / 1e6:8.0f}")
 
 
 if __name__ == "__main__":

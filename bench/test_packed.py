@@ -1,7 +1,7 @@
 """Forward + backward of ONE recurrent layer on a PackedSequence (variable-length batch), rnnfast vs
 torch.nn (the scratch reference takes no packed input). Group 'packed <cell>'.
 
-Size: B=32 sequences of lengths uniform in [9, 35] (seeded), I=64, H=256 — the d2l-256 layer with
+Size: B=32 sequences of lengths uniform in [8, 35] (seeded, one of 35), I=64, H=256 — the d2l-256 layer with
 a dense input and ragged lengths. Loss = packed output data summed. rnnfast runs the padded batch
 with per-sequence lengths (frozen rows), torch.nn its packed kernels (oneDNN/ATen on CPU).
 """
