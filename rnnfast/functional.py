@@ -37,6 +37,16 @@ def _shape(t):
     return tuple(t.shape)
 
 
+def _check_like_input(name: str, arg: str, t: Tensor, input: Tensor) -> None:
+    """Every tensor of a layer call shares the input's dtype (TypeError) and device (ValueError)."""
+    if t.dtype != input.dtype:
+        raise TypeError(f"{name}: {arg} has dtype {t.dtype} but input has dtype {input.dtype} "
+                        "(all tensors must share one dtype)")
+    if t.device != input.device:
+        raise ValueError(f"{name}: {arg} is on {t.device} but input is on {input.device} "
+                         "(all tensors must be on one device)")
+
+
 def check_layer_args(op: str, input: Tensor, hx: Tensor, cx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
                      b_ih: Optional[Tensor], b_hh: Optional[Tensor]) -> None:
     """Validates one layer-direction's arguments with messages naming the op and the argument.
@@ -58,12 +68,7 @@ def check_layer_args(op: str, input: Tensor, hx: Tensor, cx: Optional[Tensor], w
         raise TypeError(f"{name} supports float32 and float64 on CPU and float32 on CUDA, "
                         f"got {input.dtype} on {input.device.type.upper()}")
     for arg, t in named[1:]:
-        if t.dtype != input.dtype:
-            raise TypeError(f"{name}: {arg} has dtype {t.dtype} but input has dtype {input.dtype} "
-                            "(all tensors must share one dtype)")
-        if t.device != input.device:
-            raise ValueError(f"{name}: {arg} is on {t.device} but input is on {input.device} "
-                             "(all tensors must be on one device)")
+        _check_like_input(name, arg, t, input)
     ranks = {"input": (3, "(T, B, I)"), "hx": (2, "(B, H)"), "cx": (2, "(B, H)"), "w_ih": (2, "(G*H, I)"),
              "w_hh": (2, "(G*H, H)"), "b_ih": (1, "(G*H,)"), "b_hh": (1, "(G*H,)")}
     for arg, t in named:
@@ -175,12 +180,7 @@ def _lstm_proj(input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh, reverse, lengths):
                               ("w_hr", w_hr, (P, H), "(P, H)")):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name}: {arg} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype != input.dtype:
-            raise TypeError(f"{name}: {arg} has dtype {t.dtype} but input has dtype {input.dtype} "
-                            "(all tensors must share one dtype)")
-        if t.device != input.device:
-            raise ValueError(f"{name}: {arg} is on {t.device} but input is on {input.device} "
-                             "(all tensors must be on one device)")
+        _check_like_input(name, arg, t, input)
         if _shape(t) != want:
             raise ValueError(f"{name}: {arg} must have shape {sym} = {want}, got {_shape(t)} "
                              f"(w_hr is {_shape(w_hr)}, input is {_shape(input)})")
