@@ -190,6 +190,14 @@ def _backward_lstm_proj(ctx, grad_output, grad_hy, grad_cy, _grad_ws):
 torch.library.register_autograd("rnnfast::lstm_proj_forward", _backward_lstm_proj, setup_context=_setup_lstm_proj)
 
 
+# Under torch.autocast the forward ops compute in float32 (their kernels are float32/float64): float16
+# and bfloat16 arguments are cast up, float64 ones left alone (rnnfast.functional does the same before
+# its checks; see functional.autocast_float32).
+for _cell in list(_GATES) + ["lstm_proj"]:
+    for _device in ("cpu", "cuda"):
+        torch.library.register_autocast(f"rnnfast::{_cell}_forward", _device, torch.float32)
+
+
 # Double backward is not implemented: differentiating a backward op raises a clear error instead of
 # silently returning a graph without it.
 def _no_double_backward(cell):

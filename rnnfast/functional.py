@@ -24,7 +24,7 @@ from torch import Tensor
 
 from . import _ops  # noqa: F401  (registers fake kernels and autograd for torch.ops.rnnfast)
 
-__all__ = ["rnn_tanh", "rnn_relu", "gru", "lstm", "check_layer_args", "check_lengths", "GATES"]
+__all__ = ["rnn_tanh", "rnn_relu", "gru", "lstm", "check_layer_args", "check_lengths", "autocast_float32", "GATES"]
 
 #: gates per cell: rows of w_ih / w_hh are GATES[cell] * hidden_size
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}
@@ -35,6 +35,21 @@ _CUDA_DTYPES = (torch.float32,)
 
 def _shape(t):
     return tuple(t.shape)
+
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def autocast_float32(*tensors):
+    """Inside torch.autocast, float16/bfloat16 tensors become float32 (others, and None, unchanged):
+    rnnfast's kernels are float32/float64, so under autocast the layers compute and return float32
+    (an "fp32 op" in autocast's terms, as layer_norm or softmax; torch.nn's RNNs return the autocast
+    dtype instead). The next autocast op casts the output down again as it needs."""
+    def cast(t):
+        if isinstance(t, Tensor) and t.dtype in _LOW_PRECISION and torch.is_autocast_enabled(t.device.type):
+            return t.float()
+        return t
+    return tuple(cast(t) for t in tensors)
 
 
 def _check_like_input(name: str, arg: str, t: Tensor, input: Tensor) -> None:
@@ -113,6 +128,7 @@ def rnn_tanh(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Option
              b_hh: Optional[Tensor] = None, reverse: bool = False,
              lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """Elman RNN layer, h' = tanh(W_ih x + b_ih + W_hh h + b_hh). Returns (output, hy)."""
+    input, hx, w_ih, w_hh, b_ih, b_hh = autocast_float32(input, hx, w_ih, w_hh, b_ih, b_hh)
     check_layer_args("rnn_tanh", input, hx, None, w_ih, w_hh, b_ih, b_hh)
     check_lengths("rnn_tanh", lengths, input)
     output, hy, _ = torch.ops.rnnfast.rnn_tanh_forward(input, hx, w_ih, w_hh, b_ih, b_hh, bool(reverse), lengths)
@@ -123,6 +139,7 @@ def rnn_relu(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Option
              b_hh: Optional[Tensor] = None, reverse: bool = False,
              lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """Elman RNN layer, h' = relu(W_ih x + b_ih + W_hh h + b_hh). Returns (output, hy)."""
+    input, hx, w_ih, w_hh, b_ih, b_hh = autocast_float32(input, hx, w_ih, w_hh, b_ih, b_hh)
     check_layer_args("rnn_relu", input, hx, None, w_ih, w_hh, b_ih, b_hh)
     check_lengths("rnn_relu", lengths, input)
     output, hy, _ = torch.ops.rnnfast.rnn_relu_forward(input, hx, w_ih, w_hh, b_ih, b_hh, bool(reverse), lengths)
@@ -137,6 +154,7 @@ def gru(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Te
     reset_after=True is torch.nn.GRU's form, n = tanh(W_in x + b_in + r * (W_hn h + b_hn));
     reset_after=False is the textbook form, n = tanh(W_in x + b_in + W_hn (r * h) + b_hn).
     """
+    input, hx, w_ih, w_hh, b_ih, b_hh = autocast_float32(input, hx, w_ih, w_hh, b_ih, b_hh)
     check_layer_args("gru", input, hx, None, w_ih, w_hh, b_ih, b_hh)
     check_lengths("gru", lengths, input)
     output, hy, _ = torch.ops.rnnfast.gru_forward(input, hx, w_ih, w_hh, b_ih, b_hh, bool(reverse), bool(reset_after),
@@ -152,6 +170,7 @@ def lstm(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih
     With ``w_hr`` (P, H), torch.nn.LSTM's projection (proj_size=P, CPU only): h_t = (o * tanh(c_t)) W_hrᵀ,
     so hx, hy and output rows have P columns, cx and cy H, and w_hh is (4*H, P).
     """
+    input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr = autocast_float32(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)
     if w_hr is not None:
         return _lstm_proj(input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh, reverse, lengths)
     check_layer_args("lstm", input, hx, cx, w_ih, w_hh, b_ih, b_hh)

@@ -93,9 +93,12 @@ def _repack(output, like, idx):
 
 
 def _check_tensor(name, what, t, weight):
-    """Input/state tensors must share the parameters' dtype and device (clear error otherwise)."""
+    """Input/state tensors must share the parameters' dtype and device (clear error otherwise).
+    Returns t, cast to float32 where autocast produced it in lower precision (see rf.autocast_float32)."""
     if not isinstance(t, Tensor):
         raise TypeError(f"{name}: expected {what} to be a Tensor, got {type(t).__name__}")
+    if weight.dtype == torch.float32:
+        (t,) = rf.autocast_float32(t)
     if t.dtype != weight.dtype:
         raise ValueError(
             f"{name} {what} dtype ({t.dtype}) does not match weight dtype ({weight.dtype}). "
@@ -104,6 +107,7 @@ def _check_tensor(name, what, t, weight):
         raise RuntimeError(
             f"{name} {what} is on device {t.device} but the weights are on {weight.device}; "
             f"move one of them (model.to({t.device}) or {what}.to({weight.device}))")
+    return t
 
 
 def _check_shape(t, expected, msg="Expected hidden size {}, got {}"):
@@ -244,7 +248,7 @@ class _RecurrentBase(torch.nn.Module):
         if input.dim() not in (2, 3):
             raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
         weight = self.weight_ih_l0
-        _check_tensor(name, "input", input, weight)
+        input = _check_tensor(name, "input", input, weight)
         is_batched = input.dim() == 3
         batch_first = self.batch_first and lengths is None  # packed data is time-major already
         if not is_batched:
@@ -274,9 +278,8 @@ class _RecurrentBase(torch.nn.Module):
                 raise RuntimeError(f"For {rank} input, {kind} should also be {want}-D but got {got}")
             if not is_batched:
                 states = tuple(s.unsqueeze(1) for s in states)
+            states = tuple(_check_tensor(name, "hx" if i == 0 else "cx", s, weight) for i, s in enumerate(states))
             for i, s in enumerate(states):
-                what = "hx" if i == 0 else "cx"
-                _check_tensor(name, what, s, weight)
                 msg = (f"Expected hidden[{i}] size {{}}, got {{}}" if len(states) == 2
                        else "Expected hidden size {}, got {}")
                 _check_shape(s, shapes[i], msg)
@@ -471,7 +474,7 @@ class _CellBase(torch.nn.Module):
             raise TypeError(f"{name}: expected input to be a Tensor, got {type(input).__name__}")
         if input.dim() not in (1, 2):
             raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        _check_tensor(name, "input", input, self.weight_ih)
+        input = _check_tensor(name, "input", input, self.weight_ih)
         if input.size(-1) != self.input_size:
             raise RuntimeError(f"{name}: input has inconsistent input_size: got {input.size(-1)}, "
                                f"expected {self.input_size}")
@@ -482,6 +485,7 @@ class _CellBase(torch.nn.Module):
         if states is None:
             states = tuple(input.new_zeros(expected) for _ in range(1 + (self.mode == "LSTM")))
         else:
+            checked = []
             for i, s in enumerate(states):
                 what = "hx" if len(states) == 1 else f"hx[{i}]"
                 if not isinstance(s, Tensor):
@@ -490,7 +494,8 @@ class _CellBase(torch.nn.Module):
                     raise RuntimeError(
                         f"{name}: Expected {what} to be {'2D' if is_batched else '1D'} for "
                         f"{'batched 2D' if is_batched else 'unbatched 1D'} input, got {s.dim()}D")
-                _check_tensor(name, what, s, self.weight_ih)
+                checked.append(_check_tensor(name, what, s, self.weight_ih))
+            states = tuple(checked)
             if not is_batched:
                 states = tuple(s.unsqueeze(0) for s in states)
             for i, s in enumerate(states):

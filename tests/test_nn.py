@@ -685,3 +685,38 @@ def test_lstm_proj_wrong_state_shapes_raise_like_torch():
         m(x, (torch.zeros(1, 2, 8), torch.zeros(1, 2, 8)))
     with pytest.raises(RuntimeError, match=r"Expected hidden\[1\] size \(1, 2, 8\), got \[1, 2, 3\]"):
         m(x, (torch.zeros(1, 2, 3), torch.zeros(1, 2, 3)))
+
+
+# ---- torch.autocast ----------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+def test_autocast_runs_in_float32(mode):
+    # under autocast a bfloat16 activation is cast up: the layer computes and returns float32, exactly
+    # as on the float32 input (torch.nn's layers return bfloat16 instead), and gradients flow back
+    torch.manual_seed(5)
+    ours = build(rnn, mode, 6, 8, dtype=F32, num_layers=2)
+    cell = build_cell(rnn, mode, 6, 8, dtype=F32)
+    lin = torch.nn.Linear(4, 6)
+    x = torch.randn(5, 3, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = lin(x)
+        assert y.dtype == torch.bfloat16
+        out, states = ours(y)
+        step = cell(y[0])
+    assert out.dtype == F32 and all(s.dtype == F32 for s in flat(states) + flat(step))
+    want_out, want_states = ours(y.float())
+    torch.testing.assert_close(out, want_out, rtol=0, atol=0)
+    for a, b in zip(flat(states), flat(want_states)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    out.sum().backward()
+    assert lin.weight.grad is not None and ours.weight_ih_l0.grad.dtype == F32
+
+
+def test_autocast_leaves_float64_and_ops_alone():
+    m = rnn.GRU(3, 4, dtype=F64)
+    x = torch.randn(2, 5, 3, dtype=F64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert m(x)[0].dtype == F64
+        # a direct op call: bfloat16 arguments are cast to float32 by the op's autocast kernel
+        w = [p.detach().float().bfloat16() for p in m.parameters()]
+        out = torch.ops.rnnfast.gru_forward(x.bfloat16(), torch.zeros(5, 4, dtype=torch.bfloat16), *w, False, True)
+    assert out[0].dtype == F32
