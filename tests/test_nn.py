@@ -720,3 +720,15 @@ def test_autocast_leaves_float64_and_ops_alone():
         w = [p.detach().float().bfloat16() for p in m.parameters()]
         out = torch.ops.rnnfast.gru_forward(x.bfloat16(), torch.zeros(5, 4, dtype=torch.bfloat16), *w, False, True)
     assert out[0].dtype == F32
+
+
+def test_lstm_proj_torch_compile_fullgraph():
+    torch.manual_seed(6)
+    m = rnn.LSTM(4, 6, proj_size=3, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 2, 4, requires_grad=True)
+    compiled = torch.compile(lambda x: m(x)[0].sum(), fullgraph=True, backend="aot_eager")
+    compiled(x).backward()
+    got = x.grad.clone()
+    x.grad = None
+    m(x)[0].sum().backward()
+    torch.testing.assert_close(got, x.grad)
