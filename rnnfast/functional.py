@@ -167,7 +167,7 @@ def lstm(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih
          w_hr: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
     """LSTM layer (gates i, f, g, o). Returns (output, hy, cy).
 
-    With ``w_hr`` (P, H), torch.nn.LSTM's projection (proj_size=P, CPU only): h_t = (o * tanh(c_t)) W_hrᵀ,
+    With ``w_hr`` (P, H), torch.nn.LSTM's projection (proj_size=P): h_t = (o * tanh(c_t)) W_hrᵀ,
     so hx, hy and output rows have P columns, cx and cy H, and w_hh is (4*H, P).
     """
     input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr = autocast_float32(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)
@@ -203,9 +203,6 @@ def _lstm_proj(input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh, reverse, lengths):
         if _shape(t) != want:
             raise ValueError(f"{name}: {arg} must have shape {sym} = {want}, got {_shape(t)} "
                              f"(w_hr is {_shape(w_hr)}, input is {_shape(input)})")
-    if input.device.type != "cpu":
-        raise NotImplementedError(f"{name}: the projection (w_hr, LSTM proj_size > 0) is implemented on CPU only; "
-                                  "use torch.nn.LSTM(proj_size=...) on CUDA")
     check_lengths("lstm", lengths, input)
     output, hy, cy, _ = torch.ops.rnnfast.lstm_proj_forward(input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh,
                                                            bool(reverse), lengths)

@@ -13,7 +13,7 @@ Differences from torch.nn, all of them explicit errors or additions, never silen
 
 * ``GRU(reset_after=False)`` selects the textbook GRU (Cho et al. 2014); the default
   ``reset_after=True`` is torch.nn.GRU's (cuDNN's) formulation.
-* ``LSTM(proj_size>0)`` (projections) runs on CPU only; on CUDA it raises ``NotImplementedError``.
+* ``LSTM(proj_size>0)`` (projections) is supported (torch.nn's weight_hr_l* parameters).
 * ``PackedSequence`` input runs the padded batch with per-sequence lengths (a finished sequence's
   state is frozen, never updated by padding; no sorting) and returns a ``PackedSequence`` with the
   input's ``batch_sizes`` and indices, as torch.nn does.
@@ -406,10 +406,9 @@ class LSTM(_RecurrentBase):
     vice versa.
 
     ``proj_size > 0`` adds torch.nn.LSTM's projection h' = W_hr (o * tanh(c')) (weight_hr_l*,
-    (proj_size, hidden_size); h0/h_n and the output have proj_size features), CPU only.
+    (proj_size, hidden_size); h0/h_n and the output have proj_size features).
     PackedSequence input gives a PackedSequence output, as torch.nn.LSTM.
-    Differences: ``proj_size > 0`` on CUDA raises NotImplementedError; ``flatten_parameters()`` is a
-    no-op.
+    Differences: ``flatten_parameters()`` is a no-op.
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,

@@ -67,4 +67,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gru_backward", &Ops::gru_backward);
   m.def("lstm_forward", &Ops::lstm_forward);
   m.def("lstm_backward", &Ops::lstm_backward);
+  m.def("lstm_proj_forward", &Ops::lstm_proj_forward);
+  m.def("lstm_proj_backward", &Ops::lstm_proj_backward);
 }

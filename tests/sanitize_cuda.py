@@ -60,6 +60,22 @@ def main():
         failures += not ok
         print(f"{cell:17s} T={T} B={B} I={I} H={H} reverse={reverse!s:5s} ragged={ragged!s:5s} "
               f"{'ok' if ok else 'NON-FINITE'}")
+    # LSTM with a projection (P = 3): the step kernel with m as its output, plus the masked copies
+    for (T, B, I, H), reverse, ragged in ((shape, r, v) for shape in shapes for r in (False, True)
+                                          for v in (False, True)):
+        lengths = torch.tensor([(2 * b) % (T + 1) for b in range(B)]) if ragged else None
+        P = 3
+        x, hx, cx = (torch.randn(T, B, I, device=dev), torch.randn(B, P, device=dev), torch.randn(B, H, device=dev))
+        w_ih, w_hh = torch.randn(4 * H, I, device=dev) * H ** -0.5, torch.randn(4 * H, P, device=dev) * P ** -0.5
+        w_hr, b = torch.randn(P, H, device=dev) * H ** -0.5, torch.randn(4 * H, device=dev)
+        out, hy, cy, ws = ops.lstm_proj_forward(x, hx, cx, w_ih, w_hh, w_hr, b, b, reverse, lengths)
+        grads = ops.lstm_proj_backward(torch.randn_like(out), torch.randn_like(hy), torch.randn_like(cy), x, hx, cx,
+                                       w_ih, w_hh, w_hr, out, ws, reverse, lengths=lengths)
+        torch.cuda.synchronize()
+        ok = all(bool(torch.isfinite(r).all()) for r in (out, hy, cy, ws) + tuple(grads))
+        failures += not ok
+        print(f"{'lstm_proj':17s} T={T} B={B} I={I} H={H} reverse={reverse!s:5s} ragged={ragged!s:5s} "
+              f"{'ok' if ok else 'NON-FINITE'}")
     print("sanitize_cuda.py:", "all ok" if not failures else f"{failures} case(s) failed")
     return 1 if failures else 0
 

@@ -274,6 +274,35 @@ def test_packed_sequence_module_matches_float64_cpu(kind, kw):
         assert_rel(params[name].grad, p.grad, f"{kind} packed grad {name}")
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_lstm_proj_module_matches_float64_cpu(packed):
+    # LSTM(proj_size) on CUDA (the step kernel + a GEMM per step) against torch.nn in float64 on CPU
+    import rnnfast.nn
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(10, 32, num_layers=2, bidirectional=True, proj_size=12, dtype=torch.float64)
+    mod = rnnfast.nn.LSTM(10, 32, num_layers=2, bidirectional=True, proj_size=12).cuda()
+    mod.load_state_dict(ref.state_dict())
+    lengths = torch.tensor([35, 3, 17, 1, 35, 20, 9, 2])
+    x = torch.randn(35, 8, 10, dtype=torch.float64)
+    x_ref, x_got = x.clone().requires_grad_(), x.cuda().float().requires_grad_()
+    wrap = (lambda t: pack_padded_sequence(t, lengths, enforce_sorted=False)) if packed else (lambda t: t)
+    out_ref, (h_ref, c_ref) = ref(wrap(x_ref))
+    out_got, (h_got, c_got) = mod(wrap(x_got))
+    data_ref, data_got = (out_ref.data, out_got.data) if packed else (out_ref, out_got)
+    assert_rel(data_got, data_ref, "lstm_proj output")
+    assert_rel(h_got, h_ref, "lstm_proj h_n")
+    assert_rel(c_got, c_ref, "lstm_proj c_n")
+    g = torch.randn_like(data_ref)
+    ((data_ref * g).sum() + h_ref.sum() + c_ref.sum()).backward()
+    ((data_got * g.cuda().float()).sum() + h_got.sum() + c_got.sum()).backward()
+    assert_rel(x_got.grad, x_ref.grad, "lstm_proj grad input")
+    params = dict(mod.named_parameters())
+    for name, p in ref.named_parameters():
+        assert_rel(params[name].grad, p.grad, f"lstm_proj grad {name}")
+
+
 @pytest.mark.parametrize("kind", ["RNNCell", "GRUCell", "LSTMCell"])
 def test_cell_module_matches_torch_nn_on_cuda(kind):
     import rnnfast.nn

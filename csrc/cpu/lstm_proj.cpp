@@ -20,43 +20,6 @@ namespace cpu {
 namespace {
 
 constexpr const char* kOp = "rnnfast.lstm_proj";
-constexpr int64_t kWs = 6;  // workspace width in units of H: i, f, g, o, c, m
-
-struct ProjArgs {
-  int64_t T, B, I, H, P;
-};
-
-ProjArgs check_proj_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
-                            const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& w_hr,
-                            const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh) {
-  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, kOp,
-              ": supports float32 and float64 on CPU, got input of dtype ", input.scalar_type());
-  check_rank(kOp, input, "input", 3, "(T, B, I)");
-  check_rank(kOp, hx, "hx", 2, "(B, P)");
-  check_rank(kOp, cx, "cx", 2, "(B, H)");
-  check_rank(kOp, w_ih, "w_ih", 2, "(4*H, I)");
-  check_rank(kOp, w_hh, "w_hh", 2, "(4*H, P)");
-  check_rank(kOp, w_hr, "w_hr", 2, "(P, H)");
-  const std::pair<const at::Tensor*, const char*> named[] = {{&hx, "hx"}, {&cx, "cx"}, {&w_ih, "w_ih"},
-                                                             {&w_hh, "w_hh"}, {&w_hr, "w_hr"}};
-  for (const auto& [t, name] : named) check_same_kind(kOp, input, *t, name);
-  ProjArgs a{input.size(0), input.size(1), input.size(2), cx.size(1), hx.size(1)};
-  TORCH_CHECK(a.T > 0, kOp, ": expected sequence length > 0 (as torch.nn), got input of shape ",
-              shape_str(input.sizes()));
-  check_shape(kOp, hx, "hx", {a.B, a.P}, "(B, P)");
-  check_shape(kOp, cx, "cx", {a.B, a.H}, "(B, H)");
-  check_shape(kOp, w_ih, "w_ih", {4 * a.H, a.I}, "(4*H, I)");
-  check_shape(kOp, w_hh, "w_hh", {4 * a.H, a.P}, "(4*H, P)");
-  check_shape(kOp, w_hr, "w_hr", {a.P, a.H}, "(P, H)");
-  const std::pair<const c10::optional<at::Tensor>*, const char*> biases[] = {{&b_ih, "b_ih"}, {&b_hh, "b_hh"}};
-  for (const auto& [b, name] : biases) {
-    if (b->has_value() && (*b)->defined()) {
-      check_same_kind(kOp, input, **b, name);
-      check_shape(kOp, **b, name, {4 * a.H}, "(4*H,)");
-    }
-  }
-  return a;
-}
 
 // Rows [b0, b1) of one step's pointwise pass; frozen rows carry c and get zero gates and m.
 template <typename T_, class MakeRow>
@@ -95,9 +58,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_proj_forward(
     const at::Tensor& input_, const at::Tensor& hx_, const at::Tensor& cx_, const at::Tensor& w_ih_,
     const at::Tensor& w_hh_, const at::Tensor& w_hr_, const c10::optional<at::Tensor>& b_ih,
     const c10::optional<at::Tensor>& b_hh, bool reverse, const c10::optional<at::Tensor>& lengths) {
-  const ProjArgs a = check_proj_forward(input_, hx_, cx_, w_ih_, w_hh_, w_hr_, b_ih, b_hh);
+  const ProjArgs a = check_proj_forward(kOp, input_, hx_, cx_, w_ih_, w_hh_, w_hr_, b_ih, b_hh);
   const at::Tensor len = check_lengths(kOp, lengths, a.T, a.B);
-  const int64_t T = a.T, B = a.B, I = a.I, H = a.H, P = a.P, WS = kWs * H;
+  const int64_t T = a.T, B = a.B, I = a.I, H = a.H, P = a.P, WS = kProjWs * H;
   const at::Tensor input = input_.contiguous(), hx = hx_.contiguous(), cx = cx_.contiguous();
   const at::Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous(), w_hr = w_hr_.contiguous();
   const auto opts = input.options();
@@ -158,17 +121,9 @@ lstm_proj_backward(const at::Tensor& grad_output_, const at::Tensor& grad_hy, co
                    const at::Tensor& input_, const at::Tensor& hx_, const at::Tensor& cx_, const at::Tensor& w_ih_,
                    const at::Tensor& w_hh_, const at::Tensor& w_hr_, const at::Tensor& output_,
                    const at::Tensor& ws_, bool reverse, bool input_grad, const c10::optional<at::Tensor>& lengths) {
-  const ProjArgs a = check_proj_forward(input_, hx_, cx_, w_ih_, w_hh_, w_hr_, c10::nullopt, c10::nullopt);
-  const int64_t T = a.T, B = a.B, I = a.I, H = a.H, P = a.P, WS = kWs * H;
-  const std::pair<const at::Tensor*, const char*> named[] = {
-      {&grad_output_, "grad_output"}, {&grad_hy, "grad_hy"}, {&grad_cy, "grad_cy"}, {&output_, "output"},
-      {&ws_, "workspace"}};
-  for (const auto& [t, name] : named) check_same_kind(kOp, input_, *t, name);
-  check_shape(kOp, grad_output_, "grad_output", {T, B, P}, "(T, B, P)");
-  check_shape(kOp, grad_hy, "grad_hy", {B, P}, "(B, P)");
-  check_shape(kOp, grad_cy, "grad_cy", {B, H}, "(B, H)");
-  check_shape(kOp, output_, "output", {T, B, P}, "(T, B, P)");
-  check_shape(kOp, ws_, "workspace", {T, B, WS}, "(T, B, 6*H)");
+  const ProjArgs a = check_proj_backward(kOp, grad_output_, grad_hy, grad_cy, input_, hx_, cx_, w_ih_, w_hh_, w_hr_,
+                                         output_, ws_);
+  const int64_t T = a.T, B = a.B, I = a.I, H = a.H, P = a.P, WS = kProjWs * H;
   const at::Tensor len = check_lengths(kOp, lengths, T, B);
 
   const at::Tensor grad_output = grad_output_.contiguous(), input = input_.contiguous();

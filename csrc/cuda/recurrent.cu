@@ -30,4 +30,6 @@ TORCH_LIBRARY_IMPL(rnnfast, CUDA, m) {
   m.impl("gru_backward", &Ops::gru_backward);
   m.impl("lstm_forward", &Ops::lstm_forward);
   m.impl("lstm_backward", &Ops::lstm_backward);
+  m.impl("lstm_proj_forward", &Ops::lstm_proj_forward);
+  m.impl("lstm_proj_backward", &Ops::lstm_proj_backward);
 }

@@ -254,6 +254,144 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrent_bac
   return {grad_input, dh, dc, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
 }
 
+
+// LSTM with a projection (torch.nn.LSTM(proj_size=P)): the LSTM step kernel with its h output pointed
+// at m_t = o⊙tanh(c_t) (a (T, B, H) buffer), then per step output[t] = m_t·W_hrᵀ. The kernel's
+// workspace has 5 slots, so the op's (T, B, 6H) workspace [i, f, g, o, c, m] (the CPU layout) is
+// assembled once after the loop and split once in backward. A frozen row (lengths) gets m = 0 from the
+// kernel (its h_prev is a zero buffer) and keeps h_{t-1} in output[t] (a masked copy on the device).
+inline std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_proj_forward(const char* op, cudaStream_t stream,
+                                                                    const Tensor& input_, const Tensor& hx_,
+                                                                    const Tensor& cx_, const Tensor& w_ih_,
+                                                                    const Tensor& w_hh_, const Tensor& w_hr_,
+                                                                    const c10::optional<Tensor>& b_ih_,
+                                                                    const c10::optional<Tensor>& b_hh_, bool reverse,
+                                                                    const Tensor& lengths) {
+  constexpr CellLayout L = kernels::cell_layout(CellKind::kLstm);
+  const Tensor input = input_.contiguous(), hx = hx_.contiguous(), cx = cx_.contiguous();
+  const Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous(), w_hr = w_hr_.contiguous();
+  const bool has_b_ih = b_ih_.has_value() && b_ih_->defined();
+  const Tensor b_hh = b_hh_.has_value() && b_hh_->defined() ? b_hh_->contiguous() : Tensor();
+  const int64_t T = input.size(0), B = input.size(1), I = input.size(2), H = cx.size(1), P = hx.size(1);
+  const int64_t WS = L.saved * H;
+  const auto opts = input.options();
+
+  Tensor output = at::empty({T, B, P}, opts);
+  Tensor ws5 = at::empty({T, B, WS}, opts);
+  Tensor m = at::empty({T, B, H}, opts);
+  Tensor xg = at::empty({T * B, 4 * H}, opts);
+  if (has_b_ih) {
+    at::addmm_out(xg, *b_ih_, input.view({T * B, I}), w_ih.t());
+  } else {
+    at::mm_out(xg, input.view({T * B, I}), w_ih.t());
+  }
+  Tensor hg = at::empty({B, 4 * H}, opts);
+  const Tensor zero_h = at::zeros({B, H}, opts);  // "h_prev" of the kernel: a frozen row's m
+  const Tensor len = device_lengths(lengths, input);
+  const Tensor w_hh_t = w_hh.t(), w_hr_t = w_hr.t();
+
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = time_of(s, T, reverse), tp = s ? time_of(s - 1, T, reverse) : -1;
+    const Tensor h_prev = s ? output.select(0, tp) : hx;
+    at::mm_out(hg, h_prev, w_hh_t);
+    kernels::ForwardStepArgs a;
+    a.batch = B;
+    a.hidden = H;
+    a.xg = fptr(xg) + t * B * 4 * H;
+    a.hg = fptr(hg);
+    a.hg_ld = 4 * H;
+    a.b_hh = fptr(b_hh);
+    a.h_prev = fptr(zero_h);
+    a.c_prev = s ? fptr(ws5) + tp * B * WS + 4 * H : fptr(cx);
+    a.c_prev_ld = s ? WS : H;
+    a.h_out = mptr(m) + t * B * H;
+    a.saved = mptr(ws5) + t * B * WS;
+    a.lengths = len.defined() ? len.const_data_ptr<int64_t>() : nullptr;
+    a.t = t;
+    check_launch(kernels::recurrent_forward_step(CellKind::kLstm, 0, a, stream), op, "forward step");
+    Tensor out_t = output.select(0, t);
+    at::mm_out(out_t, m.select(0, t), w_hr_t);
+    if (len.defined()) out_t.copy_(at::where(len.le(t).unsqueeze(1), h_prev, out_t));
+  }
+  const int64_t t_last = time_of(T - 1, T, reverse);
+  Tensor hy = output.select(0, t_last).clone();
+  Tensor cy = ws5.select(0, t_last).narrow(1, 4 * H, H).clone(at::MemoryFormat::Contiguous);
+  return {output, hy, cy, at::cat({ws5, m}, 2)};
+}
+
+// Backward per step in reverse: dH[t] = dh + grad_output[t] (0 for frozen rows), dm = dH[t]·W_hr,
+// the LSTM backward kernel on dm, dh_{t-1} = dG[t]·W_hh (frozen rows: dh + grad_output[t]).
+inline std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_proj_backward(
+    const char* op, cudaStream_t stream, const Tensor& grad_output_, const Tensor& grad_hy, const Tensor& grad_cy,
+    const Tensor& input_, const Tensor& hx_, const Tensor& cx_, const Tensor& w_ih_, const Tensor& w_hh_,
+    const Tensor& w_hr_, const Tensor& output_, const Tensor& ws_, bool reverse, bool input_grad,
+    const Tensor& lengths) {
+  constexpr CellLayout L = kernels::cell_layout(CellKind::kLstm);
+  const Tensor grad_output = grad_output_.contiguous(), input = input_.contiguous();
+  const Tensor hx = hx_.contiguous(), cx = cx_.contiguous(), output = output_.contiguous();
+  const Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous(), w_hr = w_hr_.contiguous();
+  const int64_t T = input.size(0), B = input.size(1), I = input.size(2), H = cx.size(1), P = hx.size(1);
+  const int64_t WS = L.saved * H;
+  const auto opts = input.options();
+  const Tensor ws5 = ws_.narrow(2, 0, WS).contiguous();
+  const Tensor m = ws_.narrow(2, WS, H);  // (T, B, H), row stride 6H
+
+  Tensor dG = at::empty({T, B, 4 * H}, opts);
+  Tensor dH = at::empty({T, B, P}, opts);
+  Tensor dh = at::empty({B, P}, opts);
+  dh.copy_(grad_hy);
+  Tensor dc = at::empty({B, H}, opts);
+  dc.copy_(grad_cy);
+  Tensor dm = at::empty({B, H}, opts);
+  const Tensor zero_h = at::zeros({B, H}, opts);  // the kernel's grad_h: dm already holds all of dL/dm
+  const Tensor len = device_lengths(lengths, input);
+
+  for (int64_t s = T - 1; s >= 0; --s) {
+    const int64_t t = time_of(s, T, reverse), tp = s ? time_of(s - 1, T, reverse) : -1;
+    const Tensor dy_t = grad_output.select(0, t);
+    Tensor dH_t = dH.select(0, t);
+    at::add_out(dH_t, dh, dy_t);
+    Tensor active;
+    if (len.defined()) {
+      active = len.gt(t).unsqueeze(1);
+      dH_t.mul_(active);
+    }
+    at::mm_out(dm, dH_t, w_hr);
+    kernels::BackwardStepArgs a;
+    a.batch = B;
+    a.hidden = H;
+    a.grad_h = fptr(zero_h);
+    a.dh = mptr(dm);
+    a.dc = mptr(dc);
+    a.saved = fptr(ws5) + t * B * WS;
+    a.c_prev = s ? fptr(ws5) + tp * B * WS + 4 * H : fptr(cx);
+    a.c_prev_ld = s ? WS : H;
+    a.dgx = mptr(dG) + t * B * 4 * H;
+    a.lengths = len.defined() ? len.const_data_ptr<int64_t>() : nullptr;
+    a.t = t;
+    check_launch(kernels::recurrent_backward_step(CellKind::kLstm, 0, a, stream), op, "backward step");
+    if (len.defined()) {  // active rows: dG[t]·W_hh; frozen rows (dG = 0): dh + grad_output[t]
+      dh.add_(dy_t).mul_(active.logical_not());
+      dh.addmm_(dG.select(0, t), w_hh);
+    } else {
+      at::mm_out(dh, dG.select(0, t), w_hh);
+    }
+  }
+
+  const Tensor dG2 = dG.view({T * B, 4 * H});
+  Tensor grad_input = input_grad ? at::mm(dG2, w_ih).view({T, B, I}) : at::zeros_like(input);
+  Tensor grad_w_ih = at::mm(dG2.t(), input.view({T * B, I}));
+  Tensor hprev = at::empty({T * B, P}, opts);  // h_{t-1} for every t, in time order
+  const int64_t rest = (T - 1) * B;
+  hprev.narrow(0, reverse ? rest : 0, B).copy_(hx);
+  if (T > 1) hprev.narrow(0, reverse ? 0 : B, rest).copy_(output.narrow(0, reverse ? 1 : 0, T - 1).reshape({rest, P}));
+  Tensor grad_w_hh = at::mm(dG2.t(), hprev);
+  Tensor grad_w_hr = at::mm(dH.view({T * B, P}).t(), m.reshape({T * B, H}));
+  Tensor grad_b_ih = dG2.sum(0);
+  Tensor grad_b_hh = grad_b_ih.clone();
+  return {grad_input, dh, dc, grad_w_ih, grad_w_hh, grad_w_hr, grad_b_ih, grad_b_hh};
+}
+
 }  // namespace detail
 
 // The ops (schemas: csrc/ops.cpp): checks shared with the CPU path, then the shared loop on the
@@ -367,6 +505,31 @@ struct RecurrentOps {
     const typename Ctx::Guard guard(input.device());
     return detail::recurrent_backward<CellKind::kLstm>(op, Ctx::stream(), grad_output, grad_hy, grad_cy, input, hx,
                                                        cx, w_ih, w_hh, output, workspace, reverse, input_grad, len);
+  }
+
+  static Fwd4 lstm_proj_forward(const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
+                                const Tensor& w_hh, const Tensor& w_hr, const Bias& b_ih, const Bias& b_hh,
+                                bool reverse, const Bias& lengths) {
+    const char* op = "rnnfast.lstm_proj";
+    detail::check_cuda_dtype(op, input);
+    const cpu::ProjArgs a = cpu::check_proj_forward(op, input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh);
+    const Tensor len = cpu::check_lengths(op, lengths, a.T, a.B);
+    const typename Ctx::Guard guard(input.device());
+    return detail::lstm_proj_forward(op, Ctx::stream(), input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh, reverse, len);
+  }
+
+  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_proj_backward(
+      const Tensor& grad_output, const Tensor& grad_hy, const Tensor& grad_cy, const Tensor& input, const Tensor& hx,
+      const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh, const Tensor& w_hr, const Tensor& output,
+      const Tensor& workspace, bool reverse, bool input_grad, const Bias& lengths) {
+    const char* op = "rnnfast.lstm_proj";
+    detail::check_cuda_dtype(op, input);
+    const cpu::ProjArgs a = cpu::check_proj_backward(op, grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh,
+                                                     w_hr, output, workspace);
+    const Tensor len = cpu::check_lengths(op, lengths, a.T, a.B);
+    const typename Ctx::Guard guard(input.device());
+    return detail::lstm_proj_backward(op, Ctx::stream(), grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh,
+                                      w_hr, output, workspace, reverse, input_grad, len);
   }
 };
 
