@@ -219,7 +219,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_forward(
   // h_{t-1} W_recᵀ and (two-phase) (r h) W_hnᵀ, weights packed once for all steps
   const RecurrentGemm rec(w_hh.narrow(0, 0, GR * H), /*transpose=*/true, B);
   const RecurrentGemm rec_n = Cell::two_phase ? RecurrentGemm(w_hh.narrow(0, 2 * H, H), true, B) : rec;
-  const auto steps = output.unbind(0);
   const int64_t WS = Cell::ws_width * H;
 
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), Cell::name, [&] {
@@ -275,7 +274,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_forward(
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = time_of(s, T, reverse);
       const int64_t tp = s ? time_of(s - 1, T, reverse) : -1;
-      rec.run(s ? steps[tp] : hx, hg, /*accumulate=*/false);
+      rec.run(s ? output.select(0, tp) : hx, hg, /*accumulate=*/false);
       auto row = [&](int64_t b) { return fwd_row(s, b); };
       for_rows(B, G * H, [&](int64_t b0, int64_t b1) { forward_rows<Cell, 1>(row, b0, b1, H, t, len_p); });
       if constexpr (Cell::two_phase) {
@@ -336,7 +335,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   // dGh[t] W_rec and (two-phase) dn W_hn, weights packed once for all steps
   const RecurrentGemm rec(w_hh.narrow(0, 0, GR * H), /*transpose=*/false, B);
   const RecurrentGemm rec_n = Cell::two_phase ? RecurrentGemm(w_hh.narrow(0, 2 * H, H), false, B) : rec;
-  const auto dgh_steps = dGh.unbind(0);
 
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), Cell::name, [&] {
     RECORD_FUNCTION("rnnfast::backward_recurrence", std::vector<c10::IValue>());  // profiler scope
@@ -398,7 +396,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         rec_n.run(dG.select(0, t).narrow(1, 2 * H, H), drh, false);
         for_rows(B, G * H, [&](int64_t b0, int64_t b1) { backward_rows<Cell, 2>(row, drh_p, b0, b1, H, t, len_p); });
       }
-      const at::Tensor dgh_t = GR == G ? dgh_steps[t] : dgh_steps[t].narrow(1, 0, GR * H);
+      const at::Tensor dgh_t = GR == G ? dGh.select(0, t) : dGh.select(0, t).narrow(1, 0, GR * H);
       rec.run(dgh_t, dh, accumulate_dh);
     }
   });
