@@ -20,8 +20,9 @@ Differences from torch.nn, all of them explicit errors or additions, never silen
 * There is no flat cuDNN weight buffer; ``flatten_parameters()`` is a no-op kept for compatibility.
 * ``repr(RNN(..., nonlinearity='relu'))`` shows the nonlinearity (torch.nn.RNN's repr omits it).
 
-Dropout between layers is ``torch.nn.functional.dropout`` on each time-major layer output, the
-same call ATen's CPU RNN makes, so on CPU a given seed gives torch.nn's masks.
+Dropout between layers is ``torch.nn.functional.dropout`` on each time-major layer output (for
+packed input: on its packed rows), the same call ATen's CPU RNN makes, so on CPU a given seed gives
+torch.nn's masks.
 """
 from __future__ import annotations
 
@@ -285,8 +286,10 @@ class _RecurrentBase(torch.nn.Module):
                 _check_shape(s, shapes[i], msg)
         return input.contiguous(), tuple(s.contiguous() for s in states), is_batched, packing
 
-    def _run(self, input, h0, c0, lengths=None):
-        """All layers and directions; input (T, B, I) contiguous -> (output (T, B, D*H), h_n[, c_n])."""
+    def _run(self, input, h0, c0, packing=None):
+        """All layers and directions; input (T, B, I) contiguous -> (output (T, B, D*H), h_n[, c_n]).
+        packing: (lengths, idx) of a PackedSequence input (see _prepare), else None."""
+        lengths = packing[0] if packing else None
         num_directions = 2 if self.bidirectional else 1
         h_n, c_n = [], []
         layer_input = input
@@ -305,9 +308,19 @@ class _RecurrentBase(torch.nn.Module):
                     c_n.append(res[2])
             layer_output = outputs[0] if num_directions == 1 else torch.cat(outputs, dim=2)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                layer_output = torch.nn.functional.dropout(layer_output, self.dropout, True)
+                layer_output = self._dropout(layer_output, packing)
             layer_input = layer_output
         return layer_input, torch.stack(h_n), (torch.stack(c_n) if c0 is not None else None)
+
+    def _dropout(self, output, packing):
+        """Dropout between layers, drawn as torch.nn draws it (same masks for the same seed on CPU): on
+        the time-major layer output, or for packed input on the packed rows (padding stays zero)."""
+        if packing is None:
+            return torch.nn.functional.dropout(output, self.dropout, True)
+        idx = packing[1]
+        flat = output.reshape(-1, output.size(2))
+        data = torch.nn.functional.dropout(flat.index_select(0, idx), self.dropout, True)
+        return flat.new_zeros(flat.shape).index_copy(0, idx, data).view(output.shape)
 
     def _finish(self, output, is_batched, packed_like=None, packing=None):
         if packed_like is not None:
@@ -321,7 +334,7 @@ class _RecurrentBase(torch.nn.Module):
     def forward(self, input, hx=None):
         packed_like = input if isinstance(input, PackedSequence) else None
         input, (h0,), is_batched, packing = self._prepare(input, None if hx is None else (hx,))
-        output, h_n, _ = self._run(input, h0, None, packing and packing[0])
+        output, h_n, _ = self._run(input, h0, None, packing)
         return self._finish(output, is_batched, packed_like, packing), (h_n if is_batched else h_n.squeeze(1))
 
 
@@ -425,7 +438,7 @@ class LSTM(_RecurrentBase):
             raise TypeError("LSTM: hx must be a tuple (h_0, c_0) of two tensors")
         packed_like = input if isinstance(input, PackedSequence) else None
         input, (h0, c0), is_batched, packing = self._prepare(input, None if hx is None else tuple(hx))
-        output, h_n, c_n = self._run(input, h0, c0, packing and packing[0])
+        output, h_n, c_n = self._run(input, h0, c0, packing)
         if not is_batched:
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
         return self._finish(output, is_batched, packed_like, packing), (h_n, c_n)

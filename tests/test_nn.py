@@ -381,6 +381,22 @@ def test_dropout_same_masks_as_torch_cpu(batch_first):
         assert_rel(a, b, F64, "dropout parity")
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_dropout_same_masks_as_torch_cpu_packed(mode):
+    # packed input: dropout is drawn on the packed rows of each layer output, as torch.nn does
+    ours, ref = make_pair(mode, 4, 8, F64, num_layers=3, dropout=0.4, bidirectional=True)
+    ours.train()
+    ref.train()
+    x = torch.randn(7, 5, 4, dtype=F64)
+    lengths = torch.tensor([3, 7, 1, 5, 5])
+    torch.manual_seed(11)
+    out, states, grads = _packed_run(ours, x, lengths, None, False, False)
+    torch.manual_seed(11)
+    rout, rstates, rgrads = _packed_run(ref, x, lengths, None, False, False)
+    for a, b in zip([out.data] + states + list(grads), [rout.data] + rstates + list(rgrads)):
+        torch.testing.assert_close(a, b, rtol=TOL[F64], atol=TOL[F64])
+
+
 def test_dropout_argument_checks():
     with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):
         rnn.LSTM(3, 4, dropout=0.2)
