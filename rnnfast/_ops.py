@@ -122,29 +122,35 @@ for _cell in ("rnn_tanh", "rnn_relu", "gru"):
                                     setup_context=_setup_no_cell(_cell))
 
 
-def _setup_lstm(ctx, inputs, output):
-    ctx.set_materialize_grads(False)  # see _setup_no_cell
-    input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse = inputs[:8]
-    ctx.lengths = inputs[8] if len(inputs) > 8 else None
-    ctx.n_inputs = len(inputs)
-    ctx.reverse = reverse
-    ctx.has_b_ih, ctx.has_b_hh = b_ih is not None, b_hh is not None
-    out, _, _, ws = output
-    ctx.save_for_backward(input, hx, cx, w_ih, w_hh, out, ws)
+def _lstm_autograd(op, n_weights):
+    """(backward, setup_context) of an LSTM-like forward op: (input, hx, cx, *weights, b_ih, b_hh,
+    reverse[, lengths]) with n_weights weights (w_ih, w_hh[, w_hr]); its backward op returns
+    (dx, dhx, dcx, *dweights, db_ih, db_hh), in the forward's input order."""
+    backward_op = getattr(_ops, f"{op}_backward")
+    n = 3 + n_weights  # input, hx, cx, weights
+
+    def setup_context(ctx, inputs, output):
+        ctx.set_materialize_grads(False)  # see _setup_no_cell
+        b_ih, b_hh, ctx.reverse = inputs[n:n + 3]
+        ctx.lengths = inputs[n + 3] if len(inputs) > n + 3 else None
+        ctx.n_inputs = len(inputs)
+        ctx.has_b_ih, ctx.has_b_hh = b_ih is not None, b_hh is not None
+        out, _, _, ws = output
+        ctx.save_for_backward(*inputs[:n], out, ws)
+
+    def backward(ctx, grad_output, grad_hy, grad_cy, _grad_ws):
+        input, hx, cx, *weights, out, ws = ctx.saved_tensors
+        need_dx = ctx.needs_input_grad[0]
+        dx, dhx, dcx, *dweights, db_ih, db_hh = backward_op(
+            _dense(grad_output, out), _dense(grad_hy, hx), _dense(grad_cy, cx), input, hx, cx, *weights, out, ws,
+            ctx.reverse, input_grad=need_dx, lengths=ctx.lengths)
+        grads = ((dx if need_dx else None), dhx, dcx, *dweights, *_bias_grads(ctx, db_ih, db_hh))
+        return grads + (None,) * (ctx.n_inputs - len(grads))
+    return backward, setup_context
 
 
-def _backward_lstm(ctx, grad_output, grad_hy, grad_cy, _grad_ws):
-    input, hx, cx, w_ih, w_hh, out, ws = ctx.saved_tensors
-    need_dx = ctx.needs_input_grad[0]
-    dx, dhx, dcx, dw_ih, dw_hh, db_ih, db_hh = _ops.lstm_backward(
-        _dense(grad_output, out), _dense(grad_hy, hx), _dense(grad_cy, cx), input, hx, cx, w_ih, w_hh, out, ws,
-        ctx.reverse, input_grad=need_dx, lengths=ctx.lengths)
-    db_ih, db_hh = _bias_grads(ctx, db_ih, db_hh)
-    grads = ((dx if need_dx else None), dhx, dcx, dw_ih, dw_hh, db_ih, db_hh)
-    return grads + (None,) * (ctx.n_inputs - len(grads))
-
-
-torch.library.register_autograd("rnnfast::lstm_forward", _backward_lstm, setup_context=_setup_lstm)
+_bw, _setup = _lstm_autograd("lstm", 2)
+torch.library.register_autograd("rnnfast::lstm_forward", _bw, setup_context=_setup)
 
 
 # ---- LSTM with a projection (proj_size): hx/output rows have P = w_hr.shape[0] columns -----------
@@ -165,29 +171,8 @@ def _(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, w_hr, output, wo
             input.new_empty((G,)), input.new_empty((G,)))
 
 
-def _setup_lstm_proj(ctx, inputs, output):
-    ctx.set_materialize_grads(False)  # see _setup_no_cell
-    input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh, reverse = inputs[:9]
-    ctx.lengths = inputs[9] if len(inputs) > 9 else None
-    ctx.n_inputs = len(inputs)
-    ctx.reverse = reverse
-    ctx.has_b_ih, ctx.has_b_hh = b_ih is not None, b_hh is not None
-    out, _, _, ws = output
-    ctx.save_for_backward(input, hx, cx, w_ih, w_hh, w_hr, out, ws)
-
-
-def _backward_lstm_proj(ctx, grad_output, grad_hy, grad_cy, _grad_ws):
-    input, hx, cx, w_ih, w_hh, w_hr, out, ws = ctx.saved_tensors
-    need_dx = ctx.needs_input_grad[0]
-    dx, dhx, dcx, dw_ih, dw_hh, dw_hr, db_ih, db_hh = _ops.lstm_proj_backward(
-        _dense(grad_output, out), _dense(grad_hy, hx), _dense(grad_cy, cx), input, hx, cx, w_ih, w_hh, w_hr, out,
-        ws, ctx.reverse, input_grad=need_dx, lengths=ctx.lengths)
-    db_ih, db_hh = _bias_grads(ctx, db_ih, db_hh)
-    grads = ((dx if need_dx else None), dhx, dcx, dw_ih, dw_hh, dw_hr, db_ih, db_hh)
-    return grads + (None,) * (ctx.n_inputs - len(grads))
-
-
-torch.library.register_autograd("rnnfast::lstm_proj_forward", _backward_lstm_proj, setup_context=_setup_lstm_proj)
+_bw, _setup = _lstm_autograd("lstm_proj", 3)
+torch.library.register_autograd("rnnfast::lstm_proj_forward", _bw, setup_context=_setup)
 
 
 # Under torch.autocast the forward ops compute in float32 (their kernels are float32/float64): float16

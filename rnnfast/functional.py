@@ -63,18 +63,19 @@ def _check_like_input(name: str, arg: str, t: Tensor, input: Tensor) -> None:
 
 
 def check_layer_args(op: str, input: Tensor, hx: Tensor, cx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
-                     b_ih: Optional[Tensor], b_hh: Optional[Tensor]) -> None:
+                     b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor] = None) -> None:
     """Validates one layer-direction's arguments with messages naming the op and the argument.
 
     TypeError for non-tensors and unsupported or mismatched dtypes; ValueError for wrong ranks,
-    sizes and devices. ``op`` is the cell name ("lstm", "gru", "rnn_tanh", "rnn_relu").
+    sizes and devices. ``op`` is the cell name ("lstm", "gru", "rnn_tanh", "rnn_relu"). With
+    ``w_hr`` (P, H) (LSTM projection) hx and the columns of w_hh are P wide, cx H.
     """
     name = f"rnnfast.{op}"
     G = GATES[op]
     named = [("input", input), ("hx", hx), ("w_ih", w_ih), ("w_hh", w_hh)]
     if op == "lstm":
         named.insert(2, ("cx", cx))
-    named += [(n, b) for n, b in (("b_ih", b_ih), ("b_hh", b_hh)) if b is not None]
+    named += [(n, b) for n, b in (("b_ih", b_ih), ("b_hh", b_hh), ("w_hr", w_hr)) if b is not None]
     for arg, t in named:
         if not isinstance(t, Tensor):
             raise TypeError(f"{name}: {arg} must be a torch.Tensor, got {type(t).__name__}")
@@ -84,19 +85,21 @@ def check_layer_args(op: str, input: Tensor, hx: Tensor, cx: Optional[Tensor], w
                         f"got {input.dtype} on {input.device.type.upper()}")
     for arg, t in named[1:]:
         _check_like_input(name, arg, t, input)
-    ranks = {"input": (3, "(T, B, I)"), "hx": (2, "(B, H)"), "cx": (2, "(B, H)"), "w_ih": (2, "(G*H, I)"),
-             "w_hh": (2, "(G*H, H)"), "b_ih": (1, "(G*H,)"), "b_hh": (1, "(G*H,)")}
+    hs = "H" if w_hr is None else "P"  # the width of h (the projection's P)
+    ranks = {"input": (3, "(T, B, I)"), "hx": (2, f"(B, {hs})"), "cx": (2, "(B, H)"), "w_ih": (2, "(G*H, I)"),
+             "w_hh": (2, f"(G*H, {hs})"), "b_ih": (1, "(G*H,)"), "b_hh": (1, "(G*H,)"), "w_hr": (2, "(P, H)")}
     for arg, t in named:
         rank, sym = ranks[arg]
         if t.dim() != rank:
             raise ValueError(f"{name}: {arg} must be {rank}-D {sym}, got {t.dim()}-D with shape {_shape(t)}")
     T, B, I = input.shape
-    H = hx.shape[1]
+    P, H = (hx.shape[1], hx.shape[1]) if w_hr is None else w_hr.shape
     if T == 0:
         raise ValueError(f"{name}: expected sequence length > 0 (as torch.nn), got input of shape {_shape(input)}")
     gh = "H" if G == 1 else f"{G}*H"
-    want = {"hx": ((B, H), "(B, H)"), "cx": ((B, H), "(B, H)"), "w_hh": ((G * H, H), f"({gh}, H)"),
-            "w_ih": ((G * H, I), f"({gh}, I)"), "b_ih": ((G * H,), f"({gh},)"), "b_hh": ((G * H,), f"({gh},)")}
+    want = {"hx": ((B, P), f"(B, {hs})"), "cx": ((B, H), "(B, H)"), "w_hh": ((G * H, P), f"({gh}, {hs})"),
+            "w_ih": ((G * H, I), f"({gh}, I)"), "b_ih": ((G * H,), f"({gh},)"), "b_hh": ((G * H,), f"({gh},)"),
+            "w_hr": ((P, H), "(P, H)")}
     for arg, t in named[1:]:
         shape, sym = want[arg]
         if _shape(t) != shape:
@@ -171,39 +174,13 @@ def lstm(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih
     so hx, hy and output rows have P columns, cx and cy H, and w_hh is (4*H, P).
     """
     input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr = autocast_float32(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)
+    check_layer_args("lstm", input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)
+    check_lengths("lstm", lengths, input)
     if w_hr is not None:
-        return _lstm_proj(input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh, reverse, lengths)
-    check_layer_args("lstm", input, hx, cx, w_ih, w_hh, b_ih, b_hh)
-    check_lengths("lstm", lengths, input)
-    output, hy, cy, _ = torch.ops.rnnfast.lstm_forward(input, hx, cx, w_ih, w_hh, b_ih, b_hh, bool(reverse), lengths)
+        output, hy, cy, _ = torch.ops.rnnfast.lstm_proj_forward(input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh,
+                                                               bool(reverse), lengths)
+    else:
+        output, hy, cy, _ = torch.ops.rnnfast.lstm_forward(input, hx, cx, w_ih, w_hh, b_ih, b_hh, bool(reverse),
+                                                           lengths)
     return output, hy, cy
 
-
-def _lstm_proj(input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh, reverse, lengths):
-    name = "rnnfast.lstm"
-    if not isinstance(w_hr, Tensor):
-        raise TypeError(f"{name}: w_hr must be a torch.Tensor or None, got {type(w_hr).__name__}")
-    if w_hr.dim() != 2:
-        raise ValueError(f"{name}: w_hr must be 2-D (P, H), got {w_hr.dim()}-D with shape {_shape(w_hr)}")
-    if not isinstance(cx, Tensor) or cx.dim() != 2:
-        raise ValueError(f"{name}: cx must be a 2-D (B, H) tensor")
-    P, H = w_hr.shape
-    if isinstance(input, Tensor) and input.dim() == 3 and _shape(cx) != (input.shape[1], H):
-        raise ValueError(f"{name}: cx must have shape (B, H) = {(input.shape[1], H)}, got {_shape(cx)} "
-                         f"(w_hr is {_shape(w_hr)}, input is {_shape(input)})")
-    # The shared checks see the layer as one of hidden size H whose state is the (B, H) cx; hx and
-    # w_hh (the P-wide parts) are checked here.
-    check_layer_args("lstm", input, cx, cx, w_ih, torch.empty(4 * H, H, dtype=w_ih.dtype, device=w_ih.device),
-                     b_ih, b_hh)
-    for arg, t, want, sym in (("hx", hx, (input.shape[1], P), "(B, P)"), ("w_hh", w_hh, (4 * H, P), "(4*H, P)"),
-                              ("w_hr", w_hr, (P, H), "(P, H)")):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name}: {arg} must be a torch.Tensor, got {type(t).__name__}")
-        _check_like_input(name, arg, t, input)
-        if _shape(t) != want:
-            raise ValueError(f"{name}: {arg} must have shape {sym} = {want}, got {_shape(t)} "
-                             f"(w_hr is {_shape(w_hr)}, input is {_shape(input)})")
-    check_lengths("lstm", lengths, input)
-    output, hy, cy, _ = torch.ops.rnnfast.lstm_proj_forward(input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh,
-                                                           bool(reverse), lengths)
-    return output, hy, cy

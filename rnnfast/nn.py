@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -65,32 +66,47 @@ def _rnn_mode(nonlinearity):
     raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
 
 
-def _packed_layout(packed):
-    """(idx, lengths, T, B) of a PackedSequence: packed row k is row idx[k] of the (T*B, *) padded
-    batch in the caller's order (time-major), and lengths (B,) int64 are in that order too."""
-    batch_sizes, sorted_indices = packed.batch_sizes, packed.sorted_indices
-    T, B = batch_sizes.numel(), int(batch_sizes[0])
-    alive = torch.arange(B)[None, :] < batch_sizes[:, None]  # (T, B): sorted slot j alive at step t
-    t_idx, j_idx = alive.nonzero(as_tuple=True)               # t-major, then slot: the packed order
-    b_idx = j_idx if sorted_indices is None else sorted_indices.cpu()[j_idx]
-    slots = alive.sum(0)  # the length of the sequence in each sorted slot
-    lengths = slots if sorted_indices is None else torch.empty_like(slots).index_copy_(0, sorted_indices.cpu(), slots)
-    return t_idx * B + b_idx, lengths, T, B
+class _Packing(NamedTuple):
+    """The layout of a PackedSequence input: packed row k is row idx[k] of the (T*B, *) zero-padded
+    batch (time-major, in the caller's batch order, as torch.nn reads hx and returns h_n for packed
+    input); lengths (B,) int64 are in that order too."""
+    like: PackedSequence
+    lengths: Tensor
+    idx: Tensor
+    T: int
+    B: int
+
+    @classmethod
+    def of(cls, packed):
+        batch_sizes, sorted_indices = packed.batch_sizes, packed.sorted_indices
+        T, B = batch_sizes.numel(), int(batch_sizes[0])
+        alive = torch.arange(B)[None, :] < batch_sizes[:, None]  # (T, B): sorted slot j alive at step t
+        t_idx, j_idx = alive.nonzero(as_tuple=True)               # t-major, then slot: the packed order
+        b_idx = j_idx if sorted_indices is None else sorted_indices.cpu()[j_idx]
+        slots = alive.sum(0)  # the length of the sequence in each sorted slot
+        lengths = slots
+        if sorted_indices is not None:  # slot j holds sequence sorted_indices[j]
+            lengths = torch.empty_like(slots).index_copy_(0, sorted_indices.cpu(), slots)
+        return cls(packed, lengths, (t_idx * B + b_idx).to(packed.data.device), T, B)
+
+    def rows(self, padded):
+        """(T, B, *) padded -> its packed rows (N, *)."""
+        return padded.reshape((-1,) + tuple(padded.shape[2:])).index_select(0, self.idx)
+
+    def padded(self, rows):
+        """Packed rows (N, *) -> (T, B, *), zeros past each sequence's end."""
+        tail = tuple(rows.shape[1:])
+        return rows.new_zeros((self.T * self.B,) + tail).index_copy(0, self.idx, rows).view((self.T, self.B) + tail)
+
+    def repack(self, padded):
+        """(T, B, *) padded output -> a PackedSequence laid out as the input."""
+        like = self.like
+        return PackedSequence(self.rows(padded), like.batch_sizes, like.sorted_indices, like.unsorted_indices)
 
 
-def _unpack(input):
-    """PackedSequence -> (time-major zero-padded data in the caller's batch order, lengths, idx)."""
-    idx, lengths, T, B = _packed_layout(input)
-    data = input.data
-    idx = idx.to(data.device)
-    padded = data.new_zeros((T * B,) + tuple(data.shape[1:])).index_copy(0, idx, data)
-    return padded.view((T, B) + tuple(data.shape[1:])), lengths, idx
-
-
-def _repack(output, like, idx):
-    """Padded (T, B, *) output in the caller's batch order -> PackedSequence laid out as `like`."""
-    data = output.reshape((-1,) + tuple(output.shape[2:])).index_select(0, idx)
-    return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
+def _suffix(layer, direction):
+    """Parameter name suffix of a layer-direction, as torch.nn: _l0, _l0_reverse, ..."""
+    return f"_l{layer}" + ("_reverse" if direction == 1 else "")
 
 
 def _check_tensor(name, what, t, weight):
@@ -180,7 +196,7 @@ class _RecurrentBase(torch.nn.Module):
         for layer in range(num_layers):
             layer_input_size = input_size if layer == 0 else real_hidden_size * num_directions
             for direction in range(num_directions):
-                suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+                suffix = _suffix(layer, direction)
                 shapes = {f"weight_ih{suffix}": (gate_size, layer_input_size),
                           f"weight_hh{suffix}": (gate_size, real_hidden_size)}
                 if bias:
@@ -221,7 +237,7 @@ class _RecurrentBase(torch.nn.Module):
         return s
 
     def _layer_weights(self, layer, direction):
-        suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+        suffix = _suffix(layer, direction)
         w_ih = getattr(self, f"weight_ih{suffix}")
         w_hh = getattr(self, f"weight_hh{suffix}")
         if self.bias:
@@ -232,18 +248,17 @@ class _RecurrentBase(torch.nn.Module):
         """weight_hr of a layer-direction (LSTM proj_size > 0), else None."""
         if not self.proj_size:
             return None
-        return getattr(self, f"weight_hr_l{layer}" + ("_reverse" if direction == 1 else ""))
+        return getattr(self, "weight_hr" + _suffix(layer, direction))
 
     def _prepare(self, input, states):
         """Checks input and states (a tuple of 1 or 2 tensors, or None) like torch.nn, returns
         (time-major contiguous input, full states (L*D, B, H), is_batched, packing). A PackedSequence
-        becomes its padded data, in the caller's batch order (as torch.nn reads hx and returns h_n
-        for packed input), and packing = (lengths, idx) (else None; see _packed_layout)."""
+        becomes its padded data and packing its _Packing (else None)."""
         name = type(self).__name__
-        lengths, packing = None, None
+        packing = None
         if isinstance(input, PackedSequence):
-            input, lengths, idx = _unpack(input)
-            packing = (lengths, idx)
+            packing = _Packing.of(input)
+            input = packing.padded(input.data)
         elif not isinstance(input, Tensor):
             raise TypeError(f"{name}: expected input to be a Tensor, got {type(input).__name__}")
         if input.dim() not in (2, 3):
@@ -251,7 +266,7 @@ class _RecurrentBase(torch.nn.Module):
         weight = self.weight_ih_l0
         input = _check_tensor(name, "input", input, weight)
         is_batched = input.dim() == 3
-        batch_first = self.batch_first and lengths is None  # packed data is time-major already
+        batch_first = self.batch_first and packing is None  # packed data is time-major already
         if not is_batched:
             input = input.unsqueeze(0 if batch_first else 1)
         if batch_first:
@@ -288,8 +303,8 @@ class _RecurrentBase(torch.nn.Module):
 
     def _run(self, input, h0, c0, packing=None):
         """All layers and directions; input (T, B, I) contiguous -> (output (T, B, D*H), h_n[, c_n]).
-        packing: (lengths, idx) of a PackedSequence input (see _prepare), else None."""
-        lengths = packing[0] if packing else None
+        packing: the _Packing of a PackedSequence input, else None."""
+        lengths = packing.lengths if packing else None
         num_directions = 2 if self.bidirectional else 1
         h_n, c_n = [], []
         layer_input = input
@@ -317,14 +332,11 @@ class _RecurrentBase(torch.nn.Module):
         the time-major layer output, or for packed input on the packed rows (padding stays zero)."""
         if packing is None:
             return torch.nn.functional.dropout(output, self.dropout, True)
-        idx = packing[1]
-        flat = output.reshape(-1, output.size(2))
-        data = torch.nn.functional.dropout(flat.index_select(0, idx), self.dropout, True)
-        return flat.new_zeros(flat.shape).index_copy(0, idx, data).view(output.shape)
+        return packing.padded(torch.nn.functional.dropout(packing.rows(output), self.dropout, True))
 
-    def _finish(self, output, is_batched, packed_like=None, packing=None):
-        if packed_like is not None:
-            return _repack(output, packed_like, packing[1])
+    def _finish(self, output, is_batched, packing=None):
+        if packing is not None:
+            return packing.repack(output)
         if self.batch_first:
             output = output.transpose(0, 1)
         if not is_batched:
@@ -332,10 +344,9 @@ class _RecurrentBase(torch.nn.Module):
         return output
 
     def forward(self, input, hx=None):
-        packed_like = input if isinstance(input, PackedSequence) else None
         input, (h0,), is_batched, packing = self._prepare(input, None if hx is None else (hx,))
         output, h_n, _ = self._run(input, h0, None, packing)
-        return self._finish(output, is_batched, packed_like, packing), (h_n if is_batched else h_n.squeeze(1))
+        return self._finish(output, is_batched, packing), (h_n if is_batched else h_n.squeeze(1))
 
 
 class _ResetAfterMixin:
@@ -436,12 +447,11 @@ class LSTM(_RecurrentBase):
     def forward(self, input, hx=None):
         if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
             raise TypeError("LSTM: hx must be a tuple (h_0, c_0) of two tensors")
-        packed_like = input if isinstance(input, PackedSequence) else None
         input, (h0, c0), is_batched, packing = self._prepare(input, None if hx is None else tuple(hx))
         output, h_n, c_n = self._run(input, h0, c0, packing)
         if not is_batched:
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
-        return self._finish(output, is_batched, packed_like, packing), (h_n, c_n)
+        return self._finish(output, is_batched, packing), (h_n, c_n)
 
 
 # ---- cells: one time step of the same ops ------------------------------------------------------
