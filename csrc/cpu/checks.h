@@ -25,7 +25,11 @@ struct RecurrentArgs {
   const char* op;  // "rnnfast.lstm"
   int64_t gates;   // G
   int64_t T, B, I, H;
+  int64_t P;       // width of h: H, or the projection's P (LSTM with w_hr)
 };
+
+// LSTM with a projection (lstm_proj ops): workspace width in units of H: i, f, g, o, c, m.
+constexpr int64_t kProjWs = 6;
 
 inline void check_same_kind(const char* op, const at::Tensor& ref, const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(),
@@ -48,31 +52,42 @@ inline void check_rank(const char* op, const at::Tensor& t, const char* name, in
 
 inline std::string gates_times(int64_t G) { return G == 1 ? std::string("H") : std::to_string(G) + "*H"; }
 
-// Checks the forward arguments and returns the problem sizes. cx is checked when given.
+// Checks the forward arguments and returns the problem sizes. cx is checked when given. With w_hr
+// (P, H) (LSTM projection; cx required) hx and the columns of w_hh are P wide and H is read off cx.
 inline RecurrentArgs check_forward(const char* op, int64_t G, const at::Tensor& input, const at::Tensor& hx,
                                    const at::Tensor* cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                                   const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh) {
+                                   const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+                                   const at::Tensor* w_hr = nullptr) {
+  TORCH_INTERNAL_ASSERT(!w_hr || cx, "a projection needs cx");
   TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
               ": supports float32 and float64 on CPU, got input of dtype ", input.scalar_type());
+  const std::string hs = w_hr ? "P" : "H";  // the width of h
   check_rank(op, input, "input", 3, "(T, B, I)");
-  check_rank(op, hx, "hx", 2, "(B, H)");
+  check_rank(op, hx, "hx", 2, ("(B, " + hs + ")").c_str());
   check_rank(op, w_ih, "w_ih", 2, "(G*H, I)");
-  check_rank(op, w_hh, "w_hh", 2, "(G*H, H)");
+  check_rank(op, w_hh, "w_hh", 2, ("(G*H, " + hs + ")").c_str());
   check_same_kind(op, input, hx, "hx");
   check_same_kind(op, input, w_ih, "w_ih");
   check_same_kind(op, input, w_hh, "w_hh");
-  RecurrentArgs a{op, G, input.size(0), input.size(1), input.size(2), hx.size(1)};
+  if (w_hr) {
+    check_rank(op, *cx, "cx", 2, "(B, H)");
+    check_rank(op, *w_hr, "w_hr", 2, "(P, H)");
+    check_same_kind(op, input, *w_hr, "w_hr");
+  }
+  const int64_t P = hx.size(1);
+  RecurrentArgs a{op, G, input.size(0), input.size(1), input.size(2), w_hr ? cx->size(1) : P, P};
   TORCH_CHECK(a.T > 0, op, ": expected sequence length > 0 (as torch.nn), got input of shape ",
               shape_str(input.sizes()));
   const std::string gh = gates_times(G);
-  check_shape(op, hx, "hx", {a.B, a.H}, "(B, H)");
-  check_shape(op, w_hh, "w_hh", {G * a.H, a.H}, "(" + gh + ", H)");
+  check_shape(op, hx, "hx", {a.B, a.P}, "(B, " + hs + ")");
+  check_shape(op, w_hh, "w_hh", {G * a.H, a.P}, "(" + gh + ", " + hs + ")");
   check_shape(op, w_ih, "w_ih", {G * a.H, a.I}, "(" + gh + ", I)");
   if (cx) {
     check_rank(op, *cx, "cx", 2, "(B, H)");
     check_same_kind(op, input, *cx, "cx");
     check_shape(op, *cx, "cx", {a.B, a.H}, "(B, H)");
   }
+  if (w_hr) check_shape(op, *w_hr, "w_hr", {a.P, a.H}, "(P, H)");
   const char* names[2] = {"b_ih", "b_hh"};
   const c10::optional<at::Tensor>* biases[2] = {&b_ih, &b_hh};
   for (int k = 0; k < 2; ++k) {
@@ -85,19 +100,22 @@ inline RecurrentArgs check_forward(const char* op, int64_t G, const at::Tensor& 
   return a;
 }
 
-// Checks what backward gets beyond the forward's arguments: incoming grads, output, workspace.
+// Checks what backward gets beyond the forward's arguments: incoming grads, output, workspace
+// (w_hr: as in check_forward; grad_output, grad_hy and output are then P wide).
 inline RecurrentArgs check_backward(const char* op, int64_t G, int64_t ws_width, const at::Tensor& grad_output,
                                     const at::Tensor& grad_hy, const at::Tensor* grad_cy, const at::Tensor& input,
                                     const at::Tensor& hx, const at::Tensor* cx, const at::Tensor& w_ih,
-                                    const at::Tensor& w_hh, const at::Tensor& output, const at::Tensor& workspace) {
-  RecurrentArgs a = check_forward(op, G, input, hx, cx, w_ih, w_hh, c10::nullopt, c10::nullopt);
+                                    const at::Tensor& w_hh, const at::Tensor& output, const at::Tensor& workspace,
+                                    const at::Tensor* w_hr = nullptr) {
+  RecurrentArgs a = check_forward(op, G, input, hx, cx, w_ih, w_hh, c10::nullopt, c10::nullopt, w_hr);
+  const std::string hs = w_hr ? "P" : "H";
   check_same_kind(op, input, grad_output, "grad_output");
   check_same_kind(op, input, grad_hy, "grad_hy");
   check_same_kind(op, input, output, "output");
   check_same_kind(op, input, workspace, "workspace");
-  check_shape(op, grad_output, "grad_output", {a.T, a.B, a.H}, "(T, B, H)");
-  check_shape(op, grad_hy, "grad_hy", {a.B, a.H}, "(B, H)");
-  check_shape(op, output, "output", {a.T, a.B, a.H}, "(T, B, H)");
+  check_shape(op, grad_output, "grad_output", {a.T, a.B, a.P}, "(T, B, " + hs + ")");
+  check_shape(op, grad_hy, "grad_hy", {a.B, a.P}, "(B, " + hs + ")");
+  check_shape(op, output, "output", {a.T, a.B, a.P}, "(T, B, " + hs + ")");
   if (grad_cy) {
     check_same_kind(op, input, *grad_cy, "grad_cy");
     check_shape(op, *grad_cy, "grad_cy", {a.B, a.H}, "(B, H)");
@@ -108,62 +126,6 @@ inline RecurrentArgs check_backward(const char* op, int64_t G, int64_t ws_width,
     check_shape(op, workspace, "workspace", {a.T, a.B, ws_width * a.H},
                 "(T, B, " + std::to_string(ws_width) + "*H)");
   }
-  return a;
-}
-
-// LSTM with a projection (lstm_proj ops): hx (B, P), cx (B, H), w_hh (4*H, P), w_hr (P, H).
-constexpr int64_t kProjWs = 6;  // workspace width in units of H: i, f, g, o, c, m
-
-struct ProjArgs {
-  int64_t T, B, I, H, P;
-};
-
-inline ProjArgs check_proj_forward(const char* op, const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
-                            const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& w_hr,
-                            const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh) {
-  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
-              ": supports float32 and float64 on CPU, got input of dtype ", input.scalar_type());
-  check_rank(op, input, "input", 3, "(T, B, I)");
-  check_rank(op, hx, "hx", 2, "(B, P)");
-  check_rank(op, cx, "cx", 2, "(B, H)");
-  check_rank(op, w_ih, "w_ih", 2, "(4*H, I)");
-  check_rank(op, w_hh, "w_hh", 2, "(4*H, P)");
-  check_rank(op, w_hr, "w_hr", 2, "(P, H)");
-  const std::pair<const at::Tensor*, const char*> named[] = {{&hx, "hx"}, {&cx, "cx"}, {&w_ih, "w_ih"},
-                                                             {&w_hh, "w_hh"}, {&w_hr, "w_hr"}};
-  for (const auto& [t, name] : named) check_same_kind(op, input, *t, name);
-  ProjArgs a{input.size(0), input.size(1), input.size(2), cx.size(1), hx.size(1)};
-  TORCH_CHECK(a.T > 0, op, ": expected sequence length > 0 (as torch.nn), got input of shape ",
-              shape_str(input.sizes()));
-  check_shape(op, hx, "hx", {a.B, a.P}, "(B, P)");
-  check_shape(op, cx, "cx", {a.B, a.H}, "(B, H)");
-  check_shape(op, w_ih, "w_ih", {4 * a.H, a.I}, "(4*H, I)");
-  check_shape(op, w_hh, "w_hh", {4 * a.H, a.P}, "(4*H, P)");
-  check_shape(op, w_hr, "w_hr", {a.P, a.H}, "(P, H)");
-  const std::pair<const c10::optional<at::Tensor>*, const char*> biases[] = {{&b_ih, "b_ih"}, {&b_hh, "b_hh"}};
-  for (const auto& [b, name] : biases) {
-    if (b->has_value() && (*b)->defined()) {
-      check_same_kind(op, input, **b, name);
-      check_shape(op, **b, name, {4 * a.H}, "(4*H,)");
-    }
-  }
-  return a;
-}
-
-inline ProjArgs check_proj_backward(const char* op, const at::Tensor& grad_output, const at::Tensor& grad_hy,
-                                    const at::Tensor& grad_cy, const at::Tensor& input, const at::Tensor& hx,
-                                    const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                                    const at::Tensor& w_hr, const at::Tensor& output, const at::Tensor& ws) {
-  const ProjArgs a = check_proj_forward(op, input, hx, cx, w_ih, w_hh, w_hr, c10::nullopt, c10::nullopt);
-  const std::pair<const at::Tensor*, const char*> named[] = {
-      {&grad_output, "grad_output"}, {&grad_hy, "grad_hy"}, {&grad_cy, "grad_cy"}, {&output, "output"},
-      {&ws, "workspace"}};
-  for (const auto& [t, name] : named) check_same_kind(op, input, *t, name);
-  check_shape(op, grad_output, "grad_output", {a.T, a.B, a.P}, "(T, B, P)");
-  check_shape(op, grad_hy, "grad_hy", {a.B, a.P}, "(B, P)");
-  check_shape(op, grad_cy, "grad_cy", {a.B, a.H}, "(B, H)");
-  check_shape(op, output, "output", {a.T, a.B, a.P}, "(T, B, P)");
-  check_shape(op, ws, "workspace", {a.T, a.B, kProjWs * a.H}, "(T, B, 6*H)");
   return a;
 }
 

@@ -58,7 +58,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_proj_forward(
     const at::Tensor& input_, const at::Tensor& hx_, const at::Tensor& cx_, const at::Tensor& w_ih_,
     const at::Tensor& w_hh_, const at::Tensor& w_hr_, const c10::optional<at::Tensor>& b_ih,
     const c10::optional<at::Tensor>& b_hh, bool reverse, const c10::optional<at::Tensor>& lengths) {
-  const ProjArgs a = check_proj_forward(kOp, input_, hx_, cx_, w_ih_, w_hh_, w_hr_, b_ih, b_hh);
+  const RecurrentArgs a = check_forward(kOp, 4, input_, hx_, &cx_, w_ih_, w_hh_, b_ih, b_hh, &w_hr_);
   const at::Tensor len = check_lengths(kOp, lengths, a.T, a.B);
   const int64_t T = a.T, B = a.B, I = a.I, H = a.H, P = a.P, WS = kProjWs * H;
   const at::Tensor input = input_.contiguous(), hx = hx_.contiguous(), cx = cx_.contiguous();
@@ -121,8 +121,8 @@ lstm_proj_backward(const at::Tensor& grad_output_, const at::Tensor& grad_hy, co
                    const at::Tensor& input_, const at::Tensor& hx_, const at::Tensor& cx_, const at::Tensor& w_ih_,
                    const at::Tensor& w_hh_, const at::Tensor& w_hr_, const at::Tensor& output_,
                    const at::Tensor& ws_, bool reverse, bool input_grad, const c10::optional<at::Tensor>& lengths) {
-  const ProjArgs a = check_proj_backward(kOp, grad_output_, grad_hy, grad_cy, input_, hx_, cx_, w_ih_, w_hh_, w_hr_,
-                                         output_, ws_);
+  const RecurrentArgs a = check_backward(kOp, 4, kProjWs, grad_output_, grad_hy, &grad_cy, input_, hx_, &cx_, w_ih_,
+                                         w_hh_, output_, ws_, &w_hr_);
   const int64_t T = a.T, B = a.B, I = a.I, H = a.H, P = a.P, WS = kProjWs * H;
   const at::Tensor len = check_lengths(kOp, lengths, T, B);
 
@@ -187,10 +187,8 @@ lstm_proj_backward(const at::Tensor& grad_output_, const at::Tensor& grad_hy, co
   const at::Tensor dG2 = dG.view({T * B, 4 * H});
   at::Tensor grad_input = input_grad ? at::mm(dG2, w_ih).view({T, B, I}) : at::zeros_like(input);
   at::Tensor grad_w_ih = at::mm(dG2.t(), input.view({T * B, I}));
-  at::Tensor hprev = at::empty({T * B, P}, opts);  // h_{t-1} for every t, in time order
-  const int64_t rest = (T - 1) * B;
-  hprev.narrow(0, reverse ? rest : 0, B).copy_(hx);
-  if (T > 1) hprev.narrow(0, reverse ? 0 : B, rest).copy_(output.narrow(0, reverse ? 1 : 0, T - 1).view({rest, P}));
+  at::Tensor hprev = at::empty({T * B, P}, opts);
+  fill_prev_states(hprev, hx, output, reverse);
   at::Tensor grad_w_hh = at::mm(dG2.t(), hprev);
   at::Tensor grad_w_hr = at::mm(dH.view({T * B, P}).t(), ws.view({T * B, WS}).narrow(1, 5 * H, H));
   at::Tensor grad_b_ih = dG2.sum(0);

@@ -160,6 +160,17 @@ struct PrevState {
   }
 };
 
+// h_{t-1} for every time index t, in time order, into dst (T*B, width), any row stride (one copy, no
+// per-step copies): walking forward that is [hx, output[0 .. T-2]], walking in reverse
+// [output[1 .. T-1], hx]. output (T, B, width), hx (B, width).
+inline void fill_prev_states(const at::Tensor& dst, const at::Tensor& hx, const at::Tensor& output, bool reverse) {
+  const int64_t T = output.size(0), B = output.size(1), rest = (T - 1) * B;
+  dst.narrow(0, reverse ? rest : 0, B).copy_(hx);
+  if (T > 1) {
+    dst.narrow(0, reverse ? 0 : B, rest).copy_(output.narrow(0, reverse ? 1 : 0, T - 1).reshape({rest, dst.size(1)}));
+  }
+}
+
 // Bias added to the input projection: b_ih + b_hh, except the b_hh rows a cell keeps inside its
 // pointwise math (GRU reset_after: b_hn). Undefined when there are no biases at all.
 template <class Cell>
@@ -407,13 +418,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor x2 = input.view({T * B, I});
   // input_grad=false: the input needs no gradient; zeros instead of the (T*B, G*H) x (G*H, I) GEMM
   at::Tensor grad_input = input_grad ? at::mm(dG2, w_ih).view({T, B, I}) : at::zeros_like(input);
-  // h_{t-1} for every time index t, in time order (one copy, no per-step copies): walking forward
-  // that is [hx, output[0 .. T-2]], walking in reverse [output[1 .. T-1], hx].
-  auto fill_hprev = [&](at::Tensor dst) {  // dst (T*B, H), any row stride
-    const int64_t rest = (T - 1) * B;
-    dst.narrow(0, reverse ? rest : 0, B).copy_(hx);
-    if (T > 1) dst.narrow(0, reverse ? 0 : B, rest).copy_(output.narrow(0, reverse ? 1 : 0, T - 1).view({rest, H}));
-  };
+  auto fill_hprev = [&](const at::Tensor& dst) { fill_prev_states(dst, hx, output, reverse); };
   at::Tensor grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh;
   if constexpr (!Cell::two_phase && !Cell::separate_hidden_grad) {
     // dW_ih, dW_hh and the bias grad in ONE GEMM that reads dG once: dGᵀ [X | Hprev | 1 | 0...],

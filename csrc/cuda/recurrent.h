@@ -51,6 +51,12 @@ inline Tensor device_lengths(const Tensor& lengths, const Tensor& input) {
   return lengths.defined() ? lengths.to(input.device(), at::kLong, /*non_blocking=*/true) : Tensor();
 }
 
+// (T, B, 1) bool on the lengths' device: row b is frozen at time t (t >= lengths[b]). Built once per
+// call, so the per-step masked updates allocate nothing.
+inline Tensor frozen_mask(const Tensor& len, int64_t T) {
+  return at::arange(T, len.options()).view({T, 1, 1}).ge(len.view({1, -1, 1}));
+}
+
 // Time index of walking step s (reverse layers walk T-1 .. 0), as on CPU.
 inline int64_t time_of(int64_t s, int64_t T, bool reverse) { return reverse ? T - 1 - s : s; }
 
@@ -288,6 +294,7 @@ inline std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_proj_forward(const char* 
   Tensor hg = at::empty({B, 4 * H}, opts);
   const Tensor zero_h = at::zeros({B, H}, opts);  // "h_prev" of the kernel: a frozen row's m
   const Tensor len = device_lengths(lengths, input);
+  const Tensor frozen = len.defined() ? frozen_mask(len, T) : Tensor();
   const Tensor w_hh_t = w_hh.t(), w_hr_t = w_hr.t();
 
   for (int64_t s = 0; s < T; ++s) {
@@ -311,7 +318,7 @@ inline std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_proj_forward(const char* 
     check_launch(kernels::recurrent_forward_step(CellKind::kLstm, 0, a, stream), op, "forward step");
     Tensor out_t = output.select(0, t);
     at::mm_out(out_t, m.select(0, t), w_hr_t);
-    if (len.defined()) out_t.copy_(at::where(len.le(t).unsqueeze(1), h_prev, out_t));
+    if (len.defined()) at::where_out(out_t, frozen.select(0, t), h_prev, out_t);
   }
   const int64_t t_last = time_of(T - 1, T, reverse);
   Tensor hy = output.select(0, t_last).clone();
@@ -345,17 +352,19 @@ inline std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor
   Tensor dm = at::empty({B, H}, opts);
   const Tensor zero_h = at::zeros({B, H}, opts);  // the kernel's grad_h: dm already holds all of dL/dm
   const Tensor len = device_lengths(lengths, input);
+  Tensor active_f, frozen_f;  // (T, B, 1) 0/1 in the input's dtype
+  if (len.defined()) {
+    const Tensor frozen = frozen_mask(len, T);
+    frozen_f = frozen.to(opts.dtype());
+    active_f = frozen.logical_not().to(opts.dtype());
+  }
 
   for (int64_t s = T - 1; s >= 0; --s) {
     const int64_t t = time_of(s, T, reverse), tp = s ? time_of(s - 1, T, reverse) : -1;
     const Tensor dy_t = grad_output.select(0, t);
     Tensor dH_t = dH.select(0, t);
     at::add_out(dH_t, dh, dy_t);
-    Tensor active;
-    if (len.defined()) {
-      active = len.gt(t).unsqueeze(1);
-      dH_t.mul_(active);
-    }
+    if (len.defined()) dH_t.mul_(active_f.select(0, t));
     at::mm_out(dm, dH_t, w_hr);
     kernels::BackwardStepArgs a;
     a.batch = B;
@@ -371,7 +380,7 @@ inline std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor
     a.t = t;
     check_launch(kernels::recurrent_backward_step(CellKind::kLstm, 0, a, stream), op, "backward step");
     if (len.defined()) {  // active rows: dG[t]·W_hh; frozen rows (dG = 0): dh + grad_output[t]
-      dh.add_(dy_t).mul_(active.logical_not());
+      dh.add_(dy_t).mul_(frozen_f.select(0, t));
       dh.addmm_(dG.select(0, t), w_hh);
     } else {
       at::mm_out(dh, dG.select(0, t), w_hh);
@@ -512,7 +521,7 @@ struct RecurrentOps {
                                 bool reverse, const Bias& lengths) {
     const char* op = "rnnfast.lstm_proj";
     detail::check_cuda_dtype(op, input);
-    const cpu::ProjArgs a = cpu::check_proj_forward(op, input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh);
+    const cpu::RecurrentArgs a = cpu::check_forward(op, 4, input, hx, &cx, w_ih, w_hh, b_ih, b_hh, &w_hr);
     const Tensor len = cpu::check_lengths(op, lengths, a.T, a.B);
     const typename Ctx::Guard guard(input.device());
     return detail::lstm_proj_forward(op, Ctx::stream(), input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh, reverse, len);
@@ -524,8 +533,8 @@ struct RecurrentOps {
       const Tensor& workspace, bool reverse, bool input_grad, const Bias& lengths) {
     const char* op = "rnnfast.lstm_proj";
     detail::check_cuda_dtype(op, input);
-    const cpu::ProjArgs a = cpu::check_proj_backward(op, grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh,
-                                                     w_hr, output, workspace);
+    const cpu::RecurrentArgs a = cpu::check_backward(op, 4, cpu::kProjWs, grad_output, grad_hy, &grad_cy, input, hx,
+                                                     &cx, w_ih, w_hh, output, workspace, &w_hr);
     const Tensor len = cpu::check_lengths(op, lengths, a.T, a.B);
     const typename Ctx::Guard guard(input.device());
     return detail::lstm_proj_backward(op, Ctx::stream(), grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh,
