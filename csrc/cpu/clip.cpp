@@ -152,12 +152,25 @@ __attribute__((target("avx2,fma"))) inline __m256d widen_add(__m256d acc, __m256
   return _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)));
 }
 
+// acc_k += d_k² (kSquare) or |d_k|, four double accumulators (the tails of the f32 and f64 sums).
+template <bool kSquare>
+__attribute__((target("avx2,fma"))) inline void accumulate4(__m256d& a0, __m256d& a1, __m256d& a2, __m256d& a3,
+                                                           __m256d d0, __m256d d1, __m256d d2, __m256d d3) {
+  if constexpr (kSquare) {
+    a0 = _mm256_fmadd_pd(d0, d0, a0); a1 = _mm256_fmadd_pd(d1, d1, a1);
+    a2 = _mm256_fmadd_pd(d2, d2, a2); a3 = _mm256_fmadd_pd(d3, d3, a3);
+  } else {
+    const __m256d sign = _mm256_set1_pd(-0.0);
+    a0 = _mm256_add_pd(a0, _mm256_andnot_pd(sign, d0)); a1 = _mm256_add_pd(a1, _mm256_andnot_pd(sign, d1));
+    a2 = _mm256_add_pd(a2, _mm256_andnot_pd(sign, d2)); a3 = _mm256_add_pd(a3, _mm256_andnot_pd(sign, d3));
+  }
+}
+
 // float32: blocks of 1024 elements are summed in float (32 lanes, 32 terms per lane: a relative
 // error of at most ~32 ulp of float per block, 1e-7 typical), and the blocks in double. Full float
 // throughput, no float error growth with the length (torch's float sum drifts: 6e-5 at 3M elements).
 template <bool kSquare>
 __attribute__((target("avx2,fma"))) double sum_f32_avx2(const float* x, int64_t n) {
-  const __m256d sign = _mm256_set1_pd(-0.0);
   const __m256 signf = _mm256_set1_ps(-0.0f);
   __m256d a0 = _mm256_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
   int64_t i = 0;
@@ -183,13 +196,7 @@ __attribute__((target("avx2,fma"))) double sum_f32_avx2(const float* x, int64_t 
     const __m256d d1 = _mm256_cvtps_pd(_mm256_extractf128_ps(v0, 1));
     const __m256d d2 = _mm256_cvtps_pd(_mm256_castps256_ps128(v1));
     const __m256d d3 = _mm256_cvtps_pd(_mm256_extractf128_ps(v1, 1));
-    if constexpr (kSquare) {
-      a0 = _mm256_fmadd_pd(d0, d0, a0); a1 = _mm256_fmadd_pd(d1, d1, a1);
-      a2 = _mm256_fmadd_pd(d2, d2, a2); a3 = _mm256_fmadd_pd(d3, d3, a3);
-    } else {
-      a0 = _mm256_add_pd(a0, _mm256_andnot_pd(sign, d0)); a1 = _mm256_add_pd(a1, _mm256_andnot_pd(sign, d1));
-      a2 = _mm256_add_pd(a2, _mm256_andnot_pd(sign, d2)); a3 = _mm256_add_pd(a3, _mm256_andnot_pd(sign, d3));
-    }
+    accumulate4<kSquare>(a0, a1, a2, a3, d0, d1, d2, d3);
   }
   double r = hsum_avx2(a0, a1, a2, a3);
   for (; i < n; ++i) {
@@ -201,19 +208,12 @@ __attribute__((target("avx2,fma"))) double sum_f32_avx2(const float* x, int64_t 
 
 template <bool kSquare>
 __attribute__((target("avx2,fma"))) double sum_f64_avx2(const double* x, int64_t n) {
-  const __m256d sign = _mm256_set1_pd(-0.0);
   __m256d a0 = _mm256_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
     const __m256d d0 = _mm256_loadu_pd(x + i), d1 = _mm256_loadu_pd(x + i + 4);
     const __m256d d2 = _mm256_loadu_pd(x + i + 8), d3 = _mm256_loadu_pd(x + i + 12);
-    if constexpr (kSquare) {
-      a0 = _mm256_fmadd_pd(d0, d0, a0); a1 = _mm256_fmadd_pd(d1, d1, a1);
-      a2 = _mm256_fmadd_pd(d2, d2, a2); a3 = _mm256_fmadd_pd(d3, d3, a3);
-    } else {
-      a0 = _mm256_add_pd(a0, _mm256_andnot_pd(sign, d0)); a1 = _mm256_add_pd(a1, _mm256_andnot_pd(sign, d1));
-      a2 = _mm256_add_pd(a2, _mm256_andnot_pd(sign, d2)); a3 = _mm256_add_pd(a3, _mm256_andnot_pd(sign, d3));
-    }
+    accumulate4<kSquare>(a0, a1, a2, a3, d0, d1, d2, d3);
   }
   double r = hsum_avx2(a0, a1, a2, a3);
   for (; i < n; ++i) r += kSquare ? x[i] * x[i] : std::fabs(x[i]);
