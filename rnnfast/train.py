@@ -1,4 +1,4 @@
-"""Training, evaluation, checkpoints and generation for character/word language models.
+"""Training, evaluation and generation for character/word language models.
 
 The loop follows the textbook (d2l, "RNN from scratch"/"concise RNN") so it reads top to bottom:
 
@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from .clip import clip_grad_norm_  # the one clipping entry point of the loop: fused, no host sync
 
+from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_KEYS as _CHECKPOINT_KEYS, load_checkpoint,
+                         read_checkpoint, restore_checkpoint, save_checkpoint)
 from .models import detach_state
 
 __all__ = [
@@ -32,9 +34,7 @@ __all__ = [
     "save_checkpoint", "load_checkpoint", "CHECKPOINT_FORMAT",
 ]
 
-CHECKPOINT_FORMAT = "rnnfast-lm-checkpoint-v1"
-_CHECKPOINT_KEYS = ("format", "model_state", "model_config", "vocab", "optimizer", "optimizer_state",
-                    "epoch", "torch_rng_state", "loader_state", "train_config", "history")
+_read_checkpoint = read_checkpoint  # older names, from before checkpoints had a module of their own
 
 
 # --------------------------------------------------------------------------------------------------
@@ -187,96 +187,6 @@ def predict(prefix, num_preds, net, vocab, device="cpu", temperature=0.0, top_k=
 
 
 # --------------------------------------------------------------------------------------------------
-# Checkpoints
-# --------------------------------------------------------------------------------------------------
-
-def save_checkpoint(path, net, vocab, optimizer, epoch, loader=None, train_config=None, history=None):
-    """Write everything needed to rebuild the model and to resume training exactly."""
-    ckpt = {
-        "format": CHECKPOINT_FORMAT,
-        "model_state": net.state_dict(),
-        "model_config": dict(getattr(net, "config", None) or {}),  # RNNLM(**config) rebuilds it
-        "vocab": vocab.to_dict(),
-        "optimizer": type(optimizer).__name__.lower() if optimizer is not None else None,
-        "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
-        "epoch": int(epoch),
-        "torch_rng_state": torch.get_rng_state(),
-        "loader_state": loader.state_dict() if hasattr(loader, "state_dict") else None,
-        "train_config": dict(train_config or {}),
-        "history": history or {},
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        ckpt["cuda_rng_state"] = torch.cuda.get_rng_state_all()
-    path = os.fspath(path)
-    tmp = path + ".tmp"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)  # atomic: an interrupted save never leaves a half-written checkpoint
-
-
-def _read_checkpoint(path):
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if os.path.isdir(path):
-        if os.path.exists(os.path.join(path, "checkpoint.pt")):
-            path = os.path.join(path, "checkpoint.pt")
-        else:
-            raise FileNotFoundError(f"no checkpoint.pt in directory {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated file, not a torch file, foreign pickle, ...
-        raise ValueError(f"{path} is not a readable rnnfast checkpoint "
-                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an rnnfast checkpoint (format tag {CHECKPOINT_FORMAT!r} missing)")
-    missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt]
-    if missing:
-        raise ValueError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
-    return ckpt
-
-
-def load_checkpoint(path, device="cpu"):
-    """Rebuild the model saved at `path`. Returns (net, vocab, config), net in eval mode on `device`;
-    config = {'model': RNNLM kwargs, 'train': training settings, 'epoch': epochs done, 'history': ...}."""
-    from .data import Vocab
-    from .models import RNNLM
-    ckpt = _read_checkpoint(path)
-    try:
-        net = RNNLM(**ckpt["model_config"])
-        net.load_state_dict(ckpt["model_state"])
-        vocab = Vocab.from_dict(ckpt["vocab"])
-    except (TypeError, RuntimeError, KeyError) as e:
-        raise ValueError(f"checkpoint {path} does not describe a loadable RNNLM: {e}") from e
-    net.to(device).eval()
-    config = {"model": dict(ckpt["model_config"]), "train": dict(ckpt["train_config"]),
-              "epoch": ckpt["epoch"], "history": ckpt["history"]}
-    return net, vocab, config
-
-
-def _restore(ckpt, path, net, vocab, optimizer, loader, optimizer_name):
-    """Load a checkpoint into the live objects of a run, refusing anything that does not match."""
-    if dict(ckpt["model_config"]) != dict(getattr(net, "config", None) or {}):
-        raise ValueError(f"checkpoint {path} was saved from a different model: "
-                         f"{ckpt['model_config']} != {net.config}")
-    saved_tokens = ckpt["vocab"].get("idx_to_token") if isinstance(ckpt["vocab"], dict) else None
-    if saved_tokens != list(vocab.idx_to_token):
-        raise ValueError(f"checkpoint {path} was saved with a different vocabulary "
-                         f"({len(saved_tokens or [])} tokens) than the one given ({len(vocab)} tokens)")
-    if ckpt["optimizer"] != optimizer_name:
-        raise ValueError(f"checkpoint {path} used optimizer {ckpt['optimizer']!r}, this run {optimizer_name!r}")
-    try:
-        net.load_state_dict(ckpt["model_state"])
-        optimizer.load_state_dict(ckpt["optimizer_state"])
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise ValueError(f"checkpoint {path} does not fit this model/optimizer: {e}") from e
-    torch.set_rng_state(ckpt["torch_rng_state"])
-    if "cuda_rng_state" in ckpt and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["cuda_rng_state"])
-    if ckpt["loader_state"] is not None and hasattr(loader, "load_state_dict"):
-        loader.load_state_dict(ckpt["loader_state"])
-
-
-# --------------------------------------------------------------------------------------------------
 # Logging helpers: metrics.jsonl and the perplexity plot
 # --------------------------------------------------------------------------------------------------
 
@@ -344,10 +254,10 @@ def train(net, loader, vocab, num_epochs, lr, device="cpu", optimizer="sgd", cli
     """
     if int(num_epochs) != num_epochs or num_epochs < 0:
         raise ValueError(f"num_epochs must be a non-negative integer, got {num_epochs!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
-    if clip is not None and clip < 0:
-        raise ValueError(f"clip must be >= 0 or None, got {clip!r}")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if clip is not None and not (clip >= 0 and math.isfinite(clip)):
+        raise ValueError(f"clip must be None or a finite number >= 0, got {clip!r}")
     if use_random_iter is None:
         use_random_iter = bool(getattr(loader, "use_random_iter", False))
     device = torch.device(device)
@@ -367,8 +277,11 @@ def train(net, loader, vocab, num_epochs, lr, device="cpu", optimizer="sgd", cli
 
     start_epoch = 0
     if resume is not None:
-        ckpt = _read_checkpoint(resume)
-        _restore(ckpt, resume, net, vocab, opt, loader, optimizer_name)
+        ckpt = read_checkpoint(resume)
+        if num_epochs < ckpt["epoch"]:
+            raise ValueError(f"num_epochs={num_epochs} is fewer than the {ckpt['epoch']} epochs "
+                             f"checkpoint {resume} already has")
+        restore_checkpoint(ckpt, resume, net, vocab, opt, loader, optimizer_name)
         start_epoch = ckpt["epoch"]
         for k, v in ckpt["history"].items():
             if k in history:

@@ -313,6 +313,31 @@ def test_train_rejects_bad_arguments(tiny):
         train(net, _loader(corpus, vocab), vocab, 1, 0.0, progress=False)
     with pytest.raises(ValueError, match="num_epochs"):
         train(net, _loader(corpus, vocab), vocab, -1, 0.1, progress=False)
+    for lr in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="lr must be a finite number > 0"):
+            train(net, _loader(corpus, vocab), vocab, 1, lr, progress=False)
+    for clip in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match="clip must be None or a finite number >= 0"):
+            train(net, _loader(corpus, vocab), vocab, 1, 0.1, clip=clip, progress=False)
+
+
+def test_resume_to_fewer_epochs_than_the_checkpoint_is_refused(saved, tiny):
+    _, vocab, path = saved  # one epoch
+    net = RNNLM(len(vocab), num_hiddens=16, cell="gru")
+    with pytest.raises(ValueError, match="num_epochs=0 is fewer than the 1 epochs"):
+        train(net, _loader(tiny[0], vocab), vocab, 0, 0.01, optimizer="adam", resume=path, progress=False)
+
+
+def test_checkpoint_validation_names_the_field(saved, tmp_path):
+    _, _, path = saved
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["history"]["train_ppl"] = []
+    bad = tmp_path / "bad.pt"
+    torch.save(ckpt, bad)
+    with pytest.raises(ValueError, match=r"malformed: history\['train_ppl'\] has 0 entries for 1 epochs"):
+        load_checkpoint(bad)
+    import rnnfast.checkpoint as C
+    assert T.save_checkpoint is C.save_checkpoint and T.load_checkpoint is C.load_checkpoint
 
 
 # --------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence, Union
@@ -207,20 +208,41 @@ class Vocab:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Vocab":
-        """Rebuild a Vocab from ``to_dict()`` output (indices are kept exactly)."""
+        """Rebuild a Vocab from ``to_dict()`` output (indices are kept exactly).
+
+        Raises ValueError naming the field when ``d`` is not of that form.
+        """
         if not isinstance(d, dict) or "idx_to_token" not in d:
             raise ValueError("not a Vocab dict: expected a dict with an 'idx_to_token' list")
-        idx_to_token = list(d["idx_to_token"])
+        idx_to_token = d["idx_to_token"]
+        if not isinstance(idx_to_token, (list, tuple)):
+            raise ValueError(f"invalid Vocab dict: idx_to_token must be a list, got {type(idx_to_token).__name__}")
+        idx_to_token = list(idx_to_token)
         if not idx_to_token or idx_to_token[0] != cls.UNK:
             raise ValueError(f"invalid Vocab dict: index 0 must be {cls.UNK!r}")
-        if len(set(idx_to_token)) != len(idx_to_token):
+        try:
+            distinct = len(set(idx_to_token))
+        except TypeError:
+            raise ValueError("invalid Vocab dict: idx_to_token holds unhashable tokens") from None
+        if distinct != len(idx_to_token):
             raise ValueError("invalid Vocab dict: idx_to_token has duplicate tokens")
+        freqs = d.get("token_freqs", [])
+        if not isinstance(freqs, (list, tuple)) or not all(
+                isinstance(p, (list, tuple)) and len(p) == 2 and isinstance(p[1], int)
+                and not isinstance(p[1], bool) for p in freqs):
+            raise ValueError("invalid Vocab dict: token_freqs must be a list of [token, count] pairs")
+        min_freq = d.get("min_freq", 0)
+        if not isinstance(min_freq, (int, float)) or isinstance(min_freq, bool):
+            raise ValueError(f"invalid Vocab dict: min_freq must be a number, got {min_freq!r}")
+        reserved = d.get("reserved_tokens", [])
+        if not isinstance(reserved, (list, tuple)):
+            raise ValueError("invalid Vocab dict: reserved_tokens must be a list")
         v = cls.__new__(cls)
         v.idx_to_token = idx_to_token
         v.token_to_idx = {t: i for i, t in enumerate(idx_to_token)}
-        v._token_freqs = [(t, int(c)) for t, c in d.get("token_freqs", [])]
-        v.min_freq = d.get("min_freq", 0)
-        v.reserved_tokens = list(d.get("reserved_tokens", []))
+        v._token_freqs = [(t, c) for t, c in freqs]
+        v.min_freq = min_freq
+        v.reserved_tokens = list(reserved)
         return v
 
     def save(self, path: PathLike) -> None:
@@ -233,13 +255,29 @@ class Vocab:
 
     @classmethod
     def load(cls, path: PathLike) -> "Vocab":
-        """Read a vocabulary written by ``save``."""
-        with open(path, encoding="utf-8") as f:
-            try:
-                d = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{str(path)!r} is not a Vocab JSON file: {e}") from e
-        return cls.from_dict(d)
+        """Read a vocabulary written by ``save``.
+
+        Raises FileNotFoundError when ``path`` is absent and ValueError naming the file when it is
+        not a regular file (a directory, a FIFO, a device: never opened, so never a hang), not
+        UTF-8, not JSON, or not a Vocab's JSON.
+        """
+        st = os.stat(path)  # FileNotFoundError names the path
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{str(path)!r} is not a regular file; Vocab.load reads a JSON file "
+                             "written by Vocab.save")
+        with open(path, "rb") as f:
+            data = f.read()
+        try:
+            d = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{str(path)!r} is not a Vocab JSON file: not UTF-8 text (byte "
+                             f"0x{data[e.start]:02x} at offset {e.start})") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{str(path)!r} is not a Vocab JSON file: {e}") from None
+        try:
+            return cls.from_dict(d)
+        except ValueError as e:
+            raise ValueError(f"{str(path)!r} is not a Vocab JSON file: {e}") from None
 
 
 def load_corpus(
