@@ -25,8 +25,11 @@ TRAIN_DEFAULTS = {
     "epochs": 8, "batch_size": 32, "num_steps": 35, "lr": 0.01, "optimizer": "adam", "clip": 1.0,
     "random_iter": False, "seed": 0, "device": "auto",
     "valid": "auto", "valid_tokens": 20000, "threads": 1,
+    "weight_decay": 0.0, "patience": 0, "anneal": 0.0,
 }
 PREFIXES = ("time traveller", "traveller")
+CHECKPOINT_HELP = ("checkpoint.pt (the last epoch), best.pt (the epoch of lowest held-out perplexity), "
+                   "or a run directory (its checkpoint.pt)")
 
 
 class CLIError(Exception):
@@ -149,6 +152,16 @@ def cmd_train(args):
     if args.resume and s["epochs"] <= done:
         raise CLIError(f"checkpoint {args.resume} already has {done} epochs: pass --epochs N with "
                        f"N > {done} to train further")
+    if (s["patience"] or s["anneal"]) and (s["valid"] == "none" or (s["valid"] == "auto"
+                                                                     and s["corpus"] != "timemachine")):
+        raise CLIError("--patience and --anneal watch the held-out perplexity: give a held-out "
+                       "corpus with --valid FILE")
+    if args.resume and s["patience"]:
+        from .train import plateau
+        waited = plateau(ckpt["history"].get("valid_ppl", []))[2]
+        if waited >= s["patience"]:
+            raise CLIError(f"checkpoint {args.resume} stopped early: no held-out improvement in its "
+                           f"last {waited} epochs; pass --patience N with N > {waited} (or 0) to go on")
     s["cell"] = {"rnn": "rnn_tanh", "relu": "rnn_relu"}.get(s["cell"], s["cell"])
     for key in ("corpus", "valid"):
         if key == "valid" and s[key] in ("auto", "none"):
@@ -198,7 +211,8 @@ def _train_with(args, s, device, out):
                         clip=s["clip"], out_dir=out, log_every=args.log_every, predict_prefixes=PREFIXES,
                         resume=args.resume, progress=not args.quiet, valid_corpus=valid, seed=s["seed"],
                         use_random_iter=s["random_iter"], sep=_sep(s["token"]),
-                        meta={"cli_settings": s, "token": s["token"], "corpus": str(s["corpus"])})
+                        meta={"cli_settings": s, "token": s["token"], "corpus": str(s["corpus"])},
+                        weight_decay=s["weight_decay"], patience=s["patience"], anneal=s["anneal"])
     except KeyboardInterrupt:
         ckpt = os.path.join(out, "checkpoint.pt")
         print(f"\ninterrupted; continue with: rnnfast train --resume {ckpt}"
@@ -209,6 +223,10 @@ def _train_with(args, s, device, out):
     print(f"train perplexity     {history['train_ppl'][-1]:.2f}")
     if valid is not None:
         print(f"held-out perplexity  {history['valid_ppl'][-1]:.2f}  ({valid_name}, first {len(valid):,} tokens)")
+        print(f"best held-out        {history['best_valid_ppl']:.2f}  at epoch {history['best_epoch']} (best.pt)")
+    if history["stopped_early"]:
+        print(f"stopped early        after epoch {history['epoch'][-1]}: no held-out improvement "
+              f"in {s['patience']} epochs")
     print(f"speed                {history['tokens_per_s'][-1]:,.0f} tokens/s")
     for prefix, text in history["samples"].items():
         print(f"sample: {text}")
@@ -381,6 +399,9 @@ TRAIN_NUMBERS = {
     "max_tokens": TOKENS, "valid_tokens": TOKENS,
     "seed": SEED,
     "threads": _Number(int, lo=0, hi=MAX_THREADS, hint=" (0 = torch's default)"),
+    "weight_decay": _Number(float, lo=0),
+    "patience": _Number(int, lo=0, hint=" (0 = never stop early)"),
+    "anneal": _Number(float, lo=1, lo_open=True, special=(0,), hint=" (0 = off)"),
 }
 TRAIN_CHOICES = {"token": ("char", "word"), "optimizer": ("sgd", "adam")}
 TRAIN_STRINGS = ("corpus", "cell", "backend", "device", "valid")
@@ -421,7 +442,8 @@ def build_parser():
     sub.required = True
 
     t = sub.add_parser("train", help="train a character/word language model",
-                       description="Train an RNN language model; writes checkpoint.pt, metrics.jsonl "
+                       description="Train an RNN language model; writes checkpoint.pt (last epoch), best.pt "
+                                   "(lowest held-out perplexity; with a held-out corpus), metrics.jsonl "
                                    "and perplexity.png to --out. Flags left out take the defaults "
                                    "shown (or, with --resume, the checkpoint's settings).")
     t.add_argument("--corpus", help=f"bundled name (timemachine, war_of_the_worlds) or a text file [{d['corpus']}]")
@@ -438,6 +460,13 @@ def build_parser():
     t.add_argument("--lr", type=TRAIN_NUMBERS["lr"], help=f"[{d['lr']}]")
     t.add_argument("--optimizer", choices=("sgd", "adam"), help=f"[{d['optimizer']}]")
     t.add_argument("--clip", type=TRAIN_NUMBERS["clip"], help=f"max gradient norm, 0 = off [{d['clip']}]")
+    t.add_argument("--weight-decay", dest="weight_decay", type=TRAIN_NUMBERS["weight_decay"],
+                   help="L2 regularization (the optimizer's weight_decay) [0]")
+    t.add_argument("--patience", type=TRAIN_NUMBERS["patience"],
+                   help="stop after N epochs without a lower held-out perplexity, 0 = never [0]")
+    t.add_argument("--anneal", type=TRAIN_NUMBERS["anneal"],
+                   help="divide lr by F after an epoch without a lower held-out perplexity "
+                        "(e.g. 4), 0 = off [0]")
     t.add_argument("--max-tokens", dest="max_tokens", type=TOKENS, help="keep the first N tokens, -1 = all [-1]")
     t.add_argument("--random-iter", dest="random_iter", action="store_const", const=True,
                    help="random sampling instead of sequential partitioning")
@@ -455,7 +484,7 @@ def build_parser():
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("generate", help="continue a prefix with a trained model")
-    g.add_argument("--checkpoint", required=True)
+    g.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     g.add_argument("--prefix", default="time traveller")
     g.add_argument("--num", type=_Number(int, lo=0), default=100, help="tokens to generate [100]")
     g.add_argument("--temperature", type=_Number(float, lo=0), default=0.0, help="0 = greedy argmax [0]")
@@ -465,7 +494,7 @@ def build_parser():
     g.set_defaults(func=cmd_generate)
 
     e = sub.add_parser("eval", help="held-out perplexity through the training vocabulary")
-    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     e.add_argument("--corpus", default="war_of_the_worlds")
     e.add_argument("--max-tokens", dest="max_tokens", type=TOKENS, default=-1)
     e.add_argument("--batch-size", dest="batch_size", type=POSITIVE, default=None)

@@ -219,13 +219,27 @@ def plot_perplexity(history, path):
     return True
 
 
-def _make_optimizer(name, params, lr):
+def _make_optimizer(name, params, lr, weight_decay=0.0):
+    # weight_decay: the L2 penalty (wd/2)·||w||² of the textbook's "Weight decay" section, added to
+    # each gradient as wd·w by the optimizer (for Adam, the coupled form: before the moments).
     name = str(name).lower()
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}: choose 'sgd' or 'adam'")
+
+
+def plateau(valid_ppl):
+    """(best held-out perplexity, its epoch, epochs since then) from the per-epoch list.
+
+    An epoch improves when its perplexity is strictly lower than every earlier one (NaN never
+    does). Derived from the history alone, so a resumed run continues the count exactly."""
+    best, best_epoch = math.inf, 0
+    for epoch, ppl in enumerate(valid_ppl, 1):
+        if ppl < best:
+            best, best_epoch = ppl, epoch
+    return best, best_epoch, len(valid_ppl) - best_epoch
 
 
 # --------------------------------------------------------------------------------------------------
@@ -235,22 +249,32 @@ def _make_optimizer(name, params, lr):
 def train(net, loader, vocab, num_epochs, lr, device="cpu", optimizer="sgd", clip=1.0, out_dir=None,
           log_every=10, predict_prefixes=("time traveller",), checkpoint_every=1, resume=None,
           progress=True, valid_corpus=None, seed=0, use_random_iter=None, num_preds=50, sep="",
-          meta=None):
+          meta=None, weight_decay=0.0, patience=None, anneal=None):
     """Train a language model (the textbook's train_ch8) and return its history.
 
     net: an RNNLM (anything with forward(X, state) -> (logits (T*B, V), state), begin_state, config).
     loader: yields (X, Y) minibatches of shape (B, T); a SeqDataLoader's sampling mode and generator
     state are picked up and checkpointed. optimizer: 'sgd' or 'adam'. clip: max gradient norm.
-    out_dir: where metrics.jsonl, perplexity.png and checkpoint.pt go (None: nothing is written).
+    out_dir: where metrics.jsonl, perplexity.png, checkpoint.pt (the last epoch) and best.pt (the
+    epoch of lowest held-out perplexity so far; only with valid_corpus) go (None: nothing is written).
     Every `log_every` epochs (and at the end) the model continues each of `predict_prefixes`.
     resume: a checkpoint path; training continues after its epoch up to `num_epochs`, and on CPU with
     the same seed and data the final weights equal those of an uninterrupted run bit for bit.
     valid_corpus: held-out token ids; its perplexity is computed each epoch.
     seed: seeds torch's global RNG at the start of a fresh run (None: leave it alone).
     meta: extra JSON-able settings stored in the checkpoint's train config (e.g. token, corpus).
+    weight_decay: L2 regularization passed to the optimizer (0: none).
+    patience: stop after this many epochs in a row without a lower held-out perplexity (None or 0:
+    never); needs valid_corpus.
+    anneal: divide the learning rate by this factor (> 1) after each epoch without a lower held-out
+    perplexity, as the PyTorch word_language_model example does with 4 (None or 0: never); needs
+    valid_corpus. The lr of each epoch is in history['lr'] and metrics.jsonl. On resume the
+    optimizer's state wins over `lr`: an annealed lr continues where it was.
 
     Returns a dict of per-epoch lists ('epoch', 'train_ppl', 'tokens_per_s', 'lr', 'time', and
-    'valid_ppl' when a held-out corpus is given) plus 'samples' (prefix -> text at the end).
+    'valid_ppl' when a held-out corpus is given) plus 'samples' (prefix -> text at the end),
+    'stopped_early' (True when patience ended the run) and, with a held-out corpus, 'best_valid_ppl'
+    and 'best_epoch'.
     """
     if int(num_epochs) != num_epochs or num_epochs < 0:
         raise ValueError(f"num_epochs must be a non-negative integer, got {num_epochs!r}")
@@ -258,14 +282,28 @@ def train(net, loader, vocab, num_epochs, lr, device="cpu", optimizer="sgd", cli
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     if clip is not None and not (clip >= 0 and math.isfinite(clip)):
         raise ValueError(f"clip must be None or a finite number >= 0, got {clip!r}")
+    if not (weight_decay >= 0 and math.isfinite(weight_decay)):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    patience = patience or None
+    anneal = anneal or None
+    if patience is not None and (int(patience) != patience or patience < 0):
+        raise ValueError(f"patience must be None or an integer >= 0, got {patience!r}")
+    if anneal is not None and not (anneal > 1 and math.isfinite(anneal)):
+        raise ValueError(f"anneal must be None, 0 or a finite factor > 1, got {anneal!r}")
+    patience = int(patience) if patience else None
+    anneal = float(anneal) if anneal else None
+    weight_decay = float(weight_decay)
+    if (patience or anneal) and valid_corpus is None:
+        raise ValueError("patience and anneal watch the held-out perplexity: pass valid_corpus")
     if use_random_iter is None:
         use_random_iter = bool(getattr(loader, "use_random_iter", False))
     device = torch.device(device)
     net.to(device)
     optimizer_name = str(optimizer).lower()
-    opt = _make_optimizer(optimizer_name, net.parameters(), lr)
+    opt = _make_optimizer(optimizer_name, net.parameters(), lr, weight_decay)
     loss = nn.CrossEntropyLoss()
     train_config = {"num_epochs": int(num_epochs), "lr": lr, "optimizer": optimizer_name, "clip": clip,
+                    "weight_decay": weight_decay, "patience": patience, "anneal": anneal,
                     "seed": seed, "use_random_iter": use_random_iter, "sep": sep,
                     "batch_size": getattr(loader, "batch_size", None),
                     "num_steps": getattr(loader, "num_steps", None), **(meta or {})}
@@ -282,10 +320,15 @@ def train(net, loader, vocab, num_epochs, lr, device="cpu", optimizer="sgd", cli
             raise ValueError(f"num_epochs={num_epochs} is fewer than the {ckpt['epoch']} epochs "
                              f"checkpoint {resume} already has")
         restore_checkpoint(ckpt, resume, net, vocab, opt, loader, optimizer_name)
+        for group in opt.param_groups:  # the lr continues from the checkpoint; the L2 is this run's
+            group["weight_decay"] = weight_decay
         start_epoch = ckpt["epoch"]
         for k, v in ckpt["history"].items():
             if k in history:
                 history[k] = list(v)
+        if valid_corpus is not None and len(history["valid_ppl"]) < start_epoch:
+            # the checkpoint was trained without a held-out corpus: its epochs have no perplexity
+            history["valid_ppl"] = [math.nan] * start_epoch
     elif seed is not None:
         torch.manual_seed(seed)
 
@@ -294,6 +337,8 @@ def train(net, loader, vocab, num_epochs, lr, device="cpu", optimizer="sgd", cli
         os.makedirs(out_dir, exist_ok=True)
         paths = {name: os.path.join(out_dir, name)
                  for name in ("metrics.jsonl", "perplexity.png", "checkpoint.pt")}
+        if valid_corpus is not None:
+            paths["best.pt"] = os.path.join(out_dir, "best.pt")
         # A fresh run starts a fresh log; a resumed run rewrites it up to the checkpoint's epoch
         # (an interrupted run may have logged epochs after its last checkpoint).
         with open(paths["metrics.jsonl"], "w") as f:
@@ -308,8 +353,12 @@ def train(net, loader, vocab, num_epochs, lr, device="cpu", optimizer="sgd", cli
     bar = tqdm(range(start_epoch, int(num_epochs)), desc="train", unit="epoch", disable=not use_bar,
                initial=0, total=max(0, int(num_epochs) - start_epoch), dynamic_ncols=True)
     say = tqdm.write if use_bar else print
+    stopped_early = False
     try:
         for epoch in bar:
+            if patience and plateau(history["valid_ppl"])[2] >= patience:
+                stopped_early = True  # a resumed run that had already run out of patience
+                break
             t0 = time.perf_counter()
             ppl, speed = train_epoch(net, loader, loss, opt, device, use_random_iter, clip)
             record = {"epoch": epoch + 1, "train_ppl": ppl}
@@ -322,7 +371,15 @@ def train(net, loader, vocab, num_epochs, lr, device="cpu", optimizer="sgd", cli
             if paths:
                 with open(paths["metrics.jsonl"], "a") as f:
                     f.write(json.dumps(record) + "\n")
-            last = epoch + 1 == num_epochs
+            improved = False
+            if valid_corpus is not None:
+                _, best_epoch, waited = plateau(history["valid_ppl"])
+                improved = best_epoch == epoch + 1
+                if not improved and anneal:
+                    for group in opt.param_groups:  # the next epoch runs at the lower rate
+                        group["lr"] = group["lr"] / anneal
+                stopped_early = bool(patience) and waited >= patience
+            last = epoch + 1 == num_epochs or stopped_early
             if progress and log_every and ((epoch + 1) % log_every == 0 or last):
                 line = f"epoch {epoch + 1}/{num_epochs}  perplexity {ppl:.2f}"
                 if valid_corpus is not None:
@@ -330,13 +387,22 @@ def train(net, loader, vocab, num_epochs, lr, device="cpu", optimizer="sgd", cli
                 say(line + f"  {speed:,.0f} tokens/s")
                 for p, text in samples().items():
                     say(f"  {text!r}")
+                if stopped_early:
+                    say(f"stopping: no held-out improvement in {patience} epochs")
             if paths and (last or (checkpoint_every and (epoch + 1) % checkpoint_every == 0)):
                 save_checkpoint(paths["checkpoint.pt"], net, vocab, opt, epoch + 1, loader,
                                 train_config, history)
                 plot_perplexity(history, paths["perplexity.png"])
+            if paths and improved:
+                save_checkpoint(paths["best.pt"], net, vocab, opt, epoch + 1, loader, train_config, history)
+            if stopped_early:
+                break
     finally:
         bar.close()
     history["samples"] = samples() if predict_prefixes else {}
+    history["stopped_early"] = stopped_early
+    if valid_corpus is not None:
+        history["best_valid_ppl"], history["best_epoch"], _ = plateau(history["valid_ppl"])
     if paths:
         history["paths"] = paths
     return history

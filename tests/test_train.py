@@ -206,13 +206,19 @@ def test_training_reduces_perplexity_and_writes_logs(tiny, tmp_path):
     assert text.startswith("time traveller") and len(text) == len("time traveller") + 50
 
 
-@pytest.mark.parametrize("cell,random_iter,optimizer,layers,dropout", [
-    ("gru", False, "adam", 1, 0.0),
-    ("lstm", True, "sgd", 2, 0.3),  # random sampling + dropout: the loader's and torch's RNGs
+@pytest.mark.parametrize("cell,random_iter,optimizer,layers,dropout,schedule", [
+    ("gru", False, "adam", 1, 0.0, {}),
+    ("lstm", True, "sgd", 2, 0.3, {}),  # random sampling + dropout: the loader's and torch's RNGs
+    # held-out perplexity, best.pt, L2, lr annealing and patience (lr 0.3 with Adam: the held-out
+    # perplexity rises at epoch 2, so the checkpoint resumed after epoch 2 holds an annealed lr)
+    ("gru", False, "adam", 1, 0.0, {"weight_decay": 1e-3, "anneal": 4, "patience": 3}),
 ])
-def test_resume_continues_bit_for_bit(tiny, tmp_path, cell, random_iter, optimizer, layers, dropout):
+def test_resume_continues_bit_for_bit(tiny, tmp_path, cell, random_iter, optimizer, layers, dropout,
+                                      schedule):
     corpus, vocab = tiny
-    lr = 0.01 if optimizer == "adam" else 1.0
+    lr = (0.3 if schedule else 0.01) if optimizer == "adam" else 1.0
+    if schedule:
+        schedule = dict(schedule, valid_corpus=load_corpus("war_of_the_worlds", "char", 500, vocab=vocab)[0])
 
     def fresh():
         torch.manual_seed(123)
@@ -221,24 +227,29 @@ def test_resume_continues_bit_for_bit(tiny, tmp_path, cell, random_iter, optimiz
 
     net_a, loader_a = fresh()
     hist_a = train(net_a, loader_a, vocab, 4, lr, optimizer=optimizer, progress=False, seed=5,
-                   predict_prefixes=())
+                   predict_prefixes=(), **schedule)
 
     net_b, loader_b = fresh()
     train(net_b, loader_b, vocab, 2, lr, optimizer=optimizer, progress=False, seed=5,
-          out_dir=tmp_path, predict_prefixes=())
+          out_dir=tmp_path, predict_prefixes=(), **schedule)
     torch.manual_seed(999)  # whatever happens in between must not matter
     net_c = RNNLM(len(vocab), num_hiddens=16, cell=cell, num_layers=layers, dropout=dropout)
     loader_c = _loader(corpus, vocab, random_iter=random_iter, seed=7)
     hist_c = train(net_c, loader_c, vocab, 4, lr, optimizer=optimizer, progress=False, seed=5,
-                   out_dir=tmp_path, resume=tmp_path / "checkpoint.pt", predict_prefixes=())
+                   out_dir=tmp_path, resume=tmp_path / "checkpoint.pt", predict_prefixes=(), **schedule)
 
     sa, sc = net_a.state_dict(), net_c.state_dict()
     assert sa.keys() == sc.keys()
     for k in sa:
         assert torch.equal(sa[k], sc[k]), k
-    assert hist_c["epoch"] == [1, 2, 3, 4]
-    assert hist_c["train_ppl"] == hist_a["train_ppl"]
-    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 4
+    assert hist_c["epoch"] == hist_a["epoch"]
+    assert hist_c["train_ppl"] == hist_a["train_ppl"] and hist_c["lr"] == hist_a["lr"]
+    assert hist_c.get("valid_ppl") == hist_a.get("valid_ppl")
+    assert hist_c["stopped_early"] == hist_a["stopped_early"]
+    if schedule:
+        assert hist_c["best_valid_ppl"] == hist_a["best_valid_ppl"] == min(hist_a["valid_ppl"])
+        assert len(set(hist_a["lr"])) > 1, hist_a  # the annealing did happen in this run
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == len(hist_a["epoch"])
 
 
 @pytest.fixture(scope="module")
