@@ -194,6 +194,9 @@ def load_checkpoint(path, device="cpu"):
     from .models import RNNLM
     ckpt = read_checkpoint(path)
     try:
+        with torch.device("meta"):  # shapes first, no memory: a config far larger than its
+            skeleton = RNNLM(**ckpt["model_config"])  # weights is refused before allocating
+        _check_shapes(skeleton, ckpt["model_state"], path)
         net = RNNLM(**ckpt["model_config"])
         net.load_state_dict(ckpt["model_state"])
         vocab = Vocab.from_dict(ckpt["vocab"])
@@ -203,6 +206,16 @@ def load_checkpoint(path, device="cpu"):
     config = {"model": dict(ckpt["model_config"]), "train": dict(ckpt["train_config"]),
               "epoch": ckpt["epoch"], "history": ckpt["history"]}
     return net, vocab, config
+
+
+def _check_shapes(net, state, path):
+    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != got:
+        diff = sorted(set(expected) ^ set(got)) or [k for k in expected if expected[k] != got[k]]
+        k = diff[0]
+        raise ValueError(f"checkpoint {path}: its weights do not fit its model_config ({k}: "
+                         f"{got.get(k, 'missing')} in the file, {expected.get(k, 'not in the model')} expected)")
 
 
 def restore_checkpoint(ckpt, path, net, vocab, optimizer, loader, optimizer_name):

@@ -147,6 +147,11 @@ def cmd_train(args):
         _check_settings(stored, f"checkpoint {args.resume}")
         settings.update(stored)
         done = ckpt["epoch"]
+        if args.lr is not None and args.lr != stored.get("lr", args.lr):
+            # the optimizer state (its lr, annealed or not) is what a resumed run continues with
+            raise CLIError(f"--lr {args.lr}: a resumed run continues with its optimizer's state "
+                           f"(lr {stored.get('lr')} at the start, annealing included); "
+                           "start a new run to change it")
     settings.update({k: v for k, v in vars(args).items() if k in TRAIN_DEFAULTS and v is not None})
     s = settings
     if args.resume and s["epochs"] <= done:
@@ -235,21 +240,20 @@ def _train_with(args, s, device, out):
     return 0
 
 
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}
 BYTES_PER_PARAMETER = 16  # float32 weight + gradient + Adam's two moments
 
 
 def _check_model_fits(s, vocab_size, device):
     """Refuse, before allocating anything, a model whose weights, gradients and optimizer state
     alone exceed the device's memory (a typo like --hidden 100000 would otherwise be an
-    allocation error deep in torch, or swap the machine to a halt)."""
+    allocation error deep in torch, or swap the machine to a halt). The model is counted on the
+    meta device: shapes only, no memory."""
     import torch
-    H, L, E, V = s["hidden"], s["layers"], s["embedding"], vocab_size
-    G = GATES.get(s["cell"], 4)
-    params = V * H + V + (V * E if E else 0)  # head (+ embedding)
-    for layer in range(L):
-        inputs = (E or V) if layer == 0 else H
-        params += G * H * (inputs + H + 2)
+    from .models import RNNLM
+    with torch.device("meta"):
+        skeleton = RNNLM(vocab_size, num_hiddens=s["hidden"], cell=s["cell"], num_layers=s["layers"],
+                         dropout=s["dropout"], embedding_dim=s["embedding"], backend=s["backend"])
+    params = sum(p.numel() for p in skeleton.parameters())
     need = params * BYTES_PER_PARAMETER
     if str(device).startswith("cuda"):
         have = torch.cuda.get_device_properties(torch.device(device)).total_memory
@@ -259,9 +263,9 @@ def _check_model_fits(s, vocab_size, device):
         except (ValueError, OSError, AttributeError):
             return
     if need > have:
-        raise CLIError(f"the model ({params:,} parameters: --hidden {H}, --layers {L}, vocabulary {V}) "
-                       f"needs about {need / 2**30:,.1f} GiB for weights, gradients and optimizer "
-                       f"state; {device} has {have / 2**30:,.1f} GiB")
+        raise CLIError(f"the model ({params:,} parameters: --hidden {s['hidden']}, --layers {s['layers']}, "
+                       f"vocabulary {vocab_size}) needs about {need / 2**30:,.1f} GiB for weights, "
+                       f"gradients and optimizer state; {device} has {have / 2**30:,.1f} GiB")
 
 
 def cmd_generate(args):

@@ -170,7 +170,12 @@ def predict(prefix, num_preds, net, vocab, device="cpu", temperature=0.0, top_k=
                 if temperature == 0:
                     last = int(logits.argmax())
                 else:
-                    logits = logits / temperature
+                    if not torch.isfinite(logits).all():
+                        raise ValueError("the model's logits are not finite (NaN or Inf): cannot "
+                                         "sample; greedy decoding (temperature=0) still works")
+                    # in float64 and shifted so the largest is 0: a tiny temperature gives
+                    # exp(-inf) = 0 for the others, never 0/0 = NaN
+                    logits = (logits.double() - logits.max()) / temperature
                     if top_k is not None and top_k < logits.numel():
                         kth = torch.topk(logits, int(top_k)).values[-1]
                         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -324,3 +324,34 @@ def test_keyboard_interrupt_outside_training_is_one_line(run_dir, capsys, monkey
         main(["generate", "--checkpoint", str(run_dir)])
     assert e.value.code == 130
     assert capsys.readouterr().err == "rnnfast: interrupted\n"
+
+
+def test_resume_with_a_different_lr_is_refused(run_dir, capsys):
+    _fails_with(capsys, ["train", "--resume", str(run_dir), "--epochs", "3", "--lr", "0.5"],
+                "--lr 0.5: a resumed run continues with its optimizer's state")
+
+
+def test_a_config_far_larger_than_its_weights_is_refused_before_allocating(ckpt, capsys, tmp_path):
+    # 10**6 hidden units would need terabytes; the weights in the file are for 8
+    bad = _edited(ckpt, tmp_path, lambda c: c["model_config"].__setitem__("num_hiddens", 10**6))
+    _fails_with(capsys, ["generate", "--checkpoint", bad], "its weights do not fit its model_config")
+    bad = _edited(ckpt, tmp_path, lambda c: c["model_state"].pop("linear.bias"))
+    _fails_with(capsys, ["eval", "--checkpoint", bad, "--max-tokens", "100"],
+                "(linear.bias: missing in the file")
+
+
+@pytest.mark.parametrize("temperature", ["1e-300", "5e-324"])
+def test_generate_with_a_tiny_temperature_is_greedy(run_dir, capsys, temperature):
+    assert main(["generate", "--checkpoint", str(run_dir), "--num", "30"]) == 0
+    greedy = capsys.readouterr().out
+    assert main(["generate", "--checkpoint", str(run_dir), "--num", "30", "--seed", "3",
+                 "--temperature", temperature]) == 0
+    assert capsys.readouterr().out == greedy
+
+
+def test_generate_from_a_model_with_nan_weights(ckpt, capsys, tmp_path):
+    def poison(c):
+        c["model_state"]["linear.bias"] = torch.full_like(c["model_state"]["linear.bias"], float("nan"))
+    bad = _edited(ckpt, tmp_path, poison)
+    _fails_with(capsys, ["generate", "--checkpoint", bad, "--temperature", "1", "--seed", "0"],
+                "the model's logits are not finite")
