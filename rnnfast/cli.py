@@ -250,9 +250,13 @@ def _check_model_fits(s, vocab_size, device):
     meta device: shapes only, no memory."""
     import torch
     from .models import RNNLM
-    with torch.device("meta"):
-        skeleton = RNNLM(vocab_size, num_hiddens=s["hidden"], cell=s["cell"], num_layers=s["layers"],
-                         dropout=s["dropout"], embedding_dim=s["embedding"], backend=s["backend"])
+    try:
+        with torch.device("meta"):
+            skeleton = RNNLM(vocab_size, num_hiddens=s["hidden"], cell=s["cell"], num_layers=s["layers"],
+                             dropout=s["dropout"], embedding_dim=s["embedding"], backend=s["backend"])
+    except RuntimeError as e:  # even the shapes overflow (e.g. "Storage size calculation overflowed")
+        raise CLIError(f"the model (--hidden {s['hidden']}, --layers {s['layers']}, vocabulary "
+                       f"{vocab_size}) is too large: {_one_line(e)}") from None
     params = sum(p.numel() for p in skeleton.parameters())
     need = params * BYTES_PER_PARAMETER
     if str(device).startswith("cuda"):

@@ -247,6 +247,19 @@ def plateau(valid_ppl):
     return best, best_epoch, len(valid_ppl) - best_epoch
 
 
+def _held_out_step(valid_ppl, opt, anneal, patience):
+    """After an epoch's held-out perplexity (the last of `valid_ppl`): (improved, stop).
+
+    Without improvement, `anneal` divides the lr of every parameter group (the next epoch runs at
+    the lower rate); `patience` epochs in a row without improvement stop the run."""
+    _, best_epoch, waited = plateau(valid_ppl)
+    improved = best_epoch == len(valid_ppl)
+    if not improved and anneal:
+        for group in opt.param_groups:
+            group["lr"] = group["lr"] / anneal
+    return improved, bool(patience) and waited >= patience
+
+
 # --------------------------------------------------------------------------------------------------
 # The training run
 # --------------------------------------------------------------------------------------------------
@@ -298,6 +311,9 @@ def train(net, loader, vocab, num_epochs, lr, device="cpu", optimizer="sgd", cli
     patience = int(patience) if patience else None
     anneal = float(anneal) if anneal else None
     weight_decay = float(weight_decay)
+    if valid_corpus is not None and len(valid_corpus) < 2:
+        raise ValueError(f"the held-out corpus has {len(valid_corpus)} token(s): its perplexity needs "
+                         "at least 2 (an input and a target)")
     if (patience or anneal) and valid_corpus is None:
         raise ValueError("patience and anneal watch the held-out perplexity: pass valid_corpus")
     if use_random_iter is None:
@@ -376,14 +392,8 @@ def train(net, loader, vocab, num_epochs, lr, device="cpu", optimizer="sgd", cli
             if paths:
                 with open(paths["metrics.jsonl"], "a") as f:
                     f.write(json.dumps(record) + "\n")
-            improved = False
-            if valid_corpus is not None:
-                _, best_epoch, waited = plateau(history["valid_ppl"])
-                improved = best_epoch == epoch + 1
-                if not improved and anneal:
-                    for group in opt.param_groups:  # the next epoch runs at the lower rate
-                        group["lr"] = group["lr"] / anneal
-                stopped_early = bool(patience) and waited >= patience
+            improved, stopped_early = (_held_out_step(history["valid_ppl"], opt, anneal, patience)
+                                       if valid_corpus is not None else (False, False))
             last = epoch + 1 == num_epochs or stopped_early
             if progress and log_every and ((epoch + 1) % log_every == 0 or last):
                 line = f"epoch {epoch + 1}/{num_epochs}  perplexity {ppl:.2f}"

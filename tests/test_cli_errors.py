@@ -273,7 +273,10 @@ def test_sweep_other_commands_numbers(argv, match, capsys):
     (["train", *TINY, "--device", "cuda:x"], "invalid --device 'cuda:x'"),
     (["train", *TINY, "--device", "tpu"], "invalid --device"),
     (["generate", "--checkpoint", "c.pt", "--device", "meta"], ""),
-    (["train", *TINY, "--hidden", str(10**9)], "needs about"),
+    (["train", *TINY, "--hidden", str(10**9)], "is too large: Storage size calculation overflowed"),
+    (["train", *TINY, "--hidden", str(10**6)], "needs about"),
+    (["train", *TINY, "--embedding", str(10**8), "--hidden", "8"], "needs about"),
+    (["train", *TINY, "--valid-tokens", "1"], "the held-out corpus has 1 token(s)"),
     (["train", *TINY, "--batch-size", str(10**6)], ""),
     (["train", *TINY, "--num-steps", str(10**6)], ""),
 ])
