@@ -200,8 +200,11 @@ def load_checkpoint(path, device="cpu"):
         net = RNNLM(**ckpt["model_config"])
         net.load_state_dict(ckpt["model_state"])
         vocab = Vocab.from_dict(ckpt["vocab"])
-    except (TypeError, RuntimeError, KeyError) as e:
-        raise ValueError(f"checkpoint {path} does not describe a loadable RNNLM: {e}") from e
+    except (TypeError, RuntimeError, KeyError, ValueError) as e:
+        if str(e).startswith(f"checkpoint {path}"):
+            raise
+        raise ValueError(f"checkpoint {path} does not describe a loadable RNNLM: "
+                         f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
     net.to(device).eval()
     config = {"model": dict(ckpt["model_config"]), "train": dict(ckpt["train_config"]),
               "epoch": ckpt["epoch"], "history": ckpt["history"]}

@@ -358,3 +358,15 @@ def test_generate_from_a_model_with_nan_weights(ckpt, capsys, tmp_path):
     bad = _edited(ckpt, tmp_path, poison)
     _fails_with(capsys, ["generate", "--checkpoint", bad, "--temperature", "1", "--seed", "0"],
                 "the model's logits are not finite")
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("cell", "transformer", "unknown cell 'transformer'"),
+    ("num_layers", True, "num_layers must be a positive int"),
+    ("dropout", "x", "could not convert string to float"),
+    ("backend", None, "unknown backend None"),
+])
+def test_generate_with_a_model_config_rnnlm_refuses(key, value, match, ckpt, capsys, tmp_path):
+    bad = _edited(ckpt, tmp_path, lambda c: c["model_config"].__setitem__(key, value))
+    line = _fails_with(capsys, ["generate", "--checkpoint", bad], match).err
+    assert f"checkpoint {bad} does not describe a loadable RNNLM" in line
