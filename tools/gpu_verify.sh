@@ -250,7 +250,7 @@ export -f env_info build load_check
 BENCH_SUITES="layer clip train_step packed proj"  # headline first
 export PY SANITIZER WORK OUT BENCH_SUITES
 
-PYTEST=("$PY" -m pytest -q -p no:cacheprovider -p per_test_timeout -rfEs --maxfail=25)
+PYTEST=("$PY" -m pytest -v --tb=short -p no:cacheprovider -p per_test_timeout -rfEs --maxfail=25)
 
 # compute-sanitizer flags, from its --help (flags differ between versions): only rnnfast's kernels
 # (kernel names are mangled, so a substring of the namespace matches), no API-error reports (torch
