@@ -53,6 +53,9 @@ def device_slug(dev):
 
 
 def git_commit():
+    """HEAD (+ '-dirty'), or RNNFAST_GIT_COMMIT where the tree is a copy without .git (a GPU machine)."""
+    if os.environ.get("RNNFAST_GIT_COMMIT"):
+        return os.environ["RNNFAST_GIT_COMMIT"]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,

@@ -31,7 +31,8 @@
 # stub that logs the command. GPU_VERIFY_DRY_FAIL / GPU_VERIFY_DRY_HANG (space-separated step
 # names) make stubs fail or hang; tests/test_gpu_verify.py runs it that way.
 # Knobs: GPU_VERIFY_TOTAL_S, GPU_VERIFY_CAP_<step> (seconds), PYTHON, RNNFAST_TEST_TIMEOUT_S,
-# RNNFAST_BENCH_TARGET_S (seconds of timing per benchmark, default here 0.5).
+# RNNFAST_BENCH_TARGET_S (seconds of timing per benchmark, default here 0.5), RNNFAST_GIT_COMMIT
+# (the commit recorded in bench.json where the tree travels without .git).
 set -u
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -69,7 +70,7 @@ export MAX_JOBS="${MAX_JOBS:-$(nproc 2>/dev/null || echo 16)}"
 export RNNFAST_CUDA="${RNNFAST_CUDA:-1}"
 export RNNFAST_TEST_TIMEOUT_S="${RNNFAST_TEST_TIMEOUT_S:-60}"
 export RNNFAST_BENCH_TARGET_S="${RNNFAST_BENCH_TARGET_S:-0.5}"
-export PYTHONPATH="$ROOT/tools${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$ROOT/tools:$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # rnnfast importable after either build
 # ninja: the one on PATH, else the one the python package ships (pip's console script dir)
 if ! command -v ninja >/dev/null 2>&1; then
   NINJA_BIN="$("$PY" -c 'import ninja, os; print(ninja.BIN_DIR)' 2>/dev/null)"
@@ -199,7 +200,7 @@ find_tool() {  # PATH first, then CUDA_HOME, then /usr/local/cuda*
 SANITIZER="${COMPUTE_SANITIZER:-$(find_tool compute-sanitizer)}"
 
 env_info() {
-  echo "date: $(date -u +%FT%TZ)  commit: $(git rev-parse --short HEAD 2>/dev/null) ($(git status --porcelain 2>/dev/null | wc -l) changed)"
+  echo "date: $(date -u +%FT%TZ)  commit: $(git rev-parse HEAD 2>/dev/null || echo "no .git; RNNFAST_GIT_COMMIT=${RNNFAST_GIT_COMMIT:-unset}")"
   echo "gpu: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -n 1)"
   "$PY" - <<'PYEOF'
 import os, sys, torch
