@@ -103,6 +103,16 @@ def test_dry_run_failure_and_hang_are_reported_and_the_run_goes_on(tmp_path):
     assert re.search(r"^verdict: FAIL \(13 of 15 steps passed", summary, flags=re.M)
 
 
+def test_exit_status_zero_without_results_is_a_failure(tmp_path):
+    # every cuda test skipped (torch sees no GPU) or a sanitizer run with no clean summary: not a pass
+    proc, out, summary, log, status = dry_run(tmp_path, GPU_VERIFY_DRY_EMPTY="test_rnn memcheck racecheck")
+    assert proc.returncode == 1
+    assert status["test_rnn"] == "FAIL" and "no test passed" in summary, summary
+    assert status["memcheck"] == "FAIL" and status["racecheck"] == "FAIL"
+    assert "the workload did not end with 'all ok'" in summary
+    assert status["test_clip"] == "PASS" and status["bench_layer"] == "PASS"
+
+
 def test_dry_run_build_failure_skips_the_gpu_steps(tmp_path):
     proc, out, summary, log, status = dry_run(tmp_path, GPU_VERIFY_DRY_FAIL="build")
     assert proc.returncode == 1

@@ -28,8 +28,9 @@
 #
 # Rehearsal without a GPU: GPU_VERIFY_DRY=1 runs the script's own logic (caps, logs, summary,
 # verdict, the sanitizer flag detection, the bench merge) with every step's command replaced by a
-# stub that logs the command. GPU_VERIFY_DRY_FAIL / GPU_VERIFY_DRY_HANG (space-separated step
-# names) make stubs fail or hang; tests/test_gpu_verify.py runs it that way.
+# stub that logs the command. GPU_VERIFY_DRY_FAIL / GPU_VERIFY_DRY_HANG / GPU_VERIFY_DRY_EMPTY
+# (space-separated step names) make stubs fail, hang, or exit 0 with no result (all tests skipped, no
+# sanitizer summary); tests/test_gpu_verify.py runs it that way.
 # Knobs: GPU_VERIFY_TOTAL_S, GPU_VERIFY_CAP_<step> (seconds), PYTHON, RNNFAST_TEST_TIMEOUT_S,
 # RNNFAST_BENCH_TARGET_S (seconds of timing per benchmark, default here 0.5), RNNFAST_GIT_COMMIT
 # (the commit recorded in bench.json where the tree travels without .git).
@@ -157,6 +158,10 @@ dry_stub() {  # dry_stub NAME CMD...: print the command, then succeed, fail or h
     "RNNFAST_BENCH_TARGET_S=$RNNFAST_BENCH_TARGET_S ninja=$(command -v ninja || echo none)"
   case " ${GPU_VERIFY_DRY_HANG:-} " in *" $name "*) echo "[dry run] hanging"; sleep 3600 ;; esac
   case " ${GPU_VERIFY_DRY_FAIL:-} " in *" $name "*) echo "[dry run] failing"; return 3 ;; esac
+  case " ${GPU_VERIFY_DRY_EMPTY:-} " in  # exit status 0 with nothing to show for it
+    *" $name "*) echo "[dry run] exit 0, no result"; case "$name" in test_*) echo "13 skipped in 0.01s" ;; esac
+      return 0 ;;
+  esac
   case "$name" in
     env) echo "cuda available: True" ;;
     test_*) echo "12 passed, 1 skipped in 0.01s" ;;
@@ -166,7 +171,8 @@ dry_stub() {  # dry_stub NAME CMD...: print the command, then succeed, fail or h
         " \"commit_info\": {}, \"benchmarks\": [{\"name\": \"$name\", \"group\": \"$name\"," \
         " \"extra_info\": {\"impl\": \"rnnfast\"}, \"stats\": {\"median\": 0.001}}]}" > "${f#--benchmark-json=}" ;;
       esac; done ;;
-    memcheck | racecheck) echo "========= ERROR SUMMARY: 0 errors" ;;
+    memcheck) printf '%s\n' "sanitize_cuda.py: all ok" "========= ERROR SUMMARY: 0 errors" ;;
+    racecheck) printf '%s\n' "sanitize_cuda.py: all ok" "========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)" ;;
   esac
   return 0
 }
@@ -181,8 +187,16 @@ check_test_rnn() { check_test_clip "$1"; }
 check_test_other() { check_test_clip "$1"; }
 detail_memcheck() { grep -E "ERROR SUMMARY|sanitize_cuda.py:" "$1" | tr '\n' ' ' | sed 's/=* *//; s/ *$//'; }
 detail_racecheck() { grep -E "RACECHECK SUMMARY|ERROR SUMMARY|sanitize_cuda.py:" "$1" | tr '\n' ' ' | sed 's/=* *//; s/ *$//'; }
-check_memcheck() { grep -qE "ERROR SUMMARY: 0 errors" "$1" || { echo "no 'ERROR SUMMARY: 0 errors' line" >&2; return 1; }; }
-check_racecheck() { check_memcheck "$1"; }
+# a clean sanitizer summary, and the workload ran to its end (not skipped, not cut short)
+check_memcheck() {
+  grep -q "sanitize_cuda.py: all ok" "$1" || { echo "the workload did not end with 'all ok'" >&2; return 1; }
+  grep -qE "ERROR SUMMARY: 0 errors" "$1" || { echo "no 'ERROR SUMMARY: 0 errors' line" >&2; return 1; }
+}
+check_racecheck() {
+  grep -q "sanitize_cuda.py: all ok" "$1" || { echo "the workload did not end with 'all ok'" >&2; return 1; }
+  grep -qE "RACECHECK SUMMARY: 0 hazards|ERROR SUMMARY: 0 errors" "$1" \
+    || { echo "no 'RACECHECK SUMMARY: 0 hazards' or 'ERROR SUMMARY: 0 errors' line" >&2; return 1; }
+}
 detail_env() { grep -E "^(gpu|torch):" "$1" | tr '\n' ' '; }
 check_env() { grep -q "^cuda available: True" "$1" || { echo "torch sees no CUDA device" >&2; return 1; }; }
 detail_load() { tail -n 1 "$1"; }
