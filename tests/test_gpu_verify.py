@@ -79,7 +79,7 @@ def test_dry_run_passes_writes_three_files_and_logs_every_command(tmp_path):
     _, memcheck = step_output(log, "memcheck")
     assert "PYTORCH_NO_CUDA_MEMORY_CACHING=1" in memcheck and "--tool memcheck" in memcheck
     _, racecheck = step_output(log, "racecheck")
-    assert re.search(r"--tool racecheck .*tests/sanitize_cuda.py clip", racecheck)
+    assert re.search(r"--tool racecheck .*tests/sanitize_cuda.py clip recurrent", racecheck)
     for text in (memcheck, racecheck):
         assert "--kernel-name kns=rnnfast" in text and "--report-api-errors no" in text
         assert "--error-exitcode 1" in text

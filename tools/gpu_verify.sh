@@ -15,8 +15,8 @@
 #   test_rnn    tests/test_cuda_recurrent.py
 #   test_other  the other `cuda`-marked tests
 #   memcheck    compute-sanitizer memcheck on tests/sanitize_cuda.py (every kernel, small cases)
-#   racecheck   compute-sanitizer racecheck on its clipping part (the only kernels with shared
-#               memory and barriers); both limited to rnnfast's kernels, no API-error noise
+#   racecheck   compute-sanitizer racecheck on the same workload (clipping first: the only kernels
+#               with shared memory and barriers); both limited to rnnfast's kernels, no API-error noise
 #   bench_*     bench/ with --device cuda, one pytest-benchmark JSON per suite, merged into
 #               bench.json (and bench/results/<gpu>.json in the tree)
 #   report      bench/report.py's table of bench.json
@@ -138,7 +138,7 @@ run_step() {
 record() {  # record NAME STATUS SECONDS DETAIL
   STATUS[$1]="$2"
   [ "$2" = PASS ] || FAILED=1
-  printf '%-12s %-7s %4ss  %s\n' "$1" "$2" "$3" "$4" >> "$SUMMARY"
+  printf '%-17s %-7s %4ss  %s\n' "$1" "$2" "$3" "$4" >> "$SUMMARY"
 }
 
 skip_step() {  # skip_step NAME REASON
@@ -185,8 +185,8 @@ detail_test_other() { pytest_detail "$1"; }
 check_test_clip() { grep -qE "[0-9]+ passed" "$1" || { echo "no test passed (all skipped: no GPU seen?)" >&2; return 1; }; }
 check_test_rnn() { check_test_clip "$1"; }
 check_test_other() { check_test_clip "$1"; }
-detail_memcheck() { grep -E "ERROR SUMMARY|sanitize_cuda.py:" "$1" | tr '\n' ' ' | sed 's/=* *//; s/ *$//'; }
-detail_racecheck() { grep -E "RACECHECK SUMMARY|ERROR SUMMARY|sanitize_cuda.py:" "$1" | tr '\n' ' ' | sed 's/=* *//; s/ *$//'; }
+detail_memcheck() { grep -E "ERROR SUMMARY|sanitize_cuda.py:" "$1" | tr '\n' ' ' | sed -E 's/=+ *//g; s/ +$//'; }
+detail_racecheck() { grep -E "RACECHECK SUMMARY|ERROR SUMMARY|sanitize_cuda.py:" "$1" | tr '\n' ' ' | sed -E 's/=+ *//g; s/ +$//'; }
 # a clean sanitizer summary, and the workload ran to its end (not skipped, not cut short)
 check_memcheck() {
   grep -q "sanitize_cuda.py: all ok" "$1" || { echo "the workload did not end with 'all ok'" >&2; return 1; }
@@ -307,7 +307,7 @@ if [ "$GPU_READY" = 1 ]; then
     read -r -a SAN_FLAGS <<< "$(sanitizer_flags "$WORK/sanitizer_help.txt" 2>>"$LOG")"
     run_step memcheck 70 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool memcheck "${SAN_FLAGS[@]}" \
       "$PY" tests/sanitize_cuda.py
-    run_step racecheck 60 "$SANITIZER" --tool racecheck "${SAN_FLAGS[@]}" "$PY" tests/sanitize_cuda.py clip
+    run_step racecheck 75 "$SANITIZER" --tool racecheck "${SAN_FLAGS[@]}" "$PY" tests/sanitize_cuda.py clip recurrent
   else
     skip_step memcheck "compute-sanitizer not found (PATH, CUDA_HOME, /usr/local/cuda*)"
     skip_step racecheck "compute-sanitizer not found"
@@ -315,7 +315,7 @@ if [ "$GPU_READY" = 1 ]; then
   # the benchmarks: the headline suites first, one JSON each (a suite cut short loses only itself)
   for suite in $BENCH_SUITES; do
     case "$suite" in layer) cap=75 ;; clip) cap=40 ;; train_step) cap=45 ;; *) cap=30 ;; esac
-    run_step "bench_$suite" "$cap" "$PY" -m pytest -q -p no:cacheprovider "bench/test_$suite.py" --device cuda \
+    run_step "bench_$suite" "$cap" "$PY" -m pytest -q -p no:cacheprovider -p per_test_timeout "bench/test_$suite.py" --device cuda \
       --benchmark-json="$WORK/bench_$suite.json" --benchmark-columns=median,iqr,rounds
   done
 else
