@@ -122,7 +122,8 @@ run_step() {
   local secs=$(($(now) - t0))
   tail -c +"$((before + 1))" "$LOG" > "$WORK/step.out"
   local detail=""
-  if declare -F "detail_$name" >/dev/null; then detail="$("detail_$name" "$WORK/step.out")"; fi
+  if declare -F "detail_$name" >/dev/null; then detail="$("detail_$name" "$WORK/step.out")"
+  elif [[ "$name" == bench_* ]]; then detail="$(pytest_detail "$WORK/step.out")"; fi
   local status=PASS
   if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
     status=TIMEOUT; detail="killed at its cap of ${cap} s${detail:+; $detail}"
@@ -166,6 +167,7 @@ dry_stub() {  # dry_stub NAME CMD...: print the command, then succeed, fail or h
     env) echo "cuda available: True" ;;
     test_*) echo "12 passed, 1 skipped in 0.01s" ;;
     bench_*)  # a minimal pytest-benchmark JSON where the real step writes one
+      echo "1 passed in 0.01s"
       local f; for f in "$@"; do case "$f" in --benchmark-json=*) printf '%s\n' \
         "{\"machine_info\": {\"device_slug\": \"dry-run\", \"device_name\": \"dry run\"}," \
         " \"commit_info\": {}, \"benchmarks\": [{\"name\": \"$name\", \"group\": \"$name\"," \
