@@ -113,6 +113,14 @@ def test_exit_status_zero_without_results_is_a_failure(tmp_path):
     assert status["test_clip"] == "PASS" and status["bench_layer"] == "PASS"
 
 
+def test_only_selected_steps_run_and_count(tmp_path):
+    proc, out, summary, log, status = dry_run(tmp_path, GPU_VERIFY_ONLY="test_rnn bench_clip")
+    assert proc.returncode == 0, summary
+    assert list(status) == ["env", "build", "load", "test_rnn", "bench_clip", "merge", "report"], summary
+    assert re.search(r"^verdict: PASS \(7 of 7 steps passed", summary, flags=re.M)
+    assert [b["name"] for b in json.loads((out / "bench.json").read_text())["benchmarks"]] == ["bench_clip"]
+
+
 def test_dry_run_build_failure_skips_the_gpu_steps(tmp_path):
     proc, out, summary, log, status = dry_run(tmp_path, GPU_VERIFY_DRY_FAIL="build")
     assert proc.returncode == 1

@@ -31,6 +31,7 @@
 # stub that logs the command. GPU_VERIFY_DRY_FAIL / GPU_VERIFY_DRY_HANG / GPU_VERIFY_DRY_EMPTY
 # (space-separated step names) make stubs fail, hang, or exit 0 with no result (all tests skipped, no
 # sanitizer summary); tests/test_gpu_verify.py runs it that way.
+# A second, shorter run: GPU_VERIFY_ONLY="test_rnn memcheck" runs env, build, load and those steps.
 # Knobs: GPU_VERIFY_TOTAL_S, GPU_VERIFY_CAP_<step> (seconds), PYTHON, RNNFAST_TEST_TIMEOUT_S,
 # RNNFAST_BENCH_TARGET_S (seconds of timing per benchmark, default here 0.5), RNNFAST_GIT_COMMIT
 # (the commit recorded in bench.json where the tree travels without .git).
@@ -93,8 +94,17 @@ pytest_detail() {  # the last "N passed, M failed ..." line of pytest
 
 # run_step NAME CAP CMD...: run CMD under `timeout` (CAP, cut to what is left before the deadline),
 # output appended to verify.log under a header; a line in summary.log; STATUS[NAME].
+# GPU_VERIFY_ONLY="step ..." (a second, shorter run): env, build, load and those steps; the others
+# neither run nor count. Unset: every step.
+selected() {
+  [ -z "${GPU_VERIFY_ONLY:-}" ] && return 0
+  case " env build load merge report ${GPU_VERIFY_ONLY} " in *" $1 "*) return 0 ;; esac
+  return 1
+}
+
 run_step() {
   local name="$1" cap="$2"; shift 2
+  selected "$name" || return 0
   local var="GPU_VERIFY_CAP_${name}"
   cap="${!var:-$cap}"
   STEP_NO=$((STEP_NO + 1))
@@ -143,6 +153,7 @@ record() {  # record NAME STATUS SECONDS DETAIL
 }
 
 skip_step() {  # skip_step NAME REASON
+  selected "$1" || return 0
   log "--- $1: SKIP ($2)"
   record "$1" SKIP 0 "$2"
 }
@@ -292,6 +303,7 @@ sanitizer_flags() {  # sanitizer_flags HELP_TEXT_FILE
   echo "tools/gpu_verify.sh: $(date -u +%FT%TZ), deadline ${TOTAL_S} s, out $OUT$([ "$DRY" = 1 ] && echo ', DRY RUN (no GPU step runs)')"
 } >> "$LOG"
 [ "$DRY" = 1 ] && echo "DRY RUN: every step is a stub; nothing was built, tested or measured" >> "$SUMMARY"
+[ -n "${GPU_VERIFY_ONLY:-}" ] && echo "only: env build load ${GPU_VERIFY_ONLY} (GPU_VERIFY_ONLY)" >> "$SUMMARY"
 
 run_step env 20 env_info
 run_step build 210 build
