@@ -119,7 +119,9 @@ class RecurrentGemm {
     const mkl::Api& a = mkl::api();
     const bool fits = max_m > 0 && n_ > 0 && k_ > 0 && max_m < INT32_MAX && n_ < INT32_MAX && k_ < INT32_MAX;
     if (w.scalar_type() == at::kFloat && w.is_contiguous() && a.ok() && fits) {
-      // W (rows, cols) contiguous: row-major with ld = cols (>= 1 here), as the rule asks
+      // W (rows, cols) contiguous: row-major with ld = cols, as the rule asks
+      TORCH_CHECK(w.size(1) >= 1 && w.size(1) <= INT32_MAX, "rnnfast: BLAS pack of W ", w.sizes(),
+                  ": leading dimension ", w.size(1), " out of range");
       const size_t bytes = a.get_size(mkl::kBMatrix, int(max_m), int(n_), int(k_));
       packed_ = at::empty({int64_t(bytes / sizeof(float)) + 16}, w.options());
       a.pack(mkl::kRowMajor, mkl::kBMatrix, transpose ? mkl::kTrans : mkl::kNoTrans, int(max_m), int(n_), int(k_),
