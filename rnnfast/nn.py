@@ -24,6 +24,8 @@ Differences from torch.nn, all of them explicit errors or additions, never silen
 * ``RNNCell(nonlinearity=...)`` is checked when the cell is built (torch.nn.RNNCell waits for
   forward).
 * Under ``torch.autocast`` the layers compute and return float32 (see rf.autocast_float32).
+* Pickling (``torch.save(model)``) goes through ``rnnfast._serialization``: importing rnnfast
+  allowlists the layers for torch.load's default ``weights_only=True``.
 
 Dropout between layers is ``torch.nn.functional.dropout`` on each time-major layer output (for
 packed input: on its packed rows), the same call ATen's CPU RNN makes, so on CPU a given seed gives
@@ -43,7 +45,8 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
-from . import _hooks
+from . import _hooks, _serialization
+from ._serialization import PicklableMixin as _PicklableMixin
 from . import functional as rf
 
 __all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell"]
@@ -311,7 +314,7 @@ class _NonlinearityMixin:
         return s
 
 
-class RNN(_NonlinearityMixin, _RecurrentMixin, torch.nn.RNN):
+class RNN(_PicklableMixin, _NonlinearityMixin, _RecurrentMixin, torch.nn.RNN):
     """Drop-in for ``torch.nn.RNN`` (Elman RNN, tanh or ReLU) on rnnfast's fused ops; a subclass of
     torch.nn.RNN.
 
@@ -322,7 +325,7 @@ class RNN(_NonlinearityMixin, _RecurrentMixin, torch.nn.RNN):
     """
 
 
-class GRU(_ResetAfterMixin, _RecurrentMixin, torch.nn.GRU):
+class GRU(_PicklableMixin, _ResetAfterMixin, _RecurrentMixin, torch.nn.GRU):
     """Drop-in for ``torch.nn.GRU`` on rnnfast's fused ops, plus the textbook variant; a subclass of
     torch.nn.GRU.
 
@@ -343,7 +346,7 @@ class GRU(_ResetAfterMixin, _RecurrentMixin, torch.nn.GRU):
         self.reset_after = reset_after
 
 
-class LSTM(_RecurrentMixin, torch.nn.LSTM):
+class LSTM(_PicklableMixin, _RecurrentMixin, torch.nn.LSTM):
     """Drop-in for ``torch.nn.LSTM`` on rnnfast's fused ops; a subclass of torch.nn.LSTM.
 
     Gates i, f, g, o (PyTorch's order); c' = f * c + i * g, h' = o * tanh(c'). Same constructor
@@ -420,7 +423,7 @@ class _CellMixin:
         return new_states
 
 
-class RNNCell(_CellMixin, torch.nn.RNNCell):
+class RNNCell(_PicklableMixin, _CellMixin, torch.nn.RNNCell):
     """Drop-in for ``torch.nn.RNNCell`` (a subclass): h' = act(W_ih x + b_ih + W_hh h + b_hh), act
     tanh or relu.
 
@@ -442,7 +445,7 @@ class RNNCell(_CellMixin, torch.nn.RNNCell):
         return self._step(input, None if hx is None else (hx,))[0]
 
 
-class GRUCell(_ResetAfterMixin, _CellMixin, torch.nn.GRUCell):
+class GRUCell(_PicklableMixin, _ResetAfterMixin, _CellMixin, torch.nn.GRUCell):
     """Drop-in for ``torch.nn.GRUCell`` (a subclass; gates r, z, n), plus the textbook variant.
 
     ``reset_after=True`` (default) is torch.nn.GRUCell exactly; ``reset_after=False`` is the
@@ -462,7 +465,7 @@ class GRUCell(_ResetAfterMixin, _CellMixin, torch.nn.GRUCell):
         return self._step(input, None if hx is None else (hx,))[0]
 
 
-class LSTMCell(_CellMixin, torch.nn.LSTMCell):
+class LSTMCell(_PicklableMixin, _CellMixin, torch.nn.LSTMCell):
     """Drop-in for ``torch.nn.LSTMCell`` (a subclass): ``h', c' = cell(x, (h, c))``, gates i, f, g, o.
 
     Same constructor, parameters, initialization and forward as torch.nn.LSTMCell; runs one step
@@ -479,3 +482,4 @@ class LSTMCell(_CellMixin, torch.nn.LSTMCell):
 
 
 _hooks.let_dynamo_trace((RNN, GRU, LSTM))
+_serialization.register((RNN, GRU, LSTM, RNNCell, GRUCell, LSTMCell))  # torch.load(weights_only=True)
