@@ -174,3 +174,25 @@ def test_plain_export_call_finds_translations_in_a_fresh_process(order):
         assert last == "[]", last  # `import rnnfast` imports neither onnx nor Dynamo
     else:
         assert "'GRU'" in last and "rnnfast" not in last, last
+
+
+@pytest.mark.parametrize("name,kw", [("LSTM", dict(num_layers=2, bidirectional=True, batch_first=True)),
+                                     ("GRU", dict(reset_after=False))], ids=lambda v: str(v))
+def test_export_with_dynamic_batch_and_length(tmp_path, name, kw):
+    torch.manual_seed(4)
+    m = getattr(rnnfast, name)(4, 6, **kw).eval()
+    bt = (0, 1) if m.batch_first else (1, 0)
+    dims = {bt[0]: torch.export.Dim("batch"), bt[1]: torch.export.Dim("steps")}
+    path = str(tmp_path / "dynamic.onnx")
+    example = torch.randn((3, 5, 4) if m.batch_first else (5, 3, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (example,), path, dynamo=True, dynamic_shapes=(dims,), verbose=False)
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for B, T in ((2, 9), (7, 1)):  # other sizes than the example's
+        x = torch.randn((B, T, 4) if m.batch_first else (T, B, 4))
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        with torch.no_grad():
+            want = flat(m(x))
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b.numpy(), **TOL)
