@@ -20,8 +20,10 @@ b_ih, b_hh, reverse, ...)``:
 * Y (T, 1, B, H) and Y_h/Y_c (1, B, H) lose the direction axis. The op's workspace output (saved
   for backward) is not part of an inference graph: an empty tensor stands for it.
 
-``LSTM(proj_size > 0)`` cannot be exported: ONNX's LSTM has no projection. The export fails with a
-message saying so (a hand-written loop of MatMuls would not be the standard LSTM node).
+``LSTM(proj_size > 0)``: ONNX's LSTM has no projection, so its steps are written out with standard
+operators (MatMul, Add, Sigmoid, Tanh, Mul; T copies), as torch.onnx does for torch.nn.LSTM with
+proj_size. That needs a sequence length fixed at export time: with a dynamic one (or packed input)
+the export fails with a message saying so.
 """
 from __future__ import annotations
 
@@ -31,8 +33,9 @@ __all__ = ["register", "PROJECTION_MESSAGE"]
 
 REGISTRATION = "onnxscript.function_libs.torch_lib.registration"
 
-PROJECTION_MESSAGE = ("rnnfast: LSTM(proj_size > 0) cannot be exported to ONNX: ONNX's LSTM operator has "
-                      "no projection (weight_hr); export a model without proj_size")
+PROJECTION_MESSAGE = ("rnnfast: LSTM(proj_size > 0) with a dynamic sequence length (or packed input) cannot be "
+                      "exported to ONNX: ONNX's LSTM operator has no projection (weight_hr), and the steps "
+                      "written out need a sequence length fixed at export time")
 
 # ONNX's gate order, as indices of torch's gate blocks
 _LSTM_ORDER = (0, 3, 1, 2)  # torch i, f, g, o -> ONNX i, o, f, c
@@ -110,7 +113,27 @@ def _define(registration) -> None:
     @torch_op("rnnfast::lstm_proj_forward", trace_only=True)
     def rnnfast_lstm_proj_forward(input, hx, cx, w_ih, w_hh, w_hr, b_ih=None, b_hh=None, reverse=False,
                                   lengths=None):
-        raise NotImplementedError(PROJECTION_MESSAGE)
+        # ONNX's LSTM has no projection: the steps are written out with standard operators (MatMul,
+        # Add, Sigmoid, Tanh, Mul), as torch.onnx exports torch.nn.LSTM(proj_size>0). That needs
+        # a sequence length fixed at export time.
+        T = input.shape[0]
+        if not isinstance(T, int) or lengths is not None:
+            raise NotImplementedError(PROJECTION_MESSAGE)
+        H = w_hr.shape[1]
+        gates_x = op.MatMul(input, op.Transpose(w_ih, perm=[1, 0]))  # (T, B, 4H), all steps at once
+        for b in (b_ih, b_hh):
+            if b is not None:
+                gates_x = op.Add(gates_x, b)
+        w_hh_t, w_hr_t = op.Transpose(w_hh, perm=[1, 0]), op.Transpose(w_hr, perm=[1, 0])
+        h, c = hx, cx
+        outputs = [None] * T
+        for t in (range(T - 1, -1, -1) if reverse else range(T)):
+            gates = op.Add(op.Gather(gates_x, op.Constant(value_int=t), axis=0), op.MatMul(h, w_hh_t))
+            i, f, g, o = (op.Slice(gates, [k * H], [(k + 1) * H], [1]) for k in range(4))
+            c = op.Add(op.Mul(op.Sigmoid(f), c), op.Mul(op.Sigmoid(i), op.Tanh(g)))
+            h = op.MatMul(op.Mul(op.Sigmoid(o), op.Tanh(c)), w_hr_t)
+            outputs[t] = op.Unsqueeze(h, [0])
+        return op.Concat(*outputs, axis=0), h, c, empty_workspace(input)
 
     _registered = True
 

@@ -124,12 +124,27 @@ def test_language_model_exports_and_matches(tmp_path, cell):
         np.testing.assert_allclose(a, b, **TOL)
 
 
-def test_projection_fails_clearly():
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_projection_exports_as_standard_operators(tmp_path, bidirectional):
+    # ONNX's LSTM has no projection: the steps are written out (as torch.onnx does for torch.nn's)
+    torch.manual_seed(5)
+    m = rnnfast.LSTM(4, 6, num_layers=2, proj_size=3, bidirectional=bidirectional)
+    D = 2 if bidirectional else 1
+    x, h = torch.randn(5, 3, 4), (torch.randn(2 * D, 3, 3), torch.randn(2 * D, 3, 6))
+    proto, got, want = export_and_run(m, (x, h), tmp_path)
+    assert_standard_nodes(proto, "LSTM", 0)
+    assert {"MatMul", "Sigmoid", "Tanh"} <= {n.op_type for n in proto.graph.node}
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, **TOL)
+
+
+def test_projection_with_dynamic_length_fails_clearly():
     m = rnnfast.LSTM(4, 6, proj_size=3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(Exception, match="ONNX's LSTM operator has no projection"):
-            torch.onnx.export(m, (torch.randn(5, 2, 4),), dynamo=True, verbose=False)
+            torch.onnx.export(m, (torch.randn(5, 2, 4),), dynamo=True, verbose=False,
+                              dynamic_shapes=({0: torch.export.Dim("steps")},))
 
 
 @pytest.mark.parametrize("name,kw", LAYERS[1:2] + LAYERS[3:4] + LAYERS[6:7] + [("LSTM", dict(proj_size=2))],
