@@ -271,7 +271,7 @@ def test_parameter_layout_and_init_match_torch(mode, kw):
     if mode != "relu":  # torch.nn.RNN's repr omits nonlinearity; ours shows it
         assert repr(ours) == repr(ref)
     assert ours.all_weights[0][0] is ours.weight_ih_l0
-    ours.flatten_parameters()  # no-op, kept for compatibility
+    ours.flatten_parameters()  # torch.nn.RNNBase.flatten_parameters (acts only on cuDNN weights)
 
 
 @pytest.mark.parametrize("mode", MODES)
