@@ -403,3 +403,26 @@ def test_loading_without_rnnfast_says_to_install_it(tmp_path, weights_only):
     else:
         assert res.stdout.startswith("ModuleNotFoundError: No module named 'rnnfast"), res.stdout
     assert "LOADED" not in res.stdout
+
+
+# ---- the lazy integration hooks (rnnfast/_hooks.py) ----------------------------------------------
+
+def test_after_import_runs_callbacks_once_when_the_module_is_imported(tmp_path, monkeypatch):
+    from rnnfast import _hooks
+    (tmp_path / "rnnfast_hook_probe.py").write_text("VALUE = 42\n")
+    (tmp_path / "rnnfast_hook_broken.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen = []
+    _hooks.after_import("rnnfast_hook_probe", lambda m: seen.append(m.VALUE))
+    assert seen == []  # nothing is imported ahead of need
+    import rnnfast_hook_probe  # noqa: F401
+    assert seen == [42]
+    _hooks.after_import("rnnfast_hook_probe", lambda m: seen.append(-m.VALUE))  # already imported: now
+    assert seen == [42, -42]
+    # a failing callback warns and never breaks the user's import
+    _hooks.after_import("rnnfast_hook_broken", lambda m: 1 / 0)
+    with pytest.warns(UserWarning, match="could not set up its integration with rnnfast_hook_broken"):
+        import rnnfast_hook_broken
+    assert rnnfast_hook_broken.VALUE == 1
+    for name in ("rnnfast_hook_probe", "rnnfast_hook_broken"):
+        sys.modules.pop(name, None)
