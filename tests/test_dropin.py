@@ -284,6 +284,25 @@ def test_weight_drop_wrapper_reading_flat_weights(name):
     assert ours.module.weight_hh_l0_raw.grad is not None  # gradients reach the raw weight
 
 
+@pytest.mark.parametrize("name", ["LSTM", "GRU"])
+def test_parametrizations_and_pruning_like_torch_nn(name):
+    # torch.nn.utils.parametrizations.weight_norm and prune rewrite the layer's class / attributes
+    from torch.nn.utils import parametrizations, prune
+    ours, ref = pair(name, 4, 6, num_layers=2, dtype=F64)
+    for m in (ours, ref):
+        parametrizations.weight_norm(m, "weight_hh_l0")
+        prune.l1_unstructured(m, "weight_ih_l1", amount=0.3)
+    assert isinstance(ours, rnnfast.nn.__dict__[name]) and isinstance(ours, getattr(torch.nn, name))
+    x = torch.randn(5, 3, 4, dtype=F64)
+    got, want = outputs(ours(x)), outputs(ref(x))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    sum(t.sum() for t in got).backward()
+    sum(t.sum() for t in want).backward()
+    for (n, a), (_, b) in zip(ours.named_parameters(), ref.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-10, msg=n)
+
+
 def test_quantize_dynamic_leaves_rnnfast_layers_float_and_matches():
     """torch.ao's dynamic quantization looks modules up by exact type (its from_float even asserts
     type(mod) is torch.nn.LSTM), so it quantizes the Linear and leaves rnnfast's layers as they are:
