@@ -72,16 +72,63 @@ class _Packing(NamedTuple):
 
     @classmethod
     def of(cls, packed):
-        batch_sizes, sorted_indices = packed.batch_sizes, packed.sorted_indices
+        """Validates a PackedSequence (a hand-made one may hold anything) and returns its packing.
+
+        ValueError/TypeError for: batch_sizes not a non-increasing, positive, 1-D int64 CPU tensor;
+        data whose row count is not sum(batch_sizes); sorted_indices that is not a permutation of
+        0..B-1 (duplicates, out of range, wrong shape or dtype); unsorted_indices that is not its
+        inverse. On CUDA the index tensors are read on the host once, in a single copy (one sync
+        per module call, needed both to validate them and for the CPU lengths the ops take;
+        torch.nn reads them on the host too); pack_padded_sequence(enforce_sorted=True) input has
+        no indices and needs none. The index of packed rows into the padded batch is built on the
+        CPU and sent to the data's device without waiting (pinned memory)."""
+        data, batch_sizes, sorted_indices, unsorted_indices = packed
+        where = "PackedSequence"
+        if not isinstance(batch_sizes, Tensor) or batch_sizes.dtype != torch.int64 or batch_sizes.dim() != 1:
+            raise TypeError(f"{where}: batch_sizes must be a 1-D int64 tensor, got "
+                            + (f"{batch_sizes.dim()}-D {batch_sizes.dtype}" if isinstance(batch_sizes, Tensor)
+                               else type(batch_sizes).__name__))
+        if batch_sizes.device.type != "cpu":
+            raise ValueError(f"{where}: batch_sizes must be on the CPU, got {batch_sizes.device}")
+        if batch_sizes.numel() == 0 or int(batch_sizes.min()) < 1 or bool((batch_sizes[1:] > batch_sizes[:-1]).any()):
+            raise ValueError(f"{where}: batch_sizes must be non-empty, positive and non-increasing, got "
+                             f"{batch_sizes.tolist()}")
         T, B = batch_sizes.numel(), int(batch_sizes[0])
+        if not isinstance(data, Tensor) or data.dim() < 1 or data.shape[0] != int(batch_sizes.sum()):
+            raise ValueError(f"{where}: data must have sum(batch_sizes) = {int(batch_sizes.sum())} rows, got "
+                             + (f"shape {tuple(data.shape)}" if isinstance(data, Tensor) else type(data).__name__))
+        perm = None  # sorted_indices on the CPU
+        if sorted_indices is not None or unsorted_indices is not None:
+            for name, ix in (("sorted_indices", sorted_indices), ("unsorted_indices", unsorted_indices)):
+                if not isinstance(ix, Tensor) or ix.dtype != torch.int64 or tuple(ix.shape) != (B,):
+                    got = (f"{ix.dtype} of shape {tuple(ix.shape)}" if isinstance(ix, Tensor)
+                           else type(ix).__name__)
+                    raise ValueError(f"{where}: {name} must be an int64 tensor of shape (B,) = ({B},) "
+                                     f"(batch_sizes[0] = B), got {got}")
+            if sorted_indices.device != unsorted_indices.device:
+                raise ValueError(f"{where}: sorted_indices is on {sorted_indices.device} but unsorted_indices "
+                                 f"on {unsorted_indices.device}")
+            perm, inverse = torch.stack((sorted_indices, unsorted_indices)).cpu()  # the one host read
+            arange = torch.arange(B)
+            if not torch.equal(perm.sort().values, arange):
+                raise ValueError(f"{where}: sorted_indices must be a permutation of 0..{B - 1} (each sequence "
+                                 f"once), got {perm.tolist()}")
+            if not torch.equal(inverse[perm], arange):
+                raise ValueError(f"{where}: unsorted_indices must be the inverse permutation of sorted_indices "
+                                 f"({perm.tolist()}), got {inverse.tolist()}")
         alive = torch.arange(B)[None, :] < batch_sizes[:, None]  # (T, B): sorted slot j alive at step t
         t_idx, j_idx = alive.nonzero(as_tuple=True)               # t-major, then slot: the packed order
-        b_idx = j_idx if sorted_indices is None else sorted_indices.cpu()[j_idx]
         slots = alive.sum(0)  # the length of the sequence in each sorted slot
-        lengths = slots
-        if sorted_indices is not None:  # slot j holds sequence sorted_indices[j]
-            lengths = torch.empty_like(slots).index_copy_(0, sorted_indices.cpu(), slots)
-        return cls(packed, lengths, (t_idx * B + b_idx).to(packed.data.device), T, B)
+        b_idx, lengths = j_idx, slots
+        if perm is not None:  # slot j holds sequence perm[j]
+            b_idx = perm[j_idx]
+            lengths = torch.empty_like(slots).index_copy_(0, perm, slots)
+        idx = t_idx * B + b_idx
+        if data.device.type == "cuda":
+            idx = idx.pin_memory().to(data.device, non_blocking=True)
+        else:
+            idx = idx.to(data.device)
+        return cls(packed, lengths, idx, T, B)
 
     def rows(self, padded):
         """(T, B, *) padded -> its packed rows (N, *)."""
