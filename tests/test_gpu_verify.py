@@ -179,8 +179,9 @@ def test_sanitize_workload_runs_on_the_cpu_ops():
     recurrent = [line for line in lines[:-1] if not line.startswith("clip ")]
     assert all(line.endswith(" ok") for line in lines[:-1])
     assert lines[:len(clip)] == clip  # the clipping kernels first (racecheck's part)
-    assert len(clip) == 5 * 7 and len(recurrent) == 3 * 5 * 4 + 3 * 4
+    assert len(clip) == 5 * 7 and len(recurrent) == 4 * 5 * 4 + 4 * 4
     for p in ("p=2.0", "p=1.0", "p=inf", "p=-inf", "p=0.0", "p=0.5", "p=3.0"):
         assert sum(p in line for line in clip) == 5, p
     for cell in ("rnn_tanh", "rnn_relu", "gru ", "gru_reset_before", "lstm ", "lstm_proj"):
         assert any(line.startswith(cell) for line in recurrent), cell
+        assert any(line.startswith(cell) and " B=0 " in line for line in recurrent), cell  # zero-size launches
