@@ -67,7 +67,7 @@ def test_dry_run_passes_writes_three_files_and_logs_every_command(tmp_path):
         step_output(log, name)  # one header per step, in verify.log
     # the build: sm_90 only, all cores, no network, unbuffered python, an editable install without deps
     _, build = step_output(log, "build")
-    assert "pip install --no-build-isolation --no-deps --no-index -e ." in build
+    assert "pip install -v --no-build-isolation --no-deps --no-index -e ." in build
     assert "TORCH_CUDA_ARCH_LIST=9.0" in build and "PIP_NO_INDEX=1" in build and "PYTHONUNBUFFERED=1" in build
     assert f"MAX_JOBS={os.cpu_count()}" in build or re.search(r"MAX_JOBS=\d+", build)
     # clipping tests first, each pytest run with the per-test limit
