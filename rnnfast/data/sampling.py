@@ -54,7 +54,9 @@ def _id_range(corpus: torch.Tensor, vocab_size: int) -> tuple[int, int]:
         return 0, 0
     lo, hi, step = None, None, 1 << 24
     for i in range(0, corpus.numel(), step):
-        part = corpus[i:i + step].long()  # min/max are not implemented for every compact dtype
+        part = corpus[i:i + step]
+        if part.dtype == torch.uint16:
+            part = part.int()  # min/max are not implemented for uint16
         a, b = int(part.min()), int(part.max())
         lo, hi = (a, b) if lo is None else (min(lo, a), max(hi, b))
     return lo, hi
