@@ -78,10 +78,13 @@ def train_epoch(net, loader, loss, optimizer, device, use_random_iter, clip=1.0)
     if num_tokens == 0:
         raise ValueError("the loader yielded no minibatches: the corpus is too short for its "
                          "batch_size * num_steps")
+    # Under torch.distributed: summed over ranks (one all-reduce per epoch); ranks hold equal shares.
     totals = torch.stack([loss_sum.double(), torch.tensor(num_tokens, dtype=torch.float64, device=device)])
-    loss_total, num_tokens = distributed.all_reduce_sum(totals).tolist()  # the epoch's one host sync
+    totals = distributed.all_reduce_sum(totals)
+    mean_loss = (totals[0] / totals[1]).item()  # the epoch's one host synchronization
+    num_tokens *= distributed.world()[1]
     elapsed = time.perf_counter() - start
-    return math.exp(loss_total / num_tokens), num_tokens / max(elapsed, 1e-9)
+    return math.exp(mean_loss), num_tokens / max(elapsed, 1e-9)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -205,3 +205,31 @@ def test_no_tokens_and_unknown_token_kind(tmp_path):
         load_corpus(path, "bpe", stream=True)
     with pytest.raises(ValueError, match="chunk_size must be >= 1"):
         stream.load_ids(path, chunk_size=0)
+
+
+# --- the rest of the workflow on compact ids --------------------------------------------------
+
+def test_evaluate_reads_compact_ids_like_int64():
+    from rnnfast.models import RNNLM
+    from rnnfast.train import evaluate
+    ref, vocab = load_corpus("timemachine", "word", max_tokens=3000, stream=False)
+    ids, _ = load_corpus("timemachine", "word", max_tokens=3000, stream=True)
+    assert ids.dtype == torch.uint16
+    torch.manual_seed(0)
+    net = RNNLM(len(vocab), 8, embedding_dim=8)
+    assert evaluate(net, ids, 4, 10) == evaluate(net, ref, 4, 10)
+
+
+def test_cli_train_streams_a_big_corpus_and_takes_byte_level(tmp_path, monkeypatch, capsys, _cache):
+    from rnnfast.cli import main
+    path = tmp_path / "big.txt"
+    path.write_text("It was the best of times, it was the worst of times.\n" * 40)
+    monkeypatch.setattr(stream, "STREAM_THRESHOLD", 1000)  # "big": over the threshold
+    tiny = ["--hidden", "8", "--epochs", "1", "--batch-size", "4", "--num-steps", "5", "--quiet",
+            "--corpus", str(path)]
+    assert main(["train", "--out", str(tmp_path / "char"), *tiny]) == 0
+    assert "2,000 char tokens, vocabulary 14" in capsys.readouterr().out  # 13 letters+space, <unk>
+    assert [p.name.endswith("-char-d2l") for p in (_cache / "ids").iterdir()] == [True]
+    assert main(["train", "--out", str(tmp_path / "byte"), "--token", "byte", *tiny]) == 0
+    out = capsys.readouterr().out
+    assert f"{path.stat().st_size:,} byte tokens, vocabulary 256" in out
