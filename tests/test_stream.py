@@ -233,3 +233,22 @@ def test_cli_train_streams_a_big_corpus_and_takes_byte_level(tmp_path, monkeypat
     assert main(["train", "--out", str(tmp_path / "byte"), "--token", "byte", *tiny]) == 0
     out = capsys.readouterr().out
     assert f"{path.stat().st_size:,} byte tokens, vocabulary 256" in out
+
+
+def test_concurrent_first_loads_build_once(tmp_path, _cache):
+    # the ranks of a data-parallel run load the same new corpus at the same time
+    path = tmp_path / "t.txt"
+    path.write_text("The quick brown fox jumps over the lazy dog.\n" * 2000)
+    code = ("import sys, time\nfrom rnnfast.data import stream\nreal = stream._build\n"
+            "def counted(*a, **k):\n    print('built', flush=True)\n    time.sleep(3)  # a long build\n"
+            "    return real(*a, **k)\n"
+            "stream._build = counted\nids, v = stream.load_ids(sys.argv[1])\nprint(ids.numel(), len(v))\n")
+    import subprocess
+    import sys
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    ref, ref_vocab = textbook(path, "char", False)
+    assert sum(o.count("built") for o in outs) == 1
+    assert all(o.strip().endswith(f"{ref.numel()} {len(ref_vocab)}") for o in outs), outs

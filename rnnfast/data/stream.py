@@ -24,6 +24,7 @@ itself is mapped, nothing is cached. Index 0 is ``<unk>`` and also stands for th
 from __future__ import annotations
 
 import codecs
+import contextlib
 import hashlib
 import json
 import os
@@ -361,6 +362,23 @@ def _through_vocab(entry: Path, ids: torch.Tensor, own: Vocab, vocab: Vocab) -> 
     return _map_file(target, np_dtype, n)
 
 
+@contextlib.contextmanager
+def _build_lock(entry: Path):
+    """An exclusive lock on the cache entry being built (POSIX flock; none elsewhere)."""
+    try:
+        import fcntl
+    except ImportError:  # no flock: concurrent builders both build, the first rename wins
+        yield
+        return
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with open(entry.parent / f".{entry.name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def load_ids(name_or_path: PathLike, token: str = "char", raw: bool = False,
              vocab: Optional[Vocab] = None, chunk_size: int = CHUNK_SIZE,
              cache: Optional[PathLike] = None) -> tuple[torch.Tensor, Vocab]:
@@ -387,7 +405,9 @@ def load_ids(name_or_path: PathLike, token: str = "char", raw: bool = False,
     digest = file_digest(path, cache)
     entry = cache / "ids" / f"{digest[:40]}-{token}-{'raw' if raw else 'd2l'}"
     if not (entry / "meta.json").is_file():
-        _build(path, token, bool(raw), entry, chunk_size)
+        with _build_lock(entry):  # ranks of a data-parallel run: one builds, the others wait
+            if not (entry / "meta.json").is_file():
+                _build(path, token, bool(raw), entry, chunk_size)
     ids, own, _ = _read_entry(entry)
     if vocab is not None:
         ids = _through_vocab(entry, ids, own, vocab)
