@@ -78,6 +78,10 @@ def init_from_env(device: str = "auto") -> torch.device:
     if dev.type == "cuda":
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
+        count = torch.cuda.device_count()
+        if dev.index >= count:
+            raise ValueError(f"local rank {local_rank} would use {dev}, but this machine has {count} "
+                             f"GPU(s): run at most {count} processes per machine (one GPU each)")
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
@@ -105,8 +109,11 @@ class RowShard:
     every rank draws the same epochs, and a checkpoint does not depend on the world size."""
 
     def __init__(self, loader, rank: int, world_size: int):
+        if not isinstance(getattr(loader, "batch_size", None), int):
+            raise TypeError("a data-parallel run needs a loader with an int batch_size (the global "
+                            f"batch, e.g. a SeqDataLoader), got {type(loader).__name__}")
         self.loader, self.rank, self.world_size = loader, rank, world_size
-        self.rows = row_slice(int(loader.batch_size), rank, world_size)
+        self.rows = row_slice(loader.batch_size, rank, world_size)
 
     def __iter__(self):
         rows = self.rows
@@ -178,6 +185,7 @@ def launch(nproc: int, argv: list[str], module: str = "rnnfast") -> tuple[int, O
     another's (a broken collective), with its message.
     """
     import logging
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -199,6 +207,8 @@ def launch(nproc: int, argv: list[str], module: str = "rnnfast") -> tuple[int, O
             return 0, None
         except ChildFailedError as e:
             return 2, _failure_line(folder, e)
+        except SignalException as e:  # Ctrl-C or a kill: the ranks were stopped
+            return 128 + int(e.sigval), None
         finally:
             os.environ.pop(_ERROR_DIR_ENV, None)
             for log, level in zip(logs, levels):

@@ -252,3 +252,16 @@ def test_concurrent_first_loads_build_once(tmp_path, _cache):
     ref, ref_vocab = textbook(path, "char", False)
     assert sum(o.count("built") for o in outs) == 1
     assert all(o.strip().endswith(f"{ref.numel()} {len(ref_vocab)}") for o in outs), outs
+
+
+def test_a_damaged_cache_entry_is_rebuilt(_cache):
+    ref, _ = load_corpus("timemachine", "char", stream=True)
+    ref = ref.clone()
+    (entry,) = (_cache / "ids").iterdir()
+    with open(entry / "ids.bin", "r+b") as f:
+        f.truncate(1000)  # e.g. a disk that filled up
+    ids, vocab = load_corpus("timemachine", "char", stream=True)
+    assert torch.equal(ids, ref) and len(vocab) == 28
+    (entry / "meta.json").write_text("{not json")
+    ids, _ = load_corpus("timemachine", "char", stream=True)
+    assert torch.equal(ids, ref)

@@ -332,12 +332,17 @@ def _build(path: Path, token: str, raw: bool, entry: Path, chunk_size: int) -> N
 
 
 def _read_entry(entry: Path):
-    meta = json.loads((entry / "meta.json").read_text())
-    if meta.get("format") != _FORMAT:
-        raise ValueError(f"unknown id-file format in {entry}")
-    vocab = Vocab.load(entry / "vocab.json")
-    np_dtype = np.dtype(meta["dtype"]).type
-    return _map_file(entry / "ids.bin", np_dtype, meta["num_tokens"]), vocab, meta
+    """(ids, vocab, meta) of a cache entry; None if it is damaged (truncated, foreign, half gone)."""
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+        np_dtype = np.dtype(meta["dtype"]).type
+        n = int(meta["num_tokens"])
+        if meta.get("format") != _FORMAT or (entry / "ids.bin").stat().st_size != n * np.dtype(np_dtype).itemsize:
+            return None
+        vocab = Vocab.load(entry / "vocab.json")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return _map_file(entry / "ids.bin", np_dtype, n), vocab, meta
 
 
 def _vocab_digest(vocab: Vocab) -> str:
@@ -370,8 +375,9 @@ def _build_lock(entry: Path):
     except ImportError:  # no flock: concurrent builders both build, the first rename wins
         yield
         return
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    with open(entry.parent / f".{entry.name}.lock", "w") as f:
+    locks = entry.parent.parent / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{entry.name}.lock", "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -404,11 +410,17 @@ def load_ids(name_or_path: PathLike, token: str = "char", raw: bool = False,
     cache = cache_dir() if cache is None else Path(cache)
     digest = file_digest(path, cache)
     entry = cache / "ids" / f"{digest[:40]}-{token}-{'raw' if raw else 'd2l'}"
-    if not (entry / "meta.json").is_file():
+    found = _read_entry(entry)
+    if found is None:
         with _build_lock(entry):  # ranks of a data-parallel run: one builds, the others wait
-            if not (entry / "meta.json").is_file():
+            found = _read_entry(entry)
+            if found is None:
+                shutil.rmtree(entry, ignore_errors=True)  # a damaged entry is rebuilt
                 _build(path, token, bool(raw), entry, chunk_size)
-    ids, own, _ = _read_entry(entry)
+                found = _read_entry(entry)
+    if found is None:
+        raise ValueError(f"the id-file cache entry {entry} could not be written or read back")
+    ids, own, _ = found
     if vocab is not None:
         ids = _through_vocab(entry, ids, own, vocab)
         own = vocab
