@@ -87,6 +87,7 @@ def _close(a, b):
     return all(abs(x - y) <= RTOL * abs(y) for x, y in zip(a, b)) and len(a) == len(b)
 
 
+@pytest.mark.slow  # process start-up: a few seconds per rank
 @pytest.mark.parametrize("mode", ["sequential", "random"])
 def test_two_ranks_match_one_process_per_epoch(runs, mode):
     one, two = runs["single"][mode], runs["ranks"][mode]
@@ -97,6 +98,7 @@ def test_two_ranks_match_one_process_per_epoch(runs, mode):
     assert one["train_ppl"][1] < one["train_ppl"][0]  # it trains: the comparison is not vacuous
 
 
+@pytest.mark.slow  # process start-up: a few seconds per rank
 def test_rank_zero_alone_writes_and_the_checkpoint_resumes_in_one_process(runs):
     folder = runs["folder"]
     lines = (folder / "ddp-seq" / "metrics.jsonl").read_text().splitlines()
@@ -108,6 +110,7 @@ def test_rank_zero_alone_writes_and_the_checkpoint_resumes_in_one_process(runs):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # process start-up: a few seconds per rank
 def test_a_one_process_checkpoint_resumes_at_two_ranks(runs):
     two = runs["ranks"]["resumed_from_1"]
     assert two["epoch"] == [1, 2, 3]
@@ -152,6 +155,7 @@ def _hang_job(rank, world_size, port, folder):
     os._exit(0)
 
 
+@pytest.mark.slow  # process start-up: a few seconds per rank
 def test_a_hanging_rank_ends_in_a_timeout_error_not_a_hang(tmp_path):
     start = time.perf_counter()
     ctx = mp.start_processes(_hang_job, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False,
@@ -174,6 +178,7 @@ TINY = ["--hidden", "16", "--epochs", "2", "--batch-size", "4", "--num-steps", "
         "--max-tokens", "1000", "--valid-tokens", "300", "--cell", "gru", "--quiet"]
 
 
+@pytest.mark.slow  # process start-up: a few seconds per rank
 def test_cli_nproc_2_matches_one_process_and_writes_once(tmp_path, capsys):
     r = _cli(["-m", "rnnfast", "train", "--nproc", "2", "--out", str(tmp_path / "two"), *TINY])
     assert r.returncode == 0, r.stderr
@@ -187,6 +192,7 @@ def test_cli_nproc_2_matches_one_process_and_writes_once(tmp_path, capsys):
     assert len(ppl("two")) == 2 and _close(ppl("two"), ppl("one")), (ppl("two"), ppl("one"))
 
 
+@pytest.mark.slow  # process start-up: a few seconds per rank
 def test_cli_a_failing_rank_ends_the_run_with_one_clear_line(tmp_path):
     # rank 1 alone gets a corpus that does not exist; rank 0 waits for it in a collective
     code = ("import sys\nfrom rnnfast.distributed import launch\n"
