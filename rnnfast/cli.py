@@ -368,13 +368,13 @@ def main(argv=None):
         from . import distributed
         if not distributed.launched():
             raise
-        _exit_rank(e, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
-        parser.exit(2, f"rnnfast: error: {type(e).__name__}: {e}\n")
+        _exit_rank(e, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
 
 
 def _exit_rank(e, msg):
     """In a rank of `rnnfast train --nproc N`: hand the error to the launcher (which prints one
-    line for the run) and exit 2; under plain torchrun the rank prints its own line."""
+    line for the run) and exit 2; under plain torchrun the rank prints its own line. Elsewhere
+    (not a rank): returns, and the caller reports the error."""
     from . import distributed
     if distributed.launched():
         if distributed.report_worker_error(msg, distributed.is_secondary_error(e)):
