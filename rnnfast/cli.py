@@ -99,7 +99,7 @@ def _launch(args, s):
     from . import distributed
     if args.nproc < 1:
         raise CLIError(f"--nproc must be >= 1, got {args.nproc}")
-    distributed.row_slice(s["batch_size"], 0, args.nproc)  # refuse an unequal split before starting
+    distributed.row_slice(s["batch_size"], 0, args.nproc)  # too few rows: refused before starting
     argv = list(args.argv)
     i = next(k for k, a in enumerate(argv) if a == "--nproc" or a.startswith("--nproc="))
     del argv[i:i + (1 if "=" in argv[i] else 2)]

@@ -2,13 +2,15 @@
 
 The contract (DESIGN.md §9): N ranks compute the updates of one process with the same global batch.
 
-* Every rank builds the same global loader (same corpus, same seed) and keeps its own rows of each
-  minibatch (`RowShard`): rank r gets rows [r*B/N, (r+1)*B/N). Under sequential partitioning row b
-  of minibatch i+1 continues row b of minibatch i, so each row's hidden state stays on its rank.
+* Every rank builds the same global loader (same corpus, same seed) and keeps its own contiguous
+  block of rows of each minibatch (`RowShard`; B/N rows each, the first B mod N ranks one more).
+  Under sequential partitioning row b of minibatch i+1 continues row b of minibatch i, so each
+  row's hidden state stays on its rank.
 * The model is wrapped in DistributedDataParallel (gloo on CPU, NCCL on CUDA). Each rank's loss is
-  the mean over its B/N rows; DDP averages the gradients over ranks, which is the gradient of the
-  mean over the global batch. Clipping (rnnfast.clip_grad_norm_) then runs on the all-reduced
-  gradient, identically on every rank, and so does the optimizer step.
+  the mean over its rows, weighted by N * (its rows / B) (exactly 1 when B splits evenly); DDP
+  averages the gradients over ranks, which gives the gradient of the mean over the global batch.
+  Clipping (rnnfast.clip_grad_norm_) then runs on the all-reduced gradient, identically on every
+  rank, and so does the optimizer step.
 * Metrics are summed on the device and all-reduced once per epoch; held-out evaluation splits its
   streams (rows) across ranks and all-reduces the loss sum.
 * Rank 0 alone writes checkpoints, metrics and plots and prints; the checkpoint holds the global
@@ -95,12 +97,14 @@ def shutdown() -> None:
 
 
 def row_slice(batch_size: int, rank: int, world_size: int) -> slice:
-    """This rank's rows of a global minibatch of `batch_size` rows (an equal share each)."""
-    if batch_size % world_size:
-        raise ValueError(f"the global batch size {batch_size} must be a multiple of the number of "
-                         f"processes {world_size} (each rank takes an equal share of the rows)")
-    per = batch_size // world_size
-    return slice(rank * per, (rank + 1) * per)
+    """This rank's contiguous rows of a global minibatch of `batch_size` rows: batch_size //
+    world_size each, one more for the first batch_size % world_size ranks."""
+    if batch_size < world_size:
+        raise ValueError(f"the global batch size {batch_size} is smaller than the number of processes "
+                         f"{world_size}: every rank needs at least one row of each minibatch")
+    per, extra = divmod(batch_size, world_size)
+    start = rank * per + min(rank, extra)
+    return slice(start, start + per + (rank < extra))
 
 
 class RowShard:
@@ -114,6 +118,8 @@ class RowShard:
                             f"batch, e.g. a SeqDataLoader), got {type(loader).__name__}")
         self.loader, self.rank, self.world_size = loader, rank, world_size
         self.rows = row_slice(loader.batch_size, rank, world_size)
+        #: rows of each minibatch here and in all (train_epoch weighs this rank's loss by their ratio)
+        self.local_rows, self.global_rows = self.rows.stop - self.rows.start, loader.batch_size
 
     def __iter__(self):
         rows = self.rows

@@ -51,6 +51,13 @@ def train_epoch(net, loader, loss, optimizer, device, use_random_iter, clip=1.0)
     """
     net.train()
     model = getattr(net, "module", net)  # DistributedDataParallel keeps the RNNLM as .module
+    # Under torch.distributed the loader holds this rank's rows of each global minibatch
+    # (distributed.RowShard). DDP averages gradients over ranks, so a rank's mean loss is weighted by
+    # world size * its rows / all rows, making the update that of the mean over the global batch
+    # (a weight of exactly 1 when the rows split evenly).
+    local_rows = getattr(loader, "local_rows", 1)
+    global_rows = getattr(loader, "global_rows", 1)
+    weight = local_rows * distributed.world()[1] / global_rows
     state = None
     loss_sum = torch.zeros((), device=device)  # sum over tokens of the loss, kept on the device
     num_tokens = 0  # a Python int: counting tokens needs no device synchronization
@@ -69,7 +76,7 @@ def train_epoch(net, loader, loss, optimizer, device, use_random_iter, clip=1.0)
         y_hat, state = net(X, state)
         l = loss(y_hat, y).mean()
         optimizer.zero_grad(set_to_none=True)
-        l.backward()
+        (l if weight == 1 else l * weight).backward()
         if clip:
             clip_grad_norm_(net.parameters(), clip)
         optimizer.step()
@@ -78,11 +85,11 @@ def train_epoch(net, loader, loss, optimizer, device, use_random_iter, clip=1.0)
     if num_tokens == 0:
         raise ValueError("the loader yielded no minibatches: the corpus is too short for its "
                          "batch_size * num_steps")
-    # Under torch.distributed: summed over ranks (one all-reduce per epoch); ranks hold equal shares.
+    # Under torch.distributed: summed over ranks (one all-reduce per epoch).
     totals = torch.stack([loss_sum.double(), torch.tensor(num_tokens, dtype=torch.float64, device=device)])
     totals = distributed.all_reduce_sum(totals)
     mean_loss = (totals[0] / totals[1]).item()  # the epoch's one host synchronization
-    num_tokens *= distributed.world()[1]
+    num_tokens = num_tokens * global_rows // local_rows  # all ranks' tokens
     elapsed = time.perf_counter() - start
     return math.exp(mean_loss), num_tokens / max(elapsed, 1e-9)
 

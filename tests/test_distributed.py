@@ -30,18 +30,18 @@ RTOL = 1e-5  # the issue's target for 1 vs 2 ranks
 B, T, H, TOKENS, VALID = 4, 8, 24, 1200, 400
 
 
-def _setup(use_random_iter):
+def _setup(use_random_iter, batch_size=B):
     corpus, vocab = load_corpus("timemachine", "char", max_tokens=TOKENS)
     valid, _ = load_corpus("war_of_the_worlds", "char", max_tokens=VALID, vocab=vocab)
-    loader = SeqDataLoader(corpus, vocab, B, T, use_random_iter, seed=5)
+    loader = SeqDataLoader(corpus, vocab, batch_size, T, use_random_iter, seed=5)
     torch.manual_seed(0)
     net = rnnfast.RNNLM(len(vocab), H, cell="lstm")
     return net, loader, vocab, valid
 
 
-def _run(use_random_iter, epochs, out_dir=None, resume=None):
+def _run(use_random_iter, epochs, out_dir=None, resume=None, batch_size=B):
     torch.set_num_threads(1)
-    net, loader, vocab, valid = _setup(use_random_iter)
+    net, loader, vocab, valid = _setup(use_random_iter, batch_size)
     h = train(net, loader, vocab, epochs, lr=0.01, optimizer="adam", clip=1.0, out_dir=out_dir,
               resume=resume, progress=False, valid_corpus=valid, predict_prefixes=(), seed=0)
     return {k: h[k] for k in ("epoch", "train_ppl", "valid_ppl")}, net
@@ -56,6 +56,7 @@ def _rank_job(rank, world_size, port, folder):
     # 1. two ranks from scratch, sequential partitioning (state carried per row) and random sampling
     results["sequential"], _ = _run(False, 2, out_dir=str(folder / "ddp-seq"))
     results["random"], _ = _run(True, 2)
+    results["uneven"], _ = _run(False, 2, batch_size=3)  # rows split 2 + 1
     # 2. resume at 2 ranks a checkpoint written by one process
     results["resumed_from_1"], net = _run(False, 3, out_dir=str(folder / "from-1"),
                                          resume=str(folder / "single" / "checkpoint.pt"))
@@ -75,7 +76,7 @@ def _free_port():
 def runs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ddp")
     single = {"sequential": _run(False, 2, out_dir=str(folder / "single"))[0],
-              "random": _run(True, 2)[0]}
+              "random": _run(True, 2)[0], "uneven": _run(False, 2, batch_size=3)[0]}
     full, full_net = _run(False, 3)
     mp.start_processes(_rank_job, args=(2, _free_port(), str(folder)), nprocs=2, join=True,
                        start_method="spawn")
@@ -88,7 +89,7 @@ def _close(a, b):
 
 
 @pytest.mark.slow  # process start-up: a few seconds per rank
-@pytest.mark.parametrize("mode", ["sequential", "random"])
+@pytest.mark.parametrize("mode", ["sequential", "random", "uneven"])
 def test_two_ranks_match_one_process_per_epoch(runs, mode):
     one, two = runs["single"][mode], runs["ranks"][mode]
     assert two["epoch"] == [1, 2]
@@ -120,19 +121,28 @@ def test_a_one_process_checkpoint_resumes_at_two_ranks(runs):
         torch.testing.assert_close(weights[name], p, rtol=1e-4, atol=1e-5)
 
 
-def test_row_shard_splits_rows_and_refuses_an_unequal_split():
+@pytest.mark.parametrize("batch_size,rows", [(6, [2, 2, 2]), (7, [3, 2, 2]), (3, [1, 1, 1])])
+def test_row_shard_splits_rows_in_contiguous_blocks(batch_size, rows):
     corpus, vocab = load_corpus("timemachine", max_tokens=500)
     # each rank has its own loader, seeded alike: the same epochs everywhere
-    shards = [distributed.RowShard(SeqDataLoader(corpus, vocab, 6, 5, seed=1), r, 3) for r in range(3)]
-    loader = SeqDataLoader(corpus, vocab, 6, 5, seed=1)
-    whole = list(SeqDataLoader(corpus, vocab, 6, 5, seed=1))
+    shards = [distributed.RowShard(SeqDataLoader(corpus, vocab, batch_size, 5, seed=1), r, 3)
+              for r in range(3)]
+    whole = list(SeqDataLoader(corpus, vocab, batch_size, 5, seed=1))
+    assert len(shards[0]) == len(whole) and shards[1].state_dict()["seed"] == 1  # the global loader's
     parts = [list(s) for s in shards]
-    assert len(shards[0]) == len(whole) and shards[1].state_dict()["seed"] == 1
+    assert [s.local_rows for s in shards] == rows and shards[1].global_rows == batch_size
     for i, (X, Y) in enumerate(whole):
+        assert [p[i][0].shape[0] for p in parts] == rows
         assert torch.equal(torch.cat([p[i][0] for p in parts]), X)
         assert torch.equal(torch.cat([p[i][1] for p in parts]), Y)
-    with pytest.raises(ValueError, match="global batch size 6 must be a multiple of the number of processes 4"):
-        distributed.RowShard(loader, 0, 4)
+
+
+def test_row_shard_refuses_fewer_rows_than_ranks_and_loaders_without_a_batch_size():
+    corpus, vocab = load_corpus("timemachine", max_tokens=500)
+    with pytest.raises(ValueError, match="global batch size 3 is smaller than the number of processes 4"):
+        distributed.RowShard(SeqDataLoader(corpus, vocab, 3, 5), 0, 4)
+    with pytest.raises(TypeError, match="needs a loader with an int batch_size"):
+        distributed.RowShard([(corpus[:10], corpus[1:11])], 0, 2)
 
 
 # --- a rank that hangs or fails ----------------------------------------------------------------
@@ -209,11 +219,11 @@ def test_cli_a_failing_rank_ends_the_run_with_one_clear_line(tmp_path):
     assert time.perf_counter() - start < 100
 
 
-def test_cli_nproc_refuses_a_batch_that_does_not_split(capsys):
+def test_cli_nproc_refuses_fewer_rows_than_processes(capsys):
     from rnnfast.cli import main
     with pytest.raises(SystemExit) as e:
-        main(["train", "--nproc", "3", "--batch-size", "4", "--epochs", "1"])
+        main(["train", "--nproc", "3", "--batch-size", "2", "--epochs", "1"])
     assert e.value.code == 2
     assert capsys.readouterr().err.strip() == (
-        "rnnfast: error: the global batch size 4 must be a multiple of the number of processes 3 "
-        "(each rank takes an equal share of the rows)")
+        "rnnfast: error: the global batch size 2 is smaller than the number of processes 3: "
+        "every rank needs at least one row of each minibatch")
