@@ -131,6 +131,16 @@ def _train_rank(args, s):
         distributed.shutdown()
 
 
+def _say_if_tokenizing(corpus, token):
+    """A big corpus is tokenized once into the cache (rnnfast.data.stream): say so before the wait."""
+    from .data import corpus_path, stream
+    path = corpus_path(corpus)
+    size = path.stat().st_size
+    if token != "byte" and size >= stream.STREAM_THRESHOLD and not stream.is_cached(path, token):
+        print(f"tokenizing {str(path)!r} ({size / 2**20:,.0f} MiB, {token} level) into the cache "
+              f"{stream.cache_dir()}; later runs map it at once", flush=True)
+
+
 def _train_with(args, s, device):
     import torch
     from .data import SeqDataLoader, load_corpus
@@ -140,6 +150,7 @@ def _train_with(args, s, device):
     out = args.out or (os.path.dirname(os.path.abspath(args.resume)) if args.resume
                        else os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
 
+    _say_if_tokenizing(s["corpus"], s["token"])
     corpus, vocab = load_corpus(s["corpus"], s["token"], s["max_tokens"])
     loader = SeqDataLoader(corpus, vocab, s["batch_size"], s["num_steps"], s["random_iter"], seed=s["seed"])
     valid_name = s["valid"]

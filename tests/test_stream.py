@@ -227,8 +227,14 @@ def test_cli_train_streams_a_big_corpus_and_takes_byte_level(tmp_path, monkeypat
     monkeypatch.setattr(stream, "STREAM_THRESHOLD", 1000)  # "big": over the threshold
     tiny = ["--hidden", "8", "--epochs", "1", "--batch-size", "4", "--num-steps", "5", "--quiet",
             "--corpus", str(path)]
+    assert not stream.is_cached(path, "char")
     assert main(["train", "--out", str(tmp_path / "char"), *tiny]) == 0
-    assert "2,000 char tokens, vocabulary 14" in capsys.readouterr().out  # 13 letters+space, <unk>
+    out = capsys.readouterr().out
+    assert "2,000 char tokens, vocabulary 14" in out  # 13 letters and space, <unk>
+    assert out.startswith(f"tokenizing {str(path)!r} (0 MiB, char level) into the cache")
+    assert stream.is_cached(path, "char") and not stream.is_cached(path, "word")
+    assert main(["train", "--out", str(tmp_path / "char2"), *tiny]) == 0
+    assert "tokenizing" not in capsys.readouterr().out  # the second run maps the cached ids
     assert [p.name.endswith("-char-d2l") for p in (_cache / "ids").iterdir()] == [True]
     assert main(["train", "--out", str(tmp_path / "byte"), "--token", "byte", *tiny]) == 0
     out = capsys.readouterr().out

@@ -38,7 +38,7 @@ import torch
 
 from .text import PathLike, Vocab, corpus_path
 
-__all__ = ["STREAM_THRESHOLD", "cache_dir", "file_digest", "load_ids", "byte_vocab"]
+__all__ = ["STREAM_THRESHOLD", "cache_dir", "file_digest", "is_cached", "load_ids", "byte_vocab"]
 
 #: Files of at least this many bytes are loaded through the streamed path by ``load_corpus``.
 STREAM_THRESHOLD = 16 * 2**20
@@ -367,6 +367,21 @@ def _through_vocab(entry: Path, ids: torch.Tensor, own: Vocab, vocab: Vocab) -> 
     return _map_file(target, np_dtype, n)
 
 
+def _entry(path: Path, token: str, raw: bool, cache: Path) -> Path:
+    return cache / "ids" / f"{file_digest(path, cache)[:40]}-{token}-{'raw' if raw else 'd2l'}"
+
+
+def is_cached(name_or_path: PathLike, token: str = "char", raw: bool = False,
+              cache: Optional[PathLike] = None) -> bool:
+    """Whether ``load_ids`` would find this file's ids in the cache (True for token='byte', which
+    maps the file itself). Hashes the file if its content hash is not remembered yet."""
+    path = corpus_path(name_or_path)
+    if token == "byte":
+        return True
+    cache = cache_dir() if cache is None else Path(cache)
+    return _read_entry(_entry(path, token, bool(raw), cache)) is not None
+
+
 @contextlib.contextmanager
 def _build_lock(entry: Path):
     """An exclusive lock on the cache entry being built (POSIX flock; none elsewhere)."""
@@ -408,8 +423,7 @@ def load_ids(name_or_path: PathLike, token: str = "char", raw: bool = False,
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     cache = cache_dir() if cache is None else Path(cache)
-    digest = file_digest(path, cache)
-    entry = cache / "ids" / f"{digest[:40]}-{token}-{'raw' if raw else 'd2l'}"
+    entry = _entry(path, token, bool(raw), cache)
     found = _read_entry(entry)
     if found is None:
         with _build_lock(entry):  # ranks of a data-parallel run: one builds, the others wait
