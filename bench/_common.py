@@ -4,6 +4,7 @@ BACKENDS is the list of recurrent backends every suite compares (names from
 rnnfast.models.BACKENDS, the one registry: 'torch', 'scratch', 'rnnfast'). 'rnnfast' has a
 registry entry already (rnnfast.nn, imported lazily) and joins the benchmarks by adding it here.
 """
+import os
 import time
 
 import torch
@@ -30,15 +31,27 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def run_adaptive(benchmark, fn, target_s=1.5, min_rounds=3, max_rounds=200):
-    """Time fn with benchmark.pedantic: one warmup call (also measured, to size the run), then
-    enough rounds for about target_s seconds (at least min_rounds). fn must synchronize the
-    device itself. Returns the median time in seconds."""
-    start = time.perf_counter()
-    fn()
-    first = time.perf_counter() - start
+# Seconds of timed rounds per benchmark: RNNFAST_BENCH_TARGET_S (tools/gpu_verify.sh sets 0.5 to fit
+# the whole GPU suite in its window; the min_rounds floor still holds).
+TARGET_S = float(os.environ.get("RNNFAST_BENCH_TARGET_S", "1.5"))
+
+
+def run_adaptive(benchmark, fn, target_s=None, min_rounds=3, max_rounds=200):
+    """Time fn with benchmark.pedantic: one or two warmup calls (also measured, to size the run),
+    then enough rounds for about target_s seconds (default TARGET_S; at least min_rounds). fn must
+    synchronize the device itself. Returns the median time in seconds."""
+    target_s = TARGET_S if target_s is None else target_s
+
+    def timed():
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+    first = timed()
+    if first < 1.0:  # the first call pays one-time costs (CUDA context, cuBLAS handles, caches): size on a second
+        first = timed()
     rounds = int(min(max_rounds, max(min_rounds, target_s / max(first, 1e-9))))
-    # The sizing call already warmed up; one more warmup only where it is cheap.
+    # The sizing calls already warmed up; one more warmup only where it is cheap.
     benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1 if first < 0.2 else 0)
     # --benchmark-disable runs fn once and records nothing: report the sizing call instead.
     return benchmark.stats.stats.median if benchmark.stats is not None else first

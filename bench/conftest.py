@@ -53,6 +53,9 @@ def device_slug(dev):
 
 
 def git_commit():
+    """HEAD (+ '-dirty'), or RNNFAST_GIT_COMMIT where the tree is a copy without .git (a GPU machine)."""
+    if os.environ.get("RNNFAST_GIT_COMMIT"):
+        return os.environ["RNNFAST_GIT_COMMIT"]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
@@ -83,6 +86,9 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["cpu_model"] = cpu_model()
     machine_info["torch_threads"] = torch.get_num_threads()
     machine_info["git_commit"] = git_commit()
+    if dev.type == "cuda":  # the GEMM precision each side ran with (cuDNN's TF32 is on by default)
+        machine_info["cuda_matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
+        machine_info["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
     try:
         import rnnfast
         machine_info["rnnfast_version"] = rnnfast.__version__

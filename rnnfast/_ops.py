@@ -34,8 +34,35 @@ def _workspace_shape(cell, T, B, H):
 
 
 # ---- fake kernels: shapes per the contract; dtype/device follow the input -----------------------
+# These are also the ops' Meta kernels, and the dispatcher picks the Meta kernel as soon as ONE
+# argument is a meta tensor: a meta hx among CPU tensors would otherwise "run" here and return
+# uninitialized CPU tensors. So every fake first checks that all its tensors share the input's
+# device (under torch.compile all fake tensors carry their real device, so this holds there).
+def _check_devices(op, input, named, lengths=None):
+    """All tensors in ``named`` ((name, tensor or None) pairs) on input's device; ``lengths`` on the
+    CPU (or on input's device, for all-meta shape runs). RuntimeError naming the op and argument,
+    as the compiled op's own check (csrc/cpu/checks.h)."""
+    for name, t in named:
+        if t is not None and t.device != input.device:
+            raise RuntimeError(f"rnnfast.{op}: {name} is on {t.device} but input is on {input.device} "
+                               "(all tensors must be on one device)")
+    if lengths is not None and lengths.device.type != "cpu" and lengths.device != input.device:
+        raise RuntimeError(f"rnnfast.{op}: lengths must be a CPU tensor (as PackedSequence.batch_sizes), "
+                           f"got one on {lengths.device}")
+
+
+def _lengths_of(rest, n_before):
+    """The optional trailing lengths argument of an op, after n_before other optional arguments."""
+    return rest[n_before] if len(rest) > n_before else None
+
+
 def _fake_forward(cell):
-    def fake(input, hx, w_ih, w_hh, b_ih, b_hh, reverse, *rest):
+    n_extra = 1 if cell == "gru" else 0  # gru's reset_after comes before lengths
+
+    def fake(input, hx, w_ih, w_hh, b_ih, b_hh, reverse, *rest, lengths=None):
+        lengths = lengths if lengths is not None else _lengths_of(rest, n_extra)
+        _check_devices(cell, input, [("hx", hx), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)],
+                       lengths)
         T, B, _ = input.shape
         H = hx.shape[1]
         return (input.new_empty((T, B, H)), input.new_empty((B, H)),
@@ -43,8 +70,19 @@ def _fake_forward(cell):
     return fake
 
 
-def _fake_backward(grad_output, grad_hy, input, hx, w_ih, w_hh, output, workspace, reverse, *rest, input_grad=True,
-                   lengths=None):
+def _fake_backward_of(cell):
+    n_extra = 2 if cell == "gru" else 1  # [reset_after,] input_grad come before lengths
+
+    def fake(grad_output, grad_hy, input, hx, w_ih, w_hh, output, workspace, reverse, *rest, input_grad=True,
+             lengths=None):
+        lengths = lengths if lengths is not None else _lengths_of(rest, n_extra)
+        _check_devices(cell, input, [("grad_output", grad_output), ("grad_hy", grad_hy), ("hx", hx), ("w_ih", w_ih),
+                                     ("w_hh", w_hh), ("output", output), ("workspace", workspace)], lengths)
+        return _fake_backward(input, hx, w_ih, w_hh)
+    return fake
+
+
+def _fake_backward(input, hx, w_ih, w_hh):
     G = w_ih.shape[0]
     return (input.new_empty(input.shape), input.new_empty(hx.shape), input.new_empty(w_ih.shape),
             input.new_empty(w_hh.shape), input.new_empty((G,)), input.new_empty((G,)))
@@ -52,11 +90,13 @@ def _fake_backward(grad_output, grad_hy, input, hx, w_ih, w_hh, output, workspac
 
 for _cell in ("rnn_tanh", "rnn_relu", "gru"):
     torch.library.register_fake(f"rnnfast::{_cell}_forward")(_fake_forward(_cell))
-    torch.library.register_fake(f"rnnfast::{_cell}_backward")(_fake_backward)
+    torch.library.register_fake(f"rnnfast::{_cell}_backward")(_fake_backward_of(_cell))
 
 
 @torch.library.register_fake("rnnfast::lstm_forward")
 def _(input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse, lengths=None):
+    _check_devices("lstm", input, [("hx", hx), ("cx", cx), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih),
+                                   ("b_hh", b_hh)], lengths)
     T, B, _ = input.shape
     H = hx.shape[1]
     return (input.new_empty((T, B, H)), input.new_empty((B, H)), input.new_empty((B, H)),
@@ -66,6 +106,9 @@ def _(input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse, lengths=None):
 @torch.library.register_fake("rnnfast::lstm_backward")
 def _(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, output, workspace, reverse, input_grad=True,
       lengths=None):
+    _check_devices("lstm", input, [("grad_output", grad_output), ("grad_hy", grad_hy), ("grad_cy", grad_cy),
+                                   ("hx", hx), ("cx", cx), ("w_ih", w_ih), ("w_hh", w_hh), ("output", output),
+                                   ("workspace", workspace)], lengths)
     G = w_ih.shape[0]
     return (input.new_empty(input.shape), input.new_empty(hx.shape), input.new_empty(cx.shape),
             input.new_empty(w_ih.shape), input.new_empty(w_hh.shape), input.new_empty((G,)),
@@ -156,6 +199,8 @@ torch.library.register_autograd("rnnfast::lstm_forward", _bw, setup_context=_set
 # ---- LSTM with a projection (proj_size): hx/output rows have P = w_hr.shape[0] columns -----------
 @torch.library.register_fake("rnnfast::lstm_proj_forward")
 def _(input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh, reverse, lengths=None):
+    _check_devices("lstm_proj", input, [("hx", hx), ("cx", cx), ("w_ih", w_ih), ("w_hh", w_hh), ("w_hr", w_hr),
+                                        ("b_ih", b_ih), ("b_hh", b_hh)], lengths)
     T, B, _ = input.shape
     P, H = w_hr.shape
     return (input.new_empty((T, B, P)), input.new_empty((B, P)), input.new_empty((B, H)),
@@ -165,6 +210,9 @@ def _(input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh, reverse, lengths=None):
 @torch.library.register_fake("rnnfast::lstm_proj_backward")
 def _(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, w_hr, output, workspace, reverse, input_grad=True,
       lengths=None):
+    _check_devices("lstm_proj", input, [("grad_output", grad_output), ("grad_hy", grad_hy), ("grad_cy", grad_cy),
+                                        ("hx", hx), ("cx", cx), ("w_ih", w_ih), ("w_hh", w_hh), ("w_hr", w_hr),
+                                        ("output", output), ("workspace", workspace)], lengths)
     G = w_ih.shape[0]
     return (input.new_empty(input.shape), input.new_empty(hx.shape), input.new_empty(cx.shape),
             input.new_empty(w_ih.shape), input.new_empty(w_hh.shape), input.new_empty(w_hr.shape),
@@ -207,21 +255,34 @@ def result_dtype(tensors):
     return functools.reduce(torch.promote_types, (t.dtype for t in tensors))
 
 
-def _fake_norm(tensors, *args):
+def _check_one_device(op, tensors):
+    # As the compiled ops (csrc/clip.h check_grads): a list on several devices is not the fused op's
+    # job, NotImplementedError, which rnnfast.clip answers with torch's own implementation (that
+    # raises for a meta grad among CPU grads, as torch.nn.utils does). Needed here because one meta
+    # tensor sends the whole list to this (Meta) kernel; see _check_devices.
+    for i, t in enumerate(tensors):
+        if t.device != tensors[0].device:
+            raise NotImplementedError(f"rnnfast::{op}: all tensors must be on one device, but tensor 0 is on "
+                                      f"{tensors[0].device} and tensor {i} is on {t.device}")
+
+
+def _fake_norm(op, tensors, *args):
     torch._check(len(tensors) > 0, lambda: "rnnfast: expected at least one tensor, got an empty list")
+    _check_one_device(op, tensors)
     return tensors[0].new_empty((), dtype=result_dtype(tensors))
 
 
 @torch.library.register_fake("rnnfast::grad_norm")
 def _grad_norm_fake(tensors, norm_type):
-    return _fake_norm(tensors)
+    return _fake_norm("grad_norm", tensors)
 
 
 @torch.library.register_fake("rnnfast::clip_grads_with_norm_")
 def _clip_grads_with_norm_fake(grads, max_norm, total_norm):
+    _check_one_device("clip_grads_with_norm_", list(grads) + [total_norm])
     return None
 
 
 @torch.library.register_fake("rnnfast::clip_grad_norm_")
 def _clip_grad_norm_fake(grads, max_norm, norm_type):
-    return _fake_norm(grads)
+    return _fake_norm("clip_grad_norm_", grads)

@@ -1,61 +1,55 @@
 """Recurrent modules on rnnfast's fused ops: drop-ins for torch.nn.RNN, GRU, LSTM and their cells.
 
-Each module has torch.nn's constructor arguments, parameter names, shapes, registration order and
-initialization, so ``model.load_state_dict(torch_model.state_dict())`` works unchanged in both
-directions, and its forward has torch.nn's signature and return values (optional hx, unbatched
-input, batch_first, bidirectional, dropout between layers).
-
-A multi-layer forward makes one call into ``rnnfast.functional`` per layer and direction; each
-call runs the whole sequence in C++ (never a Python loop over time steps). Cells are one step
-(T = 1) of the same ops.
+Each class *is* its torch.nn namesake: ``rnnfast.LSTM`` subclasses ``torch.nn.LSTM`` (and so
+``torch.nn.RNNBase``), ``rnnfast.LSTMCell`` subclasses ``torch.nn.LSTMCell``, etc. The constructor
+is torch.nn's own ``__init__``: the same argument validation, attributes (``mode``,
+``_flat_weights``, ``_flat_weights_names``, ``_all_weights``, ``proj_size``, ...), parameter
+names, shapes, registration order and initialization, repr, state_dict, and torch.nn's
+semi-public methods (``check_forward_args``, ``check_input``, ``check_hidden_size``,
+``get_expected_hidden_size``, ``permute_hidden``, ``flatten_parameters``, ``reset_parameters``).
+Only ``forward`` is rnnfast's: it has torch.nn's signature and return values (optional hx,
+unbatched input, batch_first, bidirectional, dropout between layers, PackedSequence) and makes one
+call into ``rnnfast.functional`` per layer and direction; each call runs the whole sequence in C++
+(never a Python loop over time steps). Cells are one step (T = 1) of the same ops.
 
 Differences from torch.nn, all of them explicit errors or additions, never silent changes:
 
-* ``GRU(reset_after=False)`` selects the textbook GRU (Cho et al. 2014); the default
-  ``reset_after=True`` is torch.nn.GRU's (cuDNN's) formulation.
-* ``LSTM(proj_size>0)`` (projections) is supported (torch.nn's weight_hr_l* parameters).
+* ``GRU(reset_after=False)`` / ``GRUCell(reset_after=False)`` select the textbook GRU (Cho et
+  al. 2014); the default ``reset_after=True`` is torch.nn.GRU's (cuDNN's) formulation. The repr
+  shows ``reset_after=False`` only when set; the state_dict is torch.nn.GRU's either way.
 * ``PackedSequence`` input runs the padded batch with per-sequence lengths (a finished sequence's
   state is frozen, never updated by padding; no sorting) and returns a ``PackedSequence`` with the
   input's ``batch_sizes`` and indices, as torch.nn does.
-* There is no flat cuDNN weight buffer; ``flatten_parameters()`` is a no-op kept for compatibility.
 * ``repr(RNN(..., nonlinearity='relu'))`` shows the nonlinearity (torch.nn.RNN's repr omits it).
+* ``RNNCell(nonlinearity=...)`` is checked when the cell is built (torch.nn.RNNCell waits for
+  forward).
+* Under ``torch.autocast`` the layers compute and return float32 (see rf.autocast_float32).
+* Pickling (``torch.save(model)``) goes through ``rnnfast._serialization``: importing rnnfast
+  allowlists the layers for torch.load's default ``weights_only=True``.
 
 Dropout between layers is ``torch.nn.functional.dropout`` on each time-major layer output (for
 packed input: on its packed rows), the same call ATen's CPU RNN makes, so on CPU a given seed gives
 torch.nn's masks.
+
+torch.compile: Dynamo refuses every module that is an instance of torch.nn.RNN/GRU/LSTM unless
+``torch._dynamo.config.allow_rnn`` is set. rnnfast's layers run no cuDNN code, so rnnfast lifts
+that refusal for its own classes only (``_hooks.let_dynamo_trace``; torch.nn's own layers are
+treated as before).
 """
 from __future__ import annotations
 
-import math
 import numbers
-import warnings
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
+from . import _hooks, _serialization
+from ._serialization import PicklableMixin as _PicklableMixin
 from . import functional as rf
 
 __all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell"]
-
-# Number of gate blocks stacked in each weight matrix (PyTorch's layout and gate order).
-_NUM_GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "GRU": 3, "LSTM": 4}
-
-
-# ---- shared argument and input checks ----------------------------------------------------------
-
-def _check_sizes(input_size, hidden_size, bias):
-    if not isinstance(bias, bool):
-        raise TypeError(f"bias should be of type bool, got: {type(bias).__name__}")
-    if not isinstance(input_size, int) or isinstance(input_size, bool):
-        raise TypeError(f"input_size should be of type int, got: {type(input_size).__name__}")
-    if input_size <= 0:
-        raise ValueError("input_size must be greater than zero")
-    if not isinstance(hidden_size, int) or isinstance(hidden_size, bool):
-        raise TypeError(f"hidden_size should be of type int, got: {type(hidden_size).__name__}")
-    if hidden_size <= 0:
-        raise ValueError("hidden_size must be greater than zero")
 
 
 def _rnn_mode(nonlinearity):
@@ -78,16 +72,63 @@ class _Packing(NamedTuple):
 
     @classmethod
     def of(cls, packed):
-        batch_sizes, sorted_indices = packed.batch_sizes, packed.sorted_indices
+        """Validates a PackedSequence (a hand-made one may hold anything) and returns its packing.
+
+        ValueError/TypeError for: batch_sizes not a non-increasing, positive, 1-D int64 CPU tensor;
+        data whose row count is not sum(batch_sizes); sorted_indices that is not a permutation of
+        0..B-1 (duplicates, out of range, wrong shape or dtype); unsorted_indices that is not its
+        inverse. On CUDA the index tensors are read on the host once, in a single copy (one sync
+        per module call, needed both to validate them and for the CPU lengths the ops take;
+        torch.nn reads them on the host too); pack_padded_sequence(enforce_sorted=True) input has
+        no indices and needs none. The index of packed rows into the padded batch is built on the
+        CPU and sent to the data's device without waiting (pinned memory)."""
+        data, batch_sizes, sorted_indices, unsorted_indices = packed
+        where = "PackedSequence"
+        if not isinstance(batch_sizes, Tensor) or batch_sizes.dtype != torch.int64 or batch_sizes.dim() != 1:
+            raise TypeError(f"{where}: batch_sizes must be a 1-D int64 tensor, got "
+                            + (f"{batch_sizes.dim()}-D {batch_sizes.dtype}" if isinstance(batch_sizes, Tensor)
+                               else type(batch_sizes).__name__))
+        if batch_sizes.device.type != "cpu":
+            raise ValueError(f"{where}: batch_sizes must be on the CPU, got {batch_sizes.device}")
+        if batch_sizes.numel() == 0 or int(batch_sizes.min()) < 1 or bool((batch_sizes[1:] > batch_sizes[:-1]).any()):
+            raise ValueError(f"{where}: batch_sizes must be non-empty, positive and non-increasing, got "
+                             f"{batch_sizes.tolist()}")
         T, B = batch_sizes.numel(), int(batch_sizes[0])
+        if not isinstance(data, Tensor) or data.dim() < 1 or data.shape[0] != int(batch_sizes.sum()):
+            raise ValueError(f"{where}: data must have sum(batch_sizes) = {int(batch_sizes.sum())} rows, got "
+                             + (f"shape {tuple(data.shape)}" if isinstance(data, Tensor) else type(data).__name__))
+        perm = None  # sorted_indices on the CPU
+        if sorted_indices is not None or unsorted_indices is not None:
+            for name, ix in (("sorted_indices", sorted_indices), ("unsorted_indices", unsorted_indices)):
+                if not isinstance(ix, Tensor) or ix.dtype != torch.int64 or tuple(ix.shape) != (B,):
+                    got = (f"{ix.dtype} of shape {tuple(ix.shape)}" if isinstance(ix, Tensor)
+                           else type(ix).__name__)
+                    raise ValueError(f"{where}: {name} must be an int64 tensor of shape (B,) = ({B},) "
+                                     f"(batch_sizes[0] = B), got {got}")
+            if sorted_indices.device != unsorted_indices.device:
+                raise ValueError(f"{where}: sorted_indices is on {sorted_indices.device} but unsorted_indices "
+                                 f"on {unsorted_indices.device}")
+            perm, inverse = torch.stack((sorted_indices, unsorted_indices)).cpu()  # the one host read
+            arange = torch.arange(B)
+            if not torch.equal(perm.sort().values, arange):
+                raise ValueError(f"{where}: sorted_indices must be a permutation of 0..{B - 1} (each sequence "
+                                 f"once), got {perm.tolist()}")
+            if not torch.equal(inverse[perm], arange):
+                raise ValueError(f"{where}: unsorted_indices must be the inverse permutation of sorted_indices "
+                                 f"({perm.tolist()}), got {inverse.tolist()}")
         alive = torch.arange(B)[None, :] < batch_sizes[:, None]  # (T, B): sorted slot j alive at step t
         t_idx, j_idx = alive.nonzero(as_tuple=True)               # t-major, then slot: the packed order
-        b_idx = j_idx if sorted_indices is None else sorted_indices.cpu()[j_idx]
         slots = alive.sum(0)  # the length of the sequence in each sorted slot
-        lengths = slots
-        if sorted_indices is not None:  # slot j holds sequence sorted_indices[j]
-            lengths = torch.empty_like(slots).index_copy_(0, sorted_indices.cpu(), slots)
-        return cls(packed, lengths, (t_idx * B + b_idx).to(packed.data.device), T, B)
+        b_idx, lengths = j_idx, slots
+        if perm is not None:  # slot j holds sequence perm[j]
+            b_idx = perm[j_idx]
+            lengths = torch.empty_like(slots).index_copy_(0, perm, slots)
+        idx = t_idx * B + b_idx
+        if data.device.type == "cuda":
+            idx = idx.pin_memory().to(data.device, non_blocking=True)
+        else:
+            idx = idx.to(data.device)
+        return cls(packed, lengths, idx, T, B)
 
     def rows(self, padded):
         """(T, B, *) padded -> its packed rows (N, *)."""
@@ -143,98 +184,34 @@ def _call_layer(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, reset_after, len
     return rf.rnn_relu(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths)
 
 
+
+def _check_batch_sizes(name, batch_sizes):
+    """torch.nn rejects a PackedSequence whose batch_sizes are not integers with a TypeError (in
+    torch.zeros); so does rnnfast, with a message naming the problem."""
+    if not isinstance(batch_sizes, Tensor) or batch_sizes.dtype.is_floating_point or \
+            batch_sizes.dtype.is_complex or batch_sizes.dtype == torch.bool:
+        what = batch_sizes.dtype if isinstance(batch_sizes, Tensor) else type(batch_sizes).__name__
+        raise TypeError(f"{name}: PackedSequence.batch_sizes must be an integer tensor (int64, as "
+                        f"pack_padded_sequence makes it), got {what}")
+
+
 # ---- multi-layer modules -----------------------------------------------------------------------
 
-def _reset_uniform(module) -> None:
-    """uniform(-1/sqrt(H), 1/sqrt(H)) for every parameter, in registration order (as torch.nn), so
-    the same seed gives torch.nn's initial values."""
-    stdv = 1.0 / math.sqrt(module.hidden_size)
-    for weight in module.parameters():
-        torch.nn.init.uniform_(weight, -stdv, stdv)
-
-
-class _RecurrentBase(torch.nn.Module):
-    """Parameters, checks and the layer/direction loop shared by RNN, GRU and LSTM."""
+class _RecurrentMixin:
+    """rnnfast's forward for RNN, GRU and LSTM. It comes before torch.nn.RNN/GRU/LSTM in the MRO:
+    torch.nn's __init__, attributes and helper methods stay, forward is replaced."""
 
     _reset_after = True  # only GRU uses it
 
-    def __init__(self, mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                 bidirectional, device, dtype, proj_size=0):
-        super().__init__()
-        if (not isinstance(dropout, numbers.Number) or isinstance(dropout, bool)
-                or not 0 <= dropout <= 1):
-            raise ValueError("dropout should be a number in range [0, 1] representing the "
-                             "probability of an element being zeroed")
-        if dropout > 0 and num_layers == 1:
-            warnings.warn(
-                "dropout option adds dropout after all but last recurrent layer, so non-zero "
-                f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
-                f"num_layers={num_layers}", stacklevel=3)
-        if not isinstance(batch_first, bool):
-            raise TypeError(f"batch_first should be of type bool, got: {type(batch_first).__name__}")
-        _check_sizes(input_size, hidden_size, bias)
-        if not isinstance(num_layers, int) or num_layers <= 0:
-            raise ValueError("num_layers must be greater than zero")
-
-        self.mode = mode
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.num_layers = num_layers
-        self.bias = bias
-        self.batch_first = batch_first
-        self.dropout = float(dropout)
-        self.bidirectional = bidirectional
-        self.proj_size = proj_size
-        real_hidden_size = proj_size if proj_size > 0 else hidden_size
-
-        gate_size = _NUM_GATES[mode] * hidden_size
-        num_directions = 2 if bidirectional else 1
-        factory = {"device": device, "dtype": dtype}
-        # Same names, shapes and registration order as torch.nn.RNNBase (state_dict interchange).
-        self._flat_weights_names = []
-        self._all_weights = []
-        for layer in range(num_layers):
-            layer_input_size = input_size if layer == 0 else real_hidden_size * num_directions
-            for direction in range(num_directions):
-                suffix = _suffix(layer, direction)
-                shapes = {f"weight_ih{suffix}": (gate_size, layer_input_size),
-                          f"weight_hh{suffix}": (gate_size, real_hidden_size)}
-                if bias:
-                    shapes[f"bias_ih{suffix}"] = (gate_size,)
-                    shapes[f"bias_hh{suffix}"] = (gate_size,)
-                if proj_size > 0:
-                    shapes[f"weight_hr{suffix}"] = (proj_size, hidden_size)
-                for name, shape in shapes.items():
-                    self.register_parameter(name, torch.nn.Parameter(torch.empty(shape, **factory)))
-                self._flat_weights_names.extend(shapes)
-                self._all_weights.append(list(shapes))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        _reset_uniform(self)
-
-    def flatten_parameters(self) -> None:
-        """No-op: rnnfast keeps no flat cuDNN weight buffer (kept for torch.nn compatibility)."""
-
-    @property
-    def all_weights(self):
-        return [[getattr(self, name) for name in names] for names in self._all_weights]
-
-    def extra_repr(self) -> str:
-        s = f"{self.input_size}, {self.hidden_size}"
-        if self.proj_size != 0:
-            s += f", proj_size={self.proj_size}"
-        if self.num_layers != 1:
-            s += f", num_layers={self.num_layers}"
-        if self.bias is not True:
-            s += f", bias={self.bias}"
-        if self.batch_first is not False:
-            s += f", batch_first={self.batch_first}"
-        if self.dropout != 0:
-            s += f", dropout={self.dropout}"
-        if self.bidirectional is not False:
-            s += f", bidirectional={self.bidirectional}"
-        return s
+    def _check_config(self, name):
+        """torch.nn.RNNBase.__init__ accepts num_layers=True and bidirectional='yes' or 1, and its
+        forward then fails with a TypeError; rnnfast's forward raises the same type, with a message."""
+        if isinstance(self.num_layers, bool) or not isinstance(self.num_layers, numbers.Integral):
+            raise TypeError(f"{name}: num_layers must be an int, got {type(self.num_layers).__name__} "
+                            f"{self.num_layers!r}")
+        if not isinstance(self.bidirectional, bool):
+            raise TypeError(f"{name}: bidirectional must be a bool, got "
+                            f"{type(self.bidirectional).__name__} {self.bidirectional!r}")
 
     def _layer_weights(self, layer, direction):
         suffix = _suffix(layer, direction)
@@ -255,8 +232,10 @@ class _RecurrentBase(torch.nn.Module):
         (time-major contiguous input, full states (L*D, B, H), is_batched, packing). A PackedSequence
         becomes its padded data and packing its _Packing (else None)."""
         name = type(self).__name__
+        self._check_config(name)
         packing = None
         if isinstance(input, PackedSequence):
+            _check_batch_sizes(name, input.batch_sizes)
             packing = _Packing.of(input)
             input = packing.padded(input.data)
         elif not isinstance(input, Tensor):
@@ -352,26 +331,28 @@ class _RecurrentBase(torch.nn.Module):
 class _ResetAfterMixin:
     """GRU's candidate form, shared by GRU and GRUCell: reset_after=True is torch.nn.GRU's
     n = tanh(W_in x + b_in + r*(W_hn h + b_hn)); False is the textbook's n = tanh(W_in x + b_in +
-    W_hn (r*h) + b_hn). Both keep torch.nn's parameter names and shapes."""
+    W_hn (r*h) + b_hn). Both keep torch.nn's parameter names and shapes (and state_dict)."""
 
-    def _set_reset_after(self, reset_after):
+    @staticmethod
+    def _checked_reset_after(reset_after):
         if not isinstance(reset_after, bool):
             raise TypeError(f"reset_after should be of type bool, got: {type(reset_after).__name__}")
-        self.reset_after = reset_after
+        return reset_after
 
     @property
     def _reset_after(self):
-        return self.reset_after
+        # getattr: a GRU pickled by torch.save(model) before reset_after existed loads as the default
+        return self.__dict__.get("reset_after", True)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
-        if not self.reset_after:
+        if not self._reset_after:
             s += ", reset_after=False"
         return s
 
 
 class _NonlinearityMixin:
-    """RNN and RNNCell: the repr names a non-default nonlinearity, as torch.nn's do."""
+    """RNN: the repr names a non-default nonlinearity (torch.nn.RNNCell's does, torch.nn.RNN's not)."""
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -380,26 +361,20 @@ class _NonlinearityMixin:
         return s
 
 
-class RNN(_NonlinearityMixin, _RecurrentBase):
-    """Drop-in for ``torch.nn.RNN`` (Elman RNN, tanh or ReLU) on rnnfast's fused ops.
+class RNN(_PicklableMixin, _NonlinearityMixin, _RecurrentMixin, torch.nn.RNN):
+    """Drop-in for ``torch.nn.RNN`` (Elman RNN, tanh or ReLU) on rnnfast's fused ops; a subclass of
+    torch.nn.RNN.
 
-    h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh). Same constructor arguments, parameters,
-    initialization, forward signature and outputs as torch.nn.RNN: ``output, h_n = rnn(x, h0)``.
-    A torch.nn.RNN state_dict loads unchanged, and vice versa.
-
+    h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh). Same constructor (torch.nn.RNN's own),
+    parameters, initialization, forward signature and outputs as torch.nn.RNN:
+    ``output, h_n = rnn(x, h0)``. A torch.nn.RNN state_dict loads unchanged, and vice versa.
     PackedSequence input gives a PackedSequence output, as torch.nn.RNN.
-    Differences: ``flatten_parameters()`` is a no-op.
     """
 
-    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
-                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None):
-        super().__init__(_rnn_mode(nonlinearity), input_size, hidden_size, num_layers, bias,
-                         batch_first, dropout, bidirectional, device, dtype)
-        self.nonlinearity = nonlinearity
 
-
-class GRU(_ResetAfterMixin, _RecurrentBase):
-    """Drop-in for ``torch.nn.GRU`` on rnnfast's fused ops, plus the textbook variant.
+class GRU(_PicklableMixin, _ResetAfterMixin, _RecurrentMixin, torch.nn.GRU):
+    """Drop-in for ``torch.nn.GRU`` on rnnfast's fused ops, plus the textbook variant; a subclass of
+    torch.nn.GRU.
 
     Gates r, z, n (PyTorch's order). With the default ``reset_after=True`` this is exactly
     torch.nn.GRU (and cuDNN): n = tanh(W_in x + b_in + r * (W_hn h + b_hn)).
@@ -408,41 +383,28 @@ class GRU(_ResetAfterMixin, _RecurrentBase):
     parameter names and shapes, so either loads a torch.nn.GRU state_dict (the numbers only match
     torch.nn.GRU's with reset_after=True).
 
-    Same constructor arguments (plus keyword-only ``reset_after``), parameters, initialization,
-    forward signature and outputs as torch.nn.GRU: ``output, h_n = gru(x, h0)``.
-    PackedSequence input gives a PackedSequence output, as torch.nn.GRU.
-    Differences: ``flatten_parameters()`` is a no-op.
+    Same constructor (torch.nn.GRU's, plus keyword-only ``reset_after``), parameters,
+    initialization, forward signature and outputs as torch.nn.GRU: ``output, h_n = gru(x, h0)``.
     """
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, reset_after=True):
-        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, device, dtype)
-        self._set_reset_after(reset_after)
+    def __init__(self, *args, reset_after=True, **kwargs):
+        reset_after = self._checked_reset_after(reset_after)
+        super().__init__(*args, **kwargs)
+        self.reset_after = reset_after
 
 
-class LSTM(_RecurrentBase):
-    """Drop-in for ``torch.nn.LSTM`` on rnnfast's fused ops.
+class LSTM(_PicklableMixin, _RecurrentMixin, torch.nn.LSTM):
+    """Drop-in for ``torch.nn.LSTM`` on rnnfast's fused ops; a subclass of torch.nn.LSTM.
 
     Gates i, f, g, o (PyTorch's order); c' = f * c + i * g, h' = o * tanh(c'). Same constructor
-    arguments, parameters, initialization, forward signature and outputs as torch.nn.LSTM:
-    ``output, (h_n, c_n) = lstm(x, (h0, c0))``. A torch.nn.LSTM state_dict loads unchanged, and
-    vice versa.
+    (torch.nn.LSTM's own), parameters, initialization, forward signature and outputs as
+    torch.nn.LSTM: ``output, (h_n, c_n) = lstm(x, (h0, c0))``. A torch.nn.LSTM state_dict loads
+    unchanged, and vice versa.
 
     ``proj_size > 0`` adds torch.nn.LSTM's projection h' = W_hr (o * tanh(c')) (weight_hr_l*,
     (proj_size, hidden_size); h0/h_n and the output have proj_size features).
     PackedSequence input gives a PackedSequence output, as torch.nn.LSTM.
-    Differences: ``flatten_parameters()`` is a no-op.
     """
-
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None):
-        if not isinstance(proj_size, int) or isinstance(proj_size, bool) or proj_size < 0:
-            raise ValueError("proj_size should be a positive integer or zero to disable projections")
-        if proj_size > 0 and isinstance(hidden_size, int) and proj_size >= hidden_size:
-            raise ValueError("proj_size has to be smaller than hidden_size")
-        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, device, dtype, proj_size)
 
     def forward(self, input, hx=None):
         if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
@@ -456,38 +418,11 @@ class LSTM(_RecurrentBase):
 
 # ---- cells: one time step of the same ops ------------------------------------------------------
 
-class _CellBase(torch.nn.Module):
-    """weight_ih (G*H, I), weight_hh (G*H, H), bias_ih/bias_hh (G*H) or None, as torch.nn's cells."""
+class _CellMixin:
+    """rnnfast's forward for the cells (before torch.nn.RNNCell/GRUCell/LSTMCell in the MRO):
+    weight_ih (G*H, I), weight_hh (G*H, H), bias_ih/bias_hh (G*H) or None are torch.nn's."""
 
     _reset_after = True
-
-    def __init__(self, mode, input_size, hidden_size, bias, device, dtype):
-        super().__init__()
-        _check_sizes(input_size, hidden_size, bias)
-        self.mode = mode
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.bias = bias
-        gate_size = _NUM_GATES[mode] * hidden_size
-        factory = {"device": device, "dtype": dtype}
-        self.weight_ih = torch.nn.Parameter(torch.empty((gate_size, input_size), **factory))
-        self.weight_hh = torch.nn.Parameter(torch.empty((gate_size, hidden_size), **factory))
-        if bias:
-            self.bias_ih = torch.nn.Parameter(torch.empty(gate_size, **factory))
-            self.bias_hh = torch.nn.Parameter(torch.empty(gate_size, **factory))
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        _reset_uniform(self)
-
-    def extra_repr(self) -> str:
-        s = f"{self.input_size}, {self.hidden_size}"
-        if self.bias is not True:
-            s += f", bias={self.bias}"
-        return s
 
     def _step(self, input, states):
         """Checks like torch.nn's cells, then runs one step (T = 1). states: tuple or None."""
@@ -535,52 +470,63 @@ class _CellBase(torch.nn.Module):
         return new_states
 
 
-class RNNCell(_NonlinearityMixin, _CellBase):
-    """Drop-in for ``torch.nn.RNNCell``: h' = act(W_ih x + b_ih + W_hh h + b_hh), act tanh or relu.
+class RNNCell(_PicklableMixin, _CellMixin, torch.nn.RNNCell):
+    """Drop-in for ``torch.nn.RNNCell`` (a subclass): h' = act(W_ih x + b_ih + W_hh h + b_hh), act
+    tanh or relu.
 
     Same constructor, parameters (weight_ih, weight_hh, bias_ih, bias_hh), initialization and
     forward (input (B, I) or (I,), optional hx) as torch.nn.RNNCell; runs one step of rnnfast's
-    sequence op.
+    sequence op. An unknown nonlinearity is a ValueError here already (torch.nn: at forward).
     """
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None,
                  dtype=None):
-        super().__init__(_rnn_mode(nonlinearity), input_size, hidden_size, bias, device, dtype)
-        self.nonlinearity = nonlinearity
+        _rnn_mode(nonlinearity)  # ValueError naming the choices
+        super().__init__(input_size, hidden_size, bias, nonlinearity, device, dtype)
+
+    @property
+    def mode(self):
+        return _rnn_mode(self.nonlinearity)
 
     def forward(self, input, hx=None):
         return self._step(input, None if hx is None else (hx,))[0]
 
 
-class GRUCell(_ResetAfterMixin, _CellBase):
-    """Drop-in for ``torch.nn.GRUCell`` (gates r, z, n), plus the textbook variant.
+class GRUCell(_PicklableMixin, _ResetAfterMixin, _CellMixin, torch.nn.GRUCell):
+    """Drop-in for ``torch.nn.GRUCell`` (a subclass; gates r, z, n), plus the textbook variant.
 
     ``reset_after=True`` (default) is torch.nn.GRUCell exactly; ``reset_after=False`` is the
     textbook GRU, n = tanh(W_in x + b_in + W_hn (r * h) + b_hn), with the same parameter names
     and shapes. Runs one step of rnnfast's sequence op.
     """
 
+    mode = "GRU"
+
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
                  reset_after=True):
-        super().__init__("GRU", input_size, hidden_size, bias, device, dtype)
-        self._set_reset_after(reset_after)
+        reset_after = self._checked_reset_after(reset_after)
+        super().__init__(input_size, hidden_size, bias, device, dtype)
+        self.reset_after = reset_after
 
     def forward(self, input, hx=None):
         return self._step(input, None if hx is None else (hx,))[0]
 
 
-class LSTMCell(_CellBase):
-    """Drop-in for ``torch.nn.LSTMCell``: ``h', c' = cell(x, (h, c))``, gates i, f, g, o.
+class LSTMCell(_PicklableMixin, _CellMixin, torch.nn.LSTMCell):
+    """Drop-in for ``torch.nn.LSTMCell`` (a subclass): ``h', c' = cell(x, (h, c))``, gates i, f, g, o.
 
     Same constructor, parameters, initialization and forward as torch.nn.LSTMCell; runs one step
     of rnnfast's sequence op.
     """
 
-    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
-        super().__init__("LSTM", input_size, hidden_size, bias, device, dtype)
+    mode = "LSTM"
 
     def forward(self, input, hx=None):
         if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
             raise TypeError("LSTMCell: hx must be a tuple (h_0, c_0) of two tensors")
         h, c = self._step(input, None if hx is None else tuple(hx))
         return h, c
+
+
+_hooks.let_dynamo_trace((RNN, GRU, LSTM))
+_serialization.register((RNN, GRU, LSTM, RNNCell, GRUCell, LSTMCell))  # torch.load(weights_only=True)

@@ -156,15 +156,122 @@ def test_op_non_contiguous_inputs():
 
 
 def test_op_runs_on_the_current_device_and_stream():
+    # The side stream is kept busy (torch.cuda._sleep) and the input is written on it right before the
+    # op: an op (or any of its GEMMs or launches) on another stream reads the NaN input first.
     a = make_args("gru", 4, 2, 3, 8, device="cuda", dtype=torch.float32)
-    expected = forward("gru", a, False)[0]
+    grads = (torch.randn(4, 2, 8, device="cuda"), torch.randn(2, 8, device="cuda"), None)
+    fwd = forward("gru", a, False)
+    expected = [fwd[0], backward("gru", a, fwd, grads, False)["w_hh"]]
+    b = dict(a, input=torch.full_like(a["input"], float("nan")))
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(100_000_000)  # ~50 ms of GPU clock cycles: the side stream is behind
+        b["input"].copy_(a["input"])
+        fwd = forward("gru", b, False)
+        got = [fwd[0], backward("gru", b, fwd, grads, False)["w_hh"]]
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    assert_rel(got[0], expected[0], "output on a side stream", tol=1e-6)
+    assert_rel(got[1], expected[1], "grad w_hh on a side stream", tol=1e-6)
+
+
+# ---- variable-length batches: where the lengths live ----------------------------------------------
+
+
+def _lengths_case(cell):
+    a = make_args(cell, 6, 5, 4, 7, device="cuda", dtype=torch.float32)
+    a["g_out"], a["g_h"] = torch.randn(6, 5, 7, device="cuda"), torch.randn(5, 7, device="cuda")
+    return a, torch.tensor([6, 0, 3, 1, 6])
+
+
+def _forward_backward(cell, a, lengths):
+    """output, hy (and cy) and every gradient of one op call with these lengths."""
+    ops = torch.ops.rnnfast
+    g_out, g_h = a["g_out"], a["g_h"]
+    if cell == "lstm":
+        out, hy, cy, ws = ops.lstm_forward(a["input"], a["hx"], a["cx"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"],
+                                           False, lengths)
+        grads = ops.lstm_backward(g_out, g_h, g_h, a["input"], a["hx"], a["cx"], a["w_ih"], a["w_hh"], out, ws,
+                                  False, lengths=lengths)
+        return (out, hy, cy) + tuple(grads)
+    out, hy, ws = ops.gru_forward(a["input"], a["hx"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], False, True,
+                                  lengths)
+    grads = ops.gru_backward(g_out, g_h, a["input"], a["hx"], a["w_ih"], a["w_hh"], out, ws, False, True,
+                             lengths=lengths)
+    return (out, hy) + tuple(grads)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_cpu_lengths_are_copied_from_pinned_memory(cell):
+    # A non_blocking copy from pageable memory makes the host wait for the device: the lengths must
+    # reach the device from pinned memory (CUPTI names the copy's source).
+    a, lengths = _lengths_case(cell)
+    _forward_backward(cell, a, lengths)  # warm up
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        _forward_backward(cell, a, lengths)
+        torch.cuda.synchronize()
+    copies = [e.name for e in prof.events() if "memcpy" in e.name.lower() and "htod" in e.name.lower()]
+    assert len(copies) >= 2, copies  # forward and backward each copy the lengths
+    assert not [c for c in copies if "pageable" in c.lower()], copies
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_device_lengths_match_cpu_lengths(cell):
+    a, lengths = _lengths_case(cell)
+    for got, ref in zip(_forward_backward(cell, a, lengths.cuda()), _forward_backward(cell, a, lengths)):
+        assert_rel(got, ref, f"{cell} with device lengths", tol=1e-6)
+
+
+def test_device_lengths_are_checked():
+    a, lengths = _lengths_case("gru")
+    ops = torch.ops.rnnfast
+    args = (a["input"], a["hx"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], False, True)
+    with pytest.raises(RuntimeError, match=r"lengths must have shape \(B,\)"):
+        ops.gru_forward(*args, lengths[:3].cuda())
+    with pytest.raises(TypeError, match="lengths must have dtype int64"):
+        ops.gru_forward(*args, lengths.int().cuda())
+
+
+def test_device_lengths_out_of_range_fail_loudly(tmp_path):
+    # a device-side assert poisons the CUDA context: run it in a process of its own
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, rnnfast._ops\n"
+        "x = torch.randn(3, 2, 4, device='cuda'); h = torch.zeros(2, 5, device='cuda')\n"
+        "w = torch.randn(15, 4, device='cuda'); u = torch.randn(15, 5, device='cuda')\n"
+        "out = torch.ops.rnnfast.gru_forward(x, h, w, u, None, None, False, True,"
+        " torch.tensor([1, 4], device='cuda'))[0]\n"
+        "torch.cuda.synchronize()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0, "lengths outside [0, T] on the device were accepted silently"
+    # the kernel's assertion goes to stdout (device printf), the RuntimeError to stderr
+    assert "assert" in (proc.stdout + proc.stderr).lower(), proc.stdout[-1000:] + proc.stderr[-2000:]
+
+
+def test_op_with_device_lengths_is_capturable_in_a_cuda_graph():
+    # Device lengths: forward + backward captured once, replayed with other lengths written into the
+    # static lengths tensor, match eager calls with those lengths.
+    a, lengths = _lengths_case("lstm")
+    static_len = lengths.cuda()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        got = forward("gru", a, False)[0]
+        _forward_backward("lstm", a, static_len)  # warm-up on a side stream, as torch.cuda.graph requires
     torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    assert_rel(got, expected, "output on a side stream", tol=1e-6)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = _forward_backward("lstm", a, static_len)
+    for new in ([1, 6, 2, 0, 5], [6, 6, 6, 6, 6], [0, 0, 0, 0, 0]):
+        static_len.copy_(torch.tensor(new))
+        graph.replay()
+        expected = _forward_backward("lstm", a, torch.tensor(new))
+        for got, ref in zip(static_out, expected):
+            assert_rel(got, ref, f"graph replay with lengths {new}", tol=1e-6)
 
 
 # ---- bad input --------------------------------------------------------------------------------------

@@ -271,7 +271,7 @@ def test_parameter_layout_and_init_match_torch(mode, kw):
     if mode != "relu":  # torch.nn.RNN's repr omits nonlinearity; ours shows it
         assert repr(ours) == repr(ref)
     assert ours.all_weights[0][0] is ours.weight_ih_l0
-    ours.flatten_parameters()  # no-op, kept for compatibility
+    ours.flatten_parameters()  # torch.nn.RNNBase.flatten_parameters (acts only on cuDNN weights)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -534,8 +534,12 @@ def test_bad_proj_size_raises_like_torch():
         rnn.LSTM(10, 20, proj_size=-1)
     with pytest.raises(ValueError, match="proj_size has to be smaller than hidden_size"):
         rnn.LSTM(10, 20, proj_size=20)
-    with pytest.raises(TypeError):
+    # torch.nn.GRU's own __init__ runs: its ValueError, as torch.nn.GRU (was a TypeError before
+    # rnnfast's classes became torch.nn subclasses)
+    with pytest.raises(ValueError, match="proj_size argument is only supported for LSTM"):
         rnn.GRU(10, 20, proj_size=5)
+    with pytest.raises(ValueError, match="proj_size argument is only supported for LSTM"):
+        torch.nn.GRU(10, 20, proj_size=5)
 
 
 # ---- PackedSequence input ------------------------------------------------------------------------
@@ -613,7 +617,7 @@ def test_bad_constructor_arguments():
     with pytest.raises(ValueError, match="hidden_size must be greater than zero"):
         rnn.LSTM(3, 0)
     with pytest.raises(ValueError, match="input_size must be greater than zero"):
-        rnn.GRUCell(0, 3)
+        rnn.GRU(0, 3)  # (cells accept input_size=0, as torch.nn's: tests/test_dropin.py)
     with pytest.raises(ValueError, match="num_layers must be greater than zero"):
         rnn.GRU(3, 4, num_layers=0)
     with pytest.raises(TypeError, match="bias should be of type bool"):

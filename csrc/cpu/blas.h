@@ -9,6 +9,9 @@
 #include <ATen/ATen.h>
 #include <dlfcn.h>
 
+#include <algorithm>
+#include <cstdint>
+
 namespace rnnfast {
 namespace cpu {
 
@@ -68,8 +71,46 @@ class SequentialScope {
 };
 }  // namespace mkl
 
-// C (M, N) = [C +] A (M, K) · op(W), op(W) = Wᵀ (transpose) or W. A and C are row-major with unit
-// column stride (any row stride); M = A.size(0) may differ per call, N and K are fixed by W.
+// ---- The one rule for how a tensor's strides reach a BLAS call ---------------------------------
+// Every raw BLAS entry in csrc/cpu (the packed GEMM below; the other GEMMs go through ATen's
+// at::mm / addmm, which apply the same rule inside before calling BLAS) sees a row-major operand
+// as (rows, cols, ld): unit column stride and a leading dimension ld >= max(1, cols). The stride
+// of a size-1 dimension means nothing (expand, as_strided and autograd's gradient of a .sum()
+// leave 0 there): it never becomes ld, a single row gets ld = max(1, cols). A tensor that cannot
+// be described so is copied (an input operand, blas_operand) or rejected (a result, which the
+// host loop always allocates itself). check_gemm_args then checks what BLAS would reject, before
+// the call: MKL would print "Parameter N was incorrect" and skip the call, leaving stale results.
+inline bool blas_layout_ok(const at::Tensor& t) {
+  if (t.dim() != 2) return false;
+  const int64_t rows = t.size(0), cols = t.size(1);
+  if (cols > 1 && t.stride(1) != 1) return false;
+  return rows <= 1 || t.stride(0) >= std::max<int64_t>(1, cols);
+}
+
+// The leading dimension BLAS gets for a 2-D tensor that passes blas_layout_ok.
+inline int64_t blas_ld(const at::Tensor& t) {
+  return t.size(0) > 1 ? t.stride(0) : std::max<int64_t>(1, t.size(1));
+}
+
+// An input operand as BLAS may read it: t itself when it passes blas_layout_ok, else a dense copy.
+inline at::Tensor blas_operand(const at::Tensor& t) {
+  return blas_layout_ok(t) ? t : t.clone(at::MemoryFormat::Contiguous);
+}
+
+// Row-major C (m, n) = A (m, k) · B with B packed (only C and A have a leading dimension).
+inline void check_gemm_args(int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldc) {
+  constexpr int64_t kMax = INT32_MAX;
+  TORCH_CHECK(m >= 0 && n >= 0 && k >= 0 && m <= kMax && n <= kMax && k <= kMax,
+              "rnnfast: BLAS GEMM sizes out of range: m=", m, ", n=", n, ", k=", k);
+  TORCH_CHECK(lda >= std::max<int64_t>(1, k) && lda <= kMax, "rnnfast: BLAS GEMM operand A (", m, ", ", k,
+              ") has leading dimension ", lda, "; it must lie in [max(1, ", k, "), 2^31)");
+  TORCH_CHECK(ldc >= std::max<int64_t>(1, n) && ldc <= kMax, "rnnfast: BLAS GEMM result C (", m, ", ", n,
+              ") has leading dimension ", ldc, "; it must lie in [max(1, ", n, "), 2^31)");
+}
+
+// C (M, N) = [C +] A (M, K) · op(W), op(W) = Wᵀ (transpose) or W. A and C follow the rule above
+// (any strides; A is copied if BLAS cannot read it); M = A.size(0) may differ per call, N and K are
+// fixed by W.
 class RecurrentGemm {
  public:
   RecurrentGemm(const at::Tensor& w, bool transpose, int64_t max_m) : w_(w), transpose_(transpose) {
@@ -78,6 +119,9 @@ class RecurrentGemm {
     const mkl::Api& a = mkl::api();
     const bool fits = max_m > 0 && n_ > 0 && k_ > 0 && max_m < INT32_MAX && n_ < INT32_MAX && k_ < INT32_MAX;
     if (w.scalar_type() == at::kFloat && w.is_contiguous() && a.ok() && fits) {
+      // W (rows, cols) contiguous: row-major with ld = cols, as the rule asks
+      TORCH_CHECK(w.size(1) >= 1 && w.size(1) <= INT32_MAX, "rnnfast: BLAS pack of W ", w.sizes(),
+                  ": leading dimension ", w.size(1), " out of range");
       const size_t bytes = a.get_size(mkl::kBMatrix, int(max_m), int(n_), int(k_));
       packed_ = at::empty({int64_t(bytes / sizeof(float)) + 16}, w.options());
       a.pack(mkl::kRowMajor, mkl::kBMatrix, transpose ? mkl::kTrans : mkl::kNoTrans, int(max_m), int(n_), int(k_),
@@ -93,22 +137,26 @@ class RecurrentGemm {
   // Safe to call from several threads at once on disjoint rows of C.
   void run_rows(const float* a, int64_t lda, float* c, int64_t ldc, int64_t m, bool accumulate) const {
     if (m <= 0) return;
+    // a single row's stride is never read: the rule's ld for it (see blas_ld)
+    if (m == 1) lda = std::max<int64_t>(1, k_), ldc = std::max<int64_t>(1, n_);
+    check_gemm_args(m, n_, k_, lda, ldc);
     mkl::api().compute(mkl::kRowMajor, mkl::kNoTrans, mkl::kPacked, int(m), int(n_), int(k_), a, int(lda),
                        packed_.const_data_ptr<float>(), int(n_), accumulate ? 1.f : 0.f, c, int(ldc));
   }
 
-  void run(const at::Tensor& a, at::Tensor& c, bool accumulate) const {
-    if (packed_.defined() && a.size(0) > 0) {
-      mkl::api().compute(mkl::kRowMajor, mkl::kNoTrans, mkl::kPacked, int(a.size(0)), int(n_), int(k_),
-                         a.const_data_ptr<float>(), int(a.stride(0)), packed_.const_data_ptr<float>(), int(n_),
-                         accumulate ? 1.f : 0.f, c.data_ptr<float>(), int(c.stride(0)));
+  void run(const at::Tensor& a_, at::Tensor& c, bool accumulate) const {
+    if (packed_.defined() && a_.size(0) > 0) {
+      TORCH_CHECK(blas_layout_ok(c), "rnnfast: internal error: a GEMM result of shape ", c.sizes(), " and strides ",
+                  c.strides(), " is not a BLAS matrix");
+      const at::Tensor a = blas_operand(a_);
+      run_rows(a.const_data_ptr<float>(), blas_ld(a), c.data_ptr<float>(), blas_ld(c), a.size(0), accumulate);
       return;
     }
     const at::Tensor op_w = transpose_ ? w_.t() : w_;
     if (accumulate) {
-      c.addmm_(a, op_w);
+      c.addmm_(a_, op_w);
     } else {
-      at::mm_out(c, a, op_w);
+      at::mm_out(c, a_, op_w);
     }
   }
 

@@ -129,11 +129,14 @@ struct LstmCell {
       const T i = wi[j], f = wf[j], g = wg[j], o = wo[j];
       const T tc = fast_tanh(wc[j]);
       const T dh = r.dh[j] + r.dy[j];
-      const T dc = r.dc[j] + dh * o * (T(1) - tc * tc);
-      r.dg[j] = dc * g * i * (T(1) - i);
-      r.dg[H + j] = dc * r.c[j] * f * (T(1) - f);
-      r.dg[2 * H + j] = dc * i * (T(1) - g * g);
-      r.dg[3 * H + j] = dh * tc * o * (T(1) - o);
+      // The products in torch's order (autograd of c' = f c + i g, h' = o tanh(c'), with
+      // sigmoid' = (1 - y) y, tanh' = 1 - y^2): where a saturated gate or tanh(c') gives an exact 0
+      // factor, the overflow / inf * 0 cases come out as torch's, finite where torch's are.
+      const T dc = r.dc[j] + (dh * o) * (T(1) - tc * tc);
+      r.dg[j] = ((dc * g) * (T(1) - i)) * i;
+      r.dg[H + j] = ((dc * r.c[j]) * (T(1) - f)) * f;
+      r.dg[2 * H + j] = (dc * i) * (T(1) - g * g);
+      r.dg[3 * H + j] = ((dh * tc) * (T(1) - o)) * o;
       r.dc[j] = dc * f;
     }
   }

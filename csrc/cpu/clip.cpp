@@ -9,8 +9,12 @@
 // Accumulation is in double for every dtype (on AVX2 machines float32 sums blocks of 1024 elements
 // in float first, see sum_f32_avx2). Element order inside a tensor does not matter to a
 // norm or a scale, so any non-overlapping-and-dense tensor (contiguous, transposed, channels-last)
-// is processed in place as flat memory; other strided views are read through a contiguous copy and
-// scaled with ATen's mul_.
+// is processed in place as flat memory. A view with stride-0 dimensions (expand) repeats its
+// elements: it is reduced over its distinct elements with the repetition counted (sum-type norms
+// multiply the partial by it; max/min and the p = 0 count ignore it), never materialized
+// (torch.ones(1).expand(2**40) is one element read once). Other strided views are read through a
+// contiguous copy of their distinct elements; they are scaled with ATen's mul_ (which raises for
+// an expanded grad, as torch's clip does).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -45,7 +49,22 @@ struct Piece {
   void* data;            // flat memory of numel elements
   int64_t numel;
   at::ScalarType dtype;
+  double repeat;         // how many times each element occurs in the grad (stride-0 dimensions)
 };
+
+// g without its stride-0 dimensions (each taken at index 0), and the number of times each of its
+// elements occurs in g.
+at::Tensor distinct_elements(const at::Tensor& g, double* repeat) {
+  at::Tensor t = g;
+  *repeat = 1.0;
+  for (int64_t d = t.dim() - 1; d >= 0; --d) {  // from the last: select() keeps lower dims in place
+    if (t.stride(d) == 0 && t.size(d) > 1) {
+      *repeat *= static_cast<double>(t.size(d));
+      t = t.select(d, 0);
+    }
+  }
+  return t;
+}
 
 // The grads as flat pieces, plus the strided views that went through a copy.
 struct FlatList {
@@ -62,14 +81,18 @@ FlatList flatten(at::TensorList grads, bool for_write) {
   f.offsets.reserve(grads.size() + 1);
   for (const at::Tensor& g : grads) {
     if (g.numel() == 0) continue;
+    double repeat = 1.0;
     at::Tensor flat = g;
     if (!g.is_non_overlapping_and_dense()) {
-      flat = g.contiguous();
-      f.copies.push_back(flat);
       if (for_write) f.strided.push_back(g);
+      flat = distinct_elements(g, &repeat);
+      if (!flat.is_non_overlapping_and_dense()) {
+        flat = flat.contiguous();
+        f.copies.push_back(flat);
+      }
     }
     f.offsets.push_back(f.total);
-    f.pieces.push_back({flat.data_ptr(), flat.numel(), flat.scalar_type()});
+    f.pieces.push_back({flat.data_ptr(), flat.numel(), flat.scalar_type(), repeat});
     f.total += flat.numel();
   }
   f.offsets.push_back(f.total);
@@ -275,7 +298,7 @@ double combine(NormKind kind, double a, double b) {
 
 double identity(NormKind kind) { return kind == NormKind::NegInf ? MinAbs::init : 0.0; }
 
-// Calls f(typed pointer, begin, end) for the part [g0, g1) of the virtual vector.
+// Calls f(typed pointer, begin, end, repeat) for the part [g0, g1) of the virtual vector.
 template <typename F>
 void for_pieces(const FlatList& fl, int64_t g0, int64_t g1, F&& f) {
   size_t i = std::upper_bound(fl.offsets.begin(), fl.offsets.end(), g0) - fl.offsets.begin() - 1;
@@ -284,10 +307,10 @@ void for_pieces(const FlatList& fl, int64_t g0, int64_t g1, F&& f) {
     const int64_t b = g0 - fl.offsets[i];
     const int64_t e = std::min(pc.numel, g1 - fl.offsets[i]);
     switch (pc.dtype) {
-      case at::kFloat: f(static_cast<float*>(pc.data), b, e); break;
-      case at::kDouble: f(static_cast<double*>(pc.data), b, e); break;
-      case at::kHalf: f(static_cast<c10::Half*>(pc.data), b, e); break;
-      default: f(static_cast<c10::BFloat16*>(pc.data), b, e); break;
+      case at::kFloat: f(static_cast<float*>(pc.data), b, e, pc.repeat); break;
+      case at::kDouble: f(static_cast<double*>(pc.data), b, e, pc.repeat); break;
+      case at::kHalf: f(static_cast<c10::Half*>(pc.data), b, e, pc.repeat); break;
+      default: f(static_cast<c10::BFloat16*>(pc.data), b, e, pc.repeat); break;
     }
     g0 = fl.offsets[i] + e;
   }
@@ -317,7 +340,7 @@ double count_nonzero_tensors(const FlatList& fl) {
   double n = 0.0;
   for (size_t i = 0; i < fl.pieces.size(); ++i) {
     bool any = false;
-    for_pieces(fl, fl.offsets[i], fl.offsets[i + 1], [&](auto* x, int64_t b, int64_t e) {
+    for_pieces(fl, fl.offsets[i], fl.offsets[i + 1], [&](auto* x, int64_t b, int64_t e, double) {
       for (int64_t k = b; k < e && !any; ++k) any = to_double(x[k]) != 0.0;
     });
     n += any ? 1.0 : 0.0;
@@ -333,8 +356,10 @@ double total_norm_value(const FlatList& fl, double p, at::ScalarType out) {
   std::vector<double> partial(nchunks, identity(kind));
   for_each_chunk(nchunks, [&](int64_t c) {
     double acc = identity(kind);
-    for_pieces(fl, c * kChunk, std::min(fl.total, (c + 1) * kChunk), [&](auto* x, int64_t b, int64_t e) {
-      acc = combine(kind, acc, reduce_piece(x + b, e - b, kind, p));
+    for_pieces(fl, c * kChunk, std::min(fl.total, (c + 1) * kChunk), [&](auto* x, int64_t b, int64_t e, double rep) {
+      const double part = reduce_piece(x + b, e - b, kind, p);
+      // a repeated element counts rep times in a sum; a max/min sees it once either way
+      acc = combine(kind, acc, (rep == 1.0 || kind == NormKind::Inf || kind == NormKind::NegInf) ? part : part * rep);
     });
     partial[c] = acc;
   });
@@ -373,7 +398,9 @@ void scale_all(const FlatList& fl, double coef) {
   const int64_t nchunks = (fl.total + kChunk - 1) / kChunk;
   for_each_chunk(nchunks, [&](int64_t c) {
     for_pieces(fl, c * kChunk, std::min(fl.total, (c + 1) * kChunk),
-               [&](auto* x, int64_t b, int64_t e) { scale_flat(x + b, e - b, coef); });
+               [&](auto* x, int64_t b, int64_t e, double rep) {
+                 if (rep == 1.0) scale_flat(x + b, e - b, coef);  // repeated views: mul_ below (raises)
+               });
   });
   // Strided views were reduced through copies: scale the originals with ATen (same arithmetic:
   // mul_ by a double Scalar computes in float for reduced and float32 dtypes, in double for float64).

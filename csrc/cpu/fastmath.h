@@ -5,8 +5,9 @@
 // (truncation < 6e-9 relative), scaled by 2^n through the exponent bits; tanh by an odd Taylor
 // polynomial for |x| < 0.55 and 1 - 2/(exp(2|x|)+1) above. Checked against double-precision
 // std::exp/std::tanh on every 16th float with |x| <= 100: max relative error 1.8e-7 for tanh,
-// 1.6e-7 for sigmoid 1/(1+exp(-x)) where x >= -87.3 (below, exp is clamped and the sigmoid is
-// off by < 1.3e-38 absolute), i.e. a few ulp, well inside the 1e-6 budget. NaN propagates.
+// 1.6e-7 for sigmoid 1/(1+exp(-x)), i.e. a few ulp, well inside the 1e-6 budget. NaN propagates.
+// Saturation is exact, as torch's: tanh is exactly +-1 for |x| > 9.0109, sigmoid exactly 1 for
+// x > 16.6 and exactly 0 for x < -88.72 (tests/test_edges.py checks both against torch).
 // tests/test_ops_cpu.py::test_fast_math_accuracy_through_ops re-checks it through the ops (with
 // whatever ISA clone the CPU selects: AVX-512/AVX2 clones contract to FMA, which only helps).
 // double: std::exp / std::tanh (exact to the last ulp; float64 is the reference dtype).
@@ -50,10 +51,13 @@ RNNFAST_ALWAYS_INLINE int32_t clamp_magnitude(int32_t abs_bits, int32_t limit) {
 }
 
 RNNFAST_ALWAYS_INLINE float exp_approx(float x) {
-  // |x| <= 87.3 keeps 2^n a normal float (exp(-87.3) ~ 1.2e-38, exp(87.3) ~ 8.2e37); callers
-  // (sigmoid, tanh) never need more range than that.
+  // x is clamped to [-86.6, 88.8]. Below, the result stays at exp(-86.6) ~ 2.3e-38 (the callers
+  // only ever add it to 1). Above 88.72 the true exp overflows and so does this one, to +inf (2^n
+  // is applied as 2^(n-1) * 2, n reaching 128 there): sigmoid(x) = 1/(1+exp(-x)) is then exactly 0
+  // for x < -88.72 and a correctly tiny (subnormal) value just above, as torch's sigmoid.
   const int32_t xb = bits_of(x);
-  x = float_of((xb & kSign) | clamp_magnitude(xb & kMagnitude, 0x42ae999a /* 87.3f */));
+  const int32_t limit = blend(mask_of(xb < 0), 0x42ad3333 /* 86.6f */, 0x42b1999a /* 88.8f */);
+  x = float_of((xb & kSign) | clamp_magnitude(xb & kMagnitude, limit));
   // round to nearest by adding and removing 1.5*2^23 (vectorizes on plain SSE2, nearbyint does not)
   const float n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;
   // Cody–Waite: ln2 split in a part exact in float and the remainder
@@ -66,7 +70,7 @@ RNNFAST_ALWAYS_INLINE float exp_approx(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.f;
   p = p * r + 1.f;
-  return p * float_of((static_cast<int32_t>(n) + 127) << 23);
+  return (p * float_of((static_cast<int32_t>(n) + 126) << 23)) * 2.f;
 }
 
 RNNFAST_ALWAYS_INLINE float tanh_approx(float x) {
@@ -87,8 +91,10 @@ RNNFAST_ALWAYS_INLINE float tanh_approx(float x) {
   t = -0.3333333333333333f + s * t;    // x^3   -1/3
   t = 1.f + s * t;
   const float small = a * t;
-  // tanh(9) rounds to 1 in float; clamping keeps exp in range
-  const float e = exp_approx(2.f * float_of(clamp_magnitude(ab, 0x41100000 /* 9.f */)));
+  // Saturation: 1 - 2/(e+1) rounds to exactly 1 once |x| > 9.0109 (where 2/(e+1) < 2^-25), the
+  // point where torch's float tanh returns 1 too; the clamp at 10 (well past it) keeps exp finite.
+  // (A clamp below 9.0109 would leave tanh at 0.99999994 forever, and its gradient 1 - y^2 != 0.)
+  const float e = exp_approx(2.f * float_of(clamp_magnitude(ab, 0x41200000 /* 10.f */)));
   const float large = 1.f - 2.f / (e + 1.f);
   const int32_t y = blend(mask_of(ab < 0x3f0ccccd /* 0.55f */), bits_of(small), bits_of(large));
   return float_of(y | (xb & kSign));  // tanh is odd

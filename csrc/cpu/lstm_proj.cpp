@@ -134,8 +134,8 @@ lstm_proj_backward(const at::Tensor& grad_output_, const at::Tensor& grad_hy, co
 
   at::Tensor dG = at::empty({T, B, 4 * H}, opts);
   at::Tensor dH = at::empty({T, B, P}, opts);  // dL/dh_t in full, per step (for dW_hr)
-  at::Tensor dh = grad_hy.contiguous().clone();
-  at::Tensor dc = grad_cy.contiguous().clone();
+  at::Tensor dh = dense_copy(grad_hy);  // never a stride-0 grad's layout (recurrent.h)
+  at::Tensor dc = dense_copy(grad_cy);
   at::Tensor dm = at::empty({B, H}, opts);
   const at::Tensor zero_row = at::zeros({H}, opts);  // LstmCell::backward adds a grad_output row: none here
 
@@ -186,7 +186,7 @@ lstm_proj_backward(const at::Tensor& grad_output_, const at::Tensor& grad_hy, co
   RECORD_FUNCTION("rnnfast::weight_grads", std::vector<c10::IValue>());
   const at::Tensor dG2 = dG.view({T * B, 4 * H});
   at::Tensor grad_input = input_grad ? at::mm(dG2, w_ih).view({T, B, I}) : at::zeros_like(input);
-  at::Tensor grad_w_ih = at::mm(dG2.t(), input.view({T * B, I}));
+  at::Tensor grad_w_ih = at::mm(dG2.t(), zero_padding(input, len).view({T * B, I}));  // see zero_padding
   at::Tensor hprev = at::empty({T * B, P}, opts);
   fill_prev_states(hprev, hx, output, reverse);
   at::Tensor grad_w_hh = at::mm(dG2.t(), hprev);

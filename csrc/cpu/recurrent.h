@@ -20,6 +20,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
 
+#include <algorithm>
 #include <tuple>
 #include <type_traits>
 
@@ -169,6 +170,25 @@ inline void fill_prev_states(const at::Tensor& dst, const at::Tensor& hx, const 
   if (T > 1) {
     dst.narrow(0, reverse ? 0 : B, rest).copy_(output.narrow(0, reverse ? 1 : 0, T - 1).reshape({rest, dst.size(1)}));
   }
+}
+
+// A dense (contiguous, unit-strided) copy of t: the buffer a loop then writes through raw pointers.
+inline at::Tensor dense_copy(const at::Tensor& t) { return at::empty(t.sizes(), t.options()).copy_(t); }
+
+// input (T, B, I) with the rows of frozen positions (t >= lengths[b], see freeze_forward) set to
+// zero: a copy when some row is frozen, else input itself. The caller never promises to fill the
+// padding of a variable-length batch, and the weight-gradient GEMMs read every row: 0 * NaN would
+// reach every weight gradient.
+inline at::Tensor zero_padding(const at::Tensor& input, const at::Tensor& lengths) {
+  if (!lengths.defined()) return input;
+  const int64_t T = input.size(0), B = input.size(1);
+  const int64_t* len = lengths.const_data_ptr<int64_t>();
+  if (std::all_of(len, len + B, [T](int64_t l) { return l >= T; })) return input;
+  at::Tensor out = input.clone(at::MemoryFormat::Contiguous);
+  for (int64_t b = 0; b < B; ++b) {
+    if (len[b] < T) out.narrow(0, len[b], T - len[b]).select(1, b).zero_();
+  }
+  return out;
 }
 
 // Bias added to the input projection: b_ih + b_hh, except the b_hh rows a cell keeps inside its
@@ -340,8 +360,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
   at::Tensor dG = at::empty({T, B, G * H}, opts);
   at::Tensor dGh = Cell::separate_hidden_grad ? at::empty({T, B, G * H}, opts) : dG;
-  at::Tensor dh = grad_hy.contiguous().clone();  // dL/dh_t flowing back through the recurrence
-  at::Tensor dc = Cell::has_cell_state ? grad_cy.contiguous().clone() : at::Tensor();
+  // dL/dh_t (dL/dc_t) flowing back through the recurrence: fresh dense buffers whatever the
+  // incoming grads' strides (a broadcast grad of hy has stride 0; a clone would keep it)
+  at::Tensor dh = dense_copy(grad_hy);
+  at::Tensor dc = Cell::has_cell_state ? dense_copy(grad_cy) : at::Tensor();
   at::Tensor drh = Cell::two_phase ? at::empty({B, H}, opts) : at::Tensor();
   // dGh[t] W_rec and (two-phase) dn W_hn, weights packed once for all steps
   const RecurrentGemm rec(w_hh.narrow(0, 0, GR * H), /*transpose=*/false, B);
@@ -415,7 +437,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   RECORD_FUNCTION("rnnfast::weight_grads", std::vector<c10::IValue>());
   const at::Tensor dG2 = dG.view({T * B, G * H});
   const at::Tensor dGh2 = dGh.view({T * B, G * H});
-  const at::Tensor x2 = input.view({T * B, I});
+  // X as the weight-gradient GEMMs read it: padding positions (t >= lengths[b]) zeroed, so that
+  // whatever the caller left there (NaN, Inf) meets only the zero gradient rows of frozen steps
+  const at::Tensor x2 = zero_padding(input, lengths).view({T * B, I});
   // input_grad=false: the input needs no gradient; zeros instead of the (T*B, G*H) x (G*H, I) GEMM
   at::Tensor grad_input = input_grad ? at::mm(dG2, w_ih).view({T, B, I}) : at::zeros_like(input);
   auto fill_hprev = [&](const at::Tensor& dst) { fill_prev_states(dst, hx, output, reverse); };

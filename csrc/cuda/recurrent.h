@@ -11,9 +11,15 @@
 //           and the direct part of dh_{t-1}, then dh_{t-1} (+)= dGh[t]·W_hh. After the loop:
 //           dx = dG·W_ih, dW_ih = dGᵀ·X, dW_hh = dGhᵀ·H_prev (two GEMMs, no concatenation),
 //           db_ih, db_hh = column sums.
-// Variable-length batches: lengths (CPU int64) go to the device once per call (non-blocking); the
-// step kernels freeze a row once t >= lengths[b] and dh then always gets dGh[t]·W_hh added.
-// Nothing here synchronizes with the host, so the ops can be captured in a CUDA graph.
+// Variable-length batches: lengths (int64 (B,)) on the CPU or already on the input's device. CPU
+// lengths are staged through pinned memory and copied with one asynchronous H2D copy per op call
+// (from pageable memory that copy would make the host wait); device lengths are used as they are,
+// their range checked by an asynchronous device-side assert. The step kernels freeze a row once
+// t >= lengths[b] and dh then always gets dGh[t]·W_hh added.
+// No op here synchronizes with the host. CUDA-graph capture: without lengths, or with device
+// lengths, every op is capturable (kernel launches, cuBLAS GEMMs, ATen ops on the current stream);
+// with CPU lengths it is not (the pinned staging buffer would be baked into the graph): capture
+// with the lengths on the device.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -45,10 +51,37 @@ inline void check_cuda_dtype(const char* op, const Tensor& input) {
 inline const float* fptr(const Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 inline float* mptr(Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 
-// The checked CPU lengths (undefined when not given) on the input's device for the step kernels.
-// A non-blocking copy: the host does not wait for the device.
+// The checked lengths (undefined when not given) on the input's device for the step kernels. CPU
+// lengths for a device input go through pinned memory: the copy is then truly asynchronous (a
+// non_blocking copy from pageable memory waits for the device) and the caching host allocator keeps
+// the staging block until the copy has run. Lengths already on the input's device (and the CPU
+// emulation's CPU lengths for a CPU input) are used as they are.
 inline Tensor device_lengths(const Tensor& lengths, const Tensor& input) {
-  return lengths.defined() ? lengths.to(input.device(), at::kLong, /*non_blocking=*/true) : Tensor();
+  if (!lengths.defined() || lengths.device() == input.device()) return lengths;
+  return lengths.pin_memory().to(input.device(), at::kLong, /*non_blocking=*/true);
+}
+
+// cpu::check_lengths for CPU lengths (it reads their range on the host: free for a CPU tensor).
+// Lengths on the device are checked without a host sync: dtype, rank, size and device here, the
+// range [0, T] by an asynchronous device-side assert (a bad value fails the next synchronizing
+// call with this message; the kernels themselves only compare t with lengths[b], so no value can
+// make them access memory out of bounds).
+inline Tensor check_lengths(const char* op, const c10::optional<Tensor>& lengths, int64_t T, int64_t B,
+                            const Tensor& input) {
+  if (!lengths.has_value() || !lengths->defined() || lengths->device().is_cpu()) {
+    return cpu::check_lengths(op, lengths, T, B);
+  }
+  const Tensor& l = *lengths;
+  TORCH_CHECK(l.device() == input.device(), op, ": lengths must be on the CPU or on the input's device (",
+              input.device(), "), got one on ", l.device());
+  TORCH_CHECK_TYPE(l.scalar_type() == at::kLong, op, ": lengths must have dtype int64, got ", l.scalar_type());
+  TORCH_CHECK(l.dim() == 1 && l.size(0) == B, op, ": lengths must have shape (B,) = (", B, ",), got ", l.sizes());
+  const Tensor c = l.contiguous();
+  if (B > 0) {
+    at::_assert_async(at::logical_and(c.ge(0), c.le(T)).all(),
+                      "rnnfast: lengths on the device must lie in [0, T]");
+  }
+  return c;
 }
 
 // (T, B, 1) bool on the lengths' device: row b is frozen at time t (t >= lengths[b]). Built once per
@@ -420,7 +453,7 @@ struct RecurrentOps {
     detail::check_cuda_dtype(op, input);
     const cpu::RecurrentArgs a =
         cpu::check_forward(op, kernels::cell_layout(kCell).gates, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh);
-    const Tensor len = cpu::check_lengths(op, lengths, a.T, a.B);
+    const Tensor len = detail::check_lengths(op, lengths, a.T, a.B, input);
     const typename Ctx::Guard guard(input.device());
     auto [output, hy, cy, ws] = detail::recurrent_forward<kCell>(op, Ctx::stream(), input, hx, Tensor(), w_ih, w_hh,
                                                                  b_ih, b_hh, reverse, len);
@@ -435,7 +468,7 @@ struct RecurrentOps {
     detail::check_cuda_dtype(op, input);
     const cpu::RecurrentArgs a = cpu::check_backward(op, L.gates, L.saved, grad_output, grad_hy, nullptr, input, hx,
                                                      nullptr, w_ih, w_hh, output, workspace);
-    const Tensor len = cpu::check_lengths(op, lengths, a.T, a.B);
+    const Tensor len = detail::check_lengths(op, lengths, a.T, a.B, input);
     const typename Ctx::Guard guard(input.device());
     auto [dx, dhx, dcx, dw_ih, dw_hh, db_ih, db_hh] = detail::recurrent_backward<kCell>(
         op, Ctx::stream(), grad_output, grad_hy, Tensor(), input, hx, Tensor(), w_ih, w_hh, output, workspace,
@@ -470,7 +503,7 @@ struct RecurrentOps {
     detail::check_cuda_dtype(op, input);
     const cpu::RecurrentArgs a =
         cpu::check_forward(op, kernels::cell_layout(CellKind::kLstm).gates, input, hx, &cx, w_ih, w_hh, b_ih, b_hh);
-    const Tensor len = cpu::check_lengths(op, lengths, a.T, a.B);
+    const Tensor len = detail::check_lengths(op, lengths, a.T, a.B, input);
     const typename Ctx::Guard guard(input.device());
     return detail::recurrent_forward<CellKind::kLstm>(op, Ctx::stream(), input, hx, cx, w_ih, w_hh, b_ih, b_hh,
                                                       reverse, len);
@@ -510,7 +543,7 @@ struct RecurrentOps {
     detail::check_cuda_dtype(op, input);
     const cpu::RecurrentArgs a = cpu::check_backward(op, L.gates, L.saved, grad_output, grad_hy, &grad_cy, input, hx,
                                                      &cx, w_ih, w_hh, output, workspace);
-    const Tensor len = cpu::check_lengths(op, lengths, a.T, a.B);
+    const Tensor len = detail::check_lengths(op, lengths, a.T, a.B, input);
     const typename Ctx::Guard guard(input.device());
     return detail::recurrent_backward<CellKind::kLstm>(op, Ctx::stream(), grad_output, grad_hy, grad_cy, input, hx,
                                                        cx, w_ih, w_hh, output, workspace, reverse, input_grad, len);
@@ -522,7 +555,7 @@ struct RecurrentOps {
     const char* op = "rnnfast.lstm_proj";
     detail::check_cuda_dtype(op, input);
     const cpu::RecurrentArgs a = cpu::check_forward(op, 4, input, hx, &cx, w_ih, w_hh, b_ih, b_hh, &w_hr);
-    const Tensor len = cpu::check_lengths(op, lengths, a.T, a.B);
+    const Tensor len = detail::check_lengths(op, lengths, a.T, a.B, input);
     const typename Ctx::Guard guard(input.device());
     return detail::lstm_proj_forward(op, Ctx::stream(), input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh, reverse, len);
   }
@@ -535,7 +568,7 @@ struct RecurrentOps {
     detail::check_cuda_dtype(op, input);
     const cpu::RecurrentArgs a = cpu::check_backward(op, 4, cpu::kProjWs, grad_output, grad_hy, &grad_cy, input, hx,
                                                      &cx, w_ih, w_hh, output, workspace, &w_hr);
-    const Tensor len = cpu::check_lengths(op, lengths, a.T, a.B);
+    const Tensor len = detail::check_lengths(op, lengths, a.T, a.B, input);
     const typename Ctx::Guard guard(input.device());
     return detail::lstm_proj_backward(op, Ctx::stream(), grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh,
                                       w_hr, output, workspace, reverse, input_grad, len);
