@@ -147,7 +147,7 @@ def _validate(ckpt, path):
             ("seed", lambda v: v is None or (_is_int(v) and 0 <= v < 2**64), "None or an int in [0, 2**64)"),
             ("use_random_iter", lambda v: isinstance(v, bool), "a bool"),
             ("sep", lambda v: isinstance(v, str), "a str"),
-            ("token", lambda v: v in ("char", "word"), "'char' or 'word'"),
+            ("token", lambda v: v in ("char", "word", "byte"), "'char', 'word' or 'byte'"),
             ("corpus", lambda v: isinstance(v, str), "a str"),
             ("cli_settings", lambda v: isinstance(v, dict), "a dict")):
         if key in config:

@@ -72,8 +72,10 @@ def _input_file(value, flag, bundled=(), missing="does not exist"):
     try:
         st = os.stat(value)
     except FileNotFoundError:
-        hint = f"; bundled corpora are {', '.join(bundled)}" if bundled else ""
-        raise CLIError(f"{flag} {value!r} {missing}{hint}") from None
+        if bundled:  # worded as rnnfast.data.corpus_path words it, so every path says the same
+            raise CLIError(f"corpus file {value!r} does not exist; bundled corpora are "
+                           + ", ".join(repr(n) for n in bundled)) from None
+        raise CLIError(f"{flag} {value!r} {missing}") from None
     except OSError as e:
         raise CLIError(f"{flag} {value!r} cannot be read: {e.strerror}") from None
     if stat.S_ISDIR(st.st_mode):
@@ -121,7 +123,7 @@ def _output_file(path, flag):
 
 
 def _sep(token):
-    return "" if token == "char" else " "
+    return " " if token == "word" else ""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -172,10 +174,15 @@ def cmd_train(args):
         if key == "valid" and s[key] in ("auto", "none"):
             continue
         _input_file(s[key], f"--{key}", tuple(BUNDLED_CORPORA))
+    from . import distributed
+    if args.nproc is not None and not distributed.launched():
+        if args.out:
+            _output_dir(args.out)
+        return _launch(args, s)
+    if distributed.launched():  # a rank started by torchrun or by --nproc
+        return _train_rank(args, s)
     device = _device(s["device"])
-    out = args.out or (os.path.dirname(os.path.abspath(args.resume)) if args.resume
-                       else os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
-    _output_dir(out)
+    out = _output_dir(_out_path(args))
     threads_before = torch.get_num_threads()
     _set_threads(s["threads"])
     try:
@@ -184,12 +191,65 @@ def cmd_train(args):
         torch.set_num_threads(threads_before)  # main() may be called in-process (tests, notebooks)
 
 
+def _out_path(args):
+    return args.out or (os.path.dirname(os.path.abspath(args.resume)) if args.resume
+                        else os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
+
+
+def _launch(args, s):
+    """`rnnfast train --nproc N`: run this same command as N ranks through torch.distributed.run."""
+    from . import distributed
+    if args.nproc < 1:
+        raise CLIError(f"--nproc must be >= 1, got {args.nproc}")
+    distributed.row_slice(s["batch_size"], 0, args.nproc)  # too few rows: refused before starting
+    argv = list(args.argv)
+    i = next(k for k, a in enumerate(argv) if a == "--nproc" or a.startswith("--nproc="))
+    del argv[i:i + (1 if "=" in argv[i] else 2)]
+    if not args.out and not args.resume:  # one output folder for all ranks, named here
+        argv += ["--out", os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))]
+    code, error = distributed.launch(args.nproc, argv)
+    if error:
+        raise CLIError(error)
+    return code
+
+
+def _train_rank(args, s):
+    """One rank of a data-parallel run: join the process group, train, leave. Rank 0 prints."""
+    import contextlib
+    import io
+    import torch
+    from . import distributed
+    if s["device"] not in (None, "auto"):
+        _device(s["device"])  # a clear error for a device this machine lacks
+    device = distributed.init_from_env(s["device"])
+    threads_before = torch.get_num_threads()
+    _set_threads(s["threads"])
+    try:
+        quiet = contextlib.redirect_stdout(io.StringIO()) if distributed.world()[0] else contextlib.nullcontext()
+        with quiet:
+            return _train_with(args, s, str(device), _output_dir(_out_path(args)))
+    finally:
+        torch.set_num_threads(threads_before)
+        distributed.shutdown()
+
+
+def _say_if_tokenizing(corpus, token):
+    """A big corpus is tokenized once into the cache (rnnfast.data.stream): say so before the wait."""
+    from .data import corpus_path, stream
+    path = corpus_path(corpus)
+    size = path.stat().st_size
+    if token != "byte" and size >= stream.STREAM_THRESHOLD and not stream.is_cached(path, token):
+        print(f"tokenizing {str(path)!r} ({size / 2**20:,.0f} MiB, {token} level) into the cache "
+              f"{stream.cache_dir()}; later runs map it at once", flush=True)
+
+
 def _train_with(args, s, device, out):
     import torch
     from .data import SeqDataLoader, load_corpus
     from .models import RNNLM
     from .train import train
 
+    _say_if_tokenizing(s["corpus"], s["token"])
     corpus, vocab = load_corpus(s["corpus"], s["token"], s["max_tokens"])
     loader = SeqDataLoader(corpus, vocab, s["batch_size"], s["num_steps"], s["random_iter"], seed=s["seed"])
     valid_name = s["valid"]
@@ -235,8 +295,10 @@ def _train_with(args, s, device, out):
     print(f"speed                {history['tokens_per_s'][-1]:,.0f} tokens/s")
     for prefix, text in history["samples"].items():
         print(f"sample: {text}")
-    written = [p for p in history["paths"].values() if os.path.exists(p)]
-    print("wrote " + ", ".join(written))
+    paths = history.get("paths")  # absent on ranks other than 0 of a data-parallel run: they write nothing
+    if paths is None:
+        return 0
+    print("wrote " + ", ".join(p for p in paths.values() if os.path.exists(p)))
     return 0
 
 
@@ -411,7 +473,7 @@ TRAIN_NUMBERS = {
     "patience": _Number(int, lo=0, hint=" (0 = never stop early)"),
     "anneal": _Number(float, lo=1, lo_open=True, special=(0,), hint=" (0 = off)"),
 }
-TRAIN_CHOICES = {"token": ("char", "word"), "optimizer": ("sgd", "adam")}
+TRAIN_CHOICES = {"token": ("char", "word", "byte"), "optimizer": ("sgd", "adam")}
 TRAIN_STRINGS = ("corpus", "cell", "backend", "device", "valid")
 
 
@@ -455,7 +517,8 @@ def build_parser():
                                    "and perplexity.png to --out. Flags left out take the defaults "
                                    "shown (or, with --resume, the checkpoint's settings).")
     t.add_argument("--corpus", help=f"bundled name (timemachine, war_of_the_worlds) or a text file [{d['corpus']}]")
-    t.add_argument("--token", choices=("char", "word"), help=f"[{d['token']}]")
+    t.add_argument("--token", choices=("char", "word", "byte"),
+                   help=f"byte: ids are the file's bytes, vocabulary 256 [{d['token']}]")
     t.add_argument("--cell", help=f"rnn (= rnn_tanh), rnn_relu, gru or lstm [{d['cell']}]")
     t.add_argument("--hidden", type=POSITIVE, help=f"hidden units [{d['hidden']}]")
     t.add_argument("--layers", type=POSITIVE, help=f"[{d['layers']}]")
@@ -489,6 +552,8 @@ def build_parser():
     t.add_argument("--resume", metavar="CHECKPOINT", help="continue an interrupted run")
     t.add_argument("--log-every", dest="log_every", type=_Number(int, lo=0, hint=" (0 = never)"), default=1, help="print a sample every N epochs [1]")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    t.add_argument("--nproc", type=POSITIVE, help="data-parallel processes on this machine (torch.distributed; "
+                   "the global --batch-size is split across them) [1, or torchrun's]")
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("generate", help="continue a prefix with a trained model")
@@ -538,21 +603,41 @@ def main(argv=None):
         args = argparse.Namespace(command="bench", func=cmd_bench, bench_args=argv[1:])
     else:
         args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except (CLIError, ValueError, TypeError, NotImplementedError, ImportError) as e:
         # bad input, or a backend that is not built
+        _exit_rank(e, _one_line(e))
         parser.exit(2, f"rnnfast: error: {_one_line(e)}\n")
     except KeyboardInterrupt:  # `train` handles its own (it says how to resume)
         parser.exit(130, "rnnfast: interrupted\n")
     except OSError as e:  # a file that vanished, a full disk, a permission changed mid-run, ...
         what = f"{e.strerror}: {e.filename!r}" if e.strerror and e.filename else _one_line(e)
+        _exit_rank(e, what)
         parser.exit(2, f"rnnfast: error: {what}\n")
+    except Exception as e:  # in a rank of a data-parallel run: also a collective broken off
+        from . import distributed
+        if not distributed.launched():
+            raise
+        _exit_rank(e, f"{type(e).__name__}: {_one_line(e)}")
 
 
 def _one_line(e):
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def _exit_rank(e, msg):
+    """In a rank of `rnnfast train --nproc N`: hand the error to the launcher (which prints one
+    line for the run) and exit 2; under plain torchrun the rank prints its own line. Elsewhere
+    (not a rank): returns, and the caller reports the error."""
+    from . import distributed
+    if distributed.launched():
+        if distributed.report_worker_error(msg, distributed.is_secondary_error(e)):
+            sys.exit(2)
+        sys.stderr.write(f"rnnfast: error: rank {os.environ.get('RANK')}: {msg}\n")
+        sys.exit(2)
 
 
 if __name__ == "__main__":

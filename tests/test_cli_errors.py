@@ -104,7 +104,7 @@ def test_out_an_existing_file(command, capsys, tmp_path):
      "setting 'clip' must be a finite number >= 0"),
     ("cli_settings seed", lambda c: c["train_config"]["cli_settings"].__setitem__("seed", 2**70),
      "setting 'seed' must be an integer >= 0 and <= 18446744073709551615"),
-    ("cli_settings choice", lambda c: c["train_config"]["cli_settings"].__setitem__("token", "byte"),
+    ("cli_settings choice", lambda c: c["train_config"]["cli_settings"].__setitem__("token", "syllable"),
      "setting 'token' must be one of"),
     ("epoch", lambda c: c.__setitem__("epoch", -1), "epoch must be an int >= 0"),
     ("optimizer", lambda c: c.__setitem__("optimizer", "rmsprop"), "optimizer must be one of sgd, adam"),
@@ -254,7 +254,7 @@ def test_sweep_train_numbers(flag, value, capsys, tmp_path):
     (["sine", "--tau", "400"], "argument --tau: must be"),
     (["sine", "--epochs", "0"], "argument --epochs: must be"),
     (["generate"], "the following arguments are required: --checkpoint"),
-    (["train", "--token", "byte"], "argument --token: invalid choice"),
+    (["train", "--token", "syllable"], "argument --token: invalid choice"),
 ])
 def test_sweep_other_commands_numbers(argv, match, capsys):
     _fails_with(capsys, argv, match)
