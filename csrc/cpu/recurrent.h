@@ -175,19 +175,29 @@ inline void fill_prev_states(const at::Tensor& dst, const at::Tensor& hx, const 
 // A dense (contiguous, unit-strided) copy of t: the buffer a loop then writes through raw pointers.
 inline at::Tensor dense_copy(const at::Tensor& t) { return at::empty(t.sizes(), t.options()).copy_(t); }
 
-// input (T, B, I) with the rows of frozen positions (t >= lengths[b], see freeze_forward) set to
-// zero: a copy when some row is frozen, else input itself. The caller never promises to fill the
-// padding of a variable-length batch, and the weight-gradient GEMMs read every row: 0 * NaN would
-// reach every weight gradient.
+// Padding of a variable-length batch: the caller never promises to fill input rows of frozen
+// positions (t >= lengths[b], see freeze_forward), and the weight-gradient GEMMs read every row:
+// 0 * NaN would reach every weight gradient. So X is read with those rows zeroed.
+
+// Zeroes, in place, the rows of frozen positions of a (T*B, n) row view (row t*B + b).
+inline void zero_frozen_rows(const at::Tensor& rows, const at::Tensor& lengths, int64_t T, int64_t B) {
+  if (!lengths.defined()) return;
+  const int64_t* len = lengths.const_data_ptr<int64_t>();
+  const at::Tensor v = rows.view({T, B, rows.size(1)});
+  for (int64_t b = 0; b < B; ++b) {
+    if (len[b] < T) v.narrow(0, len[b], T - len[b]).select(1, b).zero_();
+  }
+}
+
+// input (T, B, I) with the rows of frozen positions zeroed: a copy when some row is frozen, else
+// input itself.
 inline at::Tensor zero_padding(const at::Tensor& input, const at::Tensor& lengths) {
   if (!lengths.defined()) return input;
   const int64_t T = input.size(0), B = input.size(1);
   const int64_t* len = lengths.const_data_ptr<int64_t>();
   if (std::all_of(len, len + B, [T](int64_t l) { return l >= T; })) return input;
   at::Tensor out = input.clone(at::MemoryFormat::Contiguous);
-  for (int64_t b = 0; b < B; ++b) {
-    if (len[b] < T) out.narrow(0, len[b], T - len[b]).select(1, b).zero_();
-  }
+  zero_frozen_rows(out.view({T * B, input.size(2)}), lengths, T, B);
   return out;
 }
 
@@ -437,9 +447,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   RECORD_FUNCTION("rnnfast::weight_grads", std::vector<c10::IValue>());
   const at::Tensor dG2 = dG.view({T * B, G * H});
   const at::Tensor dGh2 = dGh.view({T * B, G * H});
-  // X as the weight-gradient GEMMs read it: padding positions (t >= lengths[b]) zeroed, so that
-  // whatever the caller left there (NaN, Inf) meets only the zero gradient rows of frozen steps
-  const at::Tensor x2 = zero_padding(input, lengths).view({T * B, I});
+  // X as the weight-gradient GEMMs read it: padding rows zeroed (see zero_frozen_rows), in the
+  // copy into the GEMM operand where there is one, else through zero_padding's copy
+  const at::Tensor x2 = input.view({T * B, I});
+  auto x2_padding_zeroed = [&] { return zero_padding(input, lengths).view({T * B, I}); };
   // input_grad=false: the input needs no gradient; zeros instead of the (T*B, G*H) x (G*H, I) GEMM
   at::Tensor grad_input = input_grad ? at::mm(dG2, w_ih).view({T, B, I}) : at::zeros_like(input);
   auto fill_hprev = [&](const at::Tensor& dst) { fill_prev_states(dst, hx, output, reverse); };
@@ -452,6 +463,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const int64_t n = padded_cols(I + H + 1);
     at::Tensor a = at::empty({T * B, n}, opts);
     a.narrow(1, 0, I).copy_(x2);
+    zero_frozen_rows(a.narrow(1, 0, I), lengths, T, B);
     fill_hprev(a.narrow(1, I, H));
     a.narrow(1, I + H, 1).fill_(1);
     if (n > I + H + 1) a.narrow(1, I + H + 1, n - (I + H + 1)).zero_();
@@ -469,6 +481,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       const int64_t nx = padded_cols(I + 1);
       at::Tensor ax = at::empty({T * B, nx}, opts);
       ax.narrow(1, 0, I).copy_(x2);
+      zero_frozen_rows(ax.narrow(1, 0, I), lengths, T, B);
       ax.narrow(1, I, 1).fill_(1);
       if (nx > I + 1) ax.narrow(1, I + 1, nx - (I + 1)).zero_();
       // [X | 1 | 0...]ᵀ dG, i.e. the transposed product: MKL then packs the narrow operand rather
@@ -477,7 +490,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       grad_w_ih = wx.narrow(0, 0, I).t().contiguous();
       grad_b_ih = wx.select(0, I).clone();  // a row view is contiguous: copy it out (no view of wx)
     } else {
-      grad_w_ih = at::mm(dG2.t(), x2);
+      grad_w_ih = at::mm(dG2.t(), x2_padding_zeroed());
       grad_b_ih = dG2.sum(0);
     }
     // Recurrent side from dGh: dW_hh and db_hh, the same way.
@@ -499,7 +512,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   } else {
     at::Tensor hprev = at::empty({T * B, H}, opts);
     fill_hprev(hprev);
-    grad_w_ih = at::mm(dG2.t(), x2);
+    grad_w_ih = at::mm(dG2.t(), x2_padding_zeroed());
     if constexpr (Cell::two_phase) {
       grad_w_hh = at::empty({G * H, H}, opts);
       at::Tensor rz_rows = grad_w_hh.narrow(0, 0, 2 * H), n_rows = grad_w_hh.narrow(0, 2 * H, H);
