@@ -104,15 +104,16 @@ def _views_like(grads):
 
 def recurrent_cases(dev):
     ops = torch.ops.rnnfast
-    # (T, B, I, H): a single unit, a partial block, and several blocks with a ragged tail (3*130 units)
-    shapes = [(1, 1, 1, 1), (3, 2, 3, 5), (4, 3, 7, 130)]
+    # (T, B, I, H): a single unit, a partial block, several blocks with a ragged tail (3*130 units), and
+    # an empty batch (the launchers' zero-size early return)
+    shapes = [(1, 1, 1, 1), (3, 2, 3, 5), (4, 3, 7, 130), (3, 0, 3, 5)]
     cells = [("rnn_tanh", 1), ("rnn_relu", 1), ("gru", 3), ("gru_reset_before", 3), ("lstm", 4)]
     failures = 0
     cases = [(shape, cell, reverse, ragged) for shape in shapes for cell in cells for reverse in (False, True)
              for ragged in (False, True)]
     for (T, B, I, H), (cell, G), reverse, ragged in cases:
         # ragged: a variable-length batch, lengths in [0, T] (the frozen-row paths of the kernels)
-        lengths = torch.tensor([(2 * b) % (T + 1) for b in range(B)]) if ragged else None
+        lengths = torch.tensor([(2 * b) % (T + 1) for b in range(B)], dtype=torch.long) if ragged else None
         x = torch.randn(T, B, I, device=dev)
         hx = torch.randn(B, H, device=dev)
         w_ih = torch.randn(G * H, I, device=dev) * H ** -0.5
@@ -145,7 +146,7 @@ def recurrent_cases(dev):
     # LSTM with a projection (P = 3): the step kernel with m as its output, plus the masked copies
     for (T, B, I, H), reverse, ragged in ((shape, r, v) for shape in shapes for r in (False, True)
                                           for v in (False, True)):
-        lengths = torch.tensor([(2 * b) % (T + 1) for b in range(B)]) if ragged else None
+        lengths = torch.tensor([(2 * b) % (T + 1) for b in range(B)], dtype=torch.long) if ragged else None
         P = 3
         x, hx, cx = (torch.randn(T, B, I, device=dev), torch.randn(B, P, device=dev), torch.randn(B, H, device=dev))
         w_ih, w_hh = torch.randn(4 * H, I, device=dev) * H ** -0.5, torch.randn(4 * H, P, device=dev) * P ** -0.5

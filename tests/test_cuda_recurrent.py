@@ -144,6 +144,13 @@ def test_op_1000_steps(cell):
     check_against_cpu(cell, T=1000, B=1, I=3, H=5, reverse=True, seed=7)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_op_empty_batch(cell):
+    # B = 0: the step launchers return before launching, the GEMMs get zero rows
+    check_against_cpu(cell, T=3, B=0, I=4, H=6, reverse=False)
+    check_against_cpu(cell, T=3, B=0, I=4, H=6, reverse=True)
+
+
 def test_op_non_contiguous_inputs():
     a = make_args("lstm", 5, 3, 4, 6, device="cuda", dtype=torch.float32)
     ref = forward("lstm", a, False)

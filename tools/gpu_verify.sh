@@ -247,12 +247,17 @@ PYEOF
   return 0
 }
 
-build() {  # the editable install of record; build_ext --inplace if pip itself is the problem
-  if "$PY" -m pip install --no-build-isolation --no-deps --no-index -e . ; then
+build() {  # the editable install of record; build_ext --inplace if pip itself (not the compiler) failed
+  set -o pipefail
+  if "$PY" -m pip install -v --no-build-isolation --no-deps --no-index -e . 2>&1 | tee "$WORK/pip.log"; then
     echo "build: pip install -e . ok"
     return 0
   fi
-  echo "build: pip install -e . failed; trying python3 setup.py build_ext --inplace"
+  if grep -qE "ninja: build stopped|error: command .*(nvcc|c\+\+|g\+\+|gcc).* failed" "$WORK/pip.log"; then
+    echo "build: compile errors (above); no second try"
+    return 1
+  fi
+  echo "build: pip install -e . failed before compiling; trying python3 setup.py build_ext --inplace"
   "$PY" setup.py build_ext --inplace && echo "build: build_ext --inplace ok (pip install -e failed)"
 }
 
