@@ -56,7 +56,7 @@ def _set_threads(n):
 
 
 def _sep(token):
-    return "" if token == "char" else " "
+    return " " if token == "word" else ""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -78,8 +78,13 @@ def cmd_train(args):
     settings.update({k: v for k, v in vars(args).items() if k in TRAIN_DEFAULTS and v is not None})
     s = settings
     s["cell"] = {"rnn": "rnn_tanh", "relu": "rnn_relu"}.get(s["cell"], s["cell"])
-    if s["token"] not in ("char", "word"):
-        raise CLIError(f"--token must be 'char' or 'word', got {s['token']!r}")
+    if s["token"] not in ("char", "word", "byte"):
+        raise CLIError(f"--token must be 'char', 'word' or 'byte', got {s['token']!r}")
+    from . import distributed
+    if args.nproc is not None and not distributed.launched():
+        return _launch(args, s)
+    if distributed.launched():  # a rank started by torchrun or by --nproc
+        return _train_rank(args, s)
     device = _device(s["device"])
     threads_before = torch.get_num_threads()
     _set_threads(s["threads"])
@@ -87,6 +92,53 @@ def cmd_train(args):
         return _train_with(args, s, device)
     finally:
         torch.set_num_threads(threads_before)  # main() may be called in-process (tests, notebooks)
+
+
+def _launch(args, s):
+    """`rnnfast train --nproc N`: run this same command as N ranks through torch.distributed.run."""
+    from . import distributed
+    if args.nproc < 1:
+        raise CLIError(f"--nproc must be >= 1, got {args.nproc}")
+    distributed.row_slice(s["batch_size"], 0, args.nproc)  # too few rows: refused before starting
+    argv = list(args.argv)
+    i = next(k for k, a in enumerate(argv) if a == "--nproc" or a.startswith("--nproc="))
+    del argv[i:i + (1 if "=" in argv[i] else 2)]
+    if not args.out and not args.resume:  # one output folder for all ranks, named here
+        argv += ["--out", os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))]
+    code, error = distributed.launch(args.nproc, argv)
+    if error:
+        raise CLIError(error)
+    return code
+
+
+def _train_rank(args, s):
+    """One rank of a data-parallel run: join the process group, train, leave. Rank 0 prints."""
+    import contextlib
+    import io
+    import torch
+    from . import distributed
+    if s["device"] not in (None, "auto"):
+        _device(s["device"])  # a clear error for a device this machine lacks
+    device = distributed.init_from_env(s["device"])
+    threads_before = torch.get_num_threads()
+    _set_threads(s["threads"])
+    try:
+        quiet = contextlib.redirect_stdout(io.StringIO()) if distributed.world()[0] else contextlib.nullcontext()
+        with quiet:
+            return _train_with(args, s, str(device))
+    finally:
+        torch.set_num_threads(threads_before)
+        distributed.shutdown()
+
+
+def _say_if_tokenizing(corpus, token):
+    """A big corpus is tokenized once into the cache (rnnfast.data.stream): say so before the wait."""
+    from .data import corpus_path, stream
+    path = corpus_path(corpus)
+    size = path.stat().st_size
+    if token != "byte" and size >= stream.STREAM_THRESHOLD and not stream.is_cached(path, token):
+        print(f"tokenizing {str(path)!r} ({size / 2**20:,.0f} MiB, {token} level) into the cache "
+              f"{stream.cache_dir()}; later runs map it at once", flush=True)
 
 
 def _train_with(args, s, device):
@@ -98,6 +150,7 @@ def _train_with(args, s, device):
     out = args.out or (os.path.dirname(os.path.abspath(args.resume)) if args.resume
                        else os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
 
+    _say_if_tokenizing(s["corpus"], s["token"])
     corpus, vocab = load_corpus(s["corpus"], s["token"], s["max_tokens"])
     loader = SeqDataLoader(corpus, vocab, s["batch_size"], s["num_steps"], s["random_iter"], seed=s["seed"])
     valid_name = s["valid"]
@@ -136,7 +189,9 @@ def _train_with(args, s, device):
     print(f"speed                {history['tokens_per_s'][-1]:,.0f} tokens/s")
     for prefix, text in history["samples"].items():
         print(f"sample: {text}")
-    p = history["paths"]
+    p = history.get("paths")  # absent on ranks other than 0 of a data-parallel run: they write nothing
+    if p is None:
+        return 0
     print(f"wrote {p['checkpoint.pt']}, {p['metrics.jsonl']}"
           + (f", {p['perplexity.png']}" if os.path.exists(p["perplexity.png"]) else ""))
     return 0
@@ -233,7 +288,8 @@ def build_parser():
                                    "and perplexity.png to --out. Flags left out take the defaults "
                                    "shown (or, with --resume, the checkpoint's settings).")
     t.add_argument("--corpus", help=f"bundled name (timemachine, war_of_the_worlds) or a text file [{d['corpus']}]")
-    t.add_argument("--token", choices=("char", "word"), help=f"[{d['token']}]")
+    t.add_argument("--token", choices=("char", "word", "byte"),
+                   help=f"byte: ids are the file's bytes, vocabulary 256 [{d['token']}]")
     t.add_argument("--cell", help=f"rnn (= rnn_tanh), rnn_relu, gru or lstm [{d['cell']}]")
     t.add_argument("--hidden", type=_positive_int, help=f"hidden units [{d['hidden']}]")
     t.add_argument("--layers", type=_positive_int, help=f"[{d['layers']}]")
@@ -260,6 +316,8 @@ def build_parser():
     t.add_argument("--resume", metavar="CHECKPOINT", help="continue an interrupted run")
     t.add_argument("--log-every", dest="log_every", type=int, default=1, help="print a sample every N epochs [1]")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    t.add_argument("--nproc", type=int, help="data-parallel processes on this machine (torch.distributed; "
+                   "the global --batch-size is split across them) [1, or torchrun's]")
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("generate", help="continue a prefix with a trained model")
@@ -309,12 +367,31 @@ def main(argv=None):
         args = argparse.Namespace(command="bench", func=cmd_bench, bench_args=argv[1:])
     else:
         args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except (CLIError, FileNotFoundError, IsADirectoryError, PermissionError, ValueError, TypeError,
             NotImplementedError, ImportError) as e:  # bad input or a backend that is not built
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        _exit_rank(e, msg)
         parser.exit(2, f"rnnfast: error: {msg}\n")
+    except Exception as e:  # in a rank of a data-parallel run: also a collective broken off
+        from . import distributed
+        if not distributed.launched():
+            raise
+        _exit_rank(e, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+
+
+def _exit_rank(e, msg):
+    """In a rank of `rnnfast train --nproc N`: hand the error to the launcher (which prints one
+    line for the run) and exit 2; under plain torchrun the rank prints its own line. Elsewhere
+    (not a rank): returns, and the caller reports the error."""
+    from . import distributed
+    if distributed.launched():
+        if distributed.report_worker_error(msg, distributed.is_secondary_error(e)):
+            sys.exit(2)
+        sys.stderr.write(f"rnnfast: error: rank {os.environ.get('RANK')}: {msg}\n")
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -185,16 +185,6 @@ def _call_layer(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, reset_after, len
 
 
 
-def _check_batch_sizes(name, batch_sizes):
-    """torch.nn rejects a PackedSequence whose batch_sizes are not integers with a TypeError (in
-    torch.zeros); so does rnnfast, with a message naming the problem."""
-    if not isinstance(batch_sizes, Tensor) or batch_sizes.dtype.is_floating_point or \
-            batch_sizes.dtype.is_complex or batch_sizes.dtype == torch.bool:
-        what = batch_sizes.dtype if isinstance(batch_sizes, Tensor) else type(batch_sizes).__name__
-        raise TypeError(f"{name}: PackedSequence.batch_sizes must be an integer tensor (int64, as "
-                        f"pack_padded_sequence makes it), got {what}")
-
-
 # ---- multi-layer modules -----------------------------------------------------------------------
 
 class _RecurrentMixin:
@@ -235,7 +225,6 @@ class _RecurrentMixin:
         self._check_config(name)
         packing = None
         if isinstance(input, PackedSequence):
-            _check_batch_sizes(name, input.batch_sizes)
             packing = _Packing.of(input)
             input = packing.padded(input.data)
         elif not isinstance(input, Tensor):

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from .clip import clip_grad_norm_  # the one clipping entry point of the loop: fused, no host sync
 
+from . import distributed
 from .models import detach_state
 
 __all__ = [
@@ -45,8 +46,18 @@ def train_epoch(net, loader, loss, optimizer, device, use_random_iter, clip=1.0)
     """Train `net` for one pass over `loader` (the textbook's train_epoch_ch8).
 
     Returns (perplexity, tokens per second). `clip` is the max gradient norm (None or 0: no clipping).
+    Under torch.distributed (`net` a DistributedDataParallel, `loader` this rank's rows) both are
+    over all ranks: the sums are all-reduced once, at the end of the epoch.
     """
     net.train()
+    model = getattr(net, "module", net)  # DistributedDataParallel keeps the RNNLM as .module
+    # Under torch.distributed the loader holds this rank's rows of each global minibatch
+    # (distributed.RowShard). DDP averages gradients over ranks, so a rank's mean loss is weighted by
+    # world size * its rows / all rows, making the update that of the mean over the global batch
+    # (a weight of exactly 1 when the rows split evenly).
+    local_rows = getattr(loader, "local_rows", 1)
+    global_rows = getattr(loader, "global_rows", 1)
+    weight = local_rows * distributed.world()[1] / global_rows
     state = None
     loss_sum = torch.zeros((), device=device)  # sum over tokens of the loss, kept on the device
     num_tokens = 0  # a Python int: counting tokens needs no device synchronization
@@ -55,7 +66,7 @@ def train_epoch(net, loader, loss, optimizer, device, use_random_iter, clip=1.0)
         if state is None or use_random_iter:
             # First minibatch, or random sampling (neighbouring minibatches are unrelated in the text):
             # start from a fresh zero state.
-            state = net.begin_state(batch_size=X.shape[0], device=device)
+            state = model.begin_state(batch_size=X.shape[0], device=device)
         else:
             # Sequential partitioning: minibatch i+1 continues the text of minibatch i, so carry the
             # state on, but detach it so backpropagation stops here (truncated BPTT).
@@ -65,7 +76,7 @@ def train_epoch(net, loader, loss, optimizer, device, use_random_iter, clip=1.0)
         y_hat, state = net(X, state)
         l = loss(y_hat, y).mean()
         optimizer.zero_grad(set_to_none=True)
-        l.backward()
+        (l if weight == 1 else l * weight).backward()
         if clip:
             clip_grad_norm_(net.parameters(), clip)
         optimizer.step()
@@ -74,7 +85,11 @@ def train_epoch(net, loader, loss, optimizer, device, use_random_iter, clip=1.0)
     if num_tokens == 0:
         raise ValueError("the loader yielded no minibatches: the corpus is too short for its "
                          "batch_size * num_steps")
-    mean_loss = (loss_sum / num_tokens).item()  # the epoch's one host synchronization
+    # Under torch.distributed: summed over ranks (one all-reduce per epoch).
+    totals = torch.stack([loss_sum.double(), torch.tensor(num_tokens, dtype=torch.float64, device=device)])
+    totals = distributed.all_reduce_sum(totals)
+    mean_loss = (totals[0] / totals[1]).item()  # the epoch's one host synchronization
+    num_tokens = num_tokens * global_rows // local_rows  # all ranks' tokens
     elapsed = time.perf_counter() - start
     return math.exp(mean_loss), num_tokens / max(elapsed, 1e-9)
 
@@ -89,11 +104,13 @@ def evaluate(net, corpus, batch_size=32, num_steps=35, device="cpu"):
     The ids are cut into `batch_size` contiguous streams read `num_steps` at a time with the state
     carried across chunks (sequential partitioning without the random offset), so every token but the
     first of each stream is predicted exactly once. Runs in eval mode under torch.no_grad.
+    Under torch.distributed the streams are split across ranks and the loss is summed over them
+    (every rank gets the perplexity of the whole corpus).
     """
     corpus = torch.as_tensor(corpus)
     if corpus.dim() != 1:
         raise ValueError(f"corpus must be a 1-D tensor of token ids, got shape {tuple(corpus.shape)}")
-    if corpus.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+    if corpus.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint16, torch.uint8):
         raise TypeError(f"corpus must hold integer token ids, got dtype {corpus.dtype}")
     if batch_size < 1 or num_steps < 1:
         raise ValueError(f"batch_size and num_steps must be >= 1, got {batch_size} and {num_steps}")
@@ -102,22 +119,25 @@ def evaluate(net, corpus, batch_size=32, num_steps=35, device="cpu"):
         raise ValueError(f"held-out corpus of {corpus.numel()} tokens is too short for "
                          f"batch_size={batch_size} (needs at least {batch_size + 1} tokens)")
     n = stream_len * batch_size
-    Xs = corpus[:n].long().reshape(batch_size, stream_len)
-    Ys = corpus[1:n + 1].long().reshape(batch_size, stream_len)
+    rank, world_size = distributed.world()
+    rows = torch.arange(batch_size).tensor_split(world_size)[rank]  # this rank's streams
+    rows = slice(int(rows[0]), int(rows[-1]) + 1) if len(rows) else slice(0, 0)
+    Xs = corpus[:n].reshape(batch_size, stream_len)[rows].long()
+    Ys = corpus[1:n + 1].reshape(batch_size, stream_len)[rows].long()
     was_training = net.training
     net.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     try:
         with torch.no_grad():
-            state = net.begin_state(batch_size=batch_size, device=device)
-            for i in range(0, stream_len, num_steps):
+            state = net.begin_state(batch_size=Xs.shape[0], device=device)
+            for i in range(0, stream_len if Xs.shape[0] else 0, num_steps):
                 X = Xs[:, i:i + num_steps].to(device)
                 y = Ys[:, i:i + num_steps].T.reshape(-1).to(device)
                 y_hat, state = net(X, state)
                 loss_sum += nn.functional.cross_entropy(y_hat.float(), y, reduction="sum").double()
     finally:
         net.train(was_training)
-    return math.exp(loss_sum.item() / n)
+    return math.exp(distributed.all_reduce_sum(loss_sum).item() / n)
 
 
 perplexity = evaluate  # the textbook's name for the quantity
@@ -339,6 +359,12 @@ def train(net, loader, vocab, num_epochs, lr, device="cpu", optimizer="sgd", cli
     seed: seeds torch's global RNG at the start of a fresh run (None: leave it alone).
     meta: extra JSON-able settings stored in the checkpoint's train config (e.g. token, corpus).
 
+    Under torch.distributed (a process group of N > 1 ranks, e.g. under torchrun) every rank calls
+    train() with the same global `loader`, model and seed: each keeps its rows of every minibatch,
+    the model runs in DistributedDataParallel, and the updates are those of one process with the
+    global batch (see rnnfast.distributed). Rank 0 alone prints and writes; the checkpoint
+    resumes at any world size.
+
     Returns a dict of per-epoch lists ('epoch', 'train_ppl', 'tokens_per_s', 'lr', 'time', and
     'valid_ppl' when a held-out corpus is given) plus 'samples' (prefix -> text at the end).
     """
@@ -376,8 +402,15 @@ def train(net, loader, vocab, num_epochs, lr, device="cpu", optimizer="sgd", cli
     elif seed is not None:
         torch.manual_seed(seed)
 
+    rank, world_size = distributed.world()
+    model, batches = net, loader  # what the epochs run: this rank's rows under torch.distributed
+    if world_size > 1:
+        model = distributed.data_parallel(net, device)
+        batches = distributed.RowShard(loader, rank, world_size)
+    progress = progress and rank == 0
+
     paths = {}
-    if out_dir is not None:
+    if out_dir is not None and rank == 0:
         os.makedirs(out_dir, exist_ok=True)
         paths = {name: os.path.join(out_dir, name)
                  for name in ("metrics.jsonl", "perplexity.png", "checkpoint.pt")}
@@ -398,7 +431,7 @@ def train(net, loader, vocab, num_epochs, lr, device="cpu", optimizer="sgd", cli
     try:
         for epoch in bar:
             t0 = time.perf_counter()
-            ppl, speed = train_epoch(net, loader, loss, opt, device, use_random_iter, clip)
+            ppl, speed = train_epoch(model, batches, loss, opt, device, use_random_iter, clip)
             record = {"epoch": epoch + 1, "train_ppl": ppl}
             if valid_corpus is not None:
                 record["valid_ppl"] = evaluate(net, valid_corpus, eval_batch, eval_steps, device)
@@ -423,7 +456,7 @@ def train(net, loader, vocab, num_epochs, lr, device="cpu", optimizer="sgd", cli
                 plot_perplexity(history, paths["perplexity.png"])
     finally:
         bar.close()
-    history["samples"] = samples() if predict_prefixes else {}
+    history["samples"] = samples() if predict_prefixes and rank == 0 else {}
     if paths:
         history["paths"] = paths
     return history

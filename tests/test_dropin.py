@@ -160,7 +160,7 @@ def test_non_integer_batch_sizes_fail_like_torch(name, dtype):
     ours, ref = pair(name, 3, 4)
     with pytest.raises(TypeError):
         ref(bad)
-    with pytest.raises(TypeError, match="PackedSequence.batch_sizes must be an integer tensor"):
+    with pytest.raises(TypeError, match="batch_sizes must be a 1-D int64 tensor"):  # _Packing.of
         ours(bad)
 
 
@@ -284,6 +284,25 @@ def test_weight_drop_wrapper_reading_flat_weights(name):
     assert ours.module.weight_hh_l0_raw.grad is not None  # gradients reach the raw weight
 
 
+@pytest.mark.parametrize("name", ["LSTM", "GRU"])
+def test_parametrizations_and_pruning_like_torch_nn(name):
+    # torch.nn.utils.parametrizations.weight_norm and prune rewrite the layer's class / attributes
+    from torch.nn.utils import parametrizations, prune
+    ours, ref = pair(name, 4, 6, num_layers=2, dtype=F64)
+    for m in (ours, ref):
+        parametrizations.weight_norm(m, "weight_hh_l0")
+        prune.l1_unstructured(m, "weight_ih_l1", amount=0.3)
+    assert isinstance(ours, rnnfast.nn.__dict__[name]) and isinstance(ours, getattr(torch.nn, name))
+    x = torch.randn(5, 3, 4, dtype=F64)
+    got, want = outputs(ours(x)), outputs(ref(x))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    sum(t.sum() for t in got).backward()
+    sum(t.sum() for t in want).backward()
+    for (n, a), (_, b) in zip(ours.named_parameters(), ref.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-10, msg=n)
+
+
 def test_quantize_dynamic_leaves_rnnfast_layers_float_and_matches():
     """torch.ao's dynamic quantization looks modules up by exact type (its from_float even asserts
     type(mod) is torch.nn.LSTM), so it quantizes the Linear and leaves rnnfast's layers as they are:
@@ -403,3 +422,26 @@ def test_loading_without_rnnfast_says_to_install_it(tmp_path, weights_only):
     else:
         assert res.stdout.startswith("ModuleNotFoundError: No module named 'rnnfast"), res.stdout
     assert "LOADED" not in res.stdout
+
+
+# ---- the lazy integration hooks (rnnfast/_hooks.py) ----------------------------------------------
+
+def test_after_import_runs_callbacks_once_when_the_module_is_imported(tmp_path, monkeypatch):
+    from rnnfast import _hooks
+    (tmp_path / "rnnfast_hook_probe.py").write_text("VALUE = 42\n")
+    (tmp_path / "rnnfast_hook_broken.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen = []
+    _hooks.after_import("rnnfast_hook_probe", lambda m: seen.append(m.VALUE))
+    assert seen == []  # nothing is imported ahead of need
+    import rnnfast_hook_probe  # noqa: F401
+    assert seen == [42]
+    _hooks.after_import("rnnfast_hook_probe", lambda m: seen.append(-m.VALUE))  # already imported: now
+    assert seen == [42, -42]
+    # a failing callback warns and never breaks the user's import
+    _hooks.after_import("rnnfast_hook_broken", lambda m: 1 / 0)
+    with pytest.warns(UserWarning, match="could not set up its integration with rnnfast_hook_broken"):
+        import rnnfast_hook_broken
+    assert rnnfast_hook_broken.VALUE == 1
+    for name in ("rnnfast_hook_probe", "rnnfast_hook_broken"):
+        sys.modules.pop(name, None)

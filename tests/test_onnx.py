@@ -211,3 +211,14 @@ def test_export_with_dynamic_batch_and_length(tmp_path, name, kw):
             want = flat(m(x))
         for a, b in zip(got, want):
             np.testing.assert_allclose(a, b.numpy(), **TOL)
+
+
+def test_unbatched_input_exports(tmp_path):
+    torch.manual_seed(6)
+    m = rnnfast.GRU(4, 6, num_layers=2, bidirectional=True)
+    x, h = torch.randn(5, 4), torch.randn(4, 6)  # (T, I) and (L*D, H): no batch dimension
+    proto, got, want = export_and_run(m, (x, h), tmp_path)
+    assert_standard_nodes(proto, "GRU", 4)
+    assert [a.shape for a in got] == [(5, 12), (4, 6)]
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, **TOL)

@@ -45,6 +45,23 @@ def _check_corpus(corpus) -> torch.Tensor:
     return corpus
 
 
+def _id_range(corpus: torch.Tensor, vocab_size: int) -> tuple[int, int]:
+    """(min, max) of the ids, read in slices (a memory-mapped corpus may not fit in memory); an
+    unsigned dtype whose every value is a valid id needs no pass at all."""
+    if corpus.numel() == 0:
+        return 0, 0
+    if corpus.dtype in (torch.uint8, torch.uint16) and 2 ** (8 * corpus.element_size()) <= vocab_size:
+        return 0, 0
+    lo, hi, step = None, None, 1 << 24
+    for i in range(0, corpus.numel(), step):
+        part = corpus[i:i + step]
+        if part.dtype == torch.uint16:
+            part = part.int()  # min/max are not implemented for uint16
+        a, b = int(part.min()), int(part.max())
+        lo, hi = (a, b) if lo is None else (min(lo, a), max(hi, b))
+    return lo, hi
+
+
 def _max_offset(num_steps: int, random: bool) -> int:
     # The textbook's ranges: random.randint(0, num_steps - 1) and random.randint(0, num_steps).
     return num_steps - 1 if random else num_steps
@@ -100,7 +117,8 @@ def _random_batches(corpus, batch_size, num_steps, offset, gen) -> Iterator[Batc
     num_batches = num_subseqs // batch_size
     rows = order[:num_batches * batch_size].view(num_batches, batch_size)
     for i in range(num_batches):
-        yield Xs[rows[i]], Ys[rows[i]]
+        # .long(): compact (memory-mapped uint8/uint16/int32) corpora become int64 per minibatch
+        yield Xs[rows[i]].long(), Ys[rows[i]].long()
 
 
 def _sequential_batches(corpus, batch_size, num_steps, offset) -> Iterator[Batch]:
@@ -108,7 +126,8 @@ def _sequential_batches(corpus, batch_size, num_steps, offset) -> Iterator[Batch
     Xs = corpus[offset:offset + num_tokens].view(batch_size, -1)
     Ys = corpus[offset + 1:offset + 1 + num_tokens].view(batch_size, -1)
     for i in range(Xs.shape[1] // num_steps):
-        yield Xs[:, i * num_steps:(i + 1) * num_steps], Ys[:, i * num_steps:(i + 1) * num_steps]
+        yield (Xs[:, i * num_steps:(i + 1) * num_steps].long(),
+               Ys[:, i * num_steps:(i + 1) * num_steps].long())
 
 
 def seq_data_iter_random(corpus, batch_size: int, num_steps: int,
@@ -160,7 +179,7 @@ class SeqDataLoader:
         if vocab is not None:
             if not isinstance(vocab, Vocab):
                 raise TypeError(f"vocab must be a rnnfast.data.Vocab or None, got {type(vocab).__name__}")
-            lo, hi = int(corpus.min()), int(corpus.max())
+            lo, hi = _id_range(corpus, len(vocab))
             if lo < 0 or hi >= len(vocab):
                 raise ValueError(f"corpus ids span [{lo}, {hi}], outside the vocabulary of {len(vocab)}")
         if seed is None:

@@ -131,7 +131,20 @@ class Vocab:
         counter = Counter(_flatten(tokens if tokens is not None else []))
         # sorted() is stable, and Counter keeps first-insertion order: ties stay in order of
         # first appearance.
-        self._token_freqs = sorted(counter.items(), key=lambda kv: kv[1], reverse=True)
+        self._build(sorted(counter.items(), key=lambda kv: kv[1], reverse=True), min_freq,
+                    reserved_tokens)
+
+    @classmethod
+    def from_token_freqs(cls, token_freqs, min_freq: int = 0, reserved_tokens=None) -> "Vocab":
+        """The Vocab of already counted tokens: ``token_freqs`` is [(token, count), ...] by
+        descending count, ties in order of first appearance (what ``token_freqs`` returns); the
+        streamed corpus pass counts this way without keeping the tokens."""
+        v = cls.__new__(cls)
+        v._build([(t, int(c)) for t, c in token_freqs], min_freq, reserved_tokens)
+        return v
+
+    def _build(self, token_freqs, min_freq, reserved_tokens) -> None:
+        self._token_freqs = token_freqs
         self.min_freq = min_freq
         self.reserved_tokens = list(reserved_tokens or [])
         self.idx_to_token = [self.UNK]
@@ -248,26 +261,46 @@ def load_corpus(
     max_tokens: int = -1,
     vocab: Vocab | None = None,
     raw: bool = False,
+    stream: bool | None = None,
 ) -> tuple[torch.Tensor, Vocab]:
-    """Token ids of a text as one 1-D int64 tensor, with its vocabulary.
+    """Token ids of a text as one 1-D tensor, with its vocabulary.
 
     Lines are read (``read_text``), tokenized and concatenated (the textbook's
     ``[vocab[token] for line in tokens for token in line]``). ``max_tokens > 0`` keeps the first
     ``max_tokens`` ids (the vocabulary is still built from the whole text, as in the textbook).
     Pass ``vocab`` to map through an existing vocabulary (unknown tokens -> ``<unk>``, index 0),
     e.g. held-out text through the training vocabulary. Returns ``(corpus, vocab)``.
+
+    ``stream``: None (default) takes the streamed path (``rnnfast.data.stream``) for files of
+    ``stream.STREAM_THRESHOLD`` bytes (16 MiB) or more, True always, False never. The streamed
+    path gives the same ids and vocabulary, as a memory-mapped uint8/uint16/int32 tensor from a
+    cached id file instead of an int64 tensor. ``token='byte'``: ids are the file's bytes
+    (vocabulary of 256; always streamed).
     """
     if vocab is not None and not isinstance(vocab, Vocab):
         raise TypeError(f"vocab must be a rnnfast.data.Vocab, got {type(vocab).__name__}")
+    if token not in ("char", "word", "byte"):
+        raise ValueError(f"unknown token kind {token!r}; expected 'char', 'word' or 'byte'")
     path = corpus_path(name_or_path)
-    tokens = tokenize(read_text(path, raw=raw), token)
-    flat = [t for line in tokens for t in line]
-    if not flat:
+    if stream is None:
+        from .stream import STREAM_THRESHOLD
+        stream = token == "byte" or path.stat().st_size >= STREAM_THRESHOLD
+    if stream or token == "byte":
+        from .stream import load_ids
+        corpus, vocab = load_ids(path, token, raw, vocab)
+        flat_len = corpus.numel()
+    else:
+        tokens = tokenize(read_text(path, raw=raw), token)
+        flat = [t for line in tokens for t in line]
+        flat_len = len(flat)
+    if not flat_len:
         raise ValueError(
             f"{str(path)!r} contains no tokens after preprocessing (token={token!r}, raw={raw})"
             + ("; the file is empty" if path.stat().st_size == 0 else
                "; the default preprocessing keeps only the letters A-Z/a-z")
         )
+    if stream or token == "byte":
+        return (corpus[:max_tokens] if max_tokens > 0 else corpus), vocab
     if vocab is None:
         vocab = Vocab(flat)
     if max_tokens > 0:
