@@ -373,3 +373,18 @@ def test_total_norm_of_partly_expanded_views_matches_torch():
     for p in (2.0, 1.0, 2.5, float("inf")):
         torch.testing.assert_close(rnnfast.get_total_norm(views, p), torch.nn.utils.get_total_norm(views, p),
                                    rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, 3.0, float("inf"), 0.0])
+def test_total_norm_of_a_strided_view_makes_no_dense_copy(norm_type):
+    # x[:, ::2] is neither dense nor expanded: reduced in place (as torch's vector_norm does), no
+    # copy of its 4 MB (the profiler sees every CPU allocation)
+    from torch.profiler import ProfilerActivity, profile
+    x = torch.randn(1000, 2000)[:, ::2]
+    others = [torch.randn(3), torch.randn(40, dtype=torch.float64)]
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        got = rnnfast.get_total_norm([x] + others, norm_type)
+    largest = max([e.cpu_memory_usage for e in prof.events()] + [0])
+    assert largest < x.numel() * x.element_size() // 8, largest
+    want = torch.nn.utils.get_total_norm([x] + others, norm_type)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)

@@ -192,3 +192,41 @@ def test_cells_match_torch(capfd, cell, batch, hidden, input_size, dtype, state,
             assert gm[n] is not None, n
             assert_matches(gm[n], a, dtype, f"grad {n}")
     assert_no_blas_error(capfd)
+
+
+EXTREMES = [1e30, -1e30, 1e4, -1e4, 1e38, -1e38, 100.0, -100.0, 0.0]
+
+
+@bounded(80)
+@given(mode=st.sampled_from(["RNN_TANH", "RNN_RELU", "GRU", "LSTM"]), batch=st.sampled_from([1, 2, 3]),
+       hidden=st.sampled_from([1, 2, 17]), steps=st.sampled_from([1, 2, 5]),
+       dtype=st.sampled_from([torch.float32, torch.float64]), seed=st.integers(0, 2 ** 16),
+       fraction=st.sampled_from([0.2, 0.5, 1.0]))
+def test_finite_where_torch_is_finite(mode, batch, hidden, steps, dtype, seed, fraction):
+    """Huge inputs and states (saturating every gate): wherever torch.nn's outputs and gradients are
+    finite, rnnfast's are too."""
+    cls = {"RNN_TANH": "RNN", "RNN_RELU": "RNN", "GRU": "GRU", "LSTM": "LSTM"}[mode]
+    kw = {"nonlinearity": "relu"} if mode == "RNN_RELU" else {}
+    torch.manual_seed(seed)
+    ref = getattr(torch.nn, cls)(3, hidden, **kw).to(dtype)
+    mine = getattr(rnnfast, cls)(3, hidden, **kw).to(dtype)
+    mine.load_state_dict(ref.state_dict())
+    g = torch.Generator().manual_seed(seed)
+    extremes = torch.tensor(EXTREMES, dtype=dtype)
+
+    def spiked(*shape):
+        t = torch.randn(*shape, generator=g, dtype=dtype)
+        pick = torch.rand(*shape, generator=g) < fraction
+        return torch.where(pick, extremes[torch.randint(len(EXTREMES), shape, generator=g)], t)
+
+    x0, h0, c0 = spiked(steps, batch, 3), spiked(1, batch, hidden), spiked(1, batch, hidden)
+    results = []
+    for net in (ref, mine):
+        x = x0.clone().requires_grad_()
+        out, hn = net(x, (h0, c0) if cls == "LSTM" else h0)
+        h_n = hn[0] if cls == "LSTM" else hn
+        (out.sum() + h_n.sum()).backward()
+        results.append([out.detach(), h_n.detach(), x.grad] + [p.grad for p in net.parameters()])
+    for k, (r, m) in enumerate(zip(*results)):
+        finite = torch.isfinite(r)
+        assert torch.isfinite(m[finite]).all(), (k, r, m)

@@ -12,9 +12,10 @@
 // is processed in place as flat memory. A view with stride-0 dimensions (expand) repeats its
 // elements: it is reduced over its distinct elements with the repetition counted (sum-type norms
 // multiply the partial by it; max/min and the p = 0 count ignore it), never materialized
-// (torch.ones(1).expand(2**40) is one element read once). Other strided views are read through a
-// contiguous copy of their distinct elements; they are scaled with ATen's mul_ (which raises for
-// an expanded grad, as torch's clip does).
+// (torch.ones(1).expand(2**40) is one element read once). Other strided views (x[:, ::2]) are
+// reduced in place by ATen's linalg_vector_norm, as torch's own get_total_norm reduces every grad,
+// and combined with the rest (no dense copy either). Both kinds are scaled with ATen's mul_ (which
+// raises for an expanded grad, as torch's clip does).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -25,6 +26,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <type_traits>
+#include <utility>
 #include <vector>
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -70,8 +72,9 @@ at::Tensor distinct_elements(const at::Tensor& g, double* repeat) {
 struct FlatList {
   std::vector<Piece> pieces;
   std::vector<int64_t> offsets;     // offsets[i] = first element of piece i in the virtual vector
-  std::vector<at::Tensor> copies;   // keep the contiguous copies alive
   std::vector<at::Tensor> strided;  // grads that must be scaled with ATen (not flat)
+  // non-dense views of distinct elements, reduced by ATen in place, and their repetition counts
+  std::vector<std::pair<at::Tensor, double>> views;
   int64_t total = 0;
 };
 
@@ -87,8 +90,8 @@ FlatList flatten(at::TensorList grads, bool for_write) {
       if (for_write) f.strided.push_back(g);
       flat = distinct_elements(g, &repeat);
       if (!flat.is_non_overlapping_and_dense()) {
-        flat = flat.contiguous();
-        f.copies.push_back(flat);
+        f.views.emplace_back(flat, repeat);
+        continue;
       }
     }
     f.offsets.push_back(f.total);
@@ -345,6 +348,7 @@ double count_nonzero_tensors(const FlatList& fl) {
     });
     n += any ? 1.0 : 0.0;
   }
+  for (const auto& v : fl.views) n += at::linalg_vector_norm(v.first, 0.0).item<double>() != 0.0 ? 1.0 : 0.0;
   return n;
 }
 
@@ -366,6 +370,18 @@ double total_norm_value(const FlatList& fl, double p, at::ScalarType out) {
   double r = identity(kind);
   for (double v : partial) r = combine(kind, r, v);
   if (fl.total == 0) r = 0.0;  // ( -inf norm of no element is rejected before; keep 0 for the rest)
+  bool have = fl.total > 0;
+  for (const auto& [v, rep] : fl.views) {
+    // ||v||_p from ATen (reduced in place), turned back into this reduction's partial: the sum of
+    // |x|^p, counted rep times; max/min as they are
+    const double nv = at::linalg_vector_norm(v, p).item<double>();
+    double part = nv;
+    if (kind == NormKind::Two) part = nv * nv * rep;
+    else if (kind == NormKind::One) part = nv * rep;
+    else if (kind == NormKind::P) part = std::pow(nv, p) * rep;
+    r = have ? combine(kind, r, part) : part;
+    have = true;
+  }
   switch (kind) {
     case NormKind::Inf:
     case NormKind::NegInf: return r;
@@ -402,7 +418,7 @@ void scale_all(const FlatList& fl, double coef) {
                  if (rep == 1.0) scale_flat(x + b, e - b, coef);  // repeated views: mul_ below (raises)
                });
   });
-  // Strided views were reduced through copies: scale the originals with ATen (same arithmetic:
+  // Non-dense grads were reduced as views: scale the originals with ATen (same arithmetic:
   // mul_ by a double Scalar computes in float for reduced and float32 dtypes, in double for float64).
   for (const at::Tensor& g : fl.strided) g.mul_(coef);
 }

@@ -150,19 +150,29 @@ inline int64_t batch_split_chunks(int64_t B, const RecurrentGemm& rec) {
 // A dense (contiguous, unit-strided) copy of t: the buffer a loop then writes through raw pointers.
 inline at::Tensor dense_copy(const at::Tensor& t) { return at::empty(t.sizes(), t.options()).copy_(t); }
 
-// input (T, B, I) with the rows of frozen positions (t >= lengths[b], see freeze_forward) set to
-// zero: a copy when some row is frozen, else input itself. The caller never promises to fill the
-// padding of a variable-length batch, and the weight-gradient GEMMs read every row: 0 * NaN would
-// reach every weight gradient.
+// Padding of a variable-length batch: the caller never promises to fill input rows of frozen
+// positions (t >= lengths[b], see freeze_forward), and the weight-gradient GEMMs read every row:
+// 0 * NaN would reach every weight gradient. So X is read with those rows zeroed.
+
+// Zeroes, in place, the rows of frozen positions of a (T*B, n) row view (row t*B + b).
+inline void zero_frozen_rows(const at::Tensor& rows, const at::Tensor& lengths, int64_t T, int64_t B) {
+  if (!lengths.defined()) return;
+  const int64_t* len = lengths.const_data_ptr<int64_t>();
+  const at::Tensor v = rows.view({T, B, rows.size(1)});
+  for (int64_t b = 0; b < B; ++b) {
+    if (len[b] < T) v.narrow(0, len[b], T - len[b]).select(1, b).zero_();
+  }
+}
+
+// input (T, B, I) with the rows of frozen positions zeroed: a copy when some row is frozen, else
+// input itself.
 inline at::Tensor zero_padding(const at::Tensor& input, const at::Tensor& lengths) {
   if (!lengths.defined()) return input;
   const int64_t T = input.size(0), B = input.size(1);
   const int64_t* len = lengths.const_data_ptr<int64_t>();
   if (std::all_of(len, len + B, [T](int64_t l) { return l >= T; })) return input;
   at::Tensor out = input.clone(at::MemoryFormat::Contiguous);
-  for (int64_t b = 0; b < B; ++b) {
-    if (len[b] < T) out.narrow(0, len[b], T - len[b]).select(1, b).zero_();
-  }
+  zero_frozen_rows(out.view({T * B, input.size(2)}), lengths, T, B);
   return out;
 }
 
@@ -335,7 +345,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_forward(
 struct WeightGradInputs {
   at::Tensor dg;      // (T*B, G*H) input-side pre-activation grads
   at::Tensor dgh;     // (T*B, G*H) recurrent-side (the same tensor as dg unless split_grad)
-  at::Tensor x;       // (T*B, I) input, padding positions zeroed
+  at::Tensor x;       // (T*B, I) input as given (padding rows not zeroed: see x_padding_zeroed)
+  at::Tensor input, lengths;  // (T, B, I); lengths or undefined
   at::Tensor hx, output, ws;
   bool reverse;
   int64_t rows() const { return dg.size(0); }
@@ -343,6 +354,13 @@ struct WeightGradInputs {
   int64_t H() const { return hx.size(1); }
   // h_{t-1} of every (t, b) row into dst (T*B, H), any row stride
   void fill_hprev(const at::Tensor& dst) const { fill_prev_states(dst, hx, output, reverse); }
+  // X into dst (T*B, I), any row stride, padding rows zeroed
+  void fill_x(const at::Tensor& dst) const {
+    dst.copy_(x);
+    zero_frozen_rows(dst, lengths, input.size(0), input.size(1));
+  }
+  // X with padding rows zeroed, for a plain GEMM (a copy only when some row is frozen)
+  at::Tensor x_padding_zeroed() const { return zero_padding(input, lengths).view({rows(), I()}); }
 };
 struct WeightGrads {
   at::Tensor w_ih, w_hh, b_ih, b_hh;
@@ -368,7 +386,7 @@ at::Tensor with_ones_column(int64_t rows, int64_t cols, const at::TensorOptions&
 inline WeightGrads weight_grads_fused(const WeightGradInputs& in) {
   const int64_t I = in.I(), H = in.H();
   const at::Tensor a = with_ones_column(in.rows(), I + H, in.x.options(), [&](const at::Tensor& d) {
-    d.narrow(1, 0, I).copy_(in.x);
+    in.fill_x(d.narrow(1, 0, I));
     in.fill_hprev(d.narrow(1, I, H));
   });
   const at::Tensor w = at::mm(in.dg.t(), a);
@@ -388,14 +406,14 @@ inline WeightGrads weight_grads_split(const WeightGradInputs& in) {
   const int64_t I = in.I(), H = in.H();
   WeightGrads g;
   if (I % 16 != 0) {
-    const at::Tensor ax = with_ones_column(in.rows(), I, in.x.options(), [&](const at::Tensor& d) { d.copy_(in.x); });
+    const at::Tensor ax = with_ones_column(in.rows(), I, in.x.options(), [&](const at::Tensor& d) { in.fill_x(d); });
     // [X | 1 | 0...]ᵀ dG, the transposed product: MKL then packs the narrow operand rather than
     // all of dG (measured 0.37 -> 0.27 ms at T*B = 1120, G*H = 768, I = 28).
     const at::Tensor wx = at::mm(ax.t(), in.dg);
     g.w_ih = wx.narrow(0, 0, I).t().contiguous();
     g.b_ih = wx.select(0, I).clone();  // a row view is contiguous: copy it out (no view of wx)
   } else {
-    g.w_ih = at::mm(in.dg.t(), in.x);
+    g.w_ih = at::mm(in.dg.t(), in.x_padding_zeroed());
     g.b_ih = in.dg.sum(0);
   }
   if (H % 16 != 0) {
@@ -421,7 +439,7 @@ WeightGrads weight_grads_two_phase(const WeightGradInputs& in) {
   at::Tensor hprev = at::empty({in.rows(), H}, in.x.options());
   in.fill_hprev(hprev);
   WeightGrads g;
-  g.w_ih = at::mm(in.dg.t(), in.x);
+  g.w_ih = at::mm(in.dg.t(), in.x_padding_zeroed());
   g.w_hh = at::empty({G * H, H}, in.x.options());
   at::Tensor phase0_rows = g.w_hh.narrow(0, 0, G_rec * H), phase1_rows = g.w_hh.narrow(0, G_rec * H, (G - G_rec) * H);
   at::mm_out(phase0_rows, in.dg.narrow(1, 0, G_rec * H).t(), hprev);
@@ -531,12 +549,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
   RECORD_FUNCTION("rnnfast::weight_grads", std::vector<c10::IValue>());
   const at::Tensor dG2 = dG.view({T * B, G * H});
-  // X as the weight-gradient GEMMs read it: padding positions (t >= lengths[b]) zeroed, so that
-  // whatever the caller left there (NaN, Inf) meets only the zero gradient rows of frozen steps
-  const at::Tensor x2 = zero_padding(input, lengths).view({T * B, I});
+  // X as the weight-gradient GEMMs read it: padding rows zeroed (see zero_frozen_rows), in the copy
+  // into the GEMM operand where there is one, else through zero_padding's copy (WeightGradInputs)
+  const at::Tensor x2 = input.view({T * B, I});
   // input_grad=false: the input needs no gradient; zeros instead of the (T*B, G*H) x (G*H, I) GEMM
   at::Tensor grad_input = input_grad ? at::mm(dG2, w_ih).view({T, B, I}) : at::zeros_like(input);
-  const WeightGradInputs in{dG.view({T * B, G * H}), dGh.view({T * B, G * H}), x2, hx, output, ws, reverse};
+  const WeightGradInputs in{dG.view({T * B, G * H}), dGh.view({T * B, G * H}), x2, input, lengths, hx, output, ws, reverse};
   WeightGrads wg;
   if constexpr (kTwoPhase) {
     wg = weight_grads_two_phase<Cell>(in);
