@@ -17,11 +17,12 @@
 #include <string>
 #include <vector>
 
+#include "core/norm_kind.h"
+
 namespace rnnfast {
 namespace clip {
 
-// How the p-norm reduces the elements (the finalize step turns the reduction into the norm).
-enum class NormKind : int { Zero = 0, One = 1, Two = 2, Inf = 3, NegInf = 4, P = 5 };
+using core::NormKind;
 
 inline NormKind norm_kind(double p) {
   if (p == 2.0) return NormKind::Two;

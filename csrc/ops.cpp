@@ -1,5 +1,5 @@
-// Every rnnfast op's schema, declared once (DESIGN.md §3). Implementations register per
-// dispatch key: csrc/cpu (CPU), csrc/cuda (CUDA). Python wiring (fake/autograd) is rnnfast/_ops.py.
+// Every rnnfast op's schema, declared once. Implementations register per dispatch key: csrc/cpu
+// (CPU), csrc/cuda (CUDA), both over the cells of csrc/core/cells.h. Python wiring (fake/autograd) is rnnfast/_ops.py.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -16,6 +16,7 @@ TORCH_LIBRARY(rnnfast, m) {
   // is always the state after consuming input[t].
   // workspace is what backward needs beyond output (layout in rnnfast/_ops.py, shared by CPU/CUDA):
   //   rnn_*: (0,)   gru: (T, B, 4H) = [r, z, n, hn]   lstm: (T, B, 5H) = [i, f, g, o, c]
+  //   (each cell's Slot enum in csrc/core/cells.h; tests/test_core_cells.py holds the two together)
   // Backward ops: input_grad=false skips the dx GEMM (the input needs no gradient, e.g. one-hot
   // tokens into the first layer) and returns grad_input as zeros.
   // lengths (optional, int64 (B,) on the CPU, values in [0, T]): variable-length batches (what a
@@ -32,7 +33,7 @@ TORCH_LIBRARY(rnnfast, m) {
   m.def("gru_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse, bool reset_after, bool input_grad=True, Tensor? lengths=None) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
   m.def("lstm_forward(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, bool reverse, Tensor? lengths=None) -> (Tensor output, Tensor hy, Tensor cy, Tensor workspace)");
   m.def("lstm_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse, bool input_grad=True, Tensor? lengths=None) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
-  // LSTM with a projection (torch.nn.LSTM(proj_size=P); CPU only): h_t = (o ⊙ tanh c_t) W_hrᵀ, so hx,
+  // LSTM with a projection (torch.nn.LSTM(proj_size=P); CPU and CUDA): h_t = (o ⊙ tanh c_t) W_hrᵀ, so hx,
   // grad_hy and output rows have P columns, cx/cy H; w_hh (4*H, P), w_hr (P, H). Workspace (T, B, 6H)
   // = [i, f, g, o, c, m] with m = o ⊙ tanh c. lengths as above.
   m.def("lstm_proj_forward(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor w_hr, Tensor? b_ih, Tensor? b_hh, bool reverse, Tensor? lengths=None) -> (Tensor output, Tensor hy, Tensor cy, Tensor workspace)");

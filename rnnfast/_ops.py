@@ -41,7 +41,7 @@ def _workspace_shape(cell, T, B, H):
 def _check_devices(op, input, named, lengths=None):
     """All tensors in ``named`` ((name, tensor or None) pairs) on input's device; ``lengths`` on the
     CPU (or on input's device, for all-meta shape runs). RuntimeError naming the op and argument,
-    as the compiled op's own check (csrc/cpu/checks.h)."""
+    as the compiled op's own check (csrc/core/args.h)."""
     for name, t in named:
         if t is not None and t.device != input.device:
             raise RuntimeError(f"rnnfast.{op}: {name} is on {t.device} but input is on {input.device} "

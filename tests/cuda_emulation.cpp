@@ -1,5 +1,5 @@
 // Test harness, not part of the package: the CUDA ops' host loop (csrc/cuda/recurrent.h) and the
-// kernels' per-unit code (csrc/kernels/step.cuh + cells.cuh) compiled for the CPU, the launchers
+// kernels' per-unit code (csrc/kernels/step.cuh over csrc/core/cells.h) compiled for the CPU, the launchers
 // replaced by plain loops over the units. It lets tests/test_cuda_emulated.py check the CUDA path's
 // GEMM wiring, pointer arithmetic, workspace layout and cell math on a machine without a GPU.
 // (What it cannot check: the launch configuration, the device, streams, races.)

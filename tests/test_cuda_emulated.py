@@ -2,7 +2,7 @@
 
 tests/cuda_emulation.cpp compiles csrc/cuda/recurrent.h (the CUDA ops' host loop: GEMM wiring,
 per-step pointer arithmetic, workspace layout, weight-gradient GEMMs) together with
-csrc/kernels/step.cuh + cells.cuh (the kernels' per-unit math) for the host, replacing each kernel
+csrc/kernels/step.cuh + csrc/core/cells.h (the kernels' per-unit math) for the host, replacing each kernel
 launch by a loop over the units. This checks everything of the CUDA ops except what only a GPU can
 show (launch configuration, streams, races: tests/test_cuda_recurrent.py and
 tests/sanitize_cuda.py on a GPU machine). The reference is a float64 PyTorch loop over time with
@@ -275,3 +275,24 @@ def test_emulated_cuda_lstm_proj(emu, reverse, ragged):
     names = ["input", "hx", "cx", "w_ih", "w_hh", "w_hr", "b_ih", "b_hh"]
     for name, x, y in zip(names, got, ref):
         assert_rel(x, y, f"lstm_proj grad_{name}")
+
+
+def test_relu_backward_passes_nan_output_as_torch_and_cpu(emu):
+    """relu' at a NaN output lets the gradient through (torch's threshold_backward: grad where not
+    (y <= 0)), on the CUDA path as on the CPU: the cell math is one definition (csrc/core/cells.h).
+    The device kernel used to write 0 there (h > 0 ? dh : 0)."""
+    torch.manual_seed(0)
+    T, B, I, H = 1, 1, 2, 3
+    x, hx = torch.randn(T, B, I), torch.randn(B, H)
+    w_ih, w_hh = torch.randn(H, I), torch.randn(H, H)
+    out = torch.tensor([[[0.5, float("nan"), -0.25]]])
+    ws = torch.empty(0)
+    g_out, g_hy = torch.ones(T, B, H), torch.zeros(B, H)
+    args = (g_out, g_hy, x, hx, w_ih, w_hh, out, ws, False, True, None)
+    import rnnfast  # noqa: F401  (registers torch.ops.rnnfast)
+
+    emulated = emu.rnn_relu_backward(*args)
+    cpu = torch.ops.rnnfast.rnn_relu_backward(*args)
+    assert emulated[4].tolist() == [1.0, 1.0, 0.0]  # grad_b_ih = dG: relu' = 1, 1 (NaN), 0
+    for name, e, c in zip(["input", "hx", "w_ih", "w_hh", "b_ih", "b_hh"], emulated, cpu):
+        torch.testing.assert_close(e, c, equal_nan=True, msg=name)

@@ -81,7 +81,7 @@ at::Tensor norm_on_device(const char* op, const DeviceTasks& d, double norm_type
                           const at::Device& device) {
   at::Tensor partials = at::empty({std::max(d.num_tasks, 1)}, at::TensorOptions().dtype(at::kDouble).device(device));
   at::Tensor total = at::empty({}, at::TensorOptions().dtype(out).device(device));
-  const auto kind = static_cast<k::NormKind>(static_cast<int>(clip::norm_kind(norm_type)));
+  const k::NormKind kind = clip::norm_kind(norm_type);  // one enum (csrc/core/norm_kind.h)
   check_launch(op, k::launch_multi_tensor_norm(d.ptr(), d.num_tasks, kind, norm_type, d.any_double,
                                                partials.data_ptr<double>(), elem_type(out), total.data_ptr(),
                                                c10::cuda::getCurrentCUDAStream().stream()));

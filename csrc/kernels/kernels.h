@@ -5,10 +5,13 @@
 #include <cstdint>
 #include <cuda_runtime.h>
 
+#include "../core/cells.h"
+#include "../core/norm_kind.h"
+
 namespace rnnfast {
 namespace kernels {
 
-// ---- recurrent pointwise steps (recurrent.cu; math in cells.cuh) ---------------------------------
+// ---- recurrent pointwise steps (recurrent.cu; math in csrc/core/cells.h) ---------------------------
 // One launch = one time step of one layer-direction: the pointwise work between the recurrent
 // GEMMs, one thread per (batch row b, hidden unit j) handling all gates of that unit. The GEMMs
 // themselves (input projection for all steps, h_{t-1}·W_hhᵀ per step, dG_t·W_hh per step, the
@@ -16,34 +19,12 @@ namespace kernels {
 // Every matrix is row-major float32; `*_ld` is a row stride in elements. Convention for biases:
 // b_ih is folded into the input projection by the caller (xg = x·W_ihᵀ + b_ih); b_hh is added here.
 
-enum class CellKind : int { kRnnTanh = 0, kRnnRelu = 1, kGruResetAfter = 2, kGruResetBefore = 3, kLstm = 4 };
+// The cells (their math, slots and traits) are csrc/core/cells.h's, framework-free like this header.
+using core::CellKind;
+using core::CellTraits;
 
-// What the host loop needs to know about a cell (its math stays in cells.cuh, which checks
-// itself against this table at compile time).
-struct CellLayout {
-  int gates;             // G: gate blocks in w_ih/w_hh rows (rnn 1, gru 3 = r,z,n, lstm 4 = i,f,g,o)
-  int saved;             // workspace slots of width H per (t, b) (rnn 0, gru 4 = r,z,n,hn, lstm 5 = i,f,g,o,c)
-  int phases;            // pointwise launches per step: 2 when a GEMM sits between them (GRU reset_before)
-  int phase0_gates;      // leading gates whose recurrent product the first phase reads (all but GRU reset_before's n)
-  int gemm_slot;         // two-phase only: workspace slot that feeds the mid-step GEMM (r⊙h_{t-1} = slot 3)
-  bool has_cell_state;   // LSTM: c is carried and saved in slot 4
-  bool split_grad;       // input-side and recurrent-side pre-activation grads differ (GRU reset_after's n)
-  bool direct_dh;        // backward writes a non-GEMM part of dh_{t-1} (GRU: z⊙dh); else the GEMM overwrites dh
-};
-
-constexpr CellLayout cell_layout(CellKind cell) {
-  switch (cell) {
-    case CellKind::kRnnTanh:
-    case CellKind::kRnnRelu:        return CellLayout{1, 0, 1, 1, -1, false, false, false};
-    case CellKind::kGruResetAfter:  return CellLayout{3, 4, 1, 3, -1, false, true, true};
-    case CellKind::kGruResetBefore: return CellLayout{3, 4, 2, 2, 3, false, false, true};
-    case CellKind::kLstm:           return CellLayout{4, 5, 1, 4, -1, true, false, false};
-  }
-  return CellLayout{0, 0, 0, 0, -1, false, false, false};
-}
-
-// Forward step at time t. Phase 0 reads gates [0, phase0_gates) from hg; phase 1 (GRU
-// reset_before) reads the candidate gate's product W_hn·(r⊙h_{t-1}) from hg with
+// Forward step at time t. Phase 0 reads gates [0, phase0_gates) from hg; phase 1 (two-phase cells,
+// GRU reset_before) reads the mid-step GEMM's product (W_hn·(r⊙h_{t-1})) from hg with
 // hg_first_gate = phase0_gates.
 struct ForwardStepArgs {
   int64_t batch = 0, hidden = 0;
@@ -53,10 +34,10 @@ struct ForwardStepArgs {
   int hg_first_gate = 0;
   const float* b_hh = nullptr;    // (G*H) or nullptr
   const float* h_prev = nullptr;  // (B, H), ld H: hx or output[t_prev]
-  const float* c_prev = nullptr;  // LSTM: (B, c_prev_ld): cx (ld H) or workspace[t_prev] slot 4 (ld 5H)
+  const float* c_prev = nullptr;  // cells with a cell state: (B, c_prev_ld): cx (ld H) or workspace[t_prev]'s state slot (ld slots*H)
   int64_t c_prev_ld = 0;
   float* h_out = nullptr;         // (B, H): output[t]
-  float* saved = nullptr;         // (B, saved*H): workspace[t] (nullptr for rnn)
+  float* saved = nullptr;         // (B, slots*H): workspace[t] (nullptr for cells without slots)
   // Variable-length batch (csrc/ops.cpp): device int64 (B) or nullptr. Row b is frozen at time t when
   // t >= lengths[b]: phase 0 writes h_out = h_prev (LSTM: c slot = c_prev) and zeroes the other
   // workspace slots; later phases skip it.
@@ -71,7 +52,7 @@ struct BackwardStepArgs {
   float* dh = nullptr;            // (B, H) in: carried dL/dh_t (without grad_output[t]);
                                   //        out: direct part of dL/dh_{t-1} (direct_dh cells), else untouched
   float* dc = nullptr;            // LSTM (B, H) in: carried dL/dc_t; out: dL/dc_{t-1} = f⊙dc
-  const float* saved = nullptr;   // (B, saved*H): workspace[t]
+  const float* saved = nullptr;   // (B, slots*H): workspace[t]
   const float* h_new = nullptr;   // (B, H): output[t]
   const float* h_prev = nullptr;  // (B, H): hx or output[t_prev]
   const float* c_prev = nullptr;  // LSTM, as in ForwardStepArgs
@@ -98,8 +79,7 @@ cudaError_t recurrent_backward_step(CellKind cell, int phase, const BackwardStep
 // cuts each tensor into tasks of at most kMultiTensorChunk elements; `tensor` is the tensor's index
 // in the list (tasks of a tensor are adjacent).
 enum class ElemType : int32_t { Half = 0, BFloat16 = 1, Float = 2, Double = 3 };
-// Same values as rnnfast::clip::NormKind (csrc/clip.h).
-enum class NormKind : int32_t { Zero = 0, One = 1, Two = 2, Inf = 3, NegInf = 4, P = 5 };
+using core::NormKind;  // csrc/core/norm_kind.h, shared with the CPU ops
 
 constexpr int64_t kMultiTensorChunk = 1 << 15;
 

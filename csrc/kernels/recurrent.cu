@@ -1,5 +1,5 @@
-// Fused per-time-step pointwise kernels of the recurrent layers (DESIGN.md §3), forward and
-// backward: one kernel shape templated over the cell (math: cells.cuh; accessors and dispatch:
+// Fused per-time-step pointwise kernels of the recurrent layers (contract: csrc/ops.cpp), forward and
+// backward: one kernel shape templated over the cell (math: csrc/core/cells.h; accessors and dispatch:
 // step.cuh; argument layouts: kernels.h).
 //
 // One thread per (batch row b, hidden unit j), all gates of that unit: consecutive threads take
@@ -60,14 +60,14 @@ struct LaunchBackward {
 
 cudaError_t recurrent_forward_step(CellKind cell, int phase, const ForwardStepArgs& args, cudaStream_t stream) {
   if (args.batch <= 0 || args.hidden <= 0) {
-    return phase >= 0 && phase < cell_layout(cell).phases ? cudaSuccess : cudaErrorInvalidValue;
+    return phase >= 0 && phase < core::traits_of(cell).phases ? cudaSuccess : cudaErrorInvalidValue;
   }
   return step::dispatch(cell, phase, LaunchForward{args, stream});
 }
 
 cudaError_t recurrent_backward_step(CellKind cell, int phase, const BackwardStepArgs& args, cudaStream_t stream) {
   if (args.batch <= 0 || args.hidden <= 0) {
-    return phase >= 0 && phase < cell_layout(cell).phases ? cudaSuccess : cudaErrorInvalidValue;
+    return phase >= 0 && phase < core::traits_of(cell).phases ? cudaSuccess : cudaErrorInvalidValue;
   }
   return step::dispatch(cell, phase, LaunchBackward{args, stream});
 }

@@ -1,7 +1,10 @@
-// Input validation shared by every recurrent op: one clear message per mistake, naming the op and
-// the argument (the Python layer adds friendlier type errors; these guard direct op calls).
+// Argument checks and layout constants shared by every backend's recurrent ops (CPU, CUDA, the CUDA
+// emulation): one clear message per mistake, naming the op and the argument (the Python layer adds
+// friendlier type errors; these guard direct op calls). ATen for the tensors; no cell math here.
 #pragma once
 #include <ATen/ATen.h>
+
+#include "cells.h"
 
 #include <sstream>
 #include <string>
@@ -9,7 +12,7 @@
 #include <vector>
 
 namespace rnnfast {
-namespace cpu {
+namespace core {
 
 inline std::string shape_str(at::IntArrayRef s) {
   std::ostringstream os;
@@ -28,8 +31,10 @@ struct RecurrentArgs {
   int64_t P;       // width of h: H, or the projection's P (LSTM with w_hr)
 };
 
-// LSTM with a projection (lstm_proj ops): workspace width in units of H: i, f, g, o, c, m.
-constexpr int64_t kProjWs = 6;
+// LSTM with a projection (lstm_proj ops): the workspace is LstmCell's slots and m = o tanh(c), the
+// projection's input: (T, B, kLstmProjSlots*H) = [i, f, g, o, c, m].
+constexpr int64_t kLstmProjSlotM = LstmCell::kNumSlots;
+constexpr int64_t kLstmProjSlots = kLstmProjSlotM + 1;
 
 inline void check_same_kind(const char* op, const at::Tensor& ref, const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(),
@@ -149,5 +154,5 @@ inline at::Tensor check_lengths(const char* op, const c10::optional<at::Tensor>&
   return c;
 }
 
-}  // namespace cpu
+}  // namespace core
 }  // namespace rnnfast

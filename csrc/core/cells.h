@@ -1,0 +1,280 @@
+// Every recurrent cell, defined once: its traits, its workspace layout as named slots, and its
+// pointwise forward/backward math for one hidden unit j of one batch row at one time step.
+// Backend-neutral: no ATen, no CUDA runtime. The same functions are compiled for the CPU (csrc/cpu
+// rows.h: force-inlined into vectorized row loops, float32 and float64), for the device
+// (csrc/kernels/step.cuh: one thread per unit) and for the host emulation of the CUDA path
+// (tests/cuda_emulation.cpp).
+//
+// The math reads and writes through an accessor `s` that the backend provides, so a cell never
+// indexes memory itself. An accessor defines `value_type` (float or double) and `Math` (static
+// sigmoid and tanh: the CPU's vectorizable fastmath.h, or the device's expf/tanhf). Forward:
+//   s.x(g)      input-side pre-activation of gate g (W_ih x_t + b_ih, with whatever biases the
+//               backend folded in)
+//   s.h(g)      recurrent-side pre-activation of gate g (W_hh h_{t-1} + b_hh); in a two-phase cell's
+//               phase 1, the mid-step GEMM's row for the gates from traits.phase0_gates on
+//   s.h_prev(), s.c_prev()   the state before the step
+//   s.saved(k), s.save(k, v) workspace slot k of this step (Slot enums below); s.set_h(v) writes h_t
+// Backward:
+//   s.dh()      dL/dh_t in total (grad_output[t] + what flowed back from step t+1)
+//   s.dc()      dL/dc_t carried from step t+1 (cells with a cell state)
+//   s.saved(k), s.h_new(), s.h_prev(), s.c_prev()
+//   s.drh()     two-phase cells, phase 1: the mid-step GEMM's row (GRU reset_before: dn_pre W_hn)
+//   s.set_dg(g, v)       gradient of gate g's pre-activation (input and recurrent side alike)
+//   s.set_dg(g, vx, vh)  ... when the two sides differ (traits.split_grad)
+//   s.set_dh_prev(v), s.add_dh_prev(v)  the direct (non-GEMM) part of dL/dh_{t-1} (traits.direct_dh)
+//   s.set_dc_prev(v)     dL/dc_{t-1}
+// The GEMMs (input projection, recurrent product, dG W_hh, weight gradients) are the host loop's.
+//
+// Products are written in torch autograd's order (sigmoid' = (1 - y) y, tanh' = 1 - y^2): where a
+// saturated gate gives an exact 0 factor, the overflow / inf * 0 cases come out as torch's.
+//
+// Adding a cell: a struct here (kind, name, Gate and Slot enums, traits, forward/backward per
+// phase), a CellKind value and its case in traits_of and for_cell; the backends need no change.
+#pragma once
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define RNNFAST_HOST_DEVICE __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+#define RNNFAST_HOST_DEVICE inline __attribute__((always_inline))
+#else
+#define RNNFAST_HOST_DEVICE inline
+#endif
+
+namespace rnnfast {
+namespace core {
+
+// One spelling per cell: the op name ("rnn_tanh", "gru", ...) and the CellKind value are the same
+// word; gru_reset_before is the `gru` op with reset_after=false.
+enum class CellKind : int { rnn_tanh = 0, rnn_relu = 1, gru = 2, gru_reset_before = 3, lstm = 4 };
+
+// What a host loop needs to know about a cell: the one vocabulary of traits.
+struct CellTraits {
+  int gates;           // G: gate blocks of H rows in w_ih / w_hh (torch's order)
+  int slots;           // workspace slots of width H per (t, b): the workspace is (T, B, slots*H)
+  int phases;          // pointwise passes per step: 2 when a GEMM sits between them
+  int phase0_gates;    // leading gates whose recurrent product phase 0 reads (the rest: phase 1's GEMM)
+  int gemm_slot;       // two-phase cells: the slot that feeds the mid-step GEMM; else -1
+  int state_slot;      // the slot holding the cell state c_t (LSTM); else -1
+  int inner_bias_gate; // the gate whose b_hh the math applies inside a product (GRU's n: r (W_hn h +
+                       // b_hn)), so it cannot be folded into the input projection; else -1
+  bool split_grad;     // input-side and recurrent-side pre-activation grads differ for some gate
+  bool direct_dh;      // backward writes a direct (non-GEMM) part of dh_{t-1}; else the GEMM overwrites dh
+  constexpr bool has_cell_state() const { return state_slot >= 0; }
+};
+
+template <int P>
+struct Phase {};  // phase tag of a pointwise pass
+
+// ---- Elman RNN: h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu ------------------------
+// Backward needs only h_t (the output): tanh' = 1 - h'^2, relu' = [h' > 0]. No workspace.
+template <bool Relu>
+struct RnnCell {
+  static constexpr CellKind kind = Relu ? CellKind::rnn_relu : CellKind::rnn_tanh;
+  static constexpr const char* name = Relu ? "rnn_relu" : "rnn_tanh";
+  enum Gate : int { kGateA };
+  enum Slot : int { kNumSlots };
+  static constexpr CellTraits traits{/*gates=*/1, kNumSlots, /*phases=*/1, /*phase0_gates=*/1,
+                                     /*gemm_slot=*/-1, /*state_slot=*/-1, /*inner_bias_gate=*/-1,
+                                     /*split_grad=*/false, /*direct_dh=*/false};
+
+  template <class S>
+  RNNFAST_HOST_DEVICE static void forward(S& s, Phase<0>) {
+    using T = typename S::value_type;
+    using M = typename S::Math;
+    const T a = s.x(kGateA) + s.h(kGateA);
+    s.set_h(Relu ? (a < T(0) ? T(0) : a) : M::tanh(a));  // relu keeps NaN, as torch.relu
+  }
+  template <class S>
+  RNNFAST_HOST_DEVICE static void backward(S& s, Phase<0>) {
+    using T = typename S::value_type;
+    const T d = s.dh();
+    const T y = s.h_new();
+    s.set_dg(kGateA, Relu ? (y <= T(0) ? T(0) : d) : d * (T(1) - y * y));  // relu: NaN passes d, as torch
+  }
+};
+using RnnTanhCell = RnnCell<false>;
+using RnnReluCell = RnnCell<true>;
+
+// ---- LSTM: i, f, o = σ(...), g = tanh(...); c' = f c + i g; h' = o tanh(c') --------------------------
+struct LstmCell {
+  static constexpr CellKind kind = CellKind::lstm;
+  static constexpr const char* name = "lstm";
+  enum Gate : int { kGateI, kGateF, kGateG, kGateO };
+  enum Slot : int { kSlotI, kSlotF, kSlotG, kSlotO, kSlotC, kNumSlots };
+  static constexpr CellTraits traits{/*gates=*/4, kNumSlots, /*phases=*/1, /*phase0_gates=*/4,
+                                     /*gemm_slot=*/-1, /*state_slot=*/kSlotC, /*inner_bias_gate=*/-1,
+                                     /*split_grad=*/false, /*direct_dh=*/false};
+
+  template <class S>
+  RNNFAST_HOST_DEVICE static void forward(S& s, Phase<0>) {
+    using T = typename S::value_type;
+    using M = typename S::Math;
+    const T i = M::sigmoid(s.x(kGateI) + s.h(kGateI));
+    const T f = M::sigmoid(s.x(kGateF) + s.h(kGateF));
+    const T g = M::tanh(s.x(kGateG) + s.h(kGateG));
+    const T o = M::sigmoid(s.x(kGateO) + s.h(kGateO));
+    const T c = f * s.c_prev() + i * g;
+    s.save(kSlotI, i);
+    s.save(kSlotF, f);
+    s.save(kSlotG, g);
+    s.save(kSlotO, o);
+    s.save(kSlotC, c);
+    s.set_h(o * M::tanh(c));
+  }
+  template <class S>
+  RNNFAST_HOST_DEVICE static void backward(S& s, Phase<0>) {
+    using T = typename S::value_type;
+    using M = typename S::Math;
+    const T i = s.saved(kSlotI), f = s.saved(kSlotF), g = s.saved(kSlotG), o = s.saved(kSlotO);
+    const T tc = M::tanh(s.saved(kSlotC));  // recomputed: cheaper than saving tanh(c) too
+    const T dh = s.dh();
+    const T dc = s.dc() + (dh * o) * (T(1) - tc * tc);
+    s.set_dg(kGateI, ((dc * g) * (T(1) - i)) * i);
+    s.set_dg(kGateF, ((dc * s.c_prev()) * (T(1) - f)) * f);
+    s.set_dg(kGateG, (dc * i) * (T(1) - g * g));
+    s.set_dg(kGateO, ((dh * tc) * (T(1) - o)) * o);
+    s.set_dc_prev(dc * f);
+  }
+};
+
+// ---- GRU: r, z = σ(...); h' = (1 - z) n + z h = n + z (h - n) ---------------------------------------
+// The part both variants share: gates r, z, n (torch's order), slots [r, z, n, hn], and the update.
+struct GruBase {
+  enum Gate : int { kGateR, kGateZ, kGateN };
+  enum Slot : int { kSlotR, kSlotZ, kSlotN, kSlotHn, kNumSlots };
+
+  template <class T>
+  RNNFAST_HOST_DEVICE static T update(T n, T z, T h_prev) { return n + z * (h_prev - n); }
+  // dL/dz_pre and dL/dn_pre from dL/dh' (the update's and the activations' derivatives).
+  template <class T>
+  RNNFAST_HOST_DEVICE static T dz_pre(T dh, T z, T n, T h_prev) { return dh * (h_prev - n) * z * (T(1) - z); }
+  template <class T>
+  RNNFAST_HOST_DEVICE static T dn_pre(T dh, T z, T n) { return dh * (T(1) - z) * (T(1) - n * n); }
+  template <class T>
+  RNNFAST_HOST_DEVICE static T dr_pre(T d_rhn, T r) { return d_rhn * r * (T(1) - r); }
+};
+
+// torch.nn.GRU / cuDNN form (reset_after): hn = W_hn h + b_hn; n = tanh(W_in x + b_in + r hn).
+// hn is saved; d(W_hn h) = dn_pre r, not dn_pre (split_grad); dh_{t-1} gets dh z directly.
+struct GruCell : GruBase {
+  static constexpr CellKind kind = CellKind::gru;
+  static constexpr const char* name = "gru";
+  static constexpr CellTraits traits{/*gates=*/3, kNumSlots, /*phases=*/1, /*phase0_gates=*/3,
+                                     /*gemm_slot=*/-1, /*state_slot=*/-1, /*inner_bias_gate=*/kGateN,
+                                     /*split_grad=*/true, /*direct_dh=*/true};
+
+  template <class S>
+  RNNFAST_HOST_DEVICE static void forward(S& s, Phase<0>) {
+    using T = typename S::value_type;
+    using M = typename S::Math;
+    const T r = M::sigmoid(s.x(kGateR) + s.h(kGateR));
+    const T z = M::sigmoid(s.x(kGateZ) + s.h(kGateZ));
+    const T hn = s.h(kGateN);
+    const T n = M::tanh(s.x(kGateN) + r * hn);
+    s.save(kSlotR, r);
+    s.save(kSlotZ, z);
+    s.save(kSlotN, n);
+    s.save(kSlotHn, hn);
+    s.set_h(update(n, z, s.h_prev()));
+  }
+  template <class S>
+  RNNFAST_HOST_DEVICE static void backward(S& s, Phase<0>) {
+    using T = typename S::value_type;
+    const T r = s.saved(kSlotR), z = s.saved(kSlotZ), n = s.saved(kSlotN), hn = s.saved(kSlotHn);
+    const T dh = s.dh();
+    const T dn = dn_pre(dh, z, n);
+    s.set_dg(kGateR, dr_pre(dn * hn, r));
+    s.set_dg(kGateZ, dz_pre(dh, z, n, s.h_prev()));
+    s.set_dg(kGateN, dn, dn * r);  // the input side sees n_pre directly, the recurrent side through r hn
+    s.set_dh_prev(dh * z);
+  }
+};
+
+// The textbook form (reset_before; Cho et al. 2014, d2l): n = tanh(W_in x + b_in + W_hn (r h) + b_hn).
+// The candidate's recurrent GEMM needs r first, so a step is two phases around that GEMM; slot hn
+// holds r h_{t-1}, the GEMM's input:
+//   forward:  h(r,z) = h W_hrzᵀ -> phase 0 (r, z, r h) -> h(n) = (r h) W_hnᵀ -> phase 1 (n, h')
+//   backward: phase 0 (dz, dn, dh z) -> drh = dn W_hn -> phase 1 (dr, dh += drh r) -> dh += [dr dz] W_hrz
+struct GruResetBeforeCell : GruBase {
+  static constexpr CellKind kind = CellKind::gru_reset_before;
+  static constexpr const char* name = "gru";
+  static constexpr CellTraits traits{/*gates=*/3, kNumSlots, /*phases=*/2, /*phase0_gates=*/2,
+                                     /*gemm_slot=*/kSlotHn, /*state_slot=*/-1, /*inner_bias_gate=*/-1,
+                                     /*split_grad=*/false, /*direct_dh=*/true};
+
+  template <class S>
+  RNNFAST_HOST_DEVICE static void forward(S& s, Phase<0>) {  // gates r, z and the GEMM input r h
+    using T = typename S::value_type;
+    using M = typename S::Math;
+    const T r = M::sigmoid(s.x(kGateR) + s.h(kGateR));
+    s.save(kSlotR, r);
+    s.save(kSlotZ, M::sigmoid(s.x(kGateZ) + s.h(kGateZ)));
+    s.save(kSlotHn, r * s.h_prev());
+  }
+  template <class S>
+  RNNFAST_HOST_DEVICE static void forward(S& s, Phase<1>) {  // candidate and state update
+    using T = typename S::value_type;
+    using M = typename S::Math;
+    const T n = M::tanh(s.x(kGateN) + s.h(kGateN));
+    s.save(kSlotN, n);
+    s.set_h(update(n, T(s.saved(kSlotZ)), s.h_prev()));
+  }
+  template <class S>
+  RNNFAST_HOST_DEVICE static void backward(S& s, Phase<0>) {  // z, n; the host then runs drh = dn_pre W_hn
+    using T = typename S::value_type;
+    const T z = s.saved(kSlotZ), n = s.saved(kSlotN);
+    const T dh = s.dh();
+    s.set_dg(kGateZ, dz_pre(dh, z, n, s.h_prev()));
+    s.set_dg(kGateN, dn_pre(dh, z, n));
+    s.set_dh_prev(dh * z);
+  }
+  template <class S>
+  RNNFAST_HOST_DEVICE static void backward(S& s, Phase<1>) {  // r, from d(r h) = dn_pre W_hn
+    using T = typename S::value_type;
+    const T r = s.saved(kSlotR), drh = s.drh();
+    s.set_dg(kGateR, dr_pre(drh * s.h_prev(), r));
+    s.add_dh_prev(drh * r);
+  }
+};
+
+// The traits of a runtime CellKind (the CUDA launchers take the cell as a value).
+constexpr CellTraits traits_of(CellKind kind) {
+  switch (kind) {
+    case CellKind::rnn_tanh: return RnnTanhCell::traits;
+    case CellKind::rnn_relu: return RnnReluCell::traits;
+    case CellKind::gru: return GruCell::traits;
+    case CellKind::gru_reset_before: return GruResetBeforeCell::traits;
+    case CellKind::lstm: return LstmCell::traits;
+  }
+  return CellTraits{0, 0, 0, 0, -1, -1, -1, false, false};
+}
+
+// Calls f.template run<Cell>() for a runtime CellKind (the one place that maps kinds to types).
+template <class F>
+inline auto for_cell(CellKind kind, const F& f) -> decltype(f.template run<LstmCell>()) {
+  switch (kind) {
+    case CellKind::rnn_tanh: return f.template run<RnnTanhCell>();
+    case CellKind::rnn_relu: return f.template run<RnnReluCell>();
+    case CellKind::gru: return f.template run<GruCell>();
+    case CellKind::gru_reset_before: return f.template run<GruResetBeforeCell>();
+    case CellKind::lstm: return f.template run<LstmCell>();
+  }
+  return f.template run<LstmCell>();  // unreachable for a valid kind; callers check the kind first
+}
+
+// Sanity of every definition, at compile time (tests/test_core_layout.py checks the slot counts
+// against the workspace widths the Python layer allocates).
+template <class Cell>
+constexpr bool traits_consistent() {
+  constexpr CellTraits t = Cell::traits;
+  return t.slots == Cell::kNumSlots && t.phases >= 1 && t.phases <= 2 && t.phase0_gates <= t.gates &&
+         (t.phases == 2) == (t.gemm_slot >= 0) && t.gemm_slot < t.slots && t.state_slot < t.slots &&
+         t.inner_bias_gate < t.gates;
+}
+static_assert(traits_consistent<RnnTanhCell>() && traits_consistent<RnnReluCell>(), "rnn traits");
+static_assert(traits_consistent<GruCell>() && traits_consistent<GruResetBeforeCell>(), "gru traits");
+static_assert(traits_consistent<LstmCell>(), "lstm traits");
+
+}  // namespace core
+}  // namespace rnnfast

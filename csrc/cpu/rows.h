@@ -1,0 +1,133 @@
+// The CPU side of the cells (csrc/core/cells.h): accessors over one batch row's buffers, and the
+// row passes that run a cell's per-unit math over the H units of a row. Each row pass is one
+// `omp simd` loop over j with the cell force-inlined, so the compiler vectorizes the whole cell
+// (the row loops in recurrent.h are compiled for AVX-512, AVX2 and the baseline ISA).
+//
+// Row buffers (one batch row b of one step t):
+//   xg   input projection row, W_ih x (no bias: the GEMM without a bias operand is ~2x faster)
+//   bias the biases folded together by the host, added here (b_ih + b_hh, but for the gate whose
+//        b_hh the cell applies inside a product: CellTraits::inner_bias_gate, added to h(g) instead)
+//   hg   recurrent GEMM row (phase 1 of a two-phase cell: the mid-step GEMM's row)
+//   ws   workspace row (traits.slots * H)
+//   dg   gradient w.r.t. the input-side pre-activations (rows of dG, used for dW_ih, db_ih, dx)
+//   dgh  gradient w.r.t. the recurrent-side pre-activations; the same buffer as dg unless split_grad
+//   dh   on entry dL/dh_t from later steps (grad_output[t] is added by the accessor); on exit the
+//        direct part of dL/dh_{t-1} (direct_dh cells), else untouched (the host overwrites it).
+#pragma once
+#include <cstdint>
+
+#include "../core/cells.h"
+#include "fastmath.h"
+
+namespace rnnfast {
+namespace cpu {
+
+// The CPU's activations: vectorizable polynomial exp/tanh (fastmath.h).
+struct FastMath {
+  template <typename T>
+  RNNFAST_ALWAYS_INLINE static T sigmoid(T x) {
+    return T(1) / (T(1) + fast_exp(-x));
+  }
+  template <typename T>
+  RNNFAST_ALWAYS_INLINE static T tanh(T x) {
+    return fast_tanh(x);
+  }
+};
+
+template <typename T>
+struct FwdRow {
+  const T* xg;
+  const T* bias;   // (G*H) folded biases (zeros when the layer has none)
+  const T* hg;
+  const T* b_hn;   // the inner_bias_gate's rows of b_hh (zeros when b_hh is None); else unused
+  const T* h;      // h_{t-1}
+  const T* c;      // c_{t-1} (cells with a cell state)
+  T* h_out;        // h_t (LSTM with a projection: the workspace's m slot)
+  T* ws;
+};
+
+template <typename T>
+struct BwdRow {
+  const T* dy;     // grad_output[t]
+  const T* h;      // h_{t-1}
+  const T* h_out;  // h_t
+  const T* c;      // c_{t-1}
+  const T* ws;
+  const T* drh;    // two-phase cells, phase 1: the mid-step GEMM's row
+  T* dg;
+  T* dgh;
+  T* dh;
+  T* dc;           // in dL/dc_t from later steps, out dL/dc_{t-1}
+};
+
+// core/cells.h's forward accessor for unit j of a row, in phase P.
+template <class Cell, int P, typename T>
+struct ForwardUnit {
+  using value_type = T;
+  using Math = FastMath;
+  static constexpr int kFirstGate = P == 0 ? 0 : Cell::traits.phase0_gates;  // first gate in hg
+  const FwdRow<T>& r;
+  const int64_t H, j;
+
+  RNNFAST_ALWAYS_INLINE T x(int g) const { return r.xg[g * H + j] + r.bias[g * H + j]; }
+  RNNFAST_ALWAYS_INLINE T h(int g) const {
+    const T v = r.hg[(g - kFirstGate) * H + j];
+    return g == Cell::traits.inner_bias_gate ? v + r.b_hn[j] : v;
+  }
+  RNNFAST_ALWAYS_INLINE T h_prev() const { return r.h[j]; }
+  RNNFAST_ALWAYS_INLINE T c_prev() const { return r.c[j]; }
+  RNNFAST_ALWAYS_INLINE T saved(int k) const { return r.ws[k * H + j]; }
+  RNNFAST_ALWAYS_INLINE void save(int k, T v) const { r.ws[k * H + j] = v; }
+  RNNFAST_ALWAYS_INLINE void set_h(T v) const { r.h_out[j] = v; }
+};
+
+// core/cells.h's backward accessor for unit j of a row.
+template <class Cell, typename T>
+struct BackwardUnit {
+  using value_type = T;
+  using Math = FastMath;
+  const BwdRow<T>& r;
+  const int64_t H, j;
+
+  RNNFAST_ALWAYS_INLINE T dh() const { return r.dh[j] + r.dy[j]; }
+  RNNFAST_ALWAYS_INLINE T dc() const { return r.dc[j]; }
+  RNNFAST_ALWAYS_INLINE T saved(int k) const { return r.ws[k * H + j]; }
+  RNNFAST_ALWAYS_INLINE T h_new() const { return r.h_out[j]; }
+  RNNFAST_ALWAYS_INLINE T h_prev() const { return r.h[j]; }
+  RNNFAST_ALWAYS_INLINE T c_prev() const { return r.c[j]; }
+  RNNFAST_ALWAYS_INLINE T drh() const { return r.drh[j]; }
+  RNNFAST_ALWAYS_INLINE void set_dg(int g, T v) const {
+    r.dg[g * H + j] = v;
+    if constexpr (Cell::traits.split_grad) r.dgh[g * H + j] = v;
+  }
+  RNNFAST_ALWAYS_INLINE void set_dg(int g, T vx, T vh) const {
+    r.dg[g * H + j] = vx;
+    r.dgh[g * H + j] = vh;
+  }
+  RNNFAST_ALWAYS_INLINE void set_dh_prev(T v) const { r.dh[j] = v; }
+  RNNFAST_ALWAYS_INLINE void add_dh_prev(T v) const { r.dh[j] += v; }
+  RNNFAST_ALWAYS_INLINE void set_dc_prev(T v) const { r.dc[j] = v; }
+};
+
+// Phase P of Cell's forward over the H units of one row.
+template <class Cell, int P, typename T>
+RNNFAST_ALWAYS_INLINE void forward_row(const FwdRow<T>& r, int64_t H) {
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    ForwardUnit<Cell, P, T> s{r, H, j};
+    Cell::forward(s, core::Phase<P>{});
+  }
+}
+
+// Phase P of Cell's backward over the H units of one row.
+template <class Cell, int P, typename T>
+RNNFAST_ALWAYS_INLINE void backward_row(const BwdRow<T>& r, int64_t H) {
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    BackwardUnit<Cell, T> s{r, H, j};
+    Cell::backward(s, core::Phase<P>{});
+  }
+}
+
+}  // namespace cpu
+}  // namespace rnnfast
