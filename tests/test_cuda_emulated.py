@@ -249,6 +249,32 @@ def test_emulated_cuda_op_lengths(emu, cell, reverse):
     assert not got["input"][:, 2].abs().sum(), "a zero-length sequence's inputs get no gradient"
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_emulated_cuda_op_nan_in_padding(emu, cell):
+    # whatever lies in the padding (t >= lengths[b]) must not reach any gradient: the same call with
+    # NaN/Inf written there gives the same (finite) results as with zeros there
+    T, B, I, H = 5, 3, 3, 4
+    lengths = torch.tensor([5, 2, 0])
+    a = {k: (v.float() if v is not None else None) for k, v in make_args(cell, T, B, I, H, seed=41).items()}
+    g = torch.Generator().manual_seed(42)
+    grads = (torch.randn(T, B, H, generator=g), torch.randn(B, H, generator=g),
+             torch.randn(B, H, generator=g) if cell == "lstm" else None)
+    results = []
+    for fill in (0.0, float("nan"), float("inf")):
+        x = a["input"].clone()
+        x[2:, 1] = fill
+        x[:, 2] = fill
+        b = dict(a, input=x)
+        fwd = run_forward(emu, cell, b, False, lengths)
+        results.append((fwd[1], run_backward(emu, cell, b, fwd, grads, False, lengths=lengths)))
+    for hy, got in results[1:]:
+        assert torch.equal(hy, results[0][0])
+        for name, ref in results[0][1].items():
+            if ref is not None:
+                assert torch.isfinite(got[name]).all(), f"{cell} grad_{name} not finite"
+                assert torch.equal(got[name], ref), f"{cell} grad_{name} depends on the padding"
+
+
 @pytest.mark.parametrize("ragged", [False, True], ids=["full", "ragged"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 def test_emulated_cuda_lstm_proj(emu, reverse, ragged):

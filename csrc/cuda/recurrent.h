@@ -66,6 +66,15 @@ inline Tensor device_lengths(const Tensor& lengths, const Tensor& input) {
   return lengths.pin_memory().to(input.device(), at::kLong, /*non_blocking=*/true);
 }
 
+// X as the weight-gradient GEMM dW_ih = dGᵀ X may read it: with lengths, the padding rows
+// (t >= lengths[b], which callers never promise to fill) zeroed, so a NaN or Inf there cannot reach
+// dW_ih through 0·NaN (their dG rows are zero). Built on the device from the device lengths: no sync.
+inline Tensor input_without_padding(const Tensor& input, const Tensor& len) {
+  if (!len.defined()) return input;
+  const Tensor valid = at::arange(input.size(0), len.options()).unsqueeze(1) < len.unsqueeze(0);  // (T, B)
+  return input.masked_fill(valid.logical_not().unsqueeze(-1), 0);
+}
+
 // core::check_lengths for CPU lengths (it reads their range on the host: free for a CPU tensor).
 // Lengths on the device are checked without a host sync: dtype, rank, size and device here, the
 // range [0, T] by an asynchronous device-side assert (a bad value fails the next synchronizing
@@ -264,7 +273,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrent_bac
   const Tensor dG2 = dG.view({T * B, G * H});
   const Tensor dGh2 = dGh.view({T * B, G * H});
   Tensor grad_input = input_grad ? at::mm(dG2, w_ih).view({T, B, I}) : at::zeros_like(input);
-  Tensor grad_w_ih = at::mm(dG2.t(), input.view({T * B, I}));
+  Tensor grad_w_ih = at::mm(dG2.t(), input_without_padding(input, len).reshape({T * B, I}));
 
   // dW_hh rows [0, G_rec*H) saw h_{t-1}: the step taken first saw hx, the others the previous output
   // (a shifted view of output, so no concatenation). Rows of a two-phase cell's second GEMM saw
@@ -425,7 +434,7 @@ inline std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor
 
   const Tensor dG2 = dG.view({T * B, G * H});
   Tensor grad_input = input_grad ? at::mm(dG2, w_ih).view({T, B, I}) : at::zeros_like(input);
-  Tensor grad_w_ih = at::mm(dG2.t(), input.view({T * B, I}));
+  Tensor grad_w_ih = at::mm(dG2.t(), input_without_padding(input, len).reshape({T * B, I}));
   Tensor hprev = at::empty({T * B, P}, opts);  // h_{t-1} for every t, in time order
   core::fill_prev_states(hprev, hx, output, reverse);
   Tensor grad_w_hh = at::mm(dG2.t(), hprev);
