@@ -1,0 +1,55 @@
+"""Smoke test of the benchmark suites' code (not of speed): a few points of the size grid, the cell
+loop and generation run through pytest-benchmark with timing disabled, and report.py's grid summary
+and heat map on a synthetic results file. The full grid is run by hand (bench/run.py), never in CI."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import report  # noqa: E402
+
+
+def test_bench_suites_run_a_few_points(tmp_path):
+    selection = ("(test_grid and (gru-fwd-H64-B1-T8-th1 or lstm-fwdbwd-H64-B8-T1-th2) and not onnx)"
+                 " or (test_cell_loop and lstm-H64-B1-th1)"
+                 " or (test_predict and gru-H256-th1)")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "bench/test_grid.py", "bench/test_cells.py",
+         "bench/test_predict.py", "-q", "-p", "no:cacheprovider", "--benchmark-disable",
+         "-k", selection],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "8 passed" in proc.stdout, proc.stdout[-2000:]
+
+
+def _bench(cell, mode, H, B, T, threads, impl, median):
+    return {"name": f"test_grid[{cell}-{impl}]", "group": f"grid {cell} {mode}",
+            "stats": {"median": median},
+            "extra_info": {"suite": "grid", "impl": impl, "baseline": "torch", "cell": cell,
+                           "mode": mode, "H": H, "B": B, "T": T, "threads": threads}}
+
+
+def test_report_grid_summary_and_heatmap(tmp_path):
+    benches = []
+    for cell in ("gru", "lstm"):
+        for T in (1, 8):
+            for B in (1, 8):
+                benches.append(_bench(cell, "fwd", 64, B, T, 1, "torch", 2.0))
+                # one point where rnnfast is slower (ratio 0.5), the rest 2x faster
+                slow = cell == "lstm" and T == 1 and B == 8
+                benches.append(_bench(cell, "fwd", 64, B, T, 1, "rnnfast", 4.0 if slow else 1.0))
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"machine_info": {}, "benchmarks": benches}))
+    text = report.render(json.loads(path.read_text()))
+    assert "| gru | fwd | 1 | 4 | 2.00x | 2.00x | 2.00x |" in text
+    assert "| lstm | fwd | 1 | 4 | 1.41x | 0.50x | 2.00x |" in text  # (2*2*2*0.5)^(1/4)
+    assert "1 ratio(s) below 1.0x" in text
+    assert "- lstm fwd H64 B8 T1 th1: 0.50x vs torch" in text
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "grid.png"
+    report.main(["--heatmap", str(png), str(path)])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
