@@ -62,3 +62,15 @@ def record(benchmark, median_s, **info):
     benchmark.extra_info.update(info)
     if "tokens" in info:
         benchmark.extra_info["tokens_per_s"] = info["tokens"] / median_s
+
+
+def forward_backward_step(layer, x, device):
+    """One layer call with loss outputs.sum() and its backward, gradients reset first (the layer
+    and grid suites' timed work)."""
+    def step():
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        out, _ = layer(x)
+        out.sum().backward()
+        synchronize(device)
+    return step

@@ -71,6 +71,16 @@ def pytest_configure(config):
     _resolve_device(config.getoption("--device"))  # a bad --device fails before any test runs
 
 
+@pytest.fixture
+def threads(request):
+    """torch's intra-op thread count for one benchmark (parametrize it indirectly: the value is the
+    count); restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def device(request):
     return _resolve_device(request.config.getoption("--device"))

@@ -13,14 +13,6 @@ HS = [64, 256, 512, 1024]
 BS = [1, 8, 32]
 
 
-@pytest.fixture
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("impl", ["torch", "rnnfast"])
 @pytest.mark.parametrize("threads", [1, 2], indirect=True, ids=lambda n: f"th{n}")
 @pytest.mark.parametrize("B", BS, ids=lambda b: f"B{b}")

@@ -18,7 +18,7 @@ within a few hours on a 2-core machine; small points still get hundreds of round
 import pytest
 import torch
 
-from _common import make_layer, record, run_adaptive, synchronize
+from _common import forward_backward_step, make_layer, record, run_adaptive, synchronize
 
 CELLS = ["rnn_tanh", "rnn_relu", "gru", "lstm"]
 HS = [64, 256, 512, 1024]
@@ -49,15 +49,6 @@ def _ort_session(layer, x, threads):
     return lambda: sess.run(None, feed)
 
 
-@pytest.fixture
-def threads(request):
-    n = request.param
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    yield n
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("threads", THREADS, indirect=True, ids=lambda n: f"th{n}")
 @pytest.mark.parametrize("T", TS, ids=lambda t: f"T{t}")
@@ -80,14 +71,7 @@ def test_grid(benchmark, device, cell, mode, H, B, T, threads, impl):
                 layer(x)
             synchronize(device)
     else:
-        x.requires_grad_(True)
-
-        def step():
-            layer.zero_grad(set_to_none=True)
-            x.grad = None
-            out, _ = layer(x)
-            out.sum().backward()
-            synchronize(device)
+        step = forward_backward_step(layer, x.requires_grad_(True), device)
 
     benchmark.group = f"grid {cell} {mode} H{H} B{B} T{T} th{threads}"
     median = run_adaptive(benchmark, step, target_s=TARGET_S)

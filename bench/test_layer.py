@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _common import BACKENDS, SIZES, make_layer, record, run_adaptive, synchronize
+from _common import BACKENDS, SIZES, forward_backward_step, make_layer, record, run_adaptive
 
 CELLS = ["rnn_tanh", "gru", "lstm"]
 
@@ -26,13 +26,7 @@ def test_layer(benchmark, device, cell, size, backend):
     else:
         x = torch.randn(T, B, I, device=device, requires_grad=True)
 
-    def step():
-        layer.zero_grad(set_to_none=True)
-        x.grad = None
-        out, _ = layer(x)
-        out.sum().backward()
-        synchronize(device)
-
+    step = forward_backward_step(layer, x, device)
     benchmark.group = f"layer {cell} {size}"
     median = run_adaptive(benchmark, step)
     record(benchmark, median, suite="layer", case=f"{cell} {size}", impl=backend,

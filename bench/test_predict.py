@@ -14,14 +14,6 @@ NUM_PREDS = 500
 VOCAB = Vocab(list("abcdefghijklmnopqrstuvwxyz "))
 
 
-@pytest.fixture
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("backend", ["torch", "rnnfast"])
 @pytest.mark.parametrize("threads", [1, 2], indirect=True, ids=lambda n: f"th{n}")
 @pytest.mark.parametrize("H", [256, 512], ids=lambda h: f"H{h}")
