@@ -1,5 +1,6 @@
 """rnnfast.data text pipeline: the textbook's numbers on the bundled corpora, Vocab, bad input."""
 import json
+import os
 import re
 from collections import Counter
 
@@ -326,3 +327,17 @@ def test_public_names_reexported():
         assert hasattr(data, name), name
     assert {"Vocab", "load_data_time_machine", "seq_data_iter_random", "SeqDataLoader",
             "zipf_plot", "corpus_stats", "load_data"} <= set(data.__all__)
+
+
+@pytest.mark.parametrize("special", ["fifo", "/dev/zero"])
+def test_corpus_path_refuses_a_file_that_is_not_regular(tmp_path, special):
+    # a FIFO would hang a reader and /dev/zero never ends: both are named for what they are
+    if special == "fifo":
+        path = tmp_path / "pipe"
+        os.mkfifo(path)
+    else:
+        path = special
+    with pytest.raises(FileNotFoundError, match="is not a regular file"):
+        corpus_path(path)
+    with pytest.raises(FileNotFoundError, match="is not a regular file"):
+        load_corpus(path)

@@ -50,7 +50,12 @@ def corpus_path(name_or_path: PathLike) -> Path:
             f"corpus must be a bundled name or a file path, got {type(name_or_path).__name__}"
         )
     if not path.is_file():
-        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+        if path.is_dir():
+            what = "is a directory, not a file"
+        elif path.exists():  # a FIFO, a device, a socket: reading it could hang or never end
+            what = "is not a regular file"
+        else:
+            what = "does not exist"
         raise FileNotFoundError(
             f"corpus file {str(path)!r} {what}; bundled corpora are "
             + ", ".join(repr(n) for n in BUNDLED_CORPORA)
