@@ -56,6 +56,15 @@ def weighted_sum(y, w):
     return y.sum() if w is None else (y * w).sum()
 
 
+def collect_grads(net, x, states):
+    """Every gradient of one run: the parameters', the input's and each initial state's."""
+    grads = {name: p.grad for name, p in net.named_parameters()}
+    grads["input"] = x.grad
+    for i, t in enumerate(states or ()):
+        grads[f"state{i}"] = t.grad
+    return grads
+
+
 def assert_matches(mine, ref, dtype, what):
     tol = TOL[dtype]
     scale = max(1.0, float(ref.abs().max())) if ref.numel() else 1.0
@@ -119,11 +128,7 @@ def test_modules_match_torch(capfd, mode, batch, hidden, steps, layers, bidirect
             if c_n is not None:
                 loss = loss + weighted_sum(c_n, w_c)
         loss.backward()
-        grads = {name: p.grad for name, p in net.named_parameters()}
-        grads["input"] = x.grad
-        if s is not None:
-            for i, t in enumerate(s):
-                grads[f"state{i}"] = t.grad
+        grads = collect_grads(net, x, s)
         results.append(dict(out=out.detach(), h_n=h_n.detach(), c_n=None if c_n is None else c_n.detach(),
                             grads=grads))
     r, m = results
@@ -175,11 +180,7 @@ def test_cells_match_torch(capfd, cell, batch, hidden, input_size, dtype, state,
         if c is not None and loss_on in ("c", "both"):
             loss = loss + weighted_sum(c, w[1])
         loss.backward()
-        grads = {n: p.grad for n, p in net.named_parameters()}
-        grads["input"] = x.grad
-        if s is not None:
-            for i, t in enumerate(s):
-                grads[f"state{i}"] = t.grad
+        grads = collect_grads(net, x, s)
         results.append((h.detach(), None if c is None else c.detach(), grads))
     (hr, cr, gr), (hm, cm, gm) = results
     assert_matches(hm, hr, dtype, "h")

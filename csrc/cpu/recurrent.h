@@ -176,20 +176,26 @@ inline at::Tensor zero_padding(const at::Tensor& input, const at::Tensor& length
   return out;
 }
 
+// f(b0, b1) for each of `chunks` contiguous blocks of the B batch rows, the blocks spread over the
+// threads, MKL single-threaded inside (the batch-split loops below walk a whole sequence per block).
+template <class F>
+void for_row_blocks(int64_t chunks, int64_t B, const F& f) {
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    const mkl::SequentialScope sequential;
+    for (int64_t ch = c0; ch < c1; ++ch) f(B * ch / chunks, B * (ch + 1) / chunks);
+  });
+}
+
 // The batch-split recurrence (float32, one-phase cells): each of `chunks` threads walks all T steps
 // over its own block of batch rows, its GEMMs single-threaded. fwd_row(s, b) builds row b's buffers.
 template <class Cell, class MakeRow>
 void forward_batch_split(const RecurrentGemm& rec, const PrevState<float>& prev, float* hg, const MakeRow& fwd_row,
                          int64_t chunks, int64_t T, int64_t B, int64_t H, bool reverse, const int64_t* len) {
   constexpr int64_t G = Cell::traits.gates;
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    const mkl::SequentialScope sequential;
-    for (int64_t ch = c0; ch < c1; ++ch) {
-      const int64_t b0 = B * ch / chunks, b1 = B * (ch + 1) / chunks;
-      for (int64_t s = 0; s < T; ++s) {
-        rec.run_rows(prev.h(s) + b0 * H, H, hg + b0 * G * H, G * H, b1 - b0, /*accumulate=*/false);
-        forward_rows<Cell, 0>([&](int64_t b) { return fwd_row(s, b); }, b0, b1, H, time_of(s, T, reverse), len);
-      }
+  for_row_blocks(chunks, B, [&](int64_t b0, int64_t b1) {
+    for (int64_t s = 0; s < T; ++s) {
+      rec.run_rows(prev.h(s) + b0 * H, H, hg + b0 * G * H, G * H, b1 - b0, /*accumulate=*/false);
+      forward_rows<Cell, 0>([&](int64_t b) { return fwd_row(s, b); }, b0, b1, H, time_of(s, T, reverse), len);
     }
   });
 }
@@ -200,16 +206,12 @@ template <class Cell, class MakeRow>
 void backward_batch_split(const RecurrentGemm& rec, const float* dgh, float* dh, const MakeRow& bwd_row,
                           int64_t chunks, int64_t T, int64_t B, int64_t H, bool reverse, const int64_t* len) {
   constexpr int64_t G = Cell::traits.gates;
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    const mkl::SequentialScope sequential;
-    for (int64_t ch = c0; ch < c1; ++ch) {
-      const int64_t b0 = B * ch / chunks, b1 = B * (ch + 1) / chunks;
-      for (int64_t s = T - 1; s >= 0; --s) {
-        const int64_t t = time_of(s, T, reverse);
-        backward_rows<Cell, 0>([&](int64_t b) { return bwd_row(s, b); }, b0, b1, H, t, len);
-        rec.run_rows(dgh + (t * B + b0) * G * H, G * H, dh + b0 * H, H, b1 - b0,
-                     /*accumulate=*/Cell::traits.direct_dh || len != nullptr);
-      }
+  for_row_blocks(chunks, B, [&](int64_t b0, int64_t b1) {
+    for (int64_t s = T - 1; s >= 0; --s) {
+      const int64_t t = time_of(s, T, reverse);
+      backward_rows<Cell, 0>([&](int64_t b) { return bwd_row(s, b); }, b0, b1, H, t, len);
+      rec.run_rows(dgh + (t * B + b0) * G * H, G * H, dh + b0 * H, H, b1 - b0,
+                   /*accumulate=*/Cell::traits.direct_dh || len != nullptr);
     }
   });
 }
