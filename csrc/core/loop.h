@@ -83,6 +83,7 @@ void backward_loop(Backend& be, Hook& hook, int64_t T, bool reverse) {
 // cell state; w_hr: the LSTM projection; b_ih, b_hh, lengths: undefined when not given (lengths as
 // check_lengths returns them: CPU, or for the CUDA ops possibly already on the device).
 struct ForwardProblem {
+  const char* op = "rnnfast";  // the op's name for messages: "rnnfast.lstm"
   at::Tensor input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh, lengths;
   int64_t T, B, I, H, P;  // P: the width of h (H without a projection)
   bool reverse;

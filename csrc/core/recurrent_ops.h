@@ -33,10 +33,11 @@ struct RecurrentOps {
   static Tensor optional(const Opt& t) { return t.has_value() && t->defined() ? t->contiguous() : Tensor(); }
 
   // The problem of a checked call (tensors contiguous). cx, w_hr: nullptr when the op has none.
-  static ForwardProblem make_problem(const RecurrentArgs& a, const Tensor& lengths, const Tensor& input,
+  static ForwardProblem make_problem(const char* op, const RecurrentArgs& a, const Tensor& lengths, const Tensor& input,
                                      const Tensor& hx, const Tensor* cx, const Tensor& w_ih, const Tensor& w_hh,
                                      const Tensor* w_hr, const Opt& b_ih, const Opt& b_hh, bool reverse) {
     ForwardProblem p;
+    p.op = op;
     p.lengths = lengths;
     p.input = input.contiguous();
     p.hx = hx.contiguous();
@@ -58,7 +59,7 @@ struct RecurrentOps {
     Family::check_dtype(op, input);
     const RecurrentArgs a = check_forward(op, Cell::traits.gates, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr);
     const Tensor len = Family::check_lengths(op, lengths, a.T, a.B, input);
-    return make_problem(a, len, input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh, reverse);
+    return make_problem(op, a, len, input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh, reverse);
   }
 
   template <class Cell>
@@ -74,7 +75,7 @@ struct RecurrentOps {
     const Tensor len = Family::check_lengths(op, lengths, a.T, a.B, input);
     BackwardProblem p;
     static_cast<ForwardProblem&>(p) =
-        make_problem(a, len, input, hx, cx, w_ih, w_hh, w_hr, c10::nullopt, c10::nullopt, reverse);
+        make_problem(op, a, len, input, hx, cx, w_ih, w_hh, w_hr, c10::nullopt, c10::nullopt, reverse);
     p.grad_output = grad_output;  // the Family decides what layouts its steps read (grad_output_rows)
     p.grad_hy = grad_hy;
     if (grad_cy) p.grad_cy = *grad_cy;

@@ -127,23 +127,23 @@ WeightGrads weight_grads_split(const WeightGradInputs<Padding>& in) {
 // gemm_slot (GRU reset_before: r h_{t-1}). Written into dst ((G - phase0_gates)*H, H).
 template <class Cell, class Padding>
 void mid_gemm_weight_grad(const WeightGradInputs<Padding>& in, at::Tensor& dst) {
-  constexpr int64_t G = Cell::traits.gates, G0 = Cell::traits.phase0_gates;
+  constexpr int64_t G = Cell::traits.gates, G_rec = Cell::traits.phase0_gates;
   const int64_t H = in.gate_rows() / G;
-  at::mm_out(dst, in.dg.narrow(1, G0 * H, (G - G0) * H).t(),
+  at::mm_out(dst, in.dg.narrow(1, G_rec * H, (G - G_rec) * H).t(),
              in.ws.view({in.rows(), Cell::traits.slots * H}).narrow(1, Cell::traits.gemm_slot * H, H));
 }
 
 template <class Cell, class Padding>
 WeightGrads weight_grads_two_phase(const WeightGradInputs<Padding>& in) {
-  constexpr int64_t G = Cell::traits.gates, G0 = Cell::traits.phase0_gates;
+  constexpr int64_t G = Cell::traits.gates, G_rec = Cell::traits.phase0_gates;
   const int64_t H = in.gate_rows() / G;
   at::Tensor hprev = at::empty({in.rows(), H}, in.dg.options());
   in.fill_hprev(hprev);
   WeightGrads g;
   g.w_ih = at::mm(in.dg.t(), in.x_padding_zeroed());
   g.w_hh = at::empty({G * H, H}, in.dg.options());
-  at::Tensor phase0_rows = g.w_hh.narrow(0, 0, G0 * H), phase1_rows = g.w_hh.narrow(0, G0 * H, (G - G0) * H);
-  at::mm_out(phase0_rows, in.dg.narrow(1, 0, G0 * H).t(), hprev);
+  at::Tensor phase0_rows = g.w_hh.narrow(0, 0, G_rec * H), phase1_rows = g.w_hh.narrow(0, G_rec * H, (G - G_rec) * H);
+  at::mm_out(phase0_rows, in.dg.narrow(1, 0, G_rec * H).t(), hprev);
   mid_gemm_weight_grad<Cell>(in, phase1_rows);
   g.b_ih = in.dg.sum(0);
   g.b_hh = g.b_ih.clone();
@@ -169,16 +169,16 @@ inline void recurrent_weight_grad_shifted(at::Tensor& dst, const at::Tensor& dgr
 // Every gradient its own GEMM or column sum, no concatenated operand.
 template <class Cell, class Padding>
 WeightGrads weight_grads_separate(const WeightGradInputs<Padding>& in) {
-  constexpr int64_t G = Cell::traits.gates, G0 = Cell::traits.phase0_gates;
+  constexpr int64_t G = Cell::traits.gates, G_rec = Cell::traits.phase0_gates;
   const int64_t H = in.gate_rows() / G, P = in.P();
   WeightGrads g;
   g.w_ih = at::mm(in.dg.t(), in.x_padding_zeroed());
   g.w_hh = at::empty({G * H, P}, in.dg.options());
-  at::Tensor phase0_rows = g.w_hh.narrow(0, 0, G0 * H);
-  recurrent_weight_grad_shifted(phase0_rows, in.dgh.view({in.T(), in.B(), G * H}).narrow(2, 0, G0 * H), in.hx,
+  at::Tensor phase0_rows = g.w_hh.narrow(0, 0, G_rec * H);
+  recurrent_weight_grad_shifted(phase0_rows, in.dgh.view({in.T(), in.B(), G * H}).narrow(2, 0, G_rec * H), in.hx,
                                 in.output, in.reverse);
   if constexpr (Cell::traits.phases == 2) {
-    at::Tensor phase1_rows = g.w_hh.narrow(0, G0 * H, (G - G0) * H);
+    at::Tensor phase1_rows = g.w_hh.narrow(0, G_rec * H, (G - G_rec) * H);
     mid_gemm_weight_grad<Cell>(in, phase1_rows);
   }
   g.b_ih = in.dg.sum(0);

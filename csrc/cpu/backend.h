@@ -216,13 +216,13 @@ template <class Cell, typename T_>
 class CpuForward {
  public:
   using Rows = cpu::Rows;
-  static constexpr int64_t G = Cell::traits.gates, G0 = Cell::traits.phase0_gates;
+  static constexpr int64_t G = Cell::traits.gates, G_rec = Cell::traits.phase0_gates;
 
   CpuForward(const CpuContext&, const ForwardProblem& p, const at::Tensor& lengths, at::Tensor& output,
              at::Tensor& ws, const CellIo& io)
       : p_(p), output_(output), ws_(ws), H_(p.H), B_(p.B), WS_(ws.dim() == 3 ? ws.size(2) : 0),
         // h_{t-1} W_hh[phase 0 gates]ᵀ and (two-phase) the mid-step GEMM, weights packed once for all steps
-        rec_(p.w_hh.narrow(0, 0, G0 * p.H), /*transpose=*/true, p.B) {
+        rec_(p.w_hh.narrow(0, 0, G_rec * p.H), /*transpose=*/true, p.B) {
     const auto opts = p.options();
     {
       RECORD_FUNCTION("rnnfast::input_projection", std::vector<c10::IValue>());
@@ -236,10 +236,10 @@ class CpuForward {
       b_hn_ = p.b_hh.defined() ? p.b_hh.narrow(0, Cell::traits.inner_bias_gate * p.H, p.H).contiguous()
                                : at::zeros({p.H}, opts);
     }
-    hg_ = at::empty({p.B, G0 * p.H}, opts);
+    hg_ = at::empty({p.B, G_rec * p.H}, opts);
     if constexpr (Cell::traits.phases == 2) {
-      gn_ = at::empty({p.B, p.H}, opts);
-      rec_n_.emplace(p.w_hh.narrow(0, G0 * p.H, (G - G0) * p.H), /*transpose=*/true, p.B);
+      hg1_ = at::empty({p.B, p.H}, opts);
+      rec_n_.emplace(p.w_hh.narrow(0, G_rec * p.H, (G - G_rec) * p.H), /*transpose=*/true, p.B);
     }
     h_out_ = io.h_out;
     h_prev_ = io.h_prev;
@@ -258,7 +258,7 @@ class CpuForward {
   void recurrent_gemm(const Rows& rows, const Step& st) {
     if constexpr (std::is_same_v<T_, float>) {
       if (rows.block) {
-        rec_.run_rows(prev_.h(st.s) + rows.b0 * p_.P, p_.P, hg_.data_ptr<float>() + rows.b0 * G0 * H_, G0 * H_,
+        rec_.run_rows(prev_.h(st.s) + rows.b0 * p_.P, p_.P, hg_.data_ptr<float>() + rows.b0 * G_rec * H_, G_rec * H_,
                       rows.b1 - rows.b0, /*accumulate=*/false);
         return;
       }
@@ -268,7 +268,7 @@ class CpuForward {
 
   // The mid-step GEMM on the workspace's gemm_slot (GRU reset_before: r ⊙ h), row stride WS.
   void mid_gemm(const Rows&, const Step& st) {
-    rec_n_->run(ws_.select(0, st.t).narrow(1, Cell::traits.gemm_slot * H_, H_), gn_, /*accumulate=*/false);
+    rec_n_->run(ws_.select(0, st.t).narrow(1, Cell::traits.gemm_slot * H_, H_), hg1_, /*accumulate=*/false);
   }
 
   template <int P>
@@ -288,7 +288,7 @@ class CpuForward {
     const T_* xg;
     const T_* bias;
     const T_* hg;
-    const T_* gn;
+    const T_* hg1;
     const T_* b_hn;
     const T_* h_prev;  // the cell's h_{t-1} when it is not the layer's (projection: zeros)
     T_* h_out;
@@ -303,7 +303,7 @@ class CpuForward {
       FwdRow<T_> r;
       r.xg = xg + tb * G * H;
       r.bias = bias;
-      r.hg = Ph == 0 ? hg + b * G0 * H : gn + b * H;
+      r.hg = Ph == 0 ? hg + b * G_rec * H : hg1 + b * H;
       r.b_hn = b_hn;
       r.h = h_prev ? h_prev + b * H : prev->h(st.s) + b * P;
       r.c = Cell::traits.has_cell_state() ? prev->c(st.s) + b * prev->c_ld(st.s) : nullptr;
@@ -317,7 +317,7 @@ class CpuForward {
     return RowPointers{xg_.const_data_ptr<T_>(),
                        bias_.const_data_ptr<T_>(),
                        hg_.const_data_ptr<T_>(),
-                       gn_.defined() ? gn_.const_data_ptr<T_>() : nullptr,
+                       hg1_.defined() ? hg1_.const_data_ptr<T_>() : nullptr,
                        b_hn_.defined() ? b_hn_.const_data_ptr<T_>() : nullptr,
                        h_prev_.defined() ? h_prev_.const_data_ptr<T_>() : nullptr,
                        h_out_.data_ptr<T_>(),
@@ -336,7 +336,7 @@ class CpuForward {
   int64_t H_, B_, WS_;
   RecurrentGemm rec_;
   std::optional<RecurrentGemm> rec_n_;
-  at::Tensor xg_, bias_, b_hn_, hg_, gn_, h_out_, h_prev_;
+  at::Tensor xg_, bias_, b_hn_, hg_, hg1_, h_out_, h_prev_;
   const int64_t* len_ = nullptr;
   PrevState<T_> prev_{};
 };
@@ -346,7 +346,7 @@ template <class Cell, typename T_>
 class CpuBackward {
  public:
   using Rows = cpu::Rows;
-  static constexpr int64_t G = Cell::traits.gates, G0 = Cell::traits.phase0_gates;
+  static constexpr int64_t G = Cell::traits.gates, G_rec = Cell::traits.phase0_gates;
 
   // dG, dGh (T, B, G*H): filled; dh (B, P), dc (B, H): the carried grads, updated in place;
   // io.grad_h / io.dh: what the cell reads as grad_output and as its carried dL/dh.
@@ -354,10 +354,10 @@ class CpuBackward {
               at::Tensor& dh, at::Tensor& dc, const CellIo& io)
       : p_(p), dG_(dG), dGh_(dGh), dh_(dh), H_(p.H), B_(p.B), WS_(p.ws.dim() == 3 ? p.ws.size(2) : 0),
         // dGh[t] W_hh[phase 0 gates] and (two-phase) dn W_hn, weights packed once for all steps
-        rec_(p.w_hh.narrow(0, 0, G0 * p.H), /*transpose=*/false, p.B) {
+        rec_(p.w_hh.narrow(0, 0, G_rec * p.H), /*transpose=*/false, p.B) {
     if constexpr (Cell::traits.phases == 2) {
       drh_ = at::empty({p.B, p.H}, p.options());
-      rec_n_.emplace(p.w_hh.narrow(0, G0 * p.H, (G - G0) * p.H), /*transpose=*/false, p.B);
+      rec_n_.emplace(p.w_hh.narrow(0, G_rec * p.H, (G - G_rec) * p.H), /*transpose=*/false, p.B);
     }
     len_ = lengths.defined() ? lengths.const_data_ptr<int64_t>() : nullptr;
     accumulate_dh_ = Cell::traits.direct_dh || len_ != nullptr;  // see backward_rows
@@ -398,7 +398,7 @@ class CpuBackward {
 
   // d(gemm slot) = dG[t][phase 1 gates] W_hh[phase 1 gates] (GRU reset_before: d(r ⊙ h) = dn W_hn).
   void mid_gemm_backward(const Rows&, const Step& st) {
-    rec_n_->run(dG_.select(0, st.t).narrow(1, G0 * H_, (G - G0) * H_), drh_, /*accumulate=*/false);
+    rec_n_->run(dG_.select(0, st.t).narrow(1, G_rec * H_, (G - G_rec) * H_), drh_, /*accumulate=*/false);
   }
 
   // dh_{t-1} (+)= dGh[t] W_hh[phase 0 gates]
@@ -410,7 +410,7 @@ class CpuBackward {
         return;
       }
     }
-    const at::Tensor dgh_t = G0 == G ? dGh_.select(0, st.t) : dGh_.select(0, st.t).narrow(1, 0, G0 * H_);
+    const at::Tensor dgh_t = G_rec == G ? dGh_.select(0, st.t) : dGh_.select(0, st.t).narrow(1, 0, G_rec * H_);
     rec_.run(dgh_t, dh_, accumulate_dh_);
   }
 
