@@ -60,14 +60,5 @@ using Ops = rnnfast::core::RecurrentOps<rnnfast::cuda::CudaFamily<HostContext>>;
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("rnn_tanh_forward", &Ops::rnn_tanh_forward);
-  m.def("rnn_tanh_backward", &Ops::rnn_tanh_backward);
-  m.def("rnn_relu_forward", &Ops::rnn_relu_forward);
-  m.def("rnn_relu_backward", &Ops::rnn_relu_backward);
-  m.def("gru_forward", &Ops::gru_forward);
-  m.def("gru_backward", &Ops::gru_backward);
-  m.def("lstm_forward", &Ops::lstm_forward);
-  m.def("lstm_backward", &Ops::lstm_backward);
-  m.def("lstm_proj_forward", &Ops::lstm_proj_forward);
-  m.def("lstm_proj_backward", &Ops::lstm_proj_backward);
+  rnnfast::core::for_each_recurrent_op<Ops>([&](const char* name, auto fn) { m.def(name, fn); });
 }

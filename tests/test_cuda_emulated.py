@@ -1,8 +1,9 @@
 """The CUDA path's host loop and per-unit kernel code, run on the CPU (no GPU needed).
 
-tests/cuda_emulation.cpp compiles csrc/cuda/recurrent.h (the CUDA ops' host loop: GEMM wiring,
-per-step pointer arithmetic, workspace layout, weight-gradient GEMMs) together with
-csrc/kernels/step.cuh + csrc/core/cells.h (the kernels' per-unit math) for the host, replacing each kernel
+tests/cuda_emulation.cpp compiles the one host loop (csrc/core/loop.h) with the CUDA backend
+(csrc/cuda/backend.h: GEMM wiring, per-step pointer arithmetic, workspace layout, weight-gradient
+GEMMs) together with csrc/kernels/step.cuh + csrc/core/cells.h (the kernels' per-unit math) for the
+host, replacing each kernel
 launch by a loop over the units. This checks everything of the CUDA ops except what only a GPU can
 show (launch configuration, streams, races: tests/test_cuda_recurrent.py and
 tests/sanitize_cuda.py on a GPU machine). The reference is a float64 PyTorch loop over time with

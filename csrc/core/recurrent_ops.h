@@ -206,5 +206,21 @@ struct RecurrentOps {
   }
 };
 
+// def(name, &Ops::name) for every recurrent op: the one list the registrations share (CPU and CUDA
+// TORCH_LIBRARY_IMPL blocks, the emulation's pybind module).
+template <class Ops, class Def>
+void for_each_recurrent_op(const Def& def) {
+  def("rnn_tanh_forward", &Ops::rnn_tanh_forward);
+  def("rnn_tanh_backward", &Ops::rnn_tanh_backward);
+  def("rnn_relu_forward", &Ops::rnn_relu_forward);
+  def("rnn_relu_backward", &Ops::rnn_relu_backward);
+  def("gru_forward", &Ops::gru_forward);
+  def("gru_backward", &Ops::gru_backward);
+  def("lstm_forward", &Ops::lstm_forward);
+  def("lstm_backward", &Ops::lstm_backward);
+  def("lstm_proj_forward", &Ops::lstm_proj_forward);
+  def("lstm_proj_backward", &Ops::lstm_proj_backward);
+}
+
 }  // namespace core
 }  // namespace rnnfast

@@ -24,14 +24,5 @@ struct DeviceContext {
 
 TORCH_LIBRARY_IMPL(rnnfast, CUDA, m) {
   using Ops = rnnfast::core::RecurrentOps<rnnfast::cuda::CudaFamily<rnnfast::cuda::DeviceContext>>;
-  m.impl("rnn_tanh_forward", &Ops::rnn_tanh_forward);
-  m.impl("rnn_tanh_backward", &Ops::rnn_tanh_backward);
-  m.impl("rnn_relu_forward", &Ops::rnn_relu_forward);
-  m.impl("rnn_relu_backward", &Ops::rnn_relu_backward);
-  m.impl("gru_forward", &Ops::gru_forward);
-  m.impl("gru_backward", &Ops::gru_backward);
-  m.impl("lstm_forward", &Ops::lstm_forward);
-  m.impl("lstm_backward", &Ops::lstm_backward);
-  m.impl("lstm_proj_forward", &Ops::lstm_proj_forward);
-  m.impl("lstm_proj_backward", &Ops::lstm_proj_backward);
+  rnnfast::core::for_each_recurrent_op<Ops>([&](const char* name, auto fn) { m.impl(name, fn); });
 }
