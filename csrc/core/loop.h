@@ -91,6 +91,15 @@ struct ForwardProblem {
   at::TensorOptions options() const { return input.options(); }
 };
 
+// Where the steps of a call find h_{t-1} and c_{t-1} (sequence.h): output (T, B, P) and the
+// workspace (T, B, ws_ld) of this call, hx and cx of the problem.
+template <class Cell, typename T_>
+PrevState<T_> prev_state(const ForwardProblem& p, const T_* output, const T_* ws, int64_t ws_ld) {
+  return PrevState<T_>{output, p.hx.const_data_ptr<T_>(), ws,
+                       Cell::traits.has_cell_state() ? p.cx.const_data_ptr<T_>() : nullptr,
+                       p.T, p.B, p.H, p.P, ws_ld, Cell::traits.state_slot, p.reverse};
+}
+
 // The workspace width in units of H: the cell's slots, plus the projection's m slot.
 template <class Cell>
 int64_t workspace_slots(bool projected) {

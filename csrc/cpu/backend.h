@@ -244,9 +244,7 @@ class CpuForward {
     h_out_ = io.h_out;
     h_prev_ = io.h_prev;
     len_ = lengths.defined() ? lengths.const_data_ptr<int64_t>() : nullptr;
-    prev_ = PrevState<T_>{output.data_ptr<T_>(), p.hx.const_data_ptr<T_>(), WS_ ? ws.data_ptr<T_>() : nullptr,
-                          Cell::traits.has_cell_state() ? p.cx.const_data_ptr<T_>() : nullptr,
-                          p.T, p.B, p.H, p.P, WS_, Cell::traits.state_slot, p.reverse};
+    prev_ = prev_state<Cell>(p, output.data_ptr<T_>(), WS_ ? ws.data_ptr<T_>() : nullptr, WS_);
   }
 
   template <class F>
@@ -375,9 +373,7 @@ class CpuBackward {
     ptr_.H = p.H;
     ptr_.P = p.P;
     ptr_.WS = WS_;
-    ptr_.prev = PrevState<T_>{ptr_.out, p.hx.const_data_ptr<T_>(), ptr_.ws,
-                              Cell::traits.has_cell_state() ? p.cx.const_data_ptr<T_>() : nullptr,
-                              p.T, p.B, p.H, p.P, WS_, Cell::traits.state_slot, p.reverse};
+    ptr_.prev = prev_state<Cell>(p, ptr_.out, ptr_.ws, WS_);
   }
 
   template <class F>

@@ -113,8 +113,7 @@ class CudaForward {
     h_prev_ = io.h_prev;
     const int64_t ws_ld = ws.dim() == 3 ? ws.size(2) : 0;
     ws_p_ = ws_ld ? ws.data_ptr<float>() : nullptr;
-    prev_ = PrevState<float>{output.data_ptr<float>(), p.hx.const_data_ptr<float>(), ws_p_, const_floats(p.cx),
-                             T, B, H, p.P, ws_ld, Cell::traits.state_slot, p.reverse};
+    prev_ = core::prev_state<Cell>(p, output.data_ptr<float>(), ws_p_, ws_ld);
   }
 
   template <class F>
@@ -179,8 +178,7 @@ class CudaBackward {
     }
     w_rec0_ = p.w_hh.narrow(0, 0, G_rec * p.H);
     const int64_t ws_ld = p.ws.dim() == 3 ? p.ws.size(2) : 0;
-    prev_ = PrevState<float>{const_floats(p.output), const_floats(p.hx), ws_ld ? const_floats(p.ws) : nullptr,
-                             const_floats(p.cx), p.T, p.B, p.H, p.P, ws_ld, Cell::traits.state_slot, p.reverse};
+    prev_ = core::prev_state<Cell>(p, const_floats(p.output), ws_ld ? const_floats(p.ws) : nullptr, ws_ld);
     TORCH_INTERNAL_ASSERT(grad_h_.stride(2) == 1 && grad_h_.stride(1) == p.H, p.op,
                           ": the step kernels read grad rows (B, H) densely");
   }
