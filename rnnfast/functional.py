@@ -1,5 +1,5 @@
 """Differentiable recurrent layers on rnnfast's fused ops: one call = one layer, one direction,
-the whole sequence (DESIGN.md §3; op contracts in csrc/ops.cpp and rnnfast/_ops.py).
+the whole sequence (docs/design.md, "The ops"; schemas in csrc/ops.cpp, cells in rnnfast/_cells.py).
 
 Shapes: input (T, B, I) time-major; hx, cx (B, H); w_ih (G*H, I); w_hh (G*H, H); b_ih, b_hh
 (G*H,) or None, with torch.nn's gate order (LSTM i, f, g, o; GRU r, z, n), so torch.nn's
@@ -23,11 +23,12 @@ import torch
 from torch import Tensor
 
 from . import _ops  # noqa: F401  (registers fake kernels and autograd for torch.ops.rnnfast)
+from ._cells import CELLS
 
 __all__ = ["rnn_tanh", "rnn_relu", "gru", "lstm", "check_layer_args", "check_lengths", "autocast_float32", "GATES"]
 
-#: gates per cell: rows of w_ih / w_hh are GATES[cell] * hidden_size
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}
+#: gates per cell: rows of w_ih / w_hh are GATES[cell] * hidden_size (from the registry, rnnfast._cells)
+GATES = {name: cell.num_gates for name, cell in CELLS.items()}
 
 _CPU_DTYPES = (torch.float32, torch.float64)
 _CUDA_DTYPES = (torch.float32,)
@@ -71,9 +72,10 @@ def check_layer_args(op: str, input: Tensor, hx: Tensor, cx: Optional[Tensor], w
     ``w_hr`` (P, H) (LSTM projection) hx and the columns of w_hh are P wide, cx H.
     """
     name = f"rnnfast.{op}"
-    G = GATES[op]
+    cell = CELLS[op]
+    G = cell.num_gates
     named = [("input", input), ("hx", hx), ("w_ih", w_ih), ("w_hh", w_hh)]
-    if op == "lstm":
+    if cell.has_cell_state:
         named.insert(2, ("cx", cx))
     named += [(n, b) for n, b in (("b_ih", b_ih), ("b_hh", b_hh), ("w_hr", w_hr)) if b is not None]
     for arg, t in named:

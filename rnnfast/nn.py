@@ -48,15 +48,18 @@ from torch.nn.utils.rnn import PackedSequence
 from . import _hooks, _serialization
 from ._serialization import PicklableMixin as _PicklableMixin
 from . import functional as rf
+from ._cells import CELLS, lookup as _cell_of
 
 __all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell"]
 
 
+#: torch.nn.RNN's nonlinearity -> its mode string, from the registry (rnnfast._cells)
+_RNN_MODES = {c.nonlinearity: c.mode for c in CELLS.values() if c.nonlinearity}
+
+
 def _rnn_mode(nonlinearity):
-    if nonlinearity == "tanh":
-        return "RNN_TANH"
-    if nonlinearity == "relu":
-        return "RNN_RELU"
+    if nonlinearity in _RNN_MODES:
+        return _RNN_MODES[nonlinearity]
     raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
 
 
@@ -250,7 +253,7 @@ class _RecurrentMixin:
         # h: (L*D, B, proj_size or H); c: (L*D, B, H)
         shapes = [(layers, batch, self.proj_size or self.hidden_size), (layers, batch, self.hidden_size)]
         if states is None:
-            states = tuple(input.new_zeros(shapes[i]) for i in range(1 + (self.mode == "LSTM")))
+            states = tuple(input.new_zeros(shapes[i]) for i in range(1 + _cell_of(self.mode).has_cell_state))
         else:
             kind = "hx and cx" if len(states) == 2 else "hx"
             dims = tuple(s.dim() if isinstance(s, Tensor) else None for s in states)
@@ -429,7 +432,7 @@ class _CellMixin:
             input = input.unsqueeze(0)
         expected = (input.size(0), self.hidden_size)
         if states is None:
-            states = tuple(input.new_zeros(expected) for _ in range(1 + (self.mode == "LSTM")))
+            states = tuple(input.new_zeros(expected) for _ in range(1 + _cell_of(self.mode).has_cell_state))
         else:
             checked = []
             for i, s in enumerate(states):
@@ -489,7 +492,7 @@ class GRUCell(_PicklableMixin, _ResetAfterMixin, _CellMixin, torch.nn.GRUCell):
     and shapes. Runs one step of rnnfast's sequence op.
     """
 
-    mode = "GRU"
+    mode = CELLS["gru"].mode
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
                  reset_after=True):
@@ -508,7 +511,7 @@ class LSTMCell(_PicklableMixin, _CellMixin, torch.nn.LSTMCell):
     of rnnfast's sequence op.
     """
 
-    mode = "LSTM"
+    mode = CELLS["lstm"].mode
 
     def forward(self, input, hx=None):
         if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
