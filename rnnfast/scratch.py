@@ -55,7 +55,7 @@ from torch import nn
 from ._cells import CELLS as _REGISTRY, NAMES
 
 __all__ = [
-    "CELLS", "REFERENCES", "rnn_layer", "gru_layer", "lstm_layer", "layer",
+    "CELLS", "REFERENCES", "rnn_layer", "gru_layer", "lstm_layer", "layer", "torch_layer",
     "to_torch_params", "from_torch_params",
     "get_rnn_params", "get_gru_params", "get_lstm_params",
     "init_rnn_state", "init_gru_state", "init_lstm_state",
@@ -187,6 +187,19 @@ def layer(cell, inputs, state, params, reverse=False, reset_after=True):
     state is H, or (H, C) for lstm; ``reset_after`` only matters for 'gru'."""
     _check_cell(cell, CELLS)
     return REFERENCES[cell].layer(inputs, state, params, reverse, reset_after)
+
+
+def torch_layer(cell, inputs, state, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False, reset_after=True):
+    """``layer`` on weights in torch.nn's layout (w_ih (G*H, I), w_hh (G*H, H), b_ih, b_hh (G*H,) or
+    None): the reference for rnnfast.functional's calls, converted through ``from_torch_params``
+    (differentiable: gradients reach the torch-layout tensors). Returns what ``layer`` returns."""
+    sd = {"weight_ih_l0": w_ih, "weight_hh_l0": w_hh}
+    if b_ih is not None:
+        sd["bias_ih_l0"] = b_ih
+    if b_hh is not None:
+        sd["bias_hh_l0"] = b_hh
+    params = from_torch_params(cell, sd, reset_after=reset_after)
+    return layer(cell, inputs, state, params, reverse=reverse, reset_after=reset_after)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,9 +5,11 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import rnnfast.functional as F
+from rnnfast import scratch
+from rnnfast._cells import lookup
 
-CELLS = ["rnn_tanh", "rnn_relu", "gru", "gru_before", "lstm"]  # gru_before: reset_after=False
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "gru_before": 3, "lstm": 4}
+CELLS = ["rnn_tanh", "rnn_relu", "gru", "gru_reset_before", "lstm"]  # gru_reset_before: reset_after=False
+GATES = {kind: lookup(kind).num_gates for kind in CELLS}  # the registry's (rnnfast._cells)
 
 
 # ---- references -----------------------------------------------------------------------------------
@@ -18,26 +20,14 @@ def _torch_module(cell, I, H, dtype, bias=True):
 
 
 def gru_textbook(x, h, w_ih, w_hh, b_ih, b_hh, reverse):
-    """The textbook GRU (reset before the candidate's recurrent product), a plain loop over time."""
-    H = h.shape[1]
-    b_ih = torch.zeros(3 * H, dtype=x.dtype) if b_ih is None else b_ih
-    b_hh = torch.zeros(3 * H, dtype=x.dtype) if b_hh is None else b_hh
-    outs = [None] * x.shape[0]
-    steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
-    for t in steps:
-        xr, xz, xn = (x[t] @ w_ih.T + b_ih).chunk(3, 1)
-        hr, hz, _ = (h @ w_hh.T + b_hh).chunk(3, 1)
-        r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
-        n = torch.tanh(xn + (r * h) @ w_hh[2 * H:].T + b_hh[2 * H:])
-        h = (1 - z) * n + z * h
-        outs[t] = h
-    return torch.stack(outs), h
+    """The textbook GRU (reset before the candidate's recurrent product): rnnfast.scratch's reference."""
+    return scratch.torch_layer("gru", x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse, reset_after=False)
 
 
 def reference(cell, x, h0, c0, params, reverse):
     """(output, hy[, cy]) computed by torch.nn (reverse: on the time-flipped input) or the loop."""
     w_ih, w_hh, b_ih, b_hh = params
-    if cell == "gru_before":
+    if cell == "gru_reset_before":
         return gru_textbook(x, h0, w_ih, w_hh, b_ih, b_hh, reverse)
     I, H = x.shape[2], h0.shape[1]
     m = _torch_module(cell, I, H, x.dtype, bias=b_ih is not None)
