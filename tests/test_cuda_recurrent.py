@@ -2,7 +2,7 @@
 
 Every test here needs a GPU (marker `cuda`; tests/conftest.py skips them elsewhere). Float32 CUDA
 results must match the float64 CPU reference to ‖out − ref‖ / ‖ref‖ < 1e-5 with TF32 off
-(DESIGN.md §4), forward outputs, the saved workspace (same layout on both devices) and every
+(docs/design.md §6), forward outputs, the saved workspace (same layout on both devices) and every
 gradient.
 """
 import itertools

@@ -83,7 +83,7 @@ def check_parity(cell, T, B, I, H, dtype, bias, reverse):
         want, gwant, _ = run_with_grads(reference, cell, x, h0, c0, params, reverse, up)
         for a, b in zip(got + ggot, want + gwant):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    else:  # float32 against the float64 reference, ‖ours − ref‖ / ‖ref‖ (DESIGN.md §4)
+    else:  # float32 against the float64 reference, ‖ours − ref‖ / ‖ref‖ (docs/design.md §6)
         d = lambda t: None if t is None else t.detach().double().requires_grad_()  # noqa: E731
         want, gwant, _ = run_with_grads(reference, cell, d(x), d(h0), d(c0), [d(p) for p in params], reverse,
                                         [u.double() for u in up])
