@@ -1,7 +1,7 @@
 """The cell registry: every recurrent cell rnnfast knows, one row each, read by every Python room
 (_ops, functional, nn, models, scratch, cli). Adding a cell on the Python side is one row here
 (plus its C++ definition in csrc/core/cells.h and its reference in rnnfast.scratch; see
-docs/design.md, "How to add a cell").
+docs/design.md §12, "How to add a cell").
 
 One spelling per cell: ``name`` ("rnn_tanh", "rnn_relu", "gru", "lstm") is the cell's name
 everywhere in rnnfast, the prefix of its ops (``torch.ops.rnnfast.<name>_forward``) and the C++

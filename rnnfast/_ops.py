@@ -1,6 +1,6 @@
 """Loads the compiled ops (rnnfast._C) and wires them into PyTorch: a fake (meta) kernel for every
 op, so they trace under torch.compile and pass torch.library.opcheck, and autograd from each
-forward op to its backward op (docs/design.md, "The ops"). Op schemas: csrc/ops.cpp.
+forward op to its backward op (docs/design.md §4). Op schemas: csrc/ops.cpp.
 
 Everything cell-specific (which ops exist, their optional arguments, the workspace layouts) comes
 from the cell registry, rnnfast._cells: a cell's workspace is (T, B, len(slots) * H), or (0,)

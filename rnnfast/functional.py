@@ -1,5 +1,5 @@
 """Differentiable recurrent layers on rnnfast's fused ops: one call = one layer, one direction,
-the whole sequence (docs/design.md, "The ops"; schemas in csrc/ops.cpp, cells in rnnfast/_cells.py).
+the whole sequence (docs/design.md §4; schemas in csrc/ops.cpp, cells in rnnfast/_cells.py).
 
 Shapes: input (T, B, I) time-major; hx, cx (B, H); w_ih (G*H, I); w_hh (G*H, H); b_ih, b_hh
 (G*H,) or None, with torch.nn's gate order (LSTM i, f, g, o; GRU r, z, n), so torch.nn's
