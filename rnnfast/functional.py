@@ -129,26 +129,36 @@ def check_lengths(op: str, lengths: Optional[Tensor], input: Tensor) -> None:
                          f"[{int(lengths.min())}, {int(lengths.max())}]")
 
 
+def _layer(name: str, input: Tensor, hx: Tensor, cx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+           b_ih: Optional[Tensor], b_hh: Optional[Tensor], reverse: bool, options: tuple,
+           lengths: Optional[Tensor], w_hr: Optional[Tensor] = None) -> tuple:
+    """One checked call of a registry cell's forward op (the projection op when w_hr is given):
+    autocast, the argument checks, the op. Returns the op's outputs without the workspace."""
+    input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr = autocast_float32(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)
+    check_layer_args(name, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)
+    check_lengths(name, lengths, input)
+    cell = CELLS[name]
+    states = (hx, cx) if cell.has_cell_state else (hx,)
+    if w_hr is None:
+        op, weights = cell.forward_op, (w_ih, w_hh)
+    else:
+        op, weights = cell.projection.forward_op, (w_ih, w_hh, w_hr)
+    return getattr(torch.ops.rnnfast, op)(input, *states, *weights, b_ih, b_hh, bool(reverse), *options,
+                                          lengths)[:-1]
+
+
 def rnn_tanh(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
              b_hh: Optional[Tensor] = None, reverse: bool = False,
              lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """Elman RNN layer, h' = tanh(W_ih x + b_ih + W_hh h + b_hh). Returns (output, hy)."""
-    input, hx, w_ih, w_hh, b_ih, b_hh = autocast_float32(input, hx, w_ih, w_hh, b_ih, b_hh)
-    check_layer_args("rnn_tanh", input, hx, None, w_ih, w_hh, b_ih, b_hh)
-    check_lengths("rnn_tanh", lengths, input)
-    output, hy, _ = torch.ops.rnnfast.rnn_tanh_forward(input, hx, w_ih, w_hh, b_ih, b_hh, bool(reverse), lengths)
-    return output, hy
+    return _layer("rnn_tanh", input, hx, None, w_ih, w_hh, b_ih, b_hh, reverse, (), lengths)
 
 
 def rnn_relu(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
              b_hh: Optional[Tensor] = None, reverse: bool = False,
              lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """Elman RNN layer, h' = relu(W_ih x + b_ih + W_hh h + b_hh). Returns (output, hy)."""
-    input, hx, w_ih, w_hh, b_ih, b_hh = autocast_float32(input, hx, w_ih, w_hh, b_ih, b_hh)
-    check_layer_args("rnn_relu", input, hx, None, w_ih, w_hh, b_ih, b_hh)
-    check_lengths("rnn_relu", lengths, input)
-    output, hy, _ = torch.ops.rnnfast.rnn_relu_forward(input, hx, w_ih, w_hh, b_ih, b_hh, bool(reverse), lengths)
-    return output, hy
+    return _layer("rnn_relu", input, hx, None, w_ih, w_hh, b_ih, b_hh, reverse, (), lengths)
 
 
 def gru(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
@@ -159,12 +169,7 @@ def gru(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Te
     reset_after=True is torch.nn.GRU's form, n = tanh(W_in x + b_in + r * (W_hn h + b_hn));
     reset_after=False is the textbook form, n = tanh(W_in x + b_in + W_hn (r * h) + b_hn).
     """
-    input, hx, w_ih, w_hh, b_ih, b_hh = autocast_float32(input, hx, w_ih, w_hh, b_ih, b_hh)
-    check_layer_args("gru", input, hx, None, w_ih, w_hh, b_ih, b_hh)
-    check_lengths("gru", lengths, input)
-    output, hy, _ = torch.ops.rnnfast.gru_forward(input, hx, w_ih, w_hh, b_ih, b_hh, bool(reverse), bool(reset_after),
-                                                  lengths)
-    return output, hy
+    return _layer("gru", input, hx, None, w_ih, w_hh, b_ih, b_hh, reverse, (bool(reset_after),), lengths)
 
 
 def lstm(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
@@ -175,14 +180,4 @@ def lstm(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih
     With ``w_hr`` (P, H), torch.nn.LSTM's projection (proj_size=P): h_t = (o * tanh(c_t)) W_hrᵀ,
     so hx, hy and output rows have P columns, cx and cy H, and w_hh is (4*H, P).
     """
-    input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr = autocast_float32(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)
-    check_layer_args("lstm", input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)
-    check_lengths("lstm", lengths, input)
-    if w_hr is not None:
-        output, hy, cy, _ = torch.ops.rnnfast.lstm_proj_forward(input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh,
-                                                               bool(reverse), lengths)
-    else:
-        output, hy, cy, _ = torch.ops.rnnfast.lstm_forward(input, hx, cx, w_ih, w_hh, b_ih, b_hh, bool(reverse),
-                                                           lengths)
-    return output, hy, cy
-
+    return _layer("lstm", input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse, (), lengths, w_hr)
