@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
-__all__ = ["Cell", "Projection", "CELLS", "NAMES", "lookup"]
+__all__ = ["Cell", "Projection", "CELLS", "NAMES", "KINDS", "lookup"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,10 @@ _ROWS = (
 CELLS: Dict[str, Cell] = {c.name: c for c in _ROWS}
 #: the cell names
 NAMES: Tuple[str, ...] = tuple(CELLS)
+
+#: every C++ cell kind (csrc/core/cells.h CellKind), each cell's variants after its name:
+#: rnn_tanh, rnn_relu, gru, gru_reset_before, lstm
+KINDS: Tuple[str, ...] = tuple(k for c in _ROWS for k in dict.fromkeys((c.name, *c.variants.values())))
 
 _ALIASES: Dict[str, Cell] = {}
 for _c in _ROWS:

@@ -1,11 +1,11 @@
 """Inputs shared by the CUDA op tests and the CPU emulation of the CUDA path."""
 import torch
 
-from rnnfast._cells import lookup
+from rnnfast._cells import KINDS, lookup
 
 # gates per C++ cell kind, from the registry (rnnfast._cells); "gru_reset_before" is the textbook
 # GRU (the gru ops with reset_after=False)
-GATES = {kind: lookup(kind).num_gates for kind in ("rnn_tanh", "rnn_relu", "gru", "gru_reset_before", "lstm")}
+GATES = {kind: lookup(kind).num_gates for kind in KINDS}
 
 
 def make_args(cell, T, B, I, H, bias=True, device="cpu", dtype=torch.float64, seed=0):

@@ -6,7 +6,7 @@ import torch
 
 import rnnfast  # noqa: F401  (loads the ops)
 from rnnfast import scratch
-from rnnfast._cells import CELLS, NAMES, lookup
+from rnnfast._cells import CELLS, KINDS, NAMES, lookup
 
 ROWS = list(CELLS.values())
 T, B, I, H, P = 3, 2, 4, 5, 2
@@ -92,3 +92,11 @@ def test_scratch_reference_runs_the_registry_shapes(cell):
     out, _ = scratch.layer(cell.name, x, state, params)
     ref, _ = m(x, (state[0][None], state[1][None]) if cell.has_cell_state else h0[None])
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_kinds_are_every_cell_and_variant_once():
+    assert KINDS == ("rnn_tanh", "rnn_relu", "gru", "gru_reset_before", "lstm")
+    for kind in KINDS:
+        assert kind in NAMES or kind in lookup(kind).variants.values()
+    assert CELLS["gru"].kind(False) == "gru_reset_before" and CELLS["gru"].kind(True) == "gru"
+    assert CELLS["lstm"].kind() == "lstm"

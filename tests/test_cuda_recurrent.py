@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from _cases import GATES, make_args  # tests/ is on sys.path under pytest
+from rnnfast._cells import KINDS
 
 pytestmark = pytest.mark.cuda
 
 TOL = 1e-5
-CELLS = ["rnn_tanh", "rnn_relu", "gru", "gru_reset_before", "lstm"]
+CELLS = list(KINDS)  # every C++ cell kind of the registry (rnnfast._cells)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -6,9 +6,9 @@ from hypothesis import given, settings, strategies as st
 
 import rnnfast.functional as F
 from rnnfast import scratch
-from rnnfast._cells import lookup
+from rnnfast._cells import KINDS, lookup
 
-CELLS = ["rnn_tanh", "rnn_relu", "gru", "gru_reset_before", "lstm"]  # gru_reset_before: reset_after=False
+CELLS = list(KINDS)  # every C++ cell kind of the registry; gru_reset_before: the gru ops with reset_after=False
 GATES = {kind: lookup(kind).num_gates for kind in CELLS}  # the registry's (rnnfast._cells)
 
 
