@@ -8,7 +8,8 @@ d2l (Dive into Deep Learning) language-model workflow around them.
 Submodules: functional (one layer-direction ops), nn (modules), clip, scratch (pure-PyTorch
 textbook references), data (text, Vocab, samplers), models (RNNLM), train (the training API: the
 loop, re-exporting evaluation, generation, checkpoint, plotting, schedule and config), sine (the
-textbook's sequence-model experiment), onnx (the ONNX translations of the ops, used by torch.onnx.export(..., dynamo=True)).
+textbook's sequence-model experiment), onnx (the ONNX translations of the ops, used by
+torch.onnx.export(..., dynamo=True)).
 
 The layers are torch.nn's classes (rnnfast.LSTM subclasses torch.nn.LSTM, ...); importing rnnfast
 allowlists them for torch.load(weights_only=True) (whole-model checkpoints) and lets
