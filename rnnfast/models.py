@@ -97,7 +97,7 @@ class RNNLM(nn.Module):
     Args:
         vocab_size: number of token ids V.
         num_hiddens: hidden size H of every recurrent layer.
-        cell: a cell name of rnnfast._cells: 'rnn_tanh', 'rnn_relu', 'gru' or 'lstm'.
+        cell: a cell name of the registry, rnnfast._cells.NAMES (e.g. 'gru', 'lstm').
         num_layers: stacked recurrent layers; dropout: between them (as torch.nn's dropout).
         embedding_dim: None for the textbook's one-hot input, else an nn.Embedding of that size.
         backend: 'torch', 'scratch' or 'rnnfast' (see the module docstring).
