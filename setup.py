@@ -1,4 +1,4 @@
-"""Build of record for rnnfast._C (docs/design.md §7).
+"""Build of record for rnnfast._C (DESIGN.md §5).
 
     pip install --no-build-isolation -e .
 
