@@ -129,14 +129,12 @@ def check_lengths(op: str, lengths: Optional[Tensor], input: Tensor) -> None:
                          f"[{int(lengths.min())}, {int(lengths.max())}]")
 
 
-def _layer(name: str, input: Tensor, hx: Tensor, cx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
-           b_ih: Optional[Tensor], b_hh: Optional[Tensor], reverse: bool, options: tuple,
-           lengths: Optional[Tensor], w_hr: Optional[Tensor] = None) -> tuple:
-    """One checked call of a registry cell's forward op (the projection op when w_hr is given):
-    autocast, the argument checks, the op. Returns the op's outputs without the workspace."""
-    input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr = autocast_float32(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)
-    check_layer_args(name, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)
-    check_lengths(name, lengths, input)
+def _run_op(name: str, input: Tensor, hx: Tensor, cx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+            b_ih: Optional[Tensor], b_hh: Optional[Tensor], reverse: bool, options: tuple,
+            lengths: Optional[Tensor], w_hr: Optional[Tensor] = None) -> tuple:
+    """The forward op of registry cell ``name`` (its projection op when w_hr is given), called with
+    no Python checks (the op checks its own contract, csrc/core/args.h, and casts under autocast).
+    Returns the op's outputs without the workspace: (output, hy[, cy])."""
     cell = CELLS[name]
     states = (hx, cx) if cell.has_cell_state else (hx,)
     if w_hr is None:
@@ -145,6 +143,17 @@ def _layer(name: str, input: Tensor, hx: Tensor, cx: Optional[Tensor], w_ih: Ten
         op, weights = cell.projection.forward_op, (w_ih, w_hh, w_hr)
     return getattr(torch.ops.rnnfast, op)(input, *states, *weights, b_ih, b_hh, bool(reverse), *options,
                                           lengths)[:-1]
+
+
+def _layer(name: str, input: Tensor, hx: Tensor, cx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+           b_ih: Optional[Tensor], b_hh: Optional[Tensor], reverse: bool, options: tuple,
+           lengths: Optional[Tensor], w_hr: Optional[Tensor] = None) -> tuple:
+    """One checked call of a registry cell's forward op: autocast, the argument checks (TypeError /
+    ValueError naming the argument), then _run_op."""
+    input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr = autocast_float32(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)
+    check_layer_args(name, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)
+    check_lengths(name, lengths, input)
+    return _run_op(name, input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse, options, lengths, w_hr)
 
 
 def rnn_tanh(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,

@@ -100,3 +100,27 @@ def test_kinds_are_every_cell_and_variant_once():
         assert kind in NAMES or kind in lookup(kind).variants.values()
     assert CELLS["gru"].kind(False) == "gru_reset_before" and CELLS["gru"].kind(True) == "gru"
     assert CELLS["lstm"].kind() == "lstm"
+
+
+@pytest.mark.parametrize("cell", ROWS, ids=NAMES)
+def test_unchecked_op_call_by_registry_name_is_the_op(cell):
+    # functional._run_op: the op of a registry cell by name, with no Python checks (what a module's
+    # per-step path can call), gives the op's outputs minus the workspace, for every option value.
+    from rnnfast import functional
+    variants = [{}] if not cell.options else [{"reset_after": v} for v in (True, False)]
+    for options in variants:
+        torch.manual_seed(0)
+        out = _forward(cell, **options)
+        torch.manual_seed(0)
+        G, width = cell.num_gates, H
+        x = torch.randn(T, B, I, dtype=torch.float64)
+        hx = torch.randn(B, width, dtype=torch.float64)
+        w_ih = torch.randn(G * H, I, dtype=torch.float64)
+        w_hh = torch.randn(G * H, width, dtype=torch.float64)
+        b = torch.randn(G * H, dtype=torch.float64)
+        cx = torch.randn(B, H, dtype=torch.float64) if cell.has_cell_state else None
+        got = functional._run_op(cell.name, x, hx, cx, w_ih, w_hh, b, b.clone(), False,
+                                 tuple(options[n] for n in cell.options), None)
+        assert len(got) == len(out) - 1
+        for g, o in zip(got, out):
+            torch.testing.assert_close(g, o, rtol=0, atol=0)
