@@ -210,3 +210,65 @@ def test_in_place_weight_update_is_seen_by_the_next_call(name, how):
                                 for t in (t if isinstance(t, tuple) else (t,))])
     torch.testing.assert_close(flat(after), flat(want), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(flat(after), flat(before))  # the update changed the answer
+
+
+# ---- the module/cell fast path: plain arguments go straight to the op -----------------------------
+
+@pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell"])
+def test_plain_calls_skip_functional_and_others_do_not(name, monkeypatch):
+    from rnnfast import functional as rf
+    calls = []
+    for fn in ("rnn_tanh", "rnn_relu", "gru", "lstm"):
+        orig = getattr(rf, fn)
+        monkeypatch.setattr(rf, fn, lambda *a, _orig=orig, **k: calls.append(1) or _orig(*a, **k))
+    torch.manual_seed(0)
+    got = getattr(rnnfast, name)(4, 6)
+    ref = getattr(torch.nn, name)(4, 6)
+    ref.load_state_dict(got.state_dict())
+    x = torch.randn(3, 2, 4) if "Cell" not in name else torch.randn(2, 4)
+    a, b = got(x), ref(x)
+    assert calls == []  # the plain call ran the op directly
+    flat = lambda r: [t for t in (r if isinstance(r, tuple) else (r,))  # noqa: E731
+                      for t in (t if isinstance(t, tuple) else (t,))]
+    for u, v in zip(flat(a), flat(b)):
+        torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # not plain: functional casts and checks
+        got(x.bfloat16())
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("name", ["GRU", "LSTMCell"])
+def test_a_bad_weight_still_gets_functionals_named_error(name):
+    m = getattr(rnnfast, name)(4, 6)
+    x = torch.randn(3, 2, 4) if "Cell" not in name else torch.randn(2, 4)
+    hh = "weight_hh_l0" if "Cell" not in name else "weight_hh"
+    G = 3 if name == "GRU" else 4
+    setattr(m, hh, torch.nn.Parameter(torch.randn(G * 6, 5)))
+    with pytest.raises(ValueError, match="w_hh must have shape"):
+        m(x)
+    setattr(m, hh, torch.nn.Parameter(torch.randn(G * 6, 6, dtype=torch.float64)))
+    with pytest.raises(TypeError, match="w_hh has dtype torch.float64"):
+        m(x)
+
+
+# ---- generation ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn_tanh"])
+def test_predict_same_text_as_the_torch_backend_and_the_model_trains_after(cell):
+    from rnnfast.data import Vocab
+    from rnnfast.models import RNNLM
+    from rnnfast.train import predict
+    vocab = Vocab(list("abcdefghijklmnopqrstuvwxyz "))
+    torch.manual_seed(0)
+    fast = RNNLM(len(vocab), 32, cell=cell, backend="rnnfast")
+    ref = RNNLM(len(vocab), 32, cell=cell, backend="torch")
+    ref.load_state_dict(fast.state_dict())
+    assert predict("time traveller ", 40, fast, vocab) == predict("time traveller ", 40, ref, vocab)
+    gens = [torch.Generator().manual_seed(3) for _ in range(2)]
+    assert (predict("the ", 40, fast, vocab, temperature=1.0, generator=gens[0])
+            == predict("the ", 40, ref, vocab, temperature=1.0, generator=gens[1]))
+    # nothing of the generation (inference_mode) leaks into training
+    X = torch.randint(0, len(vocab), (4, 6))
+    logits, _ = fast(X)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in fast.parameters())
