@@ -173,63 +173,43 @@ def _check_shape(t, expected, msg="Expected hidden size {}, got {}"):
         raise RuntimeError(msg.format(tuple(expected), list(t.shape)))
 
 
-# The dtypes the ops take per device type (rnnfast.functional's _CPU_DTYPES / _CUDA_DTYPES).
-_OP_DTYPES = {"cpu": (torch.float32, torch.float64), "cuda": (torch.float32,)}
-_MODE_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
-
-
-def _plain_args(mode, x, h, c, w_ih, w_hh, b_ih, b_hh):
-    """True when rnnfast.functional would pass these arguments to the op unchanged and unchecked-for:
-    no autocast, all tensors, one dtype the op takes, one device, consistent sizes, T > 0. A cheap
-    test of attributes only (a few µs less per call than functional's checks, which build their
-    error messages' tables every call); anything else takes the checked path."""
-    rest = [h, w_ih, w_hh]
+def _call_op(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, reset_after, lengths, w_hr):
+    """The layer's op, called directly: its own checks (csrc/core/args.h) reject every argument
+    rnnfast.functional would (RuntimeError), and its autocast kernel casts as functional does."""
+    ops = torch.ops.rnnfast
     if mode == "LSTM":
-        rest.append(c)
-    for b in (b_ih, b_hh):
-        if b is not None:
-            rest.append(b)
-    if not isinstance(x, Tensor) or not all(isinstance(t, Tensor) for t in rest):
-        return False
-    dtype, device = x.dtype, x.device
-    if dtype not in _OP_DTYPES.get(device.type, ()) or torch.is_autocast_enabled(device.type):
-        return False
-    if any(t.dtype != dtype or t.device != device for t in rest):
-        return False
-    if x.dim() != 3 or h.dim() != 2 or x.shape[0] == 0:
-        return False
-    _, B, I = x.shape
-    H = h.shape[1]
-    GH = _MODE_GATES[mode] * H
-    if h.shape[0] != B or w_ih.shape != (GH, I) or w_hh.shape != (GH, H):
-        return False
-    if mode == "LSTM" and c.shape != (B, H):
-        return False
-    return all(b is None or b.shape == (GH,) for b in (b_ih, b_hh))
+        if w_hr is not None:
+            return ops.lstm_proj_forward(x, h, c, w_ih, w_hh, w_hr, b_ih, b_hh, reverse, lengths)[:3]
+        return ops.lstm_forward(x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, lengths)[:3]
+    if mode == "GRU":
+        return ops.gru_forward(x, h, w_ih, w_hh, b_ih, b_hh, reverse, reset_after, lengths)[:2]
+    if mode == "RNN_TANH":
+        return ops.rnn_tanh_forward(x, h, w_ih, w_hh, b_ih, b_hh, reverse, lengths)[:2]
+    return ops.rnn_relu_forward(x, h, w_ih, w_hh, b_ih, b_hh, reverse, lengths)[:2]
 
 
 def _call_layer(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, reset_after, lengths=None, w_hr=None):
     """One layer, one direction, the whole sequence: x (T, B, I) -> (output, hy[, cy]).
 
-    Plain arguments (_plain_args; no lengths, no projection) go straight to the op: for a one-step
-    call (generation, a cell in a loop) functional's checks were a fifth of the call. Anything else
-    goes through rnnfast.functional, whose checks name what is wrong. Same op, same numbers."""
-    if lengths is None and w_hr is None and _plain_args(mode, x, h, c, w_ih, w_hh, b_ih, b_hh):
-        ops, reverse = torch.ops.rnnfast, bool(reverse)
-        if mode == "LSTM":
-            return ops.lstm_forward(x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, None)[:3]
-        if mode == "GRU":
-            return ops.gru_forward(x, h, w_ih, w_hh, b_ih, b_hh, reverse, bool(reset_after), None)[:2]
-        if mode == "RNN_TANH":
-            return ops.rnn_tanh_forward(x, h, w_ih, w_hh, b_ih, b_hh, reverse, None)[:2]
-        return ops.rnn_relu_forward(x, h, w_ih, w_hh, b_ih, b_hh, reverse, None)[:2]
+    The op first, with no Python checks: they were a third of a one-step call (generation, a cell
+    in a loop). Only when the op refuses its arguments does rnnfast.functional run, for its error
+    naming the argument and the rule (TypeError/ValueError); the op's own error is re-raised should
+    functional accept them. Same op, same numbers either way."""
+    reverse, reset_after = bool(reverse), bool(reset_after)
+    try:
+        return _call_op(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, reset_after, lengths, w_hr)
+    except (RuntimeError, TypeError, ValueError) as err:
+        refused = err
+    # outside the except block, so functional's error does not print the op's as its context
     if mode == "LSTM":
-        return rf.lstm(x, h, c, w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths, w_hr=w_hr)
-    if mode == "GRU":
-        return rf.gru(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse, reset_after=reset_after, lengths=lengths)
-    if mode == "RNN_TANH":
-        return rf.rnn_tanh(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths)
-    return rf.rnn_relu(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths)
+        rf.lstm(x, h, c, w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths, w_hr=w_hr)
+    elif mode == "GRU":
+        rf.gru(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse, reset_after=reset_after, lengths=lengths)
+    elif mode == "RNN_TANH":
+        rf.rnn_tanh(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths)
+    else:
+        rf.rnn_relu(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths)
+    raise refused
 
 
 

@@ -214,41 +214,66 @@ def test_in_place_weight_update_is_seen_by_the_next_call(name, how):
 
 # ---- the module/cell fast path: plain arguments go straight to the op -----------------------------
 
-@pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell"])
-def test_plain_calls_skip_functional_and_others_do_not(name, monkeypatch):
+@pytest.fixture
+def functional_calls(monkeypatch):
+    """Records every call into rnnfast.functional's layer functions (still running them)."""
     from rnnfast import functional as rf
     calls = []
     for fn in ("rnn_tanh", "rnn_relu", "gru", "lstm"):
         orig = getattr(rf, fn)
-        monkeypatch.setattr(rf, fn, lambda *a, _orig=orig, **k: calls.append(1) or _orig(*a, **k))
+        monkeypatch.setattr(rf, fn, lambda *a, _orig=orig, _fn=fn, **k: calls.append(_fn) or _orig(*a, **k))
+    return calls
+
+
+def _flat(r):
+    return [t for t in (r if isinstance(r, tuple) else (r,)) for t in (t if isinstance(t, tuple) else (t,))]
+
+
+@pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell"])
+def test_valid_calls_go_straight_to_the_op(name, functional_calls):
+    """Modules and cells call the op directly (no functional checks per call), with the same numbers
+    as torch.nn, and under autocast (the op's autocast kernel casts, as functional does)."""
     torch.manual_seed(0)
     got = getattr(rnnfast, name)(4, 6)
     ref = getattr(torch.nn, name)(4, 6)
     ref.load_state_dict(got.state_dict())
     x = torch.randn(3, 2, 4) if "Cell" not in name else torch.randn(2, 4)
-    a, b = got(x), ref(x)
-    assert calls == []  # the plain call ran the op directly
-    flat = lambda r: [t for t in (r if isinstance(r, tuple) else (r,))  # noqa: E731
-                      for t in (t if isinstance(t, tuple) else (t,))]
-    for u, v in zip(flat(a), flat(b)):
+    for u, v in zip(_flat(got(x)), _flat(ref(x))):
         torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-5)
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # not plain: functional casts and checks
-        got(x.bfloat16())
-    assert calls == [1]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = _flat(got(x.bfloat16()))
+    assert all(t.dtype == torch.float32 for t in out)
+    for u, v in zip(out, _flat(got(x.bfloat16().float()))):
+        torch.testing.assert_close(u, v, rtol=0, atol=0)
+    assert functional_calls == []
+
+
+def test_packed_and_projected_calls_go_straight_to_the_op(functional_calls):
+    from torch.nn.utils.rnn import pack_padded_sequence
+    torch.manual_seed(0)
+    got, ref = rnnfast.LSTM(4, 6, proj_size=3), torch.nn.LSTM(4, 6, proj_size=3)
+    ref.load_state_dict(got.state_dict())
+    x = pack_padded_sequence(torch.randn(5, 3, 4), torch.tensor([5, 2, 4]), enforce_sorted=False)
+    (a, (ha, ca)), (b, (hb, cb)) = got(x), ref(x)
+    for u, v in ((a.data, b.data), (ha, hb), (ca, cb)):
+        torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-5)
+    assert functional_calls == []
 
 
 @pytest.mark.parametrize("name", ["GRU", "LSTMCell"])
-def test_a_bad_weight_still_gets_functionals_named_error(name):
+def test_a_bad_weight_still_gets_functionals_named_error(name, functional_calls):
     m = getattr(rnnfast, name)(4, 6)
     x = torch.randn(3, 2, 4) if "Cell" not in name else torch.randn(2, 4)
     hh = "weight_hh_l0" if "Cell" not in name else "weight_hh"
     G = 3 if name == "GRU" else 4
     setattr(m, hh, torch.nn.Parameter(torch.randn(G * 6, 5)))
-    with pytest.raises(ValueError, match="w_hh must have shape"):
+    with pytest.raises(ValueError, match="w_hh must have shape") as info:
         m(x)
+    assert info.value.__context__ is None  # not shown as raised while handling the op's refusal
     setattr(m, hh, torch.nn.Parameter(torch.randn(G * 6, 6, dtype=torch.float64)))
     with pytest.raises(TypeError, match="w_hh has dtype torch.float64"):
         m(x)
+    assert len(functional_calls) == 2  # the op refused, functional named the problem
 
 
 # ---- generation ----------------------------------------------------------------------------------
