@@ -17,8 +17,9 @@ CELLS = {"rnn_tanh": ("RNNCell", {}), "gru": ("GRUCell", {}), "lstm": ("LSTMCell
 
 
 def worth_packing(B, T):
-    """blas.h's rule, restated: the test checks the extension follows it."""
-    return B >= 4 and T >= 2 and B * T >= 64
+    """blas.h's rule, restated: the test checks the extension follows it (a torch without MKL has
+    no packed GEMM and never packs)."""
+    return B >= 4 and T >= 2 and B * T >= 64 and torch.backends.mkl.is_available()
 
 
 # (T, B) on both sides of every clause of the rule
@@ -88,6 +89,21 @@ def test_both_paths_match_torch_nn(kind, T, B, threads):
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     finally:
         torch.set_num_threads(prev)
+
+
+@pytest.mark.parametrize("T,B", SHAPES, ids=lambda v: str(v))
+def test_textbook_gru_both_paths_match_float64(T, B):
+    """GRU reset_after=False (two recurrent GEMMs a step, both packed or neither): float32 on either
+    side of the threshold against the same layer in float64 (never packed)."""
+    torch.manual_seed(0)
+    got = rnnfast.GRU(12, 24, reset_after=False)
+    ref = rnnfast.GRU(12, 24, reset_after=False).double()
+    ref.load_state_dict(got.state_dict())
+    x = torch.randn(T, B, 12)
+    assert packs_seen(lambda: forward_backward(got, x)) == (4 if worth_packing(B, T) else 0)
+    for a, b in zip(forward_backward(got, x), forward_backward(ref, x.double())):
+        for ga, gb in zip(a if isinstance(a, list) else [a], b if isinstance(b, list) else [b]):
+            torch.testing.assert_close(ga, gb.float(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("T,B", [(1, 1), (1, 8), (2, 2), (8, 8)], ids=lambda v: str(v))
