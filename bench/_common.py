@@ -13,7 +13,7 @@ from rnnfast.models import recurrent_module
 
 BACKENDS = ["scratch", "torch", "rnnfast"]
 
-# DESIGN.md §6 canonical sizes. d2l: the textbook's char model (V=28 one-hot input, so I=28).
+# docs/design.md §9 canonical sizes. d2l: the textbook's char model (V=28 one-hot input, so I=28).
 SIZES = {
     "d2l-256": dict(B=32, T=35, I=28, H=256),
     "d2l-512": dict(B=32, T=35, I=28, H=512),

@@ -1,4 +1,4 @@
-"""The size grid (DESIGN.md §6): every cell x H x B x T, forward-only and forward+backward, one
+"""The size grid (docs/design.md §9): every cell x H x B x T, forward-only and forward+backward, one
 layer, rnnfast vs torch.nn in the same run — and, for forward-only points, onnxruntime running the
 same torch.nn layer exported to ONNX (optional: rows appear when onnxruntime and onnx are installed).
 

@@ -1,6 +1,6 @@
 """Forward + backward of ONE recurrent layer (loss = outputs.sum()), per cell, size, backend.
 
-Sizes (DESIGN.md §6): d2l-256 / d2l-512 are the textbook's char model (one-hot input, I=V=28,
+Sizes (docs/design.md §9): d2l-256 / d2l-512 are the textbook's char model (one-hot input, I=V=28,
 B=32, T=35; the input needs no gradient), fastrnns is PyTorch's RNN benchmark shape (B=64,
 T=100, I=H=512; the input gets a gradient, as inside a stack). Group 'layer <cell> <size>'.
 """

@@ -6,8 +6,10 @@ d2l (Dive into Deep Learning) language-model workflow around them.
     rnnfast.clip_grad_norm_(lstm.parameters(), 1.0)  # drop-in for torch.nn.utils.clip_grad_norm_
 
 Submodules: functional (one layer-direction ops), nn (modules), clip, scratch (pure-PyTorch
-textbook references), data (text, Vocab, samplers), models (RNNLM), train (loop, evaluate, predict),
-onnx (the ONNX translations of the ops, used by torch.onnx.export(..., dynamo=True)).
+textbook references), data (text, Vocab, samplers), models (RNNLM), train (the training API: the
+loop, re-exporting evaluation, generation, checkpoint, plotting, schedule and config), sine (the
+textbook's sequence-model experiment), onnx (the ONNX translations of the ops, used by
+torch.onnx.export(..., dynamo=True)).
 
 The layers are torch.nn's classes (rnnfast.LSTM subclasses torch.nn.LSTM, ...); importing rnnfast
 allowlists them for torch.load(weights_only=True) (whole-model checkpoints) and lets

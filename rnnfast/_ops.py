@@ -1,12 +1,10 @@
 """Loads the compiled ops (rnnfast._C) and wires them into PyTorch: a fake (meta) kernel for every
 op, so they trace under torch.compile and pass torch.library.opcheck, and autograd from each
-forward op to its backward op (DESIGN.md §3). Op schemas: csrc/ops.cpp.
+forward op to its backward op (docs/design.md §4). Op schemas: csrc/ops.cpp.
 
-Workspace layouts (shared by the CPU and CUDA implementations), H = hidden size:
-    rnn_tanh / rnn_relu: (0,)
-    gru:  (T, B, 4H) = [r, z, n, hn]; hn = W_hn h + b_hn (reset_after) or r * h (not reset_after)
-    lstm: (T, B, 5H) = [i, f, g, o, c] (gates after their nonlinearity, c the new cell state)
-    lstm_proj: (T, B, 6H) = [i, f, g, o, c, m], m = o * tanh(c) (h = m W_hrᵀ is the output)
+Everything cell-specific (which ops exist, their optional arguments, the workspace layouts) comes
+from the cell registry, rnnfast._cells: a cell's workspace is (T, B, len(slots) * H), or (0,)
+without slots; the LSTM projection adds its slot m = o * tanh(c) after the cell's.
 """
 import functools
 
@@ -22,15 +20,9 @@ except ImportError as err:  # pragma: no cover - depends on the build
         f"Original error: {err}"
     ) from err
 
+from ._cells import CELLS
+
 _ops = torch.ops.rnnfast
-
-# gates per cell and workspace width (in units of H)
-_GATES = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}
-_WS = {"rnn_tanh": 0, "rnn_relu": 0, "gru": 4, "lstm": 5}
-
-
-def _workspace_shape(cell, T, B, H):
-    return (0,) if _WS[cell] == 0 else (T, B, _WS[cell] * H)
 
 
 # ---- fake kernels: shapes per the contract; dtype/device follow the input -----------------------
@@ -51,68 +43,66 @@ def _check_devices(op, input, named, lengths=None):
                            f"got one on {lengths.device}")
 
 
-def _lengths_of(rest, n_before):
-    """The optional trailing lengths argument of an op, after n_before other optional arguments."""
-    return rest[n_before] if len(rest) > n_before else None
+def _split(rest, n_before):
+    """(the n_before positional arguments after the fixed ones, the optional trailing lengths)."""
+    return tuple(rest[:n_before]), (rest[n_before] if len(rest) > n_before else None)
 
 
-def _fake_forward(cell):
-    n_extra = 1 if cell == "gru" else 0  # gru's reset_after comes before lengths
+# Argument order of every recurrent op (csrc/ops.cpp), per cell row of rnnfast._cells:
+#   forward:  input, hx, [cx,] w_ih, w_hh, [w_hr,] b_ih, b_hh, reverse, *options, lengths=None
+#   backward: grad_output, grad_hy, [grad_cy,] input, hx, [cx,] w_ih, w_hh, [w_hr,] output, workspace,
+#             reverse, *options, input_grad=True, lengths=None
+# ([cx] and [grad_cy]: cells with a cell state; [w_hr]: the projection ops.) The forward returns
+# (output, hy, [cy,] workspace); the backward the gradients of its inputs in the forward's order:
+# (grad_input, grad_hx, [grad_cx,] grad_w_ih, grad_w_hh, [grad_w_hr,] grad_b_ih, grad_b_hh).
+def _layout(cell, projection):
+    """(names of the forward's tensor inputs before the biases, state names) for an op."""
+    states = ("hx", "cx") if cell.has_cell_state else ("hx",)
+    weights = ("w_ih", "w_hh", "w_hr") if projection else ("w_ih", "w_hh")
+    return ("input",) + states + weights, states
 
-    def fake(input, hx, w_ih, w_hh, b_ih, b_hh, reverse, *rest, lengths=None):
-        lengths = lengths if lengths is not None else _lengths_of(rest, n_extra)
-        _check_devices(cell, input, [("hx", hx), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)],
-                       lengths)
+
+def _fake_forward(cell, projection=False):
+    op = cell.projection.name if projection else cell.name
+    front, states = _layout(cell, projection)
+    n_opts = len(cell.options)
+
+    def fake(*args, lengths=None):
+        tensors = dict(zip(front, args))
+        b_ih, b_hh, _reverse = args[len(front):len(front) + 3]
+        _, trailing = _split(args[len(front) + 3:], n_opts)
+        lengths = lengths if lengths is not None else trailing
+        input, hx = tensors["input"], tensors["hx"]
+        _check_devices(op, input, [(n, t) for n, t in tensors.items() if n != "input"]
+                       + [("b_ih", b_ih), ("b_hh", b_hh)], lengths)
         T, B, _ = input.shape
-        H = hx.shape[1]
-        return (input.new_empty((T, B, H)), input.new_empty((B, H)),
-                input.new_empty(_workspace_shape(cell, T, B, H)))
+        P = hx.shape[1]  # the width of h: H, or the projection's P
+        H = tensors["w_hr"].shape[1] if projection else P
+        out = [input.new_empty((T, B, P)), input.new_empty((B, P))]
+        if cell.has_cell_state:
+            out.append(input.new_empty((B, H)))
+        return tuple(out) + (input.new_empty(cell.workspace_shape(T, B, H, projection)),)
     return fake
 
 
-def _fake_backward_of(cell):
-    n_extra = 2 if cell == "gru" else 1  # [reset_after,] input_grad come before lengths
+def _fake_backward(cell, projection=False):
+    op = cell.projection.name if projection else cell.name
+    front, states = _layout(cell, projection)
+    grads_in = ("grad_output",) + tuple("grad_" + s[0] + "y" for s in states)  # grad_hy, grad_cy
+    names = grads_in + front + ("output", "workspace")
+    n_opts = len(cell.options)
 
-    def fake(grad_output, grad_hy, input, hx, w_ih, w_hh, output, workspace, reverse, *rest, input_grad=True,
-             lengths=None):
-        lengths = lengths if lengths is not None else _lengths_of(rest, n_extra)
-        _check_devices(cell, input, [("grad_output", grad_output), ("grad_hy", grad_hy), ("hx", hx), ("w_ih", w_ih),
-                                     ("w_hh", w_hh), ("output", output), ("workspace", workspace)], lengths)
-        return _fake_backward(input, hx, w_ih, w_hh)
+    def fake(*args, input_grad=True, lengths=None):
+        tensors = dict(zip(names, args))
+        rest = args[len(names) + 1:]  # after reverse
+        _, trailing = _split(rest, n_opts + 1)  # options, input_grad
+        lengths = lengths if lengths is not None else trailing
+        input = tensors["input"]
+        _check_devices(op, input, [(n, t) for n, t in tensors.items() if n != "input"], lengths)
+        G = tensors["w_ih"].shape[0]
+        return (tuple(input.new_empty(tensors[n].shape) for n in front)
+                + (input.new_empty((G,)), input.new_empty((G,))))
     return fake
-
-
-def _fake_backward(input, hx, w_ih, w_hh):
-    G = w_ih.shape[0]
-    return (input.new_empty(input.shape), input.new_empty(hx.shape), input.new_empty(w_ih.shape),
-            input.new_empty(w_hh.shape), input.new_empty((G,)), input.new_empty((G,)))
-
-
-for _cell in ("rnn_tanh", "rnn_relu", "gru"):
-    torch.library.register_fake(f"rnnfast::{_cell}_forward")(_fake_forward(_cell))
-    torch.library.register_fake(f"rnnfast::{_cell}_backward")(_fake_backward_of(_cell))
-
-
-@torch.library.register_fake("rnnfast::lstm_forward")
-def _(input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse, lengths=None):
-    _check_devices("lstm", input, [("hx", hx), ("cx", cx), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih),
-                                   ("b_hh", b_hh)], lengths)
-    T, B, _ = input.shape
-    H = hx.shape[1]
-    return (input.new_empty((T, B, H)), input.new_empty((B, H)), input.new_empty((B, H)),
-            input.new_empty(_workspace_shape("lstm", T, B, H)))
-
-
-@torch.library.register_fake("rnnfast::lstm_backward")
-def _(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, output, workspace, reverse, input_grad=True,
-      lengths=None):
-    _check_devices("lstm", input, [("grad_output", grad_output), ("grad_hy", grad_hy), ("grad_cy", grad_cy),
-                                   ("hx", hx), ("cx", cx), ("w_ih", w_ih), ("w_hh", w_hh), ("output", output),
-                                   ("workspace", workspace)], lengths)
-    G = w_ih.shape[0]
-    return (input.new_empty(input.shape), input.new_empty(hx.shape), input.new_empty(cx.shape),
-            input.new_empty(w_ih.shape), input.new_empty(w_hh.shape), input.new_empty((G,)),
-            input.new_empty((G,)))
 
 
 # ---- autograd: forward op -> backward op ---------------------------------------------------------
@@ -122,131 +112,71 @@ def _dense(grad, like):
     return like.new_zeros(()).expand(like.shape) if grad is None else grad
 
 
-def _bias_grads(ctx, db_ih, db_hh):
-    return (db_ih if ctx.has_b_ih else None), (db_hh if ctx.has_b_hh else None)
-
-
-def _setup_no_cell(cell):
-    n_fixed = 8 if cell == "gru" else 7  # gru's reset_after comes before lengths
+def _autograd(cell, projection=False):
+    """(backward, setup_context) wiring a cell's forward op to its backward op."""
+    backward_op = getattr(_ops, cell.projection.backward_op if projection else cell.backward_op)
+    front, _ = _layout(cell, projection)
+    n = len(front)  # input, states, weights
+    n_states = 2 if cell.has_cell_state else 1
+    n_opts = len(cell.options)
 
     def setup_context(ctx, inputs, output):
         # Gradients of unused outputs arrive as None instead of zero tensors: autograd would otherwise
         # fill a (T, B, WS*H) zero tensor for the workspace on every backward (2 ms of a 33 ms LSTM
         # layer step at d2l-512); backward densifies only the small ones the op needs.
         ctx.set_materialize_grads(False)
-        input, hx, w_ih, w_hh, b_ih, b_hh, reverse = inputs[:7]
-        ctx.extra = tuple(inputs[7:n_fixed])  # gru: (reset_after,)
-        ctx.lengths = inputs[n_fixed] if len(inputs) > n_fixed else None
-        ctx.n_inputs = len(inputs)
-        ctx.reverse = reverse
-        ctx.has_b_ih, ctx.has_b_hh = b_ih is not None, b_hh is not None
-        out, _, ws = output
-        ctx.save_for_backward(input, hx, w_ih, w_hh, out, ws)
-    return setup_context
-
-
-def _backward_no_cell(cell):
-    backward_op = getattr(_ops, f"{cell}_backward")
-
-    def backward(ctx, grad_output, grad_hy, _grad_ws):
-        input, hx, w_ih, w_hh, out, ws = ctx.saved_tensors
-        need_dx = ctx.needs_input_grad[0]
-        dx, dhx, dw_ih, dw_hh, db_ih, db_hh = backward_op(
-            _dense(grad_output, out), _dense(grad_hy, hx), input, hx, w_ih, w_hh, out, ws, ctx.reverse, *ctx.extra,
-            input_grad=need_dx, lengths=ctx.lengths)
-        db_ih, db_hh = _bias_grads(ctx, db_ih, db_hh)
-        grads = (dx if need_dx else None, dhx, dw_ih, dw_hh, db_ih, db_hh)
-        return grads + (None,) * (ctx.n_inputs - len(grads))
-    return backward
-
-
-for _cell in ("rnn_tanh", "rnn_relu", "gru"):
-    torch.library.register_autograd(f"rnnfast::{_cell}_forward", _backward_no_cell(_cell),
-                                    setup_context=_setup_no_cell(_cell))
-
-
-def _lstm_autograd(op, n_weights):
-    """(backward, setup_context) of an LSTM-like forward op: (input, hx, cx, *weights, b_ih, b_hh,
-    reverse[, lengths]) with n_weights weights (w_ih, w_hh[, w_hr]); its backward op returns
-    (dx, dhx, dcx, *dweights, db_ih, db_hh), in the forward's input order."""
-    backward_op = getattr(_ops, f"{op}_backward")
-    n = 3 + n_weights  # input, hx, cx, weights
-
-    def setup_context(ctx, inputs, output):
-        ctx.set_materialize_grads(False)  # see _setup_no_cell
         b_ih, b_hh, ctx.reverse = inputs[n:n + 3]
-        ctx.lengths = inputs[n + 3] if len(inputs) > n + 3 else None
+        ctx.options, ctx.lengths = _split(inputs[n + 3:], n_opts)
         ctx.n_inputs = len(inputs)
         ctx.has_b_ih, ctx.has_b_hh = b_ih is not None, b_hh is not None
-        out, _, _, ws = output
-        ctx.save_for_backward(*inputs[:n], out, ws)
+        ctx.save_for_backward(*inputs[:n], output[0], output[-1])  # ..., output, workspace
 
-    def backward(ctx, grad_output, grad_hy, grad_cy, _grad_ws):
-        input, hx, cx, *weights, out, ws = ctx.saved_tensors
+    def backward(ctx, grad_output, *grads):
+        input, *rest = ctx.saved_tensors
+        states, weights, (out, ws) = rest[:n_states], rest[n_states:n - 1], rest[n - 1:]
+        grad_states = [_dense(g, s) for g, s in zip(grads[:n_states], states)]
         need_dx = ctx.needs_input_grad[0]
-        dx, dhx, dcx, *dweights, db_ih, db_hh = backward_op(
-            _dense(grad_output, out), _dense(grad_hy, hx), _dense(grad_cy, cx), input, hx, cx, *weights, out, ws,
-            ctx.reverse, input_grad=need_dx, lengths=ctx.lengths)
-        grads = ((dx if need_dx else None), dhx, dcx, *dweights, *_bias_grads(ctx, db_ih, db_hh))
-        return grads + (None,) * (ctx.n_inputs - len(grads))
+        dx, *grads_out = backward_op(_dense(grad_output, out), *grad_states, input, *states, *weights, out, ws,
+                                     ctx.reverse, *ctx.options, input_grad=need_dx, lengths=ctx.lengths)
+        *grads_out, db_ih, db_hh = grads_out
+        grads_out = ((dx if need_dx else None), *grads_out, (db_ih if ctx.has_b_ih else None),
+                     (db_hh if ctx.has_b_hh else None))
+        return grads_out + (None,) * (ctx.n_inputs - len(grads_out))
     return backward, setup_context
-
-
-_bw, _setup = _lstm_autograd("lstm", 2)
-torch.library.register_autograd("rnnfast::lstm_forward", _bw, setup_context=_setup)
-
-
-# ---- LSTM with a projection (proj_size): hx/output rows have P = w_hr.shape[0] columns -----------
-@torch.library.register_fake("rnnfast::lstm_proj_forward")
-def _(input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh, reverse, lengths=None):
-    _check_devices("lstm_proj", input, [("hx", hx), ("cx", cx), ("w_ih", w_ih), ("w_hh", w_hh), ("w_hr", w_hr),
-                                        ("b_ih", b_ih), ("b_hh", b_hh)], lengths)
-    T, B, _ = input.shape
-    P, H = w_hr.shape
-    return (input.new_empty((T, B, P)), input.new_empty((B, P)), input.new_empty((B, H)),
-            input.new_empty((T, B, 6 * H)))
-
-
-@torch.library.register_fake("rnnfast::lstm_proj_backward")
-def _(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, w_hr, output, workspace, reverse, input_grad=True,
-      lengths=None):
-    _check_devices("lstm_proj", input, [("grad_output", grad_output), ("grad_hy", grad_hy), ("grad_cy", grad_cy),
-                                        ("hx", hx), ("cx", cx), ("w_ih", w_ih), ("w_hh", w_hh), ("w_hr", w_hr),
-                                        ("output", output), ("workspace", workspace)], lengths)
-    G = w_ih.shape[0]
-    return (input.new_empty(input.shape), input.new_empty(hx.shape), input.new_empty(cx.shape),
-            input.new_empty(w_ih.shape), input.new_empty(w_hh.shape), input.new_empty(w_hr.shape),
-            input.new_empty((G,)), input.new_empty((G,)))
-
-
-_bw, _setup = _lstm_autograd("lstm_proj", 3)
-torch.library.register_autograd("rnnfast::lstm_proj_forward", _bw, setup_context=_setup)
-
-
-# Under torch.autocast the forward ops compute in float32 (their kernels are float32/float64): float16
-# and bfloat16 arguments are cast up, float64 ones left alone (rnnfast.functional does the same before
-# its checks; see functional.autocast_float32).
-for _cell in list(_GATES) + ["lstm_proj"]:
-    for _device in ("cpu", "cuda"):
-        torch.library.register_autocast(f"rnnfast::{_cell}_forward", _device, torch.float32)
 
 
 # Double backward is not implemented: differentiating a backward op raises a clear error instead of
 # silently returning a graph without it.
-def _no_double_backward(cell):
+def _no_double_backward(op):
     def setup_context(ctx, inputs, output):
         pass
 
     def backward(ctx, *grads):
         raise NotImplementedError(
-            f"double backward through rnnfast.{cell} is not supported (the gradient of its backward op "
-            f"rnnfast::{cell}_backward is not implemented); use torch.nn's layers for higher-order gradients")
+            f"double backward through rnnfast.{op} is not supported (the gradient of its backward op "
+            f"rnnfast::{op}_backward is not implemented); use torch.nn's layers for higher-order gradients")
     return backward, setup_context
 
 
-for _cell in list(_GATES) + ["lstm_proj"]:
-    _bw, _setup = _no_double_backward(_cell)
-    torch.library.register_autograd(f"rnnfast::{_cell}_backward", _bw, setup_context=_setup)
+def _register(cell, projection=False):
+    op = cell.projection.name if projection else cell.name
+    torch.library.register_fake(f"rnnfast::{op}_forward")(_fake_forward(cell, projection))
+    torch.library.register_fake(f"rnnfast::{op}_backward")(_fake_backward(cell, projection))
+    bw, setup = _autograd(cell, projection)
+    torch.library.register_autograd(f"rnnfast::{op}_forward", bw, setup_context=setup)
+    bw, setup = _no_double_backward(op)
+    torch.library.register_autograd(f"rnnfast::{op}_backward", bw, setup_context=setup)
+    # Under torch.autocast the forward ops compute in float32 (their kernels are float32/float64):
+    # float16 and bfloat16 arguments are cast up, float64 ones left alone (rnnfast.functional does
+    # the same before its checks; see functional.autocast_float32).
+    for device in ("cpu", "cuda"):
+        torch.library.register_autocast(f"rnnfast::{op}_forward", device, torch.float32)
+
+
+for _cell in CELLS.values():
+    _register(_cell)
+    if _cell.projection is not None:
+        _register(_cell, projection=True)
 
 
 # ---- gradient clipping: fake kernels (the ops mutate and return no graph) ----

@@ -1,4 +1,7 @@
-"""`rnnfast` command line: train | generate | eval | stats | sine | bench  (also `python -m rnnfast`).
+"""`rnnfast` command line: train | generate | eval | stats | sine  (also `python -m rnnfast`).
+
+The benchmarks are not a command of the package: they live with bench/ in the source repository
+(`python bench/run.py` or `make bench`).
 
 Bad input (a missing file, an unknown cell, a corrupt checkpoint, ...) ends with a one-line
 `rnnfast: error: ...` on stderr and exit status 2, never a traceback.
@@ -7,10 +10,10 @@ import argparse
 import math
 import os
 import stat
-import subprocess
 import sys
 import time
-from pathlib import Path
+
+from ._cells import NAMES as CELL_NAMES  # the cell registry's names
 
 DEFAULT_BACKEND = "rnnfast"  # the recurrent implementation `rnnfast train` uses unless --backend says otherwise
 
@@ -169,7 +172,6 @@ def cmd_train(args):
         if waited >= s["patience"]:
             raise CLIError(f"checkpoint {args.resume} stopped early: no held-out improvement in its "
                            f"last {waited} epochs; pass --patience N with N > {waited} (or 0) to go on")
-    s["cell"] = {"rnn": "rnn_tanh", "relu": "rnn_relu"}.get(s["cell"], s["cell"])
     for key in ("corpus", "valid"):
         if key == "valid" and s[key] in ("auto", "none"):
             continue
@@ -397,19 +399,6 @@ def cmd_sine(args):
     return 0
 
 
-def _bench_script():
-    """bench/run.py beside the package: present in a source checkout, absent in an installed wheel."""
-    return Path(__file__).resolve().parent.parent / "bench" / "run.py"
-
-
-def cmd_bench(args):
-    run = _bench_script()
-    if not run.is_file():
-        raise CLIError("the benchmarks live in the source repository (bench/run.py), not in the "
-                       "installed package: clone the repository and run `make bench` there")
-    return subprocess.call([sys.executable, str(run), *args.bench_args], cwd=str(run.parent.parent))
-
-
 # --------------------------------------------------------------------------------------------------
 # Parser
 # --------------------------------------------------------------------------------------------------
@@ -519,7 +508,7 @@ def build_parser():
     t.add_argument("--corpus", help=f"bundled name (timemachine, war_of_the_worlds) or a text file [{d['corpus']}]")
     t.add_argument("--token", choices=("char", "word", "byte"),
                    help=f"byte: ids are the file's bytes, vocabulary 256 [{d['token']}]")
-    t.add_argument("--cell", help=f"rnn (= rnn_tanh), rnn_relu, gru or lstm [{d['cell']}]")
+    t.add_argument("--cell", help=f"{', '.join(CELL_NAMES[:-1])} or {CELL_NAMES[-1]} [{d['cell']}]")
     t.add_argument("--hidden", type=POSITIVE, help=f"hidden units [{d['hidden']}]")
     t.add_argument("--layers", type=POSITIVE, help=f"[{d['layers']}]")
     t.add_argument("--dropout", type=TRAIN_NUMBERS["dropout"], help=f"between layers [{d['dropout']}]")
@@ -588,21 +577,13 @@ def build_parser():
     n.add_argument("--seed", type=SEED, default=0)
     n.add_argument("--out", default=os.path.join("runs", "sine"))
     n.set_defaults(func=cmd_sine)
-
-    b = sub.add_parser("bench", help="run the benchmarks (source checkout only)")
-    b.add_argument("bench_args", nargs="*", metavar="ARG", help="passed to bench/run.py (e.g. -k gru)")
-    b.set_defaults(func=cmd_bench)
     return parser
 
 
 def main(argv=None):
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    if argv[:1] == ["bench"] and argv[1:] not in (["-h"], ["--help"]):
-        # everything after `bench` goes to bench/run.py untouched (pytest options such as -k)
-        args = argparse.Namespace(command="bench", func=cmd_bench, bench_args=argv[1:])
-    else:
-        args = parser.parse_args(argv)
+    args = parser.parse_args(argv)
     args.argv = argv
     try:
         return args.func(args)

@@ -1,6 +1,6 @@
 """Data-parallel training on torch.distributed: the pieces `rnnfast.train` and `rnnfast train` use.
 
-The contract (DESIGN.md §9): N ranks compute the updates of one process with the same global batch.
+The contract (docs/design.md §11): N ranks compute the updates of one process with the same global batch.
 
 * Every rank builds the same global loader (same corpus, same seed) and keeps its own contiguous
   block of rows of each minibatch (`RowShard`; B/N rows each, the first B mod N ranks one more).

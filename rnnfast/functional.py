@@ -1,5 +1,5 @@
 """Differentiable recurrent layers on rnnfast's fused ops: one call = one layer, one direction,
-the whole sequence (DESIGN.md §3; op contracts in csrc/ops.cpp and rnnfast/_ops.py).
+the whole sequence (docs/design.md §4; schemas in csrc/ops.cpp, cells in rnnfast/_cells.py).
 
 Shapes: input (T, B, I) time-major; hx, cx (B, H); w_ih (G*H, I); w_hh (G*H, H); b_ih, b_hh
 (G*H,) or None, with torch.nn's gate order (LSTM i, f, g, o; GRU r, z, n), so torch.nn's
@@ -23,11 +23,12 @@ import torch
 from torch import Tensor
 
 from . import _ops  # noqa: F401  (registers fake kernels and autograd for torch.ops.rnnfast)
+from ._cells import CELLS
 
 __all__ = ["rnn_tanh", "rnn_relu", "gru", "lstm", "check_layer_args", "check_lengths", "autocast_float32", "GATES"]
 
-#: gates per cell: rows of w_ih / w_hh are GATES[cell] * hidden_size
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}
+#: gates per cell: rows of w_ih / w_hh are GATES[cell] * hidden_size (from the registry, rnnfast._cells)
+GATES = {name: cell.num_gates for name, cell in CELLS.items()}
 
 _CPU_DTYPES = (torch.float32, torch.float64)
 _CUDA_DTYPES = (torch.float32,)
@@ -71,9 +72,10 @@ def check_layer_args(op: str, input: Tensor, hx: Tensor, cx: Optional[Tensor], w
     ``w_hr`` (P, H) (LSTM projection) hx and the columns of w_hh are P wide, cx H.
     """
     name = f"rnnfast.{op}"
-    G = GATES[op]
+    cell = CELLS[op]
+    G = cell.num_gates
     named = [("input", input), ("hx", hx), ("w_ih", w_ih), ("w_hh", w_hh)]
-    if op == "lstm":
+    if cell.has_cell_state:
         named.insert(2, ("cx", cx))
     named += [(n, b) for n, b in (("b_ih", b_ih), ("b_hh", b_hh), ("w_hr", w_hr)) if b is not None]
     for arg, t in named:
@@ -127,26 +129,45 @@ def check_lengths(op: str, lengths: Optional[Tensor], input: Tensor) -> None:
                          f"[{int(lengths.min())}, {int(lengths.max())}]")
 
 
+def _run_op(name: str, input: Tensor, hx: Tensor, cx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+            b_ih: Optional[Tensor], b_hh: Optional[Tensor], reverse: bool, options: tuple,
+            lengths: Optional[Tensor], w_hr: Optional[Tensor] = None) -> tuple:
+    """The forward op of registry cell ``name`` (its projection op when w_hr is given), called with
+    no Python checks (the op checks its own contract, csrc/core/args.h, and casts under autocast).
+    Returns the op's outputs without the workspace: (output, hy[, cy])."""
+    cell = CELLS[name]
+    states = (hx, cx) if cell.has_cell_state else (hx,)
+    if w_hr is None:
+        op, weights = cell.forward_op, (w_ih, w_hh)
+    else:
+        op, weights = cell.projection.forward_op, (w_ih, w_hh, w_hr)
+    return getattr(torch.ops.rnnfast, op)(input, *states, *weights, b_ih, b_hh, bool(reverse), *options,
+                                          lengths)[:-1]
+
+
+def _layer(name: str, input: Tensor, hx: Tensor, cx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+           b_ih: Optional[Tensor], b_hh: Optional[Tensor], reverse: bool, options: tuple,
+           lengths: Optional[Tensor], w_hr: Optional[Tensor] = None) -> tuple:
+    """One checked call of a registry cell's forward op: autocast, the argument checks (TypeError /
+    ValueError naming the argument), then _run_op."""
+    input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr = autocast_float32(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)
+    check_layer_args(name, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)
+    check_lengths(name, lengths, input)
+    return _run_op(name, input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse, options, lengths, w_hr)
+
+
 def rnn_tanh(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
              b_hh: Optional[Tensor] = None, reverse: bool = False,
              lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """Elman RNN layer, h' = tanh(W_ih x + b_ih + W_hh h + b_hh). Returns (output, hy)."""
-    input, hx, w_ih, w_hh, b_ih, b_hh = autocast_float32(input, hx, w_ih, w_hh, b_ih, b_hh)
-    check_layer_args("rnn_tanh", input, hx, None, w_ih, w_hh, b_ih, b_hh)
-    check_lengths("rnn_tanh", lengths, input)
-    output, hy, _ = torch.ops.rnnfast.rnn_tanh_forward(input, hx, w_ih, w_hh, b_ih, b_hh, bool(reverse), lengths)
-    return output, hy
+    return _layer("rnn_tanh", input, hx, None, w_ih, w_hh, b_ih, b_hh, reverse, (), lengths)
 
 
 def rnn_relu(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
              b_hh: Optional[Tensor] = None, reverse: bool = False,
              lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """Elman RNN layer, h' = relu(W_ih x + b_ih + W_hh h + b_hh). Returns (output, hy)."""
-    input, hx, w_ih, w_hh, b_ih, b_hh = autocast_float32(input, hx, w_ih, w_hh, b_ih, b_hh)
-    check_layer_args("rnn_relu", input, hx, None, w_ih, w_hh, b_ih, b_hh)
-    check_lengths("rnn_relu", lengths, input)
-    output, hy, _ = torch.ops.rnnfast.rnn_relu_forward(input, hx, w_ih, w_hh, b_ih, b_hh, bool(reverse), lengths)
-    return output, hy
+    return _layer("rnn_relu", input, hx, None, w_ih, w_hh, b_ih, b_hh, reverse, (), lengths)
 
 
 def gru(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
@@ -157,12 +178,7 @@ def gru(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Te
     reset_after=True is torch.nn.GRU's form, n = tanh(W_in x + b_in + r * (W_hn h + b_hn));
     reset_after=False is the textbook form, n = tanh(W_in x + b_in + W_hn (r * h) + b_hn).
     """
-    input, hx, w_ih, w_hh, b_ih, b_hh = autocast_float32(input, hx, w_ih, w_hh, b_ih, b_hh)
-    check_layer_args("gru", input, hx, None, w_ih, w_hh, b_ih, b_hh)
-    check_lengths("gru", lengths, input)
-    output, hy, _ = torch.ops.rnnfast.gru_forward(input, hx, w_ih, w_hh, b_ih, b_hh, bool(reverse), bool(reset_after),
-                                                  lengths)
-    return output, hy
+    return _layer("gru", input, hx, None, w_ih, w_hh, b_ih, b_hh, reverse, (bool(reset_after),), lengths)
 
 
 def lstm(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
@@ -173,14 +189,4 @@ def lstm(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih
     With ``w_hr`` (P, H), torch.nn.LSTM's projection (proj_size=P): h_t = (o * tanh(c_t)) W_hrᵀ,
     so hx, hy and output rows have P columns, cx and cy H, and w_hh is (4*H, P).
     """
-    input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr = autocast_float32(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)
-    check_layer_args("lstm", input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)
-    check_lengths("lstm", lengths, input)
-    if w_hr is not None:
-        output, hy, cy, _ = torch.ops.rnnfast.lstm_proj_forward(input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh,
-                                                               bool(reverse), lengths)
-    else:
-        output, hy, cy, _ = torch.ops.rnnfast.lstm_forward(input, hx, cx, w_ih, w_hh, b_ih, b_hh, bool(reverse),
-                                                           lengths)
-    return output, hy, cy
-
+    return _layer("lstm", input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse, (), lengths, w_hr)

@@ -16,21 +16,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._cells import CELLS as _REGISTRY, NAMES as CELLS
+
 __all__ = ["RNNLM", "BACKENDS", "CELLS", "recurrent_module", "detach_state"]
 
-CELLS = ("rnn_tanh", "rnn_relu", "gru", "lstm")
+
+def _module_for(namespace, cell):
+    """The torch.nn-style class of a cell in `namespace` (torch.nn or rnnfast.nn) and its extra
+    constructor arguments: RNN with the nonlinearity, else the class named by the mode (GRU, LSTM)."""
+    row = _REGISTRY[cell]
+    if row.nonlinearity:
+        return namespace.RNN, {"nonlinearity": row.nonlinearity}
+    return getattr(namespace, row.mode), {}
 
 
 def _torch_backend(cell, reset_after):
-    if cell == "gru" and not reset_after:
+    if "reset_after" in _REGISTRY[cell].options and not reset_after:
         raise ValueError("backend 'torch' has only torch.nn.GRU's reset_after=True form; "
                          "for the textbook GRU (reset_after=False) use backend 'scratch' or "
                          "'rnnfast'")
-    if cell == "gru":
-        return nn.GRU, {}
-    if cell == "lstm":
-        return nn.LSTM, {}
-    return nn.RNN, {"nonlinearity": cell[4:]}
+    return _module_for(nn, cell)
 
 
 def _scratch_backend(cell, reset_after):
@@ -48,11 +53,10 @@ def _rnnfast_backend(cell, reset_after):
     except ImportError as e:
         raise ImportError(f"backend 'rnnfast' needs rnnfast.nn and its compiled extension "
                           f"rnnfast._C (pip install --no-build-isolation -e .): {e}") from e
-    if cell == "gru":
-        return rnnfast_nn.GRU, {"reset_after": reset_after}
-    if cell == "lstm":
-        return rnnfast_nn.LSTM, {}
-    return rnnfast_nn.RNN, {"nonlinearity": cell[4:]}
+    cls, extra = _module_for(rnnfast_nn, cell)
+    if "reset_after" in _REGISTRY[cell].options:
+        extra["reset_after"] = reset_after
+    return cls, extra
 
 
 #: backend name -> factory(cell, reset_after) -> (module class or constructor, extra kwargs).
@@ -93,7 +97,7 @@ class RNNLM(nn.Module):
     Args:
         vocab_size: number of token ids V.
         num_hiddens: hidden size H of every recurrent layer.
-        cell: 'rnn_tanh', 'rnn_relu', 'gru' or 'lstm'.
+        cell: a cell name of the registry, rnnfast._cells.NAMES (e.g. 'gru', 'lstm').
         num_layers: stacked recurrent layers; dropout: between them (as torch.nn's dropout).
         embedding_dim: None for the textbook's one-hot input, else an nn.Embedding of that size.
         backend: 'torch', 'scratch' or 'rnnfast' (see the module docstring).
@@ -161,7 +165,7 @@ class RNNLM(nn.Module):
         w = self.linear.weight
         shape = (self.num_layers * self.num_directions, batch_size, self.num_hiddens)
         h = torch.zeros(shape, device=w.device if device is None else device, dtype=w.dtype)
-        return (h, torch.zeros_like(h)) if self.cell == "lstm" else h
+        return (h, torch.zeros_like(h)) if _REGISTRY[self.cell].has_cell_state else h
 
     @staticmethod
     def detach_state(state):

@@ -48,15 +48,18 @@ from torch.nn.utils.rnn import PackedSequence
 from . import _hooks, _serialization
 from ._serialization import PicklableMixin as _PicklableMixin
 from . import functional as rf
+from ._cells import CELLS, lookup as _cell_of
 
 __all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell"]
 
 
+#: torch.nn.RNN's nonlinearity -> its mode string, from the registry (rnnfast._cells)
+_RNN_MODES = {c.nonlinearity: c.mode for c in CELLS.values() if c.nonlinearity}
+
+
 def _rnn_mode(nonlinearity):
-    if nonlinearity == "tanh":
-        return "RNN_TANH"
-    if nonlinearity == "relu":
-        return "RNN_RELU"
+    if nonlinearity in _RNN_MODES:
+        return _RNN_MODES[nonlinearity]
     raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
 
 
@@ -173,15 +176,43 @@ def _check_shape(t, expected, msg="Expected hidden size {}, got {}"):
         raise RuntimeError(msg.format(tuple(expected), list(t.shape)))
 
 
-def _call_layer(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, reset_after, lengths=None, w_hr=None):
-    """One layer, one direction, the whole sequence: x (T, B, I) -> (output, hy[, cy])."""
+def _call_op(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, reset_after, lengths, w_hr):
+    """The layer's op, called directly: its own checks (csrc/core/args.h) reject every argument
+    rnnfast.functional would (RuntimeError), and its autocast kernel casts as functional does."""
+    ops = torch.ops.rnnfast
     if mode == "LSTM":
-        return rf.lstm(x, h, c, w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths, w_hr=w_hr)
+        if w_hr is not None:
+            return ops.lstm_proj_forward(x, h, c, w_ih, w_hh, w_hr, b_ih, b_hh, reverse, lengths)[:3]
+        return ops.lstm_forward(x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, lengths)[:3]
     if mode == "GRU":
-        return rf.gru(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse, reset_after=reset_after, lengths=lengths)
+        return ops.gru_forward(x, h, w_ih, w_hh, b_ih, b_hh, reverse, reset_after, lengths)[:2]
     if mode == "RNN_TANH":
-        return rf.rnn_tanh(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths)
-    return rf.rnn_relu(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths)
+        return ops.rnn_tanh_forward(x, h, w_ih, w_hh, b_ih, b_hh, reverse, lengths)[:2]
+    return ops.rnn_relu_forward(x, h, w_ih, w_hh, b_ih, b_hh, reverse, lengths)[:2]
+
+
+def _call_layer(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, reset_after, lengths=None, w_hr=None):
+    """One layer, one direction, the whole sequence: x (T, B, I) -> (output, hy[, cy]).
+
+    The op first, with no Python checks: they were a third of a one-step call (generation, a cell
+    in a loop). Only when the op refuses its arguments does rnnfast.functional run, for its error
+    naming the argument and the rule (TypeError/ValueError); the op's own error is re-raised should
+    functional accept them. Same op, same numbers either way."""
+    reverse, reset_after = bool(reverse), bool(reset_after)
+    try:
+        return _call_op(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, reset_after, lengths, w_hr)
+    except (RuntimeError, TypeError, ValueError) as err:
+        refused = err
+    # outside the except block, so functional's error does not print the op's as its context
+    if mode == "LSTM":
+        rf.lstm(x, h, c, w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths, w_hr=w_hr)
+    elif mode == "GRU":
+        rf.gru(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse, reset_after=reset_after, lengths=lengths)
+    elif mode == "RNN_TANH":
+        rf.rnn_tanh(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths)
+    else:
+        rf.rnn_relu(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths)
+    raise refused
 
 
 
@@ -250,7 +281,7 @@ class _RecurrentMixin:
         # h: (L*D, B, proj_size or H); c: (L*D, B, H)
         shapes = [(layers, batch, self.proj_size or self.hidden_size), (layers, batch, self.hidden_size)]
         if states is None:
-            states = tuple(input.new_zeros(shapes[i]) for i in range(1 + (self.mode == "LSTM")))
+            states = tuple(input.new_zeros(shapes[i]) for i in range(1 + _cell_of(self.mode).has_cell_state))
         else:
             kind = "hx and cx" if len(states) == 2 else "hx"
             dims = tuple(s.dim() if isinstance(s, Tensor) else None for s in states)
@@ -429,7 +460,7 @@ class _CellMixin:
             input = input.unsqueeze(0)
         expected = (input.size(0), self.hidden_size)
         if states is None:
-            states = tuple(input.new_zeros(expected) for _ in range(1 + (self.mode == "LSTM")))
+            states = tuple(input.new_zeros(expected) for _ in range(1 + _cell_of(self.mode).has_cell_state))
         else:
             checked = []
             for i, s in enumerate(states):
@@ -489,7 +520,7 @@ class GRUCell(_PicklableMixin, _ResetAfterMixin, _CellMixin, torch.nn.GRUCell):
     and shapes. Runs one step of rnnfast's sequence op.
     """
 
-    mode = "GRU"
+    mode = CELLS["gru"].mode
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
                  reset_after=True):
@@ -508,7 +539,7 @@ class LSTMCell(_PicklableMixin, _CellMixin, torch.nn.LSTMCell):
     of rnnfast's sequence op.
     """
 
-    mode = "LSTM"
+    mode = CELLS["lstm"].mode
 
     def forward(self, input, hx=None):
         if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):

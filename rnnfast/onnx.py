@@ -28,6 +28,7 @@ the export fails with a message saying so.
 from __future__ import annotations
 
 from . import _hooks
+from ._cells import CELLS
 
 __all__ = ["register", "PROJECTION_MESSAGE"]
 
@@ -86,29 +87,34 @@ def _define(registration) -> None:
     def rnnfast_lstm_forward(input, hx, cx, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False, lengths=None):
         W, R, B, seq = layer_inputs(w_ih, w_hh, b_ih, b_hh, lengths, _LSTM_ORDER)
         y, y_h, y_c = op.LSTM(input, W, R, B, seq, op.Unsqueeze(hx, [0]), op.Unsqueeze(cx, [0]),
-                              hidden_size=hidden_size(w_hh, 4), direction="reverse" if reverse else "forward")
+                              hidden_size=hidden_size(w_hh, CELLS["lstm"].num_gates),
+                              direction="reverse" if reverse else "forward")
         return squeeze_outputs(y, y_h, y_c) + (empty_workspace(input),)
 
     @torch_op("rnnfast::gru_forward", trace_only=True)
     def rnnfast_gru_forward(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False, reset_after=True,
                             lengths=None):
         W, R, B, seq = layer_inputs(w_ih, w_hh, b_ih, b_hh, lengths, _GRU_ORDER)
-        y, y_h = op.GRU(input, W, R, B, seq, op.Unsqueeze(hx, [0]), hidden_size=hidden_size(w_hh, 3),
+        y, y_h = op.GRU(input, W, R, B, seq, op.Unsqueeze(hx, [0]),
+                        hidden_size=hidden_size(w_hh, CELLS["gru"].num_gates),
                         direction="reverse" if reverse else "forward",
                         linear_before_reset=1 if reset_after else 0)
         return squeeze_outputs(y, y_h) + (empty_workspace(input),)
 
-    def rnn(activation):
+    def rnn(cell):
+        activation = cell.nonlinearity.capitalize()  # tanh -> ONNX's Tanh, relu -> Relu
+
         def translate(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False, lengths=None):
             W, R, B, seq = layer_inputs(w_ih, w_hh, b_ih, b_hh, lengths, None)
-            y, y_h = op.RNN(input, W, R, B, seq, op.Unsqueeze(hx, [0]), hidden_size=hidden_size(w_hh, 1),
+            y, y_h = op.RNN(input, W, R, B, seq, op.Unsqueeze(hx, [0]), hidden_size=hidden_size(w_hh, cell.num_gates),
                             direction="reverse" if reverse else "forward", activations=[activation])
             return squeeze_outputs(y, y_h) + (empty_workspace(input),)
-        translate.__name__ = f"rnnfast_rnn_{activation.lower()}_forward"
+        translate.__name__ = f"rnnfast_{cell.forward_op}"
         return translate
 
-    torch_op("rnnfast::rnn_tanh_forward", trace_only=True)(rnn("Tanh"))
-    torch_op("rnnfast::rnn_relu_forward", trace_only=True)(rnn("Relu"))
+    for cell in CELLS.values():  # the Elman cells of the registry: ONNX RNN with their activation
+        if cell.nonlinearity:
+            torch_op(f"rnnfast::{cell.forward_op}", trace_only=True)(rnn(cell))
 
     @torch_op("rnnfast::lstm_proj_forward", trace_only=True)
     def rnnfast_lstm_proj_forward(input, hx, cx, w_ih, w_hh, w_hr, b_ih=None, b_hh=None, reverse=False,

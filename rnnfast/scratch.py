@@ -46,25 +46,27 @@ Also here: the textbook language model (``get_*_params``, ``init_*_state``, ``rn
 multi-layer module that runs this module's math (a slow but transparent recurrent backend).
 """
 import math
+from typing import Callable, NamedTuple, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._cells import CELLS as _REGISTRY, NAMES
+
 __all__ = [
-    "CELLS", "rnn_layer", "gru_layer", "lstm_layer", "layer",
+    "CELLS", "REFERENCES", "rnn_layer", "gru_layer", "lstm_layer", "layer", "torch_layer",
     "to_torch_params", "from_torch_params",
     "get_rnn_params", "get_gru_params", "get_lstm_params",
     "init_rnn_state", "init_gru_state", "init_lstm_state",
     "rnn", "gru", "lstm", "RNNModelScratch", "ScratchRNN", "grad_clipping",
 ]
 
-#: Cell names accepted by ``layer`` and ``ScratchRNN`` (the converters also accept plain 'rnn').
-CELLS = ("rnn_tanh", "rnn_relu", "gru", "lstm")
-_GATES = {"rnn": 1, "rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}
+#: Cell names accepted by ``layer``, ``ScratchRNN`` and the converters: the registry's (rnnfast._cells).
+CELLS = NAMES
 
 
-def _check_cell(cell, allowed=tuple(_GATES)):
+def _check_cell(cell, allowed=CELLS):
     if cell not in allowed:
         raise ValueError(f"unknown cell {cell!r}; valid cells: {', '.join(allowed)}")
 
@@ -163,42 +165,64 @@ def lstm_layer(inputs, state, params, reverse=False):
     return torch.stack(outputs), (H, C)
 
 
+class Reference(NamedTuple):
+    """A cell's reference: its layer function, called as layer(inputs, state, params, reverse,
+    reset_after), and the torch gate index of each textbook gate group, in the textbook's order
+    (the textbook's LSTM lists i, f, o, c; torch's order is i, f, g(=c), o)."""
+    layer: Callable
+    textbook_order: Tuple[int, ...]
+
+
+#: cell name -> its reference: one entry per row of the cell registry (rnnfast._cells).
+REFERENCES = {
+    "rnn_tanh": Reference(lambda x, s, p, reverse, reset_after: rnn_layer(x, s, p, "tanh", reverse), (0,)),
+    "rnn_relu": Reference(lambda x, s, p, reverse, reset_after: rnn_layer(x, s, p, "relu", reverse), (0,)),
+    "gru": Reference(lambda x, s, p, reverse, reset_after: gru_layer(x, s, p, reset_after, reverse), (0, 1, 2)),
+    "lstm": Reference(lambda x, s, p, reverse, reset_after: lstm_layer(x, s, p, reverse), (0, 1, 3, 2)),
+}
+
+
 def layer(cell, inputs, state, params, reverse=False, reset_after=True):
     """Dispatch to the layer function of ``cell`` ('rnn_tanh', 'rnn_relu', 'gru', 'lstm').
     state is H, or (H, C) for lstm; ``reset_after`` only matters for 'gru'."""
     _check_cell(cell, CELLS)
-    if cell == "lstm":
-        return lstm_layer(inputs, state, params, reverse=reverse)
-    if cell == "gru":
-        return gru_layer(inputs, state, params, reset_after=reset_after, reverse=reverse)
-    return rnn_layer(inputs, state, params, nonlinearity=cell[4:], reverse=reverse)
+    return REFERENCES[cell].layer(inputs, state, params, reverse, reset_after)
+
+
+def torch_layer(cell, inputs, state, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False, reset_after=True):
+    """``layer`` on weights in torch.nn's layout (w_ih (G*H, I), w_hh (G*H, H), b_ih, b_hh (G*H,) or
+    None): the reference for rnnfast.functional's calls, converted through ``from_torch_params``
+    (differentiable: gradients reach the torch-layout tensors). Returns what ``layer`` returns."""
+    sd = {"weight_ih_l0": w_ih, "weight_hh_l0": w_hh}
+    if b_ih is not None:
+        sd["bias_ih_l0"] = b_ih
+    if b_hh is not None:
+        sd["bias_hh_l0"] = b_hh
+    params = from_torch_params(cell, sd, reset_after=reset_after)
+    return layer(cell, inputs, state, params, reverse=reverse, reset_after=reset_after)
 
 
 # ---------------------------------------------------------------------------------------------
 # Converters between the textbook layout and torch.nn's
 # ---------------------------------------------------------------------------------------------
-# Textbook gate groups (W_x*, W_h*, b_*) in torch's gate order. For the reset_after GRU the
-# candidate group carries two biases. The LSTM textbook list is i, f, o, c but torch's order is
-# i, f, g(=c), o, hence the index permutation.
-_TORCH_GATE_ORDER = {"rnn": [0], "gru": [0, 1, 2], "lstm": [0, 1, 3, 2]}
-
-
-def _family(cell):
-    _check_cell(cell)
-    return "rnn" if cell.startswith("rnn") else cell
+# Textbook gate groups (W_x*, W_h*, b_*) in torch's gate order (REFERENCES[cell].textbook_order,
+# a self-inverse permutation). For the reset_after GRU the candidate group carries two biases.
+def _has_reset_after(cell):
+    return "reset_after" in _REGISTRY[cell].options
 
 
 def _textbook_groups(cell, params):
     """Split a textbook list into per-gate (W_x, W_h, [biases]) in torch's gate order."""
-    fam = _family(cell)
-    if fam == "gru":
-        _check_params("to_torch_params('gru')", params, (9, 10))
+    _check_cell(cell)
+    G = _REGISTRY[cell].num_gates
+    if _has_reset_after(cell):
+        _check_params(f"to_torch_params({cell!r})", params, (3 * G, 3 * G + 1))
     else:
-        _check_params(f"to_torch_params({cell!r})", params, (3 * _GATES[fam],))
-    groups = [list(params[3 * g:3 * g + 3]) for g in range(_GATES[fam])]
-    if fam == "gru" and len(params) == 10:
-        groups[2].append(params[9])  # the candidate's second bias, b_hh
-    return [groups[g] for g in _TORCH_GATE_ORDER[fam]]
+        _check_params(f"to_torch_params({cell!r})", params, (3 * G,))
+    groups = [list(params[3 * g:3 * g + 3]) for g in range(G)]
+    if len(params) == 3 * G + 1:
+        groups[-1].append(params[-1])  # the candidate's second bias, b_hh
+    return [groups[g] for g in REFERENCES[cell].textbook_order]
 
 
 def to_torch_params(cell, params, layer=0, suffix=""):
@@ -224,11 +248,11 @@ def from_torch_params(cell, state_dict, layer=0, suffix="", reset_after=True):
     (bias=False), then they count as zeros. For 'gru', ``reset_after`` picks the 10-entry
     (True) or 9-entry (False: candidate biases summed) layout. Differentiable: gradients flow
     back to the torch-layout tensors."""
-    fam = _family(cell)
+    _check_cell(cell)
     tag = f"_l{layer}{suffix}"
     if "weight_ih" + tag not in state_dict or "weight_hh" + tag not in state_dict:
         raise KeyError(f"weight_ih{tag} / weight_hh{tag} not found in the given state dict")
-    G = _GATES[fam]
+    G = _REGISTRY[cell].num_gates
     w_ih, w_hh = state_dict["weight_ih" + tag], state_dict["weight_hh" + tag]
     if w_ih.shape[0] % G or w_hh.shape != (w_ih.shape[0], w_ih.shape[0] // G):
         raise ValueError(f"{cell} weights must be (G*H, I) and (G*H, H) with G={G}; got "
@@ -241,12 +265,12 @@ def from_torch_params(cell, state_dict, layer=0, suffix="", reset_after=True):
     groups = []
     for g in range(G):
         group = [W_x[g].t(), W_h[g].t()]
-        if fam == "gru" and g == 2 and reset_after:
+        if _has_reset_after(cell) and g == G - 1 and reset_after:
             group += [B_ih[g], B_hh[g]]
         else:
             group.append(B_ih[g] + B_hh[g])
         groups.append(group)
-    order = _TORCH_GATE_ORDER[fam]  # a self-inverse permutation
+    order = REFERENCES[cell].textbook_order  # a self-inverse permutation
     return [p for g in order for p in groups[g]]
 
 
@@ -402,7 +426,7 @@ class ScratchRNN(nn.Module):
         self.num_layers, self.dropout, self.reset_after = num_layers, float(dropout), reset_after
         self.bias, self.batch_first, self.bidirectional = bias, batch_first, bidirectional
         self._suffixes = ["", "_reverse"] if bidirectional else [""]
-        G = _GATES[cell]
+        G = _REGISTRY[cell].num_gates
         for k in range(num_layers):
             layer_in = input_size if k == 0 else hidden_size * len(self._suffixes)
             for sfx in self._suffixes:
@@ -441,7 +465,7 @@ class ScratchRNN(nn.Module):
         D = len(self._suffixes)
         B = input.shape[1]
         state_shape = (self.num_layers * D, B, self.hidden_size)
-        is_lstm = self.cell == "lstm"
+        is_lstm = _REGISTRY[self.cell].has_cell_state
         if hx is None:
             zeros = input.new_zeros(state_shape)
             hx = (zeros, zeros) if is_lstm else zeros

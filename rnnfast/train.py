@@ -1,4 +1,10 @@
-"""Training, evaluation and generation for character/word language models.
+"""The training loop for character/word language models, and the public training API.
+
+``rnnfast.train`` is what users import: the loop (``train``, ``train_epoch``) lives here, and the
+other rooms of a run are re-exported from their own modules: evaluation (``evaluate``,
+``perplexity``: rnnfast.evaluation), generation (``predict``: rnnfast.generation), checkpoints
+(rnnfast.checkpoint), the perplexity plot (rnnfast.plotting), the optimizer and the held-out
+schedule (rnnfast.schedule) and the run's settings (rnnfast.config).
 
 The loop follows the textbook (d2l, "RNN from scratch"/"concise RNN") so it reads top to bottom:
 
@@ -19,7 +25,6 @@ import math
 import os
 import sys
 import time
-import warnings
 
 import torch
 from torch import nn
@@ -28,7 +33,12 @@ from .clip import clip_grad_norm_  # the one clipping entry point of the loop: f
 from . import distributed
 from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_KEYS as _CHECKPOINT_KEYS, load_checkpoint,
                          read_checkpoint, restore_checkpoint, save_checkpoint)
+from .config import check_train_args, train_config as _train_config
+from .evaluation import evaluate, perplexity
+from .generation import predict
 from .models import detach_state
+from .plotting import plot_perplexity
+from .schedule import held_out_step as _held_out_step, make_optimizer as _make_optimizer, plateau
 
 __all__ = [
     "train_epoch", "train", "evaluate", "perplexity", "predict",
@@ -95,192 +105,6 @@ def train_epoch(net, loader, loss, optimizer, device, use_random_iter, clip=1.0)
 
 
 # --------------------------------------------------------------------------------------------------
-# Evaluation
-# --------------------------------------------------------------------------------------------------
-
-def evaluate(net, corpus, batch_size=32, num_steps=35, device="cpu"):
-    """Perplexity of `net` on held-out token ids `corpus` (already mapped through the training vocab).
-
-    The ids are cut into `batch_size` contiguous streams read `num_steps` at a time with the state
-    carried across chunks (sequential partitioning without the random offset), so every token but the
-    first of each stream is predicted exactly once. Runs in eval mode under torch.no_grad.
-    Under torch.distributed the streams are split across ranks and the loss is summed over them
-    (every rank gets the perplexity of the whole corpus).
-    """
-    corpus = torch.as_tensor(corpus)
-    if corpus.dim() != 1:
-        raise ValueError(f"corpus must be a 1-D tensor of token ids, got shape {tuple(corpus.shape)}")
-    if corpus.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint16, torch.uint8):
-        raise TypeError(f"corpus must hold integer token ids, got dtype {corpus.dtype}")
-    if batch_size < 1 or num_steps < 1:
-        raise ValueError(f"batch_size and num_steps must be >= 1, got {batch_size} and {num_steps}")
-    stream_len = (corpus.numel() - 1) // batch_size
-    if stream_len < 1:
-        raise ValueError(f"held-out corpus of {corpus.numel()} tokens is too short for "
-                         f"batch_size={batch_size} (needs at least {batch_size + 1} tokens)")
-    n = stream_len * batch_size
-    rank, world_size = distributed.world()
-    rows = torch.arange(batch_size).tensor_split(world_size)[rank]  # this rank's streams
-    rows = slice(int(rows[0]), int(rows[-1]) + 1) if len(rows) else slice(0, 0)
-    Xs = corpus[:n].reshape(batch_size, stream_len)[rows].long()
-    Ys = corpus[1:n + 1].reshape(batch_size, stream_len)[rows].long()
-    was_training = net.training
-    net.eval()
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    try:
-        with torch.no_grad():
-            state = net.begin_state(batch_size=Xs.shape[0], device=device)
-            for i in range(0, stream_len if Xs.shape[0] else 0, num_steps):
-                X = Xs[:, i:i + num_steps].to(device)
-                y = Ys[:, i:i + num_steps].T.reshape(-1).to(device)
-                y_hat, state = net(X, state)
-                loss_sum += nn.functional.cross_entropy(y_hat.float(), y, reduction="sum").double()
-    finally:
-        net.train(was_training)
-    return math.exp(distributed.all_reduce_sum(loss_sum).item() / n)
-
-
-perplexity = evaluate  # the textbook's name for the quantity
-
-
-# --------------------------------------------------------------------------------------------------
-# Generation
-# --------------------------------------------------------------------------------------------------
-
-def _split_prefix(prefix, sep):
-    return list(prefix) if sep == "" else prefix.split(sep if sep.strip() else None)
-
-
-def predict(prefix, num_preds, net, vocab, device="cpu", temperature=0.0, top_k=None, generator=None,
-            sep=""):
-    """Continue `prefix` by `num_preds` tokens (the textbook's predict_ch8) and return the text.
-
-    The state starts at zero for a batch of one; the prefix is fed as warm-up (its true tokens are
-    kept, the model's guesses for them are ignored); then each step feeds the last token and picks
-    the next: argmax when temperature == 0 (greedy, deterministic), else a sample from
-    softmax(logits / temperature), restricted to the `top_k` most likely tokens when top_k is given
-    (draws use `generator`, a torch.Generator, when given). Tokens are joined with `sep` ('' for a
-    character vocabulary, ' ' for words). Prefix tokens unknown to the vocabulary are fed as <unk>;
-    the returned text starts with the prefix exactly as given.
-    """
-    if not isinstance(prefix, str) or not prefix:
-        raise ValueError("prefix must be a non-empty string")
-    tokens = _split_prefix(prefix, sep)
-    if not tokens:
-        raise ValueError(f"prefix {prefix!r} contains no tokens")
-    if int(num_preds) != num_preds or num_preds < 0:
-        raise ValueError(f"num_preds must be a non-negative integer, got {num_preds!r}")
-    if temperature is None or temperature < 0 or not math.isfinite(temperature):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-    if top_k is not None and (int(top_k) != top_k or top_k < 1):
-        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
-    ids = [vocab[t] for t in tokens]  # Vocab maps unknown tokens to <unk>
-    was_training = net.training
-    net.eval()
-    outputs = []
-    try:
-        with torch.no_grad():
-            state = net.begin_state(batch_size=1, device=device)
-            if len(ids) > 1:  # warm-up: run the prefix through the model, keep only the state
-                _, state = net(torch.tensor([ids[:-1]], device=device), state)
-            last = ids[-1]
-            for _ in range(int(num_preds)):
-                logits, state = net(torch.tensor([[last]], device=device), state)
-                logits = logits.reshape(-1).float()
-                if temperature == 0:
-                    last = int(logits.argmax())
-                else:
-                    if not torch.isfinite(logits).all():
-                        raise ValueError("the model's logits are not finite (NaN or Inf): cannot "
-                                         "sample; greedy decoding (temperature=0) still works")
-                    # in float64 and shifted so the largest is 0: a tiny temperature gives
-                    # exp(-inf) = 0 for the others, never 0/0 = NaN
-                    logits = (logits.double() - logits.max()) / temperature
-                    if top_k is not None and top_k < logits.numel():
-                        kth = torch.topk(logits, int(top_k)).values[-1]
-                        logits = logits.masked_fill(logits < kth, float("-inf"))
-                    probs = torch.softmax(logits, dim=0)
-                    gen_device = generator.device if generator is not None else probs.device
-                    last = int(torch.multinomial(probs.to(gen_device), 1, generator=generator))
-                outputs.append(last)
-    finally:
-        net.train(was_training)
-    generated = vocab.to_tokens(outputs) if outputs else []
-    if not generated:
-        return prefix
-    return prefix + sep + sep.join(generated) if sep else prefix + "".join(generated)
-
-
-# --------------------------------------------------------------------------------------------------
-# Logging helpers: metrics.jsonl and the perplexity plot
-# --------------------------------------------------------------------------------------------------
-
-_warned_no_matplotlib = False
-
-
-def plot_perplexity(history, path):
-    """Write perplexity per epoch (train, and held-out when present) to a PNG. Returns False (after
-    one warning per process) when matplotlib is not installed."""
-    global _warned_no_matplotlib
-    try:
-        from matplotlib.figure import Figure  # no pyplot: leaves the user's backend alone
-    except ImportError:
-        if not _warned_no_matplotlib:
-            warnings.warn("matplotlib is not installed: skipping the perplexity plot "
-                          "(pip install 'rnnfast[plot]')", stacklevel=2)
-            _warned_no_matplotlib = True
-        return False
-    fig = Figure(figsize=(5, 3.5))
-    ax = fig.add_subplot()
-    ax.plot(history["epoch"], history["train_ppl"], marker=".", label="train")
-    if history.get("valid_ppl"):
-        ax.plot(history["epoch"], history["valid_ppl"], marker=".", label="held-out")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("perplexity")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return True
-
-
-def _make_optimizer(name, params, lr, weight_decay=0.0):
-    # weight_decay: the L2 penalty (wd/2)·||w||² of the textbook's "Weight decay" section, added to
-    # each gradient as wd·w by the optimizer (for Adam, the coupled form: before the moments).
-    name = str(name).lower()
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}: choose 'sgd' or 'adam'")
-
-
-def plateau(valid_ppl):
-    """(best held-out perplexity, its epoch, epochs since then) from the per-epoch list.
-
-    An epoch improves when its perplexity is strictly lower than every earlier one (NaN never
-    does). Derived from the history alone, so a resumed run continues the count exactly."""
-    best, best_epoch = math.inf, 0
-    for epoch, ppl in enumerate(valid_ppl, 1):
-        if ppl < best:
-            best, best_epoch = ppl, epoch
-    return best, best_epoch, len(valid_ppl) - best_epoch
-
-
-def _held_out_step(valid_ppl, opt, anneal, patience):
-    """After an epoch's held-out perplexity (the last of `valid_ppl`): (improved, stop).
-
-    Without improvement, `anneal` divides the lr of every parameter group (the next epoch runs at
-    the lower rate); `patience` epochs in a row without improvement stop the run."""
-    _, best_epoch, waited = plateau(valid_ppl)
-    improved = best_epoch == len(valid_ppl)
-    if not improved and anneal:
-        for group in opt.param_groups:
-            group["lr"] = group["lr"] / anneal
-    return improved, bool(patience) and waited >= patience
-
-
-# --------------------------------------------------------------------------------------------------
 # The training run
 # --------------------------------------------------------------------------------------------------
 
@@ -320,28 +144,8 @@ def train(net, loader, vocab, num_epochs, lr, device="cpu", optimizer="sgd", cli
     'stopped_early' (True when patience ended the run) and, with a held-out corpus, 'best_valid_ppl'
     and 'best_epoch'.
     """
-    if int(num_epochs) != num_epochs or num_epochs < 0:
-        raise ValueError(f"num_epochs must be a non-negative integer, got {num_epochs!r}")
-    if not (lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    if clip is not None and not (clip >= 0 and math.isfinite(clip)):
-        raise ValueError(f"clip must be None or a finite number >= 0, got {clip!r}")
-    if not (weight_decay >= 0 and math.isfinite(weight_decay)):
-        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
-    patience = patience or None
-    anneal = anneal or None
-    if patience is not None and (int(patience) != patience or patience < 0):
-        raise ValueError(f"patience must be None or an integer >= 0, got {patience!r}")
-    if anneal is not None and not (anneal > 1 and math.isfinite(anneal)):
-        raise ValueError(f"anneal must be None, 0 or a finite factor > 1, got {anneal!r}")
-    patience = int(patience) if patience else None
-    anneal = float(anneal) if anneal else None
-    weight_decay = float(weight_decay)
-    if valid_corpus is not None and len(valid_corpus) < 2:
-        raise ValueError(f"the held-out corpus has {len(valid_corpus)} token(s): its perplexity needs "
-                         "at least 2 (an input and a target)")
-    if (patience or anneal) and valid_corpus is None:
-        raise ValueError("patience and anneal watch the held-out perplexity: pass valid_corpus")
+    patience, anneal, weight_decay = check_train_args(num_epochs, lr, clip, weight_decay, patience, anneal,
+                                                      valid_corpus)
     if use_random_iter is None:
         use_random_iter = bool(getattr(loader, "use_random_iter", False))
     device = torch.device(device)
@@ -349,11 +153,8 @@ def train(net, loader, vocab, num_epochs, lr, device="cpu", optimizer="sgd", cli
     optimizer_name = str(optimizer).lower()
     opt = _make_optimizer(optimizer_name, net.parameters(), lr, weight_decay)
     loss = nn.CrossEntropyLoss()
-    train_config = {"num_epochs": int(num_epochs), "lr": lr, "optimizer": optimizer_name, "clip": clip,
-                    "weight_decay": weight_decay, "patience": patience, "anneal": anneal,
-                    "seed": seed, "use_random_iter": use_random_iter, "sep": sep,
-                    "batch_size": getattr(loader, "batch_size", None),
-                    "num_steps": getattr(loader, "num_steps", None), **(meta or {})}
+    train_config = _train_config(num_epochs, lr, optimizer_name, clip, weight_decay, patience, anneal, seed,
+                                 use_random_iter, sep, loader, meta)
     history = {"epoch": [], "train_ppl": [], "tokens_per_s": [], "lr": [], "time": []}
     if valid_corpus is not None:
         history["valid_ppl"] = []

@@ -1,8 +1,11 @@
 """Inputs shared by the CUDA op tests and the CPU emulation of the CUDA path."""
 import torch
 
-# gates per cell; "gru_reset_before" is the textbook GRU (reset_after=False)
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "gru_reset_before": 3, "lstm": 4}
+from rnnfast._cells import KINDS, lookup
+
+# gates per C++ cell kind, from the registry (rnnfast._cells); "gru_reset_before" is the textbook
+# GRU (the gru ops with reset_after=False)
+GATES = {kind: lookup(kind).num_gates for kind in KINDS}
 
 
 def make_args(cell, T, B, I, H, bias=True, device="cpu", dtype=torch.float64, seed=0):
@@ -19,6 +22,6 @@ def make_args(cell, T, B, I, H, bias=True, device="cpu", dtype=torch.float64, se
 
     a = dict(input=n(T, B, I), hx=n(B, H), w_ih=u(G * H, I), w_hh=u(G * H, H),
              b_ih=u(G * H) if bias else None, b_hh=u(G * H) if bias else None)
-    if cell == "lstm":
+    if lookup(cell).has_cell_state:
         a["cx"] = n(B, H)
     return a

@@ -1,5 +1,5 @@
 """Runs every CUDA recurrent kernel once, forward and backward, on small cases: the workload for
-compute-sanitizer on a GPU machine (DESIGN.md §7):
+compute-sanitizer on a GPU machine (docs/design.md §10):
 
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 1 python3 tests/sanitize_cuda.py
     compute-sanitizer --tool racecheck --error-exitcode 1 python3 tests/sanitize_cuda.py

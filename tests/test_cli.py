@@ -169,21 +169,25 @@ def test_argparse_errors_are_one_line_and_exit_2(capsys):
     _fails_with(capsys, ["nope"], "invalid choice: 'nope'")
 
 
-def test_bench_runs_the_repository_script_or_explains(tmp_path, monkeypatch, capsys):
-    calls = []
-    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, **kw: calls.append(cmd) or 0)
-    script = tmp_path / "bench" / "run.py"
-    script.parent.mkdir()
-    script.write_text("")
-    monkeypatch.setattr(cli, "_bench_script", lambda: script)
-    assert main(["bench", "-k", "gru"]) == 0
-    assert calls == [[sys.executable, str(script), "-k", "gru"]]
-    monkeypatch.setattr(cli, "_bench_script", lambda: tmp_path / "absent" / "run.py")
-    _fails_with(capsys, ["bench"], "benchmarks live in the source repository")
+def test_bench_is_not_a_command_of_the_package(capsys):
+    # The benchmark runners live with bench/ (bench/run.py, `make bench`), not in the installed package:
+    # `rnnfast bench` is an unknown command like any other, one line and exit 2.
+    _fails_with(capsys, ["bench"], "invalid choice: 'bench'")
+    _fails_with(capsys, ["bench", "-k", "gru"], "invalid choice: 'bench'")
+    assert not hasattr(cli, "cmd_bench")
+
+
+def test_train_help_names_the_registry_cells(capsys):
+    from rnnfast._cells import NAMES
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"{', '.join(NAMES[:-1])} or {NAMES[-1]}" in out
 
 
 def test_python_dash_m_help():
     r = subprocess.run([sys.executable, "-m", "rnnfast", "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0
-    for cmd in ("train", "generate", "eval", "stats", "sine", "bench"):
+    for cmd in ("train", "generate", "eval", "stats", "sine"):
         assert cmd in r.stdout
+    assert "bench" not in r.stdout  # benchmarks: bench/run.py in the source repository

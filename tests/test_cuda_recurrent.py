@@ -2,7 +2,7 @@
 
 Every test here needs a GPU (marker `cuda`; tests/conftest.py skips them elsewhere). Float32 CUDA
 results must match the float64 CPU reference to ‖out − ref‖ / ‖ref‖ < 1e-5 with TF32 off
-(DESIGN.md §4), forward outputs, the saved workspace (same layout on both devices) and every
+(docs/design.md §6), forward outputs, the saved workspace (same layout on both devices) and every
 gradient.
 """
 import itertools
@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from _cases import GATES, make_args  # tests/ is on sys.path under pytest
+from rnnfast._cells import KINDS
 
 pytestmark = pytest.mark.cuda
 
 TOL = 1e-5
-CELLS = ["rnn_tanh", "rnn_relu", "gru", "gru_reset_before", "lstm"]
+CELLS = list(KINDS)  # every C++ cell kind of the registry (rnnfast._cells)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -1,4 +1,4 @@
-"""CUDA compile checks that need nvcc but no GPU (DESIGN.md §5): how CI catches kernel and glue
+"""CUDA compile checks that need nvcc but no GPU (docs/design.md §7): how CI catches kernel and glue
 errors on a machine with a CPU torch wheel.
 
 - every csrc/kernels/*.cu compiles standalone (no torch) for sm_80 and sm_90, and ptxas reports

@@ -9,6 +9,7 @@ from hypothesis import given, settings, strategies as st
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pack_sequence, pad_packed_sequence
 
 import rnnfast.nn as rnn
+from rnnfast import scratch
 
 F64, F32 = torch.float64, torch.float32
 TOL = {F64: 1e-10, F32: 1e-5}
@@ -174,20 +175,8 @@ def test_module_parity_hypothesis(mode, batch, steps, input_size, hidden, layers
 # ---- GRU reset_after=False (textbook) against a plain-PyTorch reference -------------------------
 
 def textbook_gru_layer(x, h, w_ih, w_hh, b_ih, b_hh, reverse):
-    """Cho et al. GRU, one direction, written step by step: n uses W_hn (r * h)."""
-    w_ir, w_iz, w_in = w_ih.chunk(3)
-    w_hr, w_hz, w_hn = w_hh.chunk(3)
-    zeros = torch.zeros(3 * h.shape[-1], dtype=x.dtype)
-    b_ir, b_iz, b_in = (b_ih if b_ih is not None else zeros).chunk(3)
-    b_hr, b_hz, b_hn = (b_hh if b_hh is not None else zeros).chunk(3)
-    outputs = [None] * x.shape[0]
-    for t in (reversed(range(x.shape[0])) if reverse else range(x.shape[0])):
-        r = torch.sigmoid(x[t] @ w_ir.T + b_ir + h @ w_hr.T + b_hr)
-        z = torch.sigmoid(x[t] @ w_iz.T + b_iz + h @ w_hz.T + b_hz)
-        n = torch.tanh(x[t] @ w_in.T + b_in + (r * h) @ w_hn.T + b_hn)
-        h = (1 - z) * n + z * h
-        outputs[t] = h
-    return torch.stack(outputs), h
+    """Cho et al. GRU, one direction (n uses W_hn (r * h)): rnnfast.scratch's reference."""
+    return scratch.torch_layer("gru", x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse, reset_after=False)
 
 
 class TextbookGRU(torch.nn.Module):

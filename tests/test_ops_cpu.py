@@ -5,9 +5,11 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import rnnfast.functional as F
+from rnnfast import scratch
+from rnnfast._cells import KINDS, lookup
 
-CELLS = ["rnn_tanh", "rnn_relu", "gru", "gru_before", "lstm"]  # gru_before: reset_after=False
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "gru_before": 3, "lstm": 4}
+CELLS = list(KINDS)  # every C++ cell kind of the registry; gru_reset_before: the gru ops with reset_after=False
+GATES = {kind: lookup(kind).num_gates for kind in CELLS}  # the registry's (rnnfast._cells)
 
 
 # ---- references -----------------------------------------------------------------------------------
@@ -18,26 +20,14 @@ def _torch_module(cell, I, H, dtype, bias=True):
 
 
 def gru_textbook(x, h, w_ih, w_hh, b_ih, b_hh, reverse):
-    """The textbook GRU (reset before the candidate's recurrent product), a plain loop over time."""
-    H = h.shape[1]
-    b_ih = torch.zeros(3 * H, dtype=x.dtype) if b_ih is None else b_ih
-    b_hh = torch.zeros(3 * H, dtype=x.dtype) if b_hh is None else b_hh
-    outs = [None] * x.shape[0]
-    steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
-    for t in steps:
-        xr, xz, xn = (x[t] @ w_ih.T + b_ih).chunk(3, 1)
-        hr, hz, _ = (h @ w_hh.T + b_hh).chunk(3, 1)
-        r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
-        n = torch.tanh(xn + (r * h) @ w_hh[2 * H:].T + b_hh[2 * H:])
-        h = (1 - z) * n + z * h
-        outs[t] = h
-    return torch.stack(outs), h
+    """The textbook GRU (reset before the candidate's recurrent product): rnnfast.scratch's reference."""
+    return scratch.torch_layer("gru", x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse, reset_after=False)
 
 
 def reference(cell, x, h0, c0, params, reverse):
     """(output, hy[, cy]) computed by torch.nn (reverse: on the time-flipped input) or the loop."""
     w_ih, w_hh, b_ih, b_hh = params
-    if cell == "gru_before":
+    if cell == "gru_reset_before":
         return gru_textbook(x, h0, w_ih, w_hh, b_ih, b_hh, reverse)
     I, H = x.shape[2], h0.shape[1]
     m = _torch_module(cell, I, H, x.dtype, bias=b_ih is not None)
@@ -93,7 +83,7 @@ def check_parity(cell, T, B, I, H, dtype, bias, reverse):
         want, gwant, _ = run_with_grads(reference, cell, x, h0, c0, params, reverse, up)
         for a, b in zip(got + ggot, want + gwant):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    else:  # float32 against the float64 reference, ‖ours − ref‖ / ‖ref‖ (DESIGN.md §4)
+    else:  # float32 against the float64 reference, ‖ours − ref‖ / ‖ref‖ (docs/design.md §6)
         d = lambda t: None if t is None else t.detach().double().requires_grad_()  # noqa: E731
         want, gwant, _ = run_with_grads(reference, cell, d(x), d(h0), d(c0), [d(p) for p in params], reverse,
                                         [u.double() for u in up])

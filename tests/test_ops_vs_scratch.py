@@ -8,9 +8,11 @@ import torch
 from rnnfast import functional as F
 from rnnfast import scratch
 
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}
-# (cell, reset_after): the GRU in both forms
-CELLS = [("rnn_tanh", True), ("rnn_relu", True), ("gru", True), ("gru", False), ("lstm", True)]
+from rnnfast._cells import CELLS as REGISTRY
+
+GATES = F.GATES  # the registry's (rnnfast._cells)
+# (cell, reset_after): every registry cell, a cell with a reset_after option in both forms
+CELLS = [(c.name, v) for c in REGISTRY.values() for v in ((True, False) if "reset_after" in c.options else (True,))]
 SHAPES = [(1, 1, 3, 1), (7, 3, 5, 5), (35, 32, 28, 64)]  # (T, B, I, H)
 
 

@@ -348,3 +348,25 @@ def test_scratch_rnn_textbook_gru_and_dropout():
     torch.testing.assert_close(h[1], h1, **TOL)
     mod.train()
     assert (mod(x)[0] - out).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("cell", scratch.CELLS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_torch_layer_is_torch_nn_on_its_weights(cell, bias):
+    # torch_layer: the reference run on torch.nn-layout weights (what the functional ops take), in
+    # both directions, against torch.nn's own layer; gradients reach the torch-layout weights.
+    T, B, I, H = 4, 3, 2, 5
+    nl = {"nonlinearity": cell[4:]} if cell.startswith("rnn") else {}
+    cls = torch.nn.RNN if cell.startswith("rnn") else {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell]
+    m = cls(I, H, bias=bias, dtype=DT, **nl)
+    x = torch.randn(T, B, I, dtype=DT)
+    h0, c0 = torch.randn(B, H, dtype=DT), torch.randn(B, H, dtype=DT)
+    w = [m.weight_ih_l0, m.weight_hh_l0] + ([m.bias_ih_l0, m.bias_hh_l0] if bias else [])
+    for reverse in (False, True):
+        state = (h0, c0) if cell == "lstm" else h0
+        out, _ = scratch.torch_layer(cell, x, state, *w, reverse=reverse)
+        xs = x.flip(0) if reverse else x
+        ref, _ = m(xs, (h0[None], c0[None]) if cell == "lstm" else h0[None])
+        torch.testing.assert_close(out, ref.flip(0) if reverse else ref, **TOL)
+    g = torch.autograd.grad(out.sum(), m.weight_hh_l0)[0]
+    assert g.abs().sum() > 0

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import rnnfast.plotting
 import rnnfast.train as T
 from rnnfast.data import SeqDataLoader, Vocab, load_corpus
 from rnnfast.models import RNNLM
@@ -470,7 +471,7 @@ def test_missing_matplotlib_warns_once_and_training_goes_on(tiny, tmp_path, monk
     import sys
     import warnings
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # makes the import fail
-    monkeypatch.setattr(T, "_warned_no_matplotlib", False)
+    monkeypatch.setattr(rnnfast.plotting, "_warned_no_matplotlib", False)  # the plot has its own module
     corpus, vocab = tiny
     net = RNNLM(len(vocab), num_hiddens=8)
     with warnings.catch_warnings(record=True) as w:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU verification of the CUDA path in one command that fits a short GPU window (DESIGN.md §7,
+# GPU verification of the CUDA path in one command that fits a short GPU window (docs/design.md §10,
 # issue 15). Run from anywhere, on a machine with a GPU, nvcc, compute-sanitizer and a CUDA torch:
 #
 #     OUT=/some/dir tools/gpu_verify.sh     # results in $OUT (default: out/gpu-verify)

@@ -222,7 +222,7 @@ class CpuForward {
              at::Tensor& ws, const CellIo& io)
       : p_(p), output_(output), ws_(ws), H_(p.H), B_(p.B), WS_(ws.dim() == 3 ? ws.size(2) : 0),
         // h_{t-1} W_hh[phase 0 gates]ᵀ and (two-phase) the mid-step GEMM, weights packed once for all steps
-        rec_(p.w_hh.narrow(0, 0, G_rec * p.H), /*transpose=*/true, p.B) {
+        rec_(p.w_hh.narrow(0, 0, G_rec * p.H), /*transpose=*/true, p.B, p.T) {
     const auto opts = p.options();
     {
       RECORD_FUNCTION("rnnfast::input_projection", std::vector<c10::IValue>());
@@ -239,7 +239,7 @@ class CpuForward {
     hg_ = at::empty({p.B, G_rec * p.H}, opts);
     if constexpr (Cell::traits.phases == 2) {
       hg1_ = at::empty({p.B, p.H}, opts);
-      rec_n_.emplace(p.w_hh.narrow(0, G_rec * p.H, (G - G_rec) * p.H), /*transpose=*/true, p.B);
+      rec_n_.emplace(p.w_hh.narrow(0, G_rec * p.H, (G - G_rec) * p.H), /*transpose=*/true, p.B, p.T);
     }
     h_out_ = io.h_out;
     h_prev_ = io.h_prev;
@@ -352,10 +352,10 @@ class CpuBackward {
               at::Tensor& dh, at::Tensor& dc, const CellIo& io)
       : p_(p), dG_(dG), dGh_(dGh), dh_(dh), H_(p.H), B_(p.B), WS_(p.ws.dim() == 3 ? p.ws.size(2) : 0),
         // dGh[t] W_hh[phase 0 gates] and (two-phase) dn W_hn, weights packed once for all steps
-        rec_(p.w_hh.narrow(0, 0, G_rec * p.H), /*transpose=*/false, p.B) {
+        rec_(p.w_hh.narrow(0, 0, G_rec * p.H), /*transpose=*/false, p.B, p.T) {
     if constexpr (Cell::traits.phases == 2) {
       drh_ = at::empty({p.B, p.H}, p.options());
-      rec_n_.emplace(p.w_hh.narrow(0, G_rec * p.H, (G - G_rec) * p.H), /*transpose=*/false, p.B);
+      rec_n_.emplace(p.w_hh.narrow(0, G_rec * p.H, (G - G_rec) * p.H), /*transpose=*/false, p.B, p.T);
     }
     len_ = lengths.defined() ? lengths.const_data_ptr<int64_t>() : nullptr;
     accumulate_dh_ = Cell::traits.direct_dh || len_ != nullptr;  // see backward_rows
