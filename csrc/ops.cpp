@@ -5,11 +5,58 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <string>
+
+#include "core/cells.h"
+
 // `import rnnfast._C` only has to load this shared object so the registrations below run.
 extern "C" PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   return PyModule_Create(&module_def);
 }
+
+namespace {
+
+// The recurrent ops' schemas, one template per shape (the entry points of csrc/core/recurrent_ops.h
+// have the same shapes): every cell of csrc/core/cells.h's RNNFAST_CELLS with ops of its own gets
+// <name>_forward and <name>_backward, {name} its name and {option} ", bool <option>" for a cell with
+// an option (gru: reset_after), else nothing.
+constexpr const char* kForward =
+    "{name}_forward(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, bool reverse"
+    "{option}, Tensor? lengths=None) -> (Tensor output, Tensor hy, Tensor workspace)";
+constexpr const char* kBackward =
+    "{name}_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, "
+    "Tensor output, Tensor workspace, bool reverse{option}, bool input_grad=True, Tensor? lengths=None) -> "
+    "(Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)";
+// With a cell state (LSTM): cx in, cy out, and their gradients.
+constexpr const char* kCellStateForward =
+    "{name}_forward(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+    "bool reverse, Tensor? lengths=None) -> (Tensor output, Tensor hy, Tensor cy, Tensor workspace)";
+constexpr const char* kCellStateBackward =
+    "{name}_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, Tensor input, Tensor hx, Tensor cx, "
+    "Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse, bool input_grad=True, "
+    "Tensor? lengths=None) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, "
+    "Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)";
+
+void replace(std::string& s, const std::string& from, const std::string& to) {
+  for (size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size())) {
+    s.replace(at, from.size(), to);
+  }
+}
+
+template <class Cell>
+std::string recurrent_schema(const char* shape) {
+  std::string s = shape;
+  replace(s, "{name}", Cell::name);
+  if constexpr (rnnfast::core::has_option<Cell>()) {
+    replace(s, "{option}", std::string(", bool ") + Cell::option);
+  } else {
+    replace(s, "{option}", "");
+  }
+  return s;
+}
+
+}  // namespace
 
 TORCH_LIBRARY(rnnfast, m) {
   // ---- recurrent layers: one layer, one direction, the whole sequence --------------------------
@@ -27,14 +74,14 @@ TORCH_LIBRARY(rnnfast, m) {
   // direction starts from hx at t = lengths[b]-1), so hy (cy) is each sequence's own final state.
   // Frozen positions get no gradient into input or weights; grad_output there flows into the state
   // they copy. Pass the same lengths to the backward op.
-  m.def("rnn_tanh_forward(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, bool reverse, Tensor? lengths=None) -> (Tensor output, Tensor hy, Tensor workspace)");
-  m.def("rnn_tanh_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse, bool input_grad=True, Tensor? lengths=None) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
-  m.def("rnn_relu_forward(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, bool reverse, Tensor? lengths=None) -> (Tensor output, Tensor hy, Tensor workspace)");
-  m.def("rnn_relu_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse, bool input_grad=True, Tensor? lengths=None) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
-  m.def("gru_forward(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, bool reverse, bool reset_after, Tensor? lengths=None) -> (Tensor output, Tensor hy, Tensor workspace)");
-  m.def("gru_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse, bool reset_after, bool input_grad=True, Tensor? lengths=None) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
-  m.def("lstm_forward(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, bool reverse, Tensor? lengths=None) -> (Tensor output, Tensor hy, Tensor cy, Tensor workspace)");
-  m.def("lstm_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse, bool input_grad=True, Tensor? lengths=None) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
+  rnnfast::core::for_each_cell([&](auto tag) {
+    using Cell = typename decltype(tag)::type;
+    if constexpr (rnnfast::core::has_own_op<Cell>()) {
+      const bool state = Cell::traits.has_cell_state();
+      m.def(recurrent_schema<Cell>(state ? kCellStateForward : kForward).c_str());
+      m.def(recurrent_schema<Cell>(state ? kCellStateBackward : kBackward).c_str());
+    }
+  });
   // LSTM with a projection (torch.nn.LSTM(proj_size=P); CPU and CUDA): h_t = (o ⊙ tanh c_t) W_hrᵀ, so hx,
   // grad_hy and output rows have P columns, cx/cy H; w_hh (4*H, P), w_hr (P, H). Workspace (T, B, 6H)
   // = [i, f, g, o, c, m] with m = o ⊙ tanh c. lengths as above.

@@ -118,3 +118,38 @@ def test_retired_names(path):
     with open(path, encoding="utf-8") as f:
         found = sorted(set(RETIRED.findall(f.read())))
     assert not found, f"{rel(path)} uses retired names {found}"
+
+
+CELL_KINDS = re.compile(r"^\s*X\((\w+),\s*(\w+)\)", re.M)
+
+
+def cell_list():
+    """(kind, struct) of every entry of cells.h's RNNFAST_CELLS."""
+    with open(os.path.join(CSRC, "core", "cells.h"), encoding="utf-8") as f:
+        text = f.read()
+    body = text[text.index("#define RNNFAST_CELLS(X)"):]
+    body = body[: body.index("\n\n")]
+    return CELL_KINDS.findall(body)
+
+
+def test_cell_list_is_read():
+    # guards the test below against a parser that finds nothing
+    assert ("rnn_relu", "RnnReluCell") in cell_list() and len(cell_list()) >= 5
+
+
+# The LSTM projection (lstm_proj: LstmCell with loop.h's projection hook, args.h's kLstmProjSlots) is
+# the one op written out by name, so its cell may be named where the projection is.
+PROJECTION_CELL = ("lstm", "LstmCell")
+
+
+@pytest.mark.parametrize("path", sources("", "core", "cpu", "cuda", "kernels"), ids=rel)
+def test_only_cells_h_names_a_cell(path):
+    # a cell is its struct and its RNNFAST_CELLS entry: no other C++ file names it (the CellKind
+    # enum, the kind tables, entry points, registrations and schemas are generated from the list)
+    if rel(path) == "csrc/core/cells.h":
+        return
+    with open(path, encoding="utf-8") as f:
+        text = re.sub(r"//[^\n]*|/\*.*?\*/", "", f.read(), flags=re.S)  # code, not comments
+    named = sorted({w for entry in cell_list() if entry != PROJECTION_CELL for w in entry
+                    if re.search(rf"\b{w}(_forward|_backward)?\b", text)})
+    assert not named, f"{rel(path)} names cells {named}: add a cell through csrc/core/cells.h's RNNFAST_CELLS"

@@ -29,9 +29,12 @@
 // saturated gate gives an exact 0 factor, the overflow / inf * 0 cases come out as torch's.
 //
 // Adding a cell: a struct here (kind, name, Gate and Slot enums, traits, forward/backward per
-// phase), a CellKind value and its case in traits_of and for_cell; the backends need no change.
+// phase) and its entry in RNNFAST_CELLS. The CellKind enum, traits_of, for_cell, the op entry points
+// and registrations (recurrent_ops.h) and the op schemas (csrc/ops.cpp) follow from that list; the
+// loop, the backends and the kernels need no change.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #if defined(__CUDACC__)
 #define RNNFAST_HOST_DEVICE __host__ __device__ __forceinline__
@@ -44,9 +47,25 @@
 namespace rnnfast {
 namespace core {
 
-// One spelling per cell: the op name ("rnn_tanh", "gru", ...) and the CellKind value are the same
-// word; gru_reset_before is the `gru` op with reset_after=false.
-enum class CellKind : int { rnn_tanh = 0, rnn_relu = 1, gru = 2, gru_reset_before = 3, lstm = 4 };
+// Every cell, once: X(KIND, CELL) with KIND its CellKind value and CELL its struct (below), in
+// CellKind order. Everything that enumerates the cells is generated from this list: the CellKind
+// enum, traits_of, for_cell and for_each_cell here, and through them the op entry points and their
+// registrations (csrc/core/recurrent_ops.h) and the op schemas (csrc/ops.cpp).
+//
+// One spelling per cell: the op name (`CELL::name`: "rnn_tanh" -> rnn_tanh_forward/_backward) and
+// the CellKind value are the same word. A cell that is another cell's `Alternative` (below: the
+// value false of that cell's op `option`) has no op of its own: gru_reset_before is the `gru` op
+// with reset_after=false.
+#define RNNFAST_CELLS(X)                  \
+  X(rnn_tanh, RnnTanhCell)                \
+  X(rnn_relu, RnnReluCell)                \
+  X(gru, GruCell)                         \
+  X(gru_reset_before, GruResetBeforeCell) \
+  X(lstm, LstmCell)
+
+#define RNNFAST_CELL_KIND(KIND, CELL) KIND,
+enum class CellKind : int { RNNFAST_CELLS(RNNFAST_CELL_KIND) };
+#undef RNNFAST_CELL_KIND
 
 // What a host loop needs to know about a cell: the one vocabulary of traits.
 struct CellTraits {
@@ -155,11 +174,16 @@ struct GruBase {
   RNNFAST_HOST_DEVICE static T dr_pre(T d_rhn, T r) { return d_rhn * r * (T(1) - r); }
 };
 
+struct GruResetBeforeCell;
+
 // torch.nn.GRU / cuDNN form (reset_after): hn = W_hn h + b_hn; n = tanh(W_in x + b_in + r hn).
 // hn is saved; d(W_hn h) = dn_pre r, not dn_pre (split_grad); dh_{t-1} gets dh z directly.
 struct GruCell : GruBase {
   static constexpr CellKind kind = CellKind::gru;
   static constexpr const char* name = "gru";
+  // The gru op's bool argument after `reverse`: true runs this cell, false the Alternative.
+  static constexpr const char* option = "reset_after";
+  using Alternative = GruResetBeforeCell;
   static constexpr CellTraits traits{/*gates=*/3, kNumSlots, /*phases=*/1, /*phase0_gates=*/3,
                                      /*gemm_slot=*/-1, /*state_slot=*/-1, /*inner_bias_gate=*/kGateN,
                                      /*split_grad=*/true, /*direct_dh=*/true};
@@ -238,14 +262,16 @@ struct GruResetBeforeCell : GruBase {
   }
 };
 
+// ---- Generated from RNNFAST_CELLS --------------------------------------------------------------------
+
 // The traits of a runtime CellKind (the CUDA launchers take the cell as a value).
 constexpr CellTraits traits_of(CellKind kind) {
   switch (kind) {
-    case CellKind::rnn_tanh: return RnnTanhCell::traits;
-    case CellKind::rnn_relu: return RnnReluCell::traits;
-    case CellKind::gru: return GruCell::traits;
-    case CellKind::gru_reset_before: return GruResetBeforeCell::traits;
-    case CellKind::lstm: return LstmCell::traits;
+#define RNNFAST_TRAITS_CASE(KIND, CELL) \
+  case CellKind::KIND:                  \
+    return CELL::traits;
+    RNNFAST_CELLS(RNNFAST_TRAITS_CASE)
+#undef RNNFAST_TRAITS_CASE
   }
   return CellTraits{0, 0, 0, 0, -1, -1, -1, false, false};
 }
@@ -254,13 +280,49 @@ constexpr CellTraits traits_of(CellKind kind) {
 template <class F>
 inline auto for_cell(CellKind kind, const F& f) -> decltype(f.template run<LstmCell>()) {
   switch (kind) {
-    case CellKind::rnn_tanh: return f.template run<RnnTanhCell>();
-    case CellKind::rnn_relu: return f.template run<RnnReluCell>();
-    case CellKind::gru: return f.template run<GruCell>();
-    case CellKind::gru_reset_before: return f.template run<GruResetBeforeCell>();
-    case CellKind::lstm: return f.template run<LstmCell>();
+#define RNNFAST_RUN_CASE(KIND, CELL) \
+  case CellKind::KIND:               \
+    return f.template run<CELL>();
+    RNNFAST_CELLS(RNNFAST_RUN_CASE)
+#undef RNNFAST_RUN_CASE
   }
   return f.template run<LstmCell>();  // unreachable for a valid kind; callers check the kind first
+}
+
+// Calls f(CellTag<Cell>{}) for every cell, in list order (compile-time enumeration: the op
+// registrations and schemas are built from it).
+template <class Cell>
+struct CellTag {
+  using type = Cell;
+};
+template <class F>
+inline void for_each_cell(const F& f) {
+#define RNNFAST_VISIT(KIND, CELL) f(CellTag<CELL>{});
+  RNNFAST_CELLS(RNNFAST_VISIT)
+#undef RNNFAST_VISIT
+}
+
+// The cell an op's `option` selects when false (GruCell::Alternative), void for a cell without one.
+template <class Cell, class = void>
+struct AlternativeOf {
+  using type = void;
+};
+template <class Cell>
+struct AlternativeOf<Cell, std::void_t<typename Cell::Alternative>> {
+  using type = typename Cell::Alternative;
+};
+template <class Cell>
+constexpr bool has_option() {
+  return !std::is_void<typename AlternativeOf<Cell>::type>::value;
+}
+
+// Whether the cell has ops of its own (<name>_forward, <name>_backward): every cell but another's
+// Alternative, which runs through that cell's ops.
+template <class Cell>
+constexpr bool has_own_op() {
+#define RNNFAST_IS_ALTERNATIVE_OF(KIND, CELL) std::is_same<Cell, typename AlternativeOf<CELL>::type>::value ||
+  return !(RNNFAST_CELLS(RNNFAST_IS_ALTERNATIVE_OF) false);
+#undef RNNFAST_IS_ALTERNATIVE_OF
 }
 
 // Sanity of every definition, at compile time (tests/test_core_cells.py checks the slot counts
@@ -272,9 +334,28 @@ constexpr bool traits_consistent() {
          (t.phases == 2) == (t.gemm_slot >= 0) && t.gemm_slot < t.slots && t.state_slot < t.slots &&
          t.inner_bias_gate < t.gates;
 }
-static_assert(traits_consistent<RnnTanhCell>() && traits_consistent<RnnReluCell>(), "rnn traits");
-static_assert(traits_consistent<GruCell>() && traits_consistent<GruResetBeforeCell>(), "gru traits");
-static_assert(traits_consistent<LstmCell>(), "lstm traits");
+constexpr bool same_name(const char* a, const char* b) {
+  while (*a != '\0' && *a == *b) ++a, ++b;
+  return *a == *b;
+}
+template <class Cell>
+constexpr bool option_consistent() {  // the alternative shares the op: same name, gates, state
+  using A = typename AlternativeOf<Cell>::type;
+  if constexpr (std::is_void<A>::value) {
+    return true;
+  } else {
+    return !has_option<A>() && same_name(A::name, Cell::name) && A::traits.gates == Cell::traits.gates &&
+           A::traits.has_cell_state() == Cell::traits.has_cell_state();
+  }
+}
+#define RNNFAST_CHECK_CELL(KIND, CELL)                                                                 \
+  static_assert(CELL::kind == CellKind::KIND, #CELL "::kind is not its RNNFAST_CELLS entry");          \
+  static_assert(traits_consistent<CELL>(), #CELL "::traits are inconsistent");                        \
+  static_assert(option_consistent<CELL>(), #CELL "::Alternative does not share its op");              \
+  static_assert(!(has_option<CELL>() && CELL::traits.has_cell_state()),                                \
+                #CELL ": an option on a cell-state op needs its own entry points and schema templates");
+RNNFAST_CELLS(RNNFAST_CHECK_CELL)
+#undef RNNFAST_CHECK_CELL
 
 }  // namespace core
 }  // namespace rnnfast

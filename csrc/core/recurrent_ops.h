@@ -9,6 +9,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <string>
 #include <tuple>
 
 #include "args.h"
@@ -18,6 +19,26 @@
 namespace rnnfast {
 namespace core {
 
+// A cell's names: "rnnfast.<name>" (the op as errors name it) and its registered op names
+// "<name>_forward" / "<name>_backward". Static storage: registrations may keep the pointer.
+template <class Cell>
+const char* qualified_name() {
+  static const std::string s = std::string("rnnfast.") + Cell::name;
+  return s.c_str();
+}
+
+template <class Cell>
+const char* forward_op_name() {
+  static const std::string s = std::string(Cell::name) + "_forward";
+  return s.c_str();
+}
+
+template <class Cell>
+const char* backward_op_name() {
+  static const std::string s = std::string(Cell::name) + "_backward";
+  return s.c_str();
+}
+
 template <class Family>
 struct RecurrentOps {
   using Tensor = at::Tensor;
@@ -26,9 +47,9 @@ struct RecurrentOps {
   // grad_hx[, grad_cx], grad_w_ih, grad_w_hh[, grad_w_hr], grad_b_ih, grad_b_hh).
   using StatelessForward = std::tuple<Tensor, Tensor, Tensor>;
   using StatelessBackward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
-  using LstmForward = std::tuple<Tensor, Tensor, Tensor, Tensor>;
-  using LstmBackward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
-  using LstmProjBackward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+  using CellStateForward = std::tuple<Tensor, Tensor, Tensor, Tensor>;
+  using CellStateBackward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+  using ProjectionBackward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
   static Tensor optional(const Opt& t) { return t.has_value() && t->defined() ? t->contiguous() : Tensor(); }
 
@@ -97,107 +118,104 @@ struct RecurrentOps {
     return recurrent_backward<Cell, Family>(Family::context(), p);
   }
 
-  // Cells without a cell state (RNN, GRU): no cx in, no cy out.
+  // The entry points, one per shape of schema (csrc/ops.cpp's templates); forward_entry /
+  // backward_entry pick a cell's. The op's name in errors is "rnnfast.<Cell::name>".
+
+  // A cell without a cell state (RNN, GRU): no cx in, no cy out.
   template <class Cell>
-  static StatelessForward stateless_forward(const char* op, const Tensor& input, const Tensor& hx, const Tensor& w_ih,
+  static StatelessForward stateless_forward(const Tensor& input, const Tensor& hx, const Tensor& w_ih,
                                             const Tensor& w_hh, const Opt& b_ih, const Opt& b_hh, bool reverse,
                                             const Opt& lengths) {
-    const ForwardResult r = forward<Cell>(
-        forward_problem<Cell>(op, input, hx, nullptr, w_ih, w_hh, nullptr, b_ih, b_hh, reverse, lengths));
+    const ForwardResult r = forward<Cell>(forward_problem<Cell>(qualified_name<Cell>(), input, hx, nullptr, w_ih,
+                                                                w_hh, nullptr, b_ih, b_hh, reverse, lengths));
     return {r.output, r.hy, r.ws};
   }
 
   template <class Cell>
-  static StatelessBackward stateless_backward(const char* op, const Tensor& grad_output, const Tensor& grad_hy,
-                                              const Tensor& input, const Tensor& hx, const Tensor& w_ih,
-                                              const Tensor& w_hh, const Tensor& output, const Tensor& workspace,
-                                              bool reverse, bool input_grad, const Opt& lengths) {
-    const BackwardResult r = backward<Cell>(backward_problem<Cell>(op, grad_output, grad_hy, nullptr, input, hx,
-                                                                   nullptr, w_ih, w_hh, nullptr, output, workspace,
-                                                                   reverse, input_grad, lengths));
+  static StatelessBackward stateless_backward(const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input,
+                                              const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
+                                              const Tensor& output, const Tensor& workspace, bool reverse,
+                                              bool input_grad, const Opt& lengths) {
+    const BackwardResult r = backward<Cell>(backward_problem<Cell>(qualified_name<Cell>(), grad_output, grad_hy,
+                                                                   nullptr, input, hx, nullptr, w_ih, w_hh, nullptr,
+                                                                   output, workspace, reverse, input_grad, lengths));
     return {r.grad_input, r.grad_hx, r.grad_w_ih, r.grad_w_hh, r.grad_b_ih, r.grad_b_hh};
   }
 
-  static StatelessForward rnn_tanh_forward(const Tensor& input, const Tensor& hx, const Tensor& w_ih,
-                                           const Tensor& w_hh, const Opt& b_ih, const Opt& b_hh, bool reverse,
-                                           const Opt& lengths) {
-    return stateless_forward<RnnTanhCell>("rnnfast.rnn_tanh", input, hx, w_ih, w_hh, b_ih, b_hh, reverse, lengths);
+  // The same with the cell's option after `reverse` (gru's reset_after): true runs Cell, false its
+  // Alternative (cells.h).
+  template <class Cell>
+  static StatelessForward option_forward(const Tensor& input, const Tensor& hx, const Tensor& w_ih,
+                                         const Tensor& w_hh, const Opt& b_ih, const Opt& b_hh, bool reverse,
+                                         bool option, const Opt& lengths) {
+    using Alternative = typename AlternativeOf<Cell>::type;
+    return option ? stateless_forward<Cell>(input, hx, w_ih, w_hh, b_ih, b_hh, reverse, lengths)
+                  : stateless_forward<Alternative>(input, hx, w_ih, w_hh, b_ih, b_hh, reverse, lengths);
   }
 
-  static StatelessForward rnn_relu_forward(const Tensor& input, const Tensor& hx, const Tensor& w_ih,
-                                           const Tensor& w_hh, const Opt& b_ih, const Opt& b_hh, bool reverse,
-                                           const Opt& lengths) {
-    return stateless_forward<RnnReluCell>("rnnfast.rnn_relu", input, hx, w_ih, w_hh, b_ih, b_hh, reverse, lengths);
+  template <class Cell>
+  static StatelessBackward option_backward(const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input,
+                                           const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
+                                           const Tensor& output, const Tensor& workspace, bool reverse, bool option,
+                                           bool input_grad, const Opt& lengths) {
+    using Alternative = typename AlternativeOf<Cell>::type;
+    return option ? stateless_backward<Cell>(grad_output, grad_hy, input, hx, w_ih, w_hh, output, workspace, reverse,
+                                             input_grad, lengths)
+                  : stateless_backward<Alternative>(grad_output, grad_hy, input, hx, w_ih, w_hh, output, workspace,
+                                                    reverse, input_grad, lengths);
   }
 
-  static StatelessForward gru_forward(const Tensor& input, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
-                                      const Opt& b_ih, const Opt& b_hh, bool reverse, bool reset_after,
-                                      const Opt& lengths) {
-    return reset_after
-               ? stateless_forward<GruCell>("rnnfast.gru", input, hx, w_ih, w_hh, b_ih, b_hh, reverse, lengths)
-               : stateless_forward<GruResetBeforeCell>("rnnfast.gru", input, hx, w_ih, w_hh, b_ih, b_hh, reverse,
-                                                       lengths);
-  }
-
-  static StatelessBackward rnn_tanh_backward(const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input,
-                                             const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
-                                             const Tensor& output, const Tensor& workspace, bool reverse,
-                                             bool input_grad, const Opt& lengths) {
-    return stateless_backward<RnnTanhCell>("rnnfast.rnn_tanh", grad_output, grad_hy, input, hx, w_ih, w_hh, output,
-                                           workspace, reverse, input_grad, lengths);
-  }
-
-  static StatelessBackward rnn_relu_backward(const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input,
-                                             const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
-                                             const Tensor& output, const Tensor& workspace, bool reverse,
-                                             bool input_grad, const Opt& lengths) {
-    return stateless_backward<RnnReluCell>("rnnfast.rnn_relu", grad_output, grad_hy, input, hx, w_ih, w_hh, output,
-                                           workspace, reverse, input_grad, lengths);
-  }
-
-  static StatelessBackward gru_backward(const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input,
-                                        const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh, const Tensor& output,
-                                        const Tensor& workspace, bool reverse, bool reset_after, bool input_grad,
-                                        const Opt& lengths) {
-    return reset_after ? stateless_backward<GruCell>("rnnfast.gru", grad_output, grad_hy, input, hx, w_ih, w_hh,
-                                                     output, workspace, reverse, input_grad, lengths)
-                       : stateless_backward<GruResetBeforeCell>("rnnfast.gru", grad_output, grad_hy, input, hx, w_ih,
-                                                                w_hh, output, workspace, reverse, input_grad, lengths);
-  }
-
-  static LstmForward lstm_forward(const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
-                                  const Tensor& w_hh, const Opt& b_ih, const Opt& b_hh, bool reverse,
-                                  const Opt& lengths) {
-    const ForwardResult r = forward<LstmCell>(forward_problem<LstmCell>("rnnfast.lstm", input, hx, &cx, w_ih, w_hh,
-                                                                        nullptr, b_ih, b_hh, reverse, lengths));
+  // A cell with a cell state (LSTM): cx in, cy out.
+  template <class Cell>
+  static CellStateForward cell_state_forward(const Tensor& input, const Tensor& hx, const Tensor& cx,
+                                             const Tensor& w_ih, const Tensor& w_hh, const Opt& b_ih,
+                                             const Opt& b_hh, bool reverse, const Opt& lengths) {
+    const ForwardResult r = forward<Cell>(forward_problem<Cell>(qualified_name<Cell>(), input, hx, &cx, w_ih, w_hh,
+                                                                nullptr, b_ih, b_hh, reverse, lengths));
     return {r.output, r.hy, r.cy, r.ws};
   }
 
-  static LstmBackward lstm_backward(const Tensor& grad_output, const Tensor& grad_hy, const Tensor& grad_cy,
-                                    const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
-                                    const Tensor& w_hh, const Tensor& output, const Tensor& workspace, bool reverse,
-                                    bool input_grad, const Opt& lengths) {
-    const BackwardResult r = backward<LstmCell>(backward_problem<LstmCell>("rnnfast.lstm", grad_output, grad_hy,
-                                                                           &grad_cy, input, hx, &cx, w_ih, w_hh,
-                                                                           nullptr, output, workspace, reverse,
-                                                                           input_grad, lengths));
+  template <class Cell>
+  static CellStateBackward cell_state_backward(const Tensor& grad_output, const Tensor& grad_hy,
+                                               const Tensor& grad_cy, const Tensor& input, const Tensor& hx,
+                                               const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
+                                               const Tensor& output, const Tensor& workspace, bool reverse,
+                                               bool input_grad, const Opt& lengths) {
+    const BackwardResult r = backward<Cell>(backward_problem<Cell>(qualified_name<Cell>(), grad_output, grad_hy,
+                                                                   &grad_cy, input, hx, &cx, w_ih, w_hh, nullptr,
+                                                                   output, workspace, reverse, input_grad, lengths));
     return {r.grad_input, r.grad_hx, r.grad_cx, r.grad_w_ih, r.grad_w_hh, r.grad_b_ih, r.grad_b_hh};
   }
 
+  // A cell's two ops, by the shape of its schema.
+  template <class Cell>
+  static constexpr auto forward_entry() {
+    if constexpr (Cell::traits.has_cell_state()) return &cell_state_forward<Cell>;
+    else if constexpr (has_option<Cell>()) return &option_forward<Cell>;
+    else return &stateless_forward<Cell>;
+  }
+
+  template <class Cell>
+  static constexpr auto backward_entry() {
+    if constexpr (Cell::traits.has_cell_state()) return &cell_state_backward<Cell>;
+    else if constexpr (has_option<Cell>()) return &option_backward<Cell>;
+    else return &stateless_backward<Cell>;
+  }
+
   // LSTM with a projection: the same loop with the LstmProjection hook (loop.h).
-  static LstmForward lstm_proj_forward(const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
-                                       const Tensor& w_hh, const Tensor& w_hr, const Opt& b_ih, const Opt& b_hh,
-                                       bool reverse, const Opt& lengths) {
+  static CellStateForward lstm_proj_forward(const Tensor& input, const Tensor& hx, const Tensor& cx,
+                                            const Tensor& w_ih, const Tensor& w_hh, const Tensor& w_hr,
+                                            const Opt& b_ih, const Opt& b_hh, bool reverse, const Opt& lengths) {
     const ForwardResult r = forward<LstmCell>(forward_problem<LstmCell>("rnnfast.lstm_proj", input, hx, &cx, w_ih,
                                                                         w_hh, &w_hr, b_ih, b_hh, reverse, lengths));
     return {r.output, r.hy, r.cy, r.ws};
   }
 
-  static LstmProjBackward lstm_proj_backward(const Tensor& grad_output, const Tensor& grad_hy, const Tensor& grad_cy,
-                                             const Tensor& input, const Tensor& hx, const Tensor& cx,
-                                             const Tensor& w_ih, const Tensor& w_hh, const Tensor& w_hr,
-                                             const Tensor& output, const Tensor& workspace, bool reverse,
-                                             bool input_grad, const Opt& lengths) {
+  static ProjectionBackward lstm_proj_backward(const Tensor& grad_output, const Tensor& grad_hy,
+                                               const Tensor& grad_cy, const Tensor& input, const Tensor& hx,
+                                               const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
+                                               const Tensor& w_hr, const Tensor& output, const Tensor& workspace,
+                                               bool reverse, bool input_grad, const Opt& lengths) {
     const BackwardResult r = backward<LstmCell>(backward_problem<LstmCell>("rnnfast.lstm_proj", grad_output, grad_hy,
                                                                            &grad_cy, input, hx, &cx, w_ih, w_hh, &w_hr,
                                                                            output, workspace, reverse, input_grad,
@@ -206,18 +224,18 @@ struct RecurrentOps {
   }
 };
 
-// def(name, &Ops::name) for every recurrent op: the one list the registrations share (CPU and CUDA
-// TORCH_LIBRARY_IMPL blocks, the emulation's pybind module).
+// def(name, entry point) for every recurrent op: the one list the registrations share (CPU and CUDA
+// TORCH_LIBRARY_IMPL blocks, the emulation's pybind module): each cell of cells.h's RNNFAST_CELLS
+// that has ops of its own, then the LSTM projection.
 template <class Ops, class Def>
 void for_each_recurrent_op(const Def& def) {
-  def("rnn_tanh_forward", &Ops::rnn_tanh_forward);
-  def("rnn_tanh_backward", &Ops::rnn_tanh_backward);
-  def("rnn_relu_forward", &Ops::rnn_relu_forward);
-  def("rnn_relu_backward", &Ops::rnn_relu_backward);
-  def("gru_forward", &Ops::gru_forward);
-  def("gru_backward", &Ops::gru_backward);
-  def("lstm_forward", &Ops::lstm_forward);
-  def("lstm_backward", &Ops::lstm_backward);
+  for_each_cell([&](auto tag) {
+    using Cell = typename decltype(tag)::type;
+    if constexpr (has_own_op<Cell>()) {
+      def(forward_op_name<Cell>(), Ops::template forward_entry<Cell>());
+      def(backward_op_name<Cell>(), Ops::template backward_entry<Cell>());
+    }
+  });
   def("lstm_proj_forward", &Ops::lstm_proj_forward);
   def("lstm_proj_backward", &Ops::lstm_proj_backward);
 }
