@@ -10,6 +10,8 @@
 """
 import os
 import re
+import shutil
+import subprocess
 
 import pytest
 
@@ -153,3 +155,61 @@ def test_only_cells_h_names_a_cell(path):
     named = sorted({w for entry in cell_list() if entry != PROJECTION_CELL for w in entry
                     if re.search(rf"\b{w}(_forward|_backward)?\b", text)})
     assert not named, f"{rel(path)} names cells {named}: add a cell through csrc/core/cells.h's RNNFAST_CELLS"
+
+
+TOY_CELL = """
+struct RnnLinearCell {  // a cell added the documented way: its struct and its RNNFAST_CELLS entry
+  static constexpr CellKind kind = CellKind::rnn_linear;
+  static constexpr const char* name = "rnn_linear";
+  enum Gate : int { kGateA };
+  enum Slot : int { kNumSlots };
+  static constexpr CellTraits traits{1, kNumSlots, 1, 1, -1, -1, -1, false, false};
+  template <class S>
+  RNNFAST_HOST_DEVICE static void forward(S& s, Phase<0>) { s.set_h(s.x(kGateA) + s.h(kGateA)); }
+  template <class S>
+  RNNFAST_HOST_DEVICE static void backward(S& s, Phase<0>) { s.set_dg(kGateA, s.dh()); }
+};
+"""
+
+TOY_MAIN = r"""
+#include <cstdio>
+#include "cells.h"
+using namespace rnnfast::core;
+struct Gates {
+  template <class Cell>
+  int run() const { return Cell::traits.gates; }
+};
+int main() {
+  for_each_cell([](auto tag) {
+    using Cell = typename decltype(tag)::type;
+    std::printf("%s %d %d %d %d\n", Cell::name, static_cast<int>(Cell::kind), has_own_op<Cell>() ? 1 : 0,
+                has_option<Cell>() ? 1 : 0, traits_of(Cell::kind).slots);
+  });
+  std::printf("gates %d\n", for_cell(CellKind::rnn_linear, Gates{}));
+}
+"""
+
+
+def test_a_new_cell_is_its_struct_and_one_entry(tmp_path):
+    # cells.h with one more struct and one more RNNFAST_CELLS line, nothing else: the generated
+    # CellKind, traits_of, for_cell and for_each_cell (what the op entry points, registrations and
+    # schemas are built from) know it, and it gets ops of its own
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    assert cxx, "a C++ compiler is needed (the extension itself is built with one)"
+    with open(os.path.join(CSRC, "core", "cells.h"), encoding="utf-8") as f:
+        text = f.read()
+    last = "  X(lstm, LstmCell)\n"
+    assert last in text and text.count("// ---- Generated from RNNFAST_CELLS") == 1
+    text = text.replace(last, "  X(lstm, LstmCell) \\\n  X(rnn_linear, RnnLinearCell)\n")
+    text = text.replace("// ---- Generated from RNNFAST_CELLS", TOY_CELL + "\n// ---- Generated from RNNFAST_CELLS")
+    (tmp_path / "cells.h").write_text(text)
+    (tmp_path / "main.cpp").write_text(TOY_MAIN)
+    exe = str(tmp_path / "toy")
+    subprocess.run([cxx, "-std=c++17", "-Wall", "-Wextra", "-Werror", str(tmp_path / "main.cpp"), "-o", exe],
+                   check=True)
+    lines = subprocess.run([exe], check=True, capture_output=True, text=True).stdout.splitlines()
+    rows = [line.split() for line in lines[:-1]]
+    assert [r[0] for r in rows] == ["rnn_tanh", "rnn_relu", "gru", "gru", "lstm", "rnn_linear"]
+    assert rows[-1] == ["rnn_linear", str(len(cell_list())), "1", "0", "0"]
+    assert ["gru", "3", "0", "0", "4"] in rows  # gru_reset_before: a CellKind, no op of its own
+    assert lines[-1] == "gates 1"
