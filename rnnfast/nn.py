@@ -176,15 +176,43 @@ def _check_shape(t, expected, msg="Expected hidden size {}, got {}"):
         raise RuntimeError(msg.format(tuple(expected), list(t.shape)))
 
 
-def _call_layer(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, reset_after, lengths=None, w_hr=None):
-    """One layer, one direction, the whole sequence: x (T, B, I) -> (output, hy[, cy])."""
+def _call_op(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, reset_after, lengths, w_hr):
+    """The layer's op, called directly: its own checks (csrc/core/args.h) reject every argument
+    rnnfast.functional would (RuntimeError), and its autocast kernel casts as functional does."""
+    ops = torch.ops.rnnfast
     if mode == "LSTM":
-        return rf.lstm(x, h, c, w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths, w_hr=w_hr)
+        if w_hr is not None:
+            return ops.lstm_proj_forward(x, h, c, w_ih, w_hh, w_hr, b_ih, b_hh, reverse, lengths)[:3]
+        return ops.lstm_forward(x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, lengths)[:3]
     if mode == "GRU":
-        return rf.gru(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse, reset_after=reset_after, lengths=lengths)
+        return ops.gru_forward(x, h, w_ih, w_hh, b_ih, b_hh, reverse, reset_after, lengths)[:2]
     if mode == "RNN_TANH":
-        return rf.rnn_tanh(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths)
-    return rf.rnn_relu(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths)
+        return ops.rnn_tanh_forward(x, h, w_ih, w_hh, b_ih, b_hh, reverse, lengths)[:2]
+    return ops.rnn_relu_forward(x, h, w_ih, w_hh, b_ih, b_hh, reverse, lengths)[:2]
+
+
+def _call_layer(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, reset_after, lengths=None, w_hr=None):
+    """One layer, one direction, the whole sequence: x (T, B, I) -> (output, hy[, cy]).
+
+    The op first, with no Python checks: they were a third of a one-step call (generation, a cell
+    in a loop). Only when the op refuses its arguments does rnnfast.functional run, for its error
+    naming the argument and the rule (TypeError/ValueError); the op's own error is re-raised should
+    functional accept them. Same op, same numbers either way."""
+    reverse, reset_after = bool(reverse), bool(reset_after)
+    try:
+        return _call_op(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, reset_after, lengths, w_hr)
+    except (RuntimeError, TypeError, ValueError) as err:
+        refused = err
+    # outside the except block, so functional's error does not print the op's as its context
+    if mode == "LSTM":
+        rf.lstm(x, h, c, w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths, w_hr=w_hr)
+    elif mode == "GRU":
+        rf.gru(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse, reset_after=reset_after, lengths=lengths)
+    elif mode == "RNN_TANH":
+        rf.rnn_tanh(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths)
+    else:
+        rf.rnn_relu(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths)
+    raise refused
 
 
 

@@ -1,16 +1,20 @@
-// The per-step recurrent GEMM with its weight packed once per call.
+// The per-step recurrent GEMM, with its weight packed once per call when that repays.
 //
 // A recurrent layer multiplies the same W_hh by a new (B, H) state T times. Through at::mm_out,
 // MKL re-packs W_hh on every call (and the dispatcher is paid every call); MKL's packed API
 // (cblas_sgemm_pack / cblas_sgemm_compute) packs it once and measured ~25% faster per step at
 // B=32, H=256, G=4. torch links MKL statically and exports these symbols; we look them up at run
 // time (dlsym), so a torch built without MKL, or float64, simply falls back to at::mm_out.
+// Packing is not free, though (worth_packing below): a short sequence or a batch of one or two
+// rows runs at::mm_out per step instead, with no per-call cost that grows with the weight.
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/record_function.h>
 #include <dlfcn.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 namespace rnnfast {
 namespace cpu {
@@ -108,17 +112,41 @@ inline void check_gemm_args(int64_t m, int64_t n, int64_t k, int64_t lda, int64_
               ") has leading dimension ", ldc, "; it must lie in [max(1, ", n, "), 2^31)");
 }
 
+// Whether packing op(W) once repays over `steps` GEMMs of `m` rows each. Measured on the 2-core
+// dev box (Xeon, MKL in torch 2.13, 1 thread; bench/pack_breakeven.py):
+// - m <= 2: the packed compute is no faster than at::mm (MKL runs a GEMV-like kernel on the plain
+//   weight), and cblas_sgemm_pack itself is 5-15x slower for m = 1 than for m >= 4 (G*H x H
+//   weight: H=512 G=3 2.0 ms at m=1 against 0.43 ms at m=8; one at::mm at m=1 is 0.15 ms).
+//   Never pack: T=1, B=1 generation paid 2-10 ms per call for one 0.15-0.6 ms GEMV.
+// - m >= 4: a pack costs about one to three unpacked GEMMs of the same weight and saves 5-70% per
+//   step: break-even at 2-9 steps for H >= 256 (e.g. H=512 G=4 m=8: pack 0.53 ms, step 0.17 vs
+//   0.49 ms), up to ~19 steps where the saving is tiny (H <= 256, one gate, m = 8).
+// So: pack when m >= 4 and the sequence has at least 2 steps and m * steps >= 64 (T=8 at B=8,
+// T=16 at B=4, T=2 at B=32); a single step never packs (nothing to amortize over).
+constexpr int64_t kPackMinRows = 4, kPackMinSteps = 2, kPackMinRowSteps = 64;
+inline bool worth_packing(int64_t m, int64_t steps) {
+  return m >= kPackMinRows && steps >= kPackMinSteps && m * steps >= kPackMinRowSteps;
+}
+
 // C (M, N) = [C +] A (M, K) · op(W), op(W) = Wᵀ (transpose) or W. A and C follow the rule above
 // (any strides; A is copied if BLAS cannot read it); M = A.size(0) may differ per call, N and K are
-// fixed by W.
+// fixed by W. `steps`: how many GEMMs this object will run with up to max_m rows (the sequence
+// length); W is packed only when worth_packing(max_m, steps). The default keeps the old rule
+// (pack whenever the packed API can), for callers that do not know their step count.
 class RecurrentGemm {
  public:
-  RecurrentGemm(const at::Tensor& w, bool transpose, int64_t max_m) : w_(w), transpose_(transpose) {
+  static constexpr int64_t kUnknownSteps = INT32_MAX;
+
+  RecurrentGemm(const at::Tensor& w, bool transpose, int64_t max_m, int64_t steps = kUnknownSteps)
+      : w_(w), transpose_(transpose) {
     n_ = transpose ? w.size(0) : w.size(1);
     k_ = transpose ? w.size(1) : w.size(0);
     const mkl::Api& a = mkl::api();
     const bool fits = max_m > 0 && n_ > 0 && k_ > 0 && max_m < INT32_MAX && n_ < INT32_MAX && k_ < INT32_MAX;
-    if (w.scalar_type() == at::kFloat && w.is_contiguous() && a.ok() && fits) {
+    const bool repays = steps == kUnknownSteps || worth_packing(max_m, steps);
+    if (w.scalar_type() == at::kFloat && w.is_contiguous() && a.ok() && fits && repays) {
+      // a profiler scope of its own: tests/test_small_sizes.py checks which calls pack
+      RECORD_FUNCTION("rnnfast::pack_recurrent_weight", std::vector<c10::IValue>());
       // W (rows, cols) contiguous: row-major with ld = cols, as the rule asks
       TORCH_CHECK(w.size(1) >= 1 && w.size(1) <= INT32_MAX, "rnnfast: BLAS pack of W ", w.sizes(),
                   ": leading dimension ", w.size(1), " out of range");

@@ -274,8 +274,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_forward(
   at::Tensor hg = at::empty({B, G_rec * H}, opts);
   at::Tensor gn = kTwoPhase ? at::empty({B, H}, opts) : at::Tensor();
   // h_{t-1} W_recᵀ and (two-phase) (r h) W_hnᵀ, weights packed once for all steps
-  const RecurrentGemm rec(w_hh.narrow(0, 0, G_rec * H), /*transpose=*/true, B);
-  const RecurrentGemm rec_n = kTwoPhase ? RecurrentGemm(w_hh.narrow(0, G_rec * H, (G - G_rec) * H), true, B) : rec;
+  const RecurrentGemm rec(w_hh.narrow(0, 0, G_rec * H), /*transpose=*/true, B, T);
+  const RecurrentGemm rec_n = kTwoPhase ? RecurrentGemm(w_hh.narrow(0, G_rec * H, (G - G_rec) * H), true, B, T) : rec;
   const int64_t WS = Cell::traits.slots * H;
 
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), Cell::name, [&] {
@@ -491,8 +491,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor dc = kCellState ? dense_copy(grad_cy) : at::Tensor();
   at::Tensor drh = kTwoPhase ? at::empty({B, H}, opts) : at::Tensor();
   // dGh[t] W_rec and (two-phase) dn W_hn, weights packed once for all steps
-  const RecurrentGemm rec(w_hh.narrow(0, 0, G_rec * H), /*transpose=*/false, B);
-  const RecurrentGemm rec_n = kTwoPhase ? RecurrentGemm(w_hh.narrow(0, G_rec * H, (G - G_rec) * H), false, B) : rec;
+  const RecurrentGemm rec(w_hh.narrow(0, 0, G_rec * H), /*transpose=*/false, B, T);
+  const RecurrentGemm rec_n = kTwoPhase ? RecurrentGemm(w_hh.narrow(0, G_rec * H, (G - G_rec) * H), false, B, T) : rec;
 
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), Cell::name, [&] {
     RECORD_FUNCTION("rnnfast::backward_recurrence", std::vector<c10::IValue>());  // profiler scope
