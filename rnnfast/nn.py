@@ -48,6 +48,7 @@ from torch.nn.utils.rnn import PackedSequence
 from . import _hooks, _serialization
 from ._serialization import PicklableMixin as _PicklableMixin
 from . import functional as rf
+from ._ops import FORWARD as _FORWARD
 from ._cells import CELLS, lookup as _cell_of
 
 __all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell"]
@@ -177,18 +178,19 @@ def _check_shape(t, expected, msg="Expected hidden size {}, got {}"):
 
 
 def _call_op(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, reset_after, lengths, w_hr):
-    """The layer's op, called directly: its own checks (csrc/core/args.h) reject every argument
-    rnnfast.functional would (RuntimeError), and its autocast kernel casts as functional does."""
-    ops = torch.ops.rnnfast
+    """The layer's op, called directly through its lean caller (rnnfast._ops.FORWARD: no
+    torch.library Python per call; the registered op under torch.compile): its own checks
+    (csrc/core/args.h) reject every argument rnnfast.functional would (RuntimeError), and its
+    autocast kernel casts as functional does."""
     if mode == "LSTM":
         if w_hr is not None:
-            return ops.lstm_proj_forward(x, h, c, w_ih, w_hh, w_hr, b_ih, b_hh, reverse, lengths)[:3]
-        return ops.lstm_forward(x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, lengths)[:3]
+            return _FORWARD["lstm_proj"](x, h, c, w_ih, w_hh, w_hr, b_ih, b_hh, reverse, lengths)[:3]
+        return _FORWARD["lstm"](x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, lengths)[:3]
     if mode == "GRU":
-        return ops.gru_forward(x, h, w_ih, w_hh, b_ih, b_hh, reverse, reset_after, lengths)[:2]
+        return _FORWARD["gru"](x, h, w_ih, w_hh, b_ih, b_hh, reverse, reset_after, lengths)[:2]
     if mode == "RNN_TANH":
-        return ops.rnn_tanh_forward(x, h, w_ih, w_hh, b_ih, b_hh, reverse, lengths)[:2]
-    return ops.rnn_relu_forward(x, h, w_ih, w_hh, b_ih, b_hh, reverse, lengths)[:2]
+        return _FORWARD["rnn_tanh"](x, h, w_ih, w_hh, b_ih, b_hh, reverse, lengths)[:2]
+    return _FORWARD["rnn_relu"](x, h, w_ih, w_hh, b_ih, b_hh, reverse, lengths)[:2]
 
 
 def _call_layer(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, reset_after, lengths=None, w_hr=None):
