@@ -448,6 +448,25 @@ class _CellMixin:
 
     def _step(self, input, states):
         """Checks like torch.nn's cells, then runs one step (T = 1). states: tuple or None."""
+        w_ih = self.weight_ih
+        # The usual call (batched tensors of the weights' dtype and device, the module's sizes) in a
+        # few comparisons: every check of _checked_step passes for it and changes nothing. Anything
+        # else goes through _checked_step, its casts and its errors.
+        if not (isinstance(input, Tensor) and input.dim() == 2 and input.dtype == w_ih.dtype
+                and input.device == w_ih.device and input.size(1) == self.input_size):
+            return self._checked_step(input, states)
+        shape = (input.size(0), self.hidden_size)
+        if states is None:
+            states = tuple(input.new_zeros(shape) for _ in range(1 + _cell_of(self.mode).has_cell_state))
+        elif not all(isinstance(s, Tensor) and s.shape == shape and s.dtype == w_ih.dtype
+                     and s.device == w_ih.device for s in states):
+            return self._checked_step(input, states)
+        c = states[1].contiguous() if len(states) == 2 else None
+        return _call_layer(self.mode, input.unsqueeze(0).contiguous(), states[0].contiguous(), c, w_ih,
+                           self.weight_hh, self.bias_ih, self.bias_hh, False, self._reset_after)[1:]
+
+    def _checked_step(self, input, states):
+        """_step with every check (messages as torch.nn's cells) and autocast's cast."""
         name = type(self).__name__
         if not isinstance(input, Tensor):
             raise TypeError(f"{name}: expected input to be a Tensor, got {type(input).__name__}")

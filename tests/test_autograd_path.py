@@ -469,3 +469,38 @@ def test_dispatcher_only_under_functorch_transforms(monkeypatch):
     seen.clear()
     cell(xs[0], h)
     assert seen == [False]
+
+
+# ---- the cells' usual-call shortcut (_CellMixin._step) against the fully checked step -------------
+
+@pytest.mark.parametrize("with_state", [True, False], ids=["state", "no_state"])
+@pytest.mark.parametrize("name,kw", CELL_CASES, ids=CELL_IDS)
+def test_cell_step_shortcut_equals_checked_step(name, kw, with_state):
+    torch.manual_seed(0)
+    cell = getattr(rnnfast, name)(5, 4, **kw).double()
+    x = torch.randn(3, 5, dtype=torch.float64)
+    states = (torch.randn(3, 4, dtype=torch.float64),) * (2 if name == "LSTMCell" else 1) if with_state else None
+    results = []
+    for step in (cell._step, cell._checked_step):
+        cell.zero_grad(set_to_none=True)
+        out = step(x, states)
+        sum(o.pow(2).sum() for o in out).backward()
+        results.append([o.detach() for o in out] + [p.grad for p in cell.parameters()])
+    assert_identical(*results)
+
+
+def test_cell_step_shortcut_leaves_other_calls_to_the_checked_step(monkeypatch):
+    """Unbatched input, a state of another dtype (autocast) or shape goes through _checked_step."""
+    cell = rnnfast.GRUCell(5, 4)
+    checked = []
+    real = type(cell)._checked_step
+    monkeypatch.setattr(type(cell), "_checked_step", lambda self, *a: checked.append(1) or real(self, *a))
+    cell(torch.randn(3, 5), torch.randn(3, 4))
+    cell(torch.randn(3, 5))
+    assert checked == []
+    cell(torch.randn(5), torch.randn(4))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cell(torch.randn(3, 5), torch.randn(3, 4).bfloat16())
+    with pytest.raises(RuntimeError, match=r"GRUCell: Expected hidden size \(3, 4\), got \[3, 3\]"):
+        cell(torch.randn(3, 5), torch.randn(3, 3))
+    assert checked == [1, 1, 1]
