@@ -504,3 +504,23 @@ def test_cell_step_shortcut_leaves_other_calls_to_the_checked_step(monkeypatch):
     with pytest.raises(RuntimeError, match=r"GRUCell: Expected hidden size \(3, 4\), got \[3, 3\]"):
         cell(torch.randn(3, 5), torch.randn(3, 3))
     assert checked == [1, 1, 1]
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["filled", "broadcast"])
+@pytest.mark.parametrize("unused", ["output", "hy"])
+def test_unused_output_gradient_is_zero(unused, big):
+    """An output the loss does not use gets a zero gradient in backward: filled for small outputs,
+    a broadcast zero above _ops._SMALL_ZEROS elements; the same gradients as an explicit zero."""
+    T, B, H = (8, 64, 40) if big else (2, 3, 4)
+    assert (T * B * H > _ops._SMALL_ZEROS) == big
+    args = op_args("lstm", (), T=T, B=B, I=3, H=H, dtype=torch.float64)
+    for call in (_ops.FORWARD["lstm"], torch.ops.rnnfast.lstm_forward):
+        def loss(explicit_zero):
+            out, hy, cy, _ = call(*args)
+            used, other = (hy, out) if unused == "output" else (out, hy)
+            total = used.sum() + cy.sum()
+            return total + (other * 0).sum() if explicit_zero else total
+        got = torch.autograd.grad(loss(False), leaves(args))
+        ref = torch.autograd.grad(loss(True), leaves(args))
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
