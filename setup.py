@@ -1,4 +1,4 @@
-"""Build of record for rnnfast._C (DESIGN.md §5).
+"""Build of record for rnnfast._C (docs/core.md, "Build").
 
     pip install --no-build-isolation -e .
 

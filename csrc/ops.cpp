@@ -1,5 +1,7 @@
 // Every rnnfast op's schema, declared once. Implementations register per dispatch key: csrc/cpu
-// (CPU), csrc/cuda (CUDA), both over the cells of csrc/core/cells.h. Python wiring (fake/autograd) is rnnfast/_ops.py.
+// (CPU) and csrc/cuda (CUDA), the recurrent ops of both through the same entry points
+// (csrc/core/recurrent_ops.h) and host loop (csrc/core/loop.h) over the cells of csrc/core/cells.h
+// (docs/core.md). Python wiring (fake/autograd) is rnnfast/_ops.py.
 #include <Python.h>
 #include <torch/library.h>
 

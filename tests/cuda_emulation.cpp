@@ -1,12 +1,13 @@
-// Test harness, not part of the package: the CUDA ops' host loop (csrc/cuda/recurrent.h) and the
-// kernels' per-unit code (csrc/kernels/step.cuh over csrc/core/cells.h) compiled for the CPU, the launchers
-// replaced by plain loops over the units. It lets tests/test_cuda_emulated.py check the CUDA path's
+// Test harness, not part of the package: the one host loop (csrc/core/loop.h) with the CUDA backend
+// (csrc/cuda/backend.h) and the kernels' per-unit code (csrc/kernels/step.cuh over csrc/core/cells.h)
+// compiled for the CPU, the launchers replaced by plain loops over the units. It lets tests/test_cuda_emulated.py check the CUDA path's
 // GEMM wiring, pointer arithmetic, workspace layout and cell math on a machine without a GPU.
 // (What it cannot check: the launch configuration, the device, streams, races.)
 #define RNNFAST_HD  // host-only compile of the accessors
 #include <torch/extension.h>
 
-#include "csrc/cuda/recurrent.h"
+#include "csrc/core/recurrent_ops.h"
+#include "csrc/cuda/backend.h"
 #include "csrc/kernels/step.cuh"
 
 // The CUDA runtime is not linked here; the glue only names these in error messages.
@@ -55,18 +56,9 @@ struct HostContext {
   };
   static cudaStream_t stream() { return nullptr; }
 };
-using Ops = rnnfast::cuda::RecurrentOps<HostContext>;
+using Ops = rnnfast::core::RecurrentOps<rnnfast::cuda::CudaFamily<HostContext>>;
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("rnn_tanh_forward", &Ops::rnn_tanh_forward);
-  m.def("rnn_tanh_backward", &Ops::rnn_tanh_backward);
-  m.def("rnn_relu_forward", &Ops::rnn_relu_forward);
-  m.def("rnn_relu_backward", &Ops::rnn_relu_backward);
-  m.def("gru_forward", &Ops::gru_forward);
-  m.def("gru_backward", &Ops::gru_backward);
-  m.def("lstm_forward", &Ops::lstm_forward);
-  m.def("lstm_backward", &Ops::lstm_backward);
-  m.def("lstm_proj_forward", &Ops::lstm_proj_forward);
-  m.def("lstm_proj_backward", &Ops::lstm_proj_backward);
+  rnnfast::core::for_each_recurrent_op<Ops>([&](const char* name, auto fn) { m.def(name, fn); });
 }

@@ -1,8 +1,9 @@
 """The CUDA path's host loop and per-unit kernel code, run on the CPU (no GPU needed).
 
-tests/cuda_emulation.cpp compiles csrc/cuda/recurrent.h (the CUDA ops' host loop: GEMM wiring,
-per-step pointer arithmetic, workspace layout, weight-gradient GEMMs) together with
-csrc/kernels/step.cuh + csrc/core/cells.h (the kernels' per-unit math) for the host, replacing each kernel
+tests/cuda_emulation.cpp compiles the one host loop (csrc/core/loop.h) with the CUDA backend
+(csrc/cuda/backend.h: GEMM wiring, per-step pointer arithmetic, workspace layout, weight-gradient
+GEMMs) together with csrc/kernels/step.cuh + csrc/core/cells.h (the kernels' per-unit math) for the
+host, replacing each kernel
 launch by a loop over the units. This checks everything of the CUDA ops except what only a GPU can
 show (launch configuration, streams, races: tests/test_cuda_recurrent.py and
 tests/sanitize_cuda.py on a GPU machine). The reference is a float64 PyTorch loop over time with
@@ -322,3 +323,120 @@ def test_relu_backward_passes_nan_output_as_torch_and_cpu(emu):
     assert emulated[4].tolist() == [1.0, 1.0, 0.0]  # grad_b_ih = dG: relu' = 1, 1 (NaN), 0
     for name, e, c in zip(["input", "hx", "w_ih", "w_hh", "b_ih", "b_hh"], emulated, cpu):
         torch.testing.assert_close(e, c, equal_nan=True, msg=name)
+
+
+# ---- seams of the one host loop (csrc/core/loop.h): the same loop on the CPU backend and on the
+# CUDA backend (emulated), the projection hook, and variable lengths through both ----------------
+
+def _run_on(backend, emu, cell, a, reverse, lengths, grads):
+    """(forward results, grads dict) of one cell's op pair on 'cpu' (float64) or 'emulated' (float32)."""
+    if backend == "cpu":
+        return _cpu_op(cell, a, reverse, lengths, grads)
+    a32 = {k: (v.float() if v is not None else None) for k, v in a.items()}
+    g32 = [x.float() if x is not None else None for x in grads]
+    fwd = run_forward(emu, cell, a32, reverse, lengths)
+    return fwd, run_backward(emu, cell, a32, fwd, g32, reverse, lengths=lengths)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("backend", ["cpu", "emulated"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_ragged_batch_is_each_sequence_alone(emu, cell, backend, reverse):
+    # a variable-length batch through the loop equals each sequence run alone at its own length:
+    # output rows, hy (cy), input grads; weight grads are the sum over the sequences. The padding's
+    # grad_output is zero, so nothing flows through frozen positions.
+    T, B, I, H = 5, 4, 3, 4
+    lens = [5, 2, 0, 3]
+    a = make_args(cell, T, B, I, H, seed=51)
+    g = torch.Generator().manual_seed(52)
+    mask = (torch.arange(T).unsqueeze(1) < torch.tensor(lens).unsqueeze(0)).unsqueeze(-1).double()
+    grads = (torch.randn(T, B, H, generator=g, dtype=torch.float64) * mask,
+             torch.randn(B, H, generator=g, dtype=torch.float64),
+             torch.randn(B, H, generator=g, dtype=torch.float64) if cell == "lstm" else None)
+    (out, hy, cy, _), got = _run_on(backend, emu, cell, a, reverse, torch.tensor(lens), grads)
+    weight_names = [n for n in ("w_ih", "w_hh", "b_ih", "b_hh") if got.get(n) is not None]
+    summed = {n: torch.zeros_like(got[n]) for n in weight_names}
+    for b, L in enumerate(lens):
+        if L == 0:  # nothing to run: the state passes through, its grads straight back
+            assert_rel(hy[b], a["hx"][b], f"{cell} hy of an empty sequence")
+            assert_rel(got["hx"][b], grads[1][b], f"{cell} grad_hx of an empty sequence")
+            assert not got["input"][:, b].abs().sum()
+            continue
+        one = dict(a, input=a["input"][:L, b:b + 1], hx=a["hx"][b:b + 1])
+        if cell == "lstm":
+            one["cx"] = a["cx"][b:b + 1]
+        g1 = (grads[0][:L, b:b + 1], grads[1][b:b + 1], grads[2][b:b + 1] if grads[2] is not None else None)
+        (o1, h1, c1, _), r1 = _run_on(backend, emu, cell, one, reverse, None, g1)
+        assert_rel(out[:L, b], o1[:, 0], f"{cell} output of sequence {b}")
+        assert_rel(hy[b], h1[0], f"{cell} hy of sequence {b}")
+        if cell == "lstm":
+            assert_rel(cy[b], c1[0], f"lstm cy of sequence {b}")
+        assert_rel(got["input"][:L, b], r1["input"][:, 0], f"{cell} grad_input of sequence {b}")
+        assert_rel(got["hx"][b], r1["hx"][0], f"{cell} grad_hx of sequence {b}")
+        assert not got["input"][L:, b].abs().sum(), "padding positions get no input gradient"
+        for n in weight_names:
+            summed[n] += r1[n].to(summed[n].dtype)
+    for n in weight_names:
+        assert_rel(got[n], summed[n], f"{cell} grad_{n} = sum over the sequences")
+
+
+def _lstm_proj_args(T, B, I, H, P, seed):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s, scale=1.0: torch.randn(*s, generator=g, dtype=torch.float64) * scale  # noqa: E731
+    return [r(T, B, I), r(B, P, scale=0.5), r(B, H, scale=0.5), r(4 * H, I, scale=0.5), r(4 * H, P, scale=0.5),
+            r(P, H, scale=0.5), r(4 * H, scale=0.1), r(4 * H, scale=0.1)], [r(T, B, P), r(B, P), r(B, H)]
+
+
+@pytest.mark.parametrize("ragged", [False, True], ids=["full", "ragged"])
+def test_projection_hook_cpu_emulated_and_torch_agree(emu, ragged):
+    # the projection hook on both backends against torch.nn.LSTM(proj_size) itself (float64,
+    # autograd; a ragged batch through pack_padded_sequence, the loss ignoring padded positions)
+    import rnnfast  # noqa: F401  (registers torch.ops.rnnfast)
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    T, B, I, H, P = 6, 4, 3, 5, 2
+    args, grads = _lstm_proj_args(T, B, I, H, P, seed=61)
+    lens = [6, 2, 1, 4] if ragged else [T] * B
+    valid = (torch.arange(T).unsqueeze(1) < torch.tensor(lens).unsqueeze(0)).unsqueeze(-1).double()
+    grads[0] = grads[0] * valid
+    x, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh = args
+
+    ref = torch.nn.LSTM(I, H, proj_size=P).double()
+    with torch.no_grad():
+        for name, v in [("weight_ih_l0", w_ih), ("weight_hh_l0", w_hh), ("weight_hr_l0", w_hr),
+                        ("bias_ih_l0", b_ih), ("bias_hh_l0", b_hh)]:
+            getattr(ref, name).copy_(v)
+    xr = x.clone().requires_grad_()
+    h0, c0 = hx.clone().unsqueeze(0).requires_grad_(), cx.clone().unsqueeze(0).requires_grad_()
+    packed = pack_padded_sequence(xr, torch.tensor(lens), enforce_sorted=False)
+    out_p, (hn, cn) = ref(packed, (h0, c0))
+    out_ref = pad_packed_sequence(out_p, total_length=T)[0]
+    loss = (out_ref * grads[0]).sum() + (hn[0] * grads[1]).sum() + (cn[0] * grads[2]).sum()
+    loss.backward()
+    want = {"input": xr.grad, "hx": h0.grad[0], "cx": c0.grad[0], "w_ih": ref.weight_ih_l0.grad,
+            "w_hh": ref.weight_hh_l0.grad, "w_hr": ref.weight_hr_l0.grad, "b_ih": ref.bias_ih_l0.grad,
+            "b_hh": ref.bias_hh_l0.grad}
+
+    lengths = torch.tensor(lens) if ragged else None
+    names = ["input", "hx", "cx", "w_ih", "w_hh", "w_hr", "b_ih", "b_hh"]
+    ops = torch.ops.rnnfast
+    for label, fwd_op, bwd_op, dtype in [
+        ("cpu", ops.lstm_proj_forward, lambda *a, **k: ops.lstm_proj_backward(*a, **k), torch.float64),
+        ("emulated", emu.lstm_proj_forward, lambda *a, lengths=None, **k: emu.lstm_proj_backward(*a, True, lengths),
+         torch.float32),
+    ]:
+        a = [v.to(dtype) for v in args]
+        gg = [v.to(dtype) for v in grads]
+        out, hy, cy, ws = fwd_op(*a, False, lengths)
+        assert ws.shape == (T, B, 6 * H)
+        assert_rel(out * valid.to(dtype), out_ref.detach(), f"{label} output")
+        assert_rel(hy, hn[0].detach(), f"{label} hy")
+        assert_rel(cy, cn[0].detach(), f"{label} cy")
+        # the hook's m slot: m = o tanh(c) from the cell's own slots, and output = m W_hrᵀ
+        i, f, gate, o, c, m = ws.double().split(H, dim=2)
+        frozen = (1 - valid).bool().expand(T, B, H)
+        assert_rel(m.masked_fill(frozen, 0), (o * c.tanh()).masked_fill(frozen, 0), f"{label} m slot")
+        assert_rel((m @ w_hr.t()) * valid, out.double() * valid, f"{label} output = m W_hrᵀ")
+        res = bwd_op(*gg, *a[:6], out, ws, False, lengths=lengths)
+        for name, got in zip(names, res):
+            assert_rel(got, want[name], f"{label} grad_{name}")

@@ -91,7 +91,7 @@ def test_ops_match_scratch(cell, reset_after, T, B, I, H, reverse, bias, dtype, 
 @pytest.mark.parametrize("reverse", [False, True])
 def test_batch_split_path_float32(cell, reset_after, B, H, reverse):
     """float32 with W_hh small enough to stay in L2 and B >= 16 on 2 threads takes the CPU path
-    that splits the batch across threads for the whole sequence (csrc/cpu/recurrent.h,
+    that splits the batch across threads for the whole sequence (csrc/cpu/backend.h,
     batch_split_chunks), including an uneven split (B=33). Same reference and tolerance as above,
     and the 1-thread (plain loop) and 2-thread results agree to float32 rounding."""
     threads = torch.get_num_threads()

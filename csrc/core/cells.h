@@ -263,7 +263,7 @@ inline auto for_cell(CellKind kind, const F& f) -> decltype(f.template run<LstmC
   return f.template run<LstmCell>();  // unreachable for a valid kind; callers check the kind first
 }
 
-// Sanity of every definition, at compile time (tests/test_core_layout.py checks the slot counts
+// Sanity of every definition, at compile time (tests/test_core_cells.py checks the slot counts
 // against the workspace widths the Python layer allocates).
 template <class Cell>
 constexpr bool traits_consistent() {

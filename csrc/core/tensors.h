@@ -16,5 +16,9 @@ inline void fill_prev_states(const at::Tensor& dst, const at::Tensor& hx, const 
   }
 }
 
+// A dense (contiguous, unit-strided) copy of t: the buffer a loop then writes through raw pointers
+// (a clone would keep a stride-0 broadcast layout).
+inline at::Tensor dense_copy(const at::Tensor& t) { return at::empty(t.sizes(), t.options()).copy_(t); }
+
 }  // namespace core
 }  // namespace rnnfast

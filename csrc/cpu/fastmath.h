@@ -17,7 +17,7 @@
 #include <cstring>
 
 // Everything the pointwise loops call is force-inlined, so that the loops compiled for a wider
-// ISA (recurrent.h's target_clones) inline it too (gcc does not inline across target options
+// ISA (backend.h's target_clones) inline it too (gcc does not inline across target options
 // otherwise and the loop would not vectorize).
 #define RNNFAST_ALWAYS_INLINE inline __attribute__((always_inline))
 

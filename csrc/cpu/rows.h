@@ -1,7 +1,7 @@
 // The CPU side of the cells (csrc/core/cells.h): accessors over one batch row's buffers, and the
 // row passes that run a cell's per-unit math over the H units of a row. Each row pass is one
 // `omp simd` loop over j with the cell force-inlined, so the compiler vectorizes the whole cell
-// (the row loops in recurrent.h are compiled for AVX-512, AVX2 and the baseline ISA).
+// (the row loops in backend.h are compiled for AVX-512, AVX2 and the baseline ISA).
 //
 // Row buffers (one batch row b of one step t):
 //   xg   input projection row, W_ih x (no bias: the GEMM without a bias operand is ~2x faster)

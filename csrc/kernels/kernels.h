@@ -36,8 +36,10 @@ struct ForwardStepArgs {
   const float* h_prev = nullptr;  // (B, H), ld H: hx or output[t_prev]
   const float* c_prev = nullptr;  // cells with a cell state: (B, c_prev_ld): cx (ld H) or workspace[t_prev]'s state slot (ld slots*H)
   int64_t c_prev_ld = 0;
-  float* h_out = nullptr;         // (B, H): output[t]
-  float* saved = nullptr;         // (B, slots*H): workspace[t] (nullptr for cells without slots)
+  float* h_out = nullptr;         // (B, h_out_ld): output[t] (LSTM with a projection: the workspace's m slot)
+  int64_t h_out_ld = 0;
+  float* saved = nullptr;         // (B, saved_ld): workspace[t], the cell's slots first (nullptr: no slots)
+  int64_t saved_ld = 0;           // slots*H, or more when the workspace holds more (the projection's m)
   // Variable-length batch (csrc/ops.cpp): device int64 (B) or nullptr. Row b is frozen at time t when
   // t >= lengths[b]: phase 0 writes h_out = h_prev (LSTM: c slot = c_prev) and zeroes the other
   // workspace slots; later phases skip it.
@@ -52,7 +54,8 @@ struct BackwardStepArgs {
   float* dh = nullptr;            // (B, H) in: carried dL/dh_t (without grad_output[t]);
                                   //        out: direct part of dL/dh_{t-1} (direct_dh cells), else untouched
   float* dc = nullptr;            // LSTM (B, H) in: carried dL/dc_t; out: dL/dc_{t-1} = f⊙dc
-  const float* saved = nullptr;   // (B, slots*H): workspace[t]
+  const float* saved = nullptr;   // (B, saved_ld): workspace[t]
+  int64_t saved_ld = 0;
   const float* h_new = nullptr;   // (B, H): output[t]
   const float* h_prev = nullptr;  // (B, H): hx or output[t_prev]
   const float* c_prev = nullptr;  // LSTM, as in ForwardStepArgs

@@ -39,7 +39,6 @@ template <class Cell>
 struct ForwardUnit {
   using value_type = float;
   using Math = DeviceMath;
-  static constexpr int kSlots = Traits<Cell>::slots;
   const ForwardStepArgs& a;
   int64_t b, j;
 
@@ -50,9 +49,9 @@ struct ForwardUnit {
   }
   RNNFAST_HD float h_prev() const { return a.h_prev[b * a.hidden + j]; }
   RNNFAST_HD float c_prev() const { return a.c_prev[b * a.c_prev_ld + j]; }
-  RNNFAST_HD float saved(int k) const { return a.saved[(b * kSlots + k) * a.hidden + j]; }
-  RNNFAST_HD void save(int k, float v) const { a.saved[(b * kSlots + k) * a.hidden + j] = v; }
-  RNNFAST_HD void set_h(float v) const { a.h_out[b * a.hidden + j] = v; }
+  RNNFAST_HD float saved(int k) const { return a.saved[b * a.saved_ld + k * a.hidden + j]; }
+  RNNFAST_HD void save(int k, float v) const { a.saved[b * a.saved_ld + k * a.hidden + j] = v; }
+  RNNFAST_HD void set_h(float v) const { a.h_out[b * a.h_out_ld + j] = v; }
 };
 
 // The backward accessor for unit (b, j).
@@ -60,14 +59,13 @@ template <class Cell>
 struct BackwardUnit {
   using value_type = float;
   using Math = DeviceMath;
-  static constexpr int kSlots = Traits<Cell>::slots;
   const BackwardStepArgs& a;
   int64_t b, j;
 
   RNNFAST_HD int64_t at() const { return b * a.hidden + j; }
   RNNFAST_HD float dh() const { return a.grad_h[at()] + a.dh[at()]; }
   RNNFAST_HD float dc() const { return a.dc[at()]; }
-  RNNFAST_HD float saved(int k) const { return a.saved[(b * kSlots + k) * a.hidden + j]; }
+  RNNFAST_HD float saved(int k) const { return a.saved[b * a.saved_ld + k * a.hidden + j]; }
   RNNFAST_HD float h_new() const { return a.h_new[at()]; }
   RNNFAST_HD float h_prev() const { return a.h_prev[at()]; }
   RNNFAST_HD float c_prev() const { return a.c_prev[b * a.c_prev_ld + j]; }

@@ -1,0 +1,310 @@
+// The one host loop of the recurrent ops, for every cell and every backend (CPU, CUDA, the CPU
+// emulation of the CUDA path): what happens in which order over one layer-direction and the whole
+// sequence. What each piece does on a machine is the Backend's (csrc/cpu/backend.h,
+// csrc/cuda/backend.h); what a cell computes is the Cell's (cells.h). docs/core.md explains the
+// Backend concept at length; in short a backend provides, over a block of batch rows `Rows`:
+//
+//   walk(splittable, f)       call f(rows) once for all B rows, or (CPU batch split) once per row
+//                             block from several threads; f walks all T steps over its rows
+//   recurrent_gemm(rows, st)  HG = h_{t-1} W_hh[gates of phase 0]ᵀ
+//   forward_step<P>(rows, st) phase P of the cell's pointwise forward over the rows
+//   mid_gemm(rows, st)        two-phase cells: HG1 = workspace[t][gemm_slot] W_hh[the other gates]ᵀ
+//   backward_step<P>(rows, st), mid_gemm_backward(rows, st) (drh = dG[t][phase 1 gates] W_hh[..])
+//   recurrent_gemm_backward(rows, st)  dh_{t-1} (+)= dGh[t] W_hh[gates of phase 0]
+//
+// The LSTM projection (torch.nn.LSTM(proj_size=P): h_t = m_t W_hrᵀ, m_t = o tanh c_t) is a Hook:
+// the cell writes m_t into the workspace's m slot, and the hook turns it into h_t after each
+// forward step, and dL/dh_t into dL/dm_t before each backward step (LstmProjection below: ATen on
+// the backend's device and stream, so backend-neutral). NoProjection is the empty hook.
+#pragma once
+#include <ATen/ATen.h>
+
+#include "args.h"
+#include "cells.h"
+#include "sequence.h"
+#include "tensors.h"
+#include "weight_grads.h"
+
+#include <tuple>
+#include <type_traits>
+
+namespace rnnfast {
+namespace core {
+
+// Walking step s of a layer-direction: its time index t, and tp, the previous step's (-1 at s = 0).
+struct Step {
+  int64_t s, t, tp;
+};
+inline Step step_at(int64_t s, int64_t T, bool reverse) {
+  return Step{s, time_of(s, T, reverse), s ? time_of(s - 1, T, reverse) : -1};
+}
+
+// The forward loop: per step the recurrent GEMM, the pointwise phase(s), the hook.
+template <class Cell, class Backend, class Hook>
+void forward_loop(Backend& be, Hook& hook, int64_t T, bool reverse) {
+  constexpr bool splittable = Cell::traits.phases == 1 && !Hook::enabled;
+  be.walk(splittable, [&](const typename Backend::Rows& rows) {
+    for (int64_t s = 0; s < T; ++s) {
+      const Step st = step_at(s, T, reverse);
+      be.recurrent_gemm(rows, st);
+      be.template forward_step<0>(rows, st);
+      if constexpr (Cell::traits.phases == 2) {
+        be.mid_gemm(rows, st);
+        be.template forward_step<1>(rows, st);
+      }
+      hook.after_forward_step(st);
+    }
+  });
+}
+
+// The backward loop, steps in reverse walking order: the hook, the pointwise phase(s), then the
+// recurrent GEMM that carries dL/dh to the step before.
+template <class Cell, class Backend, class Hook>
+void backward_loop(Backend& be, Hook& hook, int64_t T, bool reverse) {
+  constexpr bool splittable = Cell::traits.phases == 1 && !Hook::enabled;
+  be.walk(splittable, [&](const typename Backend::Rows& rows) {
+    for (int64_t s = T - 1; s >= 0; --s) {
+      const Step st = step_at(s, T, reverse);
+      hook.before_backward_step(st);
+      be.template backward_step<0>(rows, st);
+      if constexpr (Cell::traits.phases == 2) {
+        be.mid_gemm_backward(rows, st);
+        be.template backward_step<1>(rows, st);
+      }
+      hook.after_backward_step(st);
+      be.recurrent_gemm_backward(rows, st);
+    }
+  });
+}
+
+// ---- what an op call hands the loop -------------------------------------------------------------
+
+// The forward problem after the argument checks (args.h), tensors contiguous. cx: cells with a
+// cell state; w_hr: the LSTM projection; b_ih, b_hh, lengths: undefined when not given (lengths as
+// check_lengths returns them: CPU, or for the CUDA ops possibly already on the device).
+struct ForwardProblem {
+  const char* op = "rnnfast";  // the op's name for messages: "rnnfast.lstm"
+  at::Tensor input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh, lengths;
+  int64_t T, B, I, H, P;  // P: the width of h (H without a projection)
+  bool reverse;
+  bool projected() const { return w_hr.defined(); }
+  at::TensorOptions options() const { return input.options(); }
+};
+
+// Where the steps of a call find h_{t-1} and c_{t-1} (sequence.h): output (T, B, P) and the
+// workspace (T, B, ws_ld) of this call, hx and cx of the problem.
+template <class Cell, typename T_>
+PrevState<T_> prev_state(const ForwardProblem& p, const T_* output, const T_* ws, int64_t ws_ld) {
+  return PrevState<T_>{output, p.hx.const_data_ptr<T_>(), ws,
+                       Cell::traits.has_cell_state() ? p.cx.const_data_ptr<T_>() : nullptr,
+                       p.T, p.B, p.H, p.P, ws_ld, Cell::traits.state_slot, p.reverse};
+}
+
+// The workspace width in units of H: the cell's slots, plus the projection's m slot.
+template <class Cell>
+int64_t workspace_slots(bool projected) {
+  return projected ? kLstmProjSlots : Cell::traits.slots;
+}
+
+// Tensors a forward call produces; the loop's backend writes output and ws in place.
+struct ForwardResult {
+  at::Tensor output, hy, cy, ws;
+};
+
+// What the step of a cell reads and writes as "h": the layer's output (no projection), or with a
+// projection the workspace's m slot as h_t and zeros as h_{t-1} (a frozen row's m is 0), grad
+// rows of zeros as grad_output, and dL/dm_t (the hook's) as the carried dL/dh.
+struct CellIo {
+  at::Tensor h_out;       // (T, B, H), any row stride: where the cell writes h_t
+  at::Tensor h_prev;      // (B, H) what the cell sees as h_{t-1}, or undefined: the layer's h_{t-1}
+  at::Tensor grad_h;      // (T, B, H), any strides with unit column stride: the cell's grad_output
+  at::Tensor dh;          // (B, H) dense: the carried dL/dh the cell reads (and writes, direct_dh)
+};
+
+// ---- the projection hook ------------------------------------------------------------------------
+
+struct NoProjection {
+  static constexpr bool enabled = false;
+  void after_forward_step(const Step&) {}
+  void before_backward_step(const Step&) {}
+  void after_backward_step(const Step&) {}
+};
+
+// h_t = m_t W_hrᵀ after each forward step; a frozen row (lengths) keeps h_{t-1} (the cell wrote
+// m = 0 there). Backward: dH[t] = dL/dh_t + grad_output[t] (0 for a frozen row, kept for dW_hr),
+// dL/dm_t = dH[t] W_hr for the cell; after the cell, a frozen row's dL/dh_{t-1} is dL/dh_t +
+// grad_output[t] (h_t is a copy of h_{t-1}) and an active row's 0, ready for the accumulating
+// GEMM dh += dG[t] W_hh (without lengths that GEMM overwrites dh).
+struct LstmProjection {
+  static constexpr bool enabled = true;
+  at::Tensor w_hr, w_hr_t;          // (P, H), its transpose
+  at::Tensor output, hx, m;         // (T, B, P), (B, P), (T, B, H) the workspace's m slot
+  at::Tensor frozen;                // (T, B, 1) bool, or undefined without lengths
+  // backward only
+  at::Tensor grad_output, dh, dm, dH;  // (T, B, P), (B, P), (B, H), (T, B, P)
+  at::Tensor active_f, frozen_f;       // (T, B, 1) 0/1 in the data's dtype (with lengths)
+
+  // The m slot of a (T, B, kLstmProjSlots*H) workspace.
+  static at::Tensor m_slot(const at::Tensor& ws, int64_t H) { return ws.narrow(2, kLstmProjSlotM * H, H); }
+
+  // (T, B, 1) bool on the lengths' device: row b is frozen at time t (t >= lengths[b]).
+  static at::Tensor frozen_mask(const at::Tensor& len, int64_t T) {
+    return at::arange(T, len.options()).view({T, 1, 1}).ge(len.view({1, -1, 1}));
+  }
+
+  LstmProjection(const ForwardProblem& p, const at::Tensor& lengths, const at::Tensor& output_, const at::Tensor& ws)
+      : w_hr(p.w_hr), w_hr_t(p.w_hr.t()), output(output_), hx(p.hx), m(m_slot(ws, p.H)) {
+    if (lengths.defined()) frozen = frozen_mask(lengths, p.T);
+  }
+
+  // The cell's view of h in forward: h_t into m, zeros as h_{t-1}.
+  CellIo forward_io(const ForwardProblem& p) const {
+    return CellIo{m, at::zeros({p.B, p.H}, p.options()), at::Tensor(), at::Tensor()};
+  }
+
+  void after_forward_step(const Step& st) {
+    at::Tensor out_t = output.select(0, st.t);
+    at::mm_out(out_t, m.select(0, st.t), w_hr_t);
+    if (frozen.defined()) {
+      const at::Tensor h_before = st.s ? output.select(0, st.tp) : hx;
+      at::where_out(out_t, frozen.select(0, st.t), h_before, out_t);
+    }
+  }
+
+  // Backward: dh is the carried (B, P) dL/dh; returns the cell's view (dm as its dh, no grad_output).
+  CellIo prepare_backward(const ForwardProblem& p, const at::Tensor& grad_output_, const at::Tensor& dh_) {
+    grad_output = grad_output_;
+    dh = dh_;
+    dm = at::empty({p.B, p.H}, p.options());
+    dH = at::empty({p.T, p.B, p.P}, p.options());
+    if (frozen.defined()) {
+      frozen_f = frozen.to(p.options().dtype());
+      active_f = frozen.logical_not().to(p.options().dtype());
+    }
+    const at::Tensor zero_grad = at::zeros({1, p.B, p.H}, p.options()).expand({p.T, p.B, p.H});
+    return CellIo{at::Tensor(), at::Tensor(), zero_grad, dm};
+  }
+
+  void before_backward_step(const Step& st) {
+    at::Tensor dH_t = dH.select(0, st.t);
+    at::add_out(dH_t, dh, grad_output.select(0, st.t));
+    if (frozen.defined()) dH_t.mul_(active_f.select(0, st.t));
+    at::mm_out(dm, dH_t, w_hr);
+  }
+
+  void after_backward_step(const Step& st) {
+    if (frozen.defined()) dh.add_(grad_output.select(0, st.t)).mul_(frozen_f.select(0, st.t));
+  }
+
+  // dW_hr = dHᵀ M over all steps.
+  at::Tensor weight_grad() const {
+    const int64_t rows = dH.size(0) * dH.size(1);
+    return at::mm(dH.view({rows, dH.size(2)}).t(), m.reshape({rows, m.size(2)}));
+  }
+};
+
+
+// ---- the op drivers: allocation, the loop, the results ------------------------------------------
+// A backend Family (csrc/cpu/backend.h CpuFamily, csrc/cuda/backend.h CudaFamily<Ctx>) provides:
+//   Context                                   what its backends need from the op (CUDA: the stream)
+//   Forward<Cell, T_>(ctx, p, len, output, ws, io)                     the forward Backend
+//   Backward<Cell, T_>(ctx, p, len, grad_output, dG, dGh, dh, dc, io)  the backward Backend
+//   dispatch(dtype, f)                        f(T_{}) for each dtype it supports
+//   step_lengths(lengths, input)              the lengths where the steps read them (CUDA: device)
+//   grad_output_rows(grad_output)             grad_output as the steps read it (unit column stride)
+//   weight_grads<Cell>(WeightGradInputs<Family>)  its weight-gradient strategy
+//   without_padding, zero_rows                the Padding policy of weight_grads.h
+
+template <class Cell, class Family>
+ForwardResult recurrent_forward(const typename Family::Context& ctx, const ForwardProblem& p) {
+  const int64_t T = p.T, B = p.B, H = p.H;
+  const int64_t slots = workspace_slots<Cell>(p.projected());
+  const auto opts = p.options();
+  ForwardResult r;
+  r.output = at::empty({T, B, p.P}, opts);
+  r.ws = slots ? at::empty({T, B, slots * H}, opts) : at::empty({0}, opts);
+  const at::Tensor len = Family::step_lengths(p.lengths, p.input);
+
+  Family::dispatch(p.input.scalar_type(), [&](auto zero) {
+    using T_ = decltype(zero);
+    if constexpr (std::is_same_v<Cell, LstmCell>) {
+      if (p.projected()) {
+        LstmProjection hook(p, len, r.output, r.ws);
+        typename Family::template Forward<Cell, T_> be(ctx, p, len, r.output, r.ws, hook.forward_io(p));
+        forward_loop<Cell>(be, hook, T, p.reverse);
+        return;
+      }
+    }
+    NoProjection hook;
+    typename Family::template Forward<Cell, T_> be(ctx, p, len, r.output, r.ws,
+                                                   CellIo{r.output, at::Tensor(), at::Tensor(), at::Tensor()});
+    forward_loop<Cell>(be, hook, T, p.reverse);
+  });
+
+  // Fresh tensors (never views of output or workspace: autograd outputs must not alias).
+  const int64_t t_last = time_of(T - 1, T, p.reverse);
+  r.hy = r.output.select(0, t_last).clone(at::MemoryFormat::Contiguous);
+  if (Cell::traits.has_cell_state()) {
+    r.cy = r.ws.select(0, t_last).narrow(1, Cell::traits.state_slot * H, H).clone(at::MemoryFormat::Contiguous);
+  }
+  return r;
+}
+
+// The backward problem: the forward's, plus the incoming grads and what forward returned.
+struct BackwardProblem : ForwardProblem {
+  at::Tensor grad_output, grad_hy, grad_cy, output, ws;
+  bool input_grad;
+};
+
+struct BackwardResult {
+  at::Tensor grad_input, grad_hx, grad_cx, grad_w_ih, grad_w_hh, grad_w_hr, grad_b_ih, grad_b_hh;
+};
+
+template <class Cell, class Family>
+BackwardResult recurrent_backward(const typename Family::Context& ctx, const BackwardProblem& p) {
+  constexpr int64_t G = Cell::traits.gates;
+  const int64_t T = p.T, B = p.B, H = p.H;
+  const auto opts = p.options();
+  const at::Tensor len = Family::step_lengths(p.lengths, p.input);
+  const at::Tensor grad_output = Family::grad_output_rows(p.grad_output);
+
+  at::Tensor dG = at::empty({T, B, G * H}, opts);                                  // input side
+  at::Tensor dGh = Cell::traits.split_grad ? at::empty({T, B, G * H}, opts) : dG;  // recurrent side
+  // dL/dh_t (dL/dc_t) flowing back through the recurrence: fresh dense buffers whatever the
+  // incoming grads' strides (a broadcast grad of hy has stride 0; a clone would keep it)
+  BackwardResult r;
+  r.grad_hx = dense_copy(p.grad_hy);
+  if (Cell::traits.has_cell_state()) r.grad_cx = dense_copy(p.grad_cy);
+
+  Family::dispatch(p.input.scalar_type(), [&](auto zero) {
+    using T_ = decltype(zero);
+    if constexpr (std::is_same_v<Cell, LstmCell>) {
+      if (p.projected()) {
+        LstmProjection hook(p, len, p.output, p.ws);
+        const CellIo io = hook.prepare_backward(p, grad_output, r.grad_hx);
+        typename Family::template Backward<Cell, T_> be(ctx, p, len, dG, dGh, r.grad_hx, r.grad_cx, io);
+        backward_loop<Cell>(be, hook, T, p.reverse);
+        r.grad_w_hr = hook.weight_grad();
+        return;
+      }
+    }
+    NoProjection hook;
+    typename Family::template Backward<Cell, T_> be(ctx, p, len, dG, dGh, r.grad_hx, r.grad_cx,
+                                                    CellIo{at::Tensor(), at::Tensor(), grad_output, r.grad_hx});
+    backward_loop<Cell>(be, hook, T, p.reverse);
+  });
+
+  const at::Tensor dG2 = dG.view({T * B, G * H});
+  // input_grad=false: the input needs no gradient; zeros instead of the (T*B, G*H) x (G*H, I) GEMM
+  r.grad_input = p.input_grad ? at::mm(dG2, p.w_ih).view({T, B, p.I}) : at::zeros_like(p.input);
+  const WeightGradInputs<Family> in{dG2, dGh.view({T * B, G * H}), p.input, len, p.hx, p.output, p.ws, p.reverse};
+  const WeightGrads wg = Family::template weight_grads<Cell>(in);
+  r.grad_w_ih = wg.w_ih;
+  r.grad_w_hh = wg.w_hh;
+  r.grad_b_ih = wg.b_ih;
+  r.grad_b_hh = wg.b_hh;
+  return r;
+}
+
+}  // namespace core
+}  // namespace rnnfast

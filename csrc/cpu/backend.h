@@ -1,0 +1,504 @@
+// The CPU backend of the one host loop (csrc/core/loop.h; docs/core.md): ATen tensors, float32
+// and float64.
+//
+// - Recurrent GEMMs through RecurrentGemm (blas.h: W_hh packed once per call; float64 and builds
+//   without MKL fall back to at::mm_out).
+// - Step launches: the cell's row passes (rows.h) over the batch rows, compiled for AVX-512, AVX2
+//   and the baseline ISA, spread over threads with at::parallel_for once B*G*H is large enough.
+// - Batch split: with a packed W_hh small enough for L2, each thread walks the whole sequence over
+//   its own block of batch rows (walk() hands the loop one Rows per block): no synchronization per
+//   step.
+// - The input projection X W_ihᵀ without bias (the biases, folded, are added in the row pass).
+// - Weight gradients: core/weight_grads.h's strategy per kind of cell; the padding rows of a
+//   variable-length batch zeroed from the host-side lengths.
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/record_function.h>
+
+#include <algorithm>
+#include <optional>
+#include <type_traits>
+
+#include "../core/loop.h"
+#include "blas.h"
+#include "rows.h"
+
+namespace rnnfast {
+namespace cpu {
+using namespace ::rnnfast::core;  // cells, traits, the loop, argument checks, time_of
+
+// Rows per parallel chunk: below ~4K elements a chunk is cheaper on the calling thread than the
+// wake-up of another one (measured on the 2-core dev box: 4K-16K equal, 64K slower for LSTM).
+inline int64_t row_grain(int64_t row_elems) {
+  constexpr int64_t kMinChunk = 4096;
+  return std::max<int64_t>(1, kMinChunk / std::max<int64_t>(1, row_elems));
+}
+
+template <typename F>
+inline void for_rows(int64_t B, int64_t row_elems, const F& f) {
+  const int64_t grain = row_grain(row_elems);
+  if (B <= grain) {
+    f(0, B);
+  } else {
+    at::parallel_for(0, B, grain, f);
+  }
+}
+
+// The pointwise row loops, compiled for AVX-512, AVX2 and the baseline ISA (x86-64 builds use
+// plain SSE2 otherwise); the dynamic loader picks the widest the CPU supports. Cell functions are
+// force-inlined into each clone (cells.h), so each clone vectorizes the whole cell.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define RNNFAST_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define RNNFAST_SIMD_CLONES
+#endif
+
+// Variable-length batches (`len`, lengths per row, or nullptr): row b is frozen at time t when
+// t >= len[b]. A frozen row carries its state unchanged (h_out = h, c_out = c) and zeroes the rest
+// of its workspace row (the weight-grad GEMMs read every row; zeros times zero gradient stays zero).
+inline bool frozen(const int64_t* len, int64_t t, int64_t b) { return len != nullptr && t >= len[b]; }
+
+template <class Cell, typename T>
+RNNFAST_ALWAYS_INLINE void freeze_forward(const FwdRow<T>& r, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) r.h_out[j] = r.h[j];
+  for (int k = 0; k < Cell::traits.slots; ++k) {
+    T* slot = r.ws + k * H;
+    if (k == Cell::traits.state_slot) {
+      for (int64_t j = 0; j < H; ++j) slot[j] = r.c[j];
+    } else {
+      for (int64_t j = 0; j < H; ++j) slot[j] = T(0);
+    }
+  }
+}
+
+// A frozen row in backward: no gradient into its gates (dG, dGh rows zero); dL/dh_{t-1} = dL/dh_t
+// + grad_output[t] (h_t is a copy of h_{t-1}), dL/dc_{t-1} = dL/dc_t (dc untouched).
+template <class Cell, typename T>
+RNNFAST_ALWAYS_INLINE void freeze_backward(const BwdRow<T>& r, int64_t H) {
+  for (int64_t j = 0; j < Cell::traits.gates * H; ++j) r.dg[j] = T(0);
+  if (r.dgh != r.dg) {
+    for (int64_t j = 0; j < Cell::traits.gates * H; ++j) r.dgh[j] = T(0);
+  }
+  for (int64_t j = 0; j < H; ++j) r.dh[j] += r.dy[j];
+}
+
+// Phase P of Cell's forward over rows [b0, b1); `row(b)` builds row b's buffers. A frozen row is
+// handled in phase 0 (state carried) and skipped after.
+template <class Cell, int P, class MakeRow>
+RNNFAST_SIMD_CLONES void forward_rows(const MakeRow& row, int64_t b0, int64_t b1, int64_t H, int64_t t,
+                                      const int64_t* len) {
+  for (int64_t b = b0; b < b1; ++b) {
+    if (frozen(len, t, b)) {
+      if constexpr (P == 0) freeze_forward<Cell>(row(b), H);
+    } else {
+      forward_row<Cell, P>(row(b), H);
+    }
+  }
+}
+
+// Phase P of Cell's backward over rows [b0, b1). With lengths, the recurrent GEMM always
+// accumulates into dh (a frozen row's dh must survive it), so a cell without a direct part of dh
+// (traits.direct_dh false) gets its dh row zeroed here.
+template <class Cell, int P, class MakeRow>
+RNNFAST_SIMD_CLONES void backward_rows(const MakeRow& row, int64_t b0, int64_t b1, int64_t H, int64_t t,
+                                       const int64_t* len) {
+  for (int64_t b = b0; b < b1; ++b) {
+    if (frozen(len, t, b)) {
+      if constexpr (P == 0) freeze_backward<Cell>(row(b), H);
+    } else {
+      const auto r = row(b);
+      backward_row<Cell, P>(r, H);
+      if constexpr (P == 0 && !Cell::traits.direct_dh) {
+        if (len != nullptr) {
+          for (int64_t j = 0; j < H; ++j) r.dh[j] = 0;
+        }
+      }
+    }
+  }
+}
+
+// Batch-split recurrence: batch rows are independent through the whole recurrence (the GEMM and
+// the pointwise math of row b only ever touch row b), so with a packed W_hh each thread can walk
+// all T steps over its own block of rows: per step one single-threaded GEMM on its rows and the
+// pointwise pass on the same rows, and no synchronization at all until the end of the sequence
+// (instead of two fork/joins per step: MKL's inside the GEMM and the pointwise pass's). Each
+// thread then streams all of W_hh every step, so this only pays while W_hh stays in a core's L2:
+// measured on the 2-core box (Xeon, 2 MB L2), per step M=16 on 1 thread vs M=32 on 2 threads
+// (MKL's split over columns): 1 MB W_hh (H=256, 4 gates) 51 vs 54 us; 4 MB (H=512) 314 vs 245 us.
+constexpr int64_t kBatchSplitMaxWeightBytes = 1536 * 1024;
+constexpr int64_t kBatchSplitMinRows = 8;
+
+// Number of row blocks for the batch-split recurrence (1: run the plain loop).
+inline int64_t batch_split_chunks(int64_t B, const RecurrentGemm& rec) {
+  if (!rec.packed() || rec.weight_bytes() > kBatchSplitMaxWeightBytes || at::in_parallel_region()) return 1;
+  const int64_t nt = at::get_num_threads();
+  return std::max<int64_t>(1, std::min<int64_t>(nt, B / kBatchSplitMinRows));
+}
+
+// f(b0, b1) for each of `chunks` contiguous blocks of the B batch rows, the blocks spread over the
+// threads, MKL single-threaded inside (each block walks the whole sequence).
+template <class F>
+void for_row_blocks(int64_t chunks, int64_t B, const F& f) {
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    const mkl::SequentialScope sequential;
+    for (int64_t ch = c0; ch < c1; ++ch) f(B * ch / chunks, B * (ch + 1) / chunks);
+  });
+}
+
+// The rows a walk of the loop covers: all B rows, or (block) one thread's block of a batch split.
+struct Rows {
+  int64_t b0, b1;
+  bool block;
+};
+
+// Runs f over all rows, or in batch-split blocks when the loop allows it (`splittable`: one-phase
+// cells, no hook), the data is float32 and the packed weight fits (batch_split_chunks).
+template <typename T_, class F>
+void walk_rows(bool splittable, int64_t B, const RecurrentGemm& rec, const F& f) {
+  if constexpr (std::is_same_v<T_, float>) {
+    const int64_t chunks = splittable ? batch_split_chunks(B, rec) : 1;
+    if (chunks > 1) {
+      for_row_blocks(chunks, B, [&](int64_t b0, int64_t b1) { f(Rows{b0, b1, true}); });
+      return;
+    }
+  }
+  f(Rows{0, B, false});
+}
+
+// Padding of a variable-length batch: the caller never promises to fill input rows of frozen
+// positions (t >= lengths[b], see freeze_forward), and the weight-gradient GEMMs read every row.
+
+// Zeroes, in place, the rows of frozen positions of a (T*B, n) row view (row t*B + b).
+inline void zero_frozen_rows(const at::Tensor& rows, const at::Tensor& lengths, int64_t T, int64_t B) {
+  if (!lengths.defined()) return;
+  const int64_t* len = lengths.const_data_ptr<int64_t>();
+  const at::Tensor v = rows.view({T, B, rows.size(1)});
+  for (int64_t b = 0; b < B; ++b) {
+    if (len[b] < T) v.narrow(0, len[b], T - len[b]).select(1, b).zero_();
+  }
+}
+
+// input (T, B, I) with the rows of frozen positions zeroed: a copy when some row is frozen, else
+// input itself.
+inline at::Tensor zero_padding(const at::Tensor& input, const at::Tensor& lengths) {
+  if (!lengths.defined()) return input;
+  const int64_t T = input.size(0), B = input.size(1);
+  const int64_t* len = lengths.const_data_ptr<int64_t>();
+  if (std::all_of(len, len + B, [T](int64_t l) { return l >= T; })) return input;
+  at::Tensor out = input.clone(at::MemoryFormat::Contiguous);
+  zero_frozen_rows(out.view({T * B, input.size(2)}), lengths, T, B);
+  return out;
+}
+
+// Bias added to the input projection: b_ih + b_hh, except the b_hh rows a cell keeps inside its
+// pointwise math (CellTraits::inner_bias_gate: GRU reset_after's b_hn). Zeros when there are none.
+template <class Cell>
+at::Tensor folded_bias(const ForwardProblem& p) {
+  at::Tensor hh;
+  if (p.b_hh.defined()) {
+    hh = p.b_hh;
+    if (Cell::traits.inner_bias_gate >= 0) {
+      hh = hh.clone();
+      hh.narrow(0, Cell::traits.inner_bias_gate * p.H, p.H).zero_();
+    }
+  }
+  if (p.b_ih.defined() && hh.defined()) return p.b_ih + hh;
+  if (p.b_ih.defined()) return p.b_ih;
+  if (hh.defined()) return hh.contiguous();
+  return at::zeros({Cell::traits.gates * p.H}, p.options());
+}
+
+struct CpuContext {};
+
+// The forward Backend (loop.h) of Cell over data of type T_.
+template <class Cell, typename T_>
+class CpuForward {
+ public:
+  using Rows = cpu::Rows;
+  static constexpr int64_t G = Cell::traits.gates, G_rec = Cell::traits.phase0_gates;
+
+  CpuForward(const CpuContext&, const ForwardProblem& p, const at::Tensor& lengths, at::Tensor& output,
+             at::Tensor& ws, const CellIo& io)
+      : p_(p), output_(output), ws_(ws), H_(p.H), B_(p.B), WS_(ws.dim() == 3 ? ws.size(2) : 0),
+        // h_{t-1} W_hh[phase 0 gates]ᵀ and (two-phase) the mid-step GEMM, weights packed once for all steps
+        rec_(p.w_hh.narrow(0, 0, G_rec * p.H), /*transpose=*/true, p.B, p.T) {
+    const auto opts = p.options();
+    {
+      RECORD_FUNCTION("rnnfast::input_projection", std::vector<c10::IValue>());
+      // The biases are added in the pointwise pass, not here: at::addmm_out first broadcasts the bias
+      // into xg and then runs the GEMM with beta = 1 (measured 0.40 -> 0.20 ms at T*B=1120, G*H=768).
+      xg_ = at::empty({p.T * p.B, G * p.H}, opts);
+      at::mm_out(xg_, p.input.view({p.T * p.B, p.I}), p.w_ih.t());
+    }
+    bias_ = folded_bias<Cell>(p);
+    if constexpr (Cell::traits.inner_bias_gate >= 0) {
+      b_hn_ = p.b_hh.defined() ? p.b_hh.narrow(0, Cell::traits.inner_bias_gate * p.H, p.H).contiguous()
+                               : at::zeros({p.H}, opts);
+    }
+    hg_ = at::empty({p.B, G_rec * p.H}, opts);
+    if constexpr (Cell::traits.phases == 2) {
+      hg1_ = at::empty({p.B, p.H}, opts);
+      rec_n_.emplace(p.w_hh.narrow(0, G_rec * p.H, (G - G_rec) * p.H), /*transpose=*/true, p.B, p.T);
+    }
+    h_out_ = io.h_out;
+    h_prev_ = io.h_prev;
+    len_ = lengths.defined() ? lengths.const_data_ptr<int64_t>() : nullptr;
+    prev_ = prev_state<Cell>(p, output.data_ptr<T_>(), WS_ ? ws.data_ptr<T_>() : nullptr, WS_);
+  }
+
+  template <class F>
+  void walk(bool splittable, const F& f) {
+    RECORD_FUNCTION("rnnfast::forward_recurrence", std::vector<c10::IValue>());  // profiler scope
+    walk_rows<T_>(splittable, B_, rec_, f);
+  }
+
+  void recurrent_gemm(const Rows& rows, const Step& st) {
+    if constexpr (std::is_same_v<T_, float>) {
+      if (rows.block) {
+        rec_.run_rows(prev_.h(st.s) + rows.b0 * p_.P, p_.P, hg_.data_ptr<float>() + rows.b0 * G_rec * H_, G_rec * H_,
+                      rows.b1 - rows.b0, /*accumulate=*/false);
+        return;
+      }
+    }
+    rec_.run(st.s ? output_.select(0, st.tp) : p_.hx, hg_, /*accumulate=*/false);
+  }
+
+  // The mid-step GEMM on the workspace's gemm_slot (GRU reset_before: r ⊙ h), row stride WS.
+  void mid_gemm(const Rows&, const Step& st) {
+    rec_n_->run(ws_.select(0, st.t).narrow(1, Cell::traits.gemm_slot * H_, H_), hg1_, /*accumulate=*/false);
+  }
+
+  template <int P>
+  void forward_step(const Rows& rows, const Step& st) {
+    const RowPointers ptr = pointers();
+    auto row = [&](int64_t b) { return ptr.template row<P>(st, b); };
+    if (rows.block) {
+      forward_rows<Cell, P>(row, rows.b0, rows.b1, H_, st.t, len_);
+    } else {
+      for_rows(B_, G * H_, [&](int64_t b0, int64_t b1) { forward_rows<Cell, P>(row, b0, b1, H_, st.t, len_); });
+    }
+  }
+
+ private:
+  // Everything a row of a step points into (built once per step: the row builder stays a few adds).
+  struct RowPointers {
+    const T_* xg;
+    const T_* bias;
+    const T_* hg;
+    const T_* hg1;
+    const T_* b_hn;
+    const T_* h_prev;  // the cell's h_{t-1} when it is not the layer's (projection: zeros)
+    T_* h_out;
+    int64_t h_out_st, h_out_sb;
+    T_* ws;
+    const PrevState<T_>* prev;
+    int64_t B, H, WS, P;
+
+    template <int Ph>
+    FwdRow<T_> row(const Step& st, int64_t b) const {
+      const int64_t tb = st.t * B + b;
+      FwdRow<T_> r;
+      r.xg = xg + tb * G * H;
+      r.bias = bias;
+      r.hg = Ph == 0 ? hg + b * G_rec * H : hg1 + b * H;
+      r.b_hn = b_hn;
+      r.h = h_prev ? h_prev + b * H : prev->h(st.s) + b * P;
+      r.c = Cell::traits.has_cell_state() ? prev->c(st.s) + b * prev->c_ld(st.s) : nullptr;
+      r.h_out = h_out + st.t * h_out_st + b * h_out_sb;
+      r.ws = ws ? ws + tb * WS : nullptr;
+      return r;
+    }
+  };
+
+  RowPointers pointers() const {
+    return RowPointers{xg_.const_data_ptr<T_>(),
+                       bias_.const_data_ptr<T_>(),
+                       hg_.const_data_ptr<T_>(),
+                       hg1_.defined() ? hg1_.const_data_ptr<T_>() : nullptr,
+                       b_hn_.defined() ? b_hn_.const_data_ptr<T_>() : nullptr,
+                       h_prev_.defined() ? h_prev_.const_data_ptr<T_>() : nullptr,
+                       h_out_.data_ptr<T_>(),
+                       h_out_.stride(0),
+                       h_out_.stride(1),
+                       WS_ ? ws_.data_ptr<T_>() : nullptr,
+                       &prev_,
+                       B_,
+                       H_,
+                       WS_,
+                       p_.P};
+  }
+
+  const ForwardProblem& p_;
+  at::Tensor output_, ws_;
+  int64_t H_, B_, WS_;
+  RecurrentGemm rec_;
+  std::optional<RecurrentGemm> rec_n_;
+  at::Tensor xg_, bias_, b_hn_, hg_, hg1_, h_out_, h_prev_;
+  const int64_t* len_ = nullptr;
+  PrevState<T_> prev_{};
+};
+
+// The backward Backend (loop.h) of Cell over data of type T_.
+template <class Cell, typename T_>
+class CpuBackward {
+ public:
+  using Rows = cpu::Rows;
+  static constexpr int64_t G = Cell::traits.gates, G_rec = Cell::traits.phase0_gates;
+
+  // dG, dGh (T, B, G*H): filled; dh (B, P), dc (B, H): the carried grads, updated in place;
+  // io.grad_h / io.dh: what the cell reads as grad_output and as its carried dL/dh.
+  CpuBackward(const CpuContext&, const BackwardProblem& p, const at::Tensor& lengths, at::Tensor& dG, at::Tensor& dGh,
+              at::Tensor& dh, at::Tensor& dc, const CellIo& io)
+      : p_(p), dG_(dG), dGh_(dGh), dh_(dh), H_(p.H), B_(p.B), WS_(p.ws.dim() == 3 ? p.ws.size(2) : 0),
+        // dGh[t] W_hh[phase 0 gates] and (two-phase) dn W_hn, weights packed once for all steps
+        rec_(p.w_hh.narrow(0, 0, G_rec * p.H), /*transpose=*/false, p.B, p.T) {
+    if constexpr (Cell::traits.phases == 2) {
+      drh_ = at::empty({p.B, p.H}, p.options());
+      rec_n_.emplace(p.w_hh.narrow(0, G_rec * p.H, (G - G_rec) * p.H), /*transpose=*/false, p.B, p.T);
+    }
+    len_ = lengths.defined() ? lengths.const_data_ptr<int64_t>() : nullptr;
+    accumulate_dh_ = Cell::traits.direct_dh || len_ != nullptr;  // see backward_rows
+    ptr_.dy = io.grad_h.const_data_ptr<T_>();
+    ptr_.dy_st = io.grad_h.stride(0);
+    ptr_.dy_sb = io.grad_h.stride(1);
+    ptr_.out = p.output.const_data_ptr<T_>();
+    ptr_.ws = WS_ ? p.ws.const_data_ptr<T_>() : nullptr;
+    ptr_.dg = dG.data_ptr<T_>();
+    ptr_.dgh = dGh.data_ptr<T_>();
+    ptr_.dh = io.dh.data_ptr<T_>();
+    ptr_.dc = dc.defined() ? dc.data_ptr<T_>() : nullptr;
+    ptr_.drh = drh_.defined() ? drh_.const_data_ptr<T_>() : nullptr;
+    ptr_.B = p.B;
+    ptr_.H = p.H;
+    ptr_.P = p.P;
+    ptr_.WS = WS_;
+    ptr_.prev = prev_state<Cell>(p, ptr_.out, ptr_.ws, WS_);
+  }
+
+  template <class F>
+  void walk(bool splittable, const F& f) {
+    RECORD_FUNCTION("rnnfast::backward_recurrence", std::vector<c10::IValue>());  // profiler scope
+    walk_rows<T_>(splittable, B_, rec_, f);
+  }
+
+  template <int P>
+  void backward_step(const Rows& rows, const Step& st) {
+    auto row = [&](int64_t b) { return ptr_.row(st, b); };
+    if (rows.block) {
+      backward_rows<Cell, P>(row, rows.b0, rows.b1, H_, st.t, len_);
+    } else {
+      for_rows(B_, G * H_, [&](int64_t b0, int64_t b1) { backward_rows<Cell, P>(row, b0, b1, H_, st.t, len_); });
+    }
+  }
+
+  // d(gemm slot) = dG[t][phase 1 gates] W_hh[phase 1 gates] (GRU reset_before: d(r ⊙ h) = dn W_hn).
+  void mid_gemm_backward(const Rows&, const Step& st) {
+    rec_n_->run(dG_.select(0, st.t).narrow(1, G_rec * H_, (G - G_rec) * H_), drh_, /*accumulate=*/false);
+  }
+
+  // dh_{t-1} (+)= dGh[t] W_hh[phase 0 gates]
+  void recurrent_gemm_backward(const Rows& rows, const Step& st) {
+    if constexpr (std::is_same_v<T_, float>) {
+      if (rows.block) {
+        rec_.run_rows(ptr_.dgh + (st.t * B_ + rows.b0) * G * H_, G * H_, dh_.data_ptr<float>() + rows.b0 * p_.P,
+                      p_.P, rows.b1 - rows.b0, accumulate_dh_);
+        return;
+      }
+    }
+    const at::Tensor dgh_t = G_rec == G ? dGh_.select(0, st.t) : dGh_.select(0, st.t).narrow(1, 0, G_rec * H_);
+    rec_.run(dgh_t, dh_, accumulate_dh_);
+  }
+
+ private:
+  struct RowPointers {
+    const T_* dy;
+    int64_t dy_st, dy_sb;
+    const T_* out;
+    const T_* ws;
+    T_* dg;
+    T_* dgh;
+    T_* dh;
+    T_* dc;
+    const T_* drh;
+    int64_t B, H, P, WS;
+    PrevState<T_> prev;
+
+    BwdRow<T_> row(const Step& st, int64_t b) const {
+      const int64_t tb = st.t * B + b;
+      BwdRow<T_> r;
+      r.dy = dy + st.t * dy_st + b * dy_sb;
+      r.h = prev.h(st.s) + b * P;
+      r.h_out = out + tb * P;
+      r.c = Cell::traits.has_cell_state() ? prev.c(st.s) + b * prev.c_ld(st.s) : nullptr;
+      r.ws = ws ? ws + tb * WS : nullptr;
+      r.dg = dg + tb * G * H;
+      r.dgh = dgh + tb * G * H;
+      r.dh = dh + b * H;
+      r.dc = dc ? dc + b * H : nullptr;
+      r.drh = drh ? drh + b * H : nullptr;
+      return r;
+    }
+  };
+
+  const BackwardProblem& p_;
+  at::Tensor dG_, dGh_, dh_, drh_;
+  int64_t H_, B_, WS_;
+  RecurrentGemm rec_;
+  std::optional<RecurrentGemm> rec_n_;
+  const int64_t* len_ = nullptr;
+  bool accumulate_dh_ = false;
+  RowPointers ptr_{};
+};
+
+// The CPU backend family (loop.h's Family concept).
+struct CpuFamily {
+  using Context = CpuContext;
+  struct Guard {
+    explicit Guard(c10::Device) {}
+  };
+  template <class Cell, typename T_>
+  using Forward = CpuForward<Cell, T_>;
+  template <class Cell, typename T_>
+  using Backward = CpuBackward<Cell, T_>;
+
+  static Context context() { return {}; }
+  static void check_dtype(const char*, const at::Tensor&) {}  // check_forward: float32 and float64
+  static at::Tensor check_lengths(const char* op, const c10::optional<at::Tensor>& lengths, int64_t T, int64_t B,
+                                  const at::Tensor&) {
+    return core::check_lengths(op, lengths, T, B);
+  }
+
+  template <class F>
+  static void dispatch(at::ScalarType dtype, const F& f) {
+    AT_DISPATCH_FLOATING_TYPES(dtype, "rnnfast_recurrence", [&] { f(scalar_t(0)); });
+  }
+  static at::Tensor step_lengths(const at::Tensor& lengths, const at::Tensor&) { return lengths; }
+
+  // grad_output is read one (t, b) row at a time: any strides along T and B are fine as long as a
+  // row is contiguous; a grad broadcast along H too (out.sum() gives an expanded scalar) becomes
+  // one materialized row read by every (t, b). Only other layouts are copied.
+  static at::Tensor grad_output_rows(const at::Tensor& g) {
+    if (g.numel() > 0 && g.size(2) > 1 && g.stride(2) != 1) {
+      return g.stride(0) == 0 && g.stride(1) == 0 ? g.select(0, 0).select(0, 0).contiguous().expand_as(g)
+                                                  : g.contiguous();
+    }
+    return g;
+  }
+
+  template <class Cell>
+  static WeightGrads weight_grads(const WeightGradInputs<CpuFamily>& in) {
+    RECORD_FUNCTION("rnnfast::weight_grads", std::vector<c10::IValue>());
+    return weight_grads_by_cell<Cell>(in);
+  }
+  // Padding policy (core/weight_grads.h), from the host-side lengths.
+  static at::Tensor without_padding(const at::Tensor& input, const at::Tensor& lengths) {
+    return zero_padding(input, lengths);
+  }
+  static void zero_rows(const at::Tensor& rows, const at::Tensor& lengths, int64_t T, int64_t B) {
+    zero_frozen_rows(rows, lengths, T, B);
+  }
+};
+
+}  // namespace cpu
+}  // namespace rnnfast
