@@ -10,6 +10,7 @@ import contextlib
 import functools
 
 import torch
+from torch.autograd import forward_ad
 
 try:
     from . import _C  # noqa: F401  (loading it registers the ops)
@@ -191,6 +192,37 @@ _below_autograd = getattr(torch._C, "_AutoDispatchBelowAutograd", contextlib.nul
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
 
 
+def _functorch_jvp_active():
+    """True inside torch.func.jvp / jacfwd / hessian (a forward-mode functorch transform on the
+    interpreter stack). Private torch API, looked up defensively: without it, False."""
+    try:
+        from torch._C._functorch import TransformType, get_interpreter_stack
+    except ImportError:  # pragma: no cover - a torch without functorch's C API
+        return False
+    return any(i.key() == TransformType.Jvp for i in (get_interpreter_stack() or ()))
+
+
+def _has_forward_tangent(args):
+    """True when some tensor argument carries a forward-mode tangent (torch.autograd.forward_ad)."""
+    if forward_ad._current_level < 0:  # not inside forward_ad.dual_level(): no dual tensors exist
+        return False
+    return any(isinstance(a, torch.Tensor) and forward_ad.unpack_dual(a).tangent is not None for a in args)
+
+
+FORWARD_AD_MESSAGE = (
+    "rnnfast: forward-mode AD (torch.func.jvp / jacfwd / hessian, torch.autograd.forward_ad) is not "
+    "implemented for rnnfast's recurrent ops; use reverse mode (backward(), torch.func.grad / vjp / "
+    "jacrev) or torch.nn's modules")
+
+
+def check_no_forward_ad(args):
+    """Forward-mode AD through the ops would otherwise give a silent zero tangent (they have no jvp
+    rule, and a call whose inputs do not require grad never reaches the autograd kernel that would
+    refuse it): raise instead."""
+    if _has_forward_tangent(args) or (_functorch_active() and _functorch_jvp_active()):
+        raise NotImplementedError(FORWARD_AD_MESSAGE)
+
+
 def _dispatcher_only():
     """True where a call must go through the registered op (a graph is being captured or
     transformed)."""
@@ -216,6 +248,7 @@ def _lean_forward(forward_op, function):
 
     def call(*args):
         """forward_op(*args), its outputs and gradients, without torch.library's per-call Python."""
+        check_no_forward_ad(args)
         if _dispatcher_only():
             return forward_op(*args)
         if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
