@@ -133,16 +133,16 @@ def _run_op(name: str, input: Tensor, hx: Tensor, cx: Optional[Tensor], w_ih: Te
             b_ih: Optional[Tensor], b_hh: Optional[Tensor], reverse: bool, options: tuple,
             lengths: Optional[Tensor], w_hr: Optional[Tensor] = None) -> tuple:
     """The forward op of registry cell ``name`` (its projection op when w_hr is given), called with
-    no Python checks (the op checks its own contract, csrc/core/args.h, and casts under autocast).
+    no Python checks (the op checks its own contract, csrc/core/args.h, and casts under autocast),
+    through its lean caller rnnfast._ops.FORWARD (autograd without torch.library's per-call Python).
     Returns the op's outputs without the workspace: (output, hy[, cy])."""
     cell = CELLS[name]
     states = (hx, cx) if cell.has_cell_state else (hx,)
     if w_hr is None:
-        op, weights = cell.forward_op, (w_ih, w_hh)
+        op, weights = cell.name, (w_ih, w_hh)
     else:
-        op, weights = cell.projection.forward_op, (w_ih, w_hh, w_hr)
-    return getattr(torch.ops.rnnfast, op)(input, *states, *weights, b_ih, b_hh, bool(reverse), *options,
-                                          lengths)[:-1]
+        op, weights = cell.projection.name, (w_ih, w_hh, w_hr)
+    return _ops.FORWARD[op](input, *states, *weights, b_ih, b_hh, bool(reverse), *options, lengths)[:-1]
 
 
 def _layer(name: str, input: Tensor, hx: Tensor, cx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,

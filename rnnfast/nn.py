@@ -48,6 +48,7 @@ from torch.nn.utils.rnn import PackedSequence
 from . import _hooks, _serialization
 from ._serialization import PicklableMixin as _PicklableMixin
 from . import functional as rf
+from ._ops import FORWARD as _FORWARD
 from ._cells import CELLS, lookup as _cell_of
 
 __all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell"]
@@ -177,18 +178,19 @@ def _check_shape(t, expected, msg="Expected hidden size {}, got {}"):
 
 
 def _call_op(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, reset_after, lengths, w_hr):
-    """The layer's op, called directly: its own checks (csrc/core/args.h) reject every argument
-    rnnfast.functional would (RuntimeError), and its autocast kernel casts as functional does."""
-    ops = torch.ops.rnnfast
+    """The layer's op, called directly through its lean caller (rnnfast._ops.FORWARD: no
+    torch.library Python per call; the registered op under torch.compile): its own checks
+    (csrc/core/args.h) reject every argument rnnfast.functional would (RuntimeError), and its
+    autocast kernel casts as functional does."""
     if mode == "LSTM":
         if w_hr is not None:
-            return ops.lstm_proj_forward(x, h, c, w_ih, w_hh, w_hr, b_ih, b_hh, reverse, lengths)[:3]
-        return ops.lstm_forward(x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, lengths)[:3]
+            return _FORWARD["lstm_proj"](x, h, c, w_ih, w_hh, w_hr, b_ih, b_hh, reverse, lengths)[:3]
+        return _FORWARD["lstm"](x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, lengths)[:3]
     if mode == "GRU":
-        return ops.gru_forward(x, h, w_ih, w_hh, b_ih, b_hh, reverse, reset_after, lengths)[:2]
+        return _FORWARD["gru"](x, h, w_ih, w_hh, b_ih, b_hh, reverse, reset_after, lengths)[:2]
     if mode == "RNN_TANH":
-        return ops.rnn_tanh_forward(x, h, w_ih, w_hh, b_ih, b_hh, reverse, lengths)[:2]
-    return ops.rnn_relu_forward(x, h, w_ih, w_hh, b_ih, b_hh, reverse, lengths)[:2]
+        return _FORWARD["rnn_tanh"](x, h, w_ih, w_hh, b_ih, b_hh, reverse, lengths)[:2]
+    return _FORWARD["rnn_relu"](x, h, w_ih, w_hh, b_ih, b_hh, reverse, lengths)[:2]
 
 
 def _call_layer(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, reset_after, lengths=None, w_hr=None):
@@ -446,6 +448,25 @@ class _CellMixin:
 
     def _step(self, input, states):
         """Checks like torch.nn's cells, then runs one step (T = 1). states: tuple or None."""
+        w_ih = self.weight_ih
+        # The usual call (batched tensors of the weights' dtype and device, the module's sizes) in a
+        # few comparisons: every check of _checked_step passes for it and changes nothing. Anything
+        # else goes through _checked_step, its casts and its errors.
+        if not (isinstance(input, Tensor) and input.dim() == 2 and input.dtype == w_ih.dtype
+                and input.device == w_ih.device and input.size(1) == self.input_size):
+            return self._checked_step(input, states)
+        shape = (input.size(0), self.hidden_size)
+        if states is None:
+            states = tuple(input.new_zeros(shape) for _ in range(1 + _cell_of(self.mode).has_cell_state))
+        elif not all(isinstance(s, Tensor) and s.shape == shape and s.dtype == w_ih.dtype
+                     and s.device == w_ih.device for s in states):
+            return self._checked_step(input, states)
+        c = states[1].contiguous() if len(states) == 2 else None
+        return _call_layer(self.mode, input.unsqueeze(0).contiguous(), states[0].contiguous(), c, w_ih,
+                           self.weight_hh, self.bias_ih, self.bias_hh, False, self._reset_after)[1:]
+
+    def _checked_step(self, input, states):
+        """_step with every check (messages as torch.nn's cells) and autocast's cast."""
         name = type(self).__name__
         if not isinstance(input, Tensor):
             raise TypeError(f"{name}: expected input to be a Tensor, got {type(input).__name__}")

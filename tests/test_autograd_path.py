@@ -1,0 +1,526 @@
+"""The lean autograd path (rnnfast._ops.FORWARD): what rnnfast.nn and rnnfast.functional call instead
+of the registered op, so a grad-mode call does not pay torch.library's per-call Python
+(torch._library.utils.fill_defaults). Checked against the registered op path (same kernels, so
+bit for bit), with gradcheck, hooks, retain_graph, double backward, and the paths that must stay
+on the registered op: torch.compile / torch.export and torch.func transforms."""
+import pytest
+import torch
+from torch._library import utils as library_utils
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import rnnfast
+import rnnfast.functional as rf
+from rnnfast import _ops
+from rnnfast._cells import CELLS, lookup
+
+# (op prefix, options) for every registry row and variant: gru's reset_after both ways, the LSTM
+# projection op
+VARIANTS = [(c.name, opts) for c in CELLS.values() for opts in ([(True,), (False,)] if c.options else [()])]
+VARIANTS += [(c.projection.name, ()) for c in CELLS.values() if c.projection is not None]
+VARIANT_IDS = [f"{p}{'-reset_after' + str(o[0]) if o else ''}" for p, o in VARIANTS]
+
+
+@pytest.fixture
+def registered_path(monkeypatch):
+    """Sends every lean call to the registered op (what torch.compile gets): the reference path."""
+    def use():
+        monkeypatch.setattr(_ops, "_dispatcher_only", lambda: True)
+    return use
+
+
+@pytest.fixture
+def fill_defaults_calls(monkeypatch):
+    """Counts calls of torch._library.utils.fill_defaults (torch.library's autograd kernel calls it
+    on every grad-mode forward of a registered op)."""
+    calls = []
+    real = library_utils.fill_defaults
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(library_utils, "fill_defaults", spy)
+    return calls
+
+
+def op_args(prefix, options, *, T=4, B=3, I=5, H=6, P=4, bias=True, reverse=False, lengths=None,
+            dtype=torch.float64, seed=0):
+    """Leaf tensors (requiring grad) and the positional arguments of the forward op `prefix`."""
+    cell = lookup(prefix)
+    proj = cell.projection is not None and prefix == cell.projection.name
+    g = torch.Generator().manual_seed(seed)
+    G = cell.num_gates
+    hw = P if proj else H
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype).requires_grad_(True)
+    input, hx = r(T, B, I), r(B, hw)
+    states = [hx, r(B, H)] if cell.has_cell_state else [hx]
+    weights = [r(G * H, I), r(G * H, hw)] + ([r(P, H)] if proj else [])
+    biases = [r(G * H), r(G * H)] if bias else [None, None]
+    args = (input, *states, *weights, *biases, reverse, *options, lengths)
+    return args
+
+
+def leaves(args):
+    return [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+
+
+def run(call, args, seed=1):
+    """Outputs (without the workspace) and the gradients of every leaf of a weighted sum of them."""
+    outs = call(*args)[:-1]
+    g = torch.Generator().manual_seed(seed)
+    loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in outs)
+    grads = torch.autograd.grad(loss, leaves(args))
+    return [o.detach() for o in outs], list(grads)
+
+
+def assert_identical(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        if x is None or y is None:
+            assert x is None and y is None
+        else:
+            assert x.dtype == y.dtype and x.shape == y.shape
+            assert torch.equal(x, y)
+
+
+# ---- the op's lean caller against the registered op ---------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("prefix,options", VARIANTS, ids=VARIANT_IDS)
+def test_lean_call_equals_registered_op_bit_for_bit(prefix, options, bias, reverse, dtype, fill_defaults_calls):
+    args = op_args(prefix, options, bias=bias, reverse=reverse, dtype=dtype)
+    out, grads = run(_ops.FORWARD[prefix], args)
+    assert not fill_defaults_calls
+    ref_out, ref_grads = run(getattr(torch.ops.rnnfast, f"{prefix}_forward"), args)
+    assert fill_defaults_calls  # the spy sees the registered path
+    assert_identical(out, ref_out)
+    assert_identical(grads, ref_grads)
+
+
+@pytest.mark.parametrize("prefix,options", VARIANTS, ids=VARIANT_IDS)
+def test_lean_call_with_lengths_equals_registered_op(prefix, options):
+    lengths = torch.tensor([4, 1, 3])
+    args = op_args(prefix, options, lengths=lengths, reverse=True)
+    out, grads = run(_ops.FORWARD[prefix], args)
+    ref_out, ref_grads = run(getattr(torch.ops.rnnfast, f"{prefix}_forward"), args)
+    assert_identical(out, ref_out)
+    assert_identical(grads, ref_grads)
+
+
+@pytest.mark.parametrize("prefix,options", VARIANTS, ids=VARIANT_IDS)
+def test_lean_call_needs_input_grad_subsets(prefix, options):
+    """Only some arguments requiring grad: the others get None, the rest as the registered op."""
+    for keep in ([0], [1], [2, 3], [-1]):  # input only, hx only, some weights, a bias
+        args = list(op_args(prefix, options))
+        tensors = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+        wanted = {tensors[k] for k in keep}
+        for i in tensors:
+            args[i] = args[i].detach().requires_grad_(i in wanted)
+        out, grads = run(_ops.FORWARD[prefix], args)
+        ref_out, ref_grads = run(getattr(torch.ops.rnnfast, f"{prefix}_forward"), args)
+        assert len(grads) == len(keep)
+        assert_identical(out, ref_out)
+        assert_identical(grads, ref_grads)
+
+
+@pytest.mark.parametrize("prefix,options", VARIANTS, ids=VARIANT_IDS)
+def test_lean_call_gradcheck_float64(prefix, options):
+    args = op_args(prefix, options, T=3, B=2, I=3, H=3, P=2, lengths=torch.tensor([3, 2]))
+    call = _ops.FORWARD[prefix]
+
+    def f(*ts):
+        it = iter(ts)
+        full = [next(it) if isinstance(a, torch.Tensor) and a.requires_grad else a for a in args]
+        return call(*full)[:-1]
+    assert torch.autograd.gradcheck(f, leaves(args), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("prefix,options", VARIANTS, ids=VARIANT_IDS)
+def test_lean_call_builds_its_function_node(prefix, options):
+    args = op_args(prefix, options)
+    out = _ops.FORWARD[prefix](*args)
+    assert type(out[0].grad_fn).__name__ == f"{prefix}_forward_functionBackward"
+    ref = getattr(torch.ops.rnnfast, f"{prefix}_forward")(*args)
+    assert type(ref[0].grad_fn).__name__ != type(out[0].grad_fn).__name__
+
+
+@pytest.mark.parametrize("prefix,options", VARIANTS, ids=VARIANT_IDS)
+def test_lean_call_without_grad_records_nothing(prefix, options, fill_defaults_calls):
+    args = op_args(prefix, options)
+    ref = [o.detach() for o in getattr(torch.ops.rnnfast, f"{prefix}_forward")(*args)[:-1]]
+    with torch.no_grad():
+        out = _ops.FORWARD[prefix](*args)[:-1]
+    assert all(o.grad_fn is None and not o.requires_grad for o in out)
+    assert_identical(list(out), ref)
+    plain = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]  # grad mode, nothing requires grad
+    out = _ops.FORWARD[prefix](*plain)[:-1]
+    assert all(o.grad_fn is None and not o.requires_grad for o in out)
+    assert_identical(list(out), ref)
+    with torch.inference_mode():
+        assert_identical(list(_ops.FORWARD[prefix](*args)[:-1]), ref)
+
+
+@pytest.mark.parametrize("prefix,options", VARIANTS, ids=VARIANT_IDS)
+def test_double_backward_raises_as_the_registered_op(prefix, options):
+    for call in (_ops.FORWARD[prefix], getattr(torch.ops.rnnfast, f"{prefix}_forward")):
+        args = op_args(prefix, options)
+        out = call(*args)
+        first = torch.autograd.grad(out[1].pow(2).sum(), leaves(args), create_graph=True)
+        with pytest.raises(NotImplementedError, match=rf"double backward through rnnfast\.{prefix} "):
+            torch.autograd.grad(sum(g.sum() for g in first), leaves(args))
+
+
+def test_bad_arguments_raise_the_ops_error_on_the_lean_path():
+    args = list(op_args("gru", (True,)))
+    args[1] = args[1].detach()[:, :2].requires_grad_(True)  # hx of the wrong width
+    with pytest.raises(RuntimeError) as lean:
+        _ops.FORWARD["gru"](*args)
+    with pytest.raises(RuntimeError) as registered:
+        torch.ops.rnnfast.gru_forward(*args)
+    assert str(lean.value) == str(registered.value)
+
+
+# ---- modules and cells: the lean path against the registered path -------------------------------
+
+def _module_cases():
+    cases = []
+    for c in CELLS.values():
+        kw = {"nonlinearity": c.nonlinearity} if c.nonlinearity else {}
+        cls = {"RNN_TANH": "RNN", "RNN_RELU": "RNN"}.get(c.mode, c.mode)
+        variants = [dict(reset_after=True), dict(reset_after=False)] if c.options else [{}]
+        for v in variants:
+            cases.append((cls, {**kw, **v}))
+    cases.append(("LSTM", dict(proj_size=3)))
+    return cases
+
+
+MODULE_CASES = _module_cases()
+MODULE_IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items())}" for n, kw in MODULE_CASES]
+LAYOUTS = {"1layer": dict(), "2layer-bidir-nobias": dict(num_layers=2, bidirectional=True, bias=False),
+           "batch_first": dict(batch_first=True)}
+
+
+def module_grads(module, x, state, packed_lengths=None):
+    """Outputs and gradients (input, states, every parameter) of a weighted sum of the outputs."""
+    module.zero_grad(set_to_none=True)
+    x = x.detach().requires_grad_(True)
+    state = None if state is None else tuple(s.detach().requires_grad_(True) for s in state)
+    arg = x if packed_lengths is None else pack_padded_sequence(x, packed_lengths, enforce_sorted=False)
+    st = None if state is None else (state if len(state) == 2 else state[0])
+    out = module(arg) if st is None else module(arg, st)
+    flat = [out[0].data if packed_lengths is not None else out[0]]
+    flat += list(out[1]) if isinstance(out[1], tuple) else [out[1]]
+    if isinstance(out, torch.Tensor):  # RNNCell / GRUCell
+        flat = [out]
+    elif isinstance(module, torch.nn.LSTMCell):
+        flat = list(out)
+    g = torch.Generator().manual_seed(3)
+    loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in flat)
+    loss.backward()
+    grads = [x.grad] + ([s.grad for s in state] if state is not None else [])
+    grads += [p.grad for p in module.parameters()]
+    return [o.detach() for o in flat], grads
+
+
+def _make_module(name, kw, layout, dtype):
+    torch.manual_seed(0)
+    return getattr(rnnfast, name)(5, 4, **kw, **LAYOUTS[layout]).to(dtype)
+
+
+def _module_state(module, B, dtype):
+    D = 2 if module.bidirectional else 1
+    L = module.num_layers * D
+    h = torch.randn(L, B, module.proj_size or module.hidden_size, dtype=dtype)
+    return (h, torch.randn(L, B, module.hidden_size, dtype=dtype)) if module.mode == "LSTM" else (h,)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("name,kw", MODULE_CASES, ids=MODULE_IDS)
+def test_module_lean_path_equals_registered_path(name, kw, layout, dtype, registered_path, fill_defaults_calls):
+    module = _make_module(name, kw, layout, dtype)
+    torch.manual_seed(1)
+    x = torch.randn(*((3, 6, 5) if module.batch_first else (6, 3, 5)), dtype=dtype)
+    state = _module_state(module, 3, dtype)
+    got = module_grads(module, x, state)
+    assert not fill_defaults_calls
+    registered_path()
+    ref = module_grads(module, x, state)
+    assert fill_defaults_calls
+    assert_identical(*[got[0], ref[0]])
+    assert_identical(got[1], ref[1])
+    assert all(g is not None for g in got[1])
+
+
+@pytest.mark.parametrize("name,kw", MODULE_CASES, ids=MODULE_IDS)
+def test_module_packed_sequence_lean_path_equals_registered_path(name, kw, registered_path):
+    module = _make_module(name, kw, "2layer-bidir-nobias", torch.float64)
+    torch.manual_seed(1)
+    x = torch.randn(5, 3, 5, dtype=torch.float64)
+    lengths = torch.tensor([2, 5, 3])
+    state = _module_state(module, 3, torch.float64)
+    got = module_grads(module, x, state, lengths)
+    registered_path()
+    ref = module_grads(module, x, state, lengths)
+    assert_identical(got[0], ref[0])
+    assert_identical(got[1], ref[1])
+
+
+CELL_CASES = [("RNNCell", {}), ("RNNCell", dict(nonlinearity="relu")), ("GRUCell", {}),
+              ("GRUCell", dict(reset_after=False)), ("LSTMCell", {})]
+CELL_IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items())}" for n, kw in CELL_CASES]
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
+@pytest.mark.parametrize("name,kw", CELL_CASES, ids=CELL_IDS)
+def test_cell_loop_lean_path_equals_registered_path(name, kw, batched, bias, registered_path, fill_defaults_calls):
+    torch.manual_seed(0)
+    cell = getattr(rnnfast, name)(5, 4, bias=bias, **kw).double()
+    xs = torch.randn(4, *((3, 5) if batched else (5,)), dtype=torch.float64)
+    hshape = (3, 4) if batched else (4,)
+    h0 = torch.randn(hshape, dtype=torch.float64)
+    c0 = torch.randn(hshape, dtype=torch.float64)
+
+    def loop():
+        cell.zero_grad(set_to_none=True)
+        x = xs.clone().requires_grad_(True)
+        h, c = h0.clone().requires_grad_(True), c0.clone().requires_grad_(True)
+        state = (h, c) if name == "LSTMCell" else h
+        outs = []
+        for t in range(xs.shape[0]):
+            state = cell(x[t], state)
+            outs.append(state[0] if isinstance(state, tuple) else state)
+        torch.stack(outs).pow(2).sum().backward()
+        grads = [x.grad, h.grad] + ([c.grad] if name == "LSTMCell" else [])
+        return [torch.stack(outs).detach()], grads + [p.grad for p in cell.parameters()]
+    got = loop()
+    assert not fill_defaults_calls
+    registered_path()
+    ref = loop()
+    assert fill_defaults_calls
+    assert_identical(got[0], ref[0])
+    assert_identical(got[1], ref[1])
+
+
+def test_gru_cell_forward_backward_never_calls_fill_defaults(fill_defaults_calls):
+    """The regression the lean path exists for: torch.library's autograd kernel called fill_defaults
+    on every grad-mode forward of a cell (~60 µs, most of a small GRUCell step)."""
+    torch.manual_seed(0)
+    cell = rnnfast.GRUCell(8, 8)
+    h = None
+    for x in torch.randn(3, 2, 8):
+        h = cell(x, h)
+    h.sum().backward()
+    assert cell.weight_hh.grad is not None
+    assert fill_defaults_calls == []
+
+
+@pytest.mark.parametrize("name,kw", CELL_CASES, ids=CELL_IDS)
+def test_cell_hooks_and_retain_graph_as_registered_path(name, kw, registered_path):
+    def once():
+        torch.manual_seed(0)
+        cell = getattr(rnnfast, name)(5, 4, **kw).double()
+        seen = []
+        cell.register_full_backward_hook(lambda m, gi, go: seen.append(
+            [None if g is None else g.clone() for g in (*gi, *go)]))
+        x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+        h = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+        h.register_hook(lambda g: g * 2)  # a tensor hook doubling hx's gradient
+        state = (h, torch.randn(3, 4, dtype=torch.float64)) if name == "LSTMCell" else h
+        out = cell(x, state)
+        loss = (out[0] if isinstance(out, tuple) else out).pow(3).sum()
+        loss.backward(retain_graph=True)
+        first = [x.grad.clone(), h.grad.clone(), cell.weight_hh.grad.clone()]
+        loss.backward()  # the retained graph runs again and accumulates
+        second = [x.grad, h.grad, cell.weight_hh.grad]
+        for a, b in zip(first, second):
+            torch.testing.assert_close(b, 2 * a, rtol=1e-12, atol=1e-12)
+        return first + second, [g for call in seen for g in call]
+    got = once()
+    registered_path()
+    ref = once()
+    assert len(got[1]) == len(ref[1]) > 0
+    assert_identical(got[0], ref[0])
+    assert_identical(got[1], ref[1])
+
+
+@pytest.mark.parametrize("name,kw", CELL_CASES, ids=CELL_IDS)
+def test_cell_gradcheck_float64_on_lean_path(name, kw, fill_defaults_calls):
+    torch.manual_seed(0)
+    cell = getattr(rnnfast, name)(3, 4, **kw).double()
+    names = [n for n, _ in cell.named_parameters()]
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+
+    def f(x, h, c, *ps):
+        return torch.func.functional_call(cell, dict(zip(names, ps)), (x, (h, c) if name == "LSTMCell" else h))
+    params = [p.detach().clone().requires_grad_(True) for p in cell.parameters()]
+    assert torch.autograd.gradcheck(f, (x, h, c, *params), eps=1e-6, atol=1e-7)
+    assert not fill_defaults_calls
+
+
+@pytest.mark.parametrize("name", ["rnn_tanh", "rnn_relu", "gru", "lstm"])
+def test_functional_uses_the_lean_path(name, fill_defaults_calls, registered_path):
+    cell = CELLS[name]
+    args = op_args(name, (True,) if cell.options else ())
+    n = 3 if cell.has_cell_state else 2
+    tensors, biases = args[:n + 2], args[n + 2:n + 4]
+    fn = getattr(rf, name)
+
+    def call():
+        out = fn(*tensors, *biases, reverse=True)
+        return [o.detach() for o in out], list(torch.autograd.grad(sum(o.sum() for o in out), leaves(args)))
+    got = call()
+    assert not fill_defaults_calls
+    registered_path()
+    ref = call()
+    assert fill_defaults_calls
+    assert_identical(got[0], ref[0])
+    assert_identical(got[1], ref[1])
+
+
+def test_autocast_on_lean_path_equals_registered_path(registered_path):
+    def once():
+        torch.manual_seed(0)
+        cell = rnnfast.GRUCell(5, 4)
+        x = torch.randn(3, 5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = cell(x.bfloat16(), torch.randn(3, 4).bfloat16())
+        assert out.dtype == torch.float32
+        out.sum().backward()
+        return [out.detach(), cell.weight_ih.grad, cell.bias_hh.grad]
+    got = once()
+    registered_path()
+    assert_identical(got, once())
+
+
+# ---- where the registered op must stay ----------------------------------------------------------
+
+def _graph_targets(gm):
+    return {str(n.target) for n in gm.graph.nodes if n.op == "call_function"}
+
+
+def _holds_op(gm, name):
+    """Whether an FX graph calls rnnfast's op `name` (Dynamo records the packet, export the overload)."""
+    packet = getattr(torch.ops.rnnfast, name)
+    return any(n.target in (packet, packet.default) for n in gm.graph.nodes if n.op == "call_function")
+
+
+@pytest.mark.parametrize("name,kw", [("GRUCell", {}), ("LSTM", dict(proj_size=2)), ("RNN", {})])
+def test_torch_compile_graph_holds_the_registered_op(name, kw):
+    torch.manual_seed(0)
+    module = getattr(rnnfast, name)(3, 4, **kw)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+    x = torch.randn(2, 3) if name.endswith("Cell") else torch.randn(5, 2, 3)
+    compiled = torch.compile(module, backend=backend, fullgraph=True)
+    out = compiled(x)
+    ref = module(x)
+    for a, b in zip(torch.utils._pytree.tree_leaves(out), torch.utils._pytree.tree_leaves(ref)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert len(graphs) == 1
+    op = {"GRUCell": "gru", "LSTM": "lstm_proj", "RNN": "rnn_tanh"}[name]
+    assert _holds_op(graphs[0], f"{op}_forward")
+    assert not any("forward_function" in t or "autograd_function_apply" in t for t in _graph_targets(graphs[0]))
+
+
+def test_torch_compile_aot_backward_equals_eager():
+    torch.manual_seed(0)
+    module = rnnfast.LSTMCell(3, 4)
+    x = torch.randn(2, 3)
+    compiled = torch.compile(module, backend="aot_eager", fullgraph=True)
+    compiled(x)[0].pow(2).sum().backward()
+    got = [p.grad.clone() for p in module.parameters()]
+    module.zero_grad()
+    module(x)[0].pow(2).sum().backward()
+    for a, b in zip(got, [p.grad for p in module.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_torch_export_graph_holds_the_registered_op():
+    program = torch.export.export(rnnfast.GRU(3, 4), (torch.randn(5, 2, 3),))
+    assert _holds_op(program.graph_module, "gru_forward")
+
+
+def test_dispatcher_only_under_functorch_transforms(monkeypatch):
+    """torch.func transforms see the registered op, as before the lean path: vmap runs it per
+    sample, torch.func.grad raises torch's own error about the op's generated Function."""
+    torch.manual_seed(0)
+    cell = rnnfast.GRUCell(3, 4)
+    h = torch.randn(2, 4)
+    xs = torch.randn(5, 2, 3)
+    batched = torch.func.vmap(lambda x: cell(x, h))(xs)
+    for i in range(5):
+        torch.testing.assert_close(batched[i], cell(xs[i], h), rtol=1e-6, atol=1e-6)
+    seen = []
+    real = _ops._dispatcher_only
+    monkeypatch.setattr(_ops, "_dispatcher_only", lambda: seen.append(real()) or seen[-1])
+    with pytest.raises(RuntimeError, match="setup_context"):
+        torch.func.grad(lambda x: cell(x, h).sum())(xs[0])
+    assert seen and all(seen)  # (the module calls the op twice: once more for functional's message)
+    seen.clear()
+    cell(xs[0], h)
+    assert seen == [False]
+
+
+# ---- the cells' usual-call shortcut (_CellMixin._step) against the fully checked step -------------
+
+@pytest.mark.parametrize("with_state", [True, False], ids=["state", "no_state"])
+@pytest.mark.parametrize("name,kw", CELL_CASES, ids=CELL_IDS)
+def test_cell_step_shortcut_equals_checked_step(name, kw, with_state):
+    torch.manual_seed(0)
+    cell = getattr(rnnfast, name)(5, 4, **kw).double()
+    x = torch.randn(3, 5, dtype=torch.float64)
+    states = (torch.randn(3, 4, dtype=torch.float64),) * (2 if name == "LSTMCell" else 1) if with_state else None
+    results = []
+    for step in (cell._step, cell._checked_step):
+        cell.zero_grad(set_to_none=True)
+        out = step(x, states)
+        sum(o.pow(2).sum() for o in out).backward()
+        results.append([o.detach() for o in out] + [p.grad for p in cell.parameters()])
+    assert_identical(*results)
+
+
+def test_cell_step_shortcut_leaves_other_calls_to_the_checked_step(monkeypatch):
+    """Unbatched input, a state of another dtype (autocast) or shape goes through _checked_step."""
+    cell = rnnfast.GRUCell(5, 4)
+    checked = []
+    real = type(cell)._checked_step
+    monkeypatch.setattr(type(cell), "_checked_step", lambda self, *a: checked.append(1) or real(self, *a))
+    cell(torch.randn(3, 5), torch.randn(3, 4))
+    cell(torch.randn(3, 5))
+    assert checked == []
+    cell(torch.randn(5), torch.randn(4))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cell(torch.randn(3, 5), torch.randn(3, 4).bfloat16())
+    with pytest.raises(RuntimeError, match=r"GRUCell: Expected hidden size \(3, 4\), got \[3, 3\]"):
+        cell(torch.randn(3, 5), torch.randn(3, 3))
+    assert checked == [1, 1, 1]
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["filled", "broadcast"])
+@pytest.mark.parametrize("unused", ["output", "hy"])
+def test_unused_output_gradient_is_zero(unused, big):
+    """An output the loss does not use gets a zero gradient in backward: filled for small outputs,
+    a broadcast zero above _ops._SMALL_ZEROS elements; the same gradients as an explicit zero."""
+    T, B, H = (8, 64, 40) if big else (2, 3, 4)
+    assert (T * B * H > _ops._SMALL_ZEROS) == big
+    args = op_args("lstm", (), T=T, B=B, I=3, H=H, dtype=torch.float64)
+    for call in (_ops.FORWARD["lstm"], torch.ops.rnnfast.lstm_forward):
+        def loss(explicit_zero):
+            out, hy, cy, _ = call(*args)
+            used, other = (hy, out) if unused == "output" else (out, hy)
+            total = used.sum() + cy.sum()
+            return total + (other * 0).sum() if explicit_zero else total
+        got = torch.autograd.grad(loss(False), leaves(args))
+        ref = torch.autograd.grad(loss(True), leaves(args))
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
