@@ -148,12 +148,20 @@ def _run_op(name: str, input: Tensor, hx: Tensor, cx: Optional[Tensor], w_ih: Te
 def _layer(name: str, input: Tensor, hx: Tensor, cx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
            b_ih: Optional[Tensor], b_hh: Optional[Tensor], reverse: bool, options: tuple,
            lengths: Optional[Tensor], w_hr: Optional[Tensor] = None) -> tuple:
-    """One checked call of a registry cell's forward op: autocast, the argument checks (TypeError /
-    ValueError naming the argument), then _run_op."""
+    """One call of a registry cell's forward op, each argument validated once: the op first
+    (_run_op: its own checks, csrc/core/args.h, reject every argument the Python checks would, and
+    its autocast kernel casts). Only when it refuses do the Python checks run, for the error naming
+    the argument and the rule (TypeError / ValueError); the op's own error is re-raised should they
+    accept the arguments. Same op, same numbers either way. The modules (rnnfast.nn) call this too."""
+    try:
+        return _run_op(name, input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse, options, lengths, w_hr)
+    except (RuntimeError, TypeError, ValueError) as err:
+        refused = err
+    # outside the except block, so the Python check's error does not print the op's as its context
     input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr = autocast_float32(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)
     check_layer_args(name, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)
     check_lengths(name, lengths, input)
-    return _run_op(name, input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse, options, lengths, w_hr)
+    raise refused
 
 
 def rnn_tanh(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,

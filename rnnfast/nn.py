@@ -48,7 +48,6 @@ from torch.nn.utils.rnn import PackedSequence
 from . import _hooks, _serialization
 from ._serialization import PicklableMixin as _PicklableMixin
 from . import functional as rf
-from ._ops import FORWARD as _FORWARD
 from ._cells import CELLS, lookup as _cell_of
 
 __all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell"]
@@ -177,45 +176,14 @@ def _check_shape(t, expected, msg="Expected hidden size {}, got {}"):
         raise RuntimeError(msg.format(tuple(expected), list(t.shape)))
 
 
-def _call_op(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, reset_after, lengths, w_hr):
-    """The layer's op, called directly through its lean caller (rnnfast._ops.FORWARD: no
-    torch.library Python per call; the registered op under torch.compile): its own checks
-    (csrc/core/args.h) reject every argument rnnfast.functional would (RuntimeError), and its
-    autocast kernel casts as functional does."""
-    if mode == "LSTM":
-        if w_hr is not None:
-            return _FORWARD["lstm_proj"](x, h, c, w_ih, w_hh, w_hr, b_ih, b_hh, reverse, lengths)[:3]
-        return _FORWARD["lstm"](x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, lengths)[:3]
-    if mode == "GRU":
-        return _FORWARD["gru"](x, h, w_ih, w_hh, b_ih, b_hh, reverse, reset_after, lengths)[:2]
-    if mode == "RNN_TANH":
-        return _FORWARD["rnn_tanh"](x, h, w_ih, w_hh, b_ih, b_hh, reverse, lengths)[:2]
-    return _FORWARD["rnn_relu"](x, h, w_ih, w_hh, b_ih, b_hh, reverse, lengths)[:2]
-
-
 def _call_layer(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, reset_after, lengths=None, w_hr=None):
-    """One layer, one direction, the whole sequence: x (T, B, I) -> (output, hy[, cy]).
-
-    The op first, with no Python checks: they were a third of a one-step call (generation, a cell
-    in a loop). Only when the op refuses its arguments does rnnfast.functional run, for its error
-    naming the argument and the rule (TypeError/ValueError); the op's own error is re-raised should
-    functional accept them. Same op, same numbers either way."""
-    reverse, reset_after = bool(reverse), bool(reset_after)
-    try:
-        return _call_op(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, reset_after, lengths, w_hr)
-    except (RuntimeError, TypeError, ValueError) as err:
-        refused = err
-    # outside the except block, so functional's error does not print the op's as its context
-    if mode == "LSTM":
-        rf.lstm(x, h, c, w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths, w_hr=w_hr)
-    elif mode == "GRU":
-        rf.gru(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse, reset_after=reset_after, lengths=lengths)
-    elif mode == "RNN_TANH":
-        rf.rnn_tanh(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths)
-    else:
-        rf.rnn_relu(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths)
-    raise refused
-
+    """One layer, one direction, the whole sequence: x (T, B, I) -> (output, hy[, cy]), through
+    rnnfast.functional's one call path (the op first; the Python checks only name the argument of a
+    call the op refuses). mode: torch.nn's mode string, looked up in the cell registry."""
+    cell = _cell_of(mode)
+    options = (bool(reset_after),) if cell.options else ()
+    return rf._layer(cell.name, x, h, c if cell.has_cell_state else None, w_ih, w_hh, b_ih, b_hh, bool(reverse),
+                     options, lengths, w_hr)
 
 
 # ---- multi-layer modules -----------------------------------------------------------------------

@@ -232,10 +232,11 @@ def test_in_place_weight_update_is_seen_by_the_next_call(name, how):
 
 @pytest.fixture
 def functional_calls(monkeypatch):
-    """Records every call into rnnfast.functional's layer functions (still running them)."""
+    """Records every run of rnnfast.functional's Python argument checks (still running them): the
+    modules, cells and functional API call the op first and check in Python only what it refuses."""
     from rnnfast import functional as rf
     calls = []
-    for fn in ("rnn_tanh", "rnn_relu", "gru", "lstm"):
+    for fn in ("check_layer_args", "check_lengths"):
         orig = getattr(rf, fn)
         monkeypatch.setattr(rf, fn, lambda *a, _orig=orig, _fn=fn, **k: calls.append(_fn) or _orig(*a, **k))
     return calls
@@ -289,7 +290,7 @@ def test_a_bad_weight_still_gets_functionals_named_error(name, functional_calls)
     setattr(m, hh, torch.nn.Parameter(torch.randn(G * 6, 6, dtype=torch.float64)))
     with pytest.raises(TypeError, match="w_hh has dtype torch.float64"):
         m(x)
-    assert len(functional_calls) == 2  # the op refused, functional named the problem
+    assert functional_calls.count("check_layer_args") == 2  # the op refused, functional named the problem
 
 
 # ---- generation ----------------------------------------------------------------------------------
@@ -313,3 +314,21 @@ def test_predict_same_text_as_the_torch_backend_and_the_model_trains_after(cell)
     logits, _ = fast(X)
     logits.sum().backward()
     assert all(p.grad is not None for p in fast.parameters())
+
+
+def test_functional_api_checks_only_what_the_op_refuses(functional_calls):
+    """rnnfast.functional's public functions take the same one path: a valid call runs no Python
+    check, a refused one gets the named error (each argument validated once per call)."""
+    from rnnfast import functional as rf
+    torch.manual_seed(0)
+    x, h = torch.randn(3, 2, 4), torch.zeros(2, 6)
+    w_ih, w_hh = torch.randn(18, 4), torch.randn(18, 6)
+    out, hy = rf.gru(x, h, w_ih, w_hh)
+    ref = torch.nn.GRU(4, 6, bias=False)
+    with torch.no_grad():
+        ref.weight_ih_l0.copy_(w_ih), ref.weight_hh_l0.copy_(w_hh)
+    torch.testing.assert_close(out, ref(x, h.unsqueeze(0))[0], rtol=1e-5, atol=1e-5)
+    assert functional_calls == []
+    with pytest.raises(ValueError, match="w_hh must have shape"):
+        rf.gru(x, h, w_ih, torch.randn(18, 5))
+    assert functional_calls.count("check_layer_args") == 1
