@@ -151,11 +151,12 @@ def draw_heatmap(points, path):
             ax.set_xticks(range(len(cols)), [f"T{t}" for t in cols], fontsize=7)
             ax.set_yticks(range(len(rows)), [f"H{h} B{b}" for h, b in rows], fontsize=7)
             ax.set_title(f"{cell} {mode} {th} thread{'s' if th > 1 else ''}", fontsize=9)
+    fig.subplots_adjust(wspace=0.5, right=0.86)
     if image is not None:
-        bar = fig.colorbar(image, ax=axes, shrink=0.6, ticks=[-2, -1, 0, 1, 2])
+        # an axes of its own right of the panels (colorbar(ax=axes) drew over the last column)
+        bar = fig.colorbar(image, cax=fig.add_axes([0.9, 0.3, 0.015, 0.4]), ticks=[-2, -1, 0, 1, 2])
         bar.ax.set_yticklabels(["0.25x", "0.5x", "1x", "2x", "4x"])
         bar.set_label("torch.nn time / rnnfast time (> 1: rnnfast faster)")
-    fig.subplots_adjust(wspace=0.5)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
