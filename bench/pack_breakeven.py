@@ -12,27 +12,13 @@ MKL's packed API is looked up in libtorch_cpu as the extension does (blas.h); a 
 has none and this script says so.
 """
 import argparse
-import ctypes
-import os
 import time
 
 import torch
 
-ROW_MAJOR, NO_TRANS, TRANS, PACKED, B_MATRIX = 101, 111, 112, 151, 162
-
-
-def load_mkl():
-    lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
-    try:
-        get_size, pack, compute = lib.cblas_sgemm_pack_get_size, lib.cblas_sgemm_pack, lib.cblas_sgemm_compute
-    except AttributeError:
-        raise SystemExit("this torch exports no MKL packed GEMM (cblas_sgemm_pack): rnnfast never packs here")
-    get_size.restype = ctypes.c_size_t
-    get_size.argtypes = [ctypes.c_int] * 4
-    pack.argtypes = [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
-    compute.argtypes = [ctypes.c_int] * 6 + [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int,
-                                             ctypes.c_float, ctypes.c_void_p, ctypes.c_int]
-    return get_size, pack, compute
+# torch's MKL packed-GEMM entry points and their CBLAS constants, as bench/gemm_floor.py loads them
+from gemm_floor import _BMatrix as B_MATRIX, _mkl as load_mkl, _NoTrans as NO_TRANS  # noqa: E402
+from gemm_floor import _Packed as PACKED, _RowMajor as ROW_MAJOR, _Trans as TRANS  # noqa: E402
 
 
 def median_us(fn, n=30):

@@ -28,11 +28,8 @@ from typing import Dict, Optional, Tuple
 __all__ = ["Cell", "Projection", "CELLS", "NAMES", "KINDS", "lookup"]
 
 
-@dataclass(frozen=True)
-class Projection:
-    """The projection variant of a cell (LSTM proj_size > 0): h_t = m_t W_hrᵀ, with m_t saved."""
-    name: str                       # op prefix: torch.ops.rnnfast.<name>_forward / _backward
-    extra_slots: Tuple[str, ...]    # slots after the cell's own
+class _Ops:
+    """The op names of an entry whose `name` is an op prefix: torch.ops.rnnfast.<name>_forward / _backward."""
 
     @property
     def forward_op(self) -> str:
@@ -44,7 +41,15 @@ class Projection:
 
 
 @dataclass(frozen=True)
-class Cell:
+class Projection(_Ops):
+    """The projection variant of a cell (LSTM proj_size > 0): h_t = m_t W_hrᵀ, with m_t saved."""
+    name: str                       # op prefix: torch.ops.rnnfast.<name>_forward / _backward
+    extra_slots: Tuple[str, ...]    # slots after the cell's own
+
+
+
+@dataclass(frozen=True)
+class Cell(_Ops):
     name: str
     mode: str                                   # torch.nn.RNNBase.mode
     gates: Tuple[str, ...]
@@ -69,13 +74,6 @@ class Cell:
         width = self.workspace_width + (len(self.projection.extra_slots) if projection else 0)
         return (T, B, width * H) if width else (0,)
 
-    @property
-    def forward_op(self) -> str:
-        return f"{self.name}_forward"
-
-    @property
-    def backward_op(self) -> str:
-        return f"{self.name}_backward"
 
     def kind(self, *option_values) -> str:
         """The C++ CellKind name for these option values (gru: reset_after)."""
