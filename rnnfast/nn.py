@@ -153,6 +153,14 @@ def _suffix(layer, direction):
     return f"_l{layer}" + ("_reverse" if direction == 1 else "")
 
 
+def _param(module, name):
+    """module.<name> for a parameter, without nn.Module.__getattr__ (~1 us a lookup, 5 of them per
+    layer call: a fifth of a small T=1 step): straight from _parameters, else (a parametrization's
+    property, torch.func.functional_call's swapped-in plain tensor) the attribute as usual."""
+    w = module._parameters.get(name)
+    return w if w is not None else getattr(module, name)
+
+
 def _check_tensor(name, what, t, weight):
     """Input/state tensors must share the parameters' dtype and device (clear error otherwise).
     Returns t, cast to float32 where autocast produced it in lower precision (see rf.autocast_float32)."""
@@ -206,17 +214,44 @@ class _RecurrentMixin:
 
     def _layer_weights(self, layer, direction):
         suffix = _suffix(layer, direction)
-        w_ih = getattr(self, f"weight_ih{suffix}")
-        w_hh = getattr(self, f"weight_hh{suffix}")
+        w_ih = _param(self, "weight_ih" + suffix)
+        w_hh = _param(self, "weight_hh" + suffix)
         if self.bias:
-            return w_ih, w_hh, getattr(self, f"bias_ih{suffix}"), getattr(self, f"bias_hh{suffix}")
+            return w_ih, w_hh, _param(self, "bias_ih" + suffix), _param(self, "bias_hh" + suffix)
         return w_ih, w_hh, None, None
 
     def _projection(self, layer, direction):
         """weight_hr of a layer-direction (LSTM proj_size > 0), else None."""
         if not self.proj_size:
             return None
-        return getattr(self, "weight_hr" + _suffix(layer, direction))
+        return _param(self, "weight_hr" + _suffix(layer, direction))
+
+    def _usual_call(self, input, states):
+        """The usual call in a few comparisons, as the cells' _step: a 3-D tensor of the weights'
+        dtype and device and the module's input size, states None or exactly the expected shapes,
+        dtype and device. Returns (time-major contiguous input, h0, c0 or None), or None for anything
+        else, which goes through _prepare: its checks, casts (autocast), unbatched input,
+        PackedSequence and error messages. For the usual call every check of _prepare passes and
+        changes nothing, so both give the same arguments to the same ops."""
+        w = _param(self, "weight_ih_l0")
+        if not (isinstance(input, Tensor) and input.dim() == 3 and input.dtype == w.dtype
+                and input.device == w.device and input.size(2) == self.input_size
+                and type(self.num_layers) is int and type(self.bidirectional) is bool):
+            return None
+        if self.batch_first:
+            input = input.transpose(0, 1)
+        if input.size(0) == 0:
+            return None
+        layers, batch = self.num_layers * (2 if self.bidirectional else 1), input.size(1)
+        shapes = ((layers, batch, self.proj_size or self.hidden_size), (layers, batch, self.hidden_size))
+        if states is None:
+            states = tuple(input.new_zeros(shapes[i]) for i in range(1 + _cell_of(self.mode).has_cell_state))
+        elif all(isinstance(s, Tensor) and s.shape == shapes[i] and s.dtype == w.dtype and s.device == w.device
+                 for i, s in enumerate(states)):
+            states = tuple(s.contiguous() for s in states)
+        else:
+            return None
+        return input.contiguous(), states[0], (states[1] if len(states) == 2 else None)
 
     def _prepare(self, input, states):
         """Checks input and states (a tuple of 1 or 2 tensors, or None) like torch.nn, returns
@@ -275,17 +310,17 @@ class _RecurrentMixin:
         packing: the _Packing of a PackedSequence input, else None."""
         lengths = packing.lengths if packing else None
         num_directions = 2 if self.bidirectional else 1
+        cell = _cell_of(self.mode)
+        options = (bool(self._reset_after),) if cell.options else ()
         h_n, c_n = [], []
         layer_input = input
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(num_directions):
                 idx = layer * num_directions + direction
-                res = _call_layer(self.mode, layer_input, h0[idx],
-                                  c0[idx] if c0 is not None else None,
-                                  *self._layer_weights(layer, direction),
-                                  reverse=direction == 1, reset_after=self._reset_after, lengths=lengths,
-                                  w_hr=self._projection(layer, direction))
+                res = rf._layer(cell.name, layer_input, h0[idx], c0[idx] if c0 is not None else None,
+                                *self._layer_weights(layer, direction), direction == 1, options, lengths,
+                                self._projection(layer, direction))
                 outputs.append(res[0])
                 h_n.append(res[1])
                 if c0 is not None:
@@ -294,6 +329,8 @@ class _RecurrentMixin:
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_output = self._dropout(layer_output, packing)
             layer_input = layer_output
+        if len(h_n) == 1:  # one layer-direction: (1, B, H) views of the op's fresh hy/cy, no copy
+            return layer_input, h_n[0].unsqueeze(0), (c_n[0].unsqueeze(0) if c0 is not None else None)
         return layer_input, torch.stack(h_n), (torch.stack(c_n) if c0 is not None else None)
 
     def _dropout(self, output, packing):
@@ -313,6 +350,10 @@ class _RecurrentMixin:
         return output
 
     def forward(self, input, hx=None):
+        usual = self._usual_call(input, None if hx is None else (hx,))
+        if usual is not None:
+            output, h_n, _ = self._run(usual[0], usual[1], None)
+            return (output.transpose(0, 1) if self.batch_first else output), h_n
         input, (h0,), is_batched, packing = self._prepare(input, None if hx is None else (hx,))
         output, h_n, _ = self._run(input, h0, None, packing)
         return self._finish(output, is_batched, packing), (h_n if is_batched else h_n.squeeze(1))
@@ -399,6 +440,10 @@ class LSTM(_PicklableMixin, _RecurrentMixin, torch.nn.LSTM):
     def forward(self, input, hx=None):
         if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
             raise TypeError("LSTM: hx must be a tuple (h_0, c_0) of two tensors")
+        usual = self._usual_call(input, None if hx is None else tuple(hx))
+        if usual is not None:
+            output, h_n, c_n = self._run(*usual)
+            return (output.transpose(0, 1) if self.batch_first else output), (h_n, c_n)
         input, (h0, c0), is_batched, packing = self._prepare(input, None if hx is None else tuple(hx))
         output, h_n, c_n = self._run(input, h0, c0, packing)
         if not is_batched:
@@ -416,7 +461,7 @@ class _CellMixin:
 
     def _step(self, input, states):
         """Checks like torch.nn's cells, then runs one step (T = 1). states: tuple or None."""
-        w_ih = self.weight_ih
+        w_ih = _param(self, "weight_ih")
         # The usual call (batched tensors of the weights' dtype and device, the module's sizes) in a
         # few comparisons: every check of _checked_step passes for it and changes nothing. Anything
         # else goes through _checked_step, its casts and its errors.
@@ -430,8 +475,9 @@ class _CellMixin:
                      and s.device == w_ih.device for s in states):
             return self._checked_step(input, states)
         c = states[1].contiguous() if len(states) == 2 else None
+        b_ih, b_hh = (_param(self, "bias_ih"), _param(self, "bias_hh")) if self.bias else (None, None)
         return _call_layer(self.mode, input.unsqueeze(0).contiguous(), states[0].contiguous(), c, w_ih,
-                           self.weight_hh, self.bias_ih, self.bias_hh, False, self._reset_after)[1:]
+                           _param(self, "weight_hh"), b_ih, b_hh, False, self._reset_after)[1:]
 
     def _checked_step(self, input, states):
         """_step with every check (messages as torch.nn's cells) and autocast's cast."""
