@@ -229,7 +229,13 @@ class CpuForward {
       // The biases are added in the pointwise pass, not here: at::addmm_out first broadcasts the bias
       // into xg and then runs the GEMM with beta = 1 (measured 0.40 -> 0.20 ms at T*B=1120, G*H=768).
       xg_ = at::empty({p.T * p.B, G * p.H}, opts);
-      at::mm_out(xg_, p.input.view({p.T * p.B, p.I}), p.w_ih.t());
+      const at::Tensor x = p.input.view({p.T * p.B, p.I});
+      if (gemv_applies(x, xg_, p.w_ih, /*transpose=*/true)) {  // T = B = 1: one GEMV (blas.h)
+        gemv(p.w_ih.const_data_ptr<float>(), p.I, x.const_data_ptr<float>(), xg_.data_ptr<float>(), G * p.H, p.I,
+             /*accumulate=*/false);
+      } else {
+        at::mm_out(xg_, x, p.w_ih.t());
+      }
     }
     bias_ = folded_bias<Cell>(p);
     if constexpr (Cell::traits.inner_bias_gate >= 0) {
