@@ -103,6 +103,14 @@ def test_training_mode_and_dropout_are_restored(monkeypatch):
     assert fast == slow and fast_calls == 1 and net.training
 
 
+def test_under_autocast(monkeypatch):
+    # the op's calls meet the same autocast kernels as the Python loop's (bfloat16 head, float32 layers)
+    net = make_net("lstm", num_layers=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast, slow, fast_calls, _ = both_paths(net, seed=5, monkeypatch=monkeypatch, temperature=0.7)
+    assert fast == slow and fast_calls == 1
+
+
 def test_num_preds_zero_and_one_token_prefix(monkeypatch):
     net = make_net("gru")
     fast, slow, fast_calls, slow_calls = both_paths(net, num_preds=0, monkeypatch=monkeypatch)
