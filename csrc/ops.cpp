@@ -8,6 +8,7 @@
 #include <string>
 
 #include "core/cells.h"
+#include "core/decode.h"
 
 // `import rnnfast._C` only has to load this shared object so the registrations below run.
 extern "C" PyObject* PyInit__C(void) {
@@ -99,4 +100,19 @@ TORCH_LIBRARY(rnnfast, m) {
   m.def("clip_grads_with_norm_(Tensor(a!)[] grads, float max_norm, Tensor total_norm) -> ()");
   // clip_grad_norm_: both in one call; returns the total norm (before clipping).
   m.def("clip_grad_norm_(Tensor(a!)[] grads, float max_norm, float norm_type) -> Tensor");
+
+  // ---- generation (csrc/core/decode.h): predict's per-token loop in one call ------------------------
+  // From the state after a prefix (state: [h] or [h, c], each (L, 1, H)) and its last token, generate
+  // num_preds tokens of a one-hot (embedding None) or embedding language model: per token every
+  // layer's T = 1 step through the cell's own forward op, the head (V, H), then argmax (temperature 0)
+  // or a draw from softmax(logits / temperature) over the top_k most likely. params: w_ih, w_hh
+  // (+ b_ih, b_hh when has_biases) per layer; options: the cell's option values (gru: reset_after).
+  // Inference only; returns the tokens, int64 (num_preds,) on the model's device.
+  m.def("decode(str cell, bool[] options, Tensor[] params, bool has_biases, Tensor[] state, Tensor? embedding, "
+        "Tensor head_weight, Tensor? head_bias, int token, int num_preds, float temperature=0., int? top_k=None, "
+        "Generator? generator=None) -> Tensor tokens");
 }
+
+// decode is ATen calls only (its layers go through the dispatcher to the per-backend kernels), so
+// one registration serves CPU and CUDA.
+TORCH_LIBRARY_IMPL(rnnfast, CompositeExplicitAutograd, m) { m.impl("decode", &rnnfast::core::decode); }

@@ -325,3 +325,7 @@ def _clip_grads_with_norm_fake(grads, max_norm, total_norm):
 @torch.library.register_fake("rnnfast::clip_grad_norm_")
 def _clip_grad_norm_fake(grads, max_norm, norm_type):
     return _fake_norm("clip_grad_norm_", grads)
+
+
+# ---- generation: rnnfast::decode's fake kernel lives with its Python side ----
+from . import _decode  # noqa: E402,F401

@@ -5,6 +5,27 @@ import torch
 
 __all__ = ["predict"]
 
+#: Private, for tests: False forces the Python loop even where rnnfast::decode could run the steps.
+_USE_DECODE = True
+
+
+def _decode(net, state, last, num_preds, temperature, top_k, generator):
+    """The generated tokens from rnnfast::decode (csrc/core/decode.h: the loop below, in C++, the same
+    ops and draws), or None where the model cannot describe itself to the op (RNNLM._decoder) or the
+    state is not on the model's device and dtype (the Python loop then runs, and refuses, as before)."""
+    describe = getattr(net, "_decoder", None)
+    spec = describe() if _USE_DECODE and callable(describe) else None
+    if spec is None:
+        return None
+    states = list(state) if isinstance(state, tuple) else [state]
+    w = spec["head_weight"]
+    if any(s.device != w.device or s.dtype != w.dtype for s in states):
+        return None
+    tokens = torch.ops.rnnfast.decode(spec["cell"], spec["options"], spec["params"], spec["has_biases"], states,
+                                      spec["embedding"], w, spec["head_bias"], int(last), int(num_preds),
+                                      float(temperature), None if top_k is None else int(top_k), generator)
+    return tokens.tolist()
+
 
 def _split_prefix(prefix, sep):
     return list(prefix) if sep == "" else prefix.split(sep if sep.strip() else None)
@@ -46,6 +67,12 @@ def predict(prefix, num_preds, net, vocab, device="cpu", temperature=0.0, top_k=
             if len(ids) > 1:  # warm-up: run the prefix through the model, keep only the state
                 _, state = net(torch.tensor([ids[:-1]], device=device), state)
             last = ids[-1]
+            # the whole loop below in one C++ call where the model allows it, else token by token
+            outputs = _decode(net, state, last, num_preds, temperature, top_k, generator)
+            if outputs is not None:
+                num_preds = 0
+            else:
+                outputs = []
             for _ in range(int(num_preds)):
                 logits, state = net(torch.tensor([[last]], device=device), state)
                 logits = logits.reshape(-1).float()

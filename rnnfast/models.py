@@ -160,6 +160,39 @@ class RNNLM(nn.Module):
         Y, state = self.rnn(inputs, state)
         return self.linear(Y.reshape(-1, Y.shape[-1])), state
 
+    def _decoder(self):
+        """The arguments rnnfast::decode (csrc/core/decode.h) needs to run this model's generation steps
+        in C++, as a dict, or None when the op would not compute exactly what forward computes: another
+        backend (torch, scratch), a subclass with its own forward, a layer stack rnnfast.nn did not build
+        as is (a subclass, LSTM proj_size > 0), an Embedding with max_norm (its lookup renormalizes rows
+        in place), forward hooks, or tensors of mixed dtype or device. Dropout needs no check: generation
+        runs in eval mode, where there is none."""
+        if self.config.get("backend") != "rnnfast" or type(self).forward is not RNNLM.forward:
+            return None
+        from . import nn as rnnfast_nn  # built it, so importable
+
+        if type(self.rnn) not in (rnnfast_nn.RNN, rnnfast_nn.GRU, rnnfast_nn.LSTM) or type(self.linear) is not nn.Linear:
+            return None
+        if self.embedding is not None and (type(self.embedding) is not nn.Embedding
+                                           or self.embedding.max_norm is not None):
+            return None
+        if any(m._forward_hooks or m._forward_pre_hooks for m in self.modules()):
+            return None
+        from torch.nn.modules import module as _module
+        if _module._global_forward_hooks or _module._global_forward_pre_hooks:
+            return None
+        layers = self.rnn._decode_params()
+        if layers is None:
+            return None
+        cell, options, params, has_biases = layers
+        head_weight = self.linear.weight
+        embedding = None if self.embedding is None else self.embedding.weight
+        tensors = params + [t for t in (embedding, self.linear.bias) if t is not None]
+        if any(t.dtype != head_weight.dtype or t.device != head_weight.device for t in tensors):
+            return None
+        return dict(cell=cell, options=options, params=params, has_biases=has_biases, embedding=embedding,
+                    head_weight=head_weight, head_bias=self.linear.bias)
+
     def begin_state(self, batch_size, device=None):
         """Zeros of shape (num_layers, batch_size, H); a pair (h, c) of them for 'lstm'."""
         w = self.linear.weight

@@ -220,6 +220,18 @@ class _RecurrentMixin:
             return w_ih, w_hh, _param(self, "bias_ih" + suffix), _param(self, "bias_hh" + suffix)
         return w_ih, w_hh, None, None
 
+    def _decode_params(self):
+        """What rnnfast::decode needs of this stack to step it in C++ (csrc/core/decode.h): (cell name,
+        option values, flat per-layer weights w_ih, w_hh[, b_ih, b_hh], has_biases), read from the
+        registry row and _layer_weights, the same cell and weights forward runs. None for what the op
+        does not run: a bidirectional stack, or an LSTM with a projection (proj_size > 0)."""
+        if self.bidirectional or self.proj_size:
+            return None
+        cell = _cell_of(self.mode)
+        options = [bool(self._reset_after)] if cell.options else []
+        params = [w for layer in range(self.num_layers) for w in self._layer_weights(layer, 0) if w is not None]
+        return cell.name, options, params, bool(self.bias)
+
     def _projection(self, layer, direction):
         """weight_hr of a layer-direction (LSTM proj_size > 0), else None."""
         if not self.proj_size:
