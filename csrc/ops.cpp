@@ -27,8 +27,8 @@ constexpr const char* kForward =
     "{option}, Tensor? lengths=None) -> (Tensor output, Tensor hy, Tensor workspace)";
 constexpr const char* kBackward =
     "{name}_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, "
-    "Tensor output, Tensor workspace, bool reverse{option}, bool input_grad=True, Tensor? lengths=None) -> "
-    "(Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)";
+    "Tensor output, Tensor workspace, bool reverse{option}, bool input_grad=True, Tensor? lengths=None, "
+    "bool hx_grad=True) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)";
 // With a cell state (LSTM): cx in, cy out, and their gradients.
 constexpr const char* kCellStateForward =
     "{name}_forward(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
@@ -36,7 +36,7 @@ constexpr const char* kCellStateForward =
 constexpr const char* kCellStateBackward =
     "{name}_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, Tensor input, Tensor hx, Tensor cx, "
     "Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse, bool input_grad=True, "
-    "Tensor? lengths=None) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, "
+    "Tensor? lengths=None, bool hx_grad=True) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, "
     "Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)";
 
 void replace(std::string& s, const std::string& from, const std::string& to) {
@@ -87,7 +87,7 @@ TORCH_LIBRARY(rnnfast, m) {
   // grad_hy and output rows have P columns, cx/cy H; w_hh (4*H, P), w_hr (P, H). Workspace (T, B, 6H)
   // = [i, f, g, o, c, m] with m = o ⊙ tanh c. lengths as above.
   m.def("lstm_proj_forward(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor w_hr, Tensor? b_ih, Tensor? b_hh, bool reverse, Tensor? lengths=None) -> (Tensor output, Tensor hy, Tensor cy, Tensor workspace)");
-  m.def("lstm_proj_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor w_hr, Tensor output, Tensor workspace, bool reverse, bool input_grad=True, Tensor? lengths=None) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_w_hr, Tensor grad_b_ih, Tensor grad_b_hh)");
+  m.def("lstm_proj_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor w_hr, Tensor output, Tensor workspace, bool reverse, bool input_grad=True, Tensor? lengths=None, bool hx_grad=True) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_w_hr, Tensor grad_b_ih, Tensor grad_b_hh)");
 
   // ---- gradient clipping (csrc/cpu/clip.cpp, csrc/cuda/clip.cu) ---------------------------------
   // A gradient list on one device, any mix of float16/bfloat16/float32/float64 (accumulated in

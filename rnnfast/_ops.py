@@ -53,7 +53,7 @@ def _split(rest, n_before):
 # Argument order of every recurrent op (csrc/ops.cpp), per cell row of rnnfast._cells:
 #   forward:  input, hx, [cx,] w_ih, w_hh, [w_hr,] b_ih, b_hh, reverse, *options, lengths=None
 #   backward: grad_output, grad_hy, [grad_cy,] input, hx, [cx,] w_ih, w_hh, [w_hr,] output, workspace,
-#             reverse, *options, input_grad=True, lengths=None
+#             reverse, *options, input_grad=True, lengths=None, hx_grad=True
 # ([cx] and [grad_cy]: cells with a cell state; [w_hr]: the projection ops.) The forward returns
 # (output, hy, [cy,] workspace); the backward the gradients of its inputs in the forward's order:
 # (grad_input, grad_hx, [grad_cx,] grad_w_ih, grad_w_hh, [grad_w_hr,] grad_b_ih, grad_b_hh).
@@ -94,7 +94,7 @@ def _fake_backward(cell, projection=False):
     names = grads_in + front + ("output", "workspace")
     n_opts = len(cell.options)
 
-    def fake(*args, input_grad=True, lengths=None):
+    def fake(*args, input_grad=True, lengths=None, hx_grad=True):
         tensors = dict(zip(names, args))
         rest = args[len(names) + 1:]  # after reverse
         _, trailing = _split(rest, n_opts + 1)  # options, input_grad
@@ -145,13 +145,15 @@ def _autograd(cell, projection=False):
         input, *rest = ctx.saved_tensors
         states, weights, (out, ws) = rest[:n_states], rest[n_states:n - 1], rest[n - 1:]
         grad_states = [_dense(g, s) for g, s in zip(grads[:n_states], states)]
-        need_dx = ctx.needs_input_grad[0]
+        need_dx, need_dhx = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         args = (_dense(grad_output, out), *grad_states, input, *states, *weights, out, ws, ctx.reverse, *ctx.options)
         if torch.is_grad_enabled():  # create_graph=True: through the backward op's autograd, which refuses a
-            dx, *grads_out = backward_op(*args, input_grad=need_dx, lengths=ctx.lengths)  # double backward
+            dx, *grads_out = backward_op(*args, input_grad=need_dx, lengths=ctx.lengths,  # double backward
+                                         hx_grad=need_dhx)
         else:  # the usual backward: straight to the kernel (no Python autograd kernel in between)
             with _below_autograd():
-                dx, *grads_out = backward_op(*args, input_grad=need_dx, lengths=ctx.lengths)
+                dx, *grads_out = backward_op(*args, input_grad=need_dx, lengths=ctx.lengths,
+                                             hx_grad=need_dhx)
         *grads_out, db_ih, db_hh = grads_out
         grads_out = ((dx if need_dx else None), *grads_out, (db_ih if ctx.has_b_ih else None),
                      (db_hh if ctx.has_b_hh else None))

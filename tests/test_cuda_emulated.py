@@ -98,19 +98,19 @@ def run_forward(emu, cell, a, reverse, lengths=None):
     return out, hy, None, ws
 
 
-def run_backward(emu, cell, a, fwd, grads, reverse, input_grad=True, lengths=None):
+def run_backward(emu, cell, a, fwd, grads, reverse, input_grad=True, lengths=None, hx_grad=True):
     out, hy, cy, ws = fwd
     g_out, g_hy, g_cy = grads
     if cell == "lstm":
         res = emu.lstm_backward(g_out, g_hy, g_cy, a["input"], a["hx"], a["cx"], a["w_ih"], a["w_hh"], out, ws,
-                                reverse, input_grad, lengths)
+                                reverse, input_grad, lengths, hx_grad)
         return dict(zip(["input", "hx", "cx", "w_ih", "w_hh", "b_ih", "b_hh"], res))
     if cell.startswith("gru"):
         res = emu.gru_backward(g_out, g_hy, a["input"], a["hx"], a["w_ih"], a["w_hh"], out, ws, reverse,
-                               cell == "gru", input_grad, lengths)
+                               cell == "gru", input_grad, lengths, hx_grad)
     else:
         res = getattr(emu, f"{cell}_backward")(g_out, g_hy, a["input"], a["hx"], a["w_ih"], a["w_hh"], out, ws,
-                                               reverse, input_grad, lengths)
+                                               reverse, input_grad, lengths, hx_grad)
     return dict(zip(["input", "hx", "w_ih", "w_hh", "b_ih", "b_hh"], res))
 
 
@@ -206,6 +206,23 @@ def test_emulated_cuda_op_input_grad_false(emu, cell):
             assert torch.equal(skip[name], full[name]), name
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_emulated_cuda_op_hx_grad_false(emu, cell):
+    # hx_grad=False: grad_hx is zeros (its GEMM skipped), every other gradient bit-identical
+    a = {k: (v.float() if v is not None else None) for k, v in make_args(cell, 5, 3, 4, 6, seed=13).items()}
+    fwd = run_forward(emu, cell, a, False)
+    g = torch.Generator().manual_seed(14)
+    grads = (torch.randn(5, 3, 6, generator=g), torch.randn(3, 6, generator=g),
+             torch.randn(3, 6, generator=g) if cell == "lstm" else None)
+    full = run_backward(emu, cell, a, fwd, grads, False)
+    skip = run_backward(emu, cell, a, fwd, grads, False, hx_grad=False)
+    assert full["hx"].abs().sum() > 0
+    assert torch.equal(skip["hx"], torch.zeros_like(a["hx"]))
+    for name in full:
+        if name != "hx":
+            assert torch.equal(skip[name], full[name]), name
+
+
 def _cpu_op(cell, a, reverse, lengths, grads):
     """The CPU op (tested against each sequence alone in tests/test_ops_cpu.py), float64, as dicts."""
     import rnnfast  # noqa: F401  (registers torch.ops.rnnfast)
@@ -291,7 +308,7 @@ def test_emulated_cuda_lstm_proj(emu, reverse, ragged):
     lengths = torch.tensor([6, 2, 0, 4]) if ragged else None
     grads = [r(T, B, P), r(B, P), r(B, H)]
     fwd = emu.lstm_proj_forward(*args, reverse, lengths)
-    got = emu.lstm_proj_backward(*grads, *args[:6], fwd[0], fwd[3], reverse, True, lengths)
+    got = emu.lstm_proj_backward(*grads, *args[:6], fwd[0], fwd[3], reverse, True, lengths, True)
     d = [a.double() for a in args]
     ops = torch.ops.rnnfast
     ref_fwd = ops.lstm_proj_forward(*d, reverse, lengths)
@@ -315,7 +332,7 @@ def test_relu_backward_passes_nan_output_as_torch_and_cpu(emu):
     out = torch.tensor([[[0.5, float("nan"), -0.25]]])
     ws = torch.empty(0)
     g_out, g_hy = torch.ones(T, B, H), torch.zeros(B, H)
-    args = (g_out, g_hy, x, hx, w_ih, w_hh, out, ws, False, True, None)
+    args = (g_out, g_hy, x, hx, w_ih, w_hh, out, ws, False, True, None, True)
     import rnnfast  # noqa: F401  (registers torch.ops.rnnfast)
 
     emulated = emu.rnn_relu_backward(*args)
@@ -422,7 +439,7 @@ def test_projection_hook_cpu_emulated_and_torch_agree(emu, ragged):
     ops = torch.ops.rnnfast
     for label, fwd_op, bwd_op, dtype in [
         ("cpu", ops.lstm_proj_forward, lambda *a, **k: ops.lstm_proj_backward(*a, **k), torch.float64),
-        ("emulated", emu.lstm_proj_forward, lambda *a, lengths=None, **k: emu.lstm_proj_backward(*a, True, lengths),
+        ("emulated", emu.lstm_proj_forward, lambda *a, lengths=None, **k: emu.lstm_proj_backward(*a, True, lengths, True),
          torch.float32),
     ]:
         a = [v.to(dtype) for v in args]

@@ -241,6 +241,47 @@ def test_opcheck_forward_and_backward(cell):
     bwd = getattr(torch.ops.rnnfast, name + "_backward")
     torch.library.opcheck(bwd, bargs)
     torch.library.opcheck(bwd, bargs, {"input_grad": False})
+    torch.library.opcheck(bwd, bargs, {"hx_grad": False})
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("T,ragged", [(1, False), (6, False), (6, True)], ids=["T1", "T6", "T6-ragged"])
+def test_backward_without_hx_grad(cell, reverse, T, ragged):
+    # hx_grad=False returns zeros for grad_hx (the GEMM that carries dL/dh to h0 is skipped) and leaves
+    # every other gradient bit-identical, for T = 1 (where that GEMM is the last step's only one), a
+    # longer sequence, either direction and ragged lengths
+    name, fwd, args, extra = _op_args(cell, T=T, B=5, I=6, H=8)
+    args = tuple(a.detach() for a in args[:-1 - len(extra)]) + (reverse,) + extra
+    lengths = torch.tensor([T, 1, T, max(T - 2, 1), 2 if T > 1 else 1]) if ragged else None
+    res = fwd(*args, lengths)
+    g = torch.Generator().manual_seed(9)
+    grads = [torch.randn(t.shape, generator=g, dtype=t.dtype) for t in res[:-1]]
+    bargs = _backward_args(cell, args, extra, res, grads)
+    bargs = bargs[:-1 - len(extra)] + (reverse,) + extra
+    bwd = getattr(torch.ops.rnnfast, name + "_backward")
+    full = bwd(*bargs, lengths=lengths)
+    skip = bwd(*bargs, lengths=lengths, hx_grad=False)
+    assert full[1].abs().sum() > 0 and torch.equal(skip[1], torch.zeros_like(args[1]))
+    for i, (a, b) in enumerate(zip(full, skip)):
+        if i != 1:
+            assert torch.equal(a, b), i
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_autograd_skips_hx_grad_only_when_unneeded(cell):
+    # through autograd: h0 without requires_grad gets no gradient and the others are those of the call
+    # where it has one (the op is called with hx_grad = needs_input_grad of hx)
+    x0, h0_, c0, params = make(cell, 4, 3, 5, 7, torch.float64)
+    got = []
+    for need in (False, True):
+        h0 = h0_.detach().requires_grad_(need)
+        outs = ours(cell, x0, h0, c0, params, False)
+        wrt = [p for p in params if p is not None] + ([h0] if need else [])
+        got.append(torch.autograd.grad(outs[0].pow(2).sum() + outs[1].sum(), wrt))
+    assert got[1][-1].abs().sum() > 0
+    for a, b in zip(got[0], got[1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("cell", CELLS)

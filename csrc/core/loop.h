@@ -58,9 +58,11 @@ void forward_loop(Backend& be, Hook& hook, int64_t T, bool reverse) {
 }
 
 // The backward loop, steps in reverse walking order: the hook, the pointwise phase(s), then the
-// recurrent GEMM that carries dL/dh to the step before.
+// recurrent GEMM that carries dL/dh to the step before. to_hx = false: nobody needs dL/dh0 (the
+// initial state needs no gradient), so the last walked step's recurrent GEMM, whose only product
+// it is, is skipped (at T = 1 one of the backward's four or five GEMMs).
 template <class Cell, class Backend, class Hook>
-void backward_loop(Backend& be, Hook& hook, int64_t T, bool reverse) {
+void backward_loop(Backend& be, Hook& hook, int64_t T, bool reverse, bool to_hx = true) {
   constexpr bool splittable = Cell::traits.phases == 1 && !Hook::enabled;
   be.walk(splittable, [&](const typename Backend::Rows& rows) {
     for (int64_t s = T - 1; s >= 0; --s) {
@@ -72,7 +74,7 @@ void backward_loop(Backend& be, Hook& hook, int64_t T, bool reverse) {
         be.template backward_step<1>(rows, st);
       }
       hook.after_backward_step(st);
-      be.recurrent_gemm_backward(rows, st);
+      if (s > 0 || to_hx) be.recurrent_gemm_backward(rows, st);
     }
   });
 }
@@ -254,6 +256,7 @@ ForwardResult recurrent_forward(const typename Family::Context& ctx, const Forwa
 struct BackwardProblem : ForwardProblem {
   at::Tensor grad_output, grad_hy, grad_cy, output, ws;
   bool input_grad;
+  bool hx_grad = true;  // false: grad_hx is returned as zeros, its GEMM skipped (backward_loop's to_hx)
 };
 
 struct BackwardResult {
@@ -283,7 +286,7 @@ BackwardResult recurrent_backward(const typename Family::Context& ctx, const Bac
         LstmProjection hook(p, len, p.output, p.ws);
         const CellIo io = hook.prepare_backward(p, grad_output, r.grad_hx);
         typename Family::template Backward<Cell, T_> be(ctx, p, len, dG, dGh, r.grad_hx, r.grad_cx, io);
-        backward_loop<Cell>(be, hook, T, p.reverse);
+        backward_loop<Cell>(be, hook, T, p.reverse, p.hx_grad);
         r.grad_w_hr = hook.weight_grad();
         return;
       }
@@ -291,9 +294,10 @@ BackwardResult recurrent_backward(const typename Family::Context& ctx, const Bac
     NoProjection hook;
     typename Family::template Backward<Cell, T_> be(ctx, p, len, dG, dGh, r.grad_hx, r.grad_cx,
                                                     CellIo{at::Tensor(), at::Tensor(), grad_output, r.grad_hx});
-    backward_loop<Cell>(be, hook, T, p.reverse);
+    backward_loop<Cell>(be, hook, T, p.reverse, p.hx_grad);
   });
 
+  if (!p.hx_grad) r.grad_hx.zero_();  // it holds a partial dL/dh0 (the skipped GEMM's operand)
   const at::Tensor dG2 = dG.view({T * B, G * H});
   // input_grad=false: the input needs no gradient; zeros instead of the (T*B, G*H) x (G*H, I) GEMM
   r.grad_input = p.input_grad ? at::mm(dG2, p.w_ih).view({T, B, p.I}) : at::zeros_like(p.input);

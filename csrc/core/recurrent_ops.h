@@ -88,7 +88,7 @@ struct RecurrentOps {
                                           const Tensor* grad_cy, const Tensor& input, const Tensor& hx,
                                           const Tensor* cx, const Tensor& w_ih, const Tensor& w_hh, const Tensor* w_hr,
                                           const Tensor& output, const Tensor& workspace, bool reverse, bool input_grad,
-                                          const Opt& lengths) {
+                                          const Opt& lengths, bool hx_grad) {
     Family::check_dtype(op, input);
     const int64_t slots = workspace_slots<Cell>(w_hr != nullptr);
     const RecurrentArgs a = check_backward(op, Cell::traits.gates, slots, grad_output, grad_hy, grad_cy, input, hx,
@@ -103,6 +103,7 @@ struct RecurrentOps {
     p.output = output.contiguous();
     p.ws = workspace.contiguous();
     p.input_grad = input_grad;
+    p.hx_grad = hx_grad;
     return p;
   }
 
@@ -135,10 +136,10 @@ struct RecurrentOps {
   static StatelessBackward stateless_backward(const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input,
                                               const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
                                               const Tensor& output, const Tensor& workspace, bool reverse,
-                                              bool input_grad, const Opt& lengths) {
+                                              bool input_grad, const Opt& lengths, bool hx_grad) {
     const BackwardResult r = backward<Cell>(backward_problem<Cell>(qualified_name<Cell>(), grad_output, grad_hy,
                                                                    nullptr, input, hx, nullptr, w_ih, w_hh, nullptr,
-                                                                   output, workspace, reverse, input_grad, lengths));
+                                                                   output, workspace, reverse, input_grad, lengths, hx_grad));
     return {r.grad_input, r.grad_hx, r.grad_w_ih, r.grad_w_hh, r.grad_b_ih, r.grad_b_hh};
   }
 
@@ -157,12 +158,12 @@ struct RecurrentOps {
   static StatelessBackward option_backward(const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input,
                                            const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
                                            const Tensor& output, const Tensor& workspace, bool reverse, bool option,
-                                           bool input_grad, const Opt& lengths) {
+                                           bool input_grad, const Opt& lengths, bool hx_grad) {
     using Alternative = typename AlternativeOf<Cell>::type;
     return option ? stateless_backward<Cell>(grad_output, grad_hy, input, hx, w_ih, w_hh, output, workspace, reverse,
-                                             input_grad, lengths)
+                                             input_grad, lengths, hx_grad)
                   : stateless_backward<Alternative>(grad_output, grad_hy, input, hx, w_ih, w_hh, output, workspace,
-                                                    reverse, input_grad, lengths);
+                                                    reverse, input_grad, lengths, hx_grad);
   }
 
   // A cell with a cell state (LSTM): cx in, cy out.
@@ -180,10 +181,10 @@ struct RecurrentOps {
                                                const Tensor& grad_cy, const Tensor& input, const Tensor& hx,
                                                const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
                                                const Tensor& output, const Tensor& workspace, bool reverse,
-                                               bool input_grad, const Opt& lengths) {
+                                               bool input_grad, const Opt& lengths, bool hx_grad) {
     const BackwardResult r = backward<Cell>(backward_problem<Cell>(qualified_name<Cell>(), grad_output, grad_hy,
                                                                    &grad_cy, input, hx, &cx, w_ih, w_hh, nullptr,
-                                                                   output, workspace, reverse, input_grad, lengths));
+                                                                   output, workspace, reverse, input_grad, lengths, hx_grad));
     return {r.grad_input, r.grad_hx, r.grad_cx, r.grad_w_ih, r.grad_w_hh, r.grad_b_ih, r.grad_b_hh};
   }
 
@@ -215,11 +216,11 @@ struct RecurrentOps {
                                                const Tensor& grad_cy, const Tensor& input, const Tensor& hx,
                                                const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
                                                const Tensor& w_hr, const Tensor& output, const Tensor& workspace,
-                                               bool reverse, bool input_grad, const Opt& lengths) {
+                                               bool reverse, bool input_grad, const Opt& lengths, bool hx_grad) {
     const BackwardResult r = backward<LstmCell>(backward_problem<LstmCell>("rnnfast.lstm_proj", grad_output, grad_hy,
                                                                            &grad_cy, input, hx, &cx, w_ih, w_hh, &w_hr,
                                                                            output, workspace, reverse, input_grad,
-                                                                           lengths));
+                                                                           lengths, hx_grad));
     return {r.grad_input, r.grad_hx, r.grad_cx, r.grad_w_ih, r.grad_w_hh, r.grad_w_hr, r.grad_b_ih, r.grad_b_hh};
   }
 };
