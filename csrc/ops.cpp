@@ -24,7 +24,7 @@ namespace {
 // an option (gru: reset_after), else nothing.
 constexpr const char* kForward =
     "{name}_forward(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, bool reverse"
-    "{option}, Tensor? lengths=None) -> (Tensor output, Tensor hy, Tensor workspace)";
+    "{option}, Tensor? lengths=None, bool workspace=True) -> (Tensor output, Tensor hy, Tensor workspace)";
 constexpr const char* kBackward =
     "{name}_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, "
     "Tensor output, Tensor workspace, bool reverse{option}, bool input_grad=True, Tensor? lengths=None, "
@@ -32,7 +32,7 @@ constexpr const char* kBackward =
 // With a cell state (LSTM): cx in, cy out, and their gradients.
 constexpr const char* kCellStateForward =
     "{name}_forward(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
-    "bool reverse, Tensor? lengths=None) -> (Tensor output, Tensor hy, Tensor cy, Tensor workspace)";
+    "bool reverse, Tensor? lengths=None, bool workspace=True) -> (Tensor output, Tensor hy, Tensor cy, Tensor workspace)";
 constexpr const char* kCellStateBackward =
     "{name}_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, Tensor input, Tensor hx, Tensor cx, "
     "Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse, bool input_grad=True, "
@@ -86,7 +86,7 @@ TORCH_LIBRARY(rnnfast, m) {
   // LSTM with a projection (torch.nn.LSTM(proj_size=P); CPU and CUDA): h_t = (o ⊙ tanh c_t) W_hrᵀ, so hx,
   // grad_hy and output rows have P columns, cx/cy H; w_hh (4*H, P), w_hr (P, H). Workspace (T, B, 6H)
   // = [i, f, g, o, c, m] with m = o ⊙ tanh c. lengths as above.
-  m.def("lstm_proj_forward(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor w_hr, Tensor? b_ih, Tensor? b_hh, bool reverse, Tensor? lengths=None) -> (Tensor output, Tensor hy, Tensor cy, Tensor workspace)");
+  m.def("lstm_proj_forward(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor w_hr, Tensor? b_ih, Tensor? b_hh, bool reverse, Tensor? lengths=None, bool workspace=True) -> (Tensor output, Tensor hy, Tensor cy, Tensor workspace)");
   m.def("lstm_proj_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor w_hr, Tensor output, Tensor workspace, bool reverse, bool input_grad=True, Tensor? lengths=None, bool hx_grad=True) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_w_hr, Tensor grad_b_ih, Tensor grad_b_hh)");
 
   // ---- gradient clipping (csrc/cpu/clip.cpp, csrc/cuda/clip.cu) ---------------------------------

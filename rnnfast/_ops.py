@@ -51,7 +51,8 @@ def _split(rest, n_before):
 
 
 # Argument order of every recurrent op (csrc/ops.cpp), per cell row of rnnfast._cells:
-#   forward:  input, hx, [cx,] w_ih, w_hh, [w_hr,] b_ih, b_hh, reverse, *options, lengths=None
+#   forward:  input, hx, [cx,] w_ih, w_hh, [w_hr,] b_ih, b_hh, reverse, *options, lengths=None,
+#             workspace=True
 #   backward: grad_output, grad_hy, [grad_cy,] input, hx, [cx,] w_ih, w_hh, [w_hr,] output, workspace,
 #             reverse, *options, input_grad=True, lengths=None, hx_grad=True
 # ([cx] and [grad_cy]: cells with a cell state; [w_hr]: the projection ops.) The forward returns
@@ -69,11 +70,13 @@ def _fake_forward(cell, projection=False):
     front, states = _layout(cell, projection)
     n_opts = len(cell.options)
 
-    def fake(*args, lengths=None):
+    def fake(*args, lengths=None, workspace=True):
         tensors = dict(zip(front, args))
         b_ih, b_hh, _reverse = args[len(front):len(front) + 3]
-        _, trailing = _split(args[len(front) + 3:], n_opts)
+        rest = args[len(front) + 3:]
+        _, trailing = _split(rest, n_opts)
         lengths = lengths if lengths is not None else trailing
+        workspace = rest[n_opts + 1] if len(rest) > n_opts + 1 else workspace
         input, hx = tensors["input"], tensors["hx"]
         _check_devices(op, input, [(n, t) for n, t in tensors.items() if n != "input"]
                        + [("b_ih", b_ih), ("b_hh", b_hh)], lengths)
@@ -83,7 +86,8 @@ def _fake_forward(cell, projection=False):
         out = [input.new_empty((T, B, P)), input.new_empty((B, P))]
         if cell.has_cell_state:
             out.append(input.new_empty((B, H)))
-        return tuple(out) + (input.new_empty(cell.workspace_shape(T, B, H, projection)),)
+        ws_shape = cell.workspace_shape(T, B, H, projection) if workspace else (0,)
+        return tuple(out) + (input.new_empty(ws_shape),)
     return fake
 
 
@@ -135,6 +139,10 @@ def _autograd(cell, projection=False):
         # fill a (T, B, WS*H) zero tensor for the workspace on every backward (2 ms of a 33 ms LSTM
         # layer step at d2l-512); backward densifies only the small ones the op needs.
         ctx.set_materialize_grads(False)
+        if output[-1].dim() != 3 and cell.workspace_shape(1, 1, 1, projection) != (0,):
+            raise RuntimeError(f"rnnfast.{cell.projection.name if projection else cell.name}: called with "
+                               "workspace=False (an inference call, no workspace kept) on inputs that require "
+                               "a gradient: call it with workspace=True to differentiate it")
         b_ih, b_hh, ctx.reverse = inputs[n:n + 3]
         ctx.options, ctx.lengths = _split(inputs[n + 3:], n_opts)
         ctx.n_inputs = len(inputs)
@@ -255,8 +263,8 @@ def _lean_forward(forward_op, function):
             return forward_op(*args)
         if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
             return apply(*args)
-        with _below_autograd():
-            return forward_op(*args)
+        with _below_autograd():  # nothing will be differentiated: no workspace kept (an empty one back)
+            return forward_op(*args, workspace=False)
     return call
 
 

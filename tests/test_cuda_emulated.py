@@ -85,16 +85,16 @@ def reference(cell, a, reverse):
     return torch.stack(outs), h, c, wsp
 
 
-def run_forward(emu, cell, a, reverse, lengths=None):
+def run_forward(emu, cell, a, reverse, lengths=None, workspace=True):
     if cell == "lstm":
         return tuple(emu.lstm_forward(a["input"], a["hx"], a["cx"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"],
-                                      reverse, lengths))
+                                      reverse, lengths, workspace))
     if cell.startswith("gru"):
         out, hy, ws = emu.gru_forward(a["input"], a["hx"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], reverse,
-                                      cell == "gru", lengths)
+                                      cell == "gru", lengths, workspace)
     else:
         out, hy, ws = getattr(emu, f"{cell}_forward")(a["input"], a["hx"], a["w_ih"], a["w_hh"], a["b_ih"],
-                                                      a["b_hh"], reverse, lengths)
+                                                      a["b_hh"], reverse, lengths, workspace)
     return out, hy, None, ws
 
 
@@ -207,6 +207,21 @@ def test_emulated_cuda_op_input_grad_false(emu, cell):
 
 
 @pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("T,ragged", [(1, False), (5, False), (5, True)], ids=["T1", "T5", "T5-ragged"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_emulated_cuda_op_without_workspace(emu, cell, T, ragged, reverse):
+    # workspace=False (inference): the same output and states from a two-row rotating workspace, and
+    # an empty workspace back
+    a = {k: (v.float() if v is not None else None) for k, v in make_args(cell, T, 3, 4, 6, seed=17).items()}
+    lengths = torch.tensor([T, max(T - 3, 1), 2 if T > 1 else 1]) if ragged else None
+    full = run_forward(emu, cell, a, reverse, lengths)
+    lean = run_forward(emu, cell, a, reverse, lengths, workspace=False)
+    assert lean[-1].numel() == 0
+    for x, y in zip(full[:-1], lean[:-1]):
+        assert (x is None and y is None) or torch.equal(x, y)
+
+
+@pytest.mark.parametrize("cell", CELLS)
 def test_emulated_cuda_op_hx_grad_false(emu, cell):
     # hx_grad=False: grad_hx is zeros (its GEMM skipped), every other gradient bit-identical
     a = {k: (v.float() if v is not None else None) for k, v in make_args(cell, 5, 3, 4, 6, seed=13).items()}
@@ -307,7 +322,7 @@ def test_emulated_cuda_lstm_proj(emu, reverse, ragged):
             r(P, H, scale=0.5), r(4 * H, scale=0.1), r(4 * H, scale=0.1)]
     lengths = torch.tensor([6, 2, 0, 4]) if ragged else None
     grads = [r(T, B, P), r(B, P), r(B, H)]
-    fwd = emu.lstm_proj_forward(*args, reverse, lengths)
+    fwd = emu.lstm_proj_forward(*args, reverse, lengths, True)
     got = emu.lstm_proj_backward(*grads, *args[:6], fwd[0], fwd[3], reverse, True, lengths, True)
     d = [a.double() for a in args]
     ops = torch.ops.rnnfast
@@ -444,7 +459,7 @@ def test_projection_hook_cpu_emulated_and_torch_agree(emu, ragged):
     ]:
         a = [v.to(dtype) for v in args]
         gg = [v.to(dtype) for v in grads]
-        out, hy, cy, ws = fwd_op(*a, False, lengths)
+        out, hy, cy, ws = fwd_op(*a, False, lengths, True)
         assert ws.shape == (T, B, 6 * H)
         assert_rel(out * valid.to(dtype), out_ref.detach(), f"{label} output")
         assert_rel(hy, hn[0].detach(), f"{label} hy")

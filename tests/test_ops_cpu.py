@@ -246,6 +246,56 @@ def test_opcheck_forward_and_backward(cell):
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("T,ragged", [(1, False), (2, False), (7, False), (7, True)], ids=["T1", "T2", "T7", "T7-ragged"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_forward_without_workspace(cell, reverse, T, ragged, dtype):
+    # workspace=False (inference): output and states bit-identical to the full forward's, from a
+    # workspace of two rotating time rows; the op returns an empty workspace
+    name, fwd, args, extra = _op_args(cell, T=T, B=4, I=5, H=6)
+    args = tuple(a.detach().to(dtype) for a in args[:-1 - len(extra)]) + (reverse,) + extra
+    lengths = torch.tensor([T, 1, max(T - 3, 1), 2 if T > 1 else 1]) if ragged else None
+    full = fwd(*args, lengths)
+    lean = fwd(*args, lengths, workspace=False)
+    assert lean[-1].shape == (0,) and (full[-1].dim() == 3 or GATES[cell] == 1)
+    for a, b in zip(full[:-1], lean[:-1]):
+        assert torch.equal(a, b)
+    torch.library.opcheck(fwd, args, {"lengths": lengths, "workspace": False})
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_differentiating_a_forward_without_workspace_raises(cell):
+    name, fwd, args, extra = _op_args(cell)
+    with pytest.raises(RuntimeError, match="workspace=False"):
+        fwd(*args, workspace=False)
+
+
+def test_modules_infer_without_workspace():
+    # the lean caller rnnfast.nn and rnnfast.functional use (_ops.FORWARD) runs the op with
+    # workspace=False when nothing needs a gradient, and keeps the full workspace otherwise; the
+    # modules give the same output either way
+    import rnnfast
+    from rnnfast import _ops
+    seen = []
+    real = _ops.FORWARD["lstm"]
+    lstm = rnnfast.LSTM(3, 4)
+    x = torch.randn(5, 2, 3)
+    with torch.inference_mode():
+        out_inf = lstm(x)[0]
+    with torch.no_grad():
+        out_ng = lstm(x)[0]
+    out = lstm(x)[0]
+    assert torch.equal(out_inf, out.detach()) and torch.equal(out_ng, out.detach())
+    with torch.no_grad():
+        res = real(x, torch.zeros(2, 4), torch.zeros(2, 4), lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0,
+                   lstm.bias_hh_l0, False, None)
+    assert res[-1].shape == (0,)
+    res = real(x, torch.zeros(2, 4), torch.zeros(2, 4), lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0,
+               lstm.bias_hh_l0, False, None)
+    assert res[-1].shape == rnnfast._cells.CELLS["lstm"].workspace_shape(5, 2, 4)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("T,ragged", [(1, False), (6, False), (6, True)], ids=["T1", "T6", "T6-ragged"])
 def test_backward_without_hx_grad(cell, reverse, T, ragged):
     # hx_grad=False returns zeros for grad_hx (the GEMM that carries dL/dh to h0 is skipped) and leaves

@@ -41,7 +41,8 @@ using LayerStep = std::function<Tensor(const Tensor& x, Tensor* h, Tensor* c, co
                                        const Opt& b_ih, const Opt& b_hh)>;
 
 // The cell's forward op looked up once per call (not per token), typed by the shape of its schema
-// (csrc/ops.cpp's templates; the entry points of csrc/core/recurrent_ops.h have the same types).
+// (csrc/ops.cpp's templates; the entry points of csrc/core/recurrent_ops.h have the same types),
+// called with workspace=false: generation never differentiates, so no workspace is kept.
 template <class Cell>
 LayerStep layer_step(const c10::List<bool>& options) {
   const std::string name = std::string("rnnfast::") + Cell::name + "_forward";
@@ -49,10 +50,10 @@ LayerStep layer_step(const c10::List<bool>& options) {
   if constexpr (Cell::traits.has_cell_state()) {
     auto op = handle.typed<std::tuple<Tensor, Tensor, Tensor, Tensor>(
         const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Opt&, const Opt&, bool,
-        const Opt&)>();
+        const Opt&, bool)>();
     return [op](const Tensor& x, Tensor* h, Tensor* c, const Tensor& w_ih, const Tensor& w_hh, const Opt& b_ih,
                 const Opt& b_hh) {
-      auto r = op.call(x, *h, *c, w_ih, w_hh, b_ih, b_hh, /*reverse=*/false, /*lengths=*/c10::nullopt);
+      auto r = op.call(x, *h, *c, w_ih, w_hh, b_ih, b_hh, /*reverse=*/false, /*lengths=*/c10::nullopt, /*workspace=*/false);
       *h = std::get<1>(r);
       *c = std::get<2>(r);
       return std::get<0>(r);
@@ -60,21 +61,21 @@ LayerStep layer_step(const c10::List<bool>& options) {
   } else if constexpr (has_option<Cell>()) {
     auto op = handle.typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
                                                               const Tensor&, const Opt&, const Opt&, bool, bool,
-                                                              const Opt&)>();
+                                                              const Opt&, bool)>();
     const bool option = options.get(0);
     return [op, option](const Tensor& x, Tensor* h, Tensor*, const Tensor& w_ih, const Tensor& w_hh,
                         const Opt& b_ih, const Opt& b_hh) {
-      auto r = op.call(x, *h, w_ih, w_hh, b_ih, b_hh, /*reverse=*/false, option, /*lengths=*/c10::nullopt);
+      auto r = op.call(x, *h, w_ih, w_hh, b_ih, b_hh, /*reverse=*/false, option, /*lengths=*/c10::nullopt, /*workspace=*/false);
       *h = std::get<1>(r);
       return std::get<0>(r);
     };
   } else {
     auto op = handle.typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
                                                               const Tensor&, const Opt&, const Opt&, bool,
-                                                              const Opt&)>();
+                                                              const Opt&, bool)>();
     return [op](const Tensor& x, Tensor* h, Tensor*, const Tensor& w_ih, const Tensor& w_hh, const Opt& b_ih,
                 const Opt& b_hh) {
-      auto r = op.call(x, *h, w_ih, w_hh, b_ih, b_hh, /*reverse=*/false, /*lengths=*/c10::nullopt);
+      auto r = op.call(x, *h, w_ih, w_hh, b_ih, b_hh, /*reverse=*/false, /*lengths=*/c10::nullopt, /*workspace=*/false);
       *h = std::get<1>(r);
       return std::get<0>(r);
     };

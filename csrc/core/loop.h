@@ -25,6 +25,7 @@
 #include "tensors.h"
 #include "weight_grads.h"
 
+#include <algorithm>
 #include <tuple>
 #include <type_traits>
 
@@ -89,6 +90,9 @@ struct ForwardProblem {
   at::Tensor input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh, lengths;
   int64_t T, B, I, H, P;  // P: the width of h (H without a projection)
   bool reverse;
+  // false (an inference call, nothing will be differentiated): the forward keeps only the workspace
+  // rows the next step reads (ws_period 2) and returns an empty workspace
+  bool keep_workspace = true;
   bool projected() const { return w_hr.defined(); }
   at::TensorOptions options() const { return input.options(); }
 };
@@ -96,10 +100,19 @@ struct ForwardProblem {
 // Where the steps of a call find h_{t-1} and c_{t-1} (sequence.h): output (T, B, P) and the
 // workspace (T, B, ws_ld) of this call, hx and cx of the problem.
 template <class Cell, typename T_>
-PrevState<T_> prev_state(const ForwardProblem& p, const T_* output, const T_* ws, int64_t ws_ld) {
+PrevState<T_> prev_state(const ForwardProblem& p, const T_* output, const T_* ws, int64_t ws_ld,
+                         int64_t ws_period) {
   return PrevState<T_>{output, p.hx.const_data_ptr<T_>(), ws,
                        Cell::traits.has_cell_state() ? p.cx.const_data_ptr<T_>() : nullptr,
-                       p.T, p.B, p.H, p.P, ws_ld, Cell::traits.state_slot, p.reverse};
+                       p.T, p.B, p.H, p.P, ws_ld, Cell::traits.state_slot, p.reverse, std::max<int64_t>(1, ws_period)};
+}
+
+// Time rows of the workspace a forward writes: all T (a backward will read them), or for an
+// inference call only the two the recurrence alternates between (the next step reads the cell
+// state, or the gemm_slot, of the step before; nothing else is read again). The LSTM projection
+// keeps all T (its hook reads m through a (T, B, H) view).
+inline int64_t workspace_period(const ForwardProblem& p) {
+  return p.keep_workspace || p.projected() ? p.T : std::min<int64_t>(p.T, 2);
 }
 
 // The workspace width in units of H: the cell's slots, plus the projection's m slot.
@@ -224,7 +237,8 @@ ForwardResult recurrent_forward(const typename Family::Context& ctx, const Forwa
   const auto opts = p.options();
   ForwardResult r;
   r.output = at::empty({T, B, p.P}, opts);
-  r.ws = slots ? at::empty({T, B, slots * H}, opts) : at::empty({0}, opts);
+  const int64_t period = workspace_period(p);
+  r.ws = slots ? at::empty({period, B, slots * H}, opts) : at::empty({0}, opts);
   const at::Tensor len = Family::step_lengths(p.lengths, p.input);
 
   Family::dispatch(p.input.scalar_type(), [&](auto zero) {
@@ -247,8 +261,9 @@ ForwardResult recurrent_forward(const typename Family::Context& ctx, const Forwa
   const int64_t t_last = time_of(T - 1, T, p.reverse);
   r.hy = r.output.select(0, t_last).clone(at::MemoryFormat::Contiguous);
   if (Cell::traits.has_cell_state()) {
-    r.cy = r.ws.select(0, t_last).narrow(1, Cell::traits.state_slot * H, H).clone(at::MemoryFormat::Contiguous);
+    r.cy = r.ws.select(0, t_last % period).narrow(1, Cell::traits.state_slot * H, H).clone(at::MemoryFormat::Contiguous);
   }
+  if (!p.keep_workspace) r.ws = at::empty({0}, opts);  // the rows kept were scratch: nothing to return
   return r;
 }
 

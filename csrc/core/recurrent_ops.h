@@ -76,11 +76,13 @@ struct RecurrentOps {
   template <class Cell>
   static ForwardProblem forward_problem(const char* op, const Tensor& input, const Tensor& hx, const Tensor* cx,
                                         const Tensor& w_ih, const Tensor& w_hh, const Tensor* w_hr, const Opt& b_ih,
-                                        const Opt& b_hh, bool reverse, const Opt& lengths) {
+                                        const Opt& b_hh, bool reverse, const Opt& lengths, bool workspace) {
     Family::check_dtype(op, input);
     const RecurrentArgs a = check_forward(op, Cell::traits.gates, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr);
     const Tensor len = Family::check_lengths(op, lengths, a.T, a.B, input);
-    return make_problem(op, a, len, input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh, reverse);
+    ForwardProblem p = make_problem(op, a, len, input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh, reverse);
+    p.keep_workspace = workspace;
+    return p;
   }
 
   template <class Cell>
@@ -126,9 +128,9 @@ struct RecurrentOps {
   template <class Cell>
   static StatelessForward stateless_forward(const Tensor& input, const Tensor& hx, const Tensor& w_ih,
                                             const Tensor& w_hh, const Opt& b_ih, const Opt& b_hh, bool reverse,
-                                            const Opt& lengths) {
+                                            const Opt& lengths, bool workspace) {
     const ForwardResult r = forward<Cell>(forward_problem<Cell>(qualified_name<Cell>(), input, hx, nullptr, w_ih,
-                                                                w_hh, nullptr, b_ih, b_hh, reverse, lengths));
+                                                                w_hh, nullptr, b_ih, b_hh, reverse, lengths, workspace));
     return {r.output, r.hy, r.ws};
   }
 
@@ -148,10 +150,10 @@ struct RecurrentOps {
   template <class Cell>
   static StatelessForward option_forward(const Tensor& input, const Tensor& hx, const Tensor& w_ih,
                                          const Tensor& w_hh, const Opt& b_ih, const Opt& b_hh, bool reverse,
-                                         bool option, const Opt& lengths) {
+                                         bool option, const Opt& lengths, bool workspace) {
     using Alternative = typename AlternativeOf<Cell>::type;
-    return option ? stateless_forward<Cell>(input, hx, w_ih, w_hh, b_ih, b_hh, reverse, lengths)
-                  : stateless_forward<Alternative>(input, hx, w_ih, w_hh, b_ih, b_hh, reverse, lengths);
+    return option ? stateless_forward<Cell>(input, hx, w_ih, w_hh, b_ih, b_hh, reverse, lengths, workspace)
+                  : stateless_forward<Alternative>(input, hx, w_ih, w_hh, b_ih, b_hh, reverse, lengths, workspace);
   }
 
   template <class Cell>
@@ -170,9 +172,9 @@ struct RecurrentOps {
   template <class Cell>
   static CellStateForward cell_state_forward(const Tensor& input, const Tensor& hx, const Tensor& cx,
                                              const Tensor& w_ih, const Tensor& w_hh, const Opt& b_ih,
-                                             const Opt& b_hh, bool reverse, const Opt& lengths) {
+                                             const Opt& b_hh, bool reverse, const Opt& lengths, bool workspace) {
     const ForwardResult r = forward<Cell>(forward_problem<Cell>(qualified_name<Cell>(), input, hx, &cx, w_ih, w_hh,
-                                                                nullptr, b_ih, b_hh, reverse, lengths));
+                                                                nullptr, b_ih, b_hh, reverse, lengths, workspace));
     return {r.output, r.hy, r.cy, r.ws};
   }
 
@@ -206,9 +208,11 @@ struct RecurrentOps {
   // LSTM with a projection: the same loop with the LstmProjection hook (loop.h).
   static CellStateForward lstm_proj_forward(const Tensor& input, const Tensor& hx, const Tensor& cx,
                                             const Tensor& w_ih, const Tensor& w_hh, const Tensor& w_hr,
-                                            const Opt& b_ih, const Opt& b_hh, bool reverse, const Opt& lengths) {
+                                            const Opt& b_ih, const Opt& b_hh, bool reverse, const Opt& lengths,
+                                            bool workspace) {
     const ForwardResult r = forward<LstmCell>(forward_problem<LstmCell>("rnnfast.lstm_proj", input, hx, &cx, w_ih,
-                                                                        w_hh, &w_hr, b_ih, b_hh, reverse, lengths));
+                                                                        w_hh, &w_hr, b_ih, b_hh, reverse, lengths,
+                                                                        workspace));
     return {r.output, r.hy, r.cy, r.ws};
   }
 

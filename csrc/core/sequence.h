@@ -21,11 +21,16 @@ struct PrevState {
   int64_t T, B, H, h_ld, ws_ld;
   int state_slot;   // CellTraits::state_slot (-1: no cell state)
   bool reverse;
+  int64_t ws_period;  // time rows the workspace holds: T, or 2 (1 at T = 1) for an inference
+                      // forward that keeps only the rows the next step reads (loop.h)
+
+  // The workspace row of time t: t itself, or t mod 2 (t and t +- 1 never share a row).
+  int64_t ws_row(int64_t t) const { return t % ws_period; }
 
   const T_* h(int64_t s) const { return s ? out + time_of(s - 1, T, reverse) * B * h_ld : hx; }
   const T_* c(int64_t s) const {
     if (state_slot < 0) return nullptr;
-    return s ? ws + time_of(s - 1, T, reverse) * B * ws_ld + state_slot * H : cx;
+    return s ? ws + ws_row(time_of(s - 1, T, reverse)) * B * ws_ld + state_slot * H : cx;
   }
   int64_t c_ld(int64_t s) const { return s ? ws_ld : H; }
 };

@@ -250,7 +250,7 @@ class CpuForward {
     h_out_ = io.h_out;
     h_prev_ = io.h_prev;
     len_ = lengths.defined() ? lengths.const_data_ptr<int64_t>() : nullptr;
-    prev_ = prev_state<Cell>(p, output.data_ptr<T_>(), WS_ ? ws.data_ptr<T_>() : nullptr, WS_);
+    prev_ = prev_state<Cell>(p, output.data_ptr<T_>(), WS_ ? ws.data_ptr<T_>() : nullptr, WS_, WS_ ? ws.size(0) : p.T);
   }
 
   template <class F>
@@ -272,7 +272,8 @@ class CpuForward {
 
   // The mid-step GEMM on the workspace's gemm_slot (GRU reset_before: r ⊙ h), row stride WS.
   void mid_gemm(const Rows&, const Step& st) {
-    rec_n_->run(ws_.select(0, st.t).narrow(1, Cell::traits.gemm_slot * H_, H_), hg1_, /*accumulate=*/false);
+    rec_n_->run(ws_.select(0, prev_.ws_row(st.t)).narrow(1, Cell::traits.gemm_slot * H_, H_), hg1_,
+                /*accumulate=*/false);
   }
 
   template <int P>
@@ -312,7 +313,7 @@ class CpuForward {
       r.h = h_prev ? h_prev + b * H : prev->h(st.s) + b * P;
       r.c = Cell::traits.has_cell_state() ? prev->c(st.s) + b * prev->c_ld(st.s) : nullptr;
       r.h_out = h_out + st.t * h_out_st + b * h_out_sb;
-      r.ws = ws ? ws + tb * WS : nullptr;
+      r.ws = ws ? ws + (prev->ws_row(st.t) * B + b) * WS : nullptr;
       return r;
     }
   };
@@ -379,7 +380,7 @@ class CpuBackward {
     ptr_.H = p.H;
     ptr_.P = p.P;
     ptr_.WS = WS_;
-    ptr_.prev = prev_state<Cell>(p, ptr_.out, ptr_.ws, WS_);
+    ptr_.prev = prev_state<Cell>(p, ptr_.out, ptr_.ws, WS_, p.T);
   }
 
   template <class F>

@@ -113,7 +113,7 @@ class CudaForward {
     h_prev_ = io.h_prev;
     const int64_t ws_ld = ws.dim() == 3 ? ws.size(2) : 0;
     ws_p_ = ws_ld ? ws.data_ptr<float>() : nullptr;
-    prev_ = core::prev_state<Cell>(p, output.data_ptr<float>(), ws_p_, ws_ld);
+    prev_ = core::prev_state<Cell>(p, output.data_ptr<float>(), ws_p_, ws_ld, ws_ld ? ws.size(0) : p.T);
   }
 
   template <class F>
@@ -127,7 +127,7 @@ class CudaForward {
 
   // The candidate's recurrent GEMM on the workspace slot phase 0 wrote (r⊙h, row stride WS).
   void mid_gemm(const Rows&, const Step& st) {
-    at::mm_out(hg1_, ws_.select(0, st.t).narrow(1, Cell::traits.gemm_slot * p_.H, p_.H), w_rec1_t_);
+    at::mm_out(hg1_, ws_.select(0, prev_.ws_row(st.t)).narrow(1, Cell::traits.gemm_slot * p_.H, p_.H), w_rec1_t_);
   }
 
   template <int P>
@@ -146,7 +146,7 @@ class CudaForward {
     a.c_prev_ld = prev_.c_ld(st.s);
     a.h_out = h_out_.data_ptr<float>() + t * h_out_.stride(0);
     a.h_out_ld = h_out_.stride(1);
-    a.saved = ws_p_ ? ws_p_ + t * B * prev_.ws_ld : nullptr;
+    a.saved = ws_p_ ? ws_p_ + prev_.ws_row(t) * B * prev_.ws_ld : nullptr;
     a.saved_ld = prev_.ws_ld;
     a.lengths = len_.defined() ? len_.const_data_ptr<int64_t>() : nullptr;
     a.t = t;
@@ -178,7 +178,7 @@ class CudaBackward {
     }
     w_rec0_ = p.w_hh.narrow(0, 0, G_rec * p.H);
     const int64_t ws_ld = p.ws.dim() == 3 ? p.ws.size(2) : 0;
-    prev_ = core::prev_state<Cell>(p, const_floats(p.output), ws_ld ? const_floats(p.ws) : nullptr, ws_ld);
+    prev_ = core::prev_state<Cell>(p, const_floats(p.output), ws_ld ? const_floats(p.ws) : nullptr, ws_ld, p.T);
     TORCH_INTERNAL_ASSERT(grad_h_.stride(2) == 1 && grad_h_.stride(1) == p.H, p.op,
                           ": the step kernels read grad rows (B, H) densely");
   }
