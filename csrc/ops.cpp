@@ -1,7 +1,8 @@
 // Every rnnfast op's schema, declared once. Implementations register per dispatch key: csrc/cpu
 // (CPU) and csrc/cuda (CUDA), the recurrent ops of both through the same entry points
 // (csrc/core/recurrent_ops.h) and host loop (csrc/core/loop.h) over the cells of csrc/core/cells.h
-// (docs/core.md). Python wiring (fake/autograd) is rnnfast/_ops.py.
+// (docs/core.md). The forward ops' autograd: csrc/autograd.cpp; Python wiring (fakes, autocast,
+// the backward ops' double-backward refusal): rnnfast/_ops.py.
 #include <Python.h>
 #include <torch/library.h>
 

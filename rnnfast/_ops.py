@@ -1,12 +1,12 @@
 """Loads the compiled ops (rnnfast._C) and wires them into PyTorch: a fake (meta) kernel for every
-op, so they trace under torch.compile and pass torch.library.opcheck, and autograd from each
-forward op to its backward op (docs/design.md §4). Op schemas: csrc/ops.cpp.
+op, so they trace under torch.compile and pass torch.library.opcheck, autocast, and the backward
+ops' refusal of double backward (docs/design.md §4; the forward ops' autograd is C++,
+csrc/autograd.cpp). Op schemas: csrc/ops.cpp.
 
 Everything cell-specific (which ops exist, their optional arguments, the workspace layouts) comes
 from the cell registry, rnnfast._cells: a cell's workspace is (T, B, len(slots) * H), or (0,)
 without slots; the LSTM projection adds its slot m = o * tanh(c) after the cell's.
 """
-import contextlib
 import functools
 
 import torch
@@ -111,66 +111,15 @@ def _fake_backward(cell, projection=False):
     return fake
 
 
-# ---- autograd: forward op -> backward op ---------------------------------------------------------
-_SMALL_ZEROS = 1 << 14  # elements: below this, zeros_like costs less than building the broadcast view
-
-
-def _dense(grad, like):
-    # An unused output's gradient is None: pass a broadcast zero (no (T, B, H) buffer to fill; the
-    # CPU backward reads a fully broadcast grad_output through one materialized row). A small one
-    # (a cell's step) is filled instead: cheaper than the view (~4 against ~10 µs in a backward).
-    if grad is not None:
-        return grad
-    if like.numel() <= _SMALL_ZEROS:
-        return torch.zeros_like(like)
-    return like.new_zeros(()).expand(like.shape)
-
-
-def _autograd(cell, projection=False):
-    """(backward, setup_context) wiring a cell's forward op to its backward op."""
-    backward_op = getattr(_ops, cell.projection.backward_op if projection else cell.backward_op)
-    front, _ = _layout(cell, projection)
-    n = len(front)  # input, states, weights
-    n_states = 2 if cell.has_cell_state else 1
-    n_opts = len(cell.options)
-
-    def setup_context(ctx, inputs, output):
-        # Gradients of unused outputs arrive as None instead of zero tensors: autograd would otherwise
-        # fill a (T, B, WS*H) zero tensor for the workspace on every backward (2 ms of a 33 ms LSTM
-        # layer step at d2l-512); backward densifies only the small ones the op needs.
-        ctx.set_materialize_grads(False)
-        if output[-1].dim() != 3 and cell.workspace_shape(1, 1, 1, projection) != (0,):
-            raise RuntimeError(f"rnnfast.{cell.projection.name if projection else cell.name}: called with "
-                               "workspace=False (an inference call, no workspace kept) on inputs that require "
-                               "a gradient: call it with workspace=True to differentiate it")
-        b_ih, b_hh, ctx.reverse = inputs[n:n + 3]
-        ctx.options, ctx.lengths = _split(inputs[n + 3:], n_opts)
-        ctx.n_inputs = len(inputs)
-        ctx.has_b_ih, ctx.has_b_hh = b_ih is not None, b_hh is not None
-        ctx.save_for_backward(*inputs[:n], output[0], output[-1])  # ..., output, workspace
-
-    def backward(ctx, grad_output, *grads):
-        input, *rest = ctx.saved_tensors
-        states, weights, (out, ws) = rest[:n_states], rest[n_states:n - 1], rest[n - 1:]
-        grad_states = [_dense(g, s) for g, s in zip(grads[:n_states], states)]
-        need_dx, need_dhx = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        args = (_dense(grad_output, out), *grad_states, input, *states, *weights, out, ws, ctx.reverse, *ctx.options)
-        if torch.is_grad_enabled():  # create_graph=True: through the backward op's autograd, which refuses a
-            dx, *grads_out = backward_op(*args, input_grad=need_dx, lengths=ctx.lengths,  # double backward
-                                         hx_grad=need_dhx)
-        else:  # the usual backward: straight to the kernel (no Python autograd kernel in between)
-            with _below_autograd():
-                dx, *grads_out = backward_op(*args, input_grad=need_dx, lengths=ctx.lengths,
-                                             hx_grad=need_dhx)
-        *grads_out, db_ih, db_hh = grads_out
-        grads_out = ((dx if need_dx else None), *grads_out, (db_ih if ctx.has_b_ih else None),
-                     (db_hh if ctx.has_b_hh else None))
-        return grads_out + (None,) * (ctx.n_inputs - len(grads_out))
-    return backward, setup_context
-
-
+# ---- autograd --------------------------------------------------------------------------------------
+# The forward ops' autograd is C++ (csrc/autograd.cpp): an Autograd-key kernel per forward op that
+# runs the op below autograd, saves input, states, weights, output and workspace, and whose graph node
+# calls the backward op (docs/design.md §4). A Python autograd.Function or torch.library's autograd
+# kernel cost 25-60 µs a call, more than a small cell's whole step.
+#
 # Double backward is not implemented: differentiating a backward op raises a clear error instead of
-# silently returning a graph without it.
+# silently returning a graph without it. (The C++ node calls the backward op through the dispatcher
+# when create_graph=True, which reaches this registration.)
 def _no_double_backward(op):
     def setup_context(ctx, inputs, output):
         pass
@@ -182,23 +131,7 @@ def _no_double_backward(op):
     return backward, setup_context
 
 
-# ---- the lean path: what rnnfast.nn and rnnfast.functional call ----------------------------------
-# torch.library's autograd kernel (what register_autograd installs) is Python that runs on every
-# call of the op in grad mode: it rebuilds the op's argument list from its schema
-# (torch._library.utils.fill_defaults, ~30-60 µs, more than torch.nn's whole GRUCell step) before
-# calling setup_context, and even without grad it redispatches from Python. The modules and
-# rnnfast.functional call the ops through FORWARD instead:
-#   * a gradient is needed -> one torch.autograd.Function per op (the same setup_context and
-#     backward as the registered autograd above, so one formula), whose forward calls the op
-#     below autograd;
-#   * no gradient (no_grad, or no tensor requires grad) -> the op, below autograd;
-#   * torch.compile / torch.export (torch.compiler.is_compiling()), torch.jit.trace and torch.func
-#     transforms -> the op as registered, so graphs hold rnnfast's ops and their autograd.
-# torch._C._AutoDispatchBelowAutograd is private (torch.library's own autograd kernel uses it for
-# the same purpose): ~10 µs saved per op call; without it the op goes through its autograd kernel,
-# which (no grad inside a Function's forward) runs it as is. Likewise without
-# torch._C._are_functorch_transforms_active every call takes the registered path.
-_below_autograd = getattr(torch._C, "_AutoDispatchBelowAutograd", contextlib.nullcontext)
+# ---- forward-mode AD ------------------------------------------------------------------------------
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
 
 
@@ -219,6 +152,7 @@ def _has_forward_tangent(args):
     return any(isinstance(a, torch.Tensor) and forward_ad.unpack_dual(a).tangent is not None for a in args)
 
 
+#: the NotImplementedError's message, also the C++ autograd kernel's (csrc/autograd.cpp)
 FORWARD_AD_MESSAGE = (
     "rnnfast: forward-mode AD (torch.func.jvp / jacfwd / hessian, torch.autograd.forward_ad) is not "
     "implemented for rnnfast's recurrent ops; use reverse mode (backward(), torch.func.grad / vjp / "
@@ -227,62 +161,40 @@ FORWARD_AD_MESSAGE = (
 
 def check_no_forward_ad(args):
     """Forward-mode AD through the ops would otherwise give a silent zero tangent (they have no jvp
-    rule, and a call whose inputs do not require grad never reaches the autograd kernel that would
-    refuse it): raise instead."""
+    rule). The C++ autograd kernel refuses a dual argument itself; this also covers functorch's jvp,
+    whose tangents that kernel does not see on every path."""
     if _has_forward_tangent(args) or (_functorch_active() and _functorch_jvp_active()):
         raise NotImplementedError(FORWARD_AD_MESSAGE)
 
 
-def _dispatcher_only():
-    """True where a call must go through the registered op (a graph is being captured or
-    transformed)."""
+# ---- what rnnfast.nn and rnnfast.functional call ----------------------------------------------------
+def _graph_capture():
+    """True while a graph is captured or transformed (torch.compile / export, torch.jit.trace,
+    torch.func): there a call keeps the op's defaults (the full workspace), whatever the fake or
+    wrapped tensors say about requires_grad."""
     return torch.compiler.is_compiling() or torch.jit.is_tracing() or _functorch_active()
 
 
-def _function(name, forward_op, backward, setup_context):
-    """The autograd.Function of one forward op (the old-style form: forward(ctx, ...) calls
-    setup_context itself, which skips the inspect.signature binding Function.apply does for the
-    new style)."""
-    def forward(ctx, *args):
-        with _below_autograd():
-            output = forward_op(*args)
-        setup_context(ctx, args, output)
-        return output
-    return type(f"{name}_forward_function", (torch.autograd.Function,),
-                {"forward": staticmethod(forward), "backward": staticmethod(backward),
-                 "__module__": __name__, "__qualname__": f"{name}_forward_function"})
-
-
-def _lean_forward(forward_op, function):
-    apply = function.apply
-
+def _forward_caller(forward_op):
     def call(*args):
-        """forward_op(*args), its outputs and gradients, without torch.library's per-call Python."""
+        """forward_op(*args) (its autograd is the C++ kernel), refusing forward-mode AD."""
         check_no_forward_ad(args)
-        if _dispatcher_only():
-            return forward_op(*args)
-        if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
-            return apply(*args)
-        with _below_autograd():  # nothing will be differentiated: no workspace kept (an empty one back)
-            return forward_op(*args, workspace=False)
+        if not (_graph_capture() or (torch.is_grad_enabled() and any(
+                isinstance(a, torch.Tensor) and a.requires_grad for a in args))):
+            return forward_op(*args, workspace=False)  # nothing will be differentiated: no workspace kept
+        return forward_op(*args)
     return call
 
 
-#: op prefix ("gru", "lstm_proj", ...) -> its forward op's lean caller (same arguments, same outputs)
+#: op prefix ("gru", "lstm_proj", ...) -> its forward op's caller (same arguments, same outputs)
 FORWARD = {}
-#: op prefix -> its torch.autograd.Function
-FUNCTIONS = {}
 
 
 def _register(cell, projection=False):
     op = cell.projection.name if projection else cell.name
     torch.library.register_fake(f"rnnfast::{op}_forward")(_fake_forward(cell, projection))
     torch.library.register_fake(f"rnnfast::{op}_backward")(_fake_backward(cell, projection))
-    bw, setup = _autograd(cell, projection)
-    torch.library.register_autograd(f"rnnfast::{op}_forward", bw, setup_context=setup)
-    forward_op = getattr(_ops, f"{op}_forward")
-    FUNCTIONS[op] = _function(op, forward_op, bw, setup)
-    FORWARD[op] = _lean_forward(forward_op, FUNCTIONS[op])
+    FORWARD[op] = _forward_caller(getattr(_ops, f"{op}_forward").default)
     bw, setup = _no_double_backward(op)
     torch.library.register_autograd(f"rnnfast::{op}_backward", bw, setup_context=setup)
     # Under torch.autocast the forward ops compute in float32 (their kernels are float32/float64):

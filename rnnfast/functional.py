@@ -134,7 +134,8 @@ def _run_op(name: str, input: Tensor, hx: Tensor, cx: Optional[Tensor], w_ih: Te
             lengths: Optional[Tensor], w_hr: Optional[Tensor] = None) -> tuple:
     """The forward op of registry cell ``name`` (its projection op when w_hr is given), called with
     no Python checks (the op checks its own contract, csrc/core/args.h, and casts under autocast),
-    through its lean caller rnnfast._ops.FORWARD (autograd without torch.library's per-call Python).
+    through rnnfast._ops.FORWARD (the op plus the forward-mode AD refusal; its autograd is the C++
+    kernel of csrc/autograd.cpp).
     Returns the op's outputs without the workspace: (output, hy[, cy])."""
     cell = CELLS[name]
     states = (hx, cx) if cell.has_cell_state else (hx,)

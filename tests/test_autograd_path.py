@@ -1,16 +1,20 @@
-"""The lean autograd path (rnnfast._ops.FORWARD): what rnnfast.nn and rnnfast.functional call instead
-of the registered op, so a grad-mode call does not pay torch.library's per-call Python
-(torch._library.utils.fill_defaults). Checked against the registered op path (same kernels, so
-bit for bit), with gradcheck, hooks, retain_graph, double backward, and the paths that must stay
-on the registered op: torch.compile / torch.export and torch.func transforms."""
+"""The recurrent forward ops' autograd: the C++ Autograd-key kernel and graph node of
+csrc/autograd.cpp, which every caller gets (rnnfast.nn, rnnfast.functional through
+rnnfast._ops.FORWARD, direct torch.ops.rnnfast calls, torch.compile's traced backward).
+
+Bit for bit against the backward op called by hand with the same output gradients (what the node
+must do: argument order, input_grad, None biases, lengths, zeros for unused outputs); against the
+plain-PyTorch references (rnnfast.scratch, torch.nn) to float64 rounding; with gradcheck, hooks,
+retain_graph, double backward, autocast, and torch.compile / torch.export / torch.func."""
 import pytest
 import torch
 from torch._library import utils as library_utils
 from torch.nn.utils.rnn import pack_padded_sequence
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import rnnfast
 import rnnfast.functional as rf
-from rnnfast import _ops
+from rnnfast import _ops, scratch
 from rnnfast._cells import CELLS, lookup
 
 # (op prefix, options) for every registry row and variant: gru's reset_after both ways, the LSTM
@@ -21,17 +25,9 @@ VARIANT_IDS = [f"{p}{'-reset_after' + str(o[0]) if o else ''}" for p, o in VARIA
 
 
 @pytest.fixture
-def registered_path(monkeypatch):
-    """Sends every lean call to the registered op (what torch.compile gets): the reference path."""
-    def use():
-        monkeypatch.setattr(_ops, "_dispatcher_only", lambda: True)
-    return use
-
-
-@pytest.fixture
 def fill_defaults_calls(monkeypatch):
-    """Counts calls of torch._library.utils.fill_defaults (torch.library's autograd kernel calls it
-    on every grad-mode forward of a registered op)."""
+    """Counts calls of torch._library.utils.fill_defaults (torch.library's Python autograd kernel
+    calls it on every grad-mode call of an op it wires; the forward ops' C++ kernel never does)."""
     calls = []
     real = library_utils.fill_defaults
 
@@ -84,35 +80,57 @@ def assert_identical(a, b):
             assert torch.equal(x, y)
 
 
-# ---- the op's lean caller against the registered op ---------------------------------------------
+def by_hand(prefix, args, seed=1):
+    """run()'s outputs and gradients without autograd: the forward op, then the backward op called
+    directly with the same output gradients (what the C++ node must pass it)."""
+    n_opts = len(lookup(prefix).options)
+    n_front = len(args) - 4 - n_opts  # input, states, weights (before b_ih, b_hh, reverse, options, lengths)
+    fwd = getattr(torch.ops.rnnfast, f"{prefix}_forward")
+    bwd = getattr(torch.ops.rnnfast, f"{prefix}_backward")
+    with torch.no_grad():
+        outs = fwd(*args)
+        g = torch.Generator().manual_seed(seed)
+        grads_out = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in outs[:-1]]
+        res = bwd(*grads_out, *args[:n_front], outs[0], outs[-1], *args[n_front + 2:-1],
+                  input_grad=args[0].requires_grad, lengths=args[-1])
+    grads = [r for a, r in zip(args[:n_front + 2], res) if isinstance(a, torch.Tensor) and a.requires_grad]
+    return list(outs[:-1]), grads
+
+
+def callers(prefix):
+    """What the modules call (rnnfast._ops.FORWARD) and the op itself: one autograd kernel under both."""
+    return {"FORWARD": _ops.FORWARD[prefix], "torch.ops": getattr(torch.ops.rnnfast, f"{prefix}_forward")}
+
+
+# ---- the op's autograd against its backward op called by hand ------------------------------------
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("prefix,options", VARIANTS, ids=VARIANT_IDS)
-def test_lean_call_equals_registered_op_bit_for_bit(prefix, options, bias, reverse, dtype, fill_defaults_calls):
+def test_autograd_equals_backward_op_by_hand_bit_for_bit(prefix, options, bias, reverse, dtype, fill_defaults_calls):
     args = op_args(prefix, options, bias=bias, reverse=reverse, dtype=dtype)
+    ref_out, ref_grads = by_hand(prefix, args)
+    for call in callers(prefix).values():
+        out, grads = run(call, args)
+        assert_identical(out, ref_out)
+        assert_identical(grads, ref_grads)
+    assert not fill_defaults_calls  # no torch.library Python autograd kernel on the way
+
+
+@pytest.mark.parametrize("prefix,options", VARIANTS, ids=VARIANT_IDS)
+def test_autograd_with_lengths_equals_backward_op_by_hand(prefix, options):
+    args = op_args(prefix, options, lengths=torch.tensor([4, 1, 3]), reverse=True)
+    ref_out, ref_grads = by_hand(prefix, args)
     out, grads = run(_ops.FORWARD[prefix], args)
-    assert not fill_defaults_calls
-    ref_out, ref_grads = run(getattr(torch.ops.rnnfast, f"{prefix}_forward"), args)
-    assert fill_defaults_calls  # the spy sees the registered path
     assert_identical(out, ref_out)
     assert_identical(grads, ref_grads)
 
 
 @pytest.mark.parametrize("prefix,options", VARIANTS, ids=VARIANT_IDS)
-def test_lean_call_with_lengths_equals_registered_op(prefix, options):
-    lengths = torch.tensor([4, 1, 3])
-    args = op_args(prefix, options, lengths=lengths, reverse=True)
-    out, grads = run(_ops.FORWARD[prefix], args)
-    ref_out, ref_grads = run(getattr(torch.ops.rnnfast, f"{prefix}_forward"), args)
-    assert_identical(out, ref_out)
-    assert_identical(grads, ref_grads)
-
-
-@pytest.mark.parametrize("prefix,options", VARIANTS, ids=VARIANT_IDS)
-def test_lean_call_needs_input_grad_subsets(prefix, options):
-    """Only some arguments requiring grad: the others get None, the rest as the registered op."""
+def test_autograd_needs_input_grad_subsets(prefix, options):
+    """Only some arguments requiring grad: gradients for those (dx skipped unless the input needs
+    it), bit for bit as the backward op by hand."""
     for keep in ([0], [1], [2, 3], [-1]):  # input only, hx only, some weights, a bias
         args = list(op_args(prefix, options))
         tensors = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
@@ -120,14 +138,35 @@ def test_lean_call_needs_input_grad_subsets(prefix, options):
         for i in tensors:
             args[i] = args[i].detach().requires_grad_(i in wanted)
         out, grads = run(_ops.FORWARD[prefix], args)
-        ref_out, ref_grads = run(getattr(torch.ops.rnnfast, f"{prefix}_forward"), args)
+        ref_out, ref_grads = by_hand(prefix, args)
         assert len(grads) == len(keep)
         assert_identical(out, ref_out)
         assert_identical(grads, ref_grads)
 
 
+def test_gradient_wrt_weights_only_skips_the_input_gradient():
+    """autograd.grad for a weight alone: the node asks the backward op for input_grad=False (the
+    input requires grad, but this backward does not need dx); for the input, True."""
+    seen = []
+    backward = torch.ops.rnnfast.gru_backward.default
+    at = [a.name for a in backward._schema.arguments].index("input_grad")
+
+    class Spy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is backward:
+                seen.append(args[at] if len(args) > at else kwargs.get("input_grad", True))
+            return func(*args, **kwargs)
+    args = op_args("gru", (True,))
+    out = _ops.FORWARD["gru"](*args)
+    with Spy():
+        torch.autograd.grad(out[1].sum(), [args[3]], retain_graph=True)  # w_hh
+        torch.autograd.grad(out[1].sum(), [args[0]])
+    assert seen == [False, True]
+
+
 @pytest.mark.parametrize("prefix,options", VARIANTS, ids=VARIANT_IDS)
-def test_lean_call_gradcheck_float64(prefix, options):
+def test_autograd_gradcheck_float64(prefix, options):
     args = op_args(prefix, options, T=3, B=2, I=3, H=3, P=2, lengths=torch.tensor([3, 2]))
     call = _ops.FORWARD[prefix]
 
@@ -138,34 +177,59 @@ def test_lean_call_gradcheck_float64(prefix, options):
     assert torch.autograd.gradcheck(f, leaves(args), eps=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("prefix,options", [v for v in VARIANTS if v[0] in CELLS], ids=[
+    i for v, i in zip(VARIANTS, VARIANT_IDS) if v[0] in CELLS])
+def test_autograd_matches_scratch_reference(prefix, options, bias, reverse):
+    """The gradients against rnnfast.scratch's plain-PyTorch layer (autograd of matmuls and
+    pointwise ops), float64."""
+    args = op_args(prefix, options, bias=bias, reverse=reverse)
+    out, grads = run(_ops.FORWARD[prefix], args)
+    cell = CELLS[prefix]
+    n = 2 if cell.has_cell_state else 1
+    x, states, (w_ih, w_hh), (b_ih, b_hh) = args[0], args[1:1 + n], args[1 + n:3 + n], args[3 + n:5 + n]
+
+    def reference(*_):
+        outputs, last = scratch.torch_layer(prefix, x, states if n == 2 else states[0], w_ih, w_hh, b_ih, b_hh,
+                                            reverse=reverse, reset_after=options[0] if options else True)
+        return (outputs, *(last if n == 2 else (last,)), None)
+    ref_out, ref_grads = run(reference, args)
+    for a, b in zip(out + grads, ref_out + ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("prefix,options", VARIANTS, ids=VARIANT_IDS)
-def test_lean_call_builds_its_function_node(prefix, options):
+def test_autograd_node_and_non_differentiable_workspace(prefix, options):
     args = op_args(prefix, options)
-    out = _ops.FORWARD[prefix](*args)
-    assert type(out[0].grad_fn).__name__ == f"{prefix}_forward_functionBackward"
-    ref = getattr(torch.ops.rnnfast, f"{prefix}_forward")(*args)
-    assert type(ref[0].grad_fn).__name__ != type(out[0].grad_fn).__name__
+    for call in callers(prefix).values():
+        *outs, ws = call(*args)
+        assert outs[0].grad_fn.name() == f"rnnfast::{prefix}_forwardBackward"
+        assert all(o.grad_fn is outs[0].grad_fn for o in outs)  # one node for output, hy[, cy]
+        assert ws.grad_fn is None and not ws.requires_grad
 
 
 @pytest.mark.parametrize("prefix,options", VARIANTS, ids=VARIANT_IDS)
-def test_lean_call_without_grad_records_nothing(prefix, options, fill_defaults_calls):
+def test_autograd_without_grad_records_nothing(prefix, options, fill_defaults_calls):
     args = op_args(prefix, options)
     ref = [o.detach() for o in getattr(torch.ops.rnnfast, f"{prefix}_forward")(*args)[:-1]]
-    with torch.no_grad():
-        out = _ops.FORWARD[prefix](*args)[:-1]
-    assert all(o.grad_fn is None and not o.requires_grad for o in out)
-    assert_identical(list(out), ref)
-    plain = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]  # grad mode, nothing requires grad
-    out = _ops.FORWARD[prefix](*plain)[:-1]
-    assert all(o.grad_fn is None and not o.requires_grad for o in out)
-    assert_identical(list(out), ref)
-    with torch.inference_mode():
-        assert_identical(list(_ops.FORWARD[prefix](*args)[:-1]), ref)
+    for call in callers(prefix).values():
+        with torch.no_grad():
+            out = call(*args)[:-1]
+        assert all(o.grad_fn is None and not o.requires_grad for o in out)
+        assert_identical(list(out), ref)
+        plain = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]  # grad mode, nothing requires grad
+        out = call(*plain)[:-1]
+        assert all(o.grad_fn is None and not o.requires_grad for o in out)
+        assert_identical(list(out), ref)
+        with torch.inference_mode():
+            assert_identical(list(call(*args)[:-1]), ref)
+    assert not fill_defaults_calls
 
 
 @pytest.mark.parametrize("prefix,options", VARIANTS, ids=VARIANT_IDS)
-def test_double_backward_raises_as_the_registered_op(prefix, options):
-    for call in (_ops.FORWARD[prefix], getattr(torch.ops.rnnfast, f"{prefix}_forward")):
+def test_double_backward_raises(prefix, options):
+    for call in callers(prefix).values():
         args = op_args(prefix, options)
         out = call(*args)
         first = torch.autograd.grad(out[1].pow(2).sum(), leaves(args), create_graph=True)
@@ -173,26 +237,24 @@ def test_double_backward_raises_as_the_registered_op(prefix, options):
             torch.autograd.grad(sum(g.sum() for g in first), leaves(args))
 
 
-def test_bad_arguments_raise_the_ops_error_on_the_lean_path():
+def test_bad_arguments_raise_the_ops_error():
     args = list(op_args("gru", (True,)))
     args[1] = args[1].detach()[:, :2].requires_grad_(True)  # hx of the wrong width
-    with pytest.raises(RuntimeError) as lean:
+    with pytest.raises(RuntimeError, match=r"rnnfast\.gru: w_hh must have shape") as err:
         _ops.FORWARD["gru"](*args)
-    with pytest.raises(RuntimeError) as registered:
+    with pytest.raises(RuntimeError) as direct:
         torch.ops.rnnfast.gru_forward(*args)
-    assert str(lean.value) == str(registered.value)
+    assert str(err.value) == str(direct.value)
 
 
-# ---- modules and cells: the lean path against the registered path -------------------------------
+# ---- modules and cells against torch.nn ----------------------------------------------------------
 
 def _module_cases():
     cases = []
     for c in CELLS.values():
         kw = {"nonlinearity": c.nonlinearity} if c.nonlinearity else {}
         cls = {"RNN_TANH": "RNN", "RNN_RELU": "RNN"}.get(c.mode, c.mode)
-        variants = [dict(reset_after=True), dict(reset_after=False)] if c.options else [{}]
-        for v in variants:
-            cases.append((cls, {**kw, **v}))
+        cases.append((cls, kw))  # torch.nn's GRU is reset_after=True (the scratch test covers False)
     cases.append(("LSTM", dict(proj_size=3)))
     return cases
 
@@ -215,7 +277,7 @@ def module_grads(module, x, state, packed_lengths=None):
     flat += list(out[1]) if isinstance(out[1], tuple) else [out[1]]
     if isinstance(out, torch.Tensor):  # RNNCell / GRUCell
         flat = [out]
-    elif isinstance(module, torch.nn.LSTMCell):
+    elif isinstance(module, (torch.nn.LSTMCell, rnnfast.LSTMCell)):
         flat = list(out)
     g = torch.Generator().manual_seed(3)
     loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in flat)
@@ -225,9 +287,13 @@ def module_grads(module, x, state, packed_lengths=None):
     return [o.detach() for o in flat], grads
 
 
-def _make_module(name, kw, layout, dtype):
+def _make_modules(name, kw, layout, dtype):
+    """The rnnfast module and torch.nn's with the same weights."""
     torch.manual_seed(0)
-    return getattr(rnnfast, name)(5, 4, **kw, **LAYOUTS[layout]).to(dtype)
+    ours = getattr(rnnfast, name)(5, 4, **kw, **LAYOUTS[layout]).to(dtype)
+    ref = getattr(torch.nn, name)(5, 4, **kw, **LAYOUTS[layout]).to(dtype)
+    ref.load_state_dict(ours.state_dict())
+    return ours, ref
 
 
 def _module_state(module, B, dtype):
@@ -237,55 +303,70 @@ def _module_state(module, B, dtype):
     return (h, torch.randn(L, B, module.hidden_size, dtype=dtype)) if module.mode == "LSTM" else (h,)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def assert_close_all(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert (x is None) == (y is None)
+        if x is not None:
+            torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("name,kw", MODULE_CASES, ids=MODULE_IDS)
-def test_module_lean_path_equals_registered_path(name, kw, layout, dtype, registered_path, fill_defaults_calls):
-    module = _make_module(name, kw, layout, dtype)
+def test_module_gradients_match_torch_nn(name, kw, layout, fill_defaults_calls):
+    ours, ref = _make_modules(name, kw, layout, torch.float64)
     torch.manual_seed(1)
-    x = torch.randn(*((3, 6, 5) if module.batch_first else (6, 3, 5)), dtype=dtype)
-    state = _module_state(module, 3, dtype)
-    got = module_grads(module, x, state)
+    x = torch.randn(*((3, 6, 5) if ours.batch_first else (6, 3, 5)), dtype=torch.float64)
+    state = _module_state(ours, 3, torch.float64)
+    got = module_grads(ours, x, state)
     assert not fill_defaults_calls
-    registered_path()
-    ref = module_grads(module, x, state)
-    assert fill_defaults_calls
-    assert_identical(*[got[0], ref[0]])
-    assert_identical(got[1], ref[1])
+    want = module_grads(ref, x, state)
+    assert_close_all(got[0], want[0])
+    assert_close_all(got[1], want[1])
     assert all(g is not None for g in got[1])
 
 
 @pytest.mark.parametrize("name,kw", MODULE_CASES, ids=MODULE_IDS)
-def test_module_packed_sequence_lean_path_equals_registered_path(name, kw, registered_path):
-    module = _make_module(name, kw, "2layer-bidir-nobias", torch.float64)
+def test_module_packed_sequence_gradients_match_torch_nn(name, kw):
+    ours, ref = _make_modules(name, kw, "2layer-bidir-nobias", torch.float64)
     torch.manual_seed(1)
     x = torch.randn(5, 3, 5, dtype=torch.float64)
     lengths = torch.tensor([2, 5, 3])
-    state = _module_state(module, 3, torch.float64)
-    got = module_grads(module, x, state, lengths)
-    registered_path()
-    ref = module_grads(module, x, state, lengths)
-    assert_identical(got[0], ref[0])
-    assert_identical(got[1], ref[1])
+    state = _module_state(ours, 3, torch.float64)
+    got = module_grads(ours, x, state, lengths)
+    want = module_grads(ref, x, state, lengths)
+    assert_close_all(got[0], want[0])
+    assert_close_all(got[1], want[1])
 
 
 CELL_CASES = [("RNNCell", {}), ("RNNCell", dict(nonlinearity="relu")), ("GRUCell", {}),
               ("GRUCell", dict(reset_after=False)), ("LSTMCell", {})]
 CELL_IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items())}" for n, kw in CELL_CASES]
+TORCH_CELL_CASES = [(n, kw) for n, kw in CELL_CASES if "reset_after" not in kw]
+TORCH_CELL_IDS = [i for (n, kw), i in zip(CELL_CASES, CELL_IDS) if "reset_after" not in kw]
+
+
+def _cells(name, kw, bias=True):
+    """The rnnfast cell and torch.nn's with the same weights (None: torch.nn has no such cell)."""
+    torch.manual_seed(0)
+    ours = getattr(rnnfast, name)(5, 4, bias=bias, **kw).double()
+    if "reset_after" in kw:
+        return ours, None
+    ref = getattr(torch.nn, name)(5, 4, bias=bias, **kw).double()
+    ref.load_state_dict(ours.state_dict())
+    return ours, ref
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
-@pytest.mark.parametrize("name,kw", CELL_CASES, ids=CELL_IDS)
-def test_cell_loop_lean_path_equals_registered_path(name, kw, batched, bias, registered_path, fill_defaults_calls):
-    torch.manual_seed(0)
-    cell = getattr(rnnfast, name)(5, 4, bias=bias, **kw).double()
+@pytest.mark.parametrize("name,kw", TORCH_CELL_CASES, ids=TORCH_CELL_IDS)
+def test_cell_loop_gradients_match_torch_nn(name, kw, batched, bias, fill_defaults_calls):
     xs = torch.randn(4, *((3, 5) if batched else (5,)), dtype=torch.float64)
     hshape = (3, 4) if batched else (4,)
     h0 = torch.randn(hshape, dtype=torch.float64)
     c0 = torch.randn(hshape, dtype=torch.float64)
 
-    def loop():
+    def loop(cell):
         cell.zero_grad(set_to_none=True)
         x = xs.clone().requires_grad_(True)
         h, c = h0.clone().requires_grad_(True), c0.clone().requires_grad_(True)
@@ -297,18 +378,17 @@ def test_cell_loop_lean_path_equals_registered_path(name, kw, batched, bias, reg
         torch.stack(outs).pow(2).sum().backward()
         grads = [x.grad, h.grad] + ([c.grad] if name == "LSTMCell" else [])
         return [torch.stack(outs).detach()], grads + [p.grad for p in cell.parameters()]
-    got = loop()
+    ours, ref = _cells(name, kw, bias)
+    got = loop(ours)
     assert not fill_defaults_calls
-    registered_path()
-    ref = loop()
-    assert fill_defaults_calls
-    assert_identical(got[0], ref[0])
-    assert_identical(got[1], ref[1])
+    want = loop(ref)
+    assert_close_all(got[0], want[0])
+    assert_close_all(got[1], want[1])
 
 
 def test_gru_cell_forward_backward_never_calls_fill_defaults(fill_defaults_calls):
-    """The regression the lean path exists for: torch.library's autograd kernel called fill_defaults
-    on every grad-mode forward of a cell (~60 µs, most of a small GRUCell step)."""
+    """The regression the C++ kernel exists for: torch.library's autograd kernel called
+    fill_defaults on every grad-mode forward of a cell (~60 µs, most of a small GRUCell step)."""
     torch.manual_seed(0)
     cell = rnnfast.GRUCell(8, 8)
     h = None
@@ -320,13 +400,12 @@ def test_gru_cell_forward_backward_never_calls_fill_defaults(fill_defaults_calls
 
 
 @pytest.mark.parametrize("name,kw", CELL_CASES, ids=CELL_IDS)
-def test_cell_hooks_and_retain_graph_as_registered_path(name, kw, registered_path):
-    def once():
-        torch.manual_seed(0)
-        cell = getattr(rnnfast, name)(5, 4, **kw).double()
+def test_cell_hooks_and_retain_graph(name, kw):
+    def once(cell):
         seen = []
         cell.register_full_backward_hook(lambda m, gi, go: seen.append(
             [None if g is None else g.clone() for g in (*gi, *go)]))
+        torch.manual_seed(1)
         x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
         h = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
         h.register_hook(lambda g: g * 2)  # a tensor hook doubling hx's gradient
@@ -340,16 +419,17 @@ def test_cell_hooks_and_retain_graph_as_registered_path(name, kw, registered_pat
         for a, b in zip(first, second):
             torch.testing.assert_close(b, 2 * a, rtol=1e-12, atol=1e-12)
         return first + second, [g for call in seen for g in call]
-    got = once()
-    registered_path()
-    ref = once()
-    assert len(got[1]) == len(ref[1]) > 0
-    assert_identical(got[0], ref[0])
-    assert_identical(got[1], ref[1])
+    ours, ref = _cells(name, kw)
+    got = once(ours)
+    assert len(got[1]) > 0
+    if ref is not None:
+        want = once(ref)
+        assert_close_all(got[0], want[0])
+        assert_close_all(got[1], want[1])
 
 
 @pytest.mark.parametrize("name,kw", CELL_CASES, ids=CELL_IDS)
-def test_cell_gradcheck_float64_on_lean_path(name, kw, fill_defaults_calls):
+def test_cell_gradcheck_float64(name, kw, fill_defaults_calls):
     torch.manual_seed(0)
     cell = getattr(rnnfast, name)(3, 4, **kw).double()
     names = [n for n, _ in cell.named_parameters()]
@@ -365,41 +445,41 @@ def test_cell_gradcheck_float64_on_lean_path(name, kw, fill_defaults_calls):
 
 
 @pytest.mark.parametrize("name", ["rnn_tanh", "rnn_relu", "gru", "lstm"])
-def test_functional_uses_the_lean_path(name, fill_defaults_calls, registered_path):
+def test_functional_gets_the_cpp_node(name, fill_defaults_calls):
     cell = CELLS[name]
-    args = op_args(name, (True,) if cell.options else ())
+    options = (True,) if cell.options else ()
+    args = op_args(name, options)
     n = 3 if cell.has_cell_state else 2
     tensors, biases = args[:n + 2], args[n + 2:n + 4]
-    fn = getattr(rf, name)
-
-    def call():
-        out = fn(*tensors, *biases, reverse=True)
-        return [o.detach() for o in out], list(torch.autograd.grad(sum(o.sum() for o in out), leaves(args)))
-    got = call()
+    out = getattr(rf, name)(*tensors, *biases, reverse=True)
+    assert out[0].grad_fn.name() == f"rnnfast::{name}_forwardBackward"
+    grads = torch.autograd.grad(sum(o.sum() for o in out), leaves(args))
     assert not fill_defaults_calls
-    registered_path()
-    ref = call()
-    assert fill_defaults_calls
-    assert_identical(got[0], ref[0])
-    assert_identical(got[1], ref[1])
+    ref_args = op_args(name, options, reverse=True)
+    ref_out = getattr(torch.ops.rnnfast, f"{name}_forward")(*ref_args)[:-1]
+    ref_grads = torch.autograd.grad(sum(o.sum() for o in ref_out), leaves(ref_args))
+    assert_identical(list(grads), list(ref_grads))
 
 
-def test_autocast_on_lean_path_equals_registered_path(registered_path):
-    def once():
+def test_autocast_equals_float32_call():
+    """Under CPU autocast a bfloat16 call runs the float32 op: the same outputs and gradients as
+    calling with the arguments cast to float32 by hand."""
+    def once(autocast):
         torch.manual_seed(0)
         cell = rnnfast.GRUCell(5, 4)
-        x = torch.randn(3, 5)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = cell(x.bfloat16(), torch.randn(3, 4).bfloat16())
+        x, h = torch.randn(3, 5).bfloat16(), torch.randn(3, 4).bfloat16()
+        if autocast:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = cell(x, h)
+        else:
+            out = cell(x.float(), h.float())
         assert out.dtype == torch.float32
         out.sum().backward()
         return [out.detach(), cell.weight_ih.grad, cell.bias_hh.grad]
-    got = once()
-    registered_path()
-    assert_identical(got, once())
+    assert_identical(once(True), once(False))
 
 
-# ---- where the registered op must stay ----------------------------------------------------------
+# ---- graph capture and transforms ----------------------------------------------------------------
 
 def _graph_targets(gm):
     return {str(n.target) for n in gm.graph.nodes if n.op == "call_function"}
@@ -433,16 +513,27 @@ def test_torch_compile_graph_holds_the_registered_op(name, kw):
 
 
 def test_torch_compile_aot_backward_equals_eager():
+    """AOTAutograd traces the C++ node's backward: the backward graph calls the backward op."""
+    from torch._dynamo.backends.common import aot_autograd
+    graphs = {}
+
+    def keep(kind):
+        def compiler(gm, example_inputs):
+            graphs[kind] = gm
+            return gm.forward
+        return compiler
     torch.manual_seed(0)
     module = rnnfast.LSTMCell(3, 4)
     x = torch.randn(2, 3)
-    compiled = torch.compile(module, backend="aot_eager", fullgraph=True)
+    backend = aot_autograd(fw_compiler=keep("fw"), bw_compiler=keep("bw"))
+    compiled = torch.compile(module, backend=backend, fullgraph=True)
     compiled(x)[0].pow(2).sum().backward()
     got = [p.grad.clone() for p in module.parameters()]
     module.zero_grad()
     module(x)[0].pow(2).sum().backward()
     for a, b in zip(got, [p.grad for p in module.parameters()]):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert _holds_op(graphs["fw"], "lstm_forward") and _holds_op(graphs["bw"], "lstm_backward")
 
 
 def test_torch_export_graph_holds_the_registered_op():
@@ -450,9 +541,11 @@ def test_torch_export_graph_holds_the_registered_op():
     assert _holds_op(program.graph_module, "gru_forward")
 
 
-def test_dispatcher_only_under_functorch_transforms(monkeypatch):
-    """torch.func transforms see the registered op, as before the lean path: vmap runs it per
-    sample, torch.func.grad raises torch's own error about the op's generated Function."""
+def test_functorch_vmap_runs_and_grad_stays_unsupported():
+    """vmap runs the op per sample (through the C++ autograd kernel). torch.func.grad differentiates
+    with create_graph, so the node calls the backward op through its torch.library autograd kernel
+    (the double-backward refusal), which functorch refuses with torch's own error about that
+    kernel's generated Function: an error, as before the C++ kernel, never a wrong gradient."""
     torch.manual_seed(0)
     cell = rnnfast.GRUCell(3, 4)
     h = torch.randn(2, 4)
@@ -460,15 +553,8 @@ def test_dispatcher_only_under_functorch_transforms(monkeypatch):
     batched = torch.func.vmap(lambda x: cell(x, h))(xs)
     for i in range(5):
         torch.testing.assert_close(batched[i], cell(xs[i], h), rtol=1e-6, atol=1e-6)
-    seen = []
-    real = _ops._dispatcher_only
-    monkeypatch.setattr(_ops, "_dispatcher_only", lambda: seen.append(real()) or seen[-1])
     with pytest.raises(RuntimeError, match="setup_context"):
         torch.func.grad(lambda x: cell(x, h).sum())(xs[0])
-    assert seen and all(seen)  # (the module calls the op twice: once more for functional's message)
-    seen.clear()
-    cell(xs[0], h)
-    assert seen == [False]
 
 
 # ---- the cells' usual-call shortcut (_CellMixin._step) against the fully checked step -------------
@@ -510,11 +596,12 @@ def test_cell_step_shortcut_leaves_other_calls_to_the_checked_step(monkeypatch):
 @pytest.mark.parametrize("unused", ["output", "hy"])
 def test_unused_output_gradient_is_zero(unused, big):
     """An output the loss does not use gets a zero gradient in backward: filled for small outputs,
-    a broadcast zero above _ops._SMALL_ZEROS elements; the same gradients as an explicit zero."""
+    a broadcast zero above 2**14 elements (csrc/autograd.cpp's kSmallZeros); the same gradients as
+    an explicit zero."""
     T, B, H = (8, 64, 40) if big else (2, 3, 4)
-    assert (T * B * H > _ops._SMALL_ZEROS) == big
+    assert (T * B * H > 1 << 14) == big
     args = op_args("lstm", (), T=T, B=B, I=3, H=H, dtype=torch.float64)
-    for call in (_ops.FORWARD["lstm"], torch.ops.rnnfast.lstm_forward):
+    for call in callers("lstm").values():
         def loss(explicit_zero):
             out, hy, cy, _ = call(*args)
             used, other = (hy, out) if unused == "output" else (out, hy)

@@ -7,6 +7,7 @@ import torch.autograd.forward_ad as fwAD
 
 import rnnfast
 import rnnfast.functional as rf
+from rnnfast import _ops
 
 MESSAGE = "forward-mode AD"
 
@@ -71,3 +72,25 @@ def test_plain_calls_and_vmap_unaffected():
     with fwAD.dual_level():
         torch.testing.assert_close(_out(m, x), ref)
     torch.testing.assert_close(torch.func.vmap(lambda x: _out(m, x))(x.unsqueeze(0))[0], ref)
+
+
+def _op_args(x, weights_require_grad):
+    torch.manual_seed(0)
+    w = [torch.randn(12, 3), torch.randn(12, 4), torch.randn(12), torch.randn(12)]
+    w = [t.requires_grad_(weights_require_grad) for t in w]
+    return (x.unsqueeze(0), torch.zeros(2, 4), w[0], w[1], w[2], w[3], False, True)
+
+
+@pytest.mark.parametrize("weights_require_grad", [True, False])
+def test_direct_op_call_with_dual_input_raises(weights_require_grad):
+    """A direct torch.ops.rnnfast call (no Python check on the way): the C++ autograd kernel refuses
+    the tangent with the same error, whether or not anything requires grad (torch would otherwise
+    return outputs without a tangent: a silent zero)."""
+    x = torch.randn(2, 3)
+    with fwAD.dual_level():
+        with pytest.raises(NotImplementedError) as err:
+            torch.ops.rnnfast.gru_forward(*_op_args(fwAD.make_dual(x, torch.randn_like(x)), weights_require_grad))
+    assert str(err.value) == _ops.FORWARD_AD_MESSAGE
+    rest = _op_args(x, False)[1:]
+    with pytest.raises(NotImplementedError, match=MESSAGE):
+        torch.func.jvp(lambda x: torch.ops.rnnfast.gru_forward(x.unsqueeze(0), *rest)[0], (x,), (torch.randn_like(x),))

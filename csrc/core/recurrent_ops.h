@@ -11,6 +11,7 @@
 
 #include <string>
 #include <tuple>
+#include <type_traits>
 
 #include "args.h"
 #include "cells.h"
@@ -229,20 +230,33 @@ struct RecurrentOps {
   }
 };
 
-// def(name, entry point) for every recurrent op: the one list the registrations share (CPU and CUDA
-// TORCH_LIBRARY_IMPL blocks, the emulation's pybind module): each cell of cells.h's RNNFAST_CELLS
-// that has ops of its own, then the LSTM projection.
-template <class Ops, class Def>
-void for_each_recurrent_op(const Def& def) {
+// The recurrent ops, listed once: visit(forward name, backward name, CellTag<Cell>, projection) for
+// each cell of cells.h's RNNFAST_CELLS that has ops of its own, then the LSTM projection
+// (projection: std::true_type). Registrations with entry points (for_each_recurrent_op below) and
+// those without (the Autograd kernels, csrc/autograd.cpp) both walk it, so a new cell gets all.
+template <class Visit>
+void for_each_recurrent_op_pair(const Visit& visit) {
   for_each_cell([&](auto tag) {
     using Cell = typename decltype(tag)::type;
-    if constexpr (has_own_op<Cell>()) {
-      def(forward_op_name<Cell>(), Ops::template forward_entry<Cell>());
-      def(backward_op_name<Cell>(), Ops::template backward_entry<Cell>());
+    if constexpr (has_own_op<Cell>()) visit(forward_op_name<Cell>(), backward_op_name<Cell>(), tag, std::false_type{});
+  });
+  visit("lstm_proj_forward", "lstm_proj_backward", CellTag<LstmCell>{}, std::true_type{});
+}
+
+// def(name, entry point) for every recurrent op: what the backend registrations share (CPU and
+// CUDA TORCH_LIBRARY_IMPL blocks, the emulation's pybind module).
+template <class Ops, class Def>
+void for_each_recurrent_op(const Def& def) {
+  for_each_recurrent_op_pair([&](const char* forward, const char* backward, auto tag, auto projection) {
+    using Cell = typename decltype(tag)::type;
+    if constexpr (decltype(projection)::value) {
+      def(forward, &Ops::lstm_proj_forward);
+      def(backward, &Ops::lstm_proj_backward);
+    } else {
+      def(forward, Ops::template forward_entry<Cell>());
+      def(backward, Ops::template backward_entry<Cell>());
     }
   });
-  def("lstm_proj_forward", &Ops::lstm_proj_forward);
-  def("lstm_proj_backward", &Ops::lstm_proj_backward);
 }
 
 }  // namespace core
