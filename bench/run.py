@@ -2,7 +2,7 @@
 bench/results/, print the markdown report. Extra arguments go to pytest, e.g.
 
     python3 bench/run.py                      # every suite but the size grid's -> results/<device>.json
-    python3 bench/run.py bench/test_grid.py   # the size grid (hours) -> results/<device>-grid.json
+    python3 bench/run.py bench/test_grid.py   # the size grid (~35 min on 2 cores) -> results/<device>-grid.json
     python3 bench/run.py -k "gru and d2l"     # a subset -> results/<device>-subset.json
     python3 bench/run.py --device cuda        # on the GPU (results/<gpu-name>.json)
     python3 bench/run.py --out /tmp/x.json -k lstm
@@ -98,7 +98,7 @@ def main(argv=None):
     if os.path.exists(tmp):
         os.remove(tmp)
     # Suites named on the command line run alone; with none named, every suite but the size grid's
-    # three (hours on 2 cores: run them by name, see README "The size grid").
+    # three (~45 min on 2 cores: run them by name, see README "The size grid").
     named = [a for a in args if not a.startswith("-") and (a.endswith(".py") or "::" in a)]
     where = [] if named else [HERE] + [f"--ignore={os.path.join(HERE, s)}" for s in LONG_SUITES]
     cmd = [sys.executable, "-m", "pytest", *where, "-q", "-p", "no:cacheprovider",

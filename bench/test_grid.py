@@ -2,7 +2,7 @@
 layer, rnnfast vs torch.nn in the same run — and, for forward-only points, onnxruntime running the
 same torch.nn layer exported to ONNX (optional: rows appear when onnxruntime and onnx are installed).
 
-    python3 bench/run.py bench/test_grid.py                       # the full grid (hours)
+    python3 bench/run.py bench/test_grid.py                       # the full grid (~35 min on 2 cores)
     python3 bench/run.py bench/test_grid.py -k "lstm and T1-"     # one slice
     python3 bench/report.py --grid bench/results/<device>.json    # table + heat map of the ratios
 
@@ -13,7 +13,7 @@ are parametrized (1 and 2) and set with torch.set_num_threads for the point alon
 the same intra-op thread count. Group 'grid <cell> <mode> H<h> B<b> T<t> th<n>'.
 
 Timing is adaptive (bench/_common.run_adaptive) with a short target, so the whole grid stays
-within a few hours on a 2-core machine; small points still get hundreds of rounds.
+within about 35 minutes on a 2-core machine (measured); small points still get hundreds of rounds.
 """
 import pytest
 import torch
