@@ -184,12 +184,18 @@ def _check_shape(t, expected, msg="Expected hidden size {}, got {}"):
         raise RuntimeError(msg.format(tuple(expected), list(t.shape)))
 
 
+def _cell_and_options(mode, reset_after):
+    """The registry Cell of torch.nn's mode string and its option values for the ops (gru:
+    (reset_after,); others: ())."""
+    cell = _cell_of(mode)
+    return cell, ((bool(reset_after),) if cell.options else ())
+
+
 def _call_layer(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, reset_after, lengths=None, w_hr=None):
     """One layer, one direction, the whole sequence: x (T, B, I) -> (output, hy[, cy]), through
     rnnfast.functional's one call path (the op first; the Python checks only name the argument of a
     call the op refuses). mode: torch.nn's mode string, looked up in the cell registry."""
-    cell = _cell_of(mode)
-    options = (bool(reset_after),) if cell.options else ()
+    cell, options = _cell_and_options(mode, reset_after)
     return rf._layer(cell.name, x, h, c if cell.has_cell_state else None, w_ih, w_hh, b_ih, b_hh, bool(reverse),
                      options, lengths, w_hr)
 
@@ -227,8 +233,8 @@ class _RecurrentMixin:
         does not run: a bidirectional stack, or an LSTM with a projection (proj_size > 0)."""
         if self.bidirectional or self.proj_size:
             return None
-        cell = _cell_of(self.mode)
-        options = [bool(self._reset_after)] if cell.options else []
+        cell, options = _cell_and_options(self.mode, self._reset_after)
+        options = list(options)
         params = [w for layer in range(self.num_layers) for w in self._layer_weights(layer, 0) if w is not None]
         return cell.name, options, params, bool(self.bias)
 
@@ -322,8 +328,7 @@ class _RecurrentMixin:
         packing: the _Packing of a PackedSequence input, else None."""
         lengths = packing.lengths if packing else None
         num_directions = 2 if self.bidirectional else 1
-        cell = _cell_of(self.mode)
-        options = (bool(self._reset_after),) if cell.options else ()
+        cell, options = _cell_and_options(self.mode, self._reset_after)  # once, not per layer
         h_n, c_n = [], []
         layer_input = input
         for layer in range(self.num_layers):

@@ -190,19 +190,22 @@ def test_emulated_cuda_op_rejects_bad_shapes(emu):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_emulated_cuda_op_input_grad_false(emu, cell):
-    # input_grad=False: grad_input is zeros, every other gradient is bit-identical to the full call
-    a = {k: (v.float() if v is not None else None) for k, v in make_args(cell, 5, 3, 4, 6, seed=11).items()}
+@pytest.mark.parametrize("flag,grad,seed", [("input_grad", "input", 11), ("hx_grad", "hx", 13)],
+                         ids=["input_grad", "hx_grad"])
+def test_emulated_cuda_op_skipped_grad(emu, cell, flag, grad, seed):
+    # input_grad=False / hx_grad=False: grad_input / grad_hx is zeros (its GEMM skipped), every other
+    # gradient is bit-identical to the full call
+    a = {k: (v.float() if v is not None else None) for k, v in make_args(cell, 5, 3, 4, 6, seed=seed).items()}
     fwd = run_forward(emu, cell, a, False)
-    g = torch.Generator().manual_seed(12)
+    g = torch.Generator().manual_seed(seed + 1)
     grads = (torch.randn(5, 3, 6, generator=g), torch.randn(3, 6, generator=g),
              torch.randn(3, 6, generator=g) if cell == "lstm" else None)
     full = run_backward(emu, cell, a, fwd, grads, False)
-    skip = run_backward(emu, cell, a, fwd, grads, False, input_grad=False)
-    assert full["input"].abs().sum() > 0
-    assert torch.equal(skip["input"], torch.zeros_like(a["input"]))
+    skip = run_backward(emu, cell, a, fwd, grads, False, **{flag: False})
+    assert full[grad].abs().sum() > 0
+    assert torch.equal(skip[grad], torch.zeros_like(a[grad]))
     for name in full:
-        if name != "input":
+        if name != grad:
             assert torch.equal(skip[name], full[name]), name
 
 
@@ -219,23 +222,6 @@ def test_emulated_cuda_op_without_workspace(emu, cell, T, ragged, reverse):
     assert lean[-1].numel() == 0
     for x, y in zip(full[:-1], lean[:-1]):
         assert (x is None and y is None) or torch.equal(x, y)
-
-
-@pytest.mark.parametrize("cell", CELLS)
-def test_emulated_cuda_op_hx_grad_false(emu, cell):
-    # hx_grad=False: grad_hx is zeros (its GEMM skipped), every other gradient bit-identical
-    a = {k: (v.float() if v is not None else None) for k, v in make_args(cell, 5, 3, 4, 6, seed=13).items()}
-    fwd = run_forward(emu, cell, a, False)
-    g = torch.Generator().manual_seed(14)
-    grads = (torch.randn(5, 3, 6, generator=g), torch.randn(3, 6, generator=g),
-             torch.randn(3, 6, generator=g) if cell == "lstm" else None)
-    full = run_backward(emu, cell, a, fwd, grads, False)
-    skip = run_backward(emu, cell, a, fwd, grads, False, hx_grad=False)
-    assert full["hx"].abs().sum() > 0
-    assert torch.equal(skip["hx"], torch.zeros_like(a["hx"]))
-    for name in full:
-        if name != "hx":
-            assert torch.equal(skip[name], full[name]), name
 
 
 def _cpu_op(cell, a, reverse, lengths, grads):

@@ -194,11 +194,16 @@ inline void gemv(const float* w, int64_t ldw, const float* x, float* y, int64_t 
 }
 
 // Whether C (1, N) = [C +] a (1, K) · Wᵀ runs on gemv: float32 throughout, W contiguous (N, K) with
-// K a multiple of 16, a and C dense rows.
-inline bool gemv_applies(const at::Tensor& a, const at::Tensor& c, const at::Tensor& w, bool transpose) {
-  return transpose && a.size(0) == 1 && w.scalar_type() == at::kFloat && a.scalar_type() == at::kFloat &&
-         c.scalar_type() == at::kFloat && w.is_contiguous() && w.size(1) > 0 && w.size(1) % 16 == 0 &&
+// K a multiple of 16 (gemv_weight_ok: fixed for a call), a and C dense rows (gemv_rows_ok).
+inline bool gemv_weight_ok(const at::Tensor& w, bool transpose) {
+  return transpose && w.scalar_type() == at::kFloat && w.is_contiguous() && w.size(1) > 0 && w.size(1) % 16 == 0;
+}
+inline bool gemv_rows_ok(const at::Tensor& a, const at::Tensor& c) {
+  return a.size(0) == 1 && a.scalar_type() == at::kFloat && c.scalar_type() == at::kFloat &&
          (a.size(1) <= 1 || a.stride(1) == 1) && (c.size(1) <= 1 || c.stride(1) == 1);
+}
+inline bool gemv_applies(const at::Tensor& a, const at::Tensor& c, const at::Tensor& w, bool transpose) {
+  return gemv_weight_ok(w, transpose) && gemv_rows_ok(a, c);
 }
 
 // C (M, N) = [C +] A (M, K) · op(W), op(W) = Wᵀ (transpose) or W. A and C follow the rule above
@@ -211,7 +216,7 @@ class RecurrentGemm {
   static constexpr int64_t kUnknownSteps = INT32_MAX;
 
   RecurrentGemm(const at::Tensor& w, bool transpose, int64_t max_m, int64_t steps = kUnknownSteps)
-      : w_(w), transpose_(transpose) {
+      : w_(w), transpose_(transpose), gemv_(gemv_weight_ok(w, transpose)) {
     n_ = transpose ? w.size(0) : w.size(1);
     k_ = transpose ? w.size(1) : w.size(0);
     const mkl::Api& a = mkl::api();
@@ -253,7 +258,7 @@ class RecurrentGemm {
       run_rows(a.const_data_ptr<float>(), blas_ld(a), c.data_ptr<float>(), blas_ld(c), a.size(0), accumulate);
       return;
     }
-    if (gemv_applies(a_, c, w_, transpose_)) {
+    if (gemv_ && gemv_rows_ok(a_, c)) {
       gemv(w_.const_data_ptr<float>(), w_.size(1), a_.const_data_ptr<float>(), c.data_ptr<float>(), n_, k_, accumulate);
       return;
     }
@@ -268,6 +273,7 @@ class RecurrentGemm {
  private:
   at::Tensor w_, packed_;
   bool transpose_;
+  bool gemv_;  // the weight side of gemv_applies, decided once per call
   int64_t n_ = 0, k_ = 0;
 };
 
