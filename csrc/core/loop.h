@@ -28,6 +28,7 @@
 #include <algorithm>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 
 namespace rnnfast {
 namespace core {
@@ -40,22 +41,39 @@ inline Step step_at(int64_t s, int64_t T, bool reverse) {
   return Step{s, time_of(s, T, reverse), s ? time_of(s - 1, T, reverse) : -1};
 }
 
-// The forward loop: per step the recurrent GEMM, the pointwise phase(s), the hook.
+// A backend whose input projection runs in chunks of steps (the CPU's, backend.h) provides
+//   chunk_steps()        how many steps each projection covers
+//   project(s0, s1)      X W_ihᵀ of the time rows walking steps [s0, s1) visit, before they walk
+// Others (CUDA) project the whole sequence up front: one chunk of T steps, nothing to call.
+template <class Backend, class = void>
+struct ChunkedProjection : std::false_type {};
+template <class Backend>
+struct ChunkedProjection<Backend, std::void_t<decltype(std::declval<Backend&>().project(int64_t(), int64_t()))>>
+    : std::true_type {};
+
+// The forward loop: per chunk of steps the input projection (backends that chunk it), then per step
+// the recurrent GEMM, the pointwise phase(s), the hook.
 template <class Cell, class Backend, class Hook>
 void forward_loop(Backend& be, Hook& hook, int64_t T, bool reverse) {
   constexpr bool splittable = Cell::traits.phases == 1 && !Hook::enabled;
-  be.walk(splittable, [&](const typename Backend::Rows& rows) {
-    for (int64_t s = 0; s < T; ++s) {
-      const Step st = step_at(s, T, reverse);
-      be.recurrent_gemm(rows, st);
-      be.template forward_step<0>(rows, st);
-      if constexpr (Cell::traits.phases == 2) {
-        be.mid_gemm(rows, st);
-        be.template forward_step<1>(rows, st);
+  int64_t chunk = T;
+  if constexpr (ChunkedProjection<Backend>::value) chunk = std::max<int64_t>(1, be.chunk_steps());
+  for (int64_t s0 = 0; s0 < T; s0 += chunk) {
+    const int64_t s1 = std::min(T, s0 + chunk);
+    if constexpr (ChunkedProjection<Backend>::value) be.project(s0, s1);
+    be.walk(splittable, [&](const typename Backend::Rows& rows) {
+      for (int64_t s = s0; s < s1; ++s) {
+        const Step st = step_at(s, T, reverse);
+        be.recurrent_gemm(rows, st);
+        be.template forward_step<0>(rows, st);
+        if constexpr (Cell::traits.phases == 2) {
+          be.mid_gemm(rows, st);
+          be.template forward_step<1>(rows, st);
+        }
+        hook.after_forward_step(st);
       }
-      hook.after_forward_step(st);
-    }
-  });
+    });
+  }
 }
 
 // The backward loop, steps in reverse walking order: the hook, the pointwise phase(s), then the

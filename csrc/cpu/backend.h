@@ -8,7 +8,8 @@
 // - Batch split: with a packed W_hh small enough for L2, each thread walks the whole sequence over
 //   its own block of batch rows (walk() hands the loop one Rows per block): no synchronization per
 //   step.
-// - The input projection X W_ihᵀ without bias (the biases, folded, are added in the row pass).
+// - The input projection X W_ihᵀ without bias (the biases, folded, are added in the row pass), in
+//   chunks of steps for long problems (projection_chunk_steps; loop.h ChunkedProjection).
 // - Weight gradients: core/weight_grads.h's strategy per kind of cell; the padding rows of a
 //   variable-length batch zeroed from the host-side lengths.
 #pragma once
@@ -209,6 +210,21 @@ at::Tensor folded_bias(const ForwardProblem& p) {
   return at::zeros({Cell::traits.gates * p.H}, p.options());
 }
 
+// Steps per chunk of the forward's input projection. One GEMM over all T*B rows writes a
+// (T*B, G*H) buffer that the steps then read back row by row; once it is much larger than L2 it
+// comes back from L3 or memory (and, fresh every call, costs its page faults). Above kChunkAbove
+// bytes the projection runs in chunks of at least kChunkMinRows rows (GEMM efficiency) and about
+// kChunkBytes, into one reused buffer that stays in cache. Below it, one GEMM: with a small input
+// size (I = 28, a one-hot) the chunked GEMMs were slower than the one large one.
+constexpr int64_t kChunkAbove = int64_t(8) << 20, kChunkMinRows = 1024, kChunkBytes = int64_t(4) << 20;
+inline int64_t projection_chunk_steps(int64_t T, int64_t B, int64_t row_elems, int64_t elem_bytes) {
+  const int64_t row_bytes = std::max<int64_t>(1, row_elems * elem_bytes);
+  if (T * B * row_bytes <= kChunkAbove) return std::max<int64_t>(1, T);
+  const int64_t rows = std::max(kChunkMinRows, kChunkBytes / row_bytes);
+  const int64_t chunks = std::max<int64_t>(1, T * B / rows);  // balanced: no short last chunk
+  return (T + chunks - 1) / chunks;
+}
+
 struct CpuContext {};
 
 // The forward Backend (loop.h) of Cell over data of type T_.
@@ -224,19 +240,13 @@ class CpuForward {
         // h_{t-1} W_hh[phase 0 gates]ᵀ and (two-phase) the mid-step GEMM, weights packed once for all steps
         rec_(p.w_hh.narrow(0, 0, G_rec * p.H), /*transpose=*/true, p.B, p.T) {
     const auto opts = p.options();
-    {
-      RECORD_FUNCTION("rnnfast::input_projection", std::vector<c10::IValue>());
-      // The biases are added in the pointwise pass, not here: at::addmm_out first broadcasts the bias
-      // into xg and then runs the GEMM with beta = 1 (measured 0.40 -> 0.20 ms at T*B=1120, G*H=768).
-      xg_ = at::empty({p.T * p.B, G * p.H}, opts);
-      const at::Tensor x = p.input.view({p.T * p.B, p.I});
-      if (gemv_applies(x, xg_, p.w_ih, /*transpose=*/true)) {  // T = B = 1: one GEMV (blas.h)
-        gemv(p.w_ih.const_data_ptr<float>(), p.I, x.const_data_ptr<float>(), xg_.data_ptr<float>(), G * p.H, p.I,
-             /*accumulate=*/false);
-      } else {
-        at::mm_out(xg_, x, p.w_ih.t());
-      }
-    }
+    // The input projection X W_ihᵀ, chunk_ steps at a time (project(), called by the loop) into
+    // one reused buffer; the biases are added in the pointwise pass, not here: at::addmm_out first
+    // broadcasts the bias into xg and then runs the GEMM with beta = 1 (measured 0.40 -> 0.20 ms at
+    // T*B=1120, G*H=768).
+    chunk_ = projection_chunk_steps(p.T, p.B, G * p.H, sizeof(T_));
+    xg_ = at::empty({chunk_ * p.B, G * p.H}, opts);
+    rec_in_.emplace(p.w_ih, /*transpose=*/true, chunk_ * p.B, /*steps=*/1);  // never packed: large chunks
     bias_ = folded_bias<Cell>(p);
     if constexpr (Cell::traits.inner_bias_gate >= 0) {
       b_hn_ = p.b_hh.defined() ? p.b_hh.narrow(0, Cell::traits.inner_bias_gate * p.H, p.H).contiguous()
@@ -257,6 +267,17 @@ class CpuForward {
   void walk(bool splittable, const F& f) {
     RECORD_FUNCTION("rnnfast::forward_recurrence", std::vector<c10::IValue>());  // profiler scope
     walk_rows<T_>(splittable, B_, rec_, f);
+  }
+
+  // The loop's chunked input projection (loop.h ChunkedProjection): xg_ = X[times of steps
+  // [s0, s1)] W_ihᵀ, rows (t - xg_t0_) * B + b.
+  int64_t chunk_steps() const { return chunk_; }
+  void project(int64_t s0, int64_t s1) {
+    RECORD_FUNCTION("rnnfast::input_projection", std::vector<c10::IValue>());
+    const int64_t t0 = p_.reverse ? p_.T - s1 : s0, n = s1 - s0;
+    at::Tensor xg = xg_.narrow(0, 0, n * B_);
+    rec_in_->run(p_.input.view({p_.T * B_, p_.I}).narrow(0, t0 * B_, n * B_), xg, /*accumulate=*/false);
+    xg_t0_ = t0;
   }
 
   void recurrent_gemm(const Rows& rows, const Step& st) {
@@ -301,12 +322,13 @@ class CpuForward {
     T_* ws;
     const PrevState<T_>* prev;
     int64_t B, H, WS, P;
+    int64_t xg_t0;  // the time of xg's first rows (the current projection chunk)
 
     template <int Ph>
     FwdRow<T_> row(const Step& st, int64_t b) const {
       const int64_t tb = st.t * B + b;
       FwdRow<T_> r;
-      r.xg = xg + tb * G * H;
+      r.xg = xg + ((st.t - xg_t0) * B + b) * G * H;
       r.bias = bias;
       r.hg = Ph == 0 ? hg + b * G_rec * H : hg1 + b * H;
       r.b_hn = b_hn;
@@ -333,14 +355,16 @@ class CpuForward {
                        B_,
                        H_,
                        WS_,
-                       p_.P};
+                       p_.P,
+                       xg_t0_};
   }
 
   const ForwardProblem& p_;
   at::Tensor output_, ws_;
   int64_t H_, B_, WS_;
   RecurrentGemm rec_;
-  std::optional<RecurrentGemm> rec_n_;
+  std::optional<RecurrentGemm> rec_n_, rec_in_;
+  int64_t chunk_ = 1, xg_t0_ = 0;
   at::Tensor xg_, bias_, b_hn_, hg_, hg1_, h_out_, h_prev_;
   const int64_t* len_ = nullptr;
   PrevState<T_> prev_{};
