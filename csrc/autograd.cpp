@@ -94,8 +94,8 @@ class RecurrentBackward final : public torch::autograd::Node {
     stack.emplace_back(lengths);
     stack.emplace_back(hx_grad);
     if (torch::autograd::GradMode::is_enabled()) {
-      // create_graph=True: through the backward op's own autograd kernel, which refuses double
-      // backward with a NotImplementedError (rnnfast/_ops.py) instead of a graph without it.
+      // create_graph=True: through the backward op's own autograd kernel (NoDoubleBackward below),
+      // which refuses double backward with a NotImplementedError instead of a graph without it.
       info_.backward->callBoxed(stack);
     } else {
       at::AutoDispatchBelowADInplaceOrView below;
@@ -188,11 +188,68 @@ class RecurrentAutograd final : public c10::OperatorKernel {
   OpInfo info_;
 };
 
+// The backward ops' autograd: double backward is not implemented. Differentiating a backward op
+// (a gradient computed with create_graph=True, then differentiated again) raises this
+// NotImplementedError instead of silently returning a graph without the op. Its grads still flow
+// out of a create_graph=True backward (they require grad, with this node as their history), so
+// torch.func.grad, which differentiates with create_graph, works. (In C++ rather than through
+// torch.library.register_autograd: that Python autograd.Function refuses to run under torch.func.)
+class DoubleBackwardRefusal final : public torch::autograd::Node {
+ public:
+  explicit DoubleBackwardRefusal(std::string prefix) : prefix_(std::move(prefix)) {}
+  std::string name() const override { return "rnnfast::" + prefix_ + "_backwardBackward"; }
+  variable_list apply(variable_list&&) override {
+    TORCH_CHECK_NOT_IMPLEMENTED(false, "double backward through rnnfast.", prefix_,
+                                " is not supported (the gradient of its backward op rnnfast::", prefix_,
+                                "_backward is not implemented); use torch.nn's layers for higher-order gradients");
+    return {};
+  }
+
+ private:
+  std::string prefix_;
+};
+
+class NoDoubleBackward final : public c10::OperatorKernel {
+ public:
+  explicit NoDoubleBackward(std::string prefix) : prefix_(std::move(prefix)) {}
+
+  void operator()(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
+    const size_t n_args = op.schema().arguments().size();
+    variable_list inputs;
+    bool needs_grad = false;
+    for (const auto& a : torch::jit::last(*stack, n_args)) {
+      if (!a.isTensor()) continue;
+      inputs.push_back(a.toTensor());
+      needs_grad = needs_grad || (inputs.back().defined() && inputs.back().requires_grad());
+    }
+    const bool record = needs_grad && torch::autograd::GradMode::is_enabled();
+    {
+      at::AutoDispatchBelowADInplaceOrView below;
+      op.redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);
+    }
+    if (!record) return;
+    auto node = c10::make_intrusive<DoubleBackwardRefusal>(prefix_);
+    node->set_next_edges(torch::autograd::collect_next_edges(inputs));
+    for (const auto& out : torch::jit::last(*stack, op.schema().returns().size())) {
+      const at::Tensor& t = out.toTensor();
+      if (t.defined() && torch::autograd::isDifferentiableType(t.scalar_type())) {
+        torch::autograd::impl::set_gradient_edge(t, {node, node->add_input_metadata(t)});
+      }
+    }
+  }
+
+ private:
+  std::string prefix_;
+};
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(rnnfast, Autograd, m) {
   rnnfast::core::for_each_recurrent_op_pair([&](const char* forward, const char* backward, auto, auto) {
     m.impl(forward,
            torch::CppFunction::makeFromBoxedFunctor(std::make_unique<RecurrentAutograd>(std::string("rnnfast::") + backward)));
+    std::string prefix(backward);
+    prefix.resize(prefix.size() - std::string("_backward").size());
+    m.impl(backward, torch::CppFunction::makeFromBoxedFunctor(std::make_unique<NoDoubleBackward>(prefix)));
   });
 }

@@ -117,18 +117,10 @@ def _fake_backward(cell, projection=False):
 # calls the backward op (docs/design.md §4). A Python autograd.Function or torch.library's autograd
 # kernel cost 25-60 µs a call, more than a small cell's whole step.
 #
-# Double backward is not implemented: differentiating a backward op raises a clear error instead of
-# silently returning a graph without it. (The C++ node calls the backward op through the dispatcher
-# when create_graph=True, which reaches this registration.)
-def _no_double_backward(op):
-    def setup_context(ctx, inputs, output):
-        pass
-
-    def backward(ctx, *grads):
-        raise NotImplementedError(
-            f"double backward through rnnfast.{op} is not supported (the gradient of its backward op "
-            f"rnnfast::{op}_backward is not implemented); use torch.nn's layers for higher-order gradients")
-    return backward, setup_context
+# Double backward is not implemented: differentiating a backward op raises a NotImplementedError
+# instead of silently returning a graph without it. That refusal is the backward ops' Autograd
+# kernel, also in csrc/autograd.cpp (NoDoubleBackward): torch.library.register_autograd's Python
+# autograd.Function refused to run under torch.func.grad, which differentiates with create_graph.
 
 
 # ---- forward-mode AD ------------------------------------------------------------------------------
@@ -195,8 +187,6 @@ def _register(cell, projection=False):
     torch.library.register_fake(f"rnnfast::{op}_forward")(_fake_forward(cell, projection))
     torch.library.register_fake(f"rnnfast::{op}_backward")(_fake_backward(cell, projection))
     FORWARD[op] = _forward_caller(getattr(_ops, f"{op}_forward").default)
-    bw, setup = _no_double_backward(op)
-    torch.library.register_autograd(f"rnnfast::{op}_backward", bw, setup_context=setup)
     # Under torch.autocast the forward ops compute in float32 (their kernels are float32/float64):
     # float16 and bfloat16 arguments are cast up, float64 ones left alone (rnnfast.functional does
     # the same before its checks; see functional.autocast_float32).

@@ -541,11 +541,8 @@ def test_torch_export_graph_holds_the_registered_op():
     assert _holds_op(program.graph_module, "gru_forward")
 
 
-def test_functorch_vmap_runs_and_grad_stays_unsupported():
-    """vmap runs the op per sample (through the C++ autograd kernel). torch.func.grad differentiates
-    with create_graph, so the node calls the backward op through its torch.library autograd kernel
-    (the double-backward refusal), which functorch refuses with torch's own error about that
-    kernel's generated Function: an error, as before the C++ kernel, never a wrong gradient."""
+def test_functorch_vmap_runs():
+    """vmap runs the op per sample (through the C++ autograd kernel)."""
     torch.manual_seed(0)
     cell = rnnfast.GRUCell(3, 4)
     h = torch.randn(2, 4)
@@ -553,8 +550,48 @@ def test_functorch_vmap_runs_and_grad_stays_unsupported():
     batched = torch.func.vmap(lambda x: cell(x, h))(xs)
     for i in range(5):
         torch.testing.assert_close(batched[i], cell(xs[i], h), rtol=1e-6, atol=1e-6)
-    with pytest.raises(RuntimeError, match="setup_context"):
-        torch.func.grad(lambda x: cell(x, h).sum())(xs[0])
+
+
+FUNC_GRAD_CASES = [("GRU", {}), ("LSTM", {"num_layers": 2}), ("RNN", {"bidirectional": True, "nonlinearity": "relu"}),
+                   ("LSTM", {"proj_size": 3}), ("GRUCell", {}), ("LSTMCell", {}), ("RNNCell", {})]
+
+
+@pytest.mark.parametrize("name,kw", FUNC_GRAD_CASES, ids=lambda v: str(v))
+def test_functorch_grad_matches_torch_nn(name, kw):
+    """torch.func.grad differentiates with create_graph: the node calls the backward op with grad mode
+    on, through the backward op's C++ autograd kernel (the double-backward refusal), whose grads carry
+    that refusal as their history. Gradients of the parameters and of the input, against torch.nn's."""
+    torch.manual_seed(0)
+    got = getattr(rnnfast, name)(4, 6, **kw).double()
+    ref = getattr(torch.nn, name)(4, 6, **kw).double()
+    ref.load_state_dict(got.state_dict())
+    x = torch.randn(5, 3, 4, dtype=torch.float64)
+    if name.endswith("Cell"):
+        x = x[0]
+
+    def loss(module):
+        def f(params, x):
+            out = torch.func.functional_call(module, params, (x,))
+            out = out[0] if isinstance(out, tuple) else out
+            return out.pow(2).sum()
+        return f
+
+    g = torch.func.grad(loss(got), argnums=(0, 1))(dict(got.named_parameters()), x)
+    r = torch.func.grad(loss(ref), argnums=(0, 1))(dict(ref.named_parameters()), x)
+    assert g[0].keys() == r[0].keys()
+    for k in g[0]:
+        torch.testing.assert_close(g[0][k], r[0][k], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(g[1], r[1], rtol=1e-10, atol=1e-10)
+
+
+def test_double_backward_still_refused_after_create_graph():
+    """The grads of a create_graph backward exist and require grad; differentiating them raises."""
+    m = rnnfast.LSTM(3, 4)
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    gx, = torch.autograd.grad(m(x)[0].pow(2).sum(), x, create_graph=True)
+    assert gx.requires_grad and gx.grad_fn is not None
+    with pytest.raises(NotImplementedError, match=r"double backward through rnnfast\.lstm is not supported"):
+        gx.sum().backward()
 
 
 # ---- the cells' usual-call shortcut (_CellMixin._step) against the fully checked step -------------
