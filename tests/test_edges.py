@@ -132,6 +132,19 @@ def test_saturated_sigmoid_and_tanh_are_exact():
     assert torch.isnan(gate_values(torch.tensor([float("nan")]))[1]).all()
 
 
+def test_tanh_saturates_at_torchs_float_exactly():
+    """Every float32 in [8.9, 9.1] (the edge where float tanh reaches 1), both signs: exactly 1
+    where torch's tanh is 1, below 1 where torch's is."""
+    import numpy as np
+    lo, hi = (np.frombuffer(np.float32(v).tobytes(), np.int32)[0] for v in (8.9, 9.1))
+    x = torch.from_numpy(np.arange(lo, hi, dtype=np.int32).view(np.float32).copy())
+    x = torch.cat([x, -x])
+    _, tanh = gate_values(x)
+    ref = torch.tanh(x)
+    assert torch.equal(tanh.abs() == 1, ref.abs() == 1)
+    torch.testing.assert_close(tanh, ref, rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "lstm"])
 def test_saturated_input_gives_torchs_zero_gradient(cell):
     # F.rnn_tanh with an input of 1e4: tanh is exactly 1, so dL/dw is exactly 0 (was 2.4e-3)
