@@ -74,3 +74,41 @@ def forward_backward_step(layer, x, device):
         out.sum().backward()
         synchronize(device)
     return step
+
+
+def onnxruntime_step(layer, x, threads):
+    """The layer exported to ONNX and loaded in onnxruntime with `threads` intra-op threads; returns
+    one inference call. ImportError without onnxruntime; the exporter's own errors pass through."""
+    import io
+    import warnings
+
+    import onnxruntime as ort
+    f = io.BytesIO()
+    with warnings.catch_warnings():  # the legacy exporter's deprecation and batch-size notes
+        warnings.simplefilter("ignore")
+        torch.onnx.export(layer, (x,), f, input_names=["x"], output_names=["y", "h"], dynamo=False)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(f.getvalue(), opts, providers=["CPUExecutionProvider"])
+    feed = {"x": x.numpy()}
+    return lambda: sess.run(None, feed)
+
+
+def grid_step(impl, cell, mode, H, B, T, threads, device):
+    """One point of the size grid (bench/test_grid.py; bench/recheck.py re-measures the same): a
+    layer with I = H from seed 0, time-major input (T, B, H), zero initial state; returns the timed
+    unit of work. 'fwd': one call under torch.inference_mode(); 'fwdbwd': forward + backward of
+    outputs.sum(); impl 'onnxruntime': the torch.nn layer exported, forward only (CPU)."""
+    torch.manual_seed(0)
+    layer = make_layer("torch" if impl == "onnxruntime" else impl, cell, H, H, device)
+    x = torch.randn(T, B, H, device=device)
+    if impl == "onnxruntime":
+        return onnxruntime_step(layer.eval(), x, threads)
+    if mode == "fwd":
+        def step():
+            with torch.inference_mode():
+                layer(x)
+            synchronize(device)
+        return step
+    return forward_backward_step(layer, x.requires_grad_(True), device)

@@ -20,22 +20,19 @@ Not a pytest-benchmark suite: it re-measures a grid result, it does not replace 
 """
 import argparse
 import datetime
-import io
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
-import warnings
 
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from _common import forward_backward_step, make_layer  # noqa: E402
-from run import device_slug  # noqa: E402
+from _common import grid_step  # noqa: E402
+from run import device_slug, git_commit  # noqa: E402
 
 
 def grid_points(path, below, vs, only=None):
@@ -65,38 +62,11 @@ def parse_case(case):
     return cell, mode, int(h[1:]), int(b[1:]), int(t[1:]), int(th[2:])
 
 
-def ort_step(layer, x, threads):
-    import onnxruntime as ort
-    f = io.BytesIO()
-    with warnings.catch_warnings():  # the legacy exporter's deprecation and batch-size notes
-        warnings.simplefilter("ignore")
-        torch.onnx.export(layer, (x,), f, input_names=["x"], output_names=["y", "h"], dynamo=False)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(f.getvalue(), opts, providers=["CPUExecutionProvider"])
-    feed = {"x": x.numpy()}
-    return lambda: sess.run(None, feed)
-
-
 def steps_of(case, baseline):
-    """{impl: a no-argument callable doing one timed unit of work} for rnnfast and the baseline."""
+    """{impl: a no-argument callable doing one timed unit of work} for rnnfast and the baseline,
+    built by bench/_common.grid_step as the grid builds them; and the point's thread count."""
     cell, mode, H, B, T, threads = parse_case(case)
-    torch.manual_seed(0)
-    x = torch.randn(T, B, H)
-    steps = {}
-    for impl in ("rnnfast", baseline):
-        layer = make_layer("torch" if impl == "onnxruntime" else impl, cell, H, H, "cpu")
-        if impl == "onnxruntime":
-            steps[impl] = ort_step(layer.eval(), x, threads)
-        elif mode == "fwd":
-            def step(layer=layer):
-                with torch.inference_mode():
-                    layer(x)
-            steps[impl] = step
-        else:
-            steps[impl] = forward_backward_step(layer, x.clone().requires_grad_(True), "cpu")
-    return steps, threads
+    return {impl: grid_step(impl, cell, mode, H, B, T, threads, "cpu") for impl in ("rnnfast", baseline)}, threads
 
 
 def measure(steps, rounds, block_s):
@@ -127,14 +97,6 @@ def quartiles(values):
         return values[0], values[0]
     q = statistics.quantiles(values, n=4)
     return q[0], q[2]
-
-
-def commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def main(argv=None):
@@ -183,7 +145,7 @@ def main(argv=None):
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(dict(grid=os.path.relpath(os.path.abspath(args.grid), os.path.dirname(HERE)), below=args.below,
-                       vs=args.vs, rounds=args.rounds, block_s=args.block_s, commit=commit(),
+                       vs=args.vs, rounds=args.rounds, block_s=args.block_s, commit=git_commit(),
                        torch=torch.__version__, datetime=datetime.datetime.now(datetime.timezone.utc).isoformat(),
                        points=results), f, indent=1)
     print(f"results: {out}")

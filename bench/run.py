@@ -24,17 +24,18 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 LONG_SUITES = ["test_grid.py", "test_cells.py", "test_predict.py"]
 
 
-def _load_device_slug():
-    """bench/conftest.py's device_slug, loaded by path (a plain `import conftest` would pick up
-    whichever conftest module is already imported, e.g. tests/conftest.py under pytest)."""
+def _load_bench_conftest():
+    """bench/conftest.py, loaded by path (a plain `import conftest` would pick up whichever conftest
+    module is already imported, e.g. tests/conftest.py under pytest)."""
     import importlib.util
     spec = importlib.util.spec_from_file_location("_rnnfast_bench_conftest", os.path.join(HERE, "conftest.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.device_slug
+    return mod
 
 
-device_slug = _load_device_slug()
+_conftest = _load_bench_conftest()
+device_slug, git_commit = _conftest.device_slug, _conftest.git_commit
 
 
 def _device_arg(args):

@@ -16,9 +16,8 @@ Timing is adaptive (bench/_common.run_adaptive) with a short target, so the whol
 within about 35 minutes on a 2-core machine (measured); small points still get hundreds of rounds.
 """
 import pytest
-import torch
 
-from _common import forward_backward_step, make_layer, record, run_adaptive, synchronize
+from _common import grid_step, record, run_adaptive
 
 CELLS = ["rnn_tanh", "rnn_relu", "gru", "lstm"]
 HS = [64, 256, 512, 1024]
@@ -28,25 +27,6 @@ MODES = ["fwd", "fwdbwd"]
 THREADS = [1, 2]
 IMPLS = ["torch", "rnnfast", "onnxruntime"]
 TARGET_S = 0.25
-
-
-def _ort_session(layer, x, threads):
-    """The torch.nn layer exported to ONNX and loaded in onnxruntime with `threads` intra-op
-    threads; skips the point when onnxruntime or the exporter is unavailable."""
-    ort = pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnx")
-    import io
-    f = io.BytesIO()
-    try:
-        torch.onnx.export(layer, (x,), f, input_names=["x"], output_names=["y", "h"], dynamo=False)
-    except Exception as e:  # an exporter that is not installed or refuses the module
-        pytest.skip(f"ONNX export unavailable: {type(e).__name__}: {e}")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(f.getvalue(), opts, providers=["CPUExecutionProvider"])
-    feed = {"x": x.numpy()}
-    return lambda: sess.run(None, feed)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -59,19 +39,15 @@ def _ort_session(layer, x, threads):
 def test_grid(benchmark, device, cell, mode, H, B, T, threads, impl):
     if impl == "onnxruntime" and (mode != "fwd" or device.type != "cpu"):
         pytest.skip("onnxruntime rows are CPU inference points only")
-    torch.manual_seed(0)
-    layer = make_layer("torch" if impl == "onnxruntime" else impl, cell, H, H, device)
-    x = torch.randn(T, B, H, device=device)
-
-    if impl == "onnxruntime":
-        step = _ort_session(layer.eval(), x, threads)
-    elif mode == "fwd":
-        def step():
-            with torch.inference_mode():
-                layer(x)
-            synchronize(device)
+    if impl == "onnxruntime":  # optional: rows appear where onnxruntime and the exporter work
+        pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnx")
+        try:
+            step = grid_step(impl, cell, mode, H, B, T, threads, device)
+        except Exception as e:  # an exporter that is not installed or refuses the module
+            pytest.skip(f"ONNX export unavailable: {type(e).__name__}: {e}")
     else:
-        step = forward_backward_step(layer, x.requires_grad_(True), device)
+        step = grid_step(impl, cell, mode, H, B, T, threads, device)
 
     benchmark.group = f"grid {cell} {mode} H{H} B{B} T{T} th{threads}"
     median = run_adaptive(benchmark, step, target_s=TARGET_S)

@@ -1,5 +1,11 @@
+import importlib
+import os
+import sys
+
 import pytest
 import torch
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -25,3 +31,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def bench_module():
+    """importlib.import_module with bench/ on sys.path for the test: bench/'s scripts (run, recheck)
+    import their siblings by plain name."""
+    sys.path.insert(0, BENCH)
+    try:
+        yield importlib.import_module
+    finally:
+        sys.path.remove(BENCH)

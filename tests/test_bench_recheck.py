@@ -1,22 +1,13 @@
 """bench/recheck.py: which grid points it picks, how it reads a case, and one real (tiny) re-check
 end to end with its JSON."""
 import json
-import os
-import sys
 
 import pytest
 
-BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
-
 
 @pytest.fixture
-def recheck():
-    sys.path.insert(0, BENCH)
-    try:
-        import recheck as mod
-        yield mod
-    finally:
-        sys.path.remove(BENCH)
+def recheck(bench_module):
+    return bench_module("recheck")
 
 
 def _grid(path, medians):

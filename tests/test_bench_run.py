@@ -2,7 +2,6 @@
 overwrites an earlier result file."""
 import json
 import os
-import sys
 
 import pytest
 
@@ -10,13 +9,8 @@ BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
-def run():
-    sys.path.insert(0, BENCH)
-    try:
-        import run as mod
-        yield mod
-    finally:
-        sys.path.remove(BENCH)
+def run(bench_module):
+    return bench_module("run")
 
 
 def test_default_out_names_suites_and_subsets(run):

@@ -55,6 +55,29 @@ RNNFAST_ALWAYS_INLINE int32_t clamp_magnitude(int32_t abs_bits, int32_t limit) {
   return blend(mask_of((abs_bits > limit) & (abs_bits <= kInfBits)), limit, abs_bits);
 }
 
+// The range reduction both exp_approx and expm1_nonneg use: x = n ln2 + r, |r| <= ln2/2.
+struct Ln2Reduced {
+  float n, r;
+};
+RNNFAST_ALWAYS_INLINE Ln2Reduced reduce_ln2(float x) {
+  // round to nearest by adding and removing 1.5*2^23 (vectorizes on plain SSE2, nearbyint does not)
+  const float n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;
+  // Cody–Waite: ln2 split in a part exact in float and the remainder
+  const float r = (x - n * 0.693145751953125f) - n * 1.42860682030941723212e-6f;
+  return {n, r};
+}
+
+// (e^r - 1) / r by the degree-7 Taylor polynomial: 1 + r/2! + ... + r^6/7!, Horner.
+RNNFAST_ALWAYS_INLINE float expm1_over_r(float r) {
+  float p = 1.f / 5040.f;
+  p = p * r + 1.f / 720.f;
+  p = p * r + 1.f / 120.f;
+  p = p * r + 1.f / 24.f;
+  p = p * r + 1.f / 6.f;
+  p = p * r + 0.5f;
+  return p * r + 1.f;
+}
+
 RNNFAST_ALWAYS_INLINE float exp_approx(float x) {
   // x is clamped to [-86.6, 88.8]. Below, the result stays at exp(-86.6) ~ 2.3e-38 (the callers
   // only ever add it to 1). Above 88.72 the true exp overflows and so does this one, to +inf (2^n
@@ -63,19 +86,9 @@ RNNFAST_ALWAYS_INLINE float exp_approx(float x) {
   const int32_t xb = bits_of(x);
   const int32_t limit = blend(mask_of(xb < 0), 0x42ad3333 /* 86.6f */, 0x42b1999a /* 88.8f */);
   x = float_of((xb & kSign) | clamp_magnitude(xb & kMagnitude, limit));
-  // round to nearest by adding and removing 1.5*2^23 (vectorizes on plain SSE2, nearbyint does not)
-  const float n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;
-  // Cody–Waite: ln2 split in a part exact in float and the remainder
-  const float r = (x - n * 0.693145751953125f) - n * 1.42860682030941723212e-6f;
-  float p = 1.f / 5040.f;
-  p = p * r + 1.f / 720.f;
-  p = p * r + 1.f / 120.f;
-  p = p * r + 1.f / 24.f;
-  p = p * r + 1.f / 6.f;
-  p = p * r + 0.5f;
-  p = p * r + 1.f;
-  p = p * r + 1.f;
-  return (p * float_of((static_cast<int32_t>(n) + 126) << 23)) * 2.f;
+  const Ln2Reduced red = reduce_ln2(x);
+  const float p = expm1_over_r(red.r) * red.r + 1.f;  // e^r
+  return (p * float_of((static_cast<int32_t>(red.n) + 126) << 23)) * 2.f;
 }
 
 // e^y - 1 for y in [0, 20] (the caller clamps; NaN passes through): y = n ln2 + r, |r| <= ln2/2,
@@ -83,17 +96,9 @@ RNNFAST_ALWAYS_INLINE float exp_approx(float x) {
 // relative to q). No constant term in q: for small y (n = 0) the result is q itself, with no
 // cancellation, so tanh keeps its relative accuracy near 0 without a separate polynomial.
 RNNFAST_ALWAYS_INLINE float expm1_nonneg(float y) {
-  const float n = (y * 1.44269504088896341f + 12582912.f) - 12582912.f;
-  const float r = (y - n * 0.693145751953125f) - n * 1.42860682030941723212e-6f;
-  float p = 1.f / 5040.f;
-  p = p * r + 1.f / 720.f;
-  p = p * r + 1.f / 120.f;
-  p = p * r + 1.f / 24.f;
-  p = p * r + 1.f / 6.f;
-  p = p * r + 0.5f;
-  p = p * r + 1.f;
-  const float q = p * r;
-  const float scale = float_of((static_cast<int32_t>(n) + 127) << 23);  // 2^n, n in [0, 29]
+  const Ln2Reduced red = reduce_ln2(y);
+  const float q = expm1_over_r(red.r) * red.r;                                // e^r - 1
+  const float scale = float_of((static_cast<int32_t>(red.n) + 127) << 23);  // 2^n, n in [0, 29]
   return scale * q + (scale - 1.f);
 }
 
