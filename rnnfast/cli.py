@@ -226,13 +226,16 @@ def _train_rank(args, s):
     device = distributed.init_from_env(s["device"])
     threads_before = torch.get_num_threads()
     _set_threads(s["threads"])
+    finished = False
     try:
         quiet = contextlib.redirect_stdout(io.StringIO()) if distributed.world()[0] else contextlib.nullcontext()
         with quiet:
-            return _train_with(args, s, str(device), _output_dir(_out_path(args)))
+            result = _train_with(args, s, str(device), _output_dir(_out_path(args)))
+        finished = True
+        return result
     finally:
         torch.set_num_threads(threads_before)
-        distributed.shutdown()
+        distributed.shutdown(barrier=finished)
 
 
 def _say_if_tokenizing(corpus, token):

@@ -91,8 +91,14 @@ def init_from_env(device: str = "auto") -> torch.device:
     return dev
 
 
-def shutdown() -> None:
+def shutdown(barrier: bool = False) -> None:
+    """Leave the process group. barrier=True (a run that ended normally on every rank): wait for all
+    ranks first, so no rank tears gloo's connections down while a peer still uses them (seen once in
+    CI as a rank aborting at exit: "terminate called without an active exception"). After an error
+    no barrier: the other ranks may never arrive."""
     if dist.is_available() and dist.is_initialized():
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
 
 
