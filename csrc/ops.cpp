@@ -2,20 +2,13 @@
 // (CPU) and csrc/cuda (CUDA), the recurrent ops of both through the same entry points
 // (csrc/core/recurrent_ops.h) and host loop (csrc/core/loop.h) over the cells of csrc/core/cells.h
 // (docs/core.md). The forward ops' autograd: csrc/autograd.cpp; Python wiring (fakes, autocast,
-// the backward ops' double-backward refusal): rnnfast/_ops.py.
-#include <Python.h>
+// the backward ops' double-backward refusal): rnnfast/_ops.py. The module rnnfast._C itself: csrc/python.cpp.
 #include <torch/library.h>
 
 #include <string>
 
 #include "core/cells.h"
 #include "core/decode.h"
-
-// `import rnnfast._C` only has to load this shared object so the registrations below run.
-extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
-}
 
 namespace {
 

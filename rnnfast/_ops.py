@@ -160,6 +160,21 @@ def check_no_forward_ad(args):
 
 
 # ---- what rnnfast.nn and rnnfast.functional call ----------------------------------------------------
+_is_compiling = torch.compiler.is_compiling
+_is_tracing = torch._C._is_tracing
+
+#: the modules' eager fast path in C++ (csrc/python.cpp): the usual call of a module or cell, or None
+forward_layers = _C.forward_layers
+
+
+def eager_fast():
+    """True where the modules may take their C++ fast path (forward_layers): plain eager execution,
+    no graph capture (torch.compile / export, torch.jit.trace), no functorch transform and no
+    forward-mode AD level. Everywhere else they take the Python path, which those systems see op by
+    op (and which refuses forward-mode AD by name)."""
+    return not (_is_compiling() or _is_tracing() or _functorch_active() or forward_ad._current_level >= 0)
+
+
 def _graph_capture():
     """True while a graph is captured or transformed (torch.compile / export, torch.jit.trace,
     torch.func): there a call keeps the op's defaults (the full workspace), whatever the fake or

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
-from . import _hooks, _serialization
+from . import _hooks, _ops, _serialization
 from ._serialization import PicklableMixin as _PicklableMixin
 from . import functional as rf
 from ._cells import CELLS, lookup as _cell_of
@@ -55,6 +55,10 @@ __all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell"]
 
 #: torch.nn.RNN's nonlinearity -> its mode string, from the registry (rnnfast._cells)
 _RNN_MODES = {c.nonlinearity: c.mode for c in CELLS.values() if c.nonlinearity}
+#: torch.nn's mode string -> the cell's op name (the fast path's lookup; rnnfast._cells.lookup's)
+_OP_OF_MODE = {c.mode: c.name for c in CELLS.values()}
+#: a cell's parameter names for the fast path, by its `bias`
+_CELL_PARAMS = {True: ("weight_ih", "weight_hh", "bias_ih", "bias_hh"), False: ("weight_ih", "weight_hh")}
 
 
 def _rnn_mode(nonlinearity):
@@ -366,7 +370,21 @@ class _RecurrentMixin:
             output = output.squeeze(0 if self.batch_first else 1)
         return output
 
+    def _fast(self, input, states):
+        """The usual call in C++ (rnnfast._C.forward_layers, csrc/python.cpp): the same op calls as
+        _run with the same arguments, without the Python around them; None where it declines (see
+        there) or where this is not plain eager execution (_ops.eager_fast), and then forward takes
+        the Python path. Dropout between layers while training stays in Python (torch.nn's draws)."""
+        if not _ops.eager_fast() or (self.dropout and self.training and self.num_layers > 1):
+            return None
+        return _ops.forward_layers(_OP_OF_MODE.get(self.mode), self._reset_after, input, states, self._parameters,
+                                   self._flat_weights_names, self.num_layers, self.bidirectional,
+                                   self.batch_first, self.input_size, self.hidden_size, False)
+
     def forward(self, input, hx=None):
+        fast = self._fast(input, None if hx is None else (hx,))
+        if fast is not None:
+            return fast
         usual = self._usual_call(input, None if hx is None else (hx,))
         if usual is not None:
             output, h_n, _ = self._run(usual[0], usual[1], None)
@@ -457,6 +475,9 @@ class LSTM(_PicklableMixin, _RecurrentMixin, torch.nn.LSTM):
     def forward(self, input, hx=None):
         if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
             raise TypeError("LSTM: hx must be a tuple (h_0, c_0) of two tensors")
+        fast = self._fast(input, None if hx is None else tuple(hx))
+        if fast is not None:
+            return fast
         usual = self._usual_call(input, None if hx is None else tuple(hx))
         if usual is not None:
             output, h_n, c_n = self._run(*usual)
@@ -478,6 +499,12 @@ class _CellMixin:
 
     def _step(self, input, states):
         """Checks like torch.nn's cells, then runs one step (T = 1). states: tuple or None."""
+        if _ops.eager_fast():  # the usual call in C++ (see _RecurrentMixin._fast)
+            fast = _ops.forward_layers(_OP_OF_MODE.get(self.mode), self._reset_after, input, states, self._parameters,
+                                       _CELL_PARAMS[self.bias], 1, False, False, self.input_size,
+                                       self.hidden_size, True)
+            if fast is not None:
+                return fast
         w_ih = _param(self, "weight_ih")
         # The usual call (batched tensors of the weights' dtype and device, the module's sizes) in a
         # few comparisons: every check of _checked_step passes for it and changes nothing. Anything

@@ -76,7 +76,8 @@ def comment_text(path):
         return text  # setup.py: docstrings and comments; code paths there are globs checked below
     if path.endswith("CMakeLists.txt"):
         return "\n".join(line.split("#", 1)[1] for line in text.splitlines() if "#" in line)
-    return "\n".join(re.findall(r"//.*|/\*.*?\*/", text, re.S))
+    # line comments end at the newline (re.S is for the block comments only)
+    return "\n".join(re.findall(r"//[^\n]*|/\*.*?\*/", text, re.S))
 
 
 CITING = sources("") + sources("core", "cpu", "cuda", "kernels") + [

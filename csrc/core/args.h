@@ -43,15 +43,24 @@ inline void check_same_kind(const char* op, const at::Tensor& ref, const at::Ten
               ref.device(), " (all tensors must be on one device)");
 }
 
-inline void check_shape(const char* op, const at::Tensor& t, const char* name, at::IntArrayRef want,
-                        const std::string& symbolic) {
-  TORCH_CHECK(t.sizes() == want, op, ": ", name, " must have shape ", symbolic, " = ", shape_str(want),
+// A symbolic shape for a message: a string, or a callable that builds one. Messages are built only
+// when a check fails (a small call checks a dozen shapes: building their strings up front cost
+// about a microsecond per call).
+inline const char* text(const char* s) { return s; }
+template <class F, class = decltype(std::declval<const F&>()())>
+std::string text(const F& build) {
+  return build();
+}
+
+template <class Sym>
+void check_shape(const char* op, const at::Tensor& t, const char* name, at::IntArrayRef want, const Sym& symbolic) {
+  TORCH_CHECK(t.sizes() == want, op, ": ", name, " must have shape ", text(symbolic), " = ", shape_str(want),
               ", got ", shape_str(t.sizes()));
 }
 
-inline void check_rank(const char* op, const at::Tensor& t, const char* name, int64_t rank,
-                       const char* symbolic) {
-  TORCH_CHECK(t.dim() == rank, op, ": ", name, " must be ", rank, "-D ", symbolic, ", got ", t.dim(),
+template <class Sym>
+void check_rank(const char* op, const at::Tensor& t, const char* name, int64_t rank, const Sym& symbolic) {
+  TORCH_CHECK(t.dim() == rank, op, ": ", name, " must be ", rank, "-D ", text(symbolic), ", got ", t.dim(),
               "-D with shape ", shape_str(t.sizes()));
 }
 
@@ -66,11 +75,11 @@ inline RecurrentArgs check_forward(const char* op, int64_t G, const at::Tensor& 
   TORCH_INTERNAL_ASSERT(!w_hr || cx, "a projection needs cx");
   TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
               ": supports float32 and float64 on CPU, got input of dtype ", input.scalar_type());
-  const std::string hs = w_hr ? "P" : "H";  // the width of h
+  const std::string hs = w_hr ? "P" : "H";  // the width of h (short: no allocation)
   check_rank(op, input, "input", 3, "(T, B, I)");
-  check_rank(op, hx, "hx", 2, ("(B, " + hs + ")").c_str());
+  check_rank(op, hx, "hx", 2, [&] { return "(B, " + hs + ")"; });
   check_rank(op, w_ih, "w_ih", 2, "(G*H, I)");
-  check_rank(op, w_hh, "w_hh", 2, ("(G*H, " + hs + ")").c_str());
+  check_rank(op, w_hh, "w_hh", 2, [&] { return "(G*H, " + hs + ")"; });
   check_same_kind(op, input, hx, "hx");
   check_same_kind(op, input, w_ih, "w_ih");
   check_same_kind(op, input, w_hh, "w_hh");
@@ -83,10 +92,9 @@ inline RecurrentArgs check_forward(const char* op, int64_t G, const at::Tensor& 
   RecurrentArgs a{op, G, input.size(0), input.size(1), input.size(2), w_hr ? cx->size(1) : P, P};
   TORCH_CHECK(a.T > 0, op, ": expected sequence length > 0 (as torch.nn), got input of shape ",
               shape_str(input.sizes()));
-  const std::string gh = gates_times(G);
-  check_shape(op, hx, "hx", {a.B, a.P}, "(B, " + hs + ")");
-  check_shape(op, w_hh, "w_hh", {G * a.H, a.P}, "(" + gh + ", " + hs + ")");
-  check_shape(op, w_ih, "w_ih", {G * a.H, a.I}, "(" + gh + ", I)");
+  check_shape(op, hx, "hx", {a.B, a.P}, [&] { return "(B, " + hs + ")"; });
+  check_shape(op, w_hh, "w_hh", {G * a.H, a.P}, [&] { return "(" + gates_times(G) + ", " + hs + ")"; });
+  check_shape(op, w_ih, "w_ih", {G * a.H, a.I}, [&] { return "(" + gates_times(G) + ", I)"; });
   if (cx) {
     check_rank(op, *cx, "cx", 2, "(B, H)");
     check_same_kind(op, input, *cx, "cx");
@@ -99,7 +107,7 @@ inline RecurrentArgs check_forward(const char* op, int64_t G, const at::Tensor& 
     if (biases[k]->has_value() && (*biases[k])->defined()) {
       const at::Tensor& b = **biases[k];
       check_same_kind(op, input, b, names[k]);
-      check_shape(op, b, names[k], {G * a.H}, "(" + gh + ",)");
+      check_shape(op, b, names[k], {G * a.H}, [&] { return "(" + gates_times(G) + ",)"; });
     }
   }
   return a;
@@ -118,9 +126,9 @@ inline RecurrentArgs check_backward(const char* op, int64_t G, int64_t ws_width,
   check_same_kind(op, input, grad_hy, "grad_hy");
   check_same_kind(op, input, output, "output");
   check_same_kind(op, input, workspace, "workspace");
-  check_shape(op, grad_output, "grad_output", {a.T, a.B, a.P}, "(T, B, " + hs + ")");
-  check_shape(op, grad_hy, "grad_hy", {a.B, a.P}, "(B, " + hs + ")");
-  check_shape(op, output, "output", {a.T, a.B, a.P}, "(T, B, " + hs + ")");
+  check_shape(op, grad_output, "grad_output", {a.T, a.B, a.P}, [&] { return "(T, B, " + hs + ")"; });
+  check_shape(op, grad_hy, "grad_hy", {a.B, a.P}, [&] { return "(B, " + hs + ")"; });
+  check_shape(op, output, "output", {a.T, a.B, a.P}, [&] { return "(T, B, " + hs + ")"; });
   if (grad_cy) {
     check_same_kind(op, input, *grad_cy, "grad_cy");
     check_shape(op, *grad_cy, "grad_cy", {a.B, a.H}, "(B, H)");
@@ -129,7 +137,7 @@ inline RecurrentArgs check_backward(const char* op, int64_t G, int64_t ws_width,
     check_shape(op, workspace, "workspace", {0}, "(0,)");
   } else {
     check_shape(op, workspace, "workspace", {a.T, a.B, ws_width * a.H},
-                "(T, B, " + std::to_string(ws_width) + "*H)");
+                [&] { return "(T, B, " + std::to_string(ws_width) + "*H)"; });
   }
   return a;
 }

@@ -8,7 +8,7 @@
 // (the sampling draws too, given the same torch.Generator). The token stays a device tensor from step
 // to step: no host sync per token. ATen calls only, so one function serves every backend.
 //
-// Inference only: the ops' autograd kernels (rnnfast/_ops.py) are skipped, as under inference_mode.
+// Inference only: the ops' autograd kernels (csrc/autograd.cpp) are skipped, as under inference_mode.
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "cells.h"
+#include "layer_op.h"
 
 namespace rnnfast {
 namespace core {
@@ -36,50 +37,21 @@ constexpr const char* kNotFinite =
     "the model's logits are not finite (NaN or Inf): cannot sample; greedy decoding (temperature=0) still works";
 
 // One layer's T = 1 step: x (1, 1, I) -> output (1, 1, H); *h (and *c for a cell state) replaced by
-// the new state.
+// the new state. The cell's forward op (layer_op.h) is looked up once per call (not per token) and
+// called with workspace=false: generation never differentiates, so no workspace is kept.
 using LayerStep = std::function<Tensor(const Tensor& x, Tensor* h, Tensor* c, const Tensor& w_ih, const Tensor& w_hh,
                                        const Opt& b_ih, const Opt& b_hh)>;
 
-// The cell's forward op looked up once per call (not per token), typed by the shape of its schema
-// (csrc/ops.cpp's templates; the entry points of csrc/core/recurrent_ops.h have the same types),
-// called with workspace=false: generation never differentiates, so no workspace is kept.
 template <class Cell>
 LayerStep layer_step(const c10::List<bool>& options) {
-  const std::string name = std::string("rnnfast::") + Cell::name + "_forward";
-  const c10::OperatorHandle handle = c10::Dispatcher::singleton().findSchemaOrThrow(name.c_str(), "");
-  if constexpr (Cell::traits.has_cell_state()) {
-    auto op = handle.typed<std::tuple<Tensor, Tensor, Tensor, Tensor>(
-        const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Opt&, const Opt&, bool,
-        const Opt&, bool)>();
-    return [op](const Tensor& x, Tensor* h, Tensor* c, const Tensor& w_ih, const Tensor& w_hh, const Opt& b_ih,
-                const Opt& b_hh) {
-      auto r = op.call(x, *h, *c, w_ih, w_hh, b_ih, b_hh, /*reverse=*/false, /*lengths=*/c10::nullopt, /*workspace=*/false);
-      *h = std::get<1>(r);
-      *c = std::get<2>(r);
-      return std::get<0>(r);
-    };
-  } else if constexpr (has_option<Cell>()) {
-    auto op = handle.typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                                              const Tensor&, const Opt&, const Opt&, bool, bool,
-                                                              const Opt&, bool)>();
-    const bool option = options.get(0);
-    return [op, option](const Tensor& x, Tensor* h, Tensor*, const Tensor& w_ih, const Tensor& w_hh,
-                        const Opt& b_ih, const Opt& b_hh) {
-      auto r = op.call(x, *h, w_ih, w_hh, b_ih, b_hh, /*reverse=*/false, option, /*lengths=*/c10::nullopt, /*workspace=*/false);
-      *h = std::get<1>(r);
-      return std::get<0>(r);
-    };
-  } else {
-    auto op = handle.typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                                              const Tensor&, const Opt&, const Opt&, bool,
-                                                              const Opt&, bool)>();
-    return [op](const Tensor& x, Tensor* h, Tensor*, const Tensor& w_ih, const Tensor& w_hh, const Opt& b_ih,
-                const Opt& b_hh) {
-      auto r = op.call(x, *h, w_ih, w_hh, b_ih, b_hh, /*reverse=*/false, /*lengths=*/c10::nullopt, /*workspace=*/false);
-      *h = std::get<1>(r);
-      return std::get<0>(r);
-    };
-  }
+  const LayerOp op = layer_op<Cell>(has_option<Cell>() && options.get(0));
+  return [op](const Tensor& x, Tensor* h, Tensor* c, const Tensor& w_ih, const Tensor& w_hh, const Opt& b_ih,
+              const Opt& b_hh) {
+    LayerResult r = op(x, *h, c ? *c : Tensor(), w_ih, w_hh, b_ih, b_hh, /*reverse=*/false, /*workspace=*/false);
+    *h = std::move(r.hy);
+    if (c) *c = std::move(r.cy);
+    return std::move(r.output);
+  };
 }
 
 inline void check_like(const char* what, const Tensor& t, const Tensor& ref) {
@@ -102,8 +74,8 @@ inline at::Tensor decode(c10::string_view cell, const c10::List<bool>& options, 
                          int64_t num_preds, double temperature, c10::optional<int64_t> top_k,
                          c10::optional<at::Generator> generator) {
   using namespace decode_detail;
-  // Below autograd: nothing here is differentiated, and the recurrent ops' autograd kernels are Python
-  // (rnnfast/_ops.py), a redispatch per call that would cost more than the step itself.
+  // Below autograd: nothing here is differentiated, and the recurrent ops' autograd kernels
+  // (csrc/autograd.cpp) would be a redispatch per step for nothing.
   at::AutoDispatchBelowADInplaceOrView below_autograd;
 
   LayerStep step;

@@ -277,11 +277,9 @@ ForwardResult recurrent_forward(const typename Family::Context& ctx, const Forwa
 
   // Fresh tensors (never views of output or workspace: autograd outputs must not alias).
   const int64_t t_last = time_of(T - 1, T, p.reverse);
-  r.hy = r.output.select(0, t_last).clone(at::MemoryFormat::Contiguous);
-  if (Cell::traits.has_cell_state()) {
-    r.cy = r.ws.select(0, t_last % period).narrow(1, Cell::traits.state_slot * H, H).clone(at::MemoryFormat::Contiguous);
-  }
-  if (!p.keep_workspace) r.ws = at::empty({0}, opts);  // the rows kept were scratch: nothing to return
+  r.hy = state_copy(r.output, t_last, 0, p.P);
+  if (Cell::traits.has_cell_state()) r.cy = state_copy(r.ws, t_last % period, Cell::traits.state_slot * H, H);
+  if (!p.keep_workspace && slots) r.ws = at::empty({0}, opts);  // the rows kept were scratch: nothing to return
   return r;
 }
 

@@ -2,6 +2,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <cstring>
+
 namespace rnnfast {
 namespace core {
 
@@ -19,6 +21,22 @@ inline void fill_prev_states(const at::Tensor& dst, const at::Tensor& hx, const 
 // A dense (contiguous, unit-strided) copy of t: the buffer a loop then writes through raw pointers
 // (a clone would keep a stride-0 broadcast layout).
 inline at::Tensor dense_copy(const at::Tensor& t) { return at::empty(t.sizes(), t.options()).copy_(t); }
+
+// A fresh dense (B, cols) copy of src[t, :, col0 : col0 + cols], src (T, B, W): the final states a
+// forward returns (hy from the output, cy from the workspace). On the CPU, with src contiguous,
+// plain row copies: at a small size the select, narrow and clone ops cost more than the copy.
+inline at::Tensor state_copy(const at::Tensor& src, int64_t t, int64_t col0, int64_t cols) {
+  if (src.device().is_cpu() && src.is_contiguous()) {
+    const int64_t B = src.size(1), W = src.size(2);
+    const size_t esz = src.element_size(), row = static_cast<size_t>(cols) * esz;
+    at::Tensor out = at::empty({B, cols}, src.options());
+    const char* s = static_cast<const char*>(src.const_data_ptr()) + (t * B * W + col0) * esz;
+    char* d = static_cast<char*>(out.data_ptr());
+    for (int64_t b = 0; b < B; ++b) std::memcpy(d + b * row, s + b * W * esz, row);
+    return out;
+  }
+  return src.select(0, t).narrow(1, col0, cols).clone(at::MemoryFormat::Contiguous);
+}
 
 }  // namespace core
 }  // namespace rnnfast

@@ -192,22 +192,23 @@ inline at::Tensor zero_padding(const at::Tensor& input, const at::Tensor& length
   return out;
 }
 
-// Bias added to the input projection: b_ih + b_hh, except the b_hh rows a cell keeps inside its
-// pointwise math (CellTraits::inner_bias_gate: GRU reset_after's b_hn). Zeros when there are none.
-template <class Cell>
+// Bias added to the input projection, (G*H) of T_: b_ih + b_hh, except the b_hh rows a cell keeps
+// inside its pointwise math (CellTraits::inner_bias_gate: GRU reset_after's b_hn). Zeros when there
+// are none. Filled by a loop, not ATen ops (at a small size their dispatch cost more than the sum);
+// each entry is the same float sum ATen's b_ih + b_hh gave.
+template <class Cell, typename T_>
 at::Tensor folded_bias(const ForwardProblem& p) {
-  at::Tensor hh;
-  if (p.b_hh.defined()) {
-    hh = p.b_hh;
-    if (Cell::traits.inner_bias_gate >= 0) {
-      hh = hh.clone();
-      hh.narrow(0, Cell::traits.inner_bias_gate * p.H, p.H).zero_();
-    }
+  const int64_t GH = Cell::traits.gates * p.H, g = Cell::traits.inner_bias_gate;
+  at::Tensor out = at::empty({GH}, p.options());
+  T_* o = out.data_ptr<T_>();
+  const T_* bi = p.b_ih.defined() ? p.b_ih.const_data_ptr<T_>() : nullptr;
+  const T_* bh = p.b_hh.defined() ? p.b_hh.const_data_ptr<T_>() : nullptr;
+  for (int64_t j = 0; j < GH; ++j) {
+    const bool inner = g >= 0 && j >= g * p.H && j < (g + 1) * p.H;
+    const T_ h = bh && !inner ? bh[j] : T_(0);
+    o[j] = bi && bh ? bi[j] + h : bi ? bi[j] : h;
   }
-  if (p.b_ih.defined() && hh.defined()) return p.b_ih + hh;
-  if (p.b_ih.defined()) return p.b_ih;
-  if (hh.defined()) return hh.contiguous();
-  return at::zeros({Cell::traits.gates * p.H}, p.options());
+  return out;
 }
 
 // Steps per chunk of the forward's input projection. One GEMM over all T*B rows writes a
@@ -238,7 +239,7 @@ class CpuForward {
              at::Tensor& ws, const CellIo& io)
       : p_(p), output_(output), ws_(ws), H_(p.H), B_(p.B), WS_(ws.dim() == 3 ? ws.size(2) : 0),
         // h_{t-1} W_hh[phase 0 gates]ᵀ and (two-phase) the mid-step GEMM, weights packed once for all steps
-        rec_(p.w_hh.narrow(0, 0, G_rec * p.H), /*transpose=*/true, p.B, p.T) {
+        rec_(G_rec == G ? p.w_hh : p.w_hh.narrow(0, 0, G_rec * p.H), /*transpose=*/true, p.B, p.T) {
     const auto opts = p.options();
     // The input projection X W_ihᵀ, chunk_ steps at a time (project(), called by the loop) into
     // one reused buffer; the biases are added in the pointwise pass, not here: at::addmm_out first
@@ -247,10 +248,14 @@ class CpuForward {
     chunk_ = projection_chunk_steps(p.T, p.B, G * p.H, sizeof(T_));
     xg_ = at::empty({chunk_ * p.B, G * p.H}, opts);
     rec_in_.emplace(p.w_ih, /*transpose=*/true, chunk_ * p.B, /*steps=*/1);  // never packed: large chunks
-    bias_ = folded_bias<Cell>(p);
+    bias_ = folded_bias<Cell, T_>(p);
     if constexpr (Cell::traits.inner_bias_gate >= 0) {
-      b_hn_ = p.b_hh.defined() ? p.b_hh.narrow(0, Cell::traits.inner_bias_gate * p.H, p.H).contiguous()
-                               : at::zeros({p.H}, opts);
+      if (p.b_hh.defined()) {
+        b_hn_ptr_ = p.b_hh.const_data_ptr<T_>() + Cell::traits.inner_bias_gate * p.H;
+      } else {
+        b_hn_ = at::zeros({p.H}, opts);
+        b_hn_ptr_ = b_hn_.const_data_ptr<T_>();
+      }
     }
     hg_ = at::empty({p.B, G_rec * p.H}, opts);
     if constexpr (Cell::traits.phases == 2) {
@@ -275,9 +280,14 @@ class CpuForward {
   void project(int64_t s0, int64_t s1) {
     RECORD_FUNCTION("rnnfast::input_projection", std::vector<c10::IValue>());
     const int64_t t0 = p_.reverse ? p_.T - s1 : s0, n = s1 - s0;
+    xg_t0_ = t0;
+    if constexpr (std::is_same_v<T_, float>) {  // a few rows: gemm_small on raw pointers, no views
+      if (rec_in_->run_small(p_.input.const_data_ptr<float>() + t0 * B_ * p_.I, p_.I, xg_.data_ptr<float>(), G * H_,
+                             n * B_))
+        return;
+    }
     at::Tensor xg = xg_.narrow(0, 0, n * B_);
     rec_in_->run(p_.input.view({p_.T * B_, p_.I}).narrow(0, t0 * B_, n * B_), xg, /*accumulate=*/false);
-    xg_t0_ = t0;
   }
 
   void recurrent_gemm(const Rows& rows, const Step& st) {
@@ -287,6 +297,9 @@ class CpuForward {
                       rows.b1 - rows.b0, /*accumulate=*/false);
         return;
       }
+    }
+    if constexpr (std::is_same_v<T_, float>) {  // a small batch: gemm_small on raw pointers, no views per step
+      if (rec_.run_small(prev_.h(st.s), p_.P, hg_.data_ptr<float>(), G_rec * H_, B_)) return;
     }
     rec_.run(st.s ? output_.select(0, st.tp) : p_.hx, hg_, /*accumulate=*/false);
   }
@@ -345,7 +358,7 @@ class CpuForward {
                        bias_.const_data_ptr<T_>(),
                        hg_.const_data_ptr<T_>(),
                        hg1_.defined() ? hg1_.const_data_ptr<T_>() : nullptr,
-                       b_hn_.defined() ? b_hn_.const_data_ptr<T_>() : nullptr,
+                       b_hn_ptr_,
                        h_prev_.defined() ? h_prev_.const_data_ptr<T_>() : nullptr,
                        h_out_.data_ptr<T_>(),
                        h_out_.stride(0),
@@ -366,6 +379,7 @@ class CpuForward {
   std::optional<RecurrentGemm> rec_n_, rec_in_;
   int64_t chunk_ = 1, xg_t0_ = 0;
   at::Tensor xg_, bias_, b_hn_, hg_, hg1_, h_out_, h_prev_;
+  const T_* b_hn_ptr_ = nullptr;  // the inner_bias_gate's rows of b_hh (b_hn_: zeros without b_hh)
   const int64_t* len_ = nullptr;
   PrevState<T_> prev_{};
 };

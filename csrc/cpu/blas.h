@@ -132,78 +132,115 @@ inline bool worth_packing(int64_t m, int64_t steps) {
   return m >= kPackMinRows && steps >= kPackMinSteps && m * steps >= kPackMinRowSteps;
 }
 
-// y (N) = [y +] W (N, K) x: one row times Wᵀ, the recurrent GEMM of a batch of one (and a T=1, B=1
-// input projection). MKL runs this "dot product" form of GEMV well below the speed of memory and
-// cache (1 thread, at::mm through MKL against gemv_rows, us: 768 x 256 24.6 / 13.8-16.7,
-// 1536 x 512 162 / 115-129, 1024 x 1024 219 / 187, 4096 x 1024 811 / 757; medians of 1000-2000
-// calls, the kernel timed in a standalone C++ loop). Eight rows at a time keep
-// eight independent 16-lane accumulators in flight and read W once; the lane sums are a fixed
-// tree. Every y[n] is summed in an order that depends on K only (never on which rows share a
-// block, how the rows are split over threads, the batch or the step), so a row's value is the same
-// whichever call computes it. K must be a multiple of 16 (the hidden sizes users pick; other K,
-// e.g. a one-hot input of 28, go to MKL).
+// C (M, N) = [C +] A (M, K) · Wᵀ for a few rows (M <= kSmallRows): the recurrent GEMM of a small
+// batch (unpacked: short sequences) and the input projection of a short one. MKL runs this
+// "dot product" form well below the speed of memory and cache: for one row (GEMV; 1 thread, at::mm
+// through MKL against gemv_rows, us: 768 x 256 24.6 / 13.8-16.7, 1536 x 512 162 / 115-129,
+// 1024 x 1024 219 / 187, 4096 x 1024 811 / 757; medians of 1000-2000 calls, the kernel timed in a
+// standalone C++ loop), and for a few rows it also copies (packs) all of W on every call.
+// Here each block of R rows of W is read once for a block of up to M rows of A, with M x R
+// independent 16-lane accumulators in flight (M = 1: R = 8); the lane sums are a fixed tree. Every
+// C[m, n] is summed in an order that depends on K only (never on which rows share a block, how
+// the rows are split over threads, the batch or the step), so a row's value is the same whichever
+// call computes it, batch of one or not. K must be a multiple of 16 (the hidden sizes users pick;
+// other K, e.g. a one-hot input of 28, go to MKL).
 using Vec16 = float __attribute__((vector_size(64)));
 using Vec8 = float __attribute__((vector_size(32)));
 using Vec4 = float __attribute__((vector_size(16)));
 
-template <int R>
-RNNFAST_ALWAYS_INLINE void gemv_block(const float* __restrict w, int64_t ldw, const float* __restrict x,
-                                      float* __restrict y, int64_t K, bool accumulate) {
-  Vec16 acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = Vec16{};
+// When it runs (RecurrentGemm::small_rows): always for one row; for 2..kSmallRows rows only when W
+// is larger than a core's L2 (kSmallMinWeightBytes). Measured against at::mm (MKL), 1 thread, us
+// per call, small / MKL: W 2048 x 512 (4 MB) M=4 202 / 311, M=8 282 / 514, M=16 635 / 599;
+// 4096 x 1024 M=4 779 / 1319, M=8 960 / 1930, M=16 1926 / 2427 (MKL copies all of W every call);
+// but with W in L2 MKL is faster from M=2 (768 x 256 M=2 12.6 / 9.9, M=8 34.9 / 32.9).
+constexpr int64_t kSmallRows = 16;
+constexpr int64_t kSmallMinWeightBytes = int64_t(3) << 20;
+
+template <int M, int R>
+RNNFAST_ALWAYS_INLINE void gemm_block(const float* __restrict w, int64_t ldw, const float* __restrict a, int64_t lda,
+                                      float* __restrict c, int64_t ldc, int64_t K, bool accumulate) {
+  Vec16 acc[M][R];
+  for (int m = 0; m < M; ++m)
+    for (int r = 0; r < R; ++r) acc[m][r] = Vec16{};
   for (int64_t k = 0; k < K; k += 16) {
-    Vec16 xv;
-    std::memcpy(&xv, x + k, sizeof(Vec16));
-    for (int r = 0; r < R; ++r) {
-      Vec16 wv;
-      std::memcpy(&wv, w + r * ldw + k, sizeof(Vec16));
-      acc[r] += wv * xv;
+    Vec16 wv[R];
+    for (int r = 0; r < R; ++r) std::memcpy(&wv[r], w + r * ldw + k, sizeof(Vec16));
+    for (int m = 0; m < M; ++m) {
+      Vec16 av;
+      std::memcpy(&av, a + m * lda + k, sizeof(Vec16));
+      for (int r = 0; r < R; ++r) acc[m][r] += wv[r] * av;
     }
   }
-  for (int r = 0; r < R; ++r) {
-    const Vec8 a8 = __builtin_shufflevector(acc[r], acc[r], 0, 1, 2, 3, 4, 5, 6, 7) +
-                    __builtin_shufflevector(acc[r], acc[r], 8, 9, 10, 11, 12, 13, 14, 15);
-    const Vec4 a4 = __builtin_shufflevector(a8, a8, 0, 1, 2, 3) + __builtin_shufflevector(a8, a8, 4, 5, 6, 7);
-    const float sum = (a4[0] + a4[2]) + (a4[1] + a4[3]);
-    y[r] = accumulate ? y[r] + sum : sum;
+  for (int m = 0; m < M; ++m) {
+    for (int r = 0; r < R; ++r) {
+      const Vec16 v = acc[m][r];
+      const Vec8 a8 = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                      __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+      const Vec4 a4 = __builtin_shufflevector(a8, a8, 0, 1, 2, 3) + __builtin_shufflevector(a8, a8, 4, 5, 6, 7);
+      const float sum = (a4[0] + a4[2]) + (a4[1] + a4[3]);
+      float& y = c[m * ldc + r];
+      y = accumulate ? y + sum : sum;
+    }
   }
+}
+
+// Rows [0, N) of W against M (<= 8) rows of A: blocks of R rows of W, then single rows.
+template <int M>
+RNNFAST_ALWAYS_INLINE void gemm_cols(const float* w, int64_t ldw, const float* a, int64_t lda, float* c, int64_t ldc,
+                                     int64_t N, int64_t K, bool accumulate) {
+  constexpr int R = M == 1 ? 8 : M <= 3 ? 16 / (2 * M) * 2 : M <= 5 ? 3 : 2;  // M*R <= 16 accumulators
+  int64_t n = 0;
+  for (; n + R <= N; n += R) gemm_block<M, R>(w + n * ldw, ldw, a, lda, c + n, ldc, K, accumulate);
+  for (; n < N; ++n) gemm_block<M, 1>(w + n * ldw, ldw, a, lda, c + n, ldc, K, accumulate);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
-inline void gemv_rows(const float* w, int64_t ldw, const float* x, float* y, int64_t N, int64_t K, bool accumulate) {
-  int64_t n = 0;
-  for (; n + 8 <= N; n += 8) gemv_block<8>(w + n * ldw, ldw, x, y + n, K, accumulate);
-  for (; n < N; ++n) gemv_block<1>(w + n * ldw, ldw, x, y + n, K, accumulate);
+inline void gemm_small_rows(const float* w, int64_t ldw, const float* a, int64_t lda, float* c, int64_t ldc,
+                            int64_t M, int64_t N, int64_t K, bool accumulate) {
+  for (int64_t m0 = 0; m0 < M; m0 += 8) {
+    const float* am = a + m0 * lda;
+    float* cm = c + m0 * ldc;
+    switch (std::min<int64_t>(8, M - m0)) {
+      case 1: gemm_cols<1>(w, ldw, am, lda, cm, ldc, N, K, accumulate); break;
+      case 2: gemm_cols<2>(w, ldw, am, lda, cm, ldc, N, K, accumulate); break;
+      case 3: gemm_cols<3>(w, ldw, am, lda, cm, ldc, N, K, accumulate); break;
+      case 4: gemm_cols<4>(w, ldw, am, lda, cm, ldc, N, K, accumulate); break;
+      case 5: gemm_cols<5>(w, ldw, am, lda, cm, ldc, N, K, accumulate); break;
+      case 6: gemm_cols<6>(w, ldw, am, lda, cm, ldc, N, K, accumulate); break;
+      case 7: gemm_cols<7>(w, ldw, am, lda, cm, ldc, N, K, accumulate); break;
+      default: gemm_cols<8>(w, ldw, am, lda, cm, ldc, N, K, accumulate); break;
+    }
+  }
 }
 
-// gemv_rows over all N rows, split over the intra-op threads when W is large enough to repay a
-// parallel region (about 64K elements a thread: with 2 threads each core streams half of W).
-inline void gemv(const float* w, int64_t ldw, const float* x, float* y, int64_t N, int64_t K, bool accumulate) {
+// gemm_small_rows over all N columns of C, split over the intra-op threads when W is large enough to
+// repay a parallel region (about 64K elements of W a thread: with 2 threads each core streams half).
+inline void gemm_small(const float* w, int64_t ldw, const float* a, int64_t lda, float* c, int64_t ldc, int64_t M,
+                       int64_t N, int64_t K, bool accumulate) {
   constexpr int64_t kElemsPerThread = int64_t(1) << 16;
   if (N * K < 2 * kElemsPerThread || at::get_num_threads() == 1 || at::in_parallel_region()) {
-    gemv_rows(w, ldw, x, y, N, K, accumulate);
+    gemm_small_rows(w, ldw, a, lda, c, ldc, M, N, K, accumulate);
     return;
   }
   const int64_t blocks = (N + 7) / 8;
   at::parallel_for(0, blocks, std::max<int64_t>(1, kElemsPerThread / (8 * K)), [&](int64_t b0, int64_t b1) {
     const int64_t n0 = b0 * 8, n1 = std::min(N, b1 * 8);
-    gemv_rows(w + n0 * ldw, ldw, x, y + n0, n1 - n0, K, accumulate);
+    gemm_small_rows(w + n0 * ldw, ldw, a, lda, c + n0, ldc, M, n1 - n0, K, accumulate);
   });
 }
 
-// Whether C (1, N) = [C +] a (1, K) · Wᵀ runs on gemv: float32 throughout, W contiguous (N, K) with
-// K a multiple of 16 (gemv_weight_ok: fixed for a call), a and C dense rows (gemv_rows_ok).
-inline bool gemv_weight_ok(const at::Tensor& w, bool transpose) {
+// Whether C (M, N) = [C +] A (M, K) · Wᵀ runs on gemm_small: float32 throughout, W contiguous (N, K)
+// with K a multiple of 16 (small_weight_ok: fixed for a call), 1 <= M <= kSmallRows and A and C
+// with unit column stride (small_rows_ok; their row strides are passed as they are).
+inline bool small_weight_ok(const at::Tensor& w, bool transpose) {
   return transpose && w.scalar_type() == at::kFloat && w.is_contiguous() && w.size(1) > 0 && w.size(1) % 16 == 0;
 }
-inline bool gemv_rows_ok(const at::Tensor& a, const at::Tensor& c) {
-  return a.size(0) == 1 && a.scalar_type() == at::kFloat && c.scalar_type() == at::kFloat &&
+inline bool small_rows_ok(const at::Tensor& a, const at::Tensor& c) {
+  const int64_t M = a.size(0);
+  return M >= 1 && M <= kSmallRows && a.scalar_type() == at::kFloat && c.scalar_type() == at::kFloat &&
          (a.size(1) <= 1 || a.stride(1) == 1) && (c.size(1) <= 1 || c.stride(1) == 1);
-}
-inline bool gemv_applies(const at::Tensor& a, const at::Tensor& c, const at::Tensor& w, bool transpose) {
-  return gemv_weight_ok(w, transpose) && gemv_rows_ok(a, c);
 }
 
 // C (M, N) = [C +] A (M, K) · op(W), op(W) = Wᵀ (transpose) or W. A and C follow the rule above
@@ -216,7 +253,7 @@ class RecurrentGemm {
   static constexpr int64_t kUnknownSteps = INT32_MAX;
 
   RecurrentGemm(const at::Tensor& w, bool transpose, int64_t max_m, int64_t steps = kUnknownSteps)
-      : w_(w), transpose_(transpose), gemv_(gemv_weight_ok(w, transpose)) {
+      : w_(w), transpose_(transpose), small_(small_weight_ok(w, transpose)) {
     n_ = transpose ? w.size(0) : w.size(1);
     k_ = transpose ? w.size(1) : w.size(0);
     const mkl::Api& a = mkl::api();
@@ -250,6 +287,14 @@ class RecurrentGemm {
                        packed_.const_data_ptr<float>(), int(n_), accumulate ? 1.f : 0.f, c, int(ldc));
   }
 
+  // m dense rows (row strides lda, ldc): C = A · op(W) by gemm_small when it applies (returns false
+  // otherwise: use run). No tensors, so no view ops: the per-step path of a small batch.
+  bool run_small(const float* a, int64_t lda, float* c, int64_t ldc, int64_t m) const {
+    if (!small_rows(m)) return false;
+    gemm_small(w_.const_data_ptr<float>(), w_.size(1), a, lda, c, ldc, m, n_, k_, /*accumulate=*/false);
+    return true;
+  }
+
   void run(const at::Tensor& a_, at::Tensor& c, bool accumulate) const {
     if (packed_.defined() && a_.size(0) > 0) {
       TORCH_CHECK(blas_layout_ok(c), "rnnfast: internal error: a GEMM result of shape ", c.sizes(), " and strides ",
@@ -258,8 +303,10 @@ class RecurrentGemm {
       run_rows(a.const_data_ptr<float>(), blas_ld(a), c.data_ptr<float>(), blas_ld(c), a.size(0), accumulate);
       return;
     }
-    if (gemv_ && gemv_rows_ok(a_, c)) {
-      gemv(w_.const_data_ptr<float>(), w_.size(1), a_.const_data_ptr<float>(), c.data_ptr<float>(), n_, k_, accumulate);
+    if (small_rows(a_.size(0)) && small_rows_ok(a_, c)) {
+      const int64_t m = a_.size(0);
+      gemm_small(w_.const_data_ptr<float>(), w_.size(1), a_.const_data_ptr<float>(), m > 1 ? a_.stride(0) : k_,
+                 c.data_ptr<float>(), m > 1 ? c.stride(0) : n_, m, n_, k_, accumulate);
       return;
     }
     const at::Tensor op_w = transpose_ ? w_.t() : w_;
@@ -273,7 +320,12 @@ class RecurrentGemm {
  private:
   at::Tensor w_, packed_;
   bool transpose_;
-  bool gemv_;  // the weight side of gemv_applies, decided once per call
+  // Whether m rows run on gemm_small (see kSmallMinWeightBytes): W unpacked and small_weight_ok.
+  bool small_rows(int64_t m) const {
+    return small_ && !packed_.defined() && (m == 1 || (m >= 1 && m <= kSmallRows && weight_bytes() >= kSmallMinWeightBytes));
+  }
+
+  bool small_;  // the weight side of gemm_small's conditions (small_weight_ok), decided once per call
   int64_t n_ = 0, k_ = 0;
 };
 

@@ -1,0 +1,308 @@
+"""The modules' eager fast path (rnnfast._C.forward_layers, csrc/python.cpp) and the small-batch
+GEMM (csrc/cpu/blas.h gemm_small).
+
+The fast path runs the usual call of a module or cell in C++ with the same op calls as the Python
+path, so the two must agree bit for bit, forward and backward; anything unusual must fall back to
+the Python path (its checks, errors and features). Which path ran is observed by wrapping
+rnnfast._ops.forward_layers (None: it declined) and forcing the Python path through
+rnnfast._ops.eager_fast."""
+import threading
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import rnnfast
+from rnnfast import _ops
+
+
+@pytest.fixture
+def fast_calls(monkeypatch):
+    """Records what every forward_layers call returned: True (ran) or False (declined)."""
+    calls = []
+    orig = _ops.forward_layers
+
+    def spy(*args):
+        r = orig(*args)
+        calls.append(r is not None)
+        return r
+
+    monkeypatch.setattr(_ops, "forward_layers", spy)
+    return calls
+
+
+def python_path(monkeypatch):
+    monkeypatch.setattr(_ops, "eager_fast", lambda: False)
+
+
+def _flat(r):
+    """The tensors of a result, nested tuples flattened (a PackedSequence: its data)."""
+    if hasattr(r, "batch_sizes"):
+        return [r.data]
+    out = []
+    for t in r if isinstance(r, tuple) else (r,):
+        out.extend(_flat(t) if isinstance(t, tuple) else [t])
+    return out
+
+
+MODULES = [("RNN", {}), ("RNN", {"nonlinearity": "relu"}), ("GRU", {}), ("GRU", {"reset_after": False}),
+           ("LSTM", {})]
+
+
+def _run(m, x, hx, grad):
+    """Outputs (and with grad: the gradients of input, states and parameters) of one call."""
+    params = [p for p in m.parameters()]
+    for t in [x, *hx] + params:
+        t.grad = None
+    if not grad:
+        with torch.inference_mode():
+            return [t.clone() for t in _flat(m(x, *([tuple(hx)] if len(hx) == 2 else hx)))]
+    out = _flat(m(x, *([tuple(hx)] if len(hx) == 2 else hx)))
+    sum(o.sin().sum() for o in out).backward()
+    return [o.detach() for o in out] + [t.grad for t in [x, *hx] + params]
+
+
+@pytest.mark.parametrize("name,kw", MODULES, ids=lambda v: str(v))
+@pytest.mark.parametrize("layers,bidir,batch_first,bias,with_hx",
+                         [(1, False, False, True, False), (2, True, False, True, True), (2, False, True, False, True),
+                          (1, True, True, True, False)])
+@pytest.mark.parametrize("grad", [False, True])
+def test_modules_fast_path_equals_python_path_bit_for_bit(monkeypatch, fast_calls, name, kw, layers, bidir,
+                                                          batch_first, bias, with_hx, grad):
+    torch.manual_seed(0)
+    m = getattr(rnnfast, name)(5, 8, num_layers=layers, bidirectional=bidir, batch_first=batch_first, bias=bias, **kw)
+    x = torch.randn(3, 4, 5, requires_grad=grad)  # (T, B, I) or (B, T, I)
+    D, B = 2 if bidir else 1, 3 if batch_first else 4
+    hx = []
+    if with_hx:
+        hx = [torch.randn(layers * D, B, 8, requires_grad=grad) for _ in range(2 if name == "LSTM" else 1)]
+    fast = _run(m, x, hx, grad)
+    assert fast_calls == [True]
+    python_path(monkeypatch)
+    slow = _run(m, x, hx, grad)
+    assert fast_calls == [True]  # the Python path never asked
+    assert len(fast) == len(slow)
+    for a, b in zip(fast, slow):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name,kw", [("RNNCell", {}), ("RNNCell", {"nonlinearity": "relu"}), ("GRUCell", {}),
+                                     ("GRUCell", {"reset_after": False}), ("LSTMCell", {})], ids=lambda v: str(v))
+@pytest.mark.parametrize("with_hx", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_cells_fast_path_equals_python_path_bit_for_bit(monkeypatch, fast_calls, name, kw, with_hx, bias):
+    torch.manual_seed(0)
+    cell = getattr(rnnfast, name)(5, 8, bias=bias, **kw)
+    x = torch.randn(4, 5, requires_grad=True)
+    states = [torch.randn(4, 8, requires_grad=True) for _ in range(2 if name == "LSTMCell" else 1)]
+
+    def run():
+        for t in [x, *states, *cell.parameters()]:
+            t.grad = None
+        arg = (tuple(states) if len(states) == 2 else states[0]) if with_hx else None
+        out = _flat(cell(x, arg))
+        sum(o.sin().sum() for o in out).backward()
+        return [o.detach() for o in out] + [t.grad for t in [x, *states, *cell.parameters()]]
+
+    fast = run()
+    assert fast_calls == [True]
+    python_path(monkeypatch)
+    for a, b in zip(fast, run()):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["GRU", "LSTM", "RNN"])
+def test_float64_fast_path_equals_python_path(monkeypatch, fast_calls, name):
+    torch.manual_seed(0)
+    m = getattr(rnnfast, name)(5, 8, num_layers=2).double()
+    x = torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)
+    fast = _run(m, x, [], True)
+    python_path(monkeypatch)
+    for a, b in zip(fast, _run(m, x, [], True)):
+        assert torch.equal(a, b)
+    assert fast_calls == [True]
+
+
+def test_fast_path_matches_torch_nn_and_keeps_no_workspace_in_inference(fast_calls):
+    torch.manual_seed(0)
+    got, ref = rnnfast.LSTM(6, 16, num_layers=2), torch.nn.LSTM(6, 16, num_layers=2)
+    ref.load_state_dict(got.state_dict())
+    x = torch.randn(7, 3, 6)
+    with torch.inference_mode():
+        for a, b in zip(_flat(got(x)), _flat(ref(x))):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    (a, _), (b, _) = got(x), ref(x)
+    assert a.grad_fn is not None  # parameters require grad: a graph (with its workspace) is built
+    with torch.no_grad():
+        assert got(x)[0].grad_fn is None
+    assert fast_calls == [True, True, True]
+
+
+class _Sub(torch.Tensor):
+    pass
+
+
+def _declined_cases():
+    """(module, call) pairs the fast path must decline, and the Python path then runs."""
+    x = torch.randn(3, 2, 4)
+    yield "packed", rnnfast.GRU(4, 6), lambda m: m(pack_padded_sequence(x, torch.tensor([3, 2])))
+    yield "unbatched", rnnfast.GRU(4, 6), lambda m: m(x[:, 0])
+    yield "proj_size", rnnfast.LSTM(4, 6, proj_size=3), lambda m: m(x)
+    yield "subclass input", rnnfast.GRU(4, 6), lambda m: m(x.as_subclass(_Sub))
+    yield "hx list", rnnfast.LSTM(4, 6), lambda m: m(x, [torch.zeros(1, 2, 6), torch.zeros(1, 2, 6)])
+    yield "unbatched cell", rnnfast.LSTMCell(4, 6), lambda m: m(x[0, 0])
+
+
+@pytest.mark.parametrize("case", list(_declined_cases()), ids=lambda c: c[0])
+def test_unusual_calls_take_the_python_path_with_the_same_results(monkeypatch, fast_calls, case):
+    _, m, call = case
+    torch.manual_seed(0)
+    got = _flat(call(m))
+    python_path(monkeypatch)
+    ref = _flat(call(m))
+    assert len(got) == len(ref)
+    for a, b in zip(got, ref):
+        assert torch.equal(a, b)
+
+
+def test_the_fast_path_declines_what_it_does_not_run(fast_calls):
+    x = torch.randn(3, 2, 4)
+    rnnfast.GRU(4, 6)(x.as_subclass(_Sub))
+    rnnfast.LSTM(4, 6, proj_size=3)(x)
+    assert fast_calls == [False, False]
+    # dropout while training stays in Python (torch.nn's draws); in eval it runs fast
+    m = rnnfast.GRU(4, 6, num_layers=2, dropout=0.5)
+    m(x)
+    m.eval()
+    m(x)
+    assert fast_calls == [False, False, True]
+    # a TorchFunctionMode sees the Python path's ops
+    seen = []
+
+    class Mode(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    with Mode():
+        rnnfast.GRU(4, 6)(x)
+    assert fast_calls[-1] is False and seen
+
+
+def test_parametrized_weights_are_used(fast_calls):
+    """A parametrization moves the weight out of _parameters: the fast path declines, and the
+    parametrized weight is what runs."""
+    torch.manual_seed(0)
+    m = rnnfast.RNN(4, 6)
+    ref = torch.nn.RNN(4, 6)
+    ref.load_state_dict(m.state_dict())
+    torch.nn.utils.parametrize.register_parametrization(m, "weight_hh_l0", _Double())
+    with torch.no_grad():
+        ref.weight_hh_l0.mul_(2)
+    x = torch.randn(3, 2, 4)
+    torch.testing.assert_close(m(x)[0], ref(x)[0], rtol=1e-5, atol=1e-6)
+    assert fast_calls == [False]
+
+
+class _Double(torch.nn.Module):
+    def forward(self, w):
+        return 2 * w
+
+
+def test_functional_call_uses_the_given_parameters(fast_calls):
+    torch.manual_seed(0)
+    m, other = rnnfast.LSTM(4, 6), rnnfast.LSTM(4, 6)
+    x = torch.randn(3, 2, 4)
+    got = torch.func.functional_call(m, dict(other.named_parameters()), (x,))
+    for a, b in zip(_flat(got), _flat(other(x))):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["GRU", "LSTMCell"])
+def test_errors_are_the_python_paths(monkeypatch, name):
+    """A call the op refuses (a bad weight, a bad hx) raises what the Python path raises."""
+    x = torch.randn(3, 2, 4) if "Cell" not in name else torch.randn(2, 4)
+
+    def errors():
+        got = []
+        m = getattr(rnnfast, name)(4, 6)
+        hh = "weight_hh_l0" if "Cell" not in name else "weight_hh"
+        G = 3 if name == "GRU" else 4
+        setattr(m, hh, torch.nn.Parameter(torch.randn(G * 6, 5)))
+        bad_h = torch.zeros(1, 2, 5) if "Cell" not in name else (torch.zeros(2, 5), torch.zeros(2, 6))
+        for call in (lambda: m(x), lambda: getattr(rnnfast, name)(4, 6)(x, bad_h),
+                     lambda: getattr(rnnfast, name)(4, 6)(x.double())):
+            with pytest.raises(Exception) as info:
+                call()
+            got.append((type(info.value), str(info.value)))
+        return got
+
+    fast = errors()
+    python_path(monkeypatch)
+    assert fast == errors()
+
+
+def test_threads_call_modules_concurrently():
+    """forward_layers releases the GIL around the ops: calls from several threads stay correct."""
+    torch.manual_seed(0)
+    m = rnnfast.GRU(8, 16)
+    xs = [torch.randn(5, 3, 8) for _ in range(4)]
+    with torch.inference_mode():
+        want = [m(x)[0] for x in xs]
+    got = [None] * len(xs)
+
+    def work(i):
+        with torch.inference_mode():
+            for _ in range(50):
+                got[i] = m(xs[i])[0]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
+# ---- the small-batch GEMM --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_small_batches_with_a_large_weight_row_by_row(cell, threads):
+    """Above 3 MB of weight a batch of 2..16 rows runs gemm_small, whose every output is summed in an
+    order that depends on K only: each row of a batch is bit for bit its batch-of-one call (which
+    ran the same kernel before), and all match torch.nn in float32 and a float64 reference."""
+    torch.manual_seed(0)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        H = 512
+        m = getattr(rnnfast, cell)(H, H)
+        ref = getattr(torch.nn, cell)(H, H)
+        ref.load_state_dict(m.state_dict())
+        ref64 = getattr(torch.nn, cell)(H, H).double()
+        ref64.load_state_dict(m.state_dict())
+        for T, B in ((1, 8), (1, 16), (1, 3), (2, 5)):
+            x = torch.randn(T, B, H)
+            with torch.inference_mode():
+                out, _ = m(x)
+                rows = torch.cat([m(x[:, b:b + 1])[0] for b in range(B)], dim=1)
+                assert torch.equal(out, rows)
+                torch.testing.assert_close(out, ref(x)[0], rtol=1e-5, atol=2e-6)
+                torch.testing.assert_close(out.double(), ref64(x.double())[0], rtol=1e-5, atol=2e-6)
+    finally:
+        torch.set_num_threads(prev)
+
+
+def test_small_batches_with_a_large_weight_backward_matches_torch_nn():
+    torch.manual_seed(0)
+    H = 512
+    m, ref = rnnfast.LSTM(H, H), torch.nn.LSTM(H, H)
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(1, 4, H, requires_grad=True)
+    xr = x.detach().clone().requires_grad_()
+    m(x)[0].sum().backward()
+    ref(xr)[0].sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(m.weight_ih_l0.grad, ref.weight_ih_l0.grad, rtol=1e-4, atol=1e-5)
