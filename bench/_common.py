@@ -90,6 +90,12 @@ def onnxruntime_step(layer, x, threads):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    # With more than one thread, onnxruntime's pool threads spin-wait after each call (its default),
+    # holding a core while the next implementation is timed in the same process (bench/recheck.py,
+    # gru fwd H64 B8 T8, 2 threads: rnnfast 0.50x onnxruntime with spinning, 1.11x without; the
+    # grid times them one after the other, as exposed). Off, each timing owns the machine; but
+    # onnxruntime then wakes its threads per call. 1-thread sessions have no pool threads.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(f.getvalue(), opts, providers=["CPUExecutionProvider"])
     feed = {"x": x.numpy()}
     return lambda: sess.run(None, feed)
