@@ -306,3 +306,36 @@ def test_small_batches_with_a_large_weight_backward_matches_torch_nn():
     ref(xr)[0].sum().backward()
     torch.testing.assert_close(x.grad, xr.grad, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(m.weight_ih_l0.grad, ref.weight_ih_l0.grad, rtol=1e-4, atol=1e-5)
+
+
+# ---- two threads at small batches: the batch split from 4 rows a block, sequential small steps -----
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("B", [4, 5, 8, 9, 15])
+def test_two_threads_small_batches_match_one_thread_and_torch_nn(cell, B):
+    """B = 8..15 now splits over two threads (blocks of >= 4 rows, csrc/cpu/backend.h
+    kBatchSplitMinRows) and smaller steps run MKL single-threaded (kSequentialStepMacs): forward and
+    backward match torch.nn at both thread counts."""
+    torch.manual_seed(0)
+    m, ref = getattr(rnnfast, cell)(16, 64), getattr(torch.nn, cell)(16, 64)
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(20, B, 16)
+    prev = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            xx = x.clone().requires_grad_()
+            out, _ = m(xx)
+            m.zero_grad()
+            out.sin().sum().backward()
+            results.append((out.detach(), xx.grad, m.weight_hh_l0.grad.clone()))
+    finally:
+        torch.set_num_threads(prev)
+    xr = x.clone().requires_grad_()
+    out_r, _ = ref(xr)
+    out_r.sin().sum().backward()
+    for out, gx, gw in results:
+        torch.testing.assert_close(out, out_r, rtol=1e-5, atol=2e-6)
+        torch.testing.assert_close(gx, xr.grad, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(gw, ref.weight_hh_l0.grad, rtol=1e-4, atol=1e-5)

@@ -127,8 +127,17 @@ RNNFAST_SIMD_CLONES void backward_rows(const MakeRow& row, int64_t b0, int64_t b
 // thread then streams all of W_hh every step, so this only pays while W_hh stays in a core's L2:
 // measured on the 2-core box (Xeon, 2 MB L2), per step M=16 on 1 thread vs M=32 on 2 threads
 // (MKL's split over columns): 1 MB W_hh (H=256, 4 gates) 51 vs 54 us; 4 MB (H=512) 314 vs 245 us.
+// At least kBatchSplitMinRows rows a block: 4 (it was 8) also splits B = 8..15 over 2 threads, measured
+// interleaved in one process, 2 threads, forward: LSTM H64 B8 T35 330 -> 196 us, T200 1907 ->
+// 1231 us, GRU H64 B8 T35 280 -> 154 us, RNN H64 B8 T35 89 -> 68 us; LSTM H256 B8 T35 unchanged.
 constexpr int64_t kBatchSplitMaxWeightBytes = 1536 * 1024;
-constexpr int64_t kBatchSplitMinRows = 8;
+constexpr int64_t kBatchSplitMinRows = 4;
+
+// A step GEMM below kSequentialStepMacs multiply-adds (B x size of W_hh) runs on one thread when the
+// loop is not batch-split: MKL's own threads cost more than such a GEMM (2 threads, LSTM H64 B8
+// T35 with MKL threading 330 us, single-threaded 241 us); from ~1M multiply-adds they pay (LSTM
+// H256 B4 T35 868 us threaded, 1106 us not).
+constexpr int64_t kSequentialStepMacs = int64_t(1) << 18;
 
 // Number of row blocks for the batch-split recurrence (1: run the plain loop).
 inline int64_t batch_split_chunks(int64_t B, const RecurrentGemm& rec) {
@@ -163,6 +172,11 @@ void walk_rows(bool splittable, int64_t B, const RecurrentGemm& rec, const F& f)
       for_row_blocks(chunks, B, [&](int64_t b0, int64_t b1) { f(Rows{b0, b1, true}); });
       return;
     }
+  }
+  if (B * rec.weight_bytes() / rec.element_size() < kSequentialStepMacs) {  // see kSequentialStepMacs
+    const mkl::SequentialScope sequential;
+    f(Rows{0, B, false});
+    return;
   }
   f(Rows{0, B, false});
 }

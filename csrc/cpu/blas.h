@@ -275,6 +275,7 @@ class RecurrentGemm {
   bool packed() const { return packed_.defined(); }
   // Size in bytes of op(W) (what every call streams through the cache).
   int64_t weight_bytes() const { return n_ * k_ * int64_t(w_.element_size()); }
+  int64_t element_size() const { return int64_t(w_.element_size()); }
 
   // Packed path only (packed() is true): C rows [0, m) (row stride ldc) = [C +] A rows · op(W).
   // Safe to call from several threads at once on disjoint rows of C.
