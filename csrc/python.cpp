@@ -14,12 +14,14 @@
 // every check and error message: input or states that are not plain tensors (subclasses, a
 // __torch_function__ mode), a parameter missing from module._parameters (parametrizations), shapes,
 // dtypes or devices that differ from the module's, a zero-length sequence, an unknown cell. When an
-// op raises, the Python path runs the call again and raises the error it names (the forward ops
-// have no side effects, so nothing is left half done). The caller (rnnfast/nn.py) calls it only
+// op refuses the call, the Python path runs it again and raises the error it names (the forward
+// ops have no side effects, so nothing is left half done); an exception raised by Python code
+// under the ops (a saved-tensor hook) propagates as it is. The caller (rnnfast/nn.py) calls it only
 // outside graph capture and function transforms (rnnfast._ops.eager_fast).
 #include <Python.h>
 #include <ATen/ATen.h>
 #include <ATen/PythonTorchFunctionTLS.h>
+#include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 
 #include <array>
@@ -191,8 +193,15 @@ PyObject* forward_layers(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       h_n = hs[0];
       if (num_states == 2) c_n = cs[0];
     }
+  } catch (python_error& e) {
+    // Python code under the ops raised (a saved-tensor hook, an autocast kernel): that exception
+    // propagates as it would from the Python path (non-reentrant checkpointing stops its
+    // recomputation this way; running the call again would be wrong)
+    e.restore();
+    return nullptr;
   } catch (...) {
-    // the Python path runs the call again and raises the error that names the problem
+    // an op refused the call: the Python path runs it again and raises the error that names the
+    // problem
     if (PyErr_Occurred()) PyErr_Clear();
     Py_RETURN_NONE;
   }

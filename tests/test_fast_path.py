@@ -339,3 +339,41 @@ def test_two_threads_small_batches_match_one_thread_and_torch_nn(cell, B):
         torch.testing.assert_close(out, out_r, rtol=1e-5, atol=2e-6)
         torch.testing.assert_close(gx, xr.grad, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(gw, ref.weight_hh_l0.grad, rtol=1e-4, atol=1e-5)
+
+
+# ---- Python code under the ops: its exceptions propagate, and checkpointing works ------------------
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_activation_checkpointing_matches_torch_nn(fast_calls, reentrant):
+    """torch.utils.checkpoint recomputes the forward in backward; the non-reentrant form stops the
+    recomputation by raising from a saved-tensor hook under the op, which must propagate (the
+    fallback to the Python path once ran the op again and tripped checkpoint's own assertion)."""
+    from torch.utils.checkpoint import checkpoint
+    torch.manual_seed(0)
+    m, ref = rnnfast.LSTM(8, 16, num_layers=2), torch.nn.LSTM(8, 16, num_layers=2)
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(5, 3, 8, requires_grad=True)
+    xr = x.detach().clone().requires_grad_()
+    checkpoint(lambda t: m(t)[0], x, use_reentrant=reentrant).sin().sum().backward()
+    ref(xr)[0].sin().sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-4, atol=1e-6)
+    for name, p in m.named_parameters():
+        torch.testing.assert_close(p.grad, getattr(ref, name).grad, rtol=1e-4, atol=1e-6)
+    assert all(fast_calls)
+
+
+def test_an_exception_from_a_saved_tensor_hook_propagates_once(fast_calls):
+    class Stop(Exception):
+        pass
+
+    calls = []
+
+    def pack(t):
+        calls.append(1)
+        raise Stop("from the hook")
+
+    m = rnnfast.GRU(4, 6)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with pytest.raises(Stop, match="from the hook"):
+            m(torch.randn(3, 2, 4))
+    assert len(calls) == 1  # raised once, not again by a second run on the Python path
