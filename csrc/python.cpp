@@ -194,10 +194,16 @@ PyObject* forward_layers(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       if (num_states == 2) c_n = cs[0];
     }
   } catch (python_error& e) {
-    // Python code under the ops raised (a saved-tensor hook, an autocast kernel): that exception
-    // propagates as it would from the Python path (non-reentrant checkpointing stops its
-    // recomputation this way; running the call again would be wrong)
+    // Python code under the ops raised (a saved-tensor hook, the autocast kernel). As in the
+    // Python path (rnnfast.functional._layer), a RuntimeError, TypeError or ValueError is an op's
+    // refusal, checked and named there; anything else propagates as it is (non-reentrant
+    // checkpointing stops its recomputation this way: running the call again would be wrong)
     e.restore();
+    if (PyErr_ExceptionMatches(PyExc_RuntimeError) || PyErr_ExceptionMatches(PyExc_TypeError) ||
+        PyErr_ExceptionMatches(PyExc_ValueError)) {
+      PyErr_Clear();
+      Py_RETURN_NONE;
+    }
     return nullptr;
   } catch (...) {
     // an op refused the call: the Python path runs it again and raises the error that names the

@@ -377,3 +377,20 @@ def test_an_exception_from_a_saved_tensor_hook_propagates_once(fast_calls):
         with pytest.raises(Stop, match="from the hook"):
             m(torch.randn(3, 2, 4))
     assert len(calls) == 1  # raised once, not again by a second run on the Python path
+
+
+def test_an_op_refusal_under_autocast_gets_the_python_paths_error(monkeypatch):
+    """Under autocast the op is called from its (Python) autocast kernel, so its refusal comes back
+    as a Python RuntimeError: that still goes to the Python path, which names the problem."""
+    def error():
+        m = rnnfast.GRU(4, 6)
+        m.weight_hh_l0 = torch.nn.Parameter(torch.randn(18, 5))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            with pytest.raises(Exception) as info:
+                m(torch.randn(3, 2, 4))
+        return type(info.value), str(info.value)
+
+    fast = error()
+    assert fast[0] is ValueError and "w_hh must have shape" in fast[1]
+    python_path(monkeypatch)
+    assert fast == error()
