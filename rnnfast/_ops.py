@@ -172,14 +172,14 @@ def eager_fast():
     no graph capture (torch.compile / export, torch.jit.trace), no functorch transform and no
     forward-mode AD level. Everywhere else they take the Python path, which those systems see op by
     op (and which refuses forward-mode AD by name)."""
-    return not (_is_compiling() or _is_tracing() or _functorch_active() or forward_ad._current_level >= 0)
+    return not (_graph_capture() or forward_ad._current_level >= 0)
 
 
 def _graph_capture():
     """True while a graph is captured or transformed (torch.compile / export, torch.jit.trace,
     torch.func): there a call keeps the op's defaults (the full workspace), whatever the fake or
     wrapped tensors say about requires_grad."""
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or _functorch_active()
+    return _is_compiling() or _is_tracing() or _functorch_active()
 
 
 def _forward_caller(forward_op):

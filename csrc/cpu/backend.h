@@ -173,11 +173,8 @@ void walk_rows(bool splittable, int64_t B, const RecurrentGemm& rec, const F& f)
       return;
     }
   }
-  if (B * rec.weight_bytes() / rec.element_size() < kSequentialStepMacs) {  // see kSequentialStepMacs
-    const mkl::SequentialScope sequential;
-    f(Rows{0, B, false});
-    return;
-  }
+  std::optional<mkl::SequentialScope> sequential;
+  if (B * rec.row_macs() < kSequentialStepMacs) sequential.emplace();  // see kSequentialStepMacs
   f(Rows{0, B, false});
 }
 

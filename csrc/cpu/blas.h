@@ -231,15 +231,15 @@ inline void gemm_small(const float* w, int64_t ldw, const float* a, int64_t lda,
   });
 }
 
-// Whether C (M, N) = [C +] A (M, K) · Wᵀ runs on gemm_small: float32 throughout, W contiguous (N, K)
-// with K a multiple of 16 (small_weight_ok: fixed for a call), 1 <= M <= kSmallRows and A and C
-// with unit column stride (small_rows_ok; their row strides are passed as they are).
+// Whether C (M, N) = [C +] A (M, K) · Wᵀ can run on gemm_small: float32 throughout, W contiguous
+// (N, K) with K a multiple of 16 (small_weight_ok: fixed for a call), A and C with unit column
+// stride (small_rows_ok; their row strides are passed as they are). How many rows it takes is
+// RecurrentGemm::small_rows's.
 inline bool small_weight_ok(const at::Tensor& w, bool transpose) {
   return transpose && w.scalar_type() == at::kFloat && w.is_contiguous() && w.size(1) > 0 && w.size(1) % 16 == 0;
 }
 inline bool small_rows_ok(const at::Tensor& a, const at::Tensor& c) {
-  const int64_t M = a.size(0);
-  return M >= 1 && M <= kSmallRows && a.scalar_type() == at::kFloat && c.scalar_type() == at::kFloat &&
+  return a.scalar_type() == at::kFloat && c.scalar_type() == at::kFloat &&
          (a.size(1) <= 1 || a.stride(1) == 1) && (c.size(1) <= 1 || c.stride(1) == 1);
 }
 
@@ -275,7 +275,8 @@ class RecurrentGemm {
   bool packed() const { return packed_.defined(); }
   // Size in bytes of op(W) (what every call streams through the cache).
   int64_t weight_bytes() const { return n_ * k_ * int64_t(w_.element_size()); }
-  int64_t element_size() const { return int64_t(w_.element_size()); }
+  // Multiply-adds per row of A.
+  int64_t row_macs() const { return n_ * k_; }
 
   // Packed path only (packed() is true): C rows [0, m) (row stride ldc) = [C +] A rows · op(W).
   // Safe to call from several threads at once on disjoint rows of C.
