@@ -268,27 +268,33 @@ def test_threads_call_modules_concurrently():
 # ---- the small-batch GEMM --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
-def test_small_batches_with_a_large_weight_row_by_row(cell, threads):
-    """Above 3 MB of weight a batch of 2..16 rows runs gemm_small, whose every output is summed in an
-    order that depends on K only: each row of a batch is bit for bit its batch-of-one call (which
-    ran the same kernel before), and all match torch.nn in float32 and a float64 reference."""
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("large, shapes", [
+    (False, ((1, 2), (1, 3), (1, 5), (1, 7), (1, 16), (3, 5), (2, 8))),  # H = 64, W in L2: up to 16 rows
+    (True, ((1, 8), (1, 16), (1, 3), (2, 5), (1, 17), (1, 33), (1, 64))),  # W of 3-4 MB: up to 64
+])
+def test_small_batches_row_by_row(cell, threads, large, shapes):
+    """Up to 16 rows (and up to 64 above 3 MB of weight) an unpacked GEMM runs gemm_small (csrc/cpu/
+    blas.h: tiles of 4 x 4, the rows left over in tiles of 1-3, one row alone in its own shape),
+    whose every output is summed in an order that depends on K only: each row of a batch is bit for
+    bit its batch-of-one call, and all match torch.nn in float32 and a float64 reference. (The
+    shapes keep every GEMM of the call in that range: the input projection takes T x B rows.)"""
     torch.manual_seed(0)
+    H = (1024 if cell == "RNN" else 512) if large else 64
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        H = 512
         m = getattr(rnnfast, cell)(H, H)
         ref = getattr(torch.nn, cell)(H, H)
         ref.load_state_dict(m.state_dict())
         ref64 = getattr(torch.nn, cell)(H, H).double()
         ref64.load_state_dict(m.state_dict())
-        for T, B in ((1, 8), (1, 16), (1, 3), (2, 5)):
+        for T, B in shapes:
             x = torch.randn(T, B, H)
             with torch.inference_mode():
                 out, _ = m(x)
                 rows = torch.cat([m(x[:, b:b + 1])[0] for b in range(B)], dim=1)
-                assert torch.equal(out, rows)
+                assert torch.equal(out, rows), (T, B)
                 torch.testing.assert_close(out, ref(x)[0], rtol=1e-5, atol=2e-6)
                 torch.testing.assert_close(out.double(), ref64(x.double())[0], rtol=1e-5, atol=2e-6)
     finally:

@@ -350,7 +350,6 @@ class CpuForward {
 
     template <int Ph>
     FwdRow<T_> row(const Step& st, int64_t b) const {
-      const int64_t tb = st.t * B + b;
       FwdRow<T_> r;
       r.xg = xg + ((st.t - xg_t0) * B + b) * G * H;
       r.bias = bias;

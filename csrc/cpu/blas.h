@@ -132,66 +132,93 @@ inline bool worth_packing(int64_t m, int64_t steps) {
   return m >= kPackMinRows && steps >= kPackMinSteps && m * steps >= kPackMinRowSteps;
 }
 
-// C (M, N) = [C +] A (M, K) · Wᵀ for a few rows (M <= kSmallRows): the recurrent GEMM of a small
-// batch (unpacked: short sequences) and the input projection of a short one. MKL runs this
-// "dot product" form well below the speed of memory and cache: for one row (GEMV; 1 thread, at::mm
-// through MKL against gemv_rows, us: 768 x 256 24.6 / 13.8-16.7, 1536 x 512 162 / 115-129,
-// 1024 x 1024 219 / 187, 4096 x 1024 811 / 757; medians of 1000-2000 calls, the kernel timed in a
-// standalone C++ loop), and for a few rows it also copies (packs) all of W on every call.
-// Here each block of R rows of W is read once for a block of up to M rows of A, with M x R
-// independent 16-lane accumulators in flight (M = 1: R = 8); the lane sums are a fixed tree. Every
-// C[m, n] is summed in an order that depends on K only (never on which rows share a block, how
-// the rows are split over threads, the batch or the step), so a row's value is the same whichever
-// call computes it, batch of one or not. K must be a multiple of 16 (the hidden sizes users pick;
-// other K, e.g. a one-hot input of 28, go to MKL).
+// C (M, N) = [C +] A (M, K) · Wᵀ for a small batch of rows (see small_rows for how many): the
+// recurrent GEMM of a small batch (unpacked: short sequences) and the input projection of a short
+// one. MKL runs this "dot product" form (W row-major, K contiguous in both operands) below the
+// speed of memory and cache: for one row (GEMV; 1 thread, at::mm through MKL against the old
+// gemv_rows, us: 768 x 256 24.6 / 13.8-16.7, 1536 x 512 162 / 115-129, 4096 x 1024 811 / 757), and
+// for more rows it also copies (packs) all of W on every call.
+// Here each block of R rows of W is loaded once for all M rows of A (W outer: read from memory
+// once, then reused from L1 by every tile of MT rows of A), with MT x R independent 16-lane
+// accumulators in flight. The 16 lanes of each accumulator are summed by a fixed tree (lane_sums:
+// all the tile's accumulators at once). Every C[m, n] is summed in an order that depends on K only
+// (never on which rows share a tile, how the rows are split over threads, the batch or the step),
+// so a row's value is the same whichever call computes it, batch of one or not. K must be a
+// multiple of 16 (the hidden sizes users pick; other K, e.g. a one-hot input of 28, go to MKL).
 using Vec16 = float __attribute__((vector_size(64)));
-using Vec8 = float __attribute__((vector_size(32)));
-using Vec4 = float __attribute__((vector_size(16)));
 
-// When it runs (RecurrentGemm::small_rows): always for one row; for 2..kSmallRows rows only when W
-// is larger than a core's L2 (kSmallMinWeightBytes). Measured against at::mm (MKL), 1 thread, us
-// per call, small / MKL: W 2048 x 512 (4 MB) M=4 202 / 311, M=8 282 / 514, M=16 635 / 599;
-// 4096 x 1024 M=4 779 / 1319, M=8 960 / 1930, M=16 1926 / 2427 (MKL copies all of W every call);
-// but with W in L2 MKL is faster from M=2 (768 x 256 M=2 12.6 / 9.9, M=8 34.9 / 32.9).
-constexpr int64_t kSmallRows = 16;
-constexpr int64_t kSmallMinWeightBytes = int64_t(3) << 20;
+// The lane sums of N <= 16 accumulators: lane j of out is the sum of the 16 lanes of v[j],
+// always by the same tree: a8 = v[0:8] + v[8:16], a4 = a8[0:4] + a8[4:8], (a4[0] + a4[2]) +
+// (a4[1] + a4[3]). Done for all accumulators together, transposed: each stage adds two vectors
+// whose lanes hold the pairs it sums for two accumulators (groups) at once, halving the vectors;
+// 2 shuffles and 1 add per pair, where one accumulator at a time cost ~5 shuffles and ~5 adds.
+template <int N>
+RNNFAST_ALWAYS_INLINE void lane_sums(const Vec16* v, Vec16& out) {
+  static_assert(N >= 1 && N <= 16, "lane_sums: 1..16 accumulators");
+  const Vec16 z{};
+  constexpr int N1 = (N + 1) / 2, N2 = (N1 + 1) / 2, N3 = (N2 + 1) / 2;
+  Vec16 s[N1], u[N2], r[N3];
+  for (int i = 0; i < N1; ++i) {  // s[i]: lanes 8g..8g+7 hold a8 of v[2i + g]
+    const Vec16 x = v[2 * i], y = 2 * i + 1 < N ? v[2 * i + 1] : z;
+    s[i] = __builtin_shufflevector(x, y, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+           __builtin_shufflevector(x, y, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  }
+  for (int i = 0; i < N2; ++i) {  // u[i]: lanes 4g..4g+3 hold a4 of v[4i + g]
+    const Vec16 x = s[2 * i], y = 2 * i + 1 < N1 ? s[2 * i + 1] : z;
+    u[i] = __builtin_shufflevector(x, y, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+           __builtin_shufflevector(x, y, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+  }
+  for (int i = 0; i < N3; ++i) {  // r[i]: lanes 2g, 2g+1 hold a4[0] + a4[2], a4[1] + a4[3] of v[8i + g]
+    const Vec16 x = u[2 * i], y = 2 * i + 1 < N2 ? u[2 * i + 1] : z;
+    r[i] = __builtin_shufflevector(x, y, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
+           __builtin_shufflevector(x, y, 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
+  }
+  const Vec16 x = r[0], y = N3 > 1 ? r[1] : z;
+  out = __builtin_shufflevector(x, y, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+         __builtin_shufflevector(x, y, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+}
 
+// C[m, r] (m < M, r < R) = [C +] A[m] · W[r] over K: M x R <= 16 accumulators.
 template <int M, int R>
 RNNFAST_ALWAYS_INLINE void gemm_block(const float* __restrict w, int64_t ldw, const float* __restrict a, int64_t lda,
                                       float* __restrict c, int64_t ldc, int64_t K, bool accumulate) {
-  Vec16 acc[M][R];
-  for (int m = 0; m < M; ++m)
-    for (int r = 0; r < R; ++r) acc[m][r] = Vec16{};
+  static_assert(M * R <= 16, "gemm_block: at most 16 accumulators");
+  Vec16 acc[M * R];
+  for (int i = 0; i < M * R; ++i) acc[i] = Vec16{};
   for (int64_t k = 0; k < K; k += 16) {
     Vec16 wv[R];
     for (int r = 0; r < R; ++r) std::memcpy(&wv[r], w + r * ldw + k, sizeof(Vec16));
     for (int m = 0; m < M; ++m) {
       Vec16 av;
       std::memcpy(&av, a + m * lda + k, sizeof(Vec16));
-      for (int r = 0; r < R; ++r) acc[m][r] += wv[r] * av;
+      for (int r = 0; r < R; ++r) acc[m * R + r] += wv[r] * av;
     }
   }
+  Vec16 sum;
+  lane_sums<M * R>(acc, sum);
   for (int m = 0; m < M; ++m) {
     for (int r = 0; r < R; ++r) {
-      const Vec16 v = acc[m][r];
-      const Vec8 a8 = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-                      __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-      const Vec4 a4 = __builtin_shufflevector(a8, a8, 0, 1, 2, 3) + __builtin_shufflevector(a8, a8, 4, 5, 6, 7);
-      const float sum = (a4[0] + a4[2]) + (a4[1] + a4[3]);
       float& y = c[m * ldc + r];
-      y = accumulate ? y + sum : sum;
+      y = accumulate ? y + sum[m * R + r] : sum[m * R + r];
     }
   }
 }
 
-// Rows [0, N) of W against M (<= 8) rows of A: blocks of R rows of W, then single rows.
-template <int M>
-RNNFAST_ALWAYS_INLINE void gemm_cols(const float* w, int64_t ldw, const float* a, int64_t lda, float* c, int64_t ldc,
-                                     int64_t N, int64_t K, bool accumulate) {
-  constexpr int R = M == 1 ? 8 : M <= 3 ? 16 / (2 * M) * 2 : M <= 5 ? 3 : 2;  // M*R <= 16 accumulators
-  int64_t n = 0;
-  for (; n + R <= N; n += R) gemm_block<M, R>(w + n * ldw, ldw, a, lda, c + n, ldc, K, accumulate);
-  for (; n < N; ++n) gemm_block<M, 1>(w + n * ldw, ldw, a, lda, c + n, ldc, K, accumulate);
+// R rows of W against all M rows of A: tiles of kTileRows rows, then the remaining 1..3 rows.
+constexpr int kTileRows = 4, kTileCols = 4;  // measured best of 8x2, 6x2, 4x3, 4x4, 2x8 (4x4 by 1.2-2x)
+template <int R>
+RNNFAST_ALWAYS_INLINE void gemm_rows(const float* w, int64_t ldw, const float* a, int64_t lda, float* c, int64_t ldc,
+                                     int64_t M, int64_t K, bool accumulate) {
+  int64_t m = 0;
+  for (; m + kTileRows <= M; m += kTileRows) gemm_block<kTileRows, R>(w, ldw, a + m * lda, lda, c + m * ldc, ldc, K, accumulate);
+  a += m * lda;
+  c += m * ldc;
+  switch (M - m) {
+    case 1: gemm_block<1, R>(w, ldw, a, lda, c, ldc, K, accumulate); break;
+    case 2: gemm_block<2, R>(w, ldw, a, lda, c, ldc, K, accumulate); break;
+    case 3: gemm_block<3, R>(w, ldw, a, lda, c, ldc, K, accumulate); break;
+    default: break;
+  }
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -199,21 +226,28 @@ __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
 inline void gemm_small_rows(const float* w, int64_t ldw, const float* a, int64_t lda, float* c, int64_t ldc,
                             int64_t M, int64_t N, int64_t K, bool accumulate) {
-  for (int64_t m0 = 0; m0 < M; m0 += 8) {
-    const float* am = a + m0 * lda;
-    float* cm = c + m0 * ldc;
-    switch (std::min<int64_t>(8, M - m0)) {
-      case 1: gemm_cols<1>(w, ldw, am, lda, cm, ldc, N, K, accumulate); break;
-      case 2: gemm_cols<2>(w, ldw, am, lda, cm, ldc, N, K, accumulate); break;
-      case 3: gemm_cols<3>(w, ldw, am, lda, cm, ldc, N, K, accumulate); break;
-      case 4: gemm_cols<4>(w, ldw, am, lda, cm, ldc, N, K, accumulate); break;
-      case 5: gemm_cols<5>(w, ldw, am, lda, cm, ldc, N, K, accumulate); break;
-      case 6: gemm_cols<6>(w, ldw, am, lda, cm, ldc, N, K, accumulate); break;
-      case 7: gemm_cols<7>(w, ldw, am, lda, cm, ldc, N, K, accumulate); break;
-      default: gemm_cols<8>(w, ldw, am, lda, cm, ldc, N, K, accumulate); break;
-    }
+  int64_t n = 0;
+  if (M == 1) {  // one row (GEMV): 8 rows of W per block, as many loads in flight as accumulators
+    for (; n + 8 <= N; n += 8) gemm_block<1, 8>(w + n * ldw, ldw, a, lda, c + n, ldc, K, accumulate);
+  } else {
+    for (; n + kTileCols <= N; n += kTileCols) gemm_rows<kTileCols>(w + n * ldw, ldw, a, lda, c + n, ldc, M, K, accumulate);
   }
+  for (; n < N; ++n) gemm_rows<1>(w + n * ldw, ldw, a, lda, c + n, ldc, M, K, accumulate);
 }
+
+// When it runs (RecurrentGemm::small_rows): up to kSmallRows rows always; up to kSmallRowsLarge
+// when W is larger than a core's L2 (kSmallMinWeightBytes), where MKL copies all of W on every
+// call. Measured in a standalone C++ loop against at::mm (MKL), 1 thread, us per call, this
+// kernel / MKL (medians of 3 runs of 10+ calls):
+//   W 256 x 64      M=4 2.6 / 5.6    M=16 6.2 / 6.4     M=32 12.1 / 9.5
+//   W 512 x 128     M=4 4.9 / 8.2    M=16 18.7 / 21.3   M=32 37.3 / 33.5
+//   W 768 x 256     M=4 17.2 / 25.4  M=16 48.6 / 81.3   M=32 133 / 102     M=64 289 / 209
+//   W 2048 x 512    M=4 173 / 339    M=16 351 / 556     M=32 669 / 781     M=64 1032 / 1221
+//   W 4096 x 1024   M=4 682 / 1262   M=16 1412 / 2370   M=32 2252 / 3188   M=64 4011 / 4833
+// (the previous kernel, one accumulator's lanes summed at a time and A outer: 4 MB M=16 549, M=32
+// 1149; 768 x 256 M=16 102).
+constexpr int64_t kSmallRows = 16, kSmallRowsLarge = 64;
+constexpr int64_t kSmallMinWeightBytes = int64_t(3) << 20;
 
 // gemm_small_rows over all N columns of C, split over the intra-op threads when W is large enough to
 // repay a parallel region (about 64K elements of W a thread: with 2 threads each core streams half).
@@ -322,9 +356,10 @@ class RecurrentGemm {
  private:
   at::Tensor w_, packed_;
   bool transpose_;
-  // Whether m rows run on gemm_small (see kSmallMinWeightBytes): W unpacked and small_weight_ok.
+  // Whether m rows run on gemm_small (see kSmallRows): W unpacked and small_weight_ok.
   bool small_rows(int64_t m) const {
-    return small_ && !packed_.defined() && (m == 1 || (m >= 1 && m <= kSmallRows && weight_bytes() >= kSmallMinWeightBytes));
+    if (!small_ || packed_.defined() || m < 1) return false;
+    return m <= kSmallRows || (m <= kSmallRowsLarge && weight_bytes() >= kSmallMinWeightBytes);
   }
 
   bool small_;  // the weight side of gemm_small's conditions (small_weight_ok), decided once per call
