@@ -318,14 +318,16 @@ def test_small_batches_with_a_large_weight_backward_matches_torch_nn():
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
 @pytest.mark.parametrize("B", [4, 5, 8, 9, 15])
-def test_two_threads_small_batches_match_one_thread_and_torch_nn(cell, B):
+@pytest.mark.parametrize("T", [20, 5])
+def test_two_threads_small_batches_match_one_thread_and_torch_nn(cell, B, T):
     """B = 8..15 now splits over two threads (blocks of >= 4 rows, csrc/cpu/backend.h
     kBatchSplitMinRows) and smaller steps run MKL single-threaded (kSequentialStepMacs): forward and
-    backward match torch.nn at both thread counts."""
+    backward match torch.nn at both thread counts. T = 20 packs W_hh from B = 8; T = 5 does not,
+    and the forward's split blocks run gemm_small on their rows."""
     torch.manual_seed(0)
     m, ref = getattr(rnnfast, cell)(16, 64), getattr(torch.nn, cell)(16, 64)
     ref.load_state_dict(m.state_dict())
-    x = torch.randn(20, B, 16)
+    x = torch.randn(T, B, 16)
     prev = torch.get_num_threads()
     results = []
     try:

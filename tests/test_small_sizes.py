@@ -1,6 +1,7 @@
 """Small sizes (issue 12): the CPU recurrent GEMM packs W_hh only when that repays
-(csrc/cpu/blas.h worth_packing: B >= 4 rows, T >= 2 steps and B*T >= 64), else runs at::mm per
-step. Both paths, on both sides of the threshold, against torch.nn forward and backward; which
+(csrc/cpu/blas.h worth_packing: B >= 4 rows, T >= 2 steps and B*T >= 64, against MKL's unpacked
+GEMM; worth_packing_over_small where gemm_small would take the rows: B*T >= 64 from 8 rows, >= 128
+below, >= 256 above 3 MB of weight), else runs the unpacked GEMM per step. Both paths, on both sides of the threshold, against torch.nn forward and backward; which
 path ran is read from the profiler (the pack has its own scope, rnnfast::pack_recurrent_weight).
 Also: an in-place update of the weights (optimizer step, no_grad copy_, load_state_dict, .data)
 is seen by the very next call, for modules and cells."""
@@ -16,15 +17,20 @@ MODULES = {"rnn_tanh": ("RNN", {}), "rnn_relu": ("RNN", {"nonlinearity": "relu"}
 CELLS = {"rnn_tanh": ("RNNCell", {}), "gru": ("GRUCell", {}), "lstm": ("LSTMCell", {})}
 
 
-def worth_packing(B, T):
+def worth_packing(B, T, small=False):
     """blas.h's rule, restated: the test checks the extension follows it (a torch without MKL has
-    no packed GEMM and never packs)."""
-    return B >= 4 and T >= 2 and B * T >= 64 and torch.backends.mkl.is_available()
+    no packed GEMM and never packs). small: gemm_small would take the B rows (a forward's W_hhᵀ
+    with H a multiple of 16 and B <= 16 at these weight sizes, well under 3 MB)."""
+    if not (B >= 4 and T >= 2 and torch.backends.mkl.is_available()):
+        return False
+    if small and B <= 16:
+        return B * T >= (64 if B >= 8 else 128)
+    return B * T >= 64
 
 
 # (T, B) on both sides of every clause of the rule
-SHAPES = [(1, 1), (1, 64), (2, 31), (2, 32), (8, 7), (8, 8), (7, 8), (16, 4), (15, 4), (64, 3), (64, 1),
-          (3, 2)]
+SHAPES = [(1, 1), (1, 64), (2, 31), (2, 32), (8, 7), (8, 8), (7, 8), (16, 4), (15, 4), (32, 4), (31, 4),
+          (64, 3), (64, 1), (3, 2), (4, 17), (4, 16)]
 
 
 def pair(kind, I, H, dtype=torch.float32, **extra):
@@ -59,10 +65,11 @@ def test_pack_decision_follows_the_threshold(T, B):
     x = torch.randn(T, B, 8)
     with torch.no_grad():
         n_fwd = packs_seen(lambda: got(x))
-    assert n_fwd == (1 if worth_packing(B, T) else 0), (T, B, n_fwd)
-    # forward + backward: one pack each when it repays (W_hh and W_hhᵀ)
+    fwd = worth_packing(B, T, small=True)  # H = 16: the forward's W_hhᵀ is gemm_small's
+    assert n_fwd == (1 if fwd else 0), (T, B, n_fwd)
+    # forward + backward: one pack each when it repays (W_hhᵀ forward; W_hh backward, never gemm_small's)
     n_both = packs_seen(lambda: forward_backward(got, x))
-    assert n_both == (2 if worth_packing(B, T) else 0), (T, B, n_both)
+    assert n_both == int(fwd) + int(worth_packing(B, T)), (T, B, n_both)
 
 
 def test_float64_never_packs():

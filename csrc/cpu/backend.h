@@ -120,8 +120,9 @@ RNNFAST_SIMD_CLONES void backward_rows(const MakeRow& row, int64_t b0, int64_t b
 }
 
 // Batch-split recurrence: batch rows are independent through the whole recurrence (the GEMM and
-// the pointwise math of row b only ever touch row b), so with a packed W_hh each thread can walk
-// all T steps over its own block of rows: per step one single-threaded GEMM on its rows and the
+// the pointwise math of row b only ever touch row b), so each thread can walk all T steps over its
+// own block of rows: per step one single-threaded GEMM on its rows (the packed W_hh, or unpacked
+// gemm_small when it takes a block's rows: a short sequence that does not pack) and the
 // pointwise pass on the same rows, and no synchronization at all until the end of the sequence
 // (instead of two fork/joins per step: MKL's inside the GEMM and the pointwise pass's). Each
 // thread then streams all of W_hh every step, so this only pays while W_hh stays in a core's L2:
@@ -139,11 +140,14 @@ constexpr int64_t kBatchSplitMinRows = 4;
 // H256 B4 T35 868 us threaded, 1106 us not).
 constexpr int64_t kSequentialStepMacs = int64_t(1) << 18;
 
-// Number of row blocks for the batch-split recurrence (1: run the plain loop).
+// Number of row blocks for the batch-split recurrence (1: run the plain loop). A block's GEMM is
+// the packed one, or gemm_small when W_hh is unpacked and gemm_small takes the largest block.
 inline int64_t batch_split_chunks(int64_t B, const RecurrentGemm& rec) {
-  if (!rec.packed() || rec.weight_bytes() > kBatchSplitMaxWeightBytes || at::in_parallel_region()) return 1;
+  if (rec.weight_bytes() > kBatchSplitMaxWeightBytes || at::in_parallel_region()) return 1;
   const int64_t nt = at::get_num_threads();
-  return std::max<int64_t>(1, std::min<int64_t>(nt, B / kBatchSplitMinRows));
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(nt, B / kBatchSplitMinRows));
+  if (chunks > 1 && !rec.packed() && !rec.takes_small((B + chunks - 1) / chunks)) return 1;
+  return chunks;
 }
 
 // f(b0, b1) for each of `chunks` contiguous blocks of the B batch rows, the blocks spread over the
@@ -303,9 +307,15 @@ class CpuForward {
 
   void recurrent_gemm(const Rows& rows, const Step& st) {
     if constexpr (std::is_same_v<T_, float>) {
-      if (rows.block) {
-        rec_.run_rows(prev_.h(st.s) + rows.b0 * p_.P, p_.P, hg_.data_ptr<float>() + rows.b0 * G_rec * H_, G_rec * H_,
-                      rows.b1 - rows.b0, /*accumulate=*/false);
+      if (rows.block) {  // one thread's rows: the packed GEMM, or gemm_small (batch_split_chunks)
+        const float* a = prev_.h(st.s) + rows.b0 * p_.P;
+        float* c = hg_.data_ptr<float>() + rows.b0 * G_rec * H_;
+        if (rec_.packed()) {
+          rec_.run_rows(a, p_.P, c, G_rec * H_, rows.b1 - rows.b0, /*accumulate=*/false);
+        } else {
+          TORCH_CHECK(rec_.run_small(a, p_.P, c, G_rec * H_, rows.b1 - rows.b0),
+                      "rnnfast: internal error: a batch-split block without a GEMM that takes it");
+        }
         return;
       }
     }

@@ -126,7 +126,9 @@ inline void check_gemm_args(int64_t m, int64_t n, int64_t k, int64_t lda, int64_
 //   step: break-even at 2-9 steps for H >= 256 (e.g. H=512 G=4 m=8: pack 0.53 ms, step 0.17 vs
 //   0.49 ms), up to ~19 steps where the saving is tiny (H <= 256, one gate, m = 8).
 // So: pack when m >= 4 and the sequence has at least 2 steps and m * steps >= 64 (T=8 at B=8,
-// T=16 at B=4, T=2 at B=32); a single step never packs (nothing to amortize over).
+// T=16 at B=4, T=2 at B=32); a single step never packs (nothing to amortize over). That is the
+// rule against MKL's unpacked GEMM; where gemm_small takes the rows instead, the packed step saves
+// less and worth_packing_over_small (below) decides.
 constexpr int64_t kPackMinRows = 4, kPackMinSteps = 2, kPackMinRowSteps = 64;
 inline bool worth_packing(int64_t m, int64_t steps) {
   return m >= kPackMinRows && steps >= kPackMinSteps && m * steps >= kPackMinRowSteps;
@@ -249,6 +251,21 @@ inline void gemm_small_rows(const float* w, int64_t ldw, const float* a, int64_t
 constexpr int64_t kSmallRows = 16, kSmallRowsLarge = 64;
 constexpr int64_t kSmallMinWeightBytes = int64_t(3) << 20;
 
+// Whether packing repays against gemm_small (when the unpacked GEMM of m rows would run it).
+// Measured like worth_packing (standalone C++ loop, 1 thread, us: pack / packed step / gemm_small
+// step, break-even steps): gemm_small at m = 4 is as fast as the packed step (G=4 H=512 182 / 179,
+// H=1024 721 / 869), so packing hardly ever repays there (22 to never, 103 at G=4 H=64); at m = 8
+// with W in L2 it breaks even in 3.5-12.6 steps (G=4 H=64: 3.3 / 2.3 / 3.2; H=256: 71 / 25 / 31),
+// at m >= 16 in 1.3-8; above 3 MB the pack costs 1-3 steps and saves 3-20% a step: 8.7-140 steps
+// at m = 8, 7-24 at m = 16, 4-9 at m = 32, 2-5.5 at m = 64 (G=4 H=512 m=32: 509 / 478 / 600).
+// So: at least 2 steps and m >= 4; then m * steps >= 256 above 3 MB, else m * steps >= 64 from 8
+// rows and >= 128 below (bench/pack_breakeven.py times MKL's side).
+inline bool worth_packing_over_small(int64_t m, int64_t steps, int64_t weight_bytes) {
+  if (m < kPackMinRows || steps < kPackMinSteps) return false;
+  if (weight_bytes >= kSmallMinWeightBytes) return m * steps >= 256;
+  return m * steps >= (m >= 8 ? 64 : 128);
+}
+
 // gemm_small_rows over all N columns of C, split over the intra-op threads when W is large enough to
 // repay a parallel region (about 64K elements of W a thread: with 2 threads each core streams half).
 inline void gemm_small(const float* w, int64_t ldw, const float* a, int64_t lda, float* c, int64_t ldc, int64_t M,
@@ -280,7 +297,8 @@ inline bool small_rows_ok(const at::Tensor& a, const at::Tensor& c) {
 // C (M, N) = [C +] A (M, K) · op(W), op(W) = Wᵀ (transpose) or W. A and C follow the rule above
 // (any strides; A is copied if BLAS cannot read it); M = A.size(0) may differ per call, N and K are
 // fixed by W. `steps`: how many GEMMs this object will run with up to max_m rows (the sequence
-// length); W is packed only when worth_packing(max_m, steps). The default keeps the old rule
+// length); W is packed only when that repays: worth_packing(max_m, steps) against MKL's unpacked
+// GEMM, worth_packing_over_small where gemm_small would take max_m rows. The default keeps the old rule
 // (pack whenever the packed API can), for callers that do not know their step count.
 class RecurrentGemm {
  public:
@@ -292,7 +310,8 @@ class RecurrentGemm {
     k_ = transpose ? w.size(1) : w.size(0);
     const mkl::Api& a = mkl::api();
     const bool fits = max_m > 0 && n_ > 0 && k_ > 0 && max_m < INT32_MAX && n_ < INT32_MAX && k_ < INT32_MAX;
-    const bool repays = steps == kUnknownSteps || worth_packing(max_m, steps);
+    const bool repays = steps == kUnknownSteps || (takes_small(max_m) ? worth_packing_over_small(max_m, steps, weight_bytes())
+                                                                         : worth_packing(max_m, steps));
     if (w.scalar_type() == at::kFloat && w.is_contiguous() && a.ok() && fits && repays) {
       // a profiler scope of its own: tests/test_small_sizes.py checks which calls pack
       RECORD_FUNCTION("rnnfast::pack_recurrent_weight", std::vector<c10::IValue>());
@@ -326,7 +345,7 @@ class RecurrentGemm {
   // m dense rows (row strides lda, ldc): C = A · op(W) by gemm_small when it applies (returns false
   // otherwise: use run). No tensors, so no view ops: the per-step path of a small batch.
   bool run_small(const float* a, int64_t lda, float* c, int64_t ldc, int64_t m) const {
-    if (!small_rows(m)) return false;
+    if (!takes_small(m)) return false;
     gemm_small(w_.const_data_ptr<float>(), w_.size(1), a, lda, c, ldc, m, n_, k_, /*accumulate=*/false);
     return true;
   }
@@ -339,7 +358,7 @@ class RecurrentGemm {
       run_rows(a.const_data_ptr<float>(), blas_ld(a), c.data_ptr<float>(), blas_ld(c), a.size(0), accumulate);
       return;
     }
-    if (small_rows(a_.size(0)) && small_rows_ok(a_, c)) {
+    if (takes_small(a_.size(0)) && small_rows_ok(a_, c)) {
       const int64_t m = a_.size(0);
       gemm_small(w_.const_data_ptr<float>(), w_.size(1), a_.const_data_ptr<float>(), m > 1 ? a_.stride(0) : k_,
                  c.data_ptr<float>(), m > 1 ? c.stride(0) : n_, m, n_, k_, accumulate);
@@ -353,14 +372,16 @@ class RecurrentGemm {
     }
   }
 
- private:
-  at::Tensor w_, packed_;
-  bool transpose_;
-  // Whether m rows run on gemm_small (see kSmallRows): W unpacked and small_weight_ok.
-  bool small_rows(int64_t m) const {
+  // Whether m rows run on gemm_small (see kSmallRows): W unpacked and small_weight_ok. (run_small
+  // with such m always runs; the batch split relies on it.)
+  bool takes_small(int64_t m) const {
     if (!small_ || packed_.defined() || m < 1) return false;
     return m <= kSmallRows || (m <= kSmallRowsLarge && weight_bytes() >= kSmallMinWeightBytes);
   }
+
+ private:
+  at::Tensor w_, packed_;
+  bool transpose_;
 
   bool small_;  // the weight side of gemm_small's conditions (small_weight_ok), decided once per call
   int64_t n_ = 0, k_ = 0;
