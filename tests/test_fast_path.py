@@ -269,18 +269,19 @@ def test_threads_call_modules_concurrently():
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
-@pytest.mark.parametrize("large, shapes", [
-    (False, ((1, 2), (1, 3), (1, 5), (1, 7), (1, 16), (3, 5), (2, 8))),  # H = 64, W in L2: up to 16 rows
-    (True, ((1, 8), (1, 16), (1, 3), (2, 5), (1, 17), (1, 33), (1, 64))),  # W of 3-4 MB: up to 64
+@pytest.mark.parametrize("size, shapes", [
+    ("H64", ((1, 2), (1, 3), (1, 5), (1, 7), (1, 16), (3, 5), (2, 8))),  # W in L2: up to 16 rows
+    ("H256", ((1, 17), (1, 32), (2, 16), (1, 6))),  # K >= 256: up to 32 rows
+    ("3MB", ((1, 8), (1, 16), (1, 3), (2, 5), (1, 17), (1, 33), (1, 64))),  # W of 3-4 MB: up to 64
 ])
-def test_small_batches_row_by_row(cell, threads, large, shapes):
-    """Up to 16 rows (and up to 64 above 3 MB of weight) an unpacked GEMM runs gemm_small (csrc/cpu/
-    blas.h: tiles of 4 x 4, the rows left over in tiles of 1-3, one row alone in its own shape),
-    whose every output is summed in an order that depends on K only: each row of a batch is bit for
-    bit its batch-of-one call, and all match torch.nn in float32 and a float64 reference. (The
-    shapes keep every GEMM of the call in that range: the input projection takes T x B rows.)"""
+def test_small_batches_row_by_row(cell, threads, size, shapes):
+    """Up to 16 rows (32 when K >= 256, 64 above 3 MB of weight) an unpacked GEMM runs gemm_small
+    (csrc/cpu/blas.h: tiles of 4 x 4, the rows left over in tiles of 1-3, one row alone in its own
+    shape), whose every output is summed in an order that depends on K only: each row of a batch is
+    bit for bit its batch-of-one call, and all match torch.nn in float32 and a float64 reference.
+    (The shapes keep every GEMM of the call in that range: the input projection takes T x B rows.)"""
     torch.manual_seed(0)
-    H = (1024 if cell == "RNN" else 512) if large else 64
+    H = {"H64": 64, "H256": 256, "3MB": 1024 if cell == "RNN" else 512}[size]
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

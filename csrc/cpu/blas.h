@@ -237,9 +237,10 @@ inline void gemm_small_rows(const float* w, int64_t ldw, const float* a, int64_t
   for (; n < N; ++n) gemm_rows<1>(w + n * ldw, ldw, a, lda, c + n, ldc, M, K, accumulate);
 }
 
-// When it runs (RecurrentGemm::small_rows): up to kSmallRows rows always; up to kSmallRowsLarge
-// when W is larger than a core's L2 (kSmallMinWeightBytes), where MKL copies all of W on every
-// call. Measured in a standalone C++ loop against at::mm (MKL), 1 thread, us per call, this
+// When it runs (RecurrentGemm::takes_small): up to kSmallRows rows always; up to kSmallRowsLongK
+// when K >= kSmallLongK (the lane sums, a fixed cost per output, are then spread over >= 16 FMAs
+// an output); up to kSmallRowsLarge when W is larger than a core's L2 (kSmallMinWeightBytes), where
+// MKL copies all of W on every call. Measured in a standalone C++ loop against at::mm (MKL), 1 thread, us per call, this
 // kernel / MKL (medians of 3 runs of 10+ calls):
 //   W 256 x 64      M=4 2.6 / 5.6    M=16 6.2 / 6.4     M=32 12.1 / 9.5
 //   W 512 x 128     M=4 4.9 / 8.2    M=16 18.7 / 21.3   M=32 37.3 / 33.5
@@ -247,8 +248,10 @@ inline void gemm_small_rows(const float* w, int64_t ldw, const float* a, int64_t
 //   W 2048 x 512    M=4 173 / 339    M=16 351 / 556     M=32 669 / 781     M=64 1032 / 1221
 //   W 4096 x 1024   M=4 682 / 1262   M=16 1412 / 2370   M=32 2252 / 3188   M=64 4011 / 4833
 // (the previous kernel, one accumulator's lanes summed at a time and A outer: 4 MB M=16 549, M=32
-// 1149; 768 x 256 M=16 102).
-constexpr int64_t kSmallRows = 16, kSmallRowsLarge = 64;
+// 1149; 768 x 256 M=16 102). In the layer, where W_ih and W_hh take turns in the cache (module
+// forward at T = 1, inference, alternating processes, gemm_small / MKL up to 64 rows): LSTM H=256
+// B=32 1.12x, B=64 0.93x; GRU H=256 B=32 1.05x; LSTM H=64 B=32 0.96x, B=64 0.81x; H=128 B=32 0.96x.
+constexpr int64_t kSmallRows = 16, kSmallRowsLongK = 32, kSmallLongK = 256, kSmallRowsLarge = 64;
 constexpr int64_t kSmallMinWeightBytes = int64_t(3) << 20;
 
 // Whether packing repays against gemm_small (when the unpacked GEMM of m rows would run it).
@@ -376,7 +379,8 @@ class RecurrentGemm {
   // with such m always runs; the batch split relies on it.)
   bool takes_small(int64_t m) const {
     if (!small_ || packed_.defined() || m < 1) return false;
-    return m <= kSmallRows || (m <= kSmallRowsLarge && weight_bytes() >= kSmallMinWeightBytes);
+    return m <= kSmallRows || (m <= kSmallRowsLongK && k_ >= kSmallLongK) ||
+           (m <= kSmallRowsLarge && weight_bytes() >= kSmallMinWeightBytes);
   }
 
  private:
