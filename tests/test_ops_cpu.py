@@ -248,10 +248,13 @@ def test_opcheck_forward_and_backward(cell):
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("T,ragged", [(1, False), (2, False), (7, False), (7, True)], ids=["T1", "T2", "T7", "T7-ragged"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-def test_forward_without_workspace(cell, reverse, T, ragged, dtype):
+@pytest.mark.parametrize("H", [6, 40])
+def test_forward_without_workspace(cell, reverse, T, ragged, dtype, H):
     # workspace=False (inference): output and states bit-identical to the full forward's, from a
-    # workspace of two rotating time rows; the op returns an empty workspace
-    name, fwd, args, extra = _op_args(cell, T=T, B=4, I=5, H=6)
+    # workspace of two rotating time rows (a one-phase cell stores only the cell state there, not
+    # the gates: csrc/cpu/rows.h ForwardUnit<Keep = false>); the op returns an empty workspace.
+    # H = 40: the vectorized body of the row loops and their remainder
+    name, fwd, args, extra = _op_args(cell, T=T, B=4, I=5, H=H)
     args = tuple(a.detach().to(dtype) for a in args[:-1 - len(extra)]) + (reverse,) + extra
     lengths = torch.tensor([T, 1, max(T - 3, 1), 2 if T > 1 else 1]) if ragged else None
     full = fwd(*args, lengths)

@@ -60,8 +60,10 @@ struct BwdRow {
   T* dc;           // in dL/dc_t from later steps, out dL/dc_{t-1}
 };
 
-// core/cells.h's forward accessor for unit j of a row, in phase P.
-template <class Cell, int P, typename T>
+// core/cells.h's forward accessor for unit j of a row, in phase P. Keep = false (an inference
+// call of a one-phase cell, which returns no workspace): only the slot the next step reads (the
+// cell state) is stored; the gate values the backward would read are not written at all.
+template <class Cell, int P, typename T, bool Keep = true>
 struct ForwardUnit {
   using value_type = T;
   using Math = FastMath;
@@ -77,7 +79,10 @@ struct ForwardUnit {
   RNNFAST_ALWAYS_INLINE T h_prev() const { return r.h[j]; }
   RNNFAST_ALWAYS_INLINE T c_prev() const { return r.c[j]; }
   RNNFAST_ALWAYS_INLINE T saved(int k) const { return r.ws[k * H + j]; }
-  RNNFAST_ALWAYS_INLINE void save(int k, T v) const { r.ws[k * H + j] = v; }
+  RNNFAST_ALWAYS_INLINE void save(int k, T v) const {
+    static_assert(Keep || Cell::traits.phases == 1, "a two-phase cell reads its saved slots within the step");
+    if (Keep || k == Cell::traits.state_slot) r.ws[k * H + j] = v;
+  }
   RNNFAST_ALWAYS_INLINE void set_h(T v) const { r.h_out[j] = v; }
 };
 
@@ -109,12 +114,12 @@ struct BackwardUnit {
   RNNFAST_ALWAYS_INLINE void set_dc_prev(T v) const { r.dc[j] = v; }
 };
 
-// Phase P of Cell's forward over the H units of one row.
-template <class Cell, int P, typename T>
+// Phase P of Cell's forward over the H units of one row (Keep: see ForwardUnit).
+template <class Cell, int P, bool Keep = true, typename T>
 RNNFAST_ALWAYS_INLINE void forward_row(const FwdRow<T>& r, int64_t H) {
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) {
-    ForwardUnit<Cell, P, T> s{r, H, j};
+    ForwardUnit<Cell, P, T, Keep> s{r, H, j};
     Cell::forward(s, core::Phase<P>{});
   }
 }
