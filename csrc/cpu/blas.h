@@ -241,7 +241,7 @@ inline void gemm_small_rows(const float* w, int64_t ldw, const float* a, int64_t
 // when K >= kSmallLongK (the lane sums, a fixed cost per output, are then spread over >= 16 FMAs
 // an output); up to kSmallRowsLarge when W is larger than a core's L2 (kSmallMinWeightBytes), where
 // MKL copies all of W on every call. Measured in a standalone C++ loop against at::mm (MKL), 1 thread, us per call, this
-// kernel / MKL (medians of 3 runs of 10+ calls):
+// kernel / MKL (medians of 3 runs of 10+ calls; bench/small_gemm.py):
 //   W 256 x 64      M=4 2.6 / 5.6    M=16 6.2 / 6.4     M=32 12.1 / 9.5
 //   W 512 x 128     M=4 4.9 / 8.2    M=16 18.7 / 21.3   M=32 37.3 / 33.5
 //   W 768 x 256     M=4 17.2 / 25.4  M=16 48.6 / 81.3   M=32 133 / 102     M=64 289 / 209
@@ -262,7 +262,7 @@ constexpr int64_t kSmallMinWeightBytes = int64_t(3) << 20;
 // at m >= 16 in 1.3-8; above 3 MB the pack costs 1-3 steps and saves 3-20% a step: 8.7-140 steps
 // at m = 8, 7-24 at m = 16, 4-9 at m = 32, 2-5.5 at m = 64 (G=4 H=512 m=32: 509 / 478 / 600).
 // So: at least 2 steps and m >= 4; then m * steps >= 256 above 3 MB, else m * steps >= 64 from 8
-// rows and >= 128 below (bench/pack_breakeven.py times MKL's side).
+// rows and >= 128 below (bench/small_gemm.py times both sides; bench/pack_breakeven.py MKL's).
 inline bool worth_packing_over_small(int64_t m, int64_t steps, int64_t weight_bytes) {
   if (m < kPackMinRows || steps < kPackMinSteps) return false;
   if (weight_bytes >= kSmallMinWeightBytes) return m * steps >= 256;
