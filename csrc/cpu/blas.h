@@ -240,8 +240,8 @@ inline void gemm_small_rows(const float* w, int64_t ldw, const float* a, int64_t
 // When it runs (RecurrentGemm::takes_small): up to kSmallRows rows always; up to kSmallRowsLongK
 // when K >= kSmallLongK (the lane sums, a fixed cost per output, are then spread over >= 16 FMAs
 // an output); up to kSmallRowsLarge when W is larger than a core's L2 (kSmallMinWeightBytes), where
-// MKL copies all of W on every call. Measured in a standalone C++ loop against at::mm (MKL), 1 thread, us per call, this
-// kernel / MKL (medians of 3 runs of 10+ calls; bench/small_gemm.py):
+// MKL copies all of W on every call. Measured in a standalone C++ loop against at::mm (MKL), 1
+// thread, us per call, this kernel / MKL (medians of 3 runs of 10+ calls; bench/small_gemm.py):
 //   W 256 x 64      M=4 2.6 / 5.6    M=16 6.2 / 6.4     M=32 12.1 / 9.5
 //   W 512 x 128     M=4 4.9 / 8.2    M=16 18.7 / 21.3   M=32 37.3 / 33.5
 //   W 768 x 256     M=4 17.2 / 25.4  M=16 48.6 / 81.3   M=32 133 / 102     M=64 289 / 209
