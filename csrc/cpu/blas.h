@@ -134,7 +134,7 @@ inline bool worth_packing(int64_t m, int64_t steps) {
   return m >= kPackMinRows && steps >= kPackMinSteps && m * steps >= kPackMinRowSteps;
 }
 
-// C (M, N) = [C +] A (M, K) · Wᵀ for a small batch of rows (see small_rows for how many): the
+// C (M, N) = [C +] A (M, K) · Wᵀ for a small batch of rows (see takes_small for how many): the
 // recurrent GEMM of a small batch (unpacked: short sequences) and the input projection of a short
 // one. MKL runs this "dot product" form (W row-major, K contiguous in both operands) below the
 // speed of memory and cache: for one row (GEMV; 1 thread, at::mm through MKL against the old
@@ -288,7 +288,7 @@ inline void gemm_small(const float* w, int64_t ldw, const float* a, int64_t lda,
 // Whether C (M, N) = [C +] A (M, K) · Wᵀ can run on gemm_small: float32 throughout, W contiguous
 // (N, K) with K a multiple of 16 (small_weight_ok: fixed for a call), A and C with unit column
 // stride (small_rows_ok; their row strides are passed as they are). How many rows it takes is
-// RecurrentGemm::small_rows's.
+// RecurrentGemm::takes_small's.
 inline bool small_weight_ok(const at::Tensor& w, bool transpose) {
   return transpose && w.scalar_type() == at::kFloat && w.is_contiguous() && w.size(1) > 0 && w.size(1) % 16 == 0;
 }
@@ -345,11 +345,12 @@ class RecurrentGemm {
                        packed_.const_data_ptr<float>(), int(n_), accumulate ? 1.f : 0.f, c, int(ldc));
   }
 
-  // m dense rows (row strides lda, ldc): C = A · op(W) by gemm_small when it applies (returns false
-  // otherwise: use run). No tensors, so no view ops: the per-step path of a small batch.
-  bool run_small(const float* a, int64_t lda, float* c, int64_t ldc, int64_t m) const {
+  // m rows (row strides lda, ldc; unit column strides): C = [C +] A · op(W) by gemm_small when it
+  // takes m rows (returns false otherwise: use run). No tensors, so no view ops: the per-step path
+  // of a small batch, and run's own small case.
+  bool run_small(const float* a, int64_t lda, float* c, int64_t ldc, int64_t m, bool accumulate = false) const {
     if (!takes_small(m)) return false;
-    gemm_small(w_.const_data_ptr<float>(), w_.size(1), a, lda, c, ldc, m, n_, k_, /*accumulate=*/false);
+    gemm_small(w_.const_data_ptr<float>(), w_.size(1), a, lda, c, ldc, m, n_, k_, accumulate);
     return true;
   }
 
@@ -361,10 +362,9 @@ class RecurrentGemm {
       run_rows(a.const_data_ptr<float>(), blas_ld(a), c.data_ptr<float>(), blas_ld(c), a.size(0), accumulate);
       return;
     }
-    if (takes_small(a_.size(0)) && small_rows_ok(a_, c)) {
-      const int64_t m = a_.size(0);
-      gemm_small(w_.const_data_ptr<float>(), w_.size(1), a_.const_data_ptr<float>(), m > 1 ? a_.stride(0) : k_,
-                 c.data_ptr<float>(), m > 1 ? c.stride(0) : n_, m, n_, k_, accumulate);
+    const int64_t m = a_.size(0);
+    if (small_rows_ok(a_, c) && run_small(a_.const_data_ptr<float>(), m > 1 ? a_.stride(0) : k_, c.data_ptr<float>(),
+                                          m > 1 ? c.stride(0) : n_, m, accumulate)) {
       return;
     }
     const at::Tensor op_w = transpose_ ? w_.t() : w_;
@@ -386,7 +386,6 @@ class RecurrentGemm {
  private:
   at::Tensor w_, packed_;
   bool transpose_;
-
   bool small_;  // the weight side of gemm_small's conditions (small_weight_ok), decided once per call
   int64_t n_ = 0, k_ = 0;
 };
