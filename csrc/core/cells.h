@@ -14,6 +14,9 @@
 //               phase 1, the mid-step GEMM's row for the gates from traits.phase0_gates on
 //   s.h_prev(), s.c_prev()   the state before the step
 //   s.saved(k), s.save(k, v) workspace slot k of this step (Slot enums below); s.set_h(v) writes h_t
+//   s.activated(g)  Cell::act(g) of gate g's pre-activation, s.x(g) + s.h(g), for a gate whose
+//               activation depends on nothing else (an accessor may have computed it beforehand:
+//               the CPU's row pass does, rows.h; the device computes it in place)
 // Backward:
 //   s.dh()      dL/dh_t in total (grad_output[t] + what flowed back from step t+1)
 //   s.dc()      dL/dc_t carried from step t+1 (cells with a cell state)
@@ -28,7 +31,7 @@
 // Products are written in torch autograd's order (sigmoid' = (1 - y) y, tanh' = 1 - y^2): where a
 // saturated gate gives an exact 0 factor, the overflow / inf * 0 cases come out as torch's.
 //
-// Adding a cell: a struct here (kind, name, Gate and Slot enums, traits, forward/backward per
+// Adding a cell: a struct here (kind, name, Gate and Slot enums, traits, act, forward/backward per
 // phase) and its entry in RNNFAST_CELLS. The CellKind enum, traits_of, for_cell, the op entry points
 // and registrations (recurrent_ops.h) and the op schemas (csrc/ops.cpp) follow from that list; the
 // loop, the backends and the kernels need no change.
@@ -85,6 +88,17 @@ struct CellTraits {
 template <int P>
 struct Phase {};  // phase tag of a pointwise pass
 
+// A gate's activation when it is a function of that gate's own pre-activation x(g) + h(g) alone
+// (Cell::act(g)); none for a gate the cell combines otherwise (the GRU's candidate: tanh(x + r hn)).
+// Cells read such gates through s.activated(g), so a backend may evaluate them apart from the rest
+// of the cell (the CPU does, one gate at a time over a block of units: rows.h).
+enum class Act : int { none, sigmoid, tanh };
+
+template <class M, class T>
+RNNFAST_HOST_DEVICE T activate(Act a, T v) {
+  return a == Act::sigmoid ? M::sigmoid(v) : a == Act::tanh ? M::tanh(v) : v;
+}
+
 // ---- Elman RNN: h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu ------------------------
 // Backward needs only h_t (the output): tanh' = 1 - h'^2, relu' = [h' > 0]. No workspace.
 template <bool Relu>
@@ -96,13 +110,17 @@ struct RnnCell {
   static constexpr CellTraits traits{/*gates=*/1, kNumSlots, /*phases=*/1, /*phase0_gates=*/1,
                                      /*gemm_slot=*/-1, /*state_slot=*/-1, /*inner_bias_gate=*/-1,
                                      /*split_grad=*/false, /*direct_dh=*/false};
+  RNNFAST_HOST_DEVICE static constexpr Act act(int) { return Relu ? Act::none : Act::tanh; }
 
   template <class S>
   RNNFAST_HOST_DEVICE static void forward(S& s, Phase<0>) {
     using T = typename S::value_type;
-    using M = typename S::Math;
-    const T a = s.x(kGateA) + s.h(kGateA);
-    s.set_h(Relu ? (a < T(0) ? T(0) : a) : M::tanh(a));  // relu keeps NaN, as torch.relu
+    if constexpr (Relu) {
+      const T a = s.x(kGateA) + s.h(kGateA);
+      s.set_h(a < T(0) ? T(0) : a);  // relu keeps NaN, as torch.relu
+    } else {
+      s.set_h(s.activated(kGateA));
+    }
   }
   template <class S>
   RNNFAST_HOST_DEVICE static void backward(S& s, Phase<0>) {
@@ -124,15 +142,16 @@ struct LstmCell {
   static constexpr CellTraits traits{/*gates=*/4, kNumSlots, /*phases=*/1, /*phase0_gates=*/4,
                                      /*gemm_slot=*/-1, /*state_slot=*/kSlotC, /*inner_bias_gate=*/-1,
                                      /*split_grad=*/false, /*direct_dh=*/false};
+  RNNFAST_HOST_DEVICE static constexpr Act act(int g) { return g == kGateG ? Act::tanh : Act::sigmoid; }
 
   template <class S>
   RNNFAST_HOST_DEVICE static void forward(S& s, Phase<0>) {
     using T = typename S::value_type;
     using M = typename S::Math;
-    const T i = M::sigmoid(s.x(kGateI) + s.h(kGateI));
-    const T f = M::sigmoid(s.x(kGateF) + s.h(kGateF));
-    const T g = M::tanh(s.x(kGateG) + s.h(kGateG));
-    const T o = M::sigmoid(s.x(kGateO) + s.h(kGateO));
+    const T i = s.activated(kGateI);
+    const T f = s.activated(kGateF);
+    const T g = s.activated(kGateG);
+    const T o = s.activated(kGateO);
     const T c = f * s.c_prev() + i * g;
     s.save(kSlotI, i);
     s.save(kSlotF, f);
@@ -187,13 +206,14 @@ struct GruCell : GruBase {
   static constexpr CellTraits traits{/*gates=*/3, kNumSlots, /*phases=*/1, /*phase0_gates=*/3,
                                      /*gemm_slot=*/-1, /*state_slot=*/-1, /*inner_bias_gate=*/kGateN,
                                      /*split_grad=*/true, /*direct_dh=*/true};
+  RNNFAST_HOST_DEVICE static constexpr Act act(int g) { return g == kGateN ? Act::none : Act::sigmoid; }
 
   template <class S>
   RNNFAST_HOST_DEVICE static void forward(S& s, Phase<0>) {
     using T = typename S::value_type;
     using M = typename S::Math;
-    const T r = M::sigmoid(s.x(kGateR) + s.h(kGateR));
-    const T z = M::sigmoid(s.x(kGateZ) + s.h(kGateZ));
+    const T r = s.activated(kGateR);
+    const T z = s.activated(kGateZ);
     const T hn = s.h(kGateN);
     const T n = M::tanh(s.x(kGateN) + r * hn);
     s.save(kSlotR, r);
@@ -226,21 +246,20 @@ struct GruResetBeforeCell : GruBase {
   static constexpr CellTraits traits{/*gates=*/3, kNumSlots, /*phases=*/2, /*phase0_gates=*/2,
                                      /*gemm_slot=*/kSlotHn, /*state_slot=*/-1, /*inner_bias_gate=*/-1,
                                      /*split_grad=*/false, /*direct_dh=*/true};
+  RNNFAST_HOST_DEVICE static constexpr Act act(int g) { return g == kGateN ? Act::tanh : Act::sigmoid; }
 
   template <class S>
   RNNFAST_HOST_DEVICE static void forward(S& s, Phase<0>) {  // gates r, z and the GEMM input r h
     using T = typename S::value_type;
-    using M = typename S::Math;
-    const T r = M::sigmoid(s.x(kGateR) + s.h(kGateR));
+    const T r = s.activated(kGateR);
     s.save(kSlotR, r);
-    s.save(kSlotZ, M::sigmoid(s.x(kGateZ) + s.h(kGateZ)));
+    s.save(kSlotZ, s.activated(kGateZ));
     s.save(kSlotHn, r * s.h_prev());
   }
   template <class S>
   RNNFAST_HOST_DEVICE static void forward(S& s, Phase<1>) {  // candidate and state update
     using T = typename S::value_type;
-    using M = typename S::Math;
-    const T n = M::tanh(s.x(kGateN) + s.h(kGateN));
+    const T n = s.activated(kGateN);
     s.save(kSlotN, n);
     s.set_h(update(n, T(s.saved(kSlotZ)), s.h_prev()));
   }

@@ -47,6 +47,7 @@ struct ForwardUnit {
     const float bias = a.b_hh ? a.b_hh[g * a.hidden + j] : 0.0f;
     return a.hg[b * a.hg_ld + (g - a.hg_first_gate) * a.hidden + j] + bias;
   }
+  RNNFAST_HD float activated(int g) const { return core::activate<Math>(Cell::act(g), x(g) + h(g)); }
   RNNFAST_HD float h_prev() const { return a.h_prev[b * a.hidden + j]; }
   RNNFAST_HD float c_prev() const { return a.c_prev[b * a.c_prev_ld + j]; }
   RNNFAST_HD float saved(int k) const { return a.saved[b * a.saved_ld + k * a.hidden + j]; }
