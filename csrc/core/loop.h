@@ -21,6 +21,7 @@
 
 #include "args.h"
 #include "cells.h"
+#include "scratch.h"
 #include "sequence.h"
 #include "tensors.h"
 #include "weight_grads.h"
@@ -302,8 +303,9 @@ BackwardResult recurrent_backward(const typename Family::Context& ctx, const Bac
   const at::Tensor len = Family::step_lengths(p.lengths, p.input);
   const at::Tensor grad_output = Family::grad_output_rows(p.grad_output);
 
-  at::Tensor dG = at::empty({T, B, G * H}, opts);                                  // input side
-  at::Tensor dGh = Cell::traits.split_grad ? at::empty({T, B, G * H}, opts) : dG;  // recurrent side
+  // scratch for this call (scratch.h): never returned, every row written before it is read
+  at::Tensor dG = scratch_empty({T, B, G * H}, opts);                                  // input side
+  at::Tensor dGh = Cell::traits.split_grad ? scratch_empty({T, B, G * H}, opts) : dG;  // recurrent side
   // dL/dh_t (dL/dc_t) flowing back through the recurrence: fresh dense buffers whatever the
   // incoming grads' strides (a broadcast grad of hy has stride 0; a clone would keep it)
   BackwardResult r;

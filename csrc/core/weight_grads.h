@@ -21,6 +21,7 @@
 #include <ATen/ATen.h>
 
 #include "cells.h"
+#include "scratch.h"
 #include "tensors.h"
 
 namespace rnnfast {
@@ -64,7 +65,7 @@ struct WeightGrads {
 template <class Fill>
 at::Tensor with_ones_column(int64_t rows, int64_t cols, const at::TensorOptions& opts, const Fill& fill) {
   const int64_t n = padded_cols(cols + 1);
-  at::Tensor a = at::empty({rows, n}, opts);
+  at::Tensor a = scratch_empty({rows, n}, opts);  // scratch of this call (scratch.h)
   fill(a.narrow(1, 0, cols));
   a.narrow(1, cols, 1).fill_(1);
   if (n > cols + 1) a.narrow(1, cols + 1, n - (cols + 1)).zero_();
@@ -115,7 +116,7 @@ WeightGrads weight_grads_split(const WeightGradInputs<Padding>& in) {
     g.w_hh = wh.narrow(1, 0, P).contiguous();
     g.b_hh = wh.select(1, P).contiguous();
   } else {
-    at::Tensor hprev = at::empty({in.rows(), P}, opts);
+    at::Tensor hprev = scratch_empty({in.rows(), P}, opts);
     in.fill_hprev(hprev);
     g.w_hh = at::mm(in.dgh.t(), hprev);
     g.b_hh = in.dgh.sum(0);
@@ -137,7 +138,7 @@ template <class Cell, class Padding>
 WeightGrads weight_grads_two_phase(const WeightGradInputs<Padding>& in) {
   constexpr int64_t G = Cell::traits.gates, G_rec = Cell::traits.phase0_gates;
   const int64_t H = in.gate_rows() / G;
-  at::Tensor hprev = at::empty({in.rows(), H}, in.dg.options());
+  at::Tensor hprev = scratch_empty({in.rows(), H}, in.dg.options());
   in.fill_hprev(hprev);
   WeightGrads g;
   g.w_ih = at::mm(in.dg.t(), in.x_padding_zeroed());

@@ -262,7 +262,7 @@ class CpuForward {
     // broadcasts the bias into xg and then runs the GEMM with beta = 1 (measured 0.40 -> 0.20 ms at
     // T*B=1120, G*H=768).
     chunk_ = projection_chunk_steps(p.T, p.B, G * p.H, sizeof(T_));
-    xg_ = at::empty({chunk_ * p.B, G * p.H}, opts);
+    xg_ = core::scratch_empty({chunk_ * p.B, G * p.H}, opts);  // reused across calls: scratch.h
     rec_in_.emplace(p.w_ih, /*transpose=*/true, chunk_ * p.B, /*steps=*/1);  // never packed: large chunks
     bias_ = folded_bias<Cell, T_>(p);
     if constexpr (Cell::traits.inner_bias_gate >= 0) {

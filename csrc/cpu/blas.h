@@ -14,6 +14,7 @@
 #include <dlfcn.h>
 
 #include "fastmath.h"  // RNNFAST_ALWAYS_INLINE
+#include "../core/scratch.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -322,7 +323,7 @@ class RecurrentGemm {
       TORCH_CHECK(w.size(1) >= 1 && w.size(1) <= INT32_MAX, "rnnfast: BLAS pack of W ", w.sizes(),
                   ": leading dimension ", w.size(1), " out of range");
       const size_t bytes = a.get_size(mkl::kBMatrix, int(max_m), int(n_), int(k_));
-      packed_ = at::empty({int64_t(bytes / sizeof(float)) + 16}, w.options());
+      packed_ = core::scratch_empty({int64_t(bytes / sizeof(float)) + 16}, w.options());  // reused: scratch.h
       a.pack(mkl::kRowMajor, mkl::kBMatrix, transpose ? mkl::kTrans : mkl::kNoTrans, int(max_m), int(n_), int(k_),
              1.f, w.const_data_ptr<float>(), int(w.size(1)), packed_.data_ptr<float>());
     }
