@@ -39,7 +39,7 @@ inline int64_t row_grain(int64_t row_elems) {
 template <typename F>
 inline void for_rows(int64_t B, int64_t row_elems, const F& f) {
   const int64_t grain = row_grain(row_elems);
-  if (B <= grain) {
+  if (B <= grain || serial_call()) {
     f(0, B);
   } else {
     at::parallel_for(0, B, grain, f);
@@ -144,11 +144,21 @@ constexpr int64_t kSequentialStepMacs = int64_t(1) << 18;
 // Number of row blocks for the batch-split recurrence (1: run the plain loop). A block's GEMM is
 // the packed one, or gemm_small when W_hh is unpacked and gemm_small takes the largest block.
 inline int64_t batch_split_chunks(int64_t B, const RecurrentGemm& rec) {
-  if (rec.weight_bytes() > kBatchSplitMaxWeightBytes || at::in_parallel_region()) return 1;
+  if (rec.weight_bytes() > kBatchSplitMaxWeightBytes || at::in_parallel_region() || serial_call()) return 1;
   const int64_t nt = at::get_num_threads();
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(nt, B / kBatchSplitMinRows));
   if (chunks > 1 && !rec.packed() && !rec.takes_small((B + chunks - 1) / chunks)) return 1;
   return chunks;
+}
+
+// Whether one layer's call is small enough to run on one thread (kSerialCallMacs, blas.h): W_hh
+// under kSerialMaxWeight elements, its steps under kSerialStepMacs and all its `passes` (forward 1,
+// backward 2) under kSerialCallMacs.
+template <int64_t G>
+inline bool small_call(const ForwardProblem& p, int64_t passes) {
+  const double step = double(p.B) * double(G * p.H) * double(p.I + p.P);  // no overflow at any size
+  return G * p.H * p.P < kSerialMaxWeight && step < double(kSerialStepMacs) &&
+         double(passes) * double(p.T) * step < double(kSerialCallMacs);
 }
 
 // f(b0, b1) for each of `chunks` contiguous blocks of the B batch rows, the blocks spread over the
@@ -253,7 +263,7 @@ class CpuForward {
 
   CpuForward(const CpuContext&, const ForwardProblem& p, const at::Tensor& lengths, at::Tensor& output,
              at::Tensor& ws, const CellIo& io)
-      : p_(p), output_(output), ws_(ws), H_(p.H), B_(p.B), WS_(ws.dim() == 3 ? ws.size(2) : 0),
+      : serial_(small_call<G>(p, 1)), p_(p), output_(output), ws_(ws), H_(p.H), B_(p.B), WS_(ws.dim() == 3 ? ws.size(2) : 0),
         // h_{t-1} W_hh[phase 0 gates]ᵀ and (two-phase) the mid-step GEMM, weights packed once for all steps
         rec_(G_rec == G ? p.w_hh : p.w_hh.narrow(0, 0, G_rec * p.H), /*transpose=*/true, p.B, p.T) {
     const auto opts = p.options();
@@ -405,6 +415,7 @@ class CpuForward {
                        xg_t0_};
   }
 
+  SerialScope serial_;  // first: in force while the members below are built (the pack) and used
   const ForwardProblem& p_;
   at::Tensor output_, ws_;
   int64_t H_, B_, WS_;
@@ -428,7 +439,7 @@ class CpuBackward {
   // io.grad_h / io.dh: what the cell reads as grad_output and as its carried dL/dh.
   CpuBackward(const CpuContext&, const BackwardProblem& p, const at::Tensor& lengths, at::Tensor& dG, at::Tensor& dGh,
               at::Tensor& dh, at::Tensor& dc, const CellIo& io)
-      : p_(p), dG_(dG), dGh_(dGh), dh_(dh), H_(p.H), B_(p.B), WS_(p.ws.dim() == 3 ? p.ws.size(2) : 0),
+      : serial_(small_call<G>(p, 2)), p_(p), dG_(dG), dGh_(dGh), dh_(dh), H_(p.H), B_(p.B), WS_(p.ws.dim() == 3 ? p.ws.size(2) : 0),
         // dGh[t] W_hh[phase 0 gates] and (two-phase) dn W_hn, weights packed once for all steps
         rec_(p.w_hh.narrow(0, 0, G_rec * p.H), /*transpose=*/false, p.B, p.T) {
     if constexpr (Cell::traits.phases == 2) {
@@ -519,6 +530,7 @@ class CpuBackward {
     }
   };
 
+  SerialScope serial_;  // first: in force while the members below are built (the pack) and used
   const BackwardProblem& p_;
   at::Tensor dG_, dGh_, dh_, drh_;
   int64_t H_, B_, WS_;

@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 namespace rnnfast {
@@ -79,6 +80,47 @@ class SequentialScope {
   int prev_ = 0;
 };
 }  // namespace mkl
+
+// ---- Small calls run on one thread --------------------------------------------------------------
+// A layer call with a small W_hh (under kSerialMaxWeight elements: gemm_small's column split would
+// not start either), steps under kSerialStepMacs multiply-adds (B*G*H*(I+P)) and under
+// kSerialCallMacs in all (T steps, twice for a backward) runs on the calling thread alone: every
+// parallel region it would open (the batch split, the row passes, MKL's threads) costs more to
+// start and join than it saves. Measured at 2 threads, module forward, in one process with the rule
+// toggled in alternating blocks (15 rounds, median time ratio with the rule / without [quartiles]):
+// RNN-relu H64 B8 T1 0.76 [0.73, 0.77], GRU H64 B8 T8 0.75 [0.73, 0.79], LSTM H64 B8 T1 0.85,
+// RNN-tanh H64 B32 T1 0.95, GRU H64 B1 T35 0.91, RNN-relu H64 B8 T1 forward+backward 0.94. The
+// bounds are where it stopped paying: LSTM H64 B32 T1 (1M MACs a step) 1.02-1.05 with the rule,
+// RNN-tanh H64 B8 T35 (2.3M in all) 1.15, GRU H256 B1 T8 (W_hh 197K elements) 1.31.
+constexpr int64_t kSerialCallMacs = int64_t(17) << 17, kSerialStepMacs = int64_t(512) << 10;
+constexpr int64_t kSerialMaxWeight = int64_t(1) << 17;
+
+// Whether this thread is inside a SerialScope that took effect.
+inline bool& serial_call_flag() {
+  thread_local bool flag = false;
+  return flag;
+}
+inline bool serial_call() { return serial_call_flag(); }
+
+// While alive and `on`: this thread's rnnfast loops and MKL calls run sequentially.
+class SerialScope {
+ public:
+  explicit SerialScope(bool on) : on_(on) {
+    if (!on_) return;
+    prev_ = serial_call_flag();
+    serial_call_flag() = true;
+    mkl_.emplace();
+  }
+  ~SerialScope() {
+    if (on_) serial_call_flag() = prev_;
+  }
+  SerialScope(const SerialScope&) = delete;
+  SerialScope& operator=(const SerialScope&) = delete;
+
+ private:
+  bool on_, prev_ = false;
+  std::optional<mkl::SequentialScope> mkl_;
+};
 
 // ---- The one rule for how a tensor's strides reach a BLAS call ---------------------------------
 // Every raw BLAS entry in csrc/cpu (the packed GEMM below; the other GEMMs go through ATen's
@@ -275,7 +317,7 @@ inline bool worth_packing_over_small(int64_t m, int64_t steps, int64_t weight_by
 inline void gemm_small(const float* w, int64_t ldw, const float* a, int64_t lda, float* c, int64_t ldc, int64_t M,
                        int64_t N, int64_t K, bool accumulate) {
   constexpr int64_t kElemsPerThread = int64_t(1) << 16;
-  if (N * K < 2 * kElemsPerThread || at::get_num_threads() == 1 || at::in_parallel_region()) {
+  if (N * K < 2 * kElemsPerThread || at::get_num_threads() == 1 || at::in_parallel_region() || serial_call()) {
     gemm_small_rows(w, ldw, a, lda, c, ldc, M, N, K, accumulate);
     return;
   }
