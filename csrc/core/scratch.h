@@ -57,18 +57,22 @@ class ScratchPool {
       }
     }
     if (spare < 0) return at::empty({numel}, opts);  // every slot on loan
-    const int64_t old = slots_[spare].defined() ? slots_[spare].nbytes() : 0;
-    if (total_ - old + bytes > kMaxTotalBytes) return at::empty({numel}, opts);
+    const int64_t old = slots_[spare].defined() ? int64_t(slots_[spare].nbytes()) : 0;
+    if (retained_bytes() - old + bytes > kMaxTotalBytes) return at::empty({numel}, opts);
     slots_[spare] = at::Tensor();  // the old block goes back before the new one is allocated
     slots_[spare] = at::empty({numel}, opts);
-    total_ += bytes - old;
     return slots_[spare].narrow(0, 0, numel);
   }
 
  private:
+  int64_t retained_bytes() const {
+    int64_t total = 0;
+    for (const at::Tensor& s : slots_) total += s.defined() ? int64_t(s.nbytes()) : 0;
+    return total;
+  }
+
   std::mutex mutex_;
   std::array<at::Tensor, kSlots> slots_;
-  int64_t total_ = 0;
 };
 
 // A contiguous, uninitialized tensor of `sizes` for use within one call (see ScratchPool).

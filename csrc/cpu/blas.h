@@ -105,21 +105,21 @@ inline bool serial_call() { return serial_call_flag(); }
 // While alive and `on`: this thread's rnnfast loops and MKL calls run sequentially.
 class SerialScope {
  public:
-  explicit SerialScope(bool on) : on_(on) {
-    if (!on_) return;
+  explicit SerialScope(bool on) {
+    if (!on) return;
     prev_ = serial_call_flag();
     serial_call_flag() = true;
     mkl_.emplace();
   }
   ~SerialScope() {
-    if (on_) serial_call_flag() = prev_;
+    if (mkl_) serial_call_flag() = prev_;
   }
   SerialScope(const SerialScope&) = delete;
   SerialScope& operator=(const SerialScope&) = delete;
 
  private:
-  bool on_, prev_ = false;
-  std::optional<mkl::SequentialScope> mkl_;
+  bool prev_ = false;
+  std::optional<mkl::SequentialScope> mkl_;  // engaged: the scope took effect
 };
 
 // ---- The one rule for how a tensor's strides reach a BLAS call ---------------------------------

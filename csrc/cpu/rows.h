@@ -60,6 +60,12 @@ struct BwdRow {
   T* dc;           // in dL/dc_t from later steps, out dL/dc_{t-1}
 };
 
+// The gates of phase P: [first, end) (one-phase cells: all of them).
+template <class Cell, int P>
+constexpr int kPhaseFirstGate = P == 0 ? 0 : Cell::traits.phase0_gates;
+template <class Cell, int P>
+constexpr int kPhaseEndGate = P == 0 ? Cell::traits.phase0_gates : Cell::traits.gates;
+
 // core/cells.h's forward accessor for unit j of a row, in phase P. Keep = false (an inference
 // call of a one-phase cell, which returns no workspace): only the slot the next step reads (the
 // cell state) is stored; the gate values the backward would read are not written at all.
@@ -67,7 +73,7 @@ template <class Cell, int P, typename T, bool Keep = true>
 struct ForwardUnit {
   using value_type = T;
   using Math = FastMath;
-  static constexpr int kFirstGate = P == 0 ? 0 : Cell::traits.phase0_gates;  // first gate in hg
+  static constexpr int kFirstGate = kPhaseFirstGate<Cell, P>;  // first gate in hg
   const FwdRow<T>& r;
   const int64_t H, j;
 
@@ -115,12 +121,6 @@ struct BackwardUnit {
   RNNFAST_ALWAYS_INLINE void set_dc_prev(T v) const { r.dc[j] = v; }
 };
 
-// The gates of phase P: [first, end) (one-phase cells: all of them).
-template <class Cell, int P>
-constexpr int kPhaseFirstGate = P == 0 ? 0 : Cell::traits.phase0_gates;
-template <class Cell, int P>
-constexpr int kPhaseEndGate = P == 0 ? Cell::traits.phase0_gates : Cell::traits.gates;
-
 // How many gates of phase P have an activation of their own (Cell::act).
 template <class Cell, int P>
 constexpr int activated_gates() {
@@ -145,14 +145,10 @@ struct PreActivatedUnit : ForwardUnit<Cell, P, T, Keep> {
 template <class Cell, int P, bool Keep, int G, typename T>
 RNNFAST_ALWAYS_INLINE void activate_gates(const FwdRow<T>& r, int64_t H, int64_t j0, int64_t n, T* act) {
   if constexpr (G < kPhaseEndGate<Cell, P>) {
-    constexpr core::Act a = Cell::act(G);
-    if constexpr (a != core::Act::none) {
+    if constexpr (Cell::act(G) != core::Act::none) {
       T* out = act + (G - kPhaseFirstGate<Cell, P>)*kActBlock;
 #pragma omp simd
-      for (int64_t i = 0; i < n; ++i) {
-        const ForwardUnit<Cell, P, T, Keep> u{r, H, j0 + i};
-        out[i] = core::activate<FastMath>(a, u.x(G) + u.h(G));
-      }
+      for (int64_t i = 0; i < n; ++i) out[i] = ForwardUnit<Cell, P, T, Keep>{r, H, j0 + i}.activated(G);
     }
     activate_gates<Cell, P, Keep, G + 1>(r, H, j0, n, act);
   }
