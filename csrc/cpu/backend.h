@@ -330,14 +330,18 @@ class CpuForward {
         return;
       }
     }
-    if constexpr (std::is_same_v<T_, float>) {  // a small batch: gemm_small on raw pointers, no views per step
-      if (rec_.run_small(prev_.h(st.s), p_.P, hg_.data_ptr<float>(), G_rec * H_, B_)) return;
+    if constexpr (std::is_same_v<T_, float>) {  // packed or gemm_small: raw pointers, no views per step
+      if (rec_.run_ptr(prev_.h(st.s), p_.P, hg_.data_ptr<float>(), G_rec * H_, B_, /*accumulate=*/false)) return;
     }
     rec_.run(st.s ? output_.select(0, st.tp) : p_.hx, hg_, /*accumulate=*/false);
   }
 
   // The mid-step GEMM on the workspace's gemm_slot (GRU reset_before: r ⊙ h), row stride WS.
   void mid_gemm(const Rows&, const Step& st) {
+    if constexpr (std::is_same_v<T_, float>) {
+      const float* a = ws_.const_data_ptr<float>() + prev_.ws_row(st.t) * B_ * WS_ + Cell::traits.gemm_slot * H_;
+      if (rec_n_->run_ptr(a, WS_, hg1_.data_ptr<float>(), H_, B_, /*accumulate=*/false)) return;
+    }
     rec_n_->run(ws_.select(0, prev_.ws_row(st.t)).narrow(1, Cell::traits.gemm_slot * H_, H_), hg1_,
                 /*accumulate=*/false);
   }
@@ -483,6 +487,10 @@ class CpuBackward {
 
   // d(gemm slot) = dG[t][phase 1 gates] W_hh[phase 1 gates] (GRU reset_before: d(r ⊙ h) = dn W_hn).
   void mid_gemm_backward(const Rows&, const Step& st) {
+    if constexpr (std::is_same_v<T_, float>) {
+      const float* a = ptr_.dg + st.t * B_ * G * H_ + G_rec * H_;
+      if (rec_n_->run_ptr(a, G * H_, drh_.data_ptr<float>(), H_, B_, /*accumulate=*/false)) return;
+    }
     rec_n_->run(dG_.select(0, st.t).narrow(1, G_rec * H_, (G - G_rec) * H_), drh_, /*accumulate=*/false);
   }
 
@@ -494,6 +502,8 @@ class CpuBackward {
                       p_.P, rows.b1 - rows.b0, accumulate_dh_);
         return;
       }
+      // all rows, packed or gemm_small: raw pointers, no views per step (RecurrentGemm::run_ptr)
+      if (rec_.run_ptr(ptr_.dgh + st.t * B_ * G * H_, G * H_, dh_.data_ptr<float>(), p_.P, B_, accumulate_dh_)) return;
     }
     const at::Tensor dgh_t = G_rec == G ? dGh_.select(0, st.t) : dGh_.select(0, st.t).narrow(1, 0, G_rec * H_);
     rec_.run(dgh_t, dh_, accumulate_dh_);
