@@ -1,7 +1,7 @@
 """Small sizes (issue 12): the CPU recurrent GEMM packs W_hh only when that repays
 (csrc/cpu/blas.h worth_packing: B >= 4 rows, T >= 2 steps and B*T >= 64, against MKL's unpacked
-GEMM; worth_packing_over_small where gemm_small would take the rows: B*T >= 64 from 8 rows, >= 128
-below, >= 256 above 3 MB of weight), else runs the unpacked GEMM per step. Both paths, on both sides of the threshold, against torch.nn forward and backward; which
+GEMM; worth_packing_over_small where gemm_small would take the rows: B*T >= 64 from 8 rows (from
+16 when K >= 256), >= 128 below, >= 256 above 3 MB of weight), else runs the unpacked GEMM per step. Both paths, on both sides of the threshold, against torch.nn forward and backward; which
 path ran is read from the profiler (the pack has its own scope, rnnfast::pack_recurrent_weight).
 Also: an in-place update of the weights (optimizer step, no_grad copy_, load_state_dict, .data)
 is seen by the very next call, for modules and cells."""
@@ -17,14 +17,15 @@ MODULES = {"rnn_tanh": ("RNN", {}), "rnn_relu": ("RNN", {"nonlinearity": "relu"}
 CELLS = {"rnn_tanh": ("RNNCell", {}), "gru": ("GRUCell", {}), "lstm": ("LSTMCell", {})}
 
 
-def worth_packing(B, T, small=False):
+def worth_packing(B, T, small=False, K=16):
     """blas.h's rule, restated: the test checks the extension follows it (a torch without MKL has
     no packed GEMM and never packs). small: gemm_small would take the B rows (a forward's W_hhᵀ
-    with H a multiple of 16 and B <= 16 at these weight sizes, well under 3 MB)."""
+    with H a multiple of 16 and B <= 16 at these weight sizes, well under 3 MB); K: its inner size."""
     if not (B >= 4 and T >= 2 and torch.backends.mkl.is_available()):
         return False
     if small and B <= 16:
-        return B * T >= (64 if B >= 8 else 128)
+        quick_small = B < 8 or (B < 16 and K >= 256)
+        return B * T >= (128 if quick_small else 64)
     return B * T >= 64
 
 
@@ -70,6 +71,19 @@ def test_pack_decision_follows_the_threshold(T, B):
     # forward + backward: one pack each when it repays (W_hhᵀ forward; W_hh backward, never gemm_small's)
     n_both = packs_seen(lambda: forward_backward(got, x))
     assert n_both == int(fwd) + int(worth_packing(B, T)), (T, B, n_both)
+
+
+@pytest.mark.parametrize("T,B", [(8, 8), (15, 8), (16, 8), (8, 15), (9, 15), (4, 16), (2, 32)], ids=lambda v: str(v))
+def test_pack_decision_long_k(T, B):
+    """K = H = 256 (an LSTM's W_hh is 1 MB): 8-15 rows wait for B*T >= 128 before packing, 16 rows
+    still pack from 64 (and 32 rows, gemm_small's too at K >= 256)."""
+    ref, got = pair("lstm", 8, 256)
+    x = torch.randn(T, B, 8)
+    with torch.no_grad():
+        n_fwd = packs_seen(lambda: got(x))
+        want = ref(x)[0]
+    assert n_fwd == (1 if worth_packing(B, T, small=True, K=256) else 0), (T, B, n_fwd)
+    torch.testing.assert_close(got(x)[0], want, rtol=1e-5, atol=1e-5)
 
 
 def test_float64_never_packs():

@@ -337,10 +337,16 @@ constexpr int64_t kSmallMinWeightBytes = int64_t(3) << 20;
 // at m = 8, 7-24 at m = 16, 4-9 at m = 32, 2-5.5 at m = 64 (G=4 H=512 m=32: 509 / 478 / 600).
 // So: at least 2 steps and m >= 4; then m * steps >= 256 above 3 MB, else m * steps >= 64 from 8
 // rows and >= 128 below (bench/small_gemm.py times both sides; bench/pack_breakeven.py MKL's).
-inline bool worth_packing_over_small(int64_t m, int64_t steps, int64_t weight_bytes) {
+// Since gemm_small prefetches W (kPrefetchMaxWeightBytes), 8-15 rows with K >= kSmallLongK also
+// wait for 128: module forward, inference, 1 thread, in one process with packing toggled in
+// alternating blocks (11 rounds, time packed / unpacked): B = 8, T = 8, H = 256 LSTM 1.06-1.12x,
+// GRU 1.10-1.11x, RNN-tanh 1.06x in favour of not packing; at T = 16 equal (0.99x, 0.99x); with
+// K = 128 (LSTM H = 128) packing still won at T = 8 (0.94x), so shorter K keeps 64.
+inline bool worth_packing_over_small(int64_t m, int64_t steps, int64_t weight_bytes, int64_t k) {
   if (m < kPackMinRows || steps < kPackMinSteps) return false;
   if (weight_bytes >= kSmallMinWeightBytes) return m * steps >= 256;
-  return m * steps >= (m >= 8 ? 64 : 128);
+  const bool quick_small = m < 8 || (m < 16 && k >= kSmallLongK);
+  return m * steps >= (quick_small ? 128 : 64);
 }
 
 // gemm_small_rows over all N columns of C, split over the intra-op threads when W is large enough to
@@ -387,7 +393,7 @@ class RecurrentGemm {
     k_ = transpose ? w.size(1) : w.size(0);
     const mkl::Api& a = mkl::api();
     const bool fits = max_m > 0 && n_ > 0 && k_ > 0 && max_m < INT32_MAX && n_ < INT32_MAX && k_ < INT32_MAX;
-    const bool repays = steps == kUnknownSteps || (takes_small(max_m) ? worth_packing_over_small(max_m, steps, weight_bytes())
+    const bool repays = steps == kUnknownSteps || (takes_small(max_m) ? worth_packing_over_small(max_m, steps, weight_bytes(), k_)
                                                                          : worth_packing(max_m, steps));
     if (w.scalar_type() == at::kFloat && w.is_contiguous() && a.ok() && fits && repays) {
       // a profiler scope of its own: tests/test_small_sizes.py checks which calls pack
