@@ -273,15 +273,18 @@ def test_threads_call_modules_concurrently():
     ("H64", ((1, 2), (1, 3), (1, 5), (1, 7), (1, 16), (3, 5), (2, 8))),  # W in L2: up to 16 rows
     ("H256", ((1, 17), (1, 32), (2, 16), (1, 6))),  # K >= 256: up to 32 rows
     ("3MB", ((1, 8), (1, 16), (1, 3), (2, 5), (1, 17), (1, 33), (1, 64))),  # W of 3-4 MB: up to 64
+    ("narrow", ((1, 17), (1, 20), (1, 24), (1, 32), (2, 16))),  # W of <= 128 rows: up to 32
 ])
 def test_small_batches_row_by_row(cell, threads, size, shapes):
-    """Up to 16 rows (32 when K >= 256, 64 above 3 MB of weight) an unpacked GEMM runs gemm_small
+    """Up to 16 rows (32 when K >= 256 or W has at most 128 rows, 64 above 3 MB of weight) an
+    unpacked GEMM runs gemm_small
     (csrc/cpu/blas.h: tiles of 4 x 4, the rows left over in tiles of 1-3, one row alone in its own
     shape), whose every output is summed in an order that depends on K only: each row of a batch is
     bit for bit its batch-of-one call, and all match torch.nn in float32 and a float64 reference.
     (The shapes keep every GEMM of the call in that range: the input projection takes T x B rows.)"""
     torch.manual_seed(0)
-    H = {"H64": 64, "H256": 256, "3MB": 1024 if cell == "RNN" else 512}[size]
+    H = {"H64": 64, "H256": 256, "3MB": 1024 if cell == "RNN" else 512,
+         "narrow": 128 if cell == "RNN" else 32}[size]  # G*H <= 128
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -17,13 +17,18 @@ MODULES = {"rnn_tanh": ("RNN", {}), "rnn_relu": ("RNN", {"nonlinearity": "relu"}
 CELLS = {"rnn_tanh": ("RNNCell", {}), "gru": ("GRUCell", {}), "lstm": ("LSTMCell", {})}
 
 
-def worth_packing(B, T, small=False, K=16):
+def takes_small(B, K, N):
+    """blas.h's takes_small for a weight well under 3 MB: (N, K) = W_hh's rows and columns."""
+    return B <= 16 or (B <= 32 and (K >= 256 or N <= 128))
+
+
+def worth_packing(B, T, small=False, K=16, N=64):
     """blas.h's rule, restated: the test checks the extension follows it (a torch without MKL has
-    no packed GEMM and never packs). small: gemm_small would take the B rows (a forward's W_hhᵀ
-    with H a multiple of 16 and B <= 16 at these weight sizes, well under 3 MB); K: its inner size."""
+    no packed GEMM and never packs). small: a forward's W_hhᵀ (H a multiple of 16), where
+    gemm_small would take the B rows when takes_small(B, K, N); K, N: W_hh's columns and rows."""
     if not (B >= 4 and T >= 2 and torch.backends.mkl.is_available()):
         return False
-    if small and B <= 16:
+    if small and takes_small(B, K, N):
         quick_small = B < 8 or (B < 16 and K >= 256)
         return B * T >= (128 if quick_small else 64)
     return B * T >= 64
@@ -82,7 +87,7 @@ def test_pack_decision_long_k(T, B):
     with torch.no_grad():
         n_fwd = packs_seen(lambda: got(x))
         want = ref(x)[0]
-    assert n_fwd == (1 if worth_packing(B, T, small=True, K=256) else 0), (T, B, n_fwd)
+    assert n_fwd == (1 if worth_packing(B, T, small=True, K=256, N=1024) else 0), (T, B, n_fwd)
     torch.testing.assert_close(got(x)[0], want, rtol=1e-5, atol=1e-5)
 
 

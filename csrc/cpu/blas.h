@@ -311,7 +311,8 @@ inline void gemm_small_rows(const float* w, int64_t ldw, const float* a, int64_t
   for (; n < N; ++n) gemm_rows<1, false>(w + n * ldw, ldw, a, lda, c + n, ldc, M, K, accumulate);
 }
 
-// When it runs (RecurrentGemm::takes_small): up to kSmallRows rows always; up to kSmallRowsLongK
+// When it runs (RecurrentGemm::takes_small): up to kSmallRows rows always; up to kSmallRowsNarrow
+// for a W of at most kSmallNarrowN rows (below); up to kSmallRowsLongK
 // when K >= kSmallLongK (the lane sums, a fixed cost per output, are then spread over >= 16 FMAs
 // an output); up to kSmallRowsLarge when W is larger than a core's L2 (kSmallMinWeightBytes), where
 // MKL copies all of W on every call. Measured in a standalone C++ loop against at::mm (MKL), 1
@@ -325,7 +326,14 @@ inline void gemm_small_rows(const float* w, int64_t ldw, const float* a, int64_t
 // 1149; 768 x 256 M=16 102). In the layer, where W_ih and W_hh take turns in the cache (module
 // forward at T = 1, inference, alternating processes, gemm_small / MKL up to 64 rows): LSTM H=256
 // B=32 1.12x, B=64 0.93x; GRU H=256 B=32 1.05x; LSTM H=64 B=32 0.96x, B=64 0.81x; H=128 B=32 0.96x.
+// Up to kSmallRowsNarrow rows also when W has at most kSmallNarrowN rows (RNN H <= 128, LSTM H <= 32),
+// where MKL's per-call copy of W and its setup are most of a GEMM this small: module forward at
+// T = 1, inference, in one process with the rule toggled in alternating blocks (11 rounds, time
+// MKL / gemm_small): RNN H=64 B=20 1.31x, B=24 1.29x, B=32 1.22x (2 threads 1.12x); RNN H=32 B=32
+// 1.29x; RNN H=96 B=32 1.06x; RNN H=128 B=32 1.11x (2 threads 1.14x); LSTM H=32 B=32 1.04x. A wider
+// W does not gain (GRU H=64, N = 192, B=32: 0.94x).
 constexpr int64_t kSmallRows = 16, kSmallRowsLongK = 32, kSmallLongK = 256, kSmallRowsLarge = 64;
+constexpr int64_t kSmallRowsNarrow = 32, kSmallNarrowN = 128;
 constexpr int64_t kSmallMinWeightBytes = int64_t(3) << 20;
 
 // Whether packing repays against gemm_small (when the unpacked GEMM of m rows would run it).
@@ -472,7 +480,7 @@ class RecurrentGemm {
   // with such m always runs; the batch split relies on it.)
   bool takes_small(int64_t m) const {
     if (!small_ || packed_.defined() || m < 1) return false;
-    return m <= kSmallRows || (m <= kSmallRowsLongK && k_ >= kSmallLongK) ||
+    return m <= kSmallRows || (m <= kSmallRowsLongK && k_ >= kSmallLongK) || (m <= kSmallRowsNarrow && n_ <= kSmallNarrowN) ||
            (m <= kSmallRowsLarge && weight_bytes() >= kSmallMinWeightBytes);
   }
 
