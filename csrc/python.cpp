@@ -157,8 +157,16 @@ PyObject* forward_layers(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   at::Tensor output, h_n, c_n;
   try {
     const ReleasedGil released;
+    // Zero initial states: one zeros tensor serves h0 and c0 alike (the ops only read them; one
+    // allocation and fill fewer per LSTM call).
+    at::Tensor zero_state;
     for (int64_t k = 0; k < num_states; ++k) {
-      s[k] = s[k].defined() ? s[k].contiguous() : at::zeros(state_shape, w0.options());
+      if (s[k].defined()) {
+        s[k] = s[k].contiguous();
+      } else {
+        if (!zero_state.defined()) zero_state = at::zeros(state_shape, w0.options());
+        s[k] = zero_state;
+      }
     }
     // The workspace is kept only where something will be differentiated (as rnnfast._ops does).
     bool grad = at::GradMode::is_enabled() && x.requires_grad();
