@@ -157,17 +157,10 @@ PyObject* forward_layers(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   at::Tensor output, h_n, c_n;
   try {
     const ReleasedGil released;
-    // Zero initial states: one zeros tensor serves h0 and c0 alike (the ops only read them; one
-    // allocation and fill fewer per LSTM call).
-    at::Tensor zero_state;
-    for (int64_t k = 0; k < num_states; ++k) {
-      if (s[k].defined()) {
-        s[k] = s[k].contiguous();
-      } else {
-        if (!zero_state.defined()) zero_state = at::zeros(state_shape, w0.options());
-        s[k] = zero_state;
-      }
-    }
+    // No states given: one zeros tensor serves h0 and c0 alike (the ops only read them; one
+    // allocation and fill fewer per LSTM call). Given: all of them (checked above).
+    const at::Tensor zero_state = states == Py_None ? at::zeros(state_shape, w0.options()) : at::Tensor();
+    for (int64_t k = 0; k < num_states; ++k) s[k] = zero_state.defined() ? zero_state : s[k].contiguous();
     // The workspace is kept only where something will be differentiated (as rnnfast._ops does).
     bool grad = at::GradMode::is_enabled() && x.requires_grad();
     if (at::GradMode::is_enabled()) {

@@ -318,20 +318,14 @@ class CpuForward {
 
   void recurrent_gemm(const Rows& rows, const Step& st) {
     if constexpr (std::is_same_v<T_, float>) {
-      if (rows.block) {  // one thread's rows: the packed GEMM, or gemm_small (batch_split_chunks)
-        const float* a = prev_.h(st.s) + rows.b0 * p_.P;
-        float* c = hg_.data_ptr<float>() + rows.b0 * G_rec * H_;
-        if (rec_.packed()) {
-          rec_.run_rows(a, p_.P, c, G_rec * H_, rows.b1 - rows.b0, /*accumulate=*/false);
-        } else {
-          TORCH_CHECK(rec_.run_small(a, p_.P, c, G_rec * H_, rows.b1 - rows.b0),
-                      "rnnfast: internal error: a batch-split block without a GEMM that takes it");
-        }
+      // packed or gemm_small: raw pointers, no views per step. A batch-split block (one thread's
+      // rows) always has one of the two (batch_split_chunks).
+      const int64_t b0 = rows.block ? rows.b0 : 0, m = rows.block ? rows.b1 - rows.b0 : B_;
+      if (rec_.run_ptr(prev_.h(st.s) + b0 * p_.P, p_.P, hg_.data_ptr<float>() + b0 * G_rec * H_, G_rec * H_, m,
+                       /*accumulate=*/false)) {
         return;
       }
-    }
-    if constexpr (std::is_same_v<T_, float>) {  // packed or gemm_small: raw pointers, no views per step
-      if (rec_.run_ptr(prev_.h(st.s), p_.P, hg_.data_ptr<float>(), G_rec * H_, B_, /*accumulate=*/false)) return;
+      TORCH_CHECK(!rows.block, "rnnfast: internal error: a batch-split block without a GEMM that takes it");
     }
     rec_.run(st.s ? output_.select(0, st.tp) : p_.hx, hg_, /*accumulate=*/false);
   }
@@ -497,13 +491,13 @@ class CpuBackward {
   // dh_{t-1} (+)= dGh[t] W_hh[phase 0 gates]
   void recurrent_gemm_backward(const Rows& rows, const Step& st) {
     if constexpr (std::is_same_v<T_, float>) {
-      if (rows.block) {
-        rec_.run_rows(ptr_.dgh + (st.t * B_ + rows.b0) * G * H_, G * H_, dh_.data_ptr<float>() + rows.b0 * p_.P,
-                      p_.P, rows.b1 - rows.b0, accumulate_dh_);
+      // packed (a batch-split block always is: batch_split_chunks) or gemm_small: raw pointers
+      const int64_t b0 = rows.block ? rows.b0 : 0, m = rows.block ? rows.b1 - rows.b0 : B_;
+      if (rec_.run_ptr(ptr_.dgh + (st.t * B_ + b0) * G * H_, G * H_, dh_.data_ptr<float>() + b0 * p_.P, p_.P, m,
+                       accumulate_dh_)) {
         return;
       }
-      // all rows, packed or gemm_small: raw pointers, no views per step (RecurrentGemm::run_ptr)
-      if (rec_.run_ptr(ptr_.dgh + st.t * B_ * G * H_, G * H_, dh_.data_ptr<float>(), p_.P, B_, accumulate_dh_)) return;
+      TORCH_CHECK(!rows.block, "rnnfast: internal error: a batch-split block without a GEMM that takes it");
     }
     const at::Tensor dgh_t = G_rec == G ? dGh_.select(0, st.t) : dGh_.select(0, st.t).narrow(1, 0, G_rec * H_);
     rec_.run(dgh_t, dh_, accumulate_dh_);
