@@ -29,6 +29,7 @@
 
 #include "core/cells.h"
 #include "core/layer_op.h"
+#include "cpu/rows_avx512.h"
 
 namespace {
 
@@ -227,7 +228,18 @@ PyObject* forward_layers(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   return result;
 }
 
+// rnnfast._C._set_vector_rows(on) -> the previous setting: whether the CPU forward row passes take
+// the AVX-512 path (csrc/cpu/rows_avx512.h). Tests run both paths; on is refused (stays False)
+// where the CPU or the build has no such path.
+PyObject* set_vector_rows(PyObject*, PyObject* on) {
+  const int flag = PyObject_IsTrue(on);
+  if (flag < 0) return nullptr;
+  return PyBool_FromLong(rnnfast::cpu::set_vector_rows(flag != 0));
+}
+
 PyMethodDef methods[] = {
+    {"_set_vector_rows", set_vector_rows, METH_O,
+     "Turn the AVX-512 forward row passes on or off (tests); returns the previous setting."},
     {"forward_layers", reinterpret_cast<PyCFunction>(reinterpret_cast<void*>(forward_layers)), METH_FASTCALL,
      "The usual call of a recurrent module or cell in C++ (csrc/python.cpp); None to decline."},
     {nullptr, nullptr, 0, nullptr}};

@@ -24,6 +24,7 @@
 #include "../core/loop.h"
 #include "blas.h"
 #include "rows.h"
+#include "rows_avx512.h"
 
 namespace rnnfast {
 namespace cpu {
@@ -90,6 +91,20 @@ RNNFAST_ALWAYS_INLINE void freeze_backward(const BwdRow<T>& r, int64_t H) {
 template <class Cell, int P, bool Keep, class MakeRow>
 RNNFAST_SIMD_CLONES void forward_rows(const MakeRow& row, int64_t b0, int64_t b1, int64_t H, int64_t t,
                                       const int64_t* len) {
+#if RNNFAST_VECTOR_ROWS
+  if constexpr (std::is_same_v<std::decay_t<decltype(row(b0))>, FwdRow<float>> && kVectorRowCell<Cell>) {
+    if (vector_rows()) {
+      for (int64_t b = b0; b < b1; ++b) {
+        if (frozen(len, t, b)) {
+          if constexpr (P == 0) freeze_forward<Cell>(row(b), H);
+        } else {
+          forward_row_avx512(Cell::kind, P, Keep, row(b), H);
+        }
+      }
+      return;
+    }
+  }
+#endif
   for (int64_t b = b0; b < b1; ++b) {
     if (frozen(len, t, b)) {
       if constexpr (P == 0) freeze_forward<Cell>(row(b), H);

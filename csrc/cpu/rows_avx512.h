@@ -1,0 +1,39 @@
+// The forward row pass written with AVX-512 vectors (rows_avx512.cpp, vec512.h): float32, every
+// cell with an activated gate (all but the ReLU RNN). Chosen per call at run time, when
+// the CPU has AVX-512F; everything else runs the portable row loops (rows.h), compiled for
+// AVX-512, AVX2 and the baseline ISA.
+#pragma once
+#include <cstdint>
+
+#include "rows.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define RNNFAST_VECTOR_ROWS 1
+#else
+#define RNNFAST_VECTOR_ROWS 0
+#endif
+
+namespace rnnfast {
+namespace cpu {
+
+// Whether the forward row passes take the AVX-512 path: the CPU has AVX-512F and the environment
+// does not set RNNFAST_DISABLE_AVX512 (read once, at load).
+bool vector_rows();
+// Turns the AVX-512 path on or off (tests compare the two); on is refused where the CPU lacks
+// AVX-512F or the build has no such path. Returns the previous setting.
+bool set_vector_rows(bool on);
+
+// The cells the vector path runs: those with an activated gate (Cell::act), which is what it speeds
+// up. The one without (the ReLU RNN) selects with `a < 0 ? 0 : a`, which a vector type cannot spell.
+template <class Cell>
+constexpr bool kVectorRowCell = activated_gates<Cell, 0>() > 0;
+
+#if RNNFAST_VECTOR_ROWS
+// Phase `phase` of the forward of cell `kind` over the H units of one row, 16 units per AVX-512
+// vector (a masked vector for the last H mod 16); keep = false: an inference call of a one-phase
+// cell (rows.h ForwardUnit's Keep). Only after vector_rows() said yes.
+void forward_row_avx512(core::CellKind kind, int phase, bool keep, const FwdRow<float>& r, int64_t H);
+#endif
+
+}  // namespace cpu
+}  // namespace rnnfast
