@@ -154,6 +154,17 @@ RNNFAST_ALWAYS_INLINE void activate_gates(const FwdRow<T>& r, int64_t H, int64_t
   }
 }
 
+// The blocking of both forward row passes (forward_row below; rows_avx512.cpp's row_pass): units
+// [0, H) in blocks of kActBlock, with a stack buffer for a block's activations of phase P's
+// activated gates; block(j0, n, act) runs one block (its activation loops, then the cell). The
+// block is a force-inlined lambda, so that it is compiled for the ISA of the clone it lands in.
+#define RNNFAST_ALWAYS_INLINE_LAMBDA __attribute__((always_inline))
+template <class Cell, int P, typename T, class Block>
+RNNFAST_ALWAYS_INLINE void for_activation_blocks(int64_t H, const Block& block) {
+  alignas(64) T act[(kPhaseEndGate<Cell, P> - kPhaseFirstGate<Cell, P>)*kActBlock];
+  for (int64_t j0 = 0; j0 < H; j0 += kActBlock) block(j0, H - j0 < kActBlock ? H - j0 : kActBlock, act);
+}
+
 // Phase P of Cell's forward over the H units of one row (Keep: see ForwardUnit).
 // With two or more gates that have an activation of their own (LSTM: all four; GRU: r and z), the
 // row goes in blocks of kActBlock units: first one loop per such gate, activation(x(g) + h(g))
@@ -166,17 +177,14 @@ RNNFAST_ALWAYS_INLINE void activate_gates(const FwdRow<T>& r, int64_t H, int64_t
 template <class Cell, int P, bool Keep = true, typename T>
 RNNFAST_ALWAYS_INLINE void forward_row(const FwdRow<T>& r, int64_t H) {
   if constexpr (activated_gates<Cell, P>() >= 2) {
-    constexpr int kFirst = kPhaseFirstGate<Cell, P>, kEnd = kPhaseEndGate<Cell, P>;
-    alignas(64) T act[(kEnd - kFirst) * kActBlock];
-    for (int64_t j0 = 0; j0 < H; j0 += kActBlock) {
-      const int64_t n = H - j0 < kActBlock ? H - j0 : kActBlock;
-      activate_gates<Cell, P, Keep, kFirst>(r, H, j0, n, act);
+    for_activation_blocks<Cell, P, T>(H, [&](int64_t j0, int64_t n, T* act) RNNFAST_ALWAYS_INLINE_LAMBDA {
+      activate_gates<Cell, P, Keep, kPhaseFirstGate<Cell, P>>(r, H, j0, n, act);
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) {
         PreActivatedUnit<Cell, P, T, Keep> s{{r, H, j0 + i}, act + i};
         Cell::forward(s, core::Phase<P>{});
       }
-    }
+    });
   } else {
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) {

@@ -111,7 +111,7 @@ RNNFAST_ALWAYS_INLINE __mmask16 lanes(int64_t n) {
 // One activation pass: gates G.. of phase P with an activation of their own, over units
 // [j0, j0 + n), into act (rows.h activate_gates, on vectors).
 template <class Cell, int P, bool Keep, int G>
-RNNFAST_ALWAYS_INLINE void activate_gates(const FwdRow<float>& r, int64_t H, int64_t j0, int64_t n, float* act) {
+RNNFAST_ALWAYS_INLINE void activate_gates_vec(const FwdRow<float>& r, int64_t H, int64_t j0, int64_t n, float* act) {
   if constexpr (G < kPhaseEndGate<Cell, P>) {
     if constexpr (Cell::act(G) != core::Act::none) {
       float* out = act + (G - kPhaseFirstGate<Cell, P>) * kActBlock;
@@ -120,7 +120,7 @@ RNNFAST_ALWAYS_INLINE void activate_gates(const FwdRow<float>& r, int64_t H, int
         _mm512_store_ps(out + i, s.activated(G).v);
       }
     }
-    activate_gates<Cell, P, Keep, G + 1>(r, H, j0, n, act);
+    activate_gates_vec<Cell, P, Keep, G + 1>(r, H, j0, n, act);
   }
 }
 
@@ -131,16 +131,13 @@ RNNFAST_ALWAYS_INLINE void activate_gates(const FwdRow<float>& r, int64_t H, int
 template <class Cell, int P, bool Keep>
 void row_pass(const FwdRow<float>& r, int64_t H) {
   if constexpr (activated_gates<Cell, P>() >= 2) {
-    constexpr int kFirst = kPhaseFirstGate<Cell, P>, kEnd = kPhaseEndGate<Cell, P>;
-    alignas(64) float act[(kEnd - kFirst) * kActBlock];
-    for (int64_t j0 = 0; j0 < H; j0 += kActBlock) {
-      const int64_t n = H - j0 < kActBlock ? H - j0 : kActBlock;
-      activate_gates<Cell, P, Keep, kFirst>(r, H, j0, n, act);
+    for_activation_blocks<Cell, P, float>(H, [&](int64_t j0, int64_t n, float* act) RNNFAST_ALWAYS_INLINE_LAMBDA {
+      activate_gates_vec<Cell, P, Keep, kPhaseFirstGate<Cell, P>>(r, H, j0, n, act);
       for (int64_t i = 0; i < n; i += 16) {
         VecPreActivatedUnit<Cell, P, Keep> s{{r, H, j0 + i, lanes(n - i)}, act + i};
         Cell::forward(s, core::Phase<P>{});
       }
-    }
+    });
   } else {
     for (int64_t j = 0; j < H; j += 16) {
       VecUnit<Cell, P, Keep> s{r, H, j, lanes(H - j)};

@@ -41,28 +41,21 @@ inline __attribute__((always_inline)) Vf operator-(Vf a) {
 
 RNNFAST_V __m512i bits(__m512 x) { return _mm512_castps_si512(x); }
 
-// (e^r - 1) / r evaluated at r = -s (the caller holds s = -r): the degree-7 Taylor polynomial of
-// fastmath.h's expm1_over_r, Horner, with each p*r + c written fnmadd(p, s, c) (= -(p s) + c: the
-// same product and the same rounding, so the same value as with r itself).
-RNNFAST_V __m512 expm1_over_r_neg(__m512 s) {
-  __m512 p = _mm512_set1_ps(1.f / 5040.f);
-  p = _mm512_fnmadd_ps(p, s, _mm512_set1_ps(1.f / 720.f));
-  p = _mm512_fnmadd_ps(p, s, _mm512_set1_ps(1.f / 120.f));
-  p = _mm512_fnmadd_ps(p, s, _mm512_set1_ps(1.f / 24.f));
-  p = _mm512_fnmadd_ps(p, s, _mm512_set1_ps(1.f / 6.f));
-  p = _mm512_fnmadd_ps(p, s, _mm512_set1_ps(0.5f));
-  return _mm512_fnmadd_ps(p, s, _mm512_set1_ps(1.f));
+// One Horner step p r + c. Neg: the caller holds s = -r and the step is fnmadd(p, s, c) = -(p s) + c,
+// the same product and the same rounding, so the same value as with r itself.
+template <bool Neg>
+RNNFAST_V __m512 horner(__m512 p, __m512 r, float c) {
+  return Neg ? _mm512_fnmadd_ps(p, r, _mm512_set1_ps(c)) : _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
 }
 
-// The same polynomial at r itself.
+// (e^r - 1) / r by fastmath.h's degree-7 Taylor polynomial (expm1_over_r), Horner; at r = -s when
+// Neg (the argument is then s).
+template <bool Neg>
 RNNFAST_V __m512 expm1_over_r(__m512 r) {
+  constexpr float kCoef[] = {1.f / 720.f, 1.f / 120.f, 1.f / 24.f, 1.f / 6.f, 0.5f, 1.f};
   __m512 p = _mm512_set1_ps(1.f / 5040.f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 720.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  return _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  for (const float c : kCoef) p = horner<Neg>(p, r, c);
+  return p;
 }
 
 constexpr float kLog2e = 1.44269504088896341f;
@@ -84,7 +77,7 @@ RNNFAST_V Vf sigmoid(Vf xv) {
   // s = -r = x + n ln2 (the negation of fastmath's (-x - n ln2_hi) - n ln2_lo, exactly)
   __m512 s = _mm512_fmadd_ps(n, _mm512_set1_ps(kLn2Hi), x);
   s = _mm512_fmadd_ps(n, _mm512_set1_ps(kLn2Lo), s);
-  const __m512 er = _mm512_fnmadd_ps(expm1_over_r_neg(s), s, _mm512_set1_ps(1.f));  // e^r = p r + 1
+  const __m512 er = horner<true>(expm1_over_r<true>(s), s, 1.f);  // e^r = p r + 1
   const __m512 e = _mm512_scalef_ps(er, n);                                          // e^-x
   const __m512 one = _mm512_set1_ps(1.f);
   return _mm512_div_ps(one, _mm512_add_ps(one, e));
@@ -101,7 +94,7 @@ RNNFAST_V Vf tanh(Vf xv) {
   const __m512 n = round_nearest(_mm512_fmadd_ps(y, _mm512_set1_ps(kLog2e), _mm512_set1_ps(kShift)));
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), y);
   r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), r);
-  const __m512 q = _mm512_mul_ps(expm1_over_r(r), r);                  // e^r - 1
+  const __m512 q = _mm512_mul_ps(expm1_over_r<false>(r), r);                  // e^r - 1
   const __m512 one = _mm512_set1_ps(1.f);
   const __m512 scale = _mm512_scalef_ps(one, n);                       // 2^n, n in [0, 29]
   const __m512 em = _mm512_fmadd_ps(scale, q, _mm512_sub_ps(scale, one));
