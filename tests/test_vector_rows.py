@@ -30,9 +30,8 @@ def rows(vector):
 
 
 def _cpu_has_vector_rows():
-    with rows(True):
-        got = _C._set_vector_rows(True)
-    return got
+    prev = _C._set_vector_rows(True)
+    return _C._set_vector_rows(prev)  # what asking for True gave
 
 
 HAS_VECTOR = _cpu_has_vector_rows()

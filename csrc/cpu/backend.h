@@ -23,6 +23,7 @@
 
 #include "../core/loop.h"
 #include "blas.h"
+#include "isa.h"
 #include "rows.h"
 #include "rows_avx512.h"
 
@@ -50,7 +51,7 @@ inline void for_rows(int64_t B, int64_t row_elems, const F& f) {
 // The pointwise row loops, compiled for AVX-512, AVX2 and the baseline ISA (x86-64 builds use
 // plain SSE2 otherwise); the dynamic loader picks the widest the CPU supports. Cell functions are
 // force-inlined into each clone (cells.h), so each clone vectorizes the whole cell.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if RNNFAST_GCC_X86
 #define RNNFAST_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define RNNFAST_SIMD_CLONES
@@ -91,23 +92,15 @@ RNNFAST_ALWAYS_INLINE void freeze_backward(const BwdRow<T>& r, int64_t H) {
 template <class Cell, int P, bool Keep, class MakeRow>
 RNNFAST_SIMD_CLONES void forward_rows(const MakeRow& row, int64_t b0, int64_t b1, int64_t H, int64_t t,
                                       const int64_t* len) {
-#if RNNFAST_VECTOR_ROWS
-  if constexpr (std::is_same_v<std::decay_t<decltype(row(b0))>, FwdRow<float>> && kVectorRowCell<Cell>) {
-    if (vector_rows()) {
-      for (int64_t b = b0; b < b1; ++b) {
-        if (frozen(len, t, b)) {
-          if constexpr (P == 0) freeze_forward<Cell>(row(b), H);
-        } else {
-          forward_row_avx512(Cell::kind, P, Keep, row(b), H);
-        }
-      }
-      return;
-    }
-  }
-#endif
+  // float32 rows of a cell with an activated gate take the AVX-512 pass where the CPU has it
+  constexpr bool kMayVector = RNNFAST_VECTOR_ROWS && kVectorRowCell<Cell> &&
+                              std::is_same_v<std::decay_t<decltype(row(b0))>, FwdRow<float>>;
+  const bool vector = kMayVector && vector_rows();
   for (int64_t b = b0; b < b1; ++b) {
     if (frozen(len, t, b)) {
       if constexpr (P == 0) freeze_forward<Cell>(row(b), H);
+    } else if (vector) {
+      if constexpr (kMayVector) forward_row_avx512(Cell::kind, P, Keep, row(b), H);
     } else {
       forward_row<Cell, P, Keep>(row(b), H);
     }

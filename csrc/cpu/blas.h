@@ -14,6 +14,7 @@
 #include <dlfcn.h>
 
 #include "fastmath.h"  // RNNFAST_ALWAYS_INLINE
+#include "isa.h"
 #include "../core/scratch.h"
 
 #include <algorithm>
@@ -292,7 +293,7 @@ RNNFAST_ALWAYS_INLINE void gemm_tiles(const float* w, int64_t ldw, const float* 
 // H = 256, GRU H = 512), so it does not prefetch.
 constexpr int64_t kPrefetchMaxWeightBytes = int64_t(8) << 20;
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if RNNFAST_GCC_X86
 __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
 inline void gemm_small_rows(const float* w, int64_t ldw, const float* a, int64_t lda, float* c, int64_t ldc,

@@ -1,7 +1,6 @@
 // The AVX-512 forward row pass (rows_avx512.h): the cells of core/cells.h run on 16-lane vectors
-// (vec512.h) through an accessor that loads and stores whole vectors. One cell evaluation per 16
-// units, all of its activations in registers (no pre-pass buffer, rows.h's forward_row needs one
-// because gcc's vectorized form of the activations runs out of registers).
+// (vec512.h) through an accessor that loads and stores whole vectors, blocked as rows.h's
+// forward_row (one activation loop per gate into a stack block, then the cell).
 //
 // Everything below the `#pragma GCC target` is compiled for AVX-512F; only this file is, and it is
 // entered only after vector_rows() said the CPU has it. The standard headers are included before
@@ -17,19 +16,14 @@
 
 #include <immintrin.h>
 
-// rows_avx512.h's RNNFAST_VECTOR_ROWS, decided before the header is read (it is read for AVX-512)
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define RNNFAST_VECTOR_ROWS_BUILD 1
-#else
-#define RNNFAST_VECTOR_ROWS_BUILD 0
-#endif
+#include "isa.h"  // RNNFAST_GCC_X86, decided before rows_avx512.h is read (it is read for AVX-512)
 
 namespace rnnfast {
 namespace cpu {
 
 namespace {
 bool cpu_has_avx512() {
-#if RNNFAST_VECTOR_ROWS_BUILD
+#if RNNFAST_GCC_X86
   return __builtin_cpu_supports("avx512f");
 #else
   return false;
@@ -45,7 +39,7 @@ bool set_vector_rows(bool on) { return g_vector_rows.exchange(on && cpu_has_avx5
 }  // namespace cpu
 }  // namespace rnnfast
 
-#if RNNFAST_VECTOR_ROWS_BUILD
+#if RNNFAST_GCC_X86
 // From here on everything is compiled for AVX-512F, the cells (core/cells.h, through rows.h) too:
 // gcc inlines a function only into one compiled for a superset of its ISA, so the cells' forward
 // functions must be AVX-512 functions here to take the vector accessor's inlined intrinsics.
@@ -176,4 +170,4 @@ void forward_row_avx512(core::CellKind kind, int phase, bool keep, const FwdRow<
 
 #pragma GCC diagnostic pop
 #pragma GCC pop_options
-#endif  // RNNFAST_VECTOR_ROWS_BUILD
+#endif  // RNNFAST_GCC_X86

@@ -5,13 +5,10 @@
 #pragma once
 #include <cstdint>
 
+#include "isa.h"
 #include "rows.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define RNNFAST_VECTOR_ROWS 1
-#else
-#define RNNFAST_VECTOR_ROWS 0
-#endif
+#define RNNFAST_VECTOR_ROWS RNNFAST_GCC_X86
 
 namespace rnnfast {
 namespace cpu {
@@ -28,12 +25,11 @@ bool set_vector_rows(bool on);
 template <class Cell>
 constexpr bool kVectorRowCell = activated_gates<Cell, 0>() > 0;
 
-#if RNNFAST_VECTOR_ROWS
 // Phase `phase` of the forward of cell `kind` over the H units of one row, 16 units per AVX-512
 // vector (a masked vector for the last H mod 16); keep = false: an inference call of a one-phase
-// cell (rows.h ForwardUnit's Keep). Only after vector_rows() said yes.
+// cell (rows.h ForwardUnit's Keep). Only after vector_rows() said yes; defined only where
+// RNNFAST_VECTOR_ROWS (callers branch on it at compile time).
 void forward_row_avx512(core::CellKind kind, int phase, bool keep, const FwdRow<float>& r, int64_t H);
-#endif
 
 }  // namespace cpu
 }  // namespace rnnfast

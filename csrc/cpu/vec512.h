@@ -19,6 +19,8 @@
 
 #include <cstdint>
 
+#include "fastmath.h"  // RNNFAST_ALWAYS_INLINE
+
 namespace rnnfast {
 namespace cpu {
 namespace avx512 {
@@ -29,29 +31,27 @@ struct Vf {
   Vf(__m512 x) : v(x) {}
   Vf(float s) : v(_mm512_set1_ps(s)) {}  // T(1), T(0) in the cells
 };
-inline __attribute__((always_inline)) Vf operator+(Vf a, Vf b) { return _mm512_add_ps(a.v, b.v); }
-inline __attribute__((always_inline)) Vf operator-(Vf a, Vf b) { return _mm512_sub_ps(a.v, b.v); }
-inline __attribute__((always_inline)) Vf operator*(Vf a, Vf b) { return _mm512_mul_ps(a.v, b.v); }
-inline __attribute__((always_inline)) Vf operator/(Vf a, Vf b) { return _mm512_div_ps(a.v, b.v); }
-inline __attribute__((always_inline)) Vf operator-(Vf a) {
+RNNFAST_ALWAYS_INLINE Vf operator+(Vf a, Vf b) { return _mm512_add_ps(a.v, b.v); }
+RNNFAST_ALWAYS_INLINE Vf operator-(Vf a, Vf b) { return _mm512_sub_ps(a.v, b.v); }
+RNNFAST_ALWAYS_INLINE Vf operator*(Vf a, Vf b) { return _mm512_mul_ps(a.v, b.v); }
+RNNFAST_ALWAYS_INLINE Vf operator/(Vf a, Vf b) { return _mm512_div_ps(a.v, b.v); }
+RNNFAST_ALWAYS_INLINE Vf operator-(Vf a) {
   return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(a.v), _mm512_set1_epi32(INT32_MIN)));
 }
 
-#define RNNFAST_V inline __attribute__((always_inline))
-
-RNNFAST_V __m512i bits(__m512 x) { return _mm512_castps_si512(x); }
+RNNFAST_ALWAYS_INLINE __m512i bits(__m512 x) { return _mm512_castps_si512(x); }
 
 // One Horner step p r + c. Neg: the caller holds s = -r and the step is fnmadd(p, s, c) = -(p s) + c,
 // the same product and the same rounding, so the same value as with r itself.
 template <bool Neg>
-RNNFAST_V __m512 horner(__m512 p, __m512 r, float c) {
+RNNFAST_ALWAYS_INLINE __m512 horner(__m512 p, __m512 r, float c) {
   return Neg ? _mm512_fnmadd_ps(p, r, _mm512_set1_ps(c)) : _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
 }
 
 // (e^r - 1) / r by fastmath.h's degree-7 Taylor polynomial (expm1_over_r), Horner; at r = -s when
 // Neg (the argument is then s).
 template <bool Neg>
-RNNFAST_V __m512 expm1_over_r(__m512 r) {
+RNNFAST_ALWAYS_INLINE __m512 expm1_over_r(__m512 r) {
   constexpr float kCoef[] = {1.f / 720.f, 1.f / 120.f, 1.f / 24.f, 1.f / 6.f, 0.5f, 1.f};
   __m512 p = _mm512_set1_ps(1.f / 5040.f);
   for (const float c : kCoef) p = horner<Neg>(p, r, c);
@@ -64,13 +64,13 @@ constexpr float kLn2Lo = 1.42860682030941723212e-6f;
 // n = round(z) as fastmath.h's reduce_ln2 does it: z + 1.5*2^23 (one rounding, in the FMA that
 // forms z) minus 1.5*2^23.
 constexpr float kShift = 12582912.f;
-RNNFAST_V __m512 round_nearest(__m512 shifted) { return _mm512_sub_ps(shifted, _mm512_set1_ps(kShift)); }
+RNNFAST_ALWAYS_INLINE __m512 round_nearest(__m512 shifted) { return _mm512_sub_ps(shifted, _mm512_set1_ps(kShift)); }
 
 // sigmoid(x) = 1 / (1 + exp(-x)), exp(-x) as fastmath.h's exp_approx(-x): -x clamped to
 // [-86.6, 88.8] (here x to [-88.8, 86.6]; NaN passes: vmaxps/vminps return their second operand
 // when either is NaN), -x = n ln2 + r. Above -x = 88.72 the scaling overflows to inf and sigmoid is
 // exactly 0, as torch's; sigmoid is exactly 1 where exp(-x) < 2^-24 (1 + e rounds to 1).
-RNNFAST_V Vf sigmoid(Vf xv) {
+RNNFAST_ALWAYS_INLINE Vf sigmoid(Vf xv) {
   __m512 x = _mm512_max_ps(_mm512_set1_ps(-88.8f), xv.v);
   x = _mm512_min_ps(_mm512_set1_ps(86.6f), x);
   const __m512 n = round_nearest(_mm512_fmadd_ps(x, _mm512_set1_ps(-kLog2e), _mm512_set1_ps(kShift)));  // round(-x log2e)
@@ -86,7 +86,7 @@ RNNFAST_V Vf sigmoid(Vf xv) {
 // tanh as fastmath.h's tanh_approx: em = e^{2|x|} - 1 with |x| clamped at 10, tanh(|x|) = em/(em+2)
 // below |x| = 0.55 and 1 - 2/(em+2) above, exactly 1 from |x| = 9.0108404 (torch's first float
 // tanh of 1), the sign put back; NaN passes.
-RNNFAST_V Vf tanh(Vf xv) {
+RNNFAST_ALWAYS_INLINE Vf tanh(Vf xv) {
   const __m512i xb = bits(xv.v);
   const __m512i ab = _mm512_and_si512(xb, _mm512_set1_epi32(0x7fffffff));
   const __m512 a = _mm512_min_ps(_mm512_set1_ps(10.f), _mm512_castsi512_ps(ab));
@@ -113,11 +113,10 @@ RNNFAST_V Vf tanh(Vf xv) {
 
 // The activations as a cell's accessor offers them (core/cells.h `Math`).
 struct VecMath {
-  RNNFAST_V static Vf sigmoid(Vf x) { return avx512::sigmoid(x); }
-  RNNFAST_V static Vf tanh(Vf x) { return avx512::tanh(x); }
+  RNNFAST_ALWAYS_INLINE static Vf sigmoid(Vf x) { return avx512::sigmoid(x); }
+  RNNFAST_ALWAYS_INLINE static Vf tanh(Vf x) { return avx512::tanh(x); }
 };
 
-#undef RNNFAST_V
 
 }  // namespace avx512
 }  // namespace cpu
