@@ -29,6 +29,7 @@
 
 #include "core/cells.h"
 #include "core/layer_op.h"
+#include "cpu/gemm_avx512.h"
 #include "cpu/rows_avx512.h"
 
 namespace {
@@ -237,9 +238,19 @@ PyObject* set_vector_rows(PyObject*, PyObject* on) {
   return PyBool_FromLong(rnnfast::cpu::set_vector_rows(flag != 0));
 }
 
+// rnnfast._C._set_batch_lanes(on) -> the previous setting: whether the unpacked GEMMs of 12 rows
+// and more take the batch-lane GEMM (csrc/cpu/gemm_avx512.h). Same contract as _set_vector_rows.
+PyObject* set_batch_lanes(PyObject*, PyObject* on) {
+  const int flag = PyObject_IsTrue(on);
+  if (flag < 0) return nullptr;
+  return PyBool_FromLong(rnnfast::cpu::set_batch_lanes(flag != 0));
+}
+
 PyMethodDef methods[] = {
     {"_set_vector_rows", set_vector_rows, METH_O,
      "Turn the AVX-512 forward row passes on or off (tests); returns the previous setting."},
+    {"_set_batch_lanes", set_batch_lanes, METH_O,
+     "Turn the AVX-512 batch-lane GEMM on or off (tests); returns the previous setting."},
     {"forward_layers", reinterpret_cast<PyCFunction>(reinterpret_cast<void*>(forward_layers)), METH_FASTCALL,
      "The usual call of a recurrent module or cell in C++ (csrc/python.cpp); None to decline."},
     {nullptr, nullptr, 0, nullptr}};

@@ -6,6 +6,7 @@ path, so the two must agree bit for bit, forward and backward; anything unusual 
 the Python path (its checks, errors and features). Which path ran is observed by wrapping
 rnnfast._ops.forward_layers (None: it declined) and forcing the Python path through
 rnnfast._ops.eager_fast."""
+import contextlib
 import threading
 
 import pytest
@@ -281,7 +282,23 @@ def test_small_batches_row_by_row(cell, threads, size, shapes):
     (csrc/cpu/blas.h: tiles of 4 x 4, the rows left over in tiles of 1-3, one row alone in its own
     shape), whose every output is summed in an order that depends on K only: each row of a batch is
     bit for bit its batch-of-one call, and all match torch.nn in float32 and a float64 reference.
-    (The shapes keep every GEMM of the call in that range: the input projection takes T x B rows.)"""
+    (The shapes keep every GEMM of the call in that range: the input projection takes T x B rows.)
+    From 16 rows a CPU with AVX-512F runs the batch-lane kernel instead (tests/test_batch_lanes.py
+    checks its own row independence), so this test pins gemm_small with the kernel off."""
+    with _batch_lanes_off():
+        _small_batches_row_by_row(cell, threads, size, shapes)
+
+
+@contextlib.contextmanager
+def _batch_lanes_off():
+    prev = rnnfast._C._set_batch_lanes(False)
+    try:
+        yield
+    finally:
+        rnnfast._C._set_batch_lanes(prev)
+
+
+def _small_batches_row_by_row(cell, threads, size, shapes):
     torch.manual_seed(0)
     H = {"H64": 64, "H256": 256, "3MB": 1024 if cell == "RNN" else 512,
          "narrow": 128 if cell == "RNN" else 32}[size]  # G*H <= 128

@@ -14,12 +14,15 @@
 #include <dlfcn.h>
 
 #include "fastmath.h"  // RNNFAST_ALWAYS_INLINE
+#include "gemm_avx512.h"
 #include "isa.h"
 #include "../core/scratch.h"
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -351,8 +354,16 @@ constexpr int64_t kSmallMinWeightBytes = int64_t(3) << 20;
 // alternating blocks (11 rounds, time packed / unpacked): B = 8, T = 8, H = 256 LSTM 1.06-1.12x,
 // GRU 1.10-1.11x, RNN-tanh 1.06x in favour of not packing; at T = 16 equal (0.99x, 0.99x); with
 // K = 128 (LSTM H = 128) packing still won at T = 8 (0.94x), so shorter K keeps 64.
-inline bool worth_packing_over_small(int64_t m, int64_t steps, int64_t weight_bytes, int64_t k) {
+//
+// Where the batch-lane kernel takes the rows instead (`lanes`), a step on it is about as fast as the
+// packed one, so the pack rarely repays: measured in the layer, module forward, inference, in one
+// process with packing toggled in alternating blocks (9 rounds, time packed / lanes): W_hh from 3 MB
+// never (LSTM H=512 B=32 T=8 1.11x, H=1024 1.13x, GRU H=512 B=32 T=35 1.06x), below it packing still
+// wins a little on long sequences (LSTM H=64 B=32 T=200 0.96x, B=128 T=35 0.95x, H=128 T=35 0.98x,
+// H=256 B=128 T=35 0.97x, B=32 1.00x), so the rule above stays there.
+inline bool worth_packing_over_small(int64_t m, int64_t steps, int64_t weight_bytes, int64_t k, bool lanes = false) {
   if (m < kPackMinRows || steps < kPackMinSteps) return false;
+  if (lanes && weight_bytes >= kSmallMinWeightBytes) return false;
   if (weight_bytes >= kSmallMinWeightBytes) return m * steps >= 256;
   const bool quick_small = m < 8 || (m < 16 && k >= kSmallLongK);
   return m * steps >= (quick_small ? 128 : 64);
@@ -374,12 +385,73 @@ inline void gemm_small(const float* w, int64_t ldw, const float* a, int64_t lda,
   });
 }
 
+// ---- The batch-lane GEMM (gemm_avx512.h) ------------------------------------------------------
+// From kLanesMinRows to kLanesMaxRows rows of A (kLanesMaxRowsLarge for a W of 3 MB or more), where the CPU has AVX-512F, the unpacked GEMM runs
+// the batch-lane kernel instead of gemm_small or MKL: the rows of A in vector lanes, W read in
+// place, no lane sums. Measured in a standalone loop (1 thread, us per call, batch lanes / gemm_small
+// / MKL's unpacked at::mm from the table above):
+//   W 256 x 64    M=12 4.5 / 7.2     M=16 4.6 / 8.9 / 6.4     M=32 8.0 / 16.3 / 9.5
+//   W 1024 x 256  M=12 61 / 82       M=16 64 / 87             M=32 110 / 192         M=64 216 / 383
+//   W 768 x 256   M=16 47 / 67 / 81  M=32 83 / 137 / 102      M=64 160 / 291 / 209
+//   W 2048 x 512  M=16 302 / 470 / 556  M=32 505 / 838 / 781  M=64 934 / 1556 / 1221
+//   W 4096 x 1024 M=16 1273 / 1841 / 2370  M=32 1774 / 3136 / 3188  M=64 3705 / 5777 / 4833
+// (~75 GMAC/s from 32 rows, the core's FMA peak; gemm_small 30-48). Below 16 rows the lanes are
+// partly padding (M=8: 28-34 GMAC/s). In the layer (module forward at T = 1, inference, 1 thread,
+// in one process with the kernel toggled in alternating blocks, 11 rounds, time without / with):
+// LSTM H=64 B=16 1.19x, B=32 1.19x; H=256 B=16 1.07x, B=32 1.19x, B=64 1.18x; H=512 B=32 1.24x,
+// B=128 1.09x; GRU H=1024 B=32 1.27x, B=128 1.12x; RNN-tanh H=256 B=16 1.08x; at T = 8, B = 8 (the
+// 64-row input projection) LSTM H=64 1.07x, H=256 1.10x. Not taken: 12 rows (LSTM H=64 0.82x,
+// H=256 0.94x) and 128 rows of a W under 3 MB (LSTM H=256 B=128 0.95x, where MKL's copy of W is
+// spread over enough rows).
+constexpr int64_t kLanesMinRows = 16, kLanesMaxRows = 64, kLanesMaxRowsLarge = 128;
+
+// The packed A of this thread's batch-lane GEMM: 64-byte aligned, grown as needed, kept.
+inline float* lanes_buffer(int64_t floats) {
+  struct Free {
+    void operator()(float* p) const { std::free(p); }
+  };
+  thread_local std::unique_ptr<float, Free> buf;
+  thread_local int64_t capacity = 0;
+  if (floats > capacity) {
+    const size_t bytes = (size_t(floats) * sizeof(float) + 63) / 64 * 64;
+    buf.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
+    TORCH_CHECK(buf, "rnnfast: out of memory for a ", bytes, "-byte GEMM buffer");
+    capacity = floats;
+  }
+  return buf.get();
+}
+
+// C (M, N) = [C +] A (M, K) · Wᵀ on the batch-lane kernel (only where batch_lanes()): A packed
+// once by this thread, the columns split over the intra-op threads like gemm_small's.
+inline void gemm_lanes(const float* w, int64_t ldw, const float* a, int64_t lda, float* c, int64_t ldc, int64_t M,
+                       int64_t N, int64_t K, bool accumulate) {
+#if RNNFAST_BATCH_LANES
+  float* at = lanes_buffer(batch_lanes_pack_floats(M, K));
+  batch_lanes_pack(a, lda, M, K, at);
+  constexpr int64_t kElemsPerThread = int64_t(1) << 16;
+  if (N * K < 2 * kElemsPerThread || at::get_num_threads() == 1 || at::in_parallel_region() || serial_call()) {
+    batch_lanes_gemm(w, ldw, at, M, K, c, ldc, 0, N, accumulate);
+    return;
+  }
+  const int64_t blocks = (N + 7) / 8;
+  at::parallel_for(0, blocks, std::max<int64_t>(1, kElemsPerThread / (8 * K)), [&](int64_t b0, int64_t b1) {
+    batch_lanes_gemm(w, ldw, at, M, K, c, ldc, b0 * 8, std::min(N, b1 * 8), accumulate);
+  });
+#else
+  TORCH_CHECK(false, "rnnfast: internal error: the batch-lane GEMM is not in this build");
+#endif
+}
+
 // Whether C (M, N) = [C +] A (M, K) · Wᵀ can run on gemm_small: float32 throughout, W contiguous
 // (N, K) with K a multiple of 16 (small_weight_ok: fixed for a call), A and C with unit column
 // stride (small_rows_ok; their row strides are passed as they are). How many rows it takes is
 // RecurrentGemm::takes_small's.
 inline bool small_weight_ok(const at::Tensor& w, bool transpose) {
   return transpose && w.scalar_type() == at::kFloat && w.is_contiguous() && w.size(1) > 0 && w.size(1) % 16 == 0;
+}
+// The weight side of the batch-lane kernel's conditions: any K >= 1.
+inline bool lanes_weight_ok(const at::Tensor& w, bool transpose) {
+  return RNNFAST_BATCH_LANES && transpose && w.scalar_type() == at::kFloat && w.is_contiguous() && w.size(1) > 0;
 }
 inline bool small_rows_ok(const at::Tensor& a, const at::Tensor& c) {
   return a.scalar_type() == at::kFloat && c.scalar_type() == at::kFloat &&
@@ -397,13 +469,15 @@ class RecurrentGemm {
   static constexpr int64_t kUnknownSteps = INT32_MAX;
 
   RecurrentGemm(const at::Tensor& w, bool transpose, int64_t max_m, int64_t steps = kUnknownSteps)
-      : w_(w), transpose_(transpose), small_(small_weight_ok(w, transpose)) {
+      : w_(w), transpose_(transpose), small_(small_weight_ok(w, transpose)), lanes_(lanes_weight_ok(w, transpose) && batch_lanes()) {
     n_ = transpose ? w.size(0) : w.size(1);
     k_ = transpose ? w.size(1) : w.size(0);
     const mkl::Api& a = mkl::api();
     const bool fits = max_m > 0 && n_ > 0 && k_ > 0 && max_m < INT32_MAX && n_ < INT32_MAX && k_ < INT32_MAX;
-    const bool repays = steps == kUnknownSteps || (takes_small(max_m) ? worth_packing_over_small(max_m, steps, weight_bytes(), k_)
-                                                                         : worth_packing(max_m, steps));
+    const bool repays = steps == kUnknownSteps ||
+                        (takes_small(max_m) ? worth_packing_over_small(max_m, steps, weight_bytes(), k_, takes_lanes(max_m))
+                                            : worth_packing(max_m, steps));
+
     if (w.scalar_type() == at::kFloat && w.is_contiguous() && a.ok() && fits && repays) {
       // a profiler scope of its own: tests/test_small_sizes.py checks which calls pack
       RECORD_FUNCTION("rnnfast::pack_recurrent_weight", std::vector<c10::IValue>());
@@ -452,7 +526,11 @@ class RecurrentGemm {
   // of a small batch, and run's own small case.
   bool run_small(const float* a, int64_t lda, float* c, int64_t ldc, int64_t m, bool accumulate = false) const {
     if (!takes_small(m)) return false;
-    gemm_small(w_.const_data_ptr<float>(), w_.size(1), a, lda, c, ldc, m, n_, k_, accumulate);
+    if (takes_lanes(m)) {
+      gemm_lanes(w_.const_data_ptr<float>(), w_.size(1), a, lda, c, ldc, m, n_, k_, accumulate);
+    } else {
+      gemm_small(w_.const_data_ptr<float>(), w_.size(1), a, lda, c, ldc, m, n_, k_, accumulate);
+    }
     return true;
   }
 
@@ -480,7 +558,9 @@ class RecurrentGemm {
   // Whether m rows run on gemm_small (see kSmallRows): W unpacked and small_weight_ok. (run_small
   // with such m always runs; the batch split relies on it.)
   bool takes_small(int64_t m) const {
-    if (!small_ || packed_.defined() || m < 1) return false;
+    if (packed_.defined() || m < 1) return false;
+    if (takes_lanes(m)) return true;
+    if (!small_) return false;
     return m <= kSmallRows || (m <= kSmallRowsLongK && k_ >= kSmallLongK) || (m <= kSmallRowsNarrow && n_ <= kSmallNarrowN) ||
            (m <= kSmallRowsLarge && weight_bytes() >= kSmallMinWeightBytes);
   }
@@ -488,7 +568,14 @@ class RecurrentGemm {
  private:
   at::Tensor w_, packed_;
   bool transpose_;
+  // m rows run on the batch-lane kernel (run_small's choice; packed_ is checked by the callers)
+  bool takes_lanes(int64_t m) const {
+    return lanes_ && m >= kLanesMinRows &&
+           m <= (weight_bytes() >= kSmallMinWeightBytes ? kLanesMaxRowsLarge : kLanesMaxRows);
+  }
+
   bool small_;  // the weight side of gemm_small's conditions (small_weight_ok), decided once per call
+  bool lanes_;  // the batch-lane kernel's: lanes_weight_ok and batch_lanes(), decided once per call
   int64_t n_ = 0, k_ = 0;
 };
 

@@ -1,0 +1,197 @@
+// The batch-lane GEMM (gemm_avx512.h): C = [C +] A · Wᵀ with the rows of A in vector lanes.
+//
+// A is packed once per call into blocks of 16 rows, each K x 16 (row i of the block in lane i), by
+// 16 x 16 transposes in registers. Then for each block of 8 rows of W (columns n..n+7 of C) and
+// each block of 32 (or, for the last 1-16, 16) rows of A: for k = 0..K-1, the 8 elements W[n+r, k]
+// are broadcast and multiplied into 8 x 2 (or 8 x 1) accumulators holding C[m.., n+r] for 16 rows
+// each. 16 independent FMA chains, two vector loads of A and eight broadcasts per 16 FMAs: the
+// FMA units set the pace (measured ~80 GMAC/s on one Sapphire Rapids core, its peak, where the
+// lane-summing gemm_small reaches 30-48). Each accumulator block is then transposed (8 x 16 ->
+// 16 rows of 8) and stored with masks for the last rows and columns.
+//
+// Like rows_avx512.cpp: everything below the `#pragma GCC target` is compiled for AVX-512F, the
+// standard headers are included before it, and this file is entered only after batch_lanes()
+// said the CPU has it.
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+
+#include <immintrin.h>
+
+#include "isa.h"
+
+namespace rnnfast {
+namespace cpu {
+
+namespace {
+bool cpu_has_avx512f() {
+#if RNNFAST_GCC_X86
+  return __builtin_cpu_supports("avx512f");
+#else
+  return false;
+#endif
+}
+std::atomic<bool> g_batch_lanes{cpu_has_avx512f() && std::getenv("RNNFAST_DISABLE_AVX512") == nullptr};
+}  // namespace
+
+bool batch_lanes() { return g_batch_lanes.load(std::memory_order_relaxed); }
+
+bool set_batch_lanes(bool on) { return g_batch_lanes.exchange(on && cpu_has_avx512f()); }
+
+}  // namespace cpu
+}  // namespace rnnfast
+
+#if RNNFAST_GCC_X86
+#pragma GCC push_options
+#pragma GCC target("avx512f,fma")
+// gcc 12 reports the undefined vectors inside the masked-load intrinsics as maybe-uninitialized
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include "gemm_avx512.h"
+
+#define RNNFAST_INLINE inline __attribute__((always_inline))
+#define RNNFAST_INLINE_LAMBDA __attribute__((always_inline))
+
+namespace rnnfast {
+namespace cpu {
+
+namespace {
+
+constexpr int kCols = 8;  // rows of W (columns of C) per block
+// Software prefetch distance along a row of W, in elements. Measured in a standalone loop of two
+// GEMMs on two weights (as a layer's W_ih and W_hh take turns in L2), interleaved, 1 thread,
+// GMAC/s without / with 64: W 1024 x 256 M=16 54 / 64, M=32 68 / 73; W 2048 x 512 M=16 50 / 58,
+// M=64 68 / 71; W 4096 x 1024 M=16 51 / 58; W 256 x 64 55 / 56 (32 to 256 ahead all within ~5%).
+constexpr int64_t kPrefetchAhead = 64;
+
+// r[i] lane j -> r[j] lane i (a 16 x 16 block of floats)
+RNNFAST_INLINE void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    const __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]);
+    const __m512d c = _mm512_castps_pd(t[i + 2]), d = _mm512_castps_pd(t[i + 3]);
+    r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  // r[4g + j], 128-bit lane q: row 4q + j of the block, columns 4g..4g+3
+  for (int j = 0; j < 4; ++j) {
+    for (int h = 0; h < 2; ++h) {  // groups g = 2h, 2h + 1 -> lanes q (0,1) and (2,3)
+      t[8 * h + j] = _mm512_shuffle_f32x4(r[8 * h + j], r[8 * h + 4 + j], 0x88);
+      t[8 * h + 4 + j] = _mm512_shuffle_f32x4(r[8 * h + j], r[8 * h + 4 + j], 0xdd);
+    }
+  }
+  for (int j = 0; j < 8; ++j) {
+    r[j] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0x88);
+    r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xdd);
+  }
+}
+
+// Stores the 8 accumulators s[r] (lane i: C[i, n + r]) as rows i < rows of C, columns r < cols.
+RNNFAST_INLINE void store_block(const __m512 s[kCols], float* c, int64_t ldc, int rows, int cols, bool accumulate) {
+  __m512 t[8], u[8];
+  for (int p = 0; p < 4; ++p) {  // t[2p] lane q: s[2p][4q], s[2p+1][4q], s[2p][4q+1], s[2p+1][4q+1]
+    t[2 * p] = _mm512_unpacklo_ps(s[2 * p], s[2 * p + 1]);
+    t[2 * p + 1] = _mm512_unpackhi_ps(s[2 * p], s[2 * p + 1]);
+  }
+  for (int g = 0; g < 2; ++g) {  // u[4g + j] lane q: row 4q + j, columns 4g..4g+3
+    const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]);
+    const __m512d c2 = _mm512_castps_pd(t[4 * g + 2]), d = _mm512_castps_pd(t[4 * g + 3]);
+    u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c2));
+    u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c2));
+    u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  const __mmask16 mask = __mmask16((1u << cols) - 1);
+  auto put = [&](int row, __m512 v) {  // columns 0..7 of `row` in v's low 8 lanes
+    if (row >= rows) return;
+    float* y = c + row * ldc;
+    if (accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, y));
+    _mm512_mask_storeu_ps(y, mask, v);
+  };
+  for (int j = 0; j < 4; ++j) {
+    for (int h = 0; h < 2; ++h) {  // h = 0: lanes q = 0, 1 (rows j, 4 + j); h = 1: q = 2, 3 (8 + j, 12 + j)
+      const __m512 x = _mm512_shuffle_f32x4(u[j], u[4 + j], h ? 0xee : 0x44);  // [u_j.qa, u_j.qb, u_4+j.qa, u_4+j.qb]
+      const __m512 lo = _mm512_shuffle_f32x4(x, x, 0x08);                      // [x.q0, x.q2, ...]: row 8h + j
+      const __m512 hi = _mm512_shuffle_f32x4(x, x, 0x0d);                      // [x.q1, x.q3, ...]: row 8h + 4 + j
+      put(8 * h + j, lo);
+      put(8 * h + 4 + j, hi);
+    }
+  }
+}
+
+// One block: columns n..n+cols-1 (rows w[r] of W) against MV blocks of 16 packed rows of A.
+template <int MV>
+RNNFAST_INLINE void block(const float* const wr[kCols], const float* at, int64_t K, float* c, int64_t ldc, int rows,
+                          int cols, bool accumulate) {
+  __m512 s[MV][kCols];
+  for (int v = 0; v < MV; ++v) {
+    for (int r = 0; r < kCols; ++r) s[v][r] = _mm512_setzero_ps();
+  }
+  auto step = [&](int64_t k) RNNFAST_INLINE_LAMBDA {
+    __m512 a[MV];
+    for (int v = 0; v < MV; ++v) a[v] = _mm512_load_ps(at + (v * K + k) * 16);
+#pragma GCC unroll 8
+    for (int r = 0; r < kCols; ++r) {
+      const __m512 b = _mm512_set1_ps(wr[r][k]);
+      for (int v = 0; v < MV; ++v) s[v][r] = _mm512_fmadd_ps(a[v], b, s[v][r]);
+    }
+  };
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {  // each 16 steps, touch the line 64 elements ahead in each row of W
+    for (int r = 0; r < kCols; ++r) __builtin_prefetch(wr[r] + k + kPrefetchAhead);  // never faults
+#pragma GCC unroll 16
+    for (int j = 0; j < 16; ++j) step(k + j);
+  }
+  for (; k < K; ++k) step(k);
+  for (int v = 0; v < MV; ++v) store_block(s[v], c + v * 16 * ldc, ldc, rows - 16 * v, cols, accumulate);
+}
+
+}  // namespace
+
+void batch_lanes_pack(const float* a, int64_t lda, int64_t M, int64_t K, float* at) {
+  for (int64_t m0 = 0; m0 < M; m0 += 16) {
+    const int rows = int(M - m0 < 16 ? M - m0 : 16);
+    float* blk = at + m0 * K;  // block m0 / 16: K x 16
+    for (int64_t k0 = 0; k0 < K; k0 += 16) {
+      const int kc = int(K - k0 < 16 ? K - k0 : 16);
+      const __mmask16 mask = __mmask16((1u << kc) - 1);
+      __m512 r[16];
+      for (int i = 0; i < 16; ++i) {
+        r[i] = i < rows ? _mm512_maskz_loadu_ps(mask, a + (m0 + i) * lda + k0) : _mm512_setzero_ps();
+      }
+      transpose16(r);
+      for (int j = 0; j < kc; ++j) _mm512_store_ps(blk + (k0 + j) * 16, r[j]);
+    }
+  }
+}
+
+void batch_lanes_gemm(const float* w, int64_t ldw, const float* at, int64_t M, int64_t K, float* c, int64_t ldc,
+                      int64_t n0, int64_t n1, bool accumulate) {
+  for (int64_t n = n0; n < n1; n += kCols) {
+    const int cols = int(n1 - n < kCols ? n1 - n : kCols);
+    const float* wr[kCols];
+    for (int r = 0; r < kCols; ++r) wr[r] = w + (n + (r < cols ? r : 0)) * ldw;  // past the last: row n again
+    for (int64_t m0 = 0; m0 < M; m0 += 32) {
+      const int rows = int(M - m0 < 32 ? M - m0 : 32);
+      if (rows > 16) {
+        block<2>(wr, at + m0 * K, K, c + m0 * ldc + n, ldc, rows, cols, accumulate);
+      } else {
+        block<1>(wr, at + m0 * K, K, c + m0 * ldc + n, ldc, rows, cols, accumulate);
+      }
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace rnnfast
+
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+#endif  // RNNFAST_GCC_X86

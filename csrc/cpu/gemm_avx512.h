@@ -1,0 +1,43 @@
+// The batch-lane GEMM (gemm_avx512.cpp): C (M, N) = [C +] A (M, K) · Wᵀ with W (N, K) read in
+// place, the rows of A in the 16 lanes of AVX-512 vectors. For the unpacked GEMMs of 16 rows and
+// more (blas.h RecurrentGemm::run_small): one row of W is broadcast one element at a time against
+// 16 or 32 rows of A at once, so every FMA is a full vector and no lane ever needs summing, and W
+// is never copied (MKL's unpacked GEMM copies all of it on every call). Chosen at run time, where
+// the CPU has AVX-512F; elsewhere gemm_small and MKL run as before.
+//
+// Numerics: every C[m, n] is one FMA chain over k = 0, 1, ..., K-1 in order, starting from 0 (then
+// added to C when accumulating). Its value depends on A's row m, W's row n and K only: not on the
+// other rows, on M, on the tiling or on how the columns are split over threads.
+#pragma once
+#include <cstdint>
+
+#include "isa.h"
+
+#define RNNFAST_BATCH_LANES RNNFAST_GCC_X86
+
+namespace rnnfast {
+namespace cpu {
+
+// Whether the batch-lane GEMM runs: the CPU has AVX-512F and the environment does not set
+// RNNFAST_DISABLE_AVX512 (read once, at load).
+bool batch_lanes();
+// Turns it on or off (tests compare paths); on is refused where the CPU lacks AVX-512F. Returns
+// the previous setting.
+bool set_batch_lanes(bool on);
+
+// Floats of the packed A for M rows of K: blocks of 16 rows, each K x 16 (k-major, the 16 rows in
+// lanes; rows past M are zeros).
+inline int64_t batch_lanes_pack_floats(int64_t M, int64_t K) { return (M + 15) / 16 * 16 * K; }
+
+// Packs A (M, K), row stride lda, into `at` (batch_lanes_pack_floats(M, K) floats, 64-byte aligned).
+// Only after batch_lanes() said yes.
+void batch_lanes_pack(const float* a, int64_t lda, int64_t M, int64_t K, float* at);
+
+// Columns [n0, n1) of C (row stride ldc) = [C +] A · Wᵀ from the packed A; W (N, K) with row stride
+// ldw. Several threads may run disjoint column ranges on the same packed A. Only after
+// batch_lanes() said yes.
+void batch_lanes_gemm(const float* w, int64_t ldw, const float* at, int64_t M, int64_t K, float* c, int64_t ldc,
+                      int64_t n0, int64_t n1, bool accumulate);
+
+}  // namespace cpu
+}  // namespace rnnfast

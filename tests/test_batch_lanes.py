@@ -1,0 +1,186 @@
+"""The batch-lane GEMM (csrc/cpu/gemm_avx512.cpp): the unpacked float32 GEMMs C = A Wᵀ of 16 to 64
+rows (128 for a weight of 3 MB or more) on a CPU with AVX-512F, the rows of A in vector lanes.
+
+Each case runs the ops with the kernel on and off (rnnfast._C._set_batch_lanes) and checks, for every
+cell: outputs, states and every gradient against torch.nn (the textbook loop for the reset-before
+GRU); the two paths against each other; and the kernel's row independence, bit for bit: a row's
+result depends on that row of the input only (reversing the batch reverses the outputs; replacing
+every other row leaves it unchanged), also when the columns are split over two threads. The shapes
+cover the kernel's tails: rows past a block of 16 or 32, columns past a block of 8 (G*H not a
+multiple of 8), and K not a multiple of 16 (an input size of 7 or 28, a hidden size of 5 or 20).
+
+Where the CPU lacks AVX-512F, _set_batch_lanes(True) is refused and the kernel's cases are skipped;
+the other suites then test the gemm_small / MKL paths the kernel replaces."""
+import contextlib
+
+import pytest
+import torch
+from test_ops_cpu import make, ours, reference, rel_err, run_with_grads
+
+import rnnfast
+import rnnfast._C as _C
+
+
+@contextlib.contextmanager
+def lanes(on):
+    prev = _C._set_batch_lanes(on)
+    try:
+        yield
+    finally:
+        _C._set_batch_lanes(prev)
+
+
+@contextlib.contextmanager
+def threads(n):
+    prev = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
+def _cpu_has_lanes():
+    prev = _C._set_batch_lanes(True)
+    return _C._set_batch_lanes(prev)  # what asking for True gave
+
+
+HAS_LANES = _cpu_has_lanes()
+needs_lanes = pytest.mark.skipif(not HAS_LANES, reason="CPU without AVX-512F")
+PATHS = [pytest.param(True, id="lanes", marks=needs_lanes), pytest.param(False, id="without")]
+CELLS = ["rnn_tanh", "rnn_relu", "gru", "gru_reset_before", "lstm"]
+# (T, B, I, H): rows 16 (one block), 17 (a block of 32 with 15 of padding), 33 and 64 (blocks of 32,
+# then 1 row / none), T * B rows of the input projection from 16 to 64; K = I or H of 5, 7, 20, 28
+# (a one-hot's size), 64; G * H of 5 to 256 (a last block of 1 to 7 columns where it is not a
+# multiple of 8)
+SHAPES = [(1, 16, 7, 5), (1, 17, 28, 20), (1, 33, 16, 64), (1, 64, 64, 9), (2, 16, 5, 16), (3, 20, 28, 33)]
+
+
+def test_switch_reports_and_restores():
+    prev = _C._set_batch_lanes(False)
+    try:
+        assert _C._set_batch_lanes(False) is False
+        assert _C._set_batch_lanes(True) is False
+        assert _C._set_batch_lanes(prev) is HAS_LANES
+    finally:
+        _C._set_batch_lanes(prev)
+
+
+@pytest.mark.parametrize("on", PATHS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}B{}I{}H{}".format(*s))
+@pytest.mark.parametrize("cell", CELLS)
+def test_training_call_matches_reference(cell, shape, on):
+    """Outputs, final states and every gradient: the forward's GEMMs run on the kernel, the backward
+    reads what they produced."""
+    torch.manual_seed(0)
+    x, h0, c0, params = make(cell, *shape, torch.float32)
+    want, gwant, up = run_with_grads(reference, cell, x, h0, c0, params, False)
+    with lanes(on):
+        got, ggot, _ = run_with_grads(ours, cell, x, h0, c0, params, False, up)
+    for a, b in zip(got + ggot, want + gwant):
+        assert rel_err(a, b) < 2e-5
+
+
+@needs_lanes
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}B{}I{}H{}".format(*s))
+@pytest.mark.parametrize("cell", CELLS)
+def test_with_and_without_agree(cell, shape):
+    """The two paths sum in different orders, so they agree to rounding."""
+    torch.manual_seed(1)
+    x, h0, c0, params = make(cell, *shape, torch.float32)
+    detached = [x.detach(), h0.detach(), c0.detach(), [p if p is None else p.detach() for p in params]]
+    results = {}
+    for on in (True, False):
+        with lanes(on), torch.inference_mode():
+            results[on] = ours(cell, *detached, False)
+    for a, b in zip(results[True], results[False]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-6)
+
+
+def _rows_of(cell, x, h0, c0, params):
+    with torch.inference_mode():
+        return ours(cell, x, h0, c0, params, False)[0]
+
+
+@needs_lanes
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("B", [16, 23, 32, 64])
+@pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "lstm"])
+def test_a_row_depends_on_its_own_input_only(cell, B, n_threads):
+    """Every output of the kernel is one FMA chain over k in order: the same bits wherever the row
+    sits in its block and whatever the other rows hold, at 1 and 2 threads (H = 256: the input
+    projection's columns are split over the threads), and the same at 1 as at 2 threads where the
+    batch split leaves each thread 16 rows or more (fewer go to gemm_small, another order)."""
+    torch.manual_seed(2)
+    x, h0, c0, params = make(cell, 1, B, 256, 256, torch.float32)
+    x, h0, c0 = x.detach(), h0.detach(), c0.detach()
+    params = [p.detach() for p in params]
+    with lanes(True), threads(n_threads):
+        out = _rows_of(cell, x, h0, c0, params)
+        rev = torch.arange(B - 1, -1, -1)
+        assert torch.equal(_rows_of(cell, x[:, rev], h0[rev], c0[rev], params), out[:, rev])
+        keep = B // 3
+        y, g0, d0 = torch.randn_like(x), torch.randn_like(h0), torch.randn_like(c0)  # every other row replaced
+        y[:, keep], g0[keep], d0[keep] = x[:, keep], h0[keep], c0[keep]
+        assert torch.equal(_rows_of(cell, y, g0, d0, params)[:, keep], out[:, keep])
+    if B >= 32:  # two threads split the batch (csrc/cpu/backend.h) into blocks of >= 16 rows, still the kernel's
+        with lanes(True), threads(1):
+            assert torch.equal(_rows_of(cell, x, h0, c0, params), out)  # the thread split changes no bits
+
+
+@pytest.mark.parametrize("on", PATHS)
+@pytest.mark.parametrize("mode", ["RNN", "GRU", "LSTM"])
+def test_modules_bidirectional_stacked_and_projected(mode, on):
+    """torch.nn modules of two layers, both directions (and an LSTM projection), batch 32: every
+    GEMM of 32 rows runs on the kernel; outputs and the gradients of the input and the weights."""
+    torch.manual_seed(3)
+    kw = {"proj_size": 12} if mode == "LSTM" else {}
+    ref = getattr(torch.nn, mode)(28, 40, num_layers=2, bidirectional=True, **kw)
+    mine = getattr(rnnfast, mode)(28, 40, num_layers=2, bidirectional=True, **kw)
+    mine.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 32, 28)
+    xr, xm = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with lanes(on):
+        out, _ = mine(xm)
+        out.sin().sum().backward()
+    ref_out, _ = ref(xr)
+    ref_out.sin().sum().backward()
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=2e-6)
+    torch.testing.assert_close(xm.grad, xr.grad, rtol=1e-4, atol=1e-5)
+    for (name, p), q in zip(mine.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("on", PATHS)
+def test_variable_lengths(on):
+    """Frozen rows of a packed batch: the GEMMs still read them; the cell leaves them to it."""
+    torch.manual_seed(4)
+    ref, mine = torch.nn.LSTM(6, 21), rnnfast.LSTM(6, 21)
+    mine.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 20, 6)
+    lengths = [3] * 5 + [2] * 10 + [1] * 5
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths)
+    with lanes(on), torch.inference_mode():
+        out, (h, c) = mine(packed)
+        ref_out, (rh, rc) = ref(packed)
+    torch.testing.assert_close(out.data, ref_out.data, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h, rh, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c, rc, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("on", PATHS)
+def test_non_finite_weights_propagate(on):
+    """A NaN or inf in W_hh reaches the outputs it multiplies into, as in torch.nn (the zero initial
+    state times inf is NaN): the kernel skips nothing."""
+    torch.manual_seed(5)
+    ref, mine = torch.nn.GRU(16, 16), rnnfast.GRU(16, 16)
+    with torch.no_grad():
+        ref.weight_hh_l0[3, 5] = float("inf")
+        ref.weight_ih_l0[7, 2] = float("nan")
+    mine.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 16, 16)
+    with lanes(on), torch.inference_mode():
+        out, _ = mine(x)
+        want, _ = ref(x)
+    assert torch.equal(out.isnan(), want.isnan())
+    torch.testing.assert_close(out.nan_to_num(), want.nan_to_num(), rtol=1e-5, atol=1e-6)
