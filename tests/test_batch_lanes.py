@@ -16,18 +16,14 @@ import contextlib
 import pytest
 import torch
 from test_ops_cpu import make, ours, reference, rel_err, run_with_grads
+from test_vector_rows import accepted, switched  # the AVX-512 switches' helpers; its test covers this switch too
 
 import rnnfast
 import rnnfast._C as _C
 
 
-@contextlib.contextmanager
 def lanes(on):
-    prev = _C._set_batch_lanes(on)
-    try:
-        yield
-    finally:
-        _C._set_batch_lanes(prev)
+    return switched(_C._set_batch_lanes, on)
 
 
 @contextlib.contextmanager
@@ -40,12 +36,7 @@ def threads(n):
         torch.set_num_threads(prev)
 
 
-def _cpu_has_lanes():
-    prev = _C._set_batch_lanes(True)
-    return _C._set_batch_lanes(prev)  # what asking for True gave
-
-
-HAS_LANES = _cpu_has_lanes()
+HAS_LANES = accepted(_C._set_batch_lanes)
 needs_lanes = pytest.mark.skipif(not HAS_LANES, reason="CPU without AVX-512F")
 PATHS = [pytest.param(True, id="lanes", marks=needs_lanes), pytest.param(False, id="without")]
 CELLS = ["rnn_tanh", "rnn_relu", "gru", "gru_reset_before", "lstm"]
@@ -54,16 +45,6 @@ CELLS = ["rnn_tanh", "rnn_relu", "gru", "gru_reset_before", "lstm"]
 # (a one-hot's size), 64; G * H of 5 to 256 (a last block of 1 to 7 columns where it is not a
 # multiple of 8)
 SHAPES = [(1, 16, 7, 5), (1, 17, 28, 20), (1, 33, 16, 64), (1, 64, 64, 9), (2, 16, 5, 16), (3, 20, 28, 33)]
-
-
-def test_switch_reports_and_restores():
-    prev = _C._set_batch_lanes(False)
-    try:
-        assert _C._set_batch_lanes(False) is False
-        assert _C._set_batch_lanes(True) is False
-        assert _C._set_batch_lanes(prev) is HAS_LANES
-    finally:
-        _C._set_batch_lanes(prev)
 
 
 @pytest.mark.parametrize("on", PATHS)

@@ -21,34 +21,43 @@ import rnnfast.functional as F
 
 
 @contextlib.contextmanager
-def rows(vector):
-    prev = _C._set_vector_rows(vector)
+def switched(setter, on):
+    """With one of the AVX-512 switches (rnnfast._C._set_vector_rows, _set_batch_lanes) set to on."""
+    prev = setter(on)
     try:
         yield
     finally:
-        _C._set_vector_rows(prev)
+        setter(prev)
 
 
-def _cpu_has_vector_rows():
-    prev = _C._set_vector_rows(True)
-    return _C._set_vector_rows(prev)  # what asking for True gave
+def accepted(setter):
+    """Whether the switch can be on here (the CPU has AVX-512F)."""
+    prev = setter(True)
+    return setter(prev)  # what asking for True gave
 
 
-HAS_VECTOR = _cpu_has_vector_rows()
+def rows(vector):
+    return switched(_C._set_vector_rows, vector)
+
+
+HAS_VECTOR = accepted(_C._set_vector_rows)
 PATHS = [pytest.param(True, id="avx512", marks=pytest.mark.skipif(not HAS_VECTOR, reason="CPU without AVX-512F")),
          pytest.param(False, id="portable")]
 CELLS = ["rnn_tanh", "rnn_relu", "gru", "gru_reset_before", "lstm"]
 WIDTHS = [1, 5, 16, 17, 40]  # a partial vector only, one full vector, full + partial, two + partial
 
 
-def test_switch_reports_and_restores():
-    prev = _C._set_vector_rows(False)
+@pytest.mark.parametrize("name", ["_set_vector_rows", "_set_batch_lanes"])
+def test_switch_reports_and_restores(name):
+    """Both AVX-512 switches (the row passes; the batch-lane GEMM, tests/test_batch_lanes.py)."""
+    setter = getattr(_C, name)
+    prev = setter(False)
     try:
-        assert _C._set_vector_rows(False) is False
-        assert _C._set_vector_rows(True) is False
-        assert _C._set_vector_rows(prev) is HAS_VECTOR
+        assert setter(False) is False
+        assert setter(True) is False
+        assert setter(prev) is HAS_VECTOR
     finally:
-        _C._set_vector_rows(prev)
+        setter(prev)
 
 
 @pytest.mark.parametrize("vector", PATHS)

@@ -12,9 +12,7 @@
 // Like rows_avx512.cpp: everything below the `#pragma GCC target` is compiled for AVX-512F, the
 // standard headers are included before it, and this file is entered only after batch_lanes()
 // said the CPU has it.
-#include <atomic>
 #include <cstdint>
-#include <cstdlib>
 
 #include <immintrin.h>
 
@@ -24,19 +22,12 @@ namespace rnnfast {
 namespace cpu {
 
 namespace {
-bool cpu_has_avx512f() {
-#if RNNFAST_GCC_X86
-  return __builtin_cpu_supports("avx512f");
-#else
-  return false;
-#endif
-}
-std::atomic<bool> g_batch_lanes{cpu_has_avx512f() && std::getenv("RNNFAST_DISABLE_AVX512") == nullptr};
+Avx512Switch g_batch_lanes;
 }  // namespace
 
-bool batch_lanes() { return g_batch_lanes.load(std::memory_order_relaxed); }
+bool batch_lanes() { return g_batch_lanes.on(); }
 
-bool set_batch_lanes(bool on) { return g_batch_lanes.exchange(on && cpu_has_avx512f()); }
+bool set_batch_lanes(bool on) { return g_batch_lanes.set(on); }
 
 }  // namespace cpu
 }  // namespace rnnfast

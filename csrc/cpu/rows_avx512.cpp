@@ -7,7 +7,6 @@
 // the pragma, so no out-of-line copy of a library function is compiled for AVX-512 here; what this
 // file instantiates from rows.h and cells.h is force-inlined or instantiated only here (on the
 // vector accessor), so no AVX-512 copy of a function other files also use can reach the link.
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -16,25 +15,18 @@
 
 #include <immintrin.h>
 
-#include "isa.h"  // RNNFAST_GCC_X86, decided before rows_avx512.h is read (it is read for AVX-512)
+#include "isa.h"  // RNNFAST_GCC_X86 and Avx512Switch, read before rows_avx512.h (which is read for AVX-512)
 
 namespace rnnfast {
 namespace cpu {
 
 namespace {
-bool cpu_has_avx512() {
-#if RNNFAST_GCC_X86
-  return __builtin_cpu_supports("avx512f");
-#else
-  return false;
-#endif
-}
-std::atomic<bool> g_vector_rows{cpu_has_avx512() && std::getenv("RNNFAST_DISABLE_AVX512") == nullptr};
+Avx512Switch g_vector_rows;
 }  // namespace
 
-bool vector_rows() { return g_vector_rows.load(std::memory_order_relaxed); }
+bool vector_rows() { return g_vector_rows.on(); }
 
-bool set_vector_rows(bool on) { return g_vector_rows.exchange(on && cpu_has_avx512()); }
+bool set_vector_rows(bool on) { return g_vector_rows.set(on); }
 
 }  // namespace cpu
 }  // namespace rnnfast
