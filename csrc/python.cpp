@@ -30,8 +30,7 @@
 
 #include "core/cells.h"
 #include "core/layer_op.h"
-#include "cpu/gemm_avx512.h"
-#include "cpu/rows_avx512.h"
+#include "cpu/isa.h"
 
 namespace {
 
@@ -175,7 +174,6 @@ PyObject* forward_layers(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
         zero_state = at::zeros(state_shape, w0.options());
       }
     }
-    const bool zero_is_layer_state = zero_state.defined() && zero_state.dim() == 2 && !step;  // already (B, H)
     for (int64_t k = 0; k < num_states; ++k) s[k] = zero_state.defined() ? zero_state : s[k].contiguous();
     // The workspace is kept only where something will be differentiated (as rnnfast._ops does).
     bool grad = at::GradMode::is_enabled() && x.requires_grad();
@@ -193,7 +191,7 @@ PyObject* forward_layers(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
         const at::Tensor* p = &w[static_cast<size_t>(idx * per)];
         const c10::optional<at::Tensor> b_ih = per == 4 ? c10::optional<at::Tensor>(p[2]) : c10::nullopt;
         const c10::optional<at::Tensor> b_hh = per == 4 ? c10::optional<at::Tensor>(p[3]) : c10::nullopt;
-        const bool whole = step || zero_is_layer_state;  // s[k] is this layer-direction's (B, H) state
+        const bool whole = step || (single && zero_state.defined());  // s[k] is this layer-direction's (B, H) state
         const at::Tensor h0 = whole ? s[0] : s[0].select(0, idx);
         const at::Tensor c0 = num_states == 2 ? (whole ? s[1] : s[1].select(0, idx)) : at::Tensor();
         LayerResult r = op(layer_input, h0, c0, p[0], p[1], b_ih, b_hh, /*reverse=*/d == 1, grad);
@@ -244,27 +242,20 @@ PyObject* forward_layers(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   return result;
 }
 
-// rnnfast._C._set_vector_rows(on) -> the previous setting: whether the CPU forward row passes take
-// the AVX-512 path (csrc/cpu/rows_avx512.h). Tests run both paths; on is refused (stays False)
-// where the CPU or the build has no such path.
-PyObject* set_vector_rows(PyObject*, PyObject* on) {
+// rnnfast._C._set_vector_rows(on) and _set_batch_lanes(on) -> the previous setting: the AVX-512
+// paths' switches (csrc/cpu/isa.h: the forward row passes, the batch-lane GEMM). Tests run both
+// paths; on is refused (stays False) where the CPU or the build has no such path.
+template <bool (*Set)(bool)>
+PyObject* set_switch(PyObject*, PyObject* on) {
   const int flag = PyObject_IsTrue(on);
   if (flag < 0) return nullptr;
-  return PyBool_FromLong(rnnfast::cpu::set_vector_rows(flag != 0));
-}
-
-// rnnfast._C._set_batch_lanes(on) -> the previous setting: whether the unpacked GEMMs of 12 rows
-// and more take the batch-lane GEMM (csrc/cpu/gemm_avx512.h). Same contract as _set_vector_rows.
-PyObject* set_batch_lanes(PyObject*, PyObject* on) {
-  const int flag = PyObject_IsTrue(on);
-  if (flag < 0) return nullptr;
-  return PyBool_FromLong(rnnfast::cpu::set_batch_lanes(flag != 0));
+  return PyBool_FromLong(Set(flag != 0));
 }
 
 PyMethodDef methods[] = {
-    {"_set_vector_rows", set_vector_rows, METH_O,
+    {"_set_vector_rows", set_switch<rnnfast::cpu::set_vector_rows>, METH_O,
      "Turn the AVX-512 forward row passes on or off (tests); returns the previous setting."},
-    {"_set_batch_lanes", set_batch_lanes, METH_O,
+    {"_set_batch_lanes", set_switch<rnnfast::cpu::set_batch_lanes>, METH_O,
      "Turn the AVX-512 batch-lane GEMM on or off (tests); returns the previous setting."},
     {"forward_layers", reinterpret_cast<PyCFunction>(reinterpret_cast<void*>(forward_layers)), METH_FASTCALL,
      "The usual call of a recurrent module or cell in C++ (csrc/python.cpp); None to decline."},

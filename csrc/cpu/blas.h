@@ -13,9 +13,8 @@
 #include <ATen/record_function.h>
 #include <dlfcn.h>
 
-#include "fastmath.h"  // RNNFAST_ALWAYS_INLINE
 #include "gemm_avx512.h"
-#include "isa.h"
+#include "isa.h"  // RNNFAST_GCC_X86, RNNFAST_ALWAYS_INLINE
 #include "../core/scratch.h"
 
 #include <algorithm>
@@ -369,25 +368,31 @@ inline bool worth_packing_over_small(int64_t m, int64_t steps, int64_t weight_by
   return m * steps >= (quick_small ? 128 : 64);
 }
 
-// gemm_small_rows over all N columns of C, split over the intra-op threads when W is large enough to
-// repay a parallel region (about 64K elements of W a thread: with 2 threads each core streams half).
-inline void gemm_small(const float* w, int64_t ldw, const float* a, int64_t lda, float* c, int64_t ldc, int64_t M,
-                       int64_t N, int64_t K, bool accumulate) {
+// f(n0, n1) over the N columns of a small-batch GEMM with an (N, K) weight: all at once, or split
+// over the intra-op threads in blocks of 8 columns when W is large enough to repay a parallel
+// region (about 64K elements of W a thread: with 2 threads each core streams half).
+template <class F>
+void for_column_blocks(int64_t N, int64_t K, const F& f) {
   constexpr int64_t kElemsPerThread = int64_t(1) << 16;
   if (N * K < 2 * kElemsPerThread || at::get_num_threads() == 1 || at::in_parallel_region() || serial_call()) {
-    gemm_small_rows(w, ldw, a, lda, c, ldc, M, N, K, accumulate);
+    f(int64_t(0), N);
     return;
   }
-  const int64_t blocks = (N + 7) / 8;
-  at::parallel_for(0, blocks, std::max<int64_t>(1, kElemsPerThread / (8 * K)), [&](int64_t b0, int64_t b1) {
-    const int64_t n0 = b0 * 8, n1 = std::min(N, b1 * 8);
+  at::parallel_for(0, (N + 7) / 8, std::max<int64_t>(1, kElemsPerThread / (8 * K)),
+                   [&](int64_t b0, int64_t b1) { f(b0 * 8, std::min(N, b1 * 8)); });
+}
+
+// gemm_small_rows over all N columns of C (for_column_blocks).
+inline void gemm_small(const float* w, int64_t ldw, const float* a, int64_t lda, float* c, int64_t ldc, int64_t M,
+                       int64_t N, int64_t K, bool accumulate) {
+  for_column_blocks(N, K, [&](int64_t n0, int64_t n1) {
     gemm_small_rows(w + n0 * ldw, ldw, a, lda, c + n0, ldc, M, n1 - n0, K, accumulate);
   });
 }
 
 // ---- The batch-lane GEMM (gemm_avx512.h) ------------------------------------------------------
-// From kLanesMinRows to kLanesMaxRows rows of A (kLanesMaxRowsLarge for a W of 3 MB or more), where the CPU has AVX-512F, the unpacked GEMM runs
-// the batch-lane kernel instead of gemm_small or MKL: the rows of A in vector lanes, W read in
+// From kLanesMinRows to kLanesMaxRows rows of A (kLanesMaxRowsLarge for a W of 3 MB or more), where
+// the CPU has AVX-512F, the unpacked GEMM runs the batch-lane kernel instead of gemm_small or MKL: the rows of A in vector lanes, W read in
 // place, no lane sums. Measured in a standalone loop (1 thread, us per call, batch lanes / gemm_small
 // / MKL's unpacked at::mm from the table above):
 //   W 256 x 64    M=12 4.5 / 7.2     M=16 4.6 / 8.9 / 6.4     M=32 8.0 / 16.3 / 9.5
@@ -422,20 +427,14 @@ inline float* lanes_buffer(int64_t floats) {
 }
 
 // C (M, N) = [C +] A (M, K) · Wᵀ on the batch-lane kernel (only where batch_lanes()): A packed
-// once by this thread, the columns split over the intra-op threads like gemm_small's.
+// once by this thread, the columns split over the intra-op threads (for_column_blocks).
 inline void gemm_lanes(const float* w, int64_t ldw, const float* a, int64_t lda, float* c, int64_t ldc, int64_t M,
                        int64_t N, int64_t K, bool accumulate) {
 #if RNNFAST_BATCH_LANES
   float* at = lanes_buffer(batch_lanes_pack_floats(M, K));
   batch_lanes_pack(a, lda, M, K, at);
-  constexpr int64_t kElemsPerThread = int64_t(1) << 16;
-  if (N * K < 2 * kElemsPerThread || at::get_num_threads() == 1 || at::in_parallel_region() || serial_call()) {
-    batch_lanes_gemm(w, ldw, at, M, K, c, ldc, 0, N, accumulate);
-    return;
-  }
-  const int64_t blocks = (N + 7) / 8;
-  at::parallel_for(0, blocks, std::max<int64_t>(1, kElemsPerThread / (8 * K)), [&](int64_t b0, int64_t b1) {
-    batch_lanes_gemm(w, ldw, at, M, K, c, ldc, b0 * 8, std::min(N, b1 * 8), accumulate);
+  for_column_blocks(N, K, [&](int64_t n0, int64_t n1) {
+    batch_lanes_gemm(w, ldw, at, M, K, c, ldc, n0, n1, accumulate);
   });
 #else
   TORCH_CHECK(false, "rnnfast: internal error: the batch-lane GEMM is not in this build");
@@ -469,15 +468,18 @@ class RecurrentGemm {
   static constexpr int64_t kUnknownSteps = INT32_MAX;
 
   RecurrentGemm(const at::Tensor& w, bool transpose, int64_t max_m, int64_t steps = kUnknownSteps)
-      : w_(w), transpose_(transpose), small_(small_weight_ok(w, transpose)), lanes_(lanes_weight_ok(w, transpose) && batch_lanes()) {
+      : w_(w),
+        transpose_(transpose),
+        small_(small_weight_ok(w, transpose)),
+        lanes_(lanes_weight_ok(w, transpose) && batch_lanes()) {
     n_ = transpose ? w.size(0) : w.size(1);
     k_ = transpose ? w.size(1) : w.size(0);
     const mkl::Api& a = mkl::api();
     const bool fits = max_m > 0 && n_ > 0 && k_ > 0 && max_m < INT32_MAX && n_ < INT32_MAX && k_ < INT32_MAX;
-    const bool repays = steps == kUnknownSteps ||
-                        (takes_small(max_m) ? worth_packing_over_small(max_m, steps, weight_bytes(), k_, takes_lanes(max_m))
-                                            : worth_packing(max_m, steps));
-
+    const bool repays =
+        steps == kUnknownSteps ||
+        (takes_small(max_m) ? worth_packing_over_small(max_m, steps, weight_bytes(), k_, takes_lanes(max_m))
+                            : worth_packing(max_m, steps));
     if (w.scalar_type() == at::kFloat && w.is_contiguous() && a.ok() && fits && repays) {
       // a profiler scope of its own: tests/test_small_sizes.py checks which calls pack
       RECORD_FUNCTION("rnnfast::pack_recurrent_weight", std::vector<c10::IValue>());
@@ -555,8 +557,9 @@ class RecurrentGemm {
     }
   }
 
-  // Whether m rows run on gemm_small (see kSmallRows): W unpacked and small_weight_ok. (run_small
-  // with such m always runs; the batch split relies on it.)
+  // Whether m rows run on run_small's kernels: the batch-lane GEMM (takes_lanes) or gemm_small (see
+  // kSmallRows; small_weight_ok), W unpacked. (run_small with such m always runs; the batch split
+  // relies on it.)
   bool takes_small(int64_t m) const {
     if (packed_.defined() || m < 1) return false;
     if (takes_lanes(m)) return true;

@@ -21,10 +21,7 @@
 #include <cstdint>
 #include <cstring>
 
-// Everything the pointwise loops call is force-inlined, so that the loops compiled for a wider
-// ISA (backend.h's target_clones) inline it too (gcc does not inline across target options
-// otherwise and the loop would not vectorize).
-#define RNNFAST_ALWAYS_INLINE inline __attribute__((always_inline))
+#include "isa.h"  // RNNFAST_ALWAYS_INLINE: everything the pointwise loops call is force-inlined
 
 namespace rnnfast {
 namespace cpu {

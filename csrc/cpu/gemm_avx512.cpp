@@ -9,40 +9,19 @@
 // lane-summing gemm_small reaches 30-48). Each accumulator block is then transposed (8 x 16 ->
 // 16 rows of 8) and stored with masks for the last rows and columns.
 //
-// Like rows_avx512.cpp: everything below the `#pragma GCC target` is compiled for AVX-512F, the
-// standard headers are included before it, and this file is entered only after batch_lanes()
-// said the CPU has it.
+// Like rows_avx512.cpp: everything after RNNFAST_BEGIN_AVX512 (`#pragma GCC target`, isa.h) is
+// compiled for AVX-512F, the standard headers are included before it, and this file is entered
+// only after batch_lanes() said the CPU has it.
 #include <cstdint>
 
 #include <immintrin.h>
 
-#include "isa.h"
-
-namespace rnnfast {
-namespace cpu {
-
-namespace {
-Avx512Switch g_batch_lanes;
-}  // namespace
-
-bool batch_lanes() { return g_batch_lanes.on(); }
-
-bool set_batch_lanes(bool on) { return g_batch_lanes.set(on); }
-
-}  // namespace cpu
-}  // namespace rnnfast
+#include "isa.h"  // RNNFAST_GCC_X86 and the force-inline markers, before the target switch
 
 #if RNNFAST_GCC_X86
-#pragma GCC push_options
-#pragma GCC target("avx512f,fma")
-// gcc 12 reports the undefined vectors inside the masked-load intrinsics as maybe-uninitialized
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+RNNFAST_BEGIN_AVX512
 
 #include "gemm_avx512.h"
-
-#define RNNFAST_INLINE inline __attribute__((always_inline))
-#define RNNFAST_INLINE_LAMBDA __attribute__((always_inline))
 
 namespace rnnfast {
 namespace cpu {
@@ -57,7 +36,7 @@ constexpr int kCols = 8;  // rows of W (columns of C) per block
 constexpr int64_t kPrefetchAhead = 64;
 
 // r[i] lane j -> r[j] lane i (a 16 x 16 block of floats)
-RNNFAST_INLINE void transpose16(__m512 r[16]) {
+RNNFAST_ALWAYS_INLINE void transpose16(__m512 r[16]) {
   __m512 t[16];
   for (int i = 0; i < 16; i += 2) {
     t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
@@ -85,7 +64,8 @@ RNNFAST_INLINE void transpose16(__m512 r[16]) {
 }
 
 // Stores the 8 accumulators s[r] (lane i: C[i, n + r]) as rows i < rows of C, columns r < cols.
-RNNFAST_INLINE void store_block(const __m512 s[kCols], float* c, int64_t ldc, int rows, int cols, bool accumulate) {
+RNNFAST_ALWAYS_INLINE void store_block(const __m512 s[kCols], float* c, int64_t ldc, int rows, int cols,
+                                       bool accumulate) {
   __m512 t[8], u[8];
   for (int p = 0; p < 4; ++p) {  // t[2p] lane q: s[2p][4q], s[2p+1][4q], s[2p][4q+1], s[2p+1][4q+1]
     t[2 * p] = _mm512_unpacklo_ps(s[2 * p], s[2 * p + 1]);
@@ -119,13 +99,13 @@ RNNFAST_INLINE void store_block(const __m512 s[kCols], float* c, int64_t ldc, in
 
 // One block: columns n..n+cols-1 (rows w[r] of W) against MV blocks of 16 packed rows of A.
 template <int MV>
-RNNFAST_INLINE void block(const float* const wr[kCols], const float* at, int64_t K, float* c, int64_t ldc, int rows,
-                          int cols, bool accumulate) {
+RNNFAST_ALWAYS_INLINE void block(const float* const wr[kCols], const float* at, int64_t K, float* c, int64_t ldc,
+                                 int rows, int cols, bool accumulate) {
   __m512 s[MV][kCols];
   for (int v = 0; v < MV; ++v) {
     for (int r = 0; r < kCols; ++r) s[v][r] = _mm512_setzero_ps();
   }
-  auto step = [&](int64_t k) RNNFAST_INLINE_LAMBDA {
+  auto step = [&](int64_t k) RNNFAST_ALWAYS_INLINE_LAMBDA {
     __m512 a[MV];
     for (int v = 0; v < MV; ++v) a[v] = _mm512_load_ps(at + (v * K + k) * 16);
 #pragma GCC unroll 8
@@ -183,6 +163,5 @@ void batch_lanes_gemm(const float* w, int64_t ldw, const float* at, int64_t M, i
 }  // namespace cpu
 }  // namespace rnnfast
 
-#pragma GCC diagnostic pop
-#pragma GCC pop_options
+RNNFAST_END_AVX512
 #endif  // RNNFAST_GCC_X86

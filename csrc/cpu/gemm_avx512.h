@@ -18,12 +18,7 @@
 namespace rnnfast {
 namespace cpu {
 
-// Whether the batch-lane GEMM runs: the CPU has AVX-512F and the environment does not set
-// RNNFAST_DISABLE_AVX512 (read once, at load).
-bool batch_lanes();
-// Turns it on or off (tests compare paths); on is refused where the CPU lacks AVX-512F. Returns
-// the previous setting.
-bool set_batch_lanes(bool on);
+// Whether it runs: isa.h batch_lanes() / set_batch_lanes().
 
 // Floats of the packed A for M rows of K: blocks of 16 rows, each K x 16 (k-major, the 16 rows in
 // lanes; rows past M are zeros).

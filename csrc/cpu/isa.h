@@ -1,13 +1,10 @@
-// Whether this build can compile code for a wider x86 ISA than its baseline inside one binary:
-// gcc's `target_clones` (blas.h gemm_small_rows, backend.h's row passes) and `#pragma GCC target`
-// (rows_avx512.cpp, gemm_avx512.cpp); and the run-time switch of those AVX-512 paths. x86-64 with
-// GCC; clang spells these differently. The files compiled for AVX-512 include this before they
-// switch their target, so the code here is always compiled for the baseline ISA (it runs before
-// anyone knows what the CPU has).
+// Compiling for a wider x86 ISA than the baseline inside one binary: whether this build can (gcc's
+// `target_clones`, blas.h gemm_small_rows and backend.h's row passes; `#pragma GCC target`,
+// rows_avx512.cpp and gemm_avx512.cpp: x86-64 with GCC, clang spells these differently), the
+// force-inline markers such code needs, and the run-time switches of the AVX-512 paths (defined in
+// isa.cpp, compiled for the baseline ISA). No code here, so any file may include it before switching
+// its target.
 #pragma once
-
-#include <atomic>
-#include <cstdlib>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define RNNFAST_GCC_X86 1
@@ -15,28 +12,31 @@
 #define RNNFAST_GCC_X86 0
 #endif
 
+// Everything a loop compiled for a wider ISA calls is force-inlined, so that the loop's clone (or
+// the file compiled for AVX-512) inlines it too: gcc does not inline across target options
+// otherwise, and the loop would not vectorize. The lambda form goes after a lambda's parameters.
+#define RNNFAST_ALWAYS_INLINE inline __attribute__((always_inline))
+#define RNNFAST_ALWAYS_INLINE_LAMBDA __attribute__((always_inline))
+
+// The code between these two is compiled for AVX-512F (with FMA): the files written for AVX-512
+// (rows_avx512.cpp, gemm_avx512.cpp) put them around everything after their standard headers and
+// isa.h. gcc 12 reports the undefined vectors inside the masked-load intrinsics as
+// maybe-uninitialized, so that warning is off in between. Only where RNNFAST_GCC_X86.
+#define RNNFAST_BEGIN_AVX512                                                                  \
+  _Pragma("GCC push_options") _Pragma("GCC target(\"avx512f,fma\")") _Pragma("GCC diagnostic push") \
+      _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")
+#define RNNFAST_END_AVX512 _Pragma("GCC diagnostic pop") _Pragma("GCC pop_options")
+
 namespace rnnfast {
 namespace cpu {
 
-inline bool cpu_has_avx512f() {
-#if RNNFAST_GCC_X86
-  return __builtin_cpu_supports("avx512f");
-#else
-  return false;
-#endif
-}
-
-// An AVX-512 path's on/off switch: on where the CPU has AVX-512F and the environment does not set
-// RNNFAST_DISABLE_AVX512 (read when the switch is made); set(on) refuses on where the CPU lacks it
-// and returns the previous setting.
-class Avx512Switch {
- public:
-  bool on() const { return on_.load(std::memory_order_relaxed); }
-  bool set(bool on) { return on_.exchange(on && cpu_has_avx512f()); }
-
- private:
-  std::atomic<bool> on_{cpu_has_avx512f() && std::getenv("RNNFAST_DISABLE_AVX512") == nullptr};
-};
+// The AVX-512 paths' switches: each is on where the CPU has AVX-512F and the environment does not set
+// RNNFAST_DISABLE_AVX512 (read once, at load); set_*(on) turns it on or off (tests compare the
+// paths), refuses on where the CPU lacks AVX-512F, and returns the previous setting.
+bool vector_rows();  // the forward row passes on AVX-512 vectors (rows_avx512.h)
+bool set_vector_rows(bool on);
+bool batch_lanes();  // the batch-lane GEMM (gemm_avx512.h)
+bool set_batch_lanes(bool on);
 
 }  // namespace cpu
 }  // namespace rnnfast

@@ -158,7 +158,6 @@ RNNFAST_ALWAYS_INLINE void activate_gates(const FwdRow<T>& r, int64_t H, int64_t
 // [0, H) in blocks of kActBlock, with a stack buffer for a block's activations of phase P's
 // activated gates; block(j0, n, act) runs one block (its activation loops, then the cell). The
 // block is a force-inlined lambda, so that it is compiled for the ISA of the clone it lands in.
-#define RNNFAST_ALWAYS_INLINE_LAMBDA __attribute__((always_inline))
 template <class Cell, int P, typename T, class Block>
 RNNFAST_ALWAYS_INLINE void for_activation_blocks(int64_t H, const Block& block) {
   alignas(64) T act[(kPhaseEndGate<Cell, P> - kPhaseFirstGate<Cell, P>)*kActBlock];

@@ -2,8 +2,9 @@
 // (vec512.h) through an accessor that loads and stores whole vectors, blocked as rows.h's
 // forward_row (one activation loop per gate into a stack block, then the cell).
 //
-// Everything below the `#pragma GCC target` is compiled for AVX-512F; only this file is, and it is
-// entered only after vector_rows() said the CPU has it. The standard headers are included before
+// Everything after RNNFAST_BEGIN_AVX512 (`#pragma GCC target`, isa.h) is compiled for AVX-512F;
+// only this file and gemm_avx512.cpp are, and this one is entered only after vector_rows() said the
+// CPU has it. The standard headers are included before
 // the pragma, so no out-of-line copy of a library function is compiled for AVX-512 here; what this
 // file instantiates from rows.h and cells.h is force-inlined or instantiated only here (on the
 // vector accessor), so no AVX-512 copy of a function other files also use can reach the link.
@@ -15,31 +16,13 @@
 
 #include <immintrin.h>
 
-#include "isa.h"  // RNNFAST_GCC_X86 and Avx512Switch, read before rows_avx512.h (which is read for AVX-512)
-
-namespace rnnfast {
-namespace cpu {
-
-namespace {
-Avx512Switch g_vector_rows;
-}  // namespace
-
-bool vector_rows() { return g_vector_rows.on(); }
-
-bool set_vector_rows(bool on) { return g_vector_rows.set(on); }
-
-}  // namespace cpu
-}  // namespace rnnfast
+#include "isa.h"  // RNNFAST_GCC_X86, decided before rows_avx512.h is read (it is read for AVX-512)
 
 #if RNNFAST_GCC_X86
 // From here on everything is compiled for AVX-512F, the cells (core/cells.h, through rows.h) too:
 // gcc inlines a function only into one compiled for a superset of its ISA, so the cells' forward
 // functions must be AVX-512 functions here to take the vector accessor's inlined intrinsics.
-#pragma GCC push_options
-#pragma GCC target("avx512f,fma")
-// gcc 12 reports the undefined vectors inside the masked-load intrinsics as maybe-uninitialized
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+RNNFAST_BEGIN_AVX512
 
 #include "rows_avx512.h"
 #include "vec512.h"
@@ -160,6 +143,5 @@ void forward_row_avx512(core::CellKind kind, int phase, bool keep, const FwdRow<
 }  // namespace cpu
 }  // namespace rnnfast
 
-#pragma GCC diagnostic pop
-#pragma GCC pop_options
+RNNFAST_END_AVX512
 #endif  // RNNFAST_GCC_X86

@@ -13,12 +13,7 @@
 namespace rnnfast {
 namespace cpu {
 
-// Whether the forward row passes take the AVX-512 path: the CPU has AVX-512F and the environment
-// does not set RNNFAST_DISABLE_AVX512 (read once, at load).
-bool vector_rows();
-// Turns the AVX-512 path on or off (tests compare the two); on is refused where the CPU lacks
-// AVX-512F or the build has no such path. Returns the previous setting.
-bool set_vector_rows(bool on);
+// Whether the path runs: isa.h vector_rows() / set_vector_rows().
 
 // The cells the vector path runs: those with an activated gate (Cell::act), which is what it speeds
 // up. The one without (the ReLU RNN) selects with `a < 0 ? 0 : a`, which a vector type cannot spell.
