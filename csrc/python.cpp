@@ -256,7 +256,7 @@ PyMethodDef methods[] = {
     {"_set_vector_rows", set_switch<rnnfast::cpu::set_vector_rows>, METH_O,
      "Turn the AVX-512 forward row passes on or off (tests); returns the previous setting."},
     {"_set_batch_lanes", set_switch<rnnfast::cpu::set_batch_lanes>, METH_O,
-     "Turn the AVX-512 batch-lane GEMM on or off (tests); returns the previous setting."},
+     "Turn the AVX-512 batch-lane and panel GEMMs on or off (tests); returns the previous setting."},
     {"forward_layers", reinterpret_cast<PyCFunction>(reinterpret_cast<void*>(forward_layers)), METH_FASTCALL,
      "The usual call of a recurrent module or cell in C++ (csrc/python.cpp); None to decline."},
     {nullptr, nullptr, 0, nullptr}};

@@ -7,6 +7,7 @@ Also: an in-place update of the weights (optimizer step, no_grad copy_, load_sta
 is seen by the very next call, for modules and cells."""
 import pytest
 import torch
+from test_batch_lanes import HAS_LANES
 from torch.profiler import ProfilerActivity, profile
 
 import rnnfast
@@ -23,10 +24,11 @@ def takes_small(B, K, N):
 
 
 def worth_packing(B, T, small=False, K=16, N=64):
-    """blas.h's rule, restated: the test checks the extension follows it (a torch without MKL has
-    no packed GEMM and never packs). small: a forward's W_hhᵀ (H a multiple of 16), where
+    """blas.h's rule, restated: the test checks the extension follows it. Who packs: MKL's packed
+    API, or for K <= 128 on AVX-512F rnnfast's panel GEMM (test_panels.py); a torch without MKL on
+    a CPU without AVX-512F never packs. small: a forward's W_hhᵀ (H a multiple of 16), where
     gemm_small would take the B rows when takes_small(B, K, N); K, N: W_hh's columns and rows."""
-    if not (B >= 4 and T >= 2 and torch.backends.mkl.is_available()):
+    if not (B >= 4 and T >= 2 and (torch.backends.mkl.is_available() or (HAS_LANES and K <= 128))):
         return False
     if small and takes_small(B, K, N):
         quick_small = B < 8 or (B < 16 and K >= 256)

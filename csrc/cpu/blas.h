@@ -410,6 +410,23 @@ inline void gemm_small(const float* w, int64_t ldw, const float* a, int64_t lda,
 // spread over enough rows).
 constexpr int64_t kLanesMinRows = 16, kLanesMaxRows = 64, kLanesMaxRowsLarge = 128;
 
+// ---- The panel GEMM (gemm_avx512.h) ---------------------------------------------------------
+// Where a weight repays packing (worth_packing, worth_packing_over_small) and K <= kPanelsMaxK, on
+// a CPU with AVX-512F, W is packed into rnnfast's own panels and every step runs the panel GEMM
+// instead of MKL's cblas_sgemm_compute. Measured in a standalone loop (1 thread, us per call, MKL
+// packed compute / panel GEMM; the packs themselves cost the same, 1.6 / 1.7 us at 256 x 64):
+//   W 256 x 64   M=4 1.11 / 0.67   M=8 1.72 / 1.30   M=32 5.73 / 5.03   M=128 20.8 / 19.9
+//   W 192 x 64   M=8 1.39 / 0.99   M=32 4.43 / 3.78
+//   W 512 x 128  M=8 4.95 / 4.76   M=20 12.6 / 11.8  M=32 20.3 / 19.6   M=128 78.2 / 76.7
+//   W 1024 x 256 M=8 19.8 / 20.5   M=32 76.9 / 76.9  M=128 311 / 316      (not taken: K > 128)
+//   W 2048 x 512 M=32 367 / 386    M=128 1291 / 1296                         (not taken)
+// MKL's compute copies A and sets up on every call, which weighs most where K is short; from
+// K = 256 its kernel is as fast or faster (a K x 64 panel no longer stays in L1).
+constexpr int64_t kPanelsMaxK = 128;
+// Below this many multiply-adds a call of the panel GEMM stays on one thread (as kSequentialStepMacs
+// in backend.h for MKL's threads).
+constexpr int64_t kSequentialPanelMacs = int64_t(1) << 18;
+
 // The packed A of this thread's batch-lane GEMM: 64-byte aligned, grown as needed, kept.
 inline float* lanes_buffer(int64_t floats) {
   struct Free {
@@ -480,7 +497,18 @@ class RecurrentGemm {
         steps == kUnknownSteps ||
         (takes_small(max_m) ? worth_packing_over_small(max_m, steps, weight_bytes(), k_, takes_lanes(max_m))
                             : worth_packing(max_m, steps));
-    if (w.scalar_type() == at::kFloat && w.is_contiguous() && a.ok() && fits && repays) {
+    if (w.scalar_type() == at::kFloat && w.is_contiguous() && fits && repays && panels_ok()) {
+      // the panel GEMM (gemm_avx512.h) in place of MKL's packed API: see kPanelsMaxK
+      RECORD_FUNCTION("rnnfast::pack_recurrent_weight", std::vector<c10::IValue>());
+#if RNNFAST_BATCH_LANES
+      {
+        RECORD_FUNCTION("rnnfast::pack_panels", std::vector<c10::IValue>());  // tests/test_panels.py
+        packed_ = core::scratch_empty({panels_pack_floats(n_, k_) + 16}, w.options());
+        panels_ = aligned_panels();
+        panels_pack(w.const_data_ptr<float>(), w.size(1), n_, k_, transpose, panels_);
+      }
+#endif
+    } else if (w.scalar_type() == at::kFloat && w.is_contiguous() && a.ok() && fits && repays) {
       // a profiler scope of its own: tests/test_small_sizes.py checks which calls pack
       RECORD_FUNCTION("rnnfast::pack_recurrent_weight", std::vector<c10::IValue>());
       // W (rows, cols) contiguous: row-major with ld = cols, as the rule asks
@@ -503,6 +531,10 @@ class RecurrentGemm {
   // Safe to call from several threads at once on disjoint rows of C.
   void run_rows(const float* a, int64_t lda, float* c, int64_t ldc, int64_t m, bool accumulate) const {
     if (m <= 0) return;
+    if (panels_) {
+      run_panels(a, lda, c, ldc, m, accumulate);
+      return;
+    }
     // a single row's stride is never read: the rule's ld for it (see blas_ld)
     if (m == 1) lda = std::max<int64_t>(1, k_), ldc = std::max<int64_t>(1, n_);
     check_gemm_args(m, n_, k_, lda, ldc);
@@ -577,6 +609,34 @@ class RecurrentGemm {
            m <= (weight_bytes() >= kSmallMinWeightBytes ? kLanesMaxRowsLarge : kLanesMaxRows);
   }
 
+  // The panel GEMM's packed weight (inside packed_, 64-byte aligned), or null where MKL packed it.
+  float* aligned_panels() const {
+    const auto p = reinterpret_cast<std::uintptr_t>(packed_.data_ptr<float>());
+    return reinterpret_cast<float*>((p + 63) / 64 * 64);
+  }
+  // Whether a weight that repays packing goes to the panel GEMM: AVX-512F (the batch_lanes()
+  // switch, shared by rnnfast's AVX-512 GEMMs) and K <= kPanelsMaxK.
+  bool panels_ok() const { return RNNFAST_BATCH_LANES && k_ <= kPanelsMaxK && batch_lanes(); }
+  // m rows on the panel GEMM, its panels split over the intra-op threads when the GEMM is large
+  // enough (about kSequentialPanelMacs; inside a batch split's block or a serial call, never).
+  void run_panels(const float* a, int64_t lda, float* c, int64_t ldc, int64_t m, bool accumulate) const {
+#if RNNFAST_BATCH_LANES
+    const int64_t panels = (n_ + 63) / 64;
+    if (panels < 2 || m * n_ * k_ < kSequentialPanelMacs || at::get_num_threads() == 1 || at::in_parallel_region() ||
+        serial_call()) {
+      panels_gemm(a, lda, panels_, k_, c, ldc, m, 0, n_, accumulate);
+      return;
+    }
+    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+      panels_gemm(a, lda, panels_, k_, c, ldc, m, p0 * 64, std::min(n_, p1 * 64), accumulate);
+    });
+#else
+    (void)a, (void)lda, (void)c, (void)ldc, (void)m, (void)accumulate;
+    TORCH_CHECK(false, "rnnfast: internal error: the panel GEMM is not in this build");
+#endif
+  }
+
+  float* panels_ = nullptr;  // the panel GEMM's packed weight (packed_ holds it), else null
   bool small_;  // the weight side of gemm_small's conditions (small_weight_ok), decided once per call
   bool lanes_;  // the batch-lane kernel's: lanes_weight_ok and batch_lanes(), decided once per call
   int64_t n_ = 0, k_ = 0;

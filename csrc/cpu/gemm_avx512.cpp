@@ -1,4 +1,5 @@
-// The batch-lane GEMM (gemm_avx512.h): C = [C +] A · Wᵀ with the rows of A in vector lanes.
+// The batch-lane GEMM (gemm_avx512.h): C = [C +] A · Wᵀ with the rows of A in vector lanes; and the
+// panel GEMM (below, "The panel GEMM"): a packed weight against the rows of A read in place.
 //
 // A is packed once per call into blocks of 16 rows, each K x 16 (row i of the block in lane i), by
 // 16 x 16 transposes in registers. Then for each block of 8 rows of W (columns n..n+7 of C) and
@@ -124,7 +125,119 @@ RNNFAST_ALWAYS_INLINE void block(const float* const wr[kCols], const float* at, 
   for (int v = 0; v < MV; ++v) store_block(s[v], c + v * 16 * ldc, ldc, rows - 16 * v, cols, accumulate);
 }
 
+// ---- The panel GEMM ----
+constexpr int kPanel = 64;  // columns of C per panel: 4 vectors
+
+// Rows [0, MR) of C, the NV vectors of one panel: MR x NV accumulators, A[m, k] broadcast from A's
+// rows in place. masks[v]: the columns of vector v that exist (the last panel may be partial).
+template <int MR, int NV>
+RNNFAST_ALWAYS_INLINE void panel_block(const float* a, int64_t lda, const float* panel, int64_t K, float* c,
+                                       int64_t ldc, const __mmask16* masks, bool accumulate) {
+  __m512 s[MR][NV];
+  for (int i = 0; i < MR; ++i) {
+    for (int v = 0; v < NV; ++v) s[i][v] = _mm512_setzero_ps();
+  }
+#pragma GCC unroll 4
+  for (int64_t k = 0; k < K; ++k) {
+    __m512 b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = _mm512_load_ps(panel + k * kPanel + 16 * v);
+    for (int i = 0; i < MR; ++i) {
+      const __m512 x = _mm512_set1_ps(a[i * lda + k]);
+      for (int v = 0; v < NV; ++v) s[i][v] = _mm512_fmadd_ps(x, b[v], s[i][v]);
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    for (int v = 0; v < NV; ++v) {
+      float* y = c + i * ldc + 16 * v;
+      __m512 r = s[i][v];
+      if (accumulate) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(masks[v], y));
+      _mm512_mask_storeu_ps(y, masks[v], r);
+    }
+  }
+}
+
+// All M rows against one panel of NV vectors: blocks of 6 rows (24 accumulators, 4 loads of the
+// panel and 6 broadcasts per 24 FMAs), then the last 1-5 rows.
+template <int NV>
+RNNFAST_ALWAYS_INLINE void panel_rows(const float* a, int64_t lda, const float* panel, int64_t K, float* c,
+                                      int64_t ldc, int64_t M, const __mmask16* masks, bool accumulate) {
+  constexpr int MR = 6;
+  int64_t m = 0;
+  for (; m + MR <= M; m += MR) panel_block<MR, NV>(a + m * lda, lda, panel, K, c + m * ldc, ldc, masks, accumulate);
+  a += m * lda;
+  c += m * ldc;
+  switch (M - m) {
+    case 1: panel_block<1, NV>(a, lda, panel, K, c, ldc, masks, accumulate); break;
+    case 2: panel_block<2, NV>(a, lda, panel, K, c, ldc, masks, accumulate); break;
+    case 3: panel_block<3, NV>(a, lda, panel, K, c, ldc, masks, accumulate); break;
+    case 4: panel_block<4, NV>(a, lda, panel, K, c, ldc, masks, accumulate); break;
+    case 5: panel_block<5, NV>(a, lda, panel, K, c, ldc, masks, accumulate); break;
+    default: break;
+  }
+}
+
 }  // namespace
+
+void panels_pack(const float* w, int64_t ldw, int64_t N, int64_t K, bool transpose, float* wp) {
+  const int64_t padded = (N + kPanel - 1) / kPanel * kPanel;
+  if (!transpose) {  // op(W) = W (K, N): each row k of W is row k of every panel, padded with zeros
+    for (int64_t n0 = 0; n0 < padded; n0 += kPanel) {
+      float* panel = wp + n0 * K;
+      const int64_t cols = N - n0 < kPanel ? N - n0 : kPanel;
+      for (int64_t k = 0; k < K; ++k) {
+        for (int v = 0; v < kPanel / 16; ++v) {
+          const int64_t left = cols - 16 * v;
+          const __mmask16 m = left >= 16 ? __mmask16(0xffff) : left <= 0 ? __mmask16(0) : __mmask16((1u << left) - 1);
+          _mm512_store_ps(panel + k * kPanel + 16 * v, _mm512_maskz_loadu_ps(m, w + k * ldw + n0 + 16 * v));
+        }
+      }
+    }
+    return;
+  }
+  // op(W) = Wᵀ, W (N, K): 16 rows of W by 16 k at a time, transposed in registers into 16 rows k of
+  // the panel's 16 columns
+  for (int64_t n0 = 0; n0 < N; n0 += 16) {
+    const int rows = int(N - n0 < 16 ? N - n0 : 16);
+    float* dst = wp + (n0 / kPanel) * kPanel * K + n0 % kPanel;
+    for (int64_t k0 = 0; k0 < K; k0 += 16) {
+      const int kc = int(K - k0 < 16 ? K - k0 : 16);
+      const __mmask16 mask = __mmask16((1u << kc) - 1);
+      __m512 r[16];
+      for (int i = 0; i < 16; ++i) {
+        r[i] = i < rows ? _mm512_maskz_loadu_ps(mask, w + (n0 + i) * ldw + k0) : _mm512_setzero_ps();
+      }
+      transpose16(r);
+      for (int j = 0; j < kc; ++j) _mm512_store_ps(dst + (k0 + j) * kPanel, r[j]);
+    }
+  }
+  for (int64_t n0 = (N + 15) / 16 * 16; n0 < padded; n0 += 16) {  // the last panel's padding vectors
+    float* dst = wp + (n0 / kPanel) * kPanel * K + n0 % kPanel;
+    for (int64_t k = 0; k < K; ++k) _mm512_store_ps(dst + k * kPanel, _mm512_setzero_ps());
+  }
+}
+
+void panels_gemm(const float* a, int64_t lda, const float* wp, int64_t K, float* c, int64_t ldc, int64_t M, int64_t n0,
+                 int64_t n1, bool accumulate) {
+  for (int64_t n = n0; n < n1; n += kPanel) {
+    const int64_t cols = n1 - n < kPanel ? n1 - n : kPanel;
+    __mmask16 masks[kPanel / 16];
+    for (int v = 0; v < kPanel / 16; ++v) {
+      const int64_t left = cols - 16 * v;
+      masks[v] = left >= 16 ? __mmask16(0xffff) : left <= 0 ? __mmask16(0) : __mmask16((1u << left) - 1);
+    }
+    const float* panel = wp + n * K;
+    float* cn = c + n;
+    if (cols > 48) {
+      panel_rows<4>(a, lda, panel, K, cn, ldc, M, masks, accumulate);
+    } else if (cols > 32) {
+      panel_rows<3>(a, lda, panel, K, cn, ldc, M, masks, accumulate);
+    } else if (cols > 16) {
+      panel_rows<2>(a, lda, panel, K, cn, ldc, M, masks, accumulate);
+    } else {
+      panel_rows<1>(a, lda, panel, K, cn, ldc, M, masks, accumulate);
+    }
+  }
+}
 
 void batch_lanes_pack(const float* a, int64_t lda, int64_t M, int64_t K, float* at) {
   for (int64_t m0 = 0; m0 < M; m0 += 16) {

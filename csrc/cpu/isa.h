@@ -35,7 +35,7 @@ namespace cpu {
 // paths), refuses on where the CPU lacks AVX-512F, and returns the previous setting.
 bool vector_rows();  // the forward row passes on AVX-512 vectors (rows_avx512.h)
 bool set_vector_rows(bool on);
-bool batch_lanes();  // the batch-lane GEMM (gemm_avx512.h)
+bool batch_lanes();  // the batch-lane GEMM and the panel GEMM (gemm_avx512.h)
 bool set_batch_lanes(bool on);
 
 }  // namespace cpu
