@@ -93,6 +93,24 @@ def test_pack_decision_long_k(T, B):
     torch.testing.assert_close(got(x)[0], want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("T,B", [(2, 128), (1, 128), (3, 64), (8, 64), (8, 32)], ids=lambda v: str(v))
+def test_pack_decision_large_weight(T, B):
+    """W_hh of 4 MB (LSTM H = 512): where the batch-lane kernel takes the rows (AVX-512F), up to 64
+    rows never pack; 65-128 rows pack from B*T >= 256 again (blas.h kLanesNoPackMaxRows); without
+    the kernel, the 3 MB rule (64 rows: gemm_small) or MKL's (128 rows) decides."""
+    ref, got = pair("lstm", 4, 512)
+    x = torch.randn(T, B, 4)
+    with torch.no_grad():
+        n_fwd = packs_seen(lambda: got(x))
+        want = ref(x)[0]
+    if HAS_LANES:
+        expected = B > 64 and B * T >= 256
+    else:  # gemm_small takes up to 64 rows of a 3 MB weight: then B*T >= 256; MKL's rule above
+        expected = torch.backends.mkl.is_available() and T >= 2 and B * T >= (256 if B <= 64 else 64)
+    assert n_fwd == int(expected), (T, B, n_fwd)
+    torch.testing.assert_close(got(x)[0], want, rtol=1e-5, atol=1e-5)
+
+
 def test_float64_never_packs():
     _, got = pair("gru", 8, 16, dtype=torch.float64)
     assert packs_seen(lambda: forward_backward(got, torch.randn(35, 32, 8, dtype=torch.float64))) == 0

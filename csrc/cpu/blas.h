@@ -359,10 +359,16 @@ constexpr int64_t kSmallMinWeightBytes = int64_t(3) << 20;
 // process with packing toggled in alternating blocks (9 rounds, time packed / lanes): W_hh from 3 MB
 // never (LSTM H=512 B=32 T=8 1.11x, H=1024 1.13x, GRU H=512 B=32 T=35 1.06x), below it packing still
 // wins a little on long sequences (LSTM H=64 B=32 T=200 0.96x, B=128 T=35 0.95x, H=128 T=35 0.98x,
-// H=256 B=128 T=35 0.97x, B=32 1.00x), so the rule above stays there.
+// H=256 B=128 T=35 0.97x, B=32 1.00x), so the rule above stays there. From 3 MB the batch-lane kernel
+// also takes 65-128 rows (kLanesMaxRowsLarge); there the packed step is faster again on a sequence
+// (alternating processes against the rule without this bound, 3 rounds, time lanes / packed: LSTM
+// H=512 B=128 T=200 1.09x, T=35 1.01x (2 threads 1.05x), T=8 1.03x; GRU H=512 B=128 T=35 1.04x,
+// H=1024 1.06x; LSTM H=1024 B=128 T=8 1.00x), so from kLanesNoPackMaxRows + 1 rows the 3 MB rule
+// (m * steps >= 256) decides.
+constexpr int64_t kLanesNoPackMaxRows = 64;
 inline bool worth_packing_over_small(int64_t m, int64_t steps, int64_t weight_bytes, int64_t k, bool lanes = false) {
   if (m < kPackMinRows || steps < kPackMinSteps) return false;
-  if (lanes && weight_bytes >= kSmallMinWeightBytes) return false;
+  if (lanes && weight_bytes >= kSmallMinWeightBytes && m <= kLanesNoPackMaxRows) return false;
   if (weight_bytes >= kSmallMinWeightBytes) return m * steps >= 256;
   const bool quick_small = m < 8 || (m < 16 && k >= kSmallLongK);
   return m * steps >= (quick_small ? 128 : 64);
