@@ -109,17 +109,15 @@ def test_a_row_depends_on_its_own_input_only(cell, B, n_threads):
             assert torch.equal(_rows_of(cell, x, h0, c0, params), out)  # the thread split changes no bits
 
 
-@pytest.mark.parametrize("on", PATHS)
-@pytest.mark.parametrize("mode", ["RNN", "GRU", "LSTM"])
-def test_modules_bidirectional_stacked_and_projected(mode, on):
-    """torch.nn modules of two layers, both directions (and an LSTM projection), batch 32: every
-    GEMM of 32 rows runs on the kernel; outputs and the gradients of the input and the weights."""
-    torch.manual_seed(3)
+def stacked_modules_match(mode, on, T, B):
+    """A torch.nn module of two layers, both directions (an LSTM with a projection) against
+    rnnfast's with the AVX-512 GEMMs on or off, input (T, B, 28): outputs and the gradients of the
+    input and the weights (also test_panels.py's)."""
     kw = {"proj_size": 12} if mode == "LSTM" else {}
     ref = getattr(torch.nn, mode)(28, 40, num_layers=2, bidirectional=True, **kw)
     mine = getattr(rnnfast, mode)(28, 40, num_layers=2, bidirectional=True, **kw)
     mine.load_state_dict(ref.state_dict())
-    x = torch.randn(1, 32, 28)
+    x = torch.randn(T, B, 28)
     xr, xm = x.clone().requires_grad_(), x.clone().requires_grad_()
     with lanes(on):
         out, _ = mine(xm)
@@ -130,6 +128,14 @@ def test_modules_bidirectional_stacked_and_projected(mode, on):
     torch.testing.assert_close(xm.grad, xr.grad, rtol=1e-4, atol=1e-5)
     for (name, p), q in zip(mine.named_parameters(), ref.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("on", PATHS)
+@pytest.mark.parametrize("mode", ["RNN", "GRU", "LSTM"])
+def test_modules_bidirectional_stacked_and_projected(mode, on):
+    """Batch 32: every GEMM of 32 rows runs on the kernel."""
+    torch.manual_seed(3)
+    stacked_modules_match(mode, on, 1, 32)
 
 
 @pytest.mark.parametrize("on", PATHS)
@@ -149,19 +155,25 @@ def test_variable_lengths(on):
     torch.testing.assert_close(c, rc, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("on", PATHS)
-def test_non_finite_weights_propagate(on):
-    """A NaN or inf in W_hh reaches the outputs it multiplies into, as in torch.nn (the zero initial
-    state times inf is NaN): the kernel skips nothing."""
-    torch.manual_seed(5)
-    ref, mine = torch.nn.GRU(16, 16), rnnfast.GRU(16, 16)
+def non_finite_weights_propagate(on, H, T, B):
+    """An inf in W_hh and a NaN in W_ih of a GRU (I = 16) reach the outputs they multiply into
+    exactly as in torch.nn (the zero initial state times inf is NaN), with the AVX-512 GEMMs on or
+    off (also test_panels.py's)."""
+    ref, mine = torch.nn.GRU(16, H), rnnfast.GRU(16, H)
     with torch.no_grad():
         ref.weight_hh_l0[3, 5] = float("inf")
         ref.weight_ih_l0[7, 2] = float("nan")
     mine.load_state_dict(ref.state_dict())
-    x = torch.randn(1, 16, 16)
+    x = torch.randn(T, B, 16)
     with lanes(on), torch.inference_mode():
         out, _ = mine(x)
         want, _ = ref(x)
     assert torch.equal(out.isnan(), want.isnan())
     torch.testing.assert_close(out.nan_to_num(), want.nan_to_num(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("on", PATHS)
+def test_non_finite_weights_propagate(on):
+    """The kernel skips nothing."""
+    torch.manual_seed(5)
+    non_finite_weights_propagate(on, 16, 1, 16)

@@ -13,7 +13,7 @@ Row independence holds bit for bit (one FMA chain over k per output), also acros
 import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
-from test_batch_lanes import HAS_LANES, lanes, threads
+from test_batch_lanes import HAS_LANES, lanes, non_finite_weights_propagate, stacked_modules_match, threads
 from test_ops_cpu import make, ours, reference, rel_err, run_with_grads
 
 import rnnfast
@@ -107,41 +107,16 @@ def test_a_row_depends_on_its_own_input_only(cell, B, n_threads):
 @pytest.mark.parametrize("on", PATHS)
 @pytest.mark.parametrize("mode", ["RNN", "GRU", "LSTM"])
 def test_modules_bidirectional_stacked_and_projected(mode, on):
-    """Two layers, both directions (and an LSTM projection: the recurrent weight is then W_hh of
-    (4H, P)), T = 30, B = 6: every recurrent weight packs; outputs and all gradients."""
+    """T = 30, B = 6: every recurrent weight packs (an LSTM's projected W_hh is (4H, P))."""
     torch.manual_seed(4)
-    kw = {"proj_size": 12} if mode == "LSTM" else {}
-    ref = getattr(torch.nn, mode)(28, 40, num_layers=2, bidirectional=True, **kw)
-    mine = getattr(rnnfast, mode)(28, 40, num_layers=2, bidirectional=True, **kw)
-    mine.load_state_dict(ref.state_dict())
-    x = torch.randn(30, 6, 28)
-    xr, xm = x.clone().requires_grad_(), x.clone().requires_grad_()
-    with lanes(on):
-        out, _ = mine(xm)
-        out.sin().sum().backward()
-    ref_out, _ = ref(xr)
-    ref_out.sin().sum().backward()
-    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=2e-6)
-    torch.testing.assert_close(xm.grad, xr.grad, rtol=1e-4, atol=1e-5)
-    for (name, p), q in zip(mine.named_parameters(), ref.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+    stacked_modules_match(mode, on, 30, 6)
 
 
 @pytest.mark.parametrize("on", PATHS)
 def test_non_finite_weights_propagate(on):
-    """An inf in W_hh makes the outputs it multiplies into NaN or inf exactly as in torch.nn: the
-    padding of the last panel (zeros) never meets it."""
+    """H = 21 (G*H = 63, a partial panel): the zero padding of the last panel never meets the inf."""
     torch.manual_seed(5)
-    ref, mine = torch.nn.GRU(16, 21), rnnfast.GRU(16, 21)
-    with torch.no_grad():
-        ref.weight_hh_l0[3, 5] = float("inf")
-    mine.load_state_dict(ref.state_dict())
-    x = torch.randn(20, 5, 16)
-    with lanes(on), torch.inference_mode():
-        out, _ = mine(x)
-        want, _ = ref(x)
-    assert torch.equal(out.isnan(), want.isnan())
-    torch.testing.assert_close(out.nan_to_num(), want.nan_to_num(), rtol=1e-5, atol=1e-6)
+    non_finite_weights_propagate(on, 21, 20, 5)
 
 
 @pytest.mark.parametrize("on", PATHS)

@@ -64,6 +64,22 @@ RNNFAST_ALWAYS_INLINE void transpose16(__m512 r[16]) {
   }
 }
 
+// Lanes [0, n) of a vector (n <= 0: none, n >= 16: all).
+RNNFAST_ALWAYS_INLINE __mmask16 tail_mask(int64_t n) {
+  return n >= 16 ? __mmask16(0xffff) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
+}
+
+// A block of `rows` (<= 16) rows of src (row stride ld) by kc (<= 16) columns, transposed: column j
+// becomes the 16 floats at dst + j * dst_ld (64-byte aligned), rows past `rows` zero. Both packs
+// use it: the batch-lane A (16 rows into lanes) and the panels of Wᵀ (16 rows of W into 16 columns).
+RNNFAST_ALWAYS_INLINE void transpose_block(const float* src, int64_t ld, int rows, int kc, float* dst, int64_t dst_ld) {
+  const __mmask16 mask = tail_mask(kc);
+  __m512 r[16];
+  for (int i = 0; i < 16; ++i) r[i] = i < rows ? _mm512_maskz_loadu_ps(mask, src + i * ld) : _mm512_setzero_ps();
+  transpose16(r);
+  for (int j = 0; j < kc; ++j) _mm512_store_ps(dst + j * dst_ld, r[j]);
+}
+
 // Stores the 8 accumulators s[r] (lane i: C[i, n + r]) as rows i < rows of C, columns r < cols.
 RNNFAST_ALWAYS_INLINE void store_block(const __m512 s[kCols], float* c, int64_t ldc, int rows, int cols,
                                        bool accumulate) {
@@ -186,9 +202,8 @@ void panels_pack(const float* w, int64_t ldw, int64_t N, int64_t K, bool transpo
       const int64_t cols = N - n0 < kPanel ? N - n0 : kPanel;
       for (int64_t k = 0; k < K; ++k) {
         for (int v = 0; v < kPanel / 16; ++v) {
-          const int64_t left = cols - 16 * v;
-          const __mmask16 m = left >= 16 ? __mmask16(0xffff) : left <= 0 ? __mmask16(0) : __mmask16((1u << left) - 1);
-          _mm512_store_ps(panel + k * kPanel + 16 * v, _mm512_maskz_loadu_ps(m, w + k * ldw + n0 + 16 * v));
+          const __m512 x = _mm512_maskz_loadu_ps(tail_mask(cols - 16 * v), w + k * ldw + n0 + 16 * v);
+          _mm512_store_ps(panel + k * kPanel + 16 * v, x);
         }
       }
     }
@@ -200,14 +215,7 @@ void panels_pack(const float* w, int64_t ldw, int64_t N, int64_t K, bool transpo
     const int rows = int(N - n0 < 16 ? N - n0 : 16);
     float* dst = wp + (n0 / kPanel) * kPanel * K + n0 % kPanel;
     for (int64_t k0 = 0; k0 < K; k0 += 16) {
-      const int kc = int(K - k0 < 16 ? K - k0 : 16);
-      const __mmask16 mask = __mmask16((1u << kc) - 1);
-      __m512 r[16];
-      for (int i = 0; i < 16; ++i) {
-        r[i] = i < rows ? _mm512_maskz_loadu_ps(mask, w + (n0 + i) * ldw + k0) : _mm512_setzero_ps();
-      }
-      transpose16(r);
-      for (int j = 0; j < kc; ++j) _mm512_store_ps(dst + (k0 + j) * kPanel, r[j]);
+      transpose_block(w + n0 * ldw + k0, ldw, rows, int(K - k0 < 16 ? K - k0 : 16), dst + k0 * kPanel, kPanel);
     }
   }
   for (int64_t n0 = (N + 15) / 16 * 16; n0 < padded; n0 += 16) {  // the last panel's padding vectors
@@ -221,10 +229,7 @@ void panels_gemm(const float* a, int64_t lda, const float* wp, int64_t K, float*
   for (int64_t n = n0; n < n1; n += kPanel) {
     const int64_t cols = n1 - n < kPanel ? n1 - n : kPanel;
     __mmask16 masks[kPanel / 16];
-    for (int v = 0; v < kPanel / 16; ++v) {
-      const int64_t left = cols - 16 * v;
-      masks[v] = left >= 16 ? __mmask16(0xffff) : left <= 0 ? __mmask16(0) : __mmask16((1u << left) - 1);
-    }
+    for (int v = 0; v < kPanel / 16; ++v) masks[v] = tail_mask(cols - 16 * v);
     const float* panel = wp + n * K;
     float* cn = c + n;
     if (cols > 48) {
@@ -244,14 +249,7 @@ void batch_lanes_pack(const float* a, int64_t lda, int64_t M, int64_t K, float* 
     const int rows = int(M - m0 < 16 ? M - m0 : 16);
     float* blk = at + m0 * K;  // block m0 / 16: K x 16
     for (int64_t k0 = 0; k0 < K; k0 += 16) {
-      const int kc = int(K - k0 < 16 ? K - k0 : 16);
-      const __mmask16 mask = __mmask16((1u << kc) - 1);
-      __m512 r[16];
-      for (int i = 0; i < 16; ++i) {
-        r[i] = i < rows ? _mm512_maskz_loadu_ps(mask, a + (m0 + i) * lda + k0) : _mm512_setzero_ps();
-      }
-      transpose16(r);
-      for (int j = 0; j < kc; ++j) _mm512_store_ps(blk + (k0 + j) * 16, r[j]);
+      transpose_block(a + m0 * lda + k0, lda, rows, int(K - k0 < 16 ? K - k0 : 16), blk + k0 * 16, 16);
     }
   }
 }
