@@ -1,15 +1,20 @@
-"""The small-batch GEMM against MKL: the measurements behind csrc/cpu/blas.h's `takes_small` (which
-rows gemm_small takes) and `worth_packing_over_small` (when packing W_hh repays against it).
+"""The small-batch GEMMs against MKL: the measurements behind csrc/cpu/blas.h's `takes_small` and
+`takes_lanes` (which rows gemm_small and the batch-lane GEMM take), `worth_packing_over_small` (when
+packing W_hh repays against them) and `kPanelsMaxK` (where the panel GEMM replaces MKL's packed one).
 
 For a (N, K) weight W and M rows of A, C = A Wᵀ, times (median µs of 7 runs of a loop, 1 thread
-unless --threads), all in one C++ loop (torch.utils.cpp_extension.load_inline compiling blas.h
-itself, ~1 minute the first time), so no Python or dispatcher cost is in the numbers:
+unless --threads), all in one C++ loop (torch.utils.cpp_extension.load compiling blas.h and the
+AVX-512 GEMMs, csrc/cpu/gemm_avx512.cpp, themselves, ~1 minute the first time), so no Python or
+dispatcher cost is in the numbers:
   small    gemm_small (W unpacked, read in place)
+  lanes    the batch-lane GEMM (A packed per call, W read in place; AVX-512F only, else '-')
   mm       at::mm_out (MKL; copies W on every call from 2 rows)
-  pack     RecurrentGemm's MKL pack of Wᵀ for M rows (once per layer call when it packs)
-  packed   one step on the packed weight (cblas_sgemm_compute)
-and the break-even step count pack / (small - packed) ('inf': packing never repays). Every small
-result is also checked bit for bit against at::mm's within 1e-4 (it sums in another order).
+  pack     MKL's pack of Wᵀ for M rows (once per layer call when it packs; the AVX-512 GEMMs off)
+  packed   one step on MKL's packed weight (cblas_sgemm_compute)
+  p.pack   RecurrentGemm's panel pack (K <= 128 on AVX-512F, else '-')
+  p.step   one step of the panel GEMM
+and the break-even step count pack / (small - packed) ('inf': packing never repays). Every result
+is also checked against at::mm's within 1e-4 (they sum in other orders).
 
     python3 bench/small_gemm.py [--threads 1] [--shapes 1024x256 2048x512] [--m 4 8 16 32 64]
 
@@ -18,6 +23,7 @@ suites in bench/ time those.
 """
 import argparse
 import os
+import tempfile
 
 import torch
 
@@ -45,25 +51,47 @@ double median_us(F f, int64_t iters) {
   return v[3];
 }
 
-// {small, mm, pack, packed} in us for C (M, N) = A (M, K) W^T; pack and packed are -1 without MKL's packed API
+// {small, lanes, mm, pack, packed, panel pack, panel step} in us for C (M, N) = A (M, K) W^T; -1 where a
+// kernel does not run here
 std::vector<double> bench(int64_t M, int64_t N, int64_t K, int64_t iters) {
   at::InferenceMode guard;
   at::Tensor a = at::randn({M, K}), w = at::randn({N, K}), c = at::empty({M, N}), ref = at::empty({M, N});
   const float* W = w.const_data_ptr<float>();
   const float* A = a.const_data_ptr<float>();
+  at::mm_out(ref, a, w.t());
+  auto check = [&](const char* what) { TORCH_CHECK(at::allclose(c, ref, 1e-4, 1e-4), what, " differs from at::mm"); };
   auto small = [&] { rnnfast::cpu::gemm_small(W, K, A, K, c.data_ptr<float>(), N, M, N, K, false); };
   small();
-  at::mm_out(ref, a, w.t());
-  TORCH_CHECK(at::allclose(c, ref, 1e-4, 1e-4), "gemm_small differs from at::mm");
+  check("gemm_small");
   const double t_small = median_us(small, iters);
+  const bool avx512 = rnnfast::cpu::set_batch_lanes(true);  // the previous setting: on where the CPU has it
+  double t_lanes = -1;
+  if (avx512) {
+    auto lanes = [&] { rnnfast::cpu::gemm_lanes(W, K, A, K, c.data_ptr<float>(), N, M, N, K, false); };
+    lanes();
+    check("the batch-lane GEMM");
+    t_lanes = median_us(lanes, iters);
+  }
   const double t_mm = median_us([&] { at::mm_out(c, a, w.t()); }, iters);
-  double t_pack = -1, t_packed = -1;
+  double t_pack = -1, t_packed = -1, t_ppack = -1, t_pstep = -1;
+  rnnfast::cpu::set_batch_lanes(false);  // RecurrentGemm packs with MKL
   if (rnnfast::cpu::mkl::api().ok()) {
     t_pack = median_us([&] { RecurrentGemm r(w, true, M, RecurrentGemm::kUnknownSteps); }, iters);
     RecurrentGemm r(w, true, M, RecurrentGemm::kUnknownSteps);
+    r.run_rows(A, K, c.data_ptr<float>(), N, M, false);
+    check("MKL's packed GEMM");
     t_packed = median_us([&] { r.run_rows(A, K, c.data_ptr<float>(), N, M, false); }, iters);
   }
-  return {t_small, t_mm, t_pack, t_packed};
+  if (avx512 && K <= rnnfast::cpu::kPanelsMaxK) {
+    rnnfast::cpu::set_batch_lanes(true);  // RecurrentGemm packs panels
+    t_ppack = median_us([&] { RecurrentGemm r(w, true, M, RecurrentGemm::kUnknownSteps); }, iters);
+    RecurrentGemm r(w, true, M, RecurrentGemm::kUnknownSteps);
+    r.run_rows(A, K, c.data_ptr<float>(), N, M, false);
+    check("the panel GEMM");
+    t_pstep = median_us([&] { r.run_rows(A, K, c.data_ptr<float>(), N, M, false); }, iters);
+  }
+  rnnfast::cpu::set_batch_lanes(avx512);
+  return {t_small, t_lanes, t_mm, t_pack, t_packed, t_ppack, t_pstep};
 }
 """
 
@@ -75,27 +103,29 @@ def main():
                     help="weights N x K (N = gates * H, K = H)")
     ap.add_argument("--m", type=int, nargs="+", default=[1, 4, 8, 16, 32, 64])
     args = ap.parse_args()
-    from torch.utils.cpp_extension import load_inline
-    mod = load_inline("rnnfast_bench_small_gemm", cpp_sources=[SOURCE], functions=["bench"],
-                      extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
-                      extra_include_paths=[CSRC_CPU])
+    from torch.utils.cpp_extension import load
+    main_cpp = os.path.join(tempfile.mkdtemp(prefix="rnnfast_small_gemm_"), "small_gemm.cpp")
+    with open(main_cpp, "w") as f:
+        f.write(SOURCE + '\nPYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("bench", &bench); }\n')
+    mod = load("rnnfast_bench_small_gemm", [main_cpp] + [os.path.join(CSRC_CPU, n) for n in ("isa.cpp", "gemm_avx512.cpp")],
+               extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], extra_include_paths=[CSRC_CPU])
     torch.set_num_threads(args.threads)
     print(f"{args.threads} thread(s), torch {torch.__version__}")
-    print("| W (N x K) | M | gemm_small µs | MKL mm µs | pack µs | packed step µs | break-even steps |")
-    print("|---|---|---|---|---|---|---|")
+    print("| W (N x K) | M | gemm_small µs | lanes µs | MKL mm µs | pack µs | packed step µs | break-even steps "
+          "| panel pack µs | panel step µs |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    fmt = lambda t: "-" if t < 0 else f"{t:.1f}"  # noqa: E731
     for shape in args.shapes:
         N, K = (int(v) for v in shape.split("x"))
         if K % 16:
-            print(f"| {shape} | - | K must be a multiple of 16 for gemm_small | | | | |")
+            print(f"| {shape} | - | K must be a multiple of 16 for gemm_small | | | | | | | |")
             continue
         for M in args.m:
             iters = max(5, int(2e7 / (M * N * K)))
-            small, mm, pack, packed = mod.bench(M, N, K, iters)
-            if pack < 0:
-                print(f"| {shape} | {M} | {small:.1f} | {mm:.1f} | no MKL packed API | | |")
-                continue
-            even = pack / (small - packed) if small > packed else float("inf")
-            print(f"| {shape} | {M} | {small:.1f} | {mm:.1f} | {pack:.1f} | {packed:.1f} | {even:.1f} |", flush=True)
+            small, lanes, mm, pack, packed, ppack, pstep = mod.bench(M, N, K, iters)
+            even = "-" if pack < 0 else (f"{pack / (small - packed):.1f}" if small > packed else "inf")
+            print(f"| {shape} | {M} | {small:.1f} | {fmt(lanes)} | {mm:.1f} | {fmt(pack)} | {fmt(packed)} | {even} "
+                  f"| {fmt(ppack)} | {fmt(pstep)} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Smoke test of the benchmark suites' code (not of speed): a few points of the size grid, the cell
 loop and generation run through pytest-benchmark with timing disabled, and report.py's grid summary
-and heat map on a synthetic results file. The full grid is run by hand (bench/run.py), never in CI."""
+and heat map on a synthetic results file, and bench/small_gemm.py on one weight. The full grid is run
+by hand (bench/run.py), never in CI."""
 import json
 import os
 import subprocess
@@ -53,3 +54,13 @@ def test_report_grid_summary_and_heatmap(tmp_path):
     png = tmp_path / "grid.png"
     report.main(["--heatmap", str(png), str(path)])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_small_gemm_script_builds_and_checks_its_kernels():
+    """bench/small_gemm.py compiles blas.h and the AVX-512 GEMMs into its own extension (it broke
+    once when blas.h came to need gemm_avx512.cpp) and checks every kernel it times against at::mm."""
+    proc = subprocess.run([sys.executable, "bench/small_gemm.py", "--shapes", "256x64", "--m", "8", "20"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| 256x64 |")]
+    assert len(rows) == 2, proc.stdout[-2000:]

@@ -420,7 +420,8 @@ constexpr int64_t kLanesMinRows = 16, kLanesMaxRows = 64, kLanesMaxRowsLarge = 1
 // Where a weight repays packing (worth_packing, worth_packing_over_small) and K <= kPanelsMaxK, on
 // a CPU with AVX-512F, W is packed into rnnfast's own panels and every step runs the panel GEMM
 // instead of MKL's cblas_sgemm_compute. Measured in a standalone loop (1 thread, us per call, MKL
-// packed compute / panel GEMM; the packs themselves cost the same, 1.6 / 1.7 us at 256 x 64):
+// packed compute / panel GEMM; the packs themselves cost about the same, 1.6-2.2 / 1.7-1.8 us at
+// 256 x 64; `python3 bench/small_gemm.py` prints both, its packed and panel step columns):
 //   W 256 x 64   M=4 1.11 / 0.67   M=8 1.72 / 1.30   M=32 5.73 / 5.03   M=128 20.8 / 19.9
 //   W 192 x 64   M=8 1.39 / 0.99   M=32 4.43 / 3.78
 //   W 512 x 128  M=8 4.95 / 4.76   M=20 12.6 / 11.8  M=32 20.3 / 19.6   M=128 78.2 / 76.7
