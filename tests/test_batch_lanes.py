@@ -83,6 +83,22 @@ def _rows_of(cell, x, h0, c0, params):
         return ours(cell, x, h0, c0, params, False)[0]
 
 
+def rows_are_independent(cell, x, h0, c0, params, n_threads):
+    """With the AVX-512 GEMMs on and n_threads threads, the output of a row depends on that row's
+    input only, bit for bit: reversing the batch reverses the outputs, and replacing every row but
+    one (x, h0, c0) leaves that one unchanged. Returns the output (also test_panels.py's)."""
+    B = x.size(1)
+    with lanes(True), threads(n_threads):
+        out = _rows_of(cell, x, h0, c0, params)
+        rev = torch.arange(B - 1, -1, -1)
+        assert torch.equal(_rows_of(cell, x[:, rev], h0[rev], c0[rev], params), out[:, rev])
+        keep = B // 3
+        y, g0, d0 = torch.randn_like(x), torch.randn_like(h0), torch.randn_like(c0)  # the other rows replaced
+        y[:, keep], g0[keep], d0[keep] = x[:, keep], h0[keep], c0[keep]
+        assert torch.equal(_rows_of(cell, y, g0, d0, params)[:, keep], out[:, keep])
+    return out
+
+
 @needs_lanes
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("B", [16, 23, 32, 64])
@@ -96,14 +112,7 @@ def test_a_row_depends_on_its_own_input_only(cell, B, n_threads):
     x, h0, c0, params = make(cell, 1, B, 256, 256, torch.float32)
     x, h0, c0 = x.detach(), h0.detach(), c0.detach()
     params = [p.detach() for p in params]
-    with lanes(True), threads(n_threads):
-        out = _rows_of(cell, x, h0, c0, params)
-        rev = torch.arange(B - 1, -1, -1)
-        assert torch.equal(_rows_of(cell, x[:, rev], h0[rev], c0[rev], params), out[:, rev])
-        keep = B // 3
-        y, g0, d0 = torch.randn_like(x), torch.randn_like(h0), torch.randn_like(c0)  # every other row replaced
-        y[:, keep], g0[keep], d0[keep] = x[:, keep], h0[keep], c0[keep]
-        assert torch.equal(_rows_of(cell, y, g0, d0, params)[:, keep], out[:, keep])
+    out = rows_are_independent(cell, x, h0, c0, params, n_threads)
     if B >= 32:  # two threads split the batch (csrc/cpu/backend.h) into blocks of >= 16 rows, still the kernel's
         with lanes(True), threads(1):
             assert torch.equal(_rows_of(cell, x, h0, c0, params), out)  # the thread split changes no bits

@@ -13,7 +13,8 @@ Row independence holds bit for bit (one FMA chain over k per output), also acros
 import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
-from test_batch_lanes import HAS_LANES, lanes, non_finite_weights_propagate, stacked_modules_match, threads
+from test_batch_lanes import (HAS_LANES, _rows_of, lanes, non_finite_weights_propagate, rows_are_independent,
+                              stacked_modules_match, threads)
 from test_ops_cpu import make, ours, reference, rel_err, run_with_grads
 
 import rnnfast
@@ -75,11 +76,6 @@ def test_wider_weights_keep_mkl():
     assert "rnnfast::pack_recurrent_weight" in seen and PACK_PANELS not in seen
 
 
-def _out(cell, x, h0, c0, params):
-    with torch.inference_mode():
-        return ours(cell, x, h0, c0, params, False)[0]
-
-
 @needs_panels
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("B", [4, 7, 13, 32])
@@ -92,16 +88,9 @@ def test_a_row_depends_on_its_own_input_only(cell, B, n_threads):
     x, h0, c0, params = make(cell, 40, B, 128, 128, torch.float32)
     x, h0, c0 = x.detach(), h0.detach(), c0.detach()
     params = [p.detach() for p in params]
-    with lanes(True), threads(n_threads):
-        out = _out(cell, x, h0, c0, params)
-        rev = torch.arange(B - 1, -1, -1)
-        assert torch.equal(_out(cell, x[:, rev], h0[rev], c0[rev], params), out[:, rev])
-        keep = B // 3
-        y, g0, d0 = torch.randn_like(x), torch.randn_like(h0), torch.randn_like(c0)
-        y[:, keep], g0[keep], d0[keep] = x[:, keep], h0[keep], c0[keep]
-        assert torch.equal(_out(cell, y, g0, d0, params)[:, keep], out[:, keep])
+    out = rows_are_independent(cell, x, h0, c0, params, n_threads)
     with lanes(True), threads(1):
-        assert torch.equal(_out(cell, x, h0, c0, params), out)
+        assert torch.equal(_rows_of(cell, x, h0, c0, params), out)
 
 
 @pytest.mark.parametrize("on", PATHS)
