@@ -143,12 +143,6 @@ RNNFAST_SIMD_CLONES void backward_rows(const MakeRow& row, int64_t b0, int64_t b
 constexpr int64_t kBatchSplitMaxWeightBytes = 1536 * 1024;
 constexpr int64_t kBatchSplitMinRows = 4;
 
-// A step GEMM below kSequentialStepMacs multiply-adds (B x size of W_hh) runs on one thread when the
-// loop is not batch-split: MKL's own threads cost more than such a GEMM (2 threads, LSTM H64 B8
-// T35 with MKL threading 330 us, single-threaded 241 us); from ~1M multiply-adds they pay (LSTM
-// H256 B4 T35 868 us threaded, 1106 us not).
-constexpr int64_t kSequentialStepMacs = int64_t(1) << 18;
-
 // Number of row blocks for the batch-split recurrence (1: run the plain loop). A block's GEMM is
 // the packed one, or gemm_small when W_hh is unpacked and gemm_small takes the largest block.
 inline int64_t batch_split_chunks(int64_t B, const RecurrentGemm& rec) {

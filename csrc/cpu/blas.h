@@ -374,13 +374,23 @@ inline bool worth_packing_over_small(int64_t m, int64_t steps, int64_t weight_by
   return m * steps >= (quick_small ? 128 : 64);
 }
 
+// Whether a GEMM may open a parallel region of its own here: more than one intra-op thread, not
+// inside one already (a batch split's block) and not in a call that runs serially (SerialScope).
+inline bool may_parallelize() { return at::get_num_threads() > 1 && !at::in_parallel_region() && !serial_call(); }
+
+// A step GEMM below kSequentialStepMacs multiply-adds (B x size of W_hh) runs on one thread when the
+// loop is not batch-split: MKL's own threads cost more than such a GEMM (2 threads, LSTM H64 B8
+// T35 with MKL threading 330 us, single-threaded 241 us); from ~1M multiply-adds they pay (LSTM
+// H256 B4 T35 868 us threaded, 1106 us not). The panel GEMM follows the same bound.
+constexpr int64_t kSequentialStepMacs = int64_t(1) << 18;
+
 // f(n0, n1) over the N columns of a small-batch GEMM with an (N, K) weight: all at once, or split
 // over the intra-op threads in blocks of 8 columns when W is large enough to repay a parallel
 // region (about 64K elements of W a thread: with 2 threads each core streams half).
 template <class F>
 void for_column_blocks(int64_t N, int64_t K, const F& f) {
   constexpr int64_t kElemsPerThread = int64_t(1) << 16;
-  if (N * K < 2 * kElemsPerThread || at::get_num_threads() == 1 || at::in_parallel_region() || serial_call()) {
+  if (N * K < 2 * kElemsPerThread || !may_parallelize()) {
     f(int64_t(0), N);
     return;
   }
@@ -430,9 +440,6 @@ constexpr int64_t kLanesMinRows = 16, kLanesMaxRows = 64, kLanesMaxRowsLarge = 1
 // MKL's compute copies A and sets up on every call, which weighs most where K is short; from
 // K = 256 its kernel is as fast or faster (a K x 64 panel no longer stays in L1).
 constexpr int64_t kPanelsMaxK = 128;
-// Below this many multiply-adds a call of the panel GEMM stays on one thread (as kSequentialStepMacs
-// in backend.h for MKL's threads).
-constexpr int64_t kSequentialPanelMacs = int64_t(1) << 18;
 
 // The packed A of this thread's batch-lane GEMM: 64-byte aligned, grown as needed, kept.
 inline float* lanes_buffer(int64_t floats) {
@@ -504,27 +511,20 @@ class RecurrentGemm {
         steps == kUnknownSteps ||
         (takes_small(max_m) ? worth_packing_over_small(max_m, steps, weight_bytes(), k_, takes_lanes(max_m))
                             : worth_packing(max_m, steps));
-    if (w.scalar_type() == at::kFloat && w.is_contiguous() && fits && repays && panels_ok()) {
-      // the panel GEMM (gemm_avx512.h) in place of MKL's packed API: see kPanelsMaxK
-      RECORD_FUNCTION("rnnfast::pack_recurrent_weight", std::vector<c10::IValue>());
-#if RNNFAST_BATCH_LANES
-      {
-        RECORD_FUNCTION("rnnfast::pack_panels", std::vector<c10::IValue>());  // tests/test_panels.py
-        packed_ = core::scratch_empty({panels_pack_floats(n_, k_) + 16}, w.options());
-        panels_ = aligned_panels();
-        panels_pack(w.const_data_ptr<float>(), w.size(1), n_, k_, transpose, panels_);
-      }
-#endif
-    } else if (w.scalar_type() == at::kFloat && w.is_contiguous() && a.ok() && fits && repays) {
+    if (w.scalar_type() == at::kFloat && w.is_contiguous() && fits && repays && (panels_ok() || a.ok())) {
       // a profiler scope of its own: tests/test_small_sizes.py checks which calls pack
       RECORD_FUNCTION("rnnfast::pack_recurrent_weight", std::vector<c10::IValue>());
-      // W (rows, cols) contiguous: row-major with ld = cols, as the rule asks
-      TORCH_CHECK(w.size(1) >= 1 && w.size(1) <= INT32_MAX, "rnnfast: BLAS pack of W ", w.sizes(),
-                  ": leading dimension ", w.size(1), " out of range");
-      const size_t bytes = a.get_size(mkl::kBMatrix, int(max_m), int(n_), int(k_));
-      packed_ = core::scratch_empty({int64_t(bytes / sizeof(float)) + 16}, w.options());  // reused: scratch.h
-      a.pack(mkl::kRowMajor, mkl::kBMatrix, transpose ? mkl::kTrans : mkl::kNoTrans, int(max_m), int(n_), int(k_),
-             1.f, w.const_data_ptr<float>(), int(w.size(1)), packed_.data_ptr<float>());
+      if (panels_ok()) {
+        pack_panels(w, transpose);
+      } else {
+        // W (rows, cols) contiguous: row-major with ld = cols, as the rule asks
+        TORCH_CHECK(w.size(1) >= 1 && w.size(1) <= INT32_MAX, "rnnfast: BLAS pack of W ", w.sizes(),
+                    ": leading dimension ", w.size(1), " out of range");
+        const size_t bytes = a.get_size(mkl::kBMatrix, int(max_m), int(n_), int(k_));
+        packed_ = core::scratch_empty({int64_t(bytes / sizeof(float)) + 16}, w.options());  // reused: scratch.h
+        a.pack(mkl::kRowMajor, mkl::kBMatrix, transpose ? mkl::kTrans : mkl::kNoTrans, int(max_m), int(n_),
+               int(k_), 1.f, w.const_data_ptr<float>(), int(w.size(1)), packed_.data_ptr<float>());
+      }
     }
   }
 
@@ -616,26 +616,32 @@ class RecurrentGemm {
            m <= (weight_bytes() >= kSmallMinWeightBytes ? kLanesMaxRowsLarge : kLanesMaxRows);
   }
 
-  // The panel GEMM's packed weight (inside packed_, 64-byte aligned), or null where MKL packed it.
-  float* aligned_panels() const {
-    const auto p = reinterpret_cast<std::uintptr_t>(packed_.data_ptr<float>());
-    return reinterpret_cast<float*>((p + 63) / 64 * 64);
-  }
   // Whether a weight that repays packing goes to the panel GEMM: AVX-512F (the batch_lanes()
   // switch, shared by rnnfast's AVX-512 GEMMs) and K <= kPanelsMaxK.
   bool panels_ok() const { return RNNFAST_BATCH_LANES && k_ <= kPanelsMaxK && batch_lanes(); }
-  // m rows on the panel GEMM, its panels split over the intra-op threads when the GEMM is large
-  // enough (about kSequentialPanelMacs; inside a batch split's block or a serial call, never).
+  // op(W) into the panel GEMM's panels (gemm_avx512.h), 64-byte aligned inside packed_ (panels_).
+  void pack_panels(const at::Tensor& w, bool transpose) {
+#if RNNFAST_BATCH_LANES
+    RECORD_FUNCTION("rnnfast::pack_panels", std::vector<c10::IValue>());  // tests/test_panels.py
+    packed_ = core::scratch_empty({panels_pack_floats(n_, k_) + 16}, w.options());
+    const auto p = reinterpret_cast<std::uintptr_t>(packed_.data_ptr<float>());
+    panels_ = reinterpret_cast<float*>((p + 63) / 64 * 64);
+    panels_pack(w.const_data_ptr<float>(), w.size(1), n_, k_, transpose, panels_);
+#else
+    (void)w, (void)transpose;
+#endif
+  }
+  // m rows on the panel GEMM, its panels split over the intra-op threads from kSequentialStepMacs
+  // multiply-adds (may_parallelize: never inside a batch split's block or a serial call).
   void run_panels(const float* a, int64_t lda, float* c, int64_t ldc, int64_t m, bool accumulate) const {
 #if RNNFAST_BATCH_LANES
-    const int64_t panels = (n_ + 63) / 64;
-    if (panels < 2 || m * n_ * k_ < kSequentialPanelMacs || at::get_num_threads() == 1 || at::in_parallel_region() ||
-        serial_call()) {
+    const int64_t panels = (n_ + kPanelCols - 1) / kPanelCols;
+    if (panels < 2 || m * n_ * k_ < kSequentialStepMacs || !may_parallelize()) {
       panels_gemm(a, lda, panels_, k_, c, ldc, m, 0, n_, accumulate);
       return;
     }
     at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
-      panels_gemm(a, lda, panels_, k_, c, ldc, m, p0 * 64, std::min(n_, p1 * 64), accumulate);
+      panels_gemm(a, lda, panels_, k_, c, ldc, m, p0 * kPanelCols, std::min(n_, p1 * kPanelCols), accumulate);
     });
 #else
     (void)a, (void)lda, (void)c, (void)ldc, (void)m, (void)accumulate;

@@ -142,7 +142,7 @@ RNNFAST_ALWAYS_INLINE void block(const float* const wr[kCols], const float* at, 
 }
 
 // ---- The panel GEMM ----
-constexpr int kPanel = 64;  // columns of C per panel: 4 vectors
+constexpr int kPanel = int(kPanelCols);
 
 // Rows [0, MR) of C, the NV vectors of one panel: MR x NV accumulators, A[m, k] broadcast from A's
 // rows in place. masks[v]: the columns of vector v that exist (the last panel may be partial).

@@ -43,17 +43,22 @@ void batch_lanes_gemm(const float* w, int64_t ldw, const float* at, int64_t M, i
 // A on every call), and no per-call setup. Numerics as the batch-lane GEMM's: each C[m, n] is one
 // FMA chain over k in order from 0, so both kernels give the same value for the same row.
 
-// Floats of the packed weight: N rounded up to 64 columns, times K.
-inline int64_t panels_pack_floats(int64_t N, int64_t K) { return (N + 63) / 64 * 64 * K; }
+// Columns of C per panel (4 vectors).
+constexpr int64_t kPanelCols = 64;
+
+// Floats of the packed weight: N rounded up to kPanelCols columns, times K.
+inline int64_t panels_pack_floats(int64_t N, int64_t K) {
+  return (N + kPanelCols - 1) / kPanelCols * kPanelCols * K;
+}
 
 // Packs op(W) (K, N) into `wp` (panels_pack_floats(N, K) floats, 64-byte aligned; padding columns
 // zero): transpose: W is (N, K) with row stride ldw and op(W) = Wᵀ; else W is (K, N). Only after
 // batch_lanes() said yes.
 void panels_pack(const float* w, int64_t ldw, int64_t N, int64_t K, bool transpose, float* wp);
 
-// Columns [n0, n1) of C (row stride ldc; n0 a multiple of 64) = [C +] A (M, K; row stride lda) ·
-// op(W) from the packed weight. Several threads may run disjoint rows or column ranges. Only after
-// batch_lanes() said yes.
+// Columns [n0, n1) of C (row stride ldc; n0 a multiple of kPanelCols) = [C +] A (M, K; row stride
+// lda) · op(W) from the packed weight. Several threads may run disjoint rows or column ranges. Only
+// after batch_lanes() said yes.
 void panels_gemm(const float* a, int64_t lda, const float* wp, int64_t K, float* c, int64_t ldc, int64_t M, int64_t n0,
                  int64_t n1, bool accumulate);
 
