@@ -6,10 +6,15 @@
 // b_ih (input, states, weights), b_ih, b_hh, reverse, the cell's options, lengths, workspace; outputs output,
 // hy[, cy], workspace. The graph node is a plain autograd Node (as torch's generated kernels write
 // them), not a torch::autograd::Function, which refuses to run under torch.func transforms.
+#include <ATen/TensorSubclassLikeUtils.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/autograd.h>  // Node, SavedVariable, collect_next_edges, GradMode
+#include <torch/csrc/autograd/anomaly_mode.h>
+#include <torch/csrc/autograd/graph_task.h>  // get_current_graph_task_id
 #include <torch/library.h>
+
+#include <array>
 
 #include <memory>
 #include <mutex>  // Node::mutex_
@@ -17,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/grad_accumulation.h"
 #include "core/recurrent_ops.h"
 
 namespace {
@@ -41,14 +47,82 @@ at::Tensor dense(const at::Tensor& grad, const at::Tensor& like) {
   return at::zeros({}, like.options()).expand(like.sizes());
 }
 
+// Every defined tensor a plain strided CPU tensor (no subclass, functorch wrapper, sparse or meta).
+bool plain_cpu(const std::vector<at::Tensor>& tensors) {
+  for (const at::Tensor& x : tensors) {
+    if (x.defined() && (!x.is_cpu() || x.layout() != c10::kStrided || at::isTensorSubclassLike(x))) return false;
+  }
+  return true;
+}
+
 // One forward op: where its arguments are, and its backward op.
 struct OpInfo {
   size_t args = 0;     // arguments of the forward op; the last two are lengths and workspace
   size_t front = 0;    // tensors before b_ih: input, states, weights
   size_t states = 0;   // hx[, cx] (the outputs are output, the new states, workspace)
   size_t outputs = 0;
+  std::array<size_t, 2> weights{};  // positions of w_ih and w_hh (inputs and grads alike)
   c10::optional<c10::OperatorHandle> backward;
   std::string node_name;
+};
+
+// The weight gradients this thread's nodes handed the engine in the current backward pass, so a
+// later node of the same pass can add into them (core/grad_accumulation.h says why and when that is
+// safe). Weak references: the engine's input buffer owns each tensor; the edge's node is held
+// weakly too, so its address cannot be reused while an entry names it.
+class PendingWeightGrads {
+ public:
+  // The gradient handed to the engine earlier in graph task `task` for `edge`, if it is still the
+  // engine's alone (nobody else can see an in-place add), else undefined. `weight` is the tensor
+  // the edge is for: a gradient that is already its .grad (consumed) is never returned.
+  static at::Tensor find(const torch::autograd::Edge& edge, int task, const at::Tensor& weight) {
+    for (Entry& e : entries()) {
+      if (e.task != task || e.input_nr != edge.input_nr || e.fn._unsafe_get_target() != edge.function.get()) continue;
+      at::Tensor grad(e.grad.lock());
+      if (!grad.defined() || grad.use_count() != 2 || !grad.has_storage() || grad.storage().use_count() != 1 ||
+          !grad.is_contiguous() || at::isTensorSubclassLike(grad) ||
+          (weight.is_leaf() && weight.grad().defined() && weight.grad().is_same(grad))) {
+        return at::Tensor();
+      }
+      return grad;
+    }
+    return at::Tensor();
+  }
+
+  static void remember(const torch::autograd::Edge& edge, int task, const at::Tensor& grad) {
+    auto& all = entries();
+    Entry* slot = nullptr;
+    for (Entry& e : all) {  // the same edge's entry, else a stale one, else round robin
+      if (e.input_nr == edge.input_nr && e.fn._unsafe_get_target() == edge.function.get()) { slot = &e; break; }
+    }
+    if (!slot) {
+      for (Entry& e : all) {
+        if (e.task != task || e.grad.expired()) { slot = &e; break; }
+      }
+    }
+    if (!slot) slot = &all[next()++ % all.size()];
+    slot->fn = c10::weak_intrusive_ptr<torch::autograd::Node>(edge.function);
+    slot->input_nr = edge.input_nr;
+    slot->task = task;
+    slot->grad = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(grad.getIntrusivePtr());
+  }
+
+ private:
+  struct Entry {
+    c10::weak_intrusive_ptr<torch::autograd::Node> fn{c10::intrusive_ptr<torch::autograd::Node>()};
+    uint32_t input_nr = 0;
+    int task = -1;
+    c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl> grad{
+        c10::intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>()};
+  };
+  static std::array<Entry, 8>& entries() {
+    thread_local std::array<Entry, 8> e;
+    return e;
+  }
+  static size_t& next() {
+    thread_local size_t n = 0;
+    return n;
+  }
 };
 
 class RecurrentBackward final : public torch::autograd::Node {
@@ -82,6 +156,22 @@ class RecurrentBackward final : public torch::autograd::Node {
     const bool input_grad = task_should_compute_output(0);
     const bool hx_grad = task_should_compute_output(1);
 
+    // Weight gradients to add into rather than return (PendingWeightGrads): only for a plain CPU
+    // call of the backward op (no create_graph, anomaly checks, post hooks on this node, dispatch
+    // modes or tensor subclasses, which could see or keep the gradients this node returns).
+    const int task = torch::autograd::get_current_graph_task_id();
+    std::array<bool, 2> tracked{};
+    std::array<at::Tensor, 2> into;
+    if (task >= 0 && !torch::autograd::GradMode::is_enabled() && !torch::autograd::AnomalyMode::is_enabled() &&
+        post_hooks().empty() && !c10::impl::dispatch_mode_enabled() && plain_cpu(t) && plain_cpu(grads)) {
+      for (size_t k = 0; k < 2; ++k) {
+        const size_t pos = info_.weights[k];
+        if (!task_should_compute_output(pos) || !next_edge(pos).is_valid()) continue;
+        tracked[k] = true;
+        into[k] = PendingWeightGrads::find(next_edge(pos), task, t[pos]);
+      }
+    }
+
     // The backward op's arguments: grad_output, grad_hy[, grad_cy], the front tensors, output,
     // workspace, reverse, options, input_grad, lengths, hx_grad.
     torch::jit::Stack stack;
@@ -99,12 +189,20 @@ class RecurrentBackward final : public torch::autograd::Node {
       info_.backward->callBoxed(stack);
     } else {
       at::AutoDispatchBelowADInplaceOrView below;
+      rnnfast::core::AccumulationScope scope({into[0], into[1]});
       info_.backward->callBoxed(stack);
     }
     // (grad_input, the states' and weights' grads, grad_b_ih, grad_b_hh)
     variable_list result;
     result.reserve(stack.size());
     for (auto& v : stack) result.push_back(std::move(v).toTensor());
+    for (size_t k = 0; k < 2; ++k) {
+      const size_t pos = info_.weights[k];
+      // added into the engine's gradient (undefined here), or a fresh one a later node may add into
+      TORCH_INTERNAL_ASSERT(!into[k].defined() || !result[pos].defined(), "rnnfast: ", info_.node_name,
+                            " returned a weight gradient it was asked to accumulate");
+      if (tracked[k] && result[pos].defined()) PendingWeightGrads::remember(next_edge(pos), task, result[pos]);
+    }
     if (!input_grad) result[0] = at::Tensor();  // zeros from the op, not a gradient
     if (!hx_grad) result[1] = at::Tensor();
     if (!has_b_ih) result[info_.front] = at::Tensor();
@@ -179,6 +277,12 @@ class RecurrentAutograd final : public c10::OperatorKernel {
                               arguments[info_.front + 2].name() == "reverse" &&
                               arguments[info_.args - 2].name() == "lengths" && arguments.back().name() == "workspace",
                           "rnnfast: ", schema.name(), " does not have a recurrent forward op's layout");
+    for (size_t i = 0; i < info_.front; ++i) {
+      if (arguments[i].name() == "w_ih") info_.weights[0] = i;
+      if (arguments[i].name() == "w_hh") info_.weights[1] = i;
+    }
+    TORCH_INTERNAL_ASSERT(info_.weights[0] > 0 && info_.weights[1] > info_.weights[0], "rnnfast: ", schema.name(),
+                          " has no w_ih, w_hh before b_ih");
     info_.backward = c10::Dispatcher::singleton().findSchemaOrThrow(backward_name_.c_str(), "");
     info_.node_name = schema.name() + "Backward";
   }

@@ -38,6 +38,10 @@ struct WeightGradInputs {
   at::Tensor lengths;  // or undefined
   at::Tensor hx, output, ws;  // hx (B, P), output (T, B, P), ws (T, B, slots*H)
   bool reverse;
+  // Weight gradients to accumulate into (beta = 1) instead of returning fresh ones; either may be
+  // undefined. The autograd node passes them (grad_accumulation.h); a strategy that honours one
+  // leaves that result undefined, and recurrent_backward adds any other result into it.
+  at::Tensor into_w_ih = {}, into_w_hh = {};
   int64_t T() const { return input.size(0); }
   int64_t B() const { return input.size(1); }
   int64_t rows() const { return dg.size(0); }
@@ -124,14 +128,21 @@ WeightGrads weight_grads_split(const WeightGradInputs<Padding>& in) {
   return g;
 }
 
+// dst = a b, or dst += a b when accumulating (beta = 0 ignores dst's old contents, NaN or not).
+inline void product_into(at::Tensor& dst, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
+  if (accumulate) dst.addmm_(a, b);
+  else at::mm_out(dst, a, b);
+}
+
 // The rows of dW_hh that the mid-step GEMM of a two-phase cell produced: they saw the workspace's
 // gemm_slot (GRU reset_before: r h_{t-1}). Written into dst ((G - phase0_gates)*H, H).
+// accumulate: add into dst (beta = 1) rather than overwrite it.
 template <class Cell, class Padding>
-void mid_gemm_weight_grad(const WeightGradInputs<Padding>& in, at::Tensor& dst) {
+void mid_gemm_weight_grad(const WeightGradInputs<Padding>& in, at::Tensor& dst, bool accumulate = false) {
   constexpr int64_t G = Cell::traits.gates, G_rec = Cell::traits.phase0_gates;
   const int64_t H = in.gate_rows() / G;
-  at::mm_out(dst, in.dg.narrow(1, G_rec * H, (G - G_rec) * H).t(),
-             in.ws.view({in.rows(), Cell::traits.slots * H}).narrow(1, Cell::traits.gemm_slot * H, H));
+  product_into(dst, in.dg.narrow(1, G_rec * H, (G - G_rec) * H).t(),
+               in.ws.view({in.rows(), Cell::traits.slots * H}).narrow(1, Cell::traits.gemm_slot * H, H), accumulate);
 }
 
 template <class Cell, class Padding>
@@ -154,34 +165,41 @@ WeightGrads weight_grads_two_phase(const WeightGradInputs<Padding>& in) {
 // dst (rows, P) = dGr[..]ᵀ Hprev without materializing Hprev: the step taken first saw hx, every
 // other step the previous step's output, a shifted view of output. dgr (T, B, rows).
 inline void recurrent_weight_grad_shifted(at::Tensor& dst, const at::Tensor& dgr, const at::Tensor& hx,
-                                          const at::Tensor& output, bool reverse) {
+                                          const at::Tensor& output, bool reverse, bool accumulate = false) {
   const int64_t T = output.size(0), B = output.size(1), P = output.size(2), n = dgr.size(2);
   const int64_t t_first = reverse ? T - 1 : 0;
   if (T > 1) {
     const at::Tensor d_rest = (reverse ? dgr.narrow(0, 0, T - 1) : dgr.narrow(0, 1, T - 1)).reshape({(T - 1) * B, n});
     const at::Tensor h_rest = (reverse ? output.narrow(0, 1, T - 1) : output.narrow(0, 0, T - 1)).reshape({(T - 1) * B, P});
-    at::mm_out(dst, d_rest.t(), h_rest);
+    product_into(dst, d_rest.t(), h_rest, accumulate);
     dst.addmm_(dgr.select(0, t_first).t(), hx);
   } else {
-    at::mm_out(dst, dgr.select(0, t_first).t(), hx);
+    product_into(dst, dgr.select(0, t_first).t(), hx, accumulate);
   }
 }
 
-// Every gradient its own GEMM or column sum, no concatenated operand.
+// Every gradient its own GEMM or column sum, no concatenated operand. Honours in.into_*: a weight
+// gradient to accumulate into takes the same GEMMs with beta = 1 (no fresh result, no add pass).
 template <class Cell, class Padding>
 WeightGrads weight_grads_separate(const WeightGradInputs<Padding>& in) {
   constexpr int64_t G = Cell::traits.gates, G_rec = Cell::traits.phase0_gates;
   const int64_t H = in.gate_rows() / G, P = in.P();
   WeightGrads g;
-  g.w_ih = at::mm(in.dg.t(), in.x_padding_zeroed());
-  g.w_hh = at::empty({G * H, P}, in.dg.options());
-  at::Tensor phase0_rows = g.w_hh.narrow(0, 0, G_rec * H);
-  recurrent_weight_grad_shifted(phase0_rows, in.dgh.view({in.T(), in.B(), G * H}).narrow(2, 0, G_rec * H), in.hx,
-                                in.output, in.reverse);
-  if constexpr (Cell::traits.phases == 2) {
-    at::Tensor phase1_rows = g.w_hh.narrow(0, G_rec * H, (G - G_rec) * H);
-    mid_gemm_weight_grad<Cell>(in, phase1_rows);
+  if (in.into_w_ih.defined()) {
+    in.into_w_ih.addmm_(in.dg.t(), in.x_padding_zeroed());
+  } else {
+    g.w_ih = at::mm(in.dg.t(), in.x_padding_zeroed());
   }
+  const bool accumulate = in.into_w_hh.defined();
+  at::Tensor w_hh = accumulate ? in.into_w_hh : at::empty({G * H, P}, in.dg.options());
+  at::Tensor phase0_rows = w_hh.narrow(0, 0, G_rec * H);
+  recurrent_weight_grad_shifted(phase0_rows, in.dgh.view({in.T(), in.B(), G * H}).narrow(2, 0, G_rec * H), in.hx,
+                                in.output, in.reverse, accumulate);
+  if constexpr (Cell::traits.phases == 2) {
+    at::Tensor phase1_rows = w_hh.narrow(0, G_rec * H, (G - G_rec) * H);
+    mid_gemm_weight_grad<Cell>(in, phase1_rows, accumulate);
+  }
+  if (!accumulate) g.w_hh = w_hh;
   g.b_ih = in.dg.sum(0);
   g.b_hh = Cell::traits.split_grad ? in.dgh.sum(0) : g.b_ih.clone();
   return g;

@@ -1,0 +1,322 @@
+"""Weight gradients accumulated in place across the nodes of one backward pass
+(csrc/core/grad_accumulation.h, PendingWeightGrads in csrc/autograd.cpp).
+
+A later step's node adds its dW_ih / dW_hh into the gradient an earlier node handed the autograd
+engine, when that tensor is provably still the engine's alone and in the same graph task. These tests
+hold the gradients equal to torch.nn's wherever the engine, hooks, other producers or other graph
+tasks could see that tensor, and check that the in-place path is really taken where it should be.
+"""
+import threading
+
+import pytest
+import torch
+import torch.utils.checkpoint
+
+import rnnfast
+
+CELLS = {"RNNCell": {}, "GRUCell": {}, "LSTMCell": {}}
+TOL = dict(rtol=2e-5, atol=2e-5)
+
+
+def pair(name, I=6, H=5, dtype=torch.float32, **kw):
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, name)(I, H, **kw).to(dtype)
+    new = getattr(rnnfast, name)(I, H, **kw).to(dtype)
+    new.load_state_dict(ref.state_dict())
+    return ref, new
+
+
+def loop(cell, xs, state=None):
+    total = 0
+    for x in xs:
+        state = cell(x, state)
+        h = state[0] if isinstance(state, tuple) else state
+        total = total + (h * torch.arange(1, h.size(-1) + 1, dtype=h.dtype)).sum()
+    return total, state
+
+
+def grads(module):
+    return [None if p.grad is None else p.grad.clone() for p in module.parameters()]
+
+
+def assert_grads_close(ref, new, **tol):
+    for (n, p), q in zip(ref.named_parameters(), new.parameters()):
+        assert (p.grad is None) == (q.grad is None), n
+        if p.grad is not None:
+            torch.testing.assert_close(q.grad, p.grad, **(tol or TOL), msg=lambda m: f"{n}: {m}")
+
+
+def weight_add_calls(fn, shapes):
+    """aten::add_ calls on tensors of the given shapes while fn() runs (the engine's accumulation)."""
+    with torch.profiler.profile(record_shapes=True) as prof:
+        fn()
+    return sum(1 for e in prof.events() if e.name == "aten::add_" and e.input_shapes and
+               tuple(e.input_shapes[0]) in shapes)
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+@pytest.mark.parametrize("B", [1, 3])
+def test_cell_loop_matches_torch_and_accumulates_in_place(name, B):
+    ref, new = pair(name)
+    xs = torch.randn(12, B, 6)
+    loop(ref, xs)[0].backward()
+    total, _ = loop(new, xs)
+    shapes = {tuple(new.weight_ih.shape), tuple(new.weight_hh.shape)}
+    adds = weight_add_calls(total.backward, shapes)
+    assert_grads_close(ref, new)
+    # torch.nn's engine adds each step's fresh weight gradients: 2 * (steps - 1) adds. rnnfast's
+    # nodes add into the first gradient themselves (GEMMs with beta = 1): none.
+    assert adds == 0
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_float64_and_no_bias(name):
+    ref, new = pair(name, dtype=torch.float64, bias=False)
+    xs = torch.randn(7, 2, 6, dtype=torch.float64)
+    loop(ref, xs)[0].backward()
+    loop(new, xs)[0].backward()
+    assert_grads_close(ref, new, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_tied_weights(name):
+    """weight_ih is weight_hh: both edges of every node lead to one gradient."""
+    ref, new = pair(name, I=5, H=5)
+    for m in (ref, new):
+        m.weight_hh = m.weight_ih
+    xs = torch.randn(9, 2, 5)
+    loop(ref, xs)[0].backward()
+    loop(new, xs)[0].backward()
+    torch.testing.assert_close(new.weight_ih.grad, ref.weight_ih.grad, **TOL)
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_other_producers_of_the_weight_gradient(name, where):
+    """A regularizer's gradient reaches the same weight before or after the steps' in the engine."""
+    ref, new = pair(name)
+    xs = torch.randn(8, 2, 6)
+    for m in (ref, new):
+        total, _ = loop(m, xs)
+        reg = (m.weight_hh ** 2).sum() + m.weight_ih.sum() * 3
+        # the order of the two terms decides which gradient the engine receives first
+        (reg + total if where == "before" else total + reg).backward()
+    assert_grads_close(ref, new)
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_hooks_see_the_whole_gradient_once(name):
+    ref, new = pair(name)
+    xs = torch.randn(10, 2, 6)
+    seen = {}
+    for tag, m in (("ref", ref), ("new", new)):
+        seen[tag] = []
+        m.weight_hh.register_hook(lambda g, s=seen[tag]: s.append(g.clone()))
+        h = m.weight_ih.register_hook(lambda g: g * 2)  # a hook that changes the gradient
+        loop(m, xs)[0].backward()
+        h.remove()
+    assert len(seen["new"]) == len(seen["ref"]) == 1
+    torch.testing.assert_close(seen["new"][0], seen["ref"][0], **TOL)
+    assert_grads_close(ref, new)
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+@pytest.mark.parametrize("replace", [False, True])
+def test_post_hook_on_a_node_keeps_engine_semantics(name, replace):
+    """A hook on a step's node sees (and may keep, or replace) the gradients it returns: what it
+    kept must never change afterwards, and replacing them must not lose later steps' adds."""
+    ref, new = pair(name)
+    xs = torch.randn(6, 2, 6)
+    kept, snapshots = [], []
+
+    def hook(grad_inputs, grad_outputs):
+        kept.extend(g for g in grad_inputs if g is not None)
+        snapshots.extend(g.clone() for g in grad_inputs if g is not None)
+        if replace:
+            return tuple(None if g is None else g.clone() for g in grad_inputs)
+
+    for m in (ref, new):
+        total, state = loop(m, xs)
+        if m is new:
+            h = state[0] if isinstance(state, tuple) else state
+            h.grad_fn.register_hook(hook)
+        total.backward()
+    assert len(kept) >= 4
+    for g, snap in zip(kept, snapshots):
+        assert torch.equal(g, snap)
+    assert_grads_close(ref, new)
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_autograd_grad_and_partial_inputs(name):
+    ref, new = pair(name)
+    xs = torch.randn(9, 3, 6)
+    out = {}
+    for tag, m in (("ref", ref), ("new", new)):
+        total, _ = loop(m, xs)
+        out[tag] = torch.autograd.grad(total, [m.weight_hh, m.bias_ih], retain_graph=True)
+        out[tag + "_ih"] = torch.autograd.grad(total, [m.weight_ih])
+    for a, b in zip(out["new"] + out["new_ih"], out["ref"] + out["ref_ih"]):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_retain_graph_twice_and_grad_accumulation_across_backwards(name):
+    ref, new = pair(name)
+    xs = torch.randn(7, 2, 6)
+    for m in (ref, new):
+        total, _ = loop(m, xs)
+        total.backward(retain_graph=True)
+        total.backward()  # a second graph task over the same nodes: adds into .grad, not into task 1's
+        loop(m, xs[:3])[0].backward()
+    assert_grads_close(ref, new)
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_truncated_backward_per_chunk(name):
+    """Backward every few steps with a detached state (truncated BPTT): one graph task per chunk."""
+    ref, new = pair(name)
+    xs = torch.randn(12, 2, 6)
+    for m in (ref, new):
+        state = None
+        for chunk in xs.split(4):
+            total, state = loop(m, chunk, state)
+            total.backward()
+            state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+    assert_grads_close(ref, new)
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_create_graph_and_anomaly_mode(name):
+    ref, new = pair(name)
+    xs = torch.randn(5, 2, 6)
+    for m in (ref, new):
+        total, _ = loop(m, xs)
+        g = torch.autograd.grad(total, [m.weight_hh], create_graph=True)[0]
+        m.weight_hh.grad = g.detach()
+    torch.testing.assert_close(new.weight_hh.grad, ref.weight_hh.grad, **TOL)
+    for m in (ref, new):
+        m.zero_grad(set_to_none=True)
+        with torch.autograd.detect_anomaly():
+            loop(m, xs)[0].backward()
+    assert_grads_close(ref, new)
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_checkpointed_steps(name, reentrant):
+    """Reentrant checkpointing runs the inner steps' backward as a nested graph task."""
+    ref, new = pair(name)
+    xs = torch.randn(8, 2, 6)
+
+    def run(m):
+        def chunk(x0, x1, *state):
+            s = state if len(state) > 1 else state[0]
+            s = m(x0, s)
+            s = m(x1, s)
+            return s
+        total, state = loop(m, xs[:3])
+        s = torch.utils.checkpoint.checkpoint(chunk, xs[3], xs[4], *(state if isinstance(state, tuple) else (state,)),
+                                              use_reentrant=reentrant)
+        total2, _ = loop(m, xs[5:], s)
+        h = s[0] if isinstance(s, tuple) else s
+        (total + total2 + h.sum()).backward()
+
+    run(ref)
+    run(new)
+    assert_grads_close(ref, new)
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_non_leaf_weights_through_functional_call(name):
+    """Weights computed from other tensors (a parametrization): the edges lead to a MulBackward node."""
+    ref, new = pair(name)
+    xs = torch.randn(6, 2, 6)
+    result = {}
+    for tag, m in (("ref", ref), ("new", new)):
+        scale = torch.tensor(1.5, requires_grad=True)
+        params = {k: v * scale for k, v in m.named_parameters()}
+        total, _ = loop(lambda x, s: torch.func.functional_call(m, params, (x, s)), xs)
+        total.backward()
+        result[tag] = (scale.grad, [p.grad.clone() for p in m.parameters()])
+    torch.testing.assert_close(result["new"][0], result["ref"][0], **TOL)
+    for a, b in zip(result["new"][1], result["ref"][1]):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+def test_two_modules_sharing_weights_interleaved():
+    """Two GRUCells share weight_hh (tied decoders): both nodes' edges lead to one gradient."""
+    torch.manual_seed(0)
+    mods = {}
+    for lib in (torch.nn, rnnfast):
+        a, b = lib.GRUCell(4, 5), lib.GRUCell(4, 5)
+        b.weight_hh = a.weight_hh
+        mods[lib] = (a, b)
+    rnnfast_a, rnnfast_b = mods[rnnfast]
+    rnnfast_a.load_state_dict(mods[torch.nn][0].state_dict())
+    rnnfast_b.load_state_dict(mods[torch.nn][1].state_dict())
+    xs = torch.randn(10, 3, 4)
+    for a, b in mods.values():
+        h, total = None, 0
+        for t, x in enumerate(xs):
+            h = (a if t % 2 else b)(x, h)
+            total = total + h.sum() * (t + 1)
+        total.backward()
+    for p, q in zip(list(mods[torch.nn][0].parameters()) + list(mods[torch.nn][1].parameters()),
+                    list(rnnfast_a.parameters()) + list(rnnfast_b.parameters())):
+        torch.testing.assert_close(q.grad, p.grad, **TOL)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_layer_called_several_times_in_one_graph(kind):
+    """A sequence layer run twice per graph (long rows: the concatenating strategies then add in)."""
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, kind)(6, 5, num_layers=2)
+    new = getattr(rnnfast, kind)(6, 5, num_layers=2)
+    new.load_state_dict(ref.state_dict())
+    x1, x2 = torch.randn(40, 4, 6), torch.randn(3, 4, 6)
+    for m in (ref, new):
+        y1, s = m(x1)
+        y2, _ = m(x2, s)
+        y3, _ = m(x1[:2])
+        (y1.sum() + (y2 ** 2).sum() + y3.mean()).backward()
+    assert_grads_close(ref, new)
+
+
+def test_lstm_projection_cell_steps():
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(6, 5, proj_size=3)
+    new = rnnfast.LSTM(6, 5, proj_size=3)
+    new.load_state_dict(ref.state_dict())
+    xs = torch.randn(6, 2, 6)
+    for m in (ref, new):
+        s, total = None, 0
+        for x in xs:
+            y, s = m(x[None], s)
+            total = total + y.sum()
+        total.backward()
+    assert_grads_close(ref, new)
+
+
+def test_concurrent_backward_in_threads():
+    """Threads stepping one shared module and differentiating at once: one graph task each, all
+    of them with edges into the same weights' AccumulateGrad nodes."""
+    ref, new = pair("LSTMCell", I=8, H=16)
+    xs = torch.randn(4, 10, 2, 8)
+    expected = [torch.autograd.grad(loop(ref, x)[0], list(ref.parameters())) for x in xs]
+    results = [[] for _ in xs]
+
+    def work(i):
+        for _ in range(5):
+            results[i].append(torch.autograd.grad(loop(new, xs[i])[0], list(new.parameters())))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, want in zip(results, expected):
+        assert len(got) == 5
+        for rep in got:
+            for a, b in zip(rep, want):
+                torch.testing.assert_close(a, b, **TOL)
