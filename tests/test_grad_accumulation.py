@@ -13,17 +13,15 @@ import torch
 import torch.utils.checkpoint
 
 import rnnfast
+from test_small_sizes import CELLS as BY_KIND, cell_pair
 
-CELLS = {"RNNCell": {}, "GRUCell": {}, "LSTMCell": {}}
+KIND = {name: kind for kind, (name, _) in BY_KIND.items()}
+CELLS = list(KIND)
 TOL = dict(rtol=2e-5, atol=2e-5)
 
 
 def pair(name, I=6, H=5, dtype=torch.float32, **kw):
-    torch.manual_seed(0)
-    ref = getattr(torch.nn, name)(I, H, **kw).to(dtype)
-    new = getattr(rnnfast, name)(I, H, **kw).to(dtype)
-    new.load_state_dict(ref.state_dict())
-    return ref, new
+    return cell_pair(KIND[name], I, H, dtype, **kw)
 
 
 def loop(cell, xs, state=None):
@@ -54,7 +52,7 @@ def weight_add_calls(fn, shapes):
                tuple(e.input_shapes[0]) in shapes)
 
 
-@pytest.mark.parametrize("name", list(CELLS))
+@pytest.mark.parametrize("name", CELLS)
 @pytest.mark.parametrize("B", [1, 3])
 def test_cell_loop_matches_torch_and_accumulates_in_place(name, B):
     ref, new = pair(name)
@@ -69,7 +67,7 @@ def test_cell_loop_matches_torch_and_accumulates_in_place(name, B):
     assert adds == 0
 
 
-@pytest.mark.parametrize("name", list(CELLS))
+@pytest.mark.parametrize("name", CELLS)
 def test_float64_and_no_bias(name):
     ref, new = pair(name, dtype=torch.float64, bias=False)
     xs = torch.randn(7, 2, 6, dtype=torch.float64)
@@ -78,7 +76,7 @@ def test_float64_and_no_bias(name):
     assert_grads_close(ref, new, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", list(CELLS))
+@pytest.mark.parametrize("name", CELLS)
 def test_tied_weights(name):
     """weight_ih is weight_hh: both edges of every node lead to one gradient."""
     ref, new = pair(name, I=5, H=5)
@@ -90,7 +88,7 @@ def test_tied_weights(name):
     torch.testing.assert_close(new.weight_ih.grad, ref.weight_ih.grad, **TOL)
 
 
-@pytest.mark.parametrize("name", list(CELLS))
+@pytest.mark.parametrize("name", CELLS)
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_other_producers_of_the_weight_gradient(name, where):
     """A regularizer's gradient reaches the same weight before or after the steps' in the engine."""
@@ -104,7 +102,7 @@ def test_other_producers_of_the_weight_gradient(name, where):
     assert_grads_close(ref, new)
 
 
-@pytest.mark.parametrize("name", list(CELLS))
+@pytest.mark.parametrize("name", CELLS)
 def test_hooks_see_the_whole_gradient_once(name):
     ref, new = pair(name)
     xs = torch.randn(10, 2, 6)
@@ -120,7 +118,7 @@ def test_hooks_see_the_whole_gradient_once(name):
     assert_grads_close(ref, new)
 
 
-@pytest.mark.parametrize("name", list(CELLS))
+@pytest.mark.parametrize("name", CELLS)
 @pytest.mark.parametrize("replace", [False, True])
 def test_post_hook_on_a_node_keeps_engine_semantics(name, replace):
     """A hook on a step's node sees (and may keep, or replace) the gradients it returns: what it
@@ -147,7 +145,7 @@ def test_post_hook_on_a_node_keeps_engine_semantics(name, replace):
     assert_grads_close(ref, new)
 
 
-@pytest.mark.parametrize("name", list(CELLS))
+@pytest.mark.parametrize("name", CELLS)
 def test_autograd_grad_and_partial_inputs(name):
     ref, new = pair(name)
     xs = torch.randn(9, 3, 6)
@@ -160,7 +158,7 @@ def test_autograd_grad_and_partial_inputs(name):
         torch.testing.assert_close(a, b, **TOL)
 
 
-@pytest.mark.parametrize("name", list(CELLS))
+@pytest.mark.parametrize("name", CELLS)
 def test_retain_graph_twice_and_grad_accumulation_across_backwards(name):
     ref, new = pair(name)
     xs = torch.randn(7, 2, 6)
@@ -172,7 +170,7 @@ def test_retain_graph_twice_and_grad_accumulation_across_backwards(name):
     assert_grads_close(ref, new)
 
 
-@pytest.mark.parametrize("name", list(CELLS))
+@pytest.mark.parametrize("name", CELLS)
 def test_truncated_backward_per_chunk(name):
     """Backward every few steps with a detached state (truncated BPTT): one graph task per chunk."""
     ref, new = pair(name)
@@ -186,7 +184,7 @@ def test_truncated_backward_per_chunk(name):
     assert_grads_close(ref, new)
 
 
-@pytest.mark.parametrize("name", list(CELLS))
+@pytest.mark.parametrize("name", CELLS)
 def test_create_graph_and_anomaly_mode(name):
     ref, new = pair(name)
     xs = torch.randn(5, 2, 6)
@@ -202,7 +200,7 @@ def test_create_graph_and_anomaly_mode(name):
     assert_grads_close(ref, new)
 
 
-@pytest.mark.parametrize("name", list(CELLS))
+@pytest.mark.parametrize("name", CELLS)
 @pytest.mark.parametrize("reentrant", [True, False])
 def test_checkpointed_steps(name, reentrant):
     """Reentrant checkpointing runs the inner steps' backward as a nested graph task."""
@@ -227,7 +225,7 @@ def test_checkpointed_steps(name, reentrant):
     assert_grads_close(ref, new)
 
 
-@pytest.mark.parametrize("name", list(CELLS))
+@pytest.mark.parametrize("name", CELLS)
 def test_non_leaf_weights_through_functional_call(name):
     """Weights computed from other tensors (a parametrization): the edges lead to a MulBackward node."""
     ref, new = pair(name)

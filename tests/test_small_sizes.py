@@ -164,11 +164,13 @@ def test_both_paths_float64_to_1e10(kind, T, B):
 
 # ---- cells: one step of the same op --------------------------------------------------------------
 
-def cell_pair(kind, I, H, dtype=torch.float32):
+def cell_pair(kind, I, H, dtype=torch.float32, **extra):
+    """torch.nn's cell of `kind` (CELLS) and rnnfast's with the same weights (also
+    test_grad_accumulation.py's); `extra`: more constructor arguments (bias=False)."""
     name, kw = CELLS[kind]
     torch.manual_seed(0)
-    ref = getattr(torch.nn, name)(I, H, **kw).to(dtype)
-    got = getattr(rnnfast, name)(I, H, **kw).to(dtype)
+    ref = getattr(torch.nn, name)(I, H, **kw, **extra).to(dtype)
+    got = getattr(rnnfast, name)(I, H, **kw, **extra).to(dtype)
     got.load_state_dict(ref.state_dict())
     return ref, got
 
