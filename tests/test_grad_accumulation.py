@@ -318,3 +318,28 @@ def test_concurrent_backward_in_threads():
         for rep in got:
             for a, b in zip(rep, want):
                 torch.testing.assert_close(a, b, **TOL)
+
+
+@pytest.mark.parametrize("kind, kw", [("RNN", {}), ("GRU", {}), ("GRU", {"reset_after": False}), ("LSTM", {})],
+                         ids=["RNN", "GRU", "GRU-reset_before", "LSTM"])
+def test_cell_loop_equals_one_sequence_call(kind, kw):
+    """The cell stepped T times (T nodes, in-place adds; for the reset_before GRU also into the
+    mid-step GEMM's rows of W_hh) against rnnfast's layer over the same T steps (one node, fresh
+    gradients): the same gradients."""
+    torch.manual_seed(0)
+    layer = getattr(rnnfast, kind)(6, 5, **kw)
+    cell = getattr(rnnfast, kind + "Cell")(6, 5, **kw)
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(cell, name).copy_(getattr(layer, name + "_l0"))
+    xs = torch.randn(9, 3, 6)
+    ws = torch.randn(9, 3, 5)
+    out, _ = layer(xs)
+    (out * ws).sum().backward()
+    state, total = None, 0
+    for x, w in zip(xs, ws):
+        state = cell(x, state)
+        total = total + ((state[0] if isinstance(state, tuple) else state) * w).sum()
+    total.backward()
+    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+        torch.testing.assert_close(getattr(cell, name).grad, getattr(layer, name + "_l0").grad, **TOL)
