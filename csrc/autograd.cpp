@@ -68,8 +68,11 @@ struct OpInfo {
 
 // The weight gradients this thread's nodes handed the engine in the current backward pass, so a
 // later node of the same pass can add into them (core/grad_accumulation.h says why and when that is
-// safe). Weak references: the engine's input buffer owns each tensor; the edge's node is held
-// weakly too, so its address cannot be reused while an entry names it.
+// safe). The gradient is held weakly: the engine's input buffer owns it. The edge's node is named
+// by address only, never held (a weak reference to a node would keep its members, an
+// AccumulateGrad's parameter among them, alive until the entry is reused); an address can only
+// name another node in another graph task (a task's nodes live as long as the task, and its
+// roots hold them), and entries match on the task too.
 class PendingWeightGrads {
  public:
   // The gradient handed to the engine earlier in graph task `task` for `edge`, if it is still the
@@ -77,7 +80,7 @@ class PendingWeightGrads {
   // the edge is for: a gradient that is already its .grad (consumed) is never returned.
   static at::Tensor find(const torch::autograd::Edge& edge, int task, const at::Tensor& weight) {
     for (Entry& e : entries()) {
-      if (e.task != task || e.input_nr != edge.input_nr || e.fn._unsafe_get_target() != edge.function.get()) continue;
+      if (e.task != task || e.input_nr != edge.input_nr || e.fn != edge.function.get()) continue;
       at::Tensor grad(e.grad.lock());
       if (!grad.defined() || grad.use_count() != 2 || !grad.has_storage() || grad.storage().use_count() != 1 ||
           !grad.is_contiguous() || at::isTensorSubclassLike(grad) ||
@@ -93,7 +96,7 @@ class PendingWeightGrads {
     auto& all = entries();
     Entry* slot = nullptr;
     for (Entry& e : all) {  // the same edge's entry, else a stale one, else round robin
-      if (e.input_nr == edge.input_nr && e.fn._unsafe_get_target() == edge.function.get()) { slot = &e; break; }
+      if (e.input_nr == edge.input_nr && e.fn == edge.function.get()) { slot = &e; break; }
     }
     if (!slot) {
       for (Entry& e : all) {
@@ -101,7 +104,7 @@ class PendingWeightGrads {
       }
     }
     if (!slot) slot = &all[next()++ % all.size()];
-    slot->fn = c10::weak_intrusive_ptr<torch::autograd::Node>(edge.function);
+    slot->fn = edge.function.get();
     slot->input_nr = edge.input_nr;
     slot->task = task;
     slot->grad = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(grad.getIntrusivePtr());
@@ -109,7 +112,7 @@ class PendingWeightGrads {
 
  private:
   struct Entry {
-    c10::weak_intrusive_ptr<torch::autograd::Node> fn{c10::intrusive_ptr<torch::autograd::Node>()};
+    const torch::autograd::Node* fn = nullptr;
     uint32_t input_nr = 0;
     int task = -1;
     c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl> grad{

@@ -343,3 +343,17 @@ def test_cell_loop_equals_one_sequence_call(kind, kw):
     total.backward()
     for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
         torch.testing.assert_close(getattr(cell, name).grad, getattr(layer, name + "_l0").grad, **TOL)
+
+
+def test_remembered_gradients_do_not_keep_a_deleted_model_alive():
+    """What the nodes remember between steps (a gradient, the node its edge leads to) keeps
+    neither alive: after backward, deleting the module frees its parameters' tensors (a view of each
+    is then its storage's only user)."""
+    import gc
+    _, new = pair("LSTMCell", I=8, H=16)
+    loop(new, torch.randn(5, 2, 8))[0].backward()
+    storages = [p.detach().untyped_storage() for p in new.parameters()]  # each holds its storage once
+    assert all(torch._C._storage_Use_Count(s._cdata) == 2 for s in storages)  # it and the parameter
+    del new
+    gc.collect()
+    assert all(torch._C._storage_Use_Count(s._cdata) == 1 for s in storages)
