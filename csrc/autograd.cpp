@@ -82,8 +82,8 @@ class PendingWeightGrads {
     for (Entry& e : entries()) {
       if (e.task != task || e.input_nr != edge.input_nr || e.fn != edge.function.get()) continue;
       at::Tensor grad(e.grad.lock());
-      if (!grad.defined() || grad.use_count() != 2 || !grad.has_storage() || grad.storage().use_count() != 1 ||
-          !grad.is_contiguous() || at::isTensorSubclassLike(grad) ||
+      // (its layout the op checks: take_accumulation_targets)
+      if (!grad.defined() || grad.use_count() != 2 || grad.storage().use_count() != 1 ||
           (weight.is_leaf() && weight.grad().defined() && weight.grad().is_same(grad))) {
         return at::Tensor();
       }

@@ -21,17 +21,16 @@ def make(mode, I=12, H=10, **kw):
 
 
 def initial_state(ref, B, how):
-    layers = ref.num_layers * (2 if ref.bidirectional else 1)
-    P = ref.proj_size or ref.hidden_size if isinstance(ref, torch.nn.LSTM) else ref.hidden_size
+    """hx for `ref`'s layers: None, zeros, -0.0 everywhere (h only) or random (h and c)."""
     if how == "none":
         return None
-    h = torch.zeros(layers, B, P) if how == "zeros" else torch.randn(layers, B, P)
-    if how == "negzero":
-        h = -torch.zeros(layers, B, P)
-    if isinstance(ref, torch.nn.LSTM):
-        c = torch.zeros(layers, B, ref.hidden_size) if how != "random" else torch.randn(layers, B, ref.hidden_size)
-        return h, c
-    return h
+    layers = ref.num_layers * (2 if ref.bidirectional else 1)
+    is_lstm = isinstance(ref, torch.nn.LSTM)
+    P = (ref.proj_size or ref.hidden_size) if is_lstm else ref.hidden_size
+    h = {"zeros": torch.zeros, "negzero": lambda *size: -torch.zeros(*size), "random": torch.randn}[how](layers, B, P)
+    if not is_lstm:
+        return h
+    return h, (torch.randn if how == "random" else torch.zeros)(layers, B, ref.hidden_size)
 
 
 def skipped(fn):

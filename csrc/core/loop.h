@@ -21,6 +21,7 @@
 
 #include "args.h"
 #include "cells.h"
+#include "grad_accumulation.h"
 #include "scratch.h"
 #include "sequence.h"
 #include "tensors.h"
@@ -290,7 +291,7 @@ struct BackwardProblem : ForwardProblem {
   bool input_grad;
   bool hx_grad = true;  // false: grad_hx is returned as zeros, its GEMM skipped (backward_loop's to_hx)
   // Defined: add dW_ih / dW_hh into these and return that gradient undefined (grad_accumulation.h).
-  at::Tensor into_w_ih, into_w_hh;
+  AccumulationTargets into;
 };
 
 struct BackwardResult {
@@ -337,12 +338,12 @@ BackwardResult recurrent_backward(const typename Family::Context& ctx, const Bac
   // input_grad=false: the input needs no gradient; zeros instead of the (T*B, G*H) x (G*H, I) GEMM
   r.grad_input = p.input_grad ? at::mm(dG2, p.w_ih).view({T, B, p.I}) : at::zeros_like(p.input);
   const WeightGradInputs<Family> in{dG2, dGh.view({T * B, G * H}), p.input, len, p.hx, p.output, p.ws, p.reverse,
-                                    p.into_w_ih, p.into_w_hh};
+                                    p.into};
   WeightGrads wg = Family::template weight_grads<Cell>(in);
   // A strategy that wrote a fresh result although asked to accumulate: add it in here, as the
   // autograd engine would have.
-  if (p.into_w_ih.defined() && wg.w_ih.defined()) p.into_w_ih.add_(std::exchange(wg.w_ih, at::Tensor()));
-  if (p.into_w_hh.defined() && wg.w_hh.defined()) p.into_w_hh.add_(std::exchange(wg.w_hh, at::Tensor()));
+  if (p.into.w_ih.defined() && wg.w_ih.defined()) p.into.w_ih.add_(std::exchange(wg.w_ih, at::Tensor()));
+  if (p.into.w_hh.defined() && wg.w_hh.defined()) p.into.w_hh.add_(std::exchange(wg.w_hh, at::Tensor()));
   r.grad_w_ih = wg.w_ih;
   r.grad_w_hh = wg.w_hh;
   r.grad_b_ih = wg.b_ih;

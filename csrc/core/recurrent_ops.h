@@ -93,7 +93,7 @@ struct RecurrentOps {
                                           const Tensor* cx, const Tensor& w_ih, const Tensor& w_hh, const Tensor* w_hr,
                                           const Tensor& output, const Tensor& workspace, bool reverse, bool input_grad,
                                           const Opt& lengths, bool hx_grad) {
-    AccumulationTargets into = take_accumulation_targets(w_ih, w_hh);  // first: the slot is cleared even if a check throws
+    AccumulationTargets into = take_accumulation_targets(w_ih, w_hh);  // first: cleared even if a check throws
     Family::check_dtype(op, input);
     const int64_t slots = workspace_slots<Cell>(w_hr != nullptr);
     const RecurrentArgs a = check_backward(op, Cell::traits.gates, slots, grad_output, grad_hy, grad_cy, input, hx,
@@ -109,8 +109,7 @@ struct RecurrentOps {
     p.ws = workspace.contiguous();
     p.input_grad = input_grad;
     p.hx_grad = hx_grad;
-    p.into_w_ih = std::move(into.w_ih);
-    p.into_w_hh = std::move(into.w_hh);
+    p.into = std::move(into);
     return p;
   }
 

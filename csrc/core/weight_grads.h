@@ -21,6 +21,7 @@
 #include <ATen/ATen.h>
 
 #include "cells.h"
+#include "grad_accumulation.h"
 #include "scratch.h"
 #include "tensors.h"
 
@@ -41,7 +42,7 @@ struct WeightGradInputs {
   // Weight gradients to accumulate into (beta = 1) instead of returning fresh ones; either may be
   // undefined. The autograd node passes them (grad_accumulation.h); a strategy that honours one
   // leaves that result undefined, and recurrent_backward adds any other result into it.
-  at::Tensor into_w_ih = {}, into_w_hh = {};
+  AccumulationTargets into = {};
   int64_t T() const { return input.size(0); }
   int64_t B() const { return input.size(1); }
   int64_t rows() const { return dg.size(0); }
@@ -184,22 +185,20 @@ template <class Cell, class Padding>
 WeightGrads weight_grads_separate(const WeightGradInputs<Padding>& in) {
   constexpr int64_t G = Cell::traits.gates, G_rec = Cell::traits.phase0_gates;
   const int64_t H = in.gate_rows() / G, P = in.P();
-  WeightGrads g;
-  if (in.into_w_ih.defined()) {
-    in.into_w_ih.addmm_(in.dg.t(), in.x_padding_zeroed());
-  } else {
-    g.w_ih = at::mm(in.dg.t(), in.x_padding_zeroed());
-  }
-  const bool accumulate = in.into_w_hh.defined();
-  at::Tensor w_hh = accumulate ? in.into_w_hh : at::empty({G * H, P}, in.dg.options());
+  const bool into_ih = in.into.w_ih.defined(), into_hh = in.into.w_hh.defined();
+  at::Tensor w_ih = into_ih ? in.into.w_ih : at::empty({G * H, in.I()}, in.dg.options());
+  product_into(w_ih, in.dg.t(), in.x_padding_zeroed(), into_ih);
+  at::Tensor w_hh = into_hh ? in.into.w_hh : at::empty({G * H, P}, in.dg.options());
   at::Tensor phase0_rows = w_hh.narrow(0, 0, G_rec * H);
   recurrent_weight_grad_shifted(phase0_rows, in.dgh.view({in.T(), in.B(), G * H}).narrow(2, 0, G_rec * H), in.hx,
-                                in.output, in.reverse, accumulate);
+                                in.output, in.reverse, into_hh);
   if constexpr (Cell::traits.phases == 2) {
     at::Tensor phase1_rows = w_hh.narrow(0, G_rec * H, (G - G_rec) * H);
-    mid_gemm_weight_grad<Cell>(in, phase1_rows, accumulate);
+    mid_gemm_weight_grad<Cell>(in, phase1_rows, into_hh);
   }
-  if (!accumulate) g.w_hh = w_hh;
+  WeightGrads g;
+  if (!into_ih) g.w_ih = w_ih;
+  if (!into_hh) g.w_hh = w_hh;
   g.b_ih = in.dg.sum(0);
   g.b_hh = Cell::traits.split_grad ? in.dgh.sum(0) : g.b_ih.clone();
   return g;
