@@ -191,8 +191,12 @@ inline bool worth_packing(int64_t m, int64_t steps) {
 // accumulators in flight. The 16 lanes of each accumulator are summed by a fixed tree (lane_sums:
 // all the tile's accumulators at once). Every C[m, n] is summed in an order that depends on K only
 // (never on which rows share a tile, how the rows are split over threads, the batch or the step),
-// so a row's value is the same whichever call computes it, batch of one or not. K must be a
-// multiple of 16 (the hidden sizes users pick; other K, e.g. a one-hot input of 28, go to MKL).
+// so a row's value is the same whichever call computes it, batch of one or not. K >= 16: when K is
+// not a multiple of 16, its last K % 16 columns take one more 16-lane step of every accumulator
+// (SmallTail): W's last 16 columns read in place, the lanes before the tail cleared bitwise (no
+// arithmetic on them: an inf or NaN there must not leak through 0 * inf), against a per-call copy of
+// A's last columns zero-padded in front. Before, such K went to MKL, whose one-row GEMV ran at half
+// the speed (LSTM I = H = 200, B = 1, T = 100, 1 thread, forward: 1247 -> 854 us).
 using Vec16 = float __attribute__((vector_size(64)));
 
 // The lane sums of N <= 16 accumulators: lane j of out is the sum of the 16 lanes of v[j],
@@ -228,12 +232,53 @@ RNNFAST_ALWAYS_INLINE void lane_sums(const Vec16* v, Vec16& out) {
 
 // C[m, r] (m < M, r < R) = [C +] A[m] · W[r] over K: M x R <= 16 accumulators. Prefetch: touch the
 // same columns of the next R rows of W (the next block) while this one is multiplied.
+// The most rows gemm_small takes (RecurrentGemm::takes_small): A's tail lives on the stack.
+constexpr int64_t kSmallMaxRows = 64;
+
+// How many rows gemm_small takes when K is not a multiple of 16 (RecurrentGemm::takes_small): its
+// tail step and A's copy weigh most where K is short. Measured standalone against MKL's unpacked
+// at::mm (`python3 bench/small_gemm.py --shapes ...`, 1 thread, us, gemm_small / MKL):
+//   W 300 x 10   M=1 0.2 / 1.0   M=2 0.5 / 0.9   M=4 1.0 / 1.0   M=8 1.8 / 1.1
+//   W 1024 x 28  M=1 1.4 / 4.4   M=2 2.3 / 3.8   M=4 4.5 / 4.1   M=8 8.8 / 5.3
+//   W 512 x 50   M=2 1.9 / 2.7   M=4 3.0 / 3.8   M=8 5.5 / 4.6
+//   W 400 x 100  M=4 3.8 / 5.4   M=8 6.3 / 7.2   M=15 13.6 / 10.8
+//   W 800 x 200  M=1 5.7 / 10.1  M=4 12.8 / 16.0 M=8 24.8 / 29.5  M=15 48.5 / 47.7
+//   W 1200 x 300 M=4 24.2 / 34.3 M=8 46.3 / 59.3 M=15 93.8 / 92.3
+//   W 4000 x 1000 M=4 568 / 1116  M=8 744 / 1673 M=15 1287 / 2795
+inline int64_t small_tail_max_rows(int64_t K) { return K >= 256 ? 16 : K >= 96 ? 8 : K >= 48 ? 4 : 2; }
+
+using Vec16i = int32_t __attribute__((vector_size(64)));
+
+// The last K % 16 columns of a gemm_small call whose K is not a multiple of 16 (gemm_block's K is
+// then the multiple of 16 below it): W's are read in place as the 16 columns ending at K, lanes
+// masked bitwise to the tail's; A's come from `a`, rows of 16 floats, zeros then the tail columns.
+struct SmallTail {
+  const float* a = nullptr;  // (rows of A, 16); null: K is a multiple of 16, no tail
+  int64_t w_col = 0;         // K - 16: the first of the 16 columns of W read
+  Vec16i keep{};             // all ones in the tail's lanes (the last K % 16), zero before
+};
+
 template <int M, int R, bool Prefetch = false>
 RNNFAST_ALWAYS_INLINE void gemm_block(const float* __restrict w, int64_t ldw, const float* __restrict a, int64_t lda,
-                                      float* __restrict c, int64_t ldc, int64_t K, bool accumulate) {
+                                      float* __restrict c, int64_t ldc, int64_t K, bool accumulate,
+                                      SmallTail tail = {}) {
   static_assert(M * R <= 16, "gemm_block: at most 16 accumulators");
   Vec16 acc[M * R];
   for (int i = 0; i < M * R; ++i) acc[i] = Vec16{};
+  if (tail.a) {  // the last columns first: the order of the sums is fixed by K alone either way
+    Vec16 wv[R];
+    for (int r = 0; r < R; ++r) {
+      Vec16i bits;
+      std::memcpy(&bits, w + r * ldw + tail.w_col, sizeof(Vec16i));
+      bits &= tail.keep;
+      std::memcpy(&wv[r], &bits, sizeof(Vec16));
+    }
+    for (int m = 0; m < M; ++m) {
+      Vec16 av;
+      std::memcpy(&av, tail.a + m * 16, sizeof(Vec16));
+      for (int r = 0; r < R; ++r) acc[m * R + r] = wv[r] * av;
+    }
+  }
   for (int64_t k = 0; k < K; k += 16) {
     Vec16 wv[R];
     for (int r = 0; r < R; ++r) std::memcpy(&wv[r], w + r * ldw + k, sizeof(Vec16));
@@ -260,17 +305,20 @@ RNNFAST_ALWAYS_INLINE void gemm_block(const float* __restrict w, int64_t ldw, co
 constexpr int kTileRows = 4, kTileCols = 4;  // measured best of 8x2, 6x2, 4x3, 4x4, 2x8 (4x4 by 1.2-2x)
 template <int R, bool Prefetch>
 RNNFAST_ALWAYS_INLINE void gemm_rows(const float* w, int64_t ldw, const float* a, int64_t lda, float* c, int64_t ldc,
-                                     int64_t M, int64_t K, bool accumulate) {
+                                     int64_t M, int64_t K, bool accumulate, SmallTail tail) {
   int64_t m = 0;
   for (; m + kTileRows <= M; m += kTileRows) {
-    gemm_block<kTileRows, R, Prefetch>(w, ldw, a + m * lda, lda, c + m * ldc, ldc, K, accumulate);
+    SmallTail t = tail;
+    if (t.a) t.a += m * 16;  // null stays null: no tail
+    gemm_block<kTileRows, R, Prefetch>(w, ldw, a + m * lda, lda, c + m * ldc, ldc, K, accumulate, t);
   }
   a += m * lda;
   c += m * ldc;
+  if (tail.a) tail.a += m * 16;
   switch (M - m) {
-    case 1: gemm_block<1, R, Prefetch>(w, ldw, a, lda, c, ldc, K, accumulate); break;
-    case 2: gemm_block<2, R, Prefetch>(w, ldw, a, lda, c, ldc, K, accumulate); break;
-    case 3: gemm_block<3, R, Prefetch>(w, ldw, a, lda, c, ldc, K, accumulate); break;
+    case 1: gemm_block<1, R, Prefetch>(w, ldw, a, lda, c, ldc, K, accumulate, tail); break;
+    case 2: gemm_block<2, R, Prefetch>(w, ldw, a, lda, c, ldc, K, accumulate, tail); break;
+    case 3: gemm_block<3, R, Prefetch>(w, ldw, a, lda, c, ldc, K, accumulate, tail); break;
     default: break;
   }
 }
@@ -278,12 +326,12 @@ RNNFAST_ALWAYS_INLINE void gemm_rows(const float* w, int64_t ldw, const float* a
 // Two or more rows: blocks of kTileCols rows of W, then single rows.
 template <bool Prefetch>
 RNNFAST_ALWAYS_INLINE void gemm_tiles(const float* w, int64_t ldw, const float* a, int64_t lda, float* c, int64_t ldc,
-                                      int64_t M, int64_t N, int64_t K, bool accumulate) {
+                                      int64_t M, int64_t N, int64_t K, bool accumulate, SmallTail tail) {
   int64_t n = 0;
   for (; n + kTileCols <= N; n += kTileCols) {
-    gemm_rows<kTileCols, Prefetch>(w + n * ldw, ldw, a, lda, c + n, ldc, M, K, accumulate);
+    gemm_rows<kTileCols, Prefetch>(w + n * ldw, ldw, a, lda, c + n, ldc, M, K, accumulate, tail);
   }
-  for (; n < N; ++n) gemm_rows<1, false>(w + n * ldw, ldw, a, lda, c + n, ldc, M, K, accumulate);
+  for (; n < N; ++n) gemm_rows<1, false>(w + n * ldw, ldw, a, lda, c + n, ldc, M, K, accumulate, tail);
 }
 
 // From 2 rows of A, the next block of W is prefetched while a block is multiplied, for a W of at
@@ -299,19 +347,19 @@ constexpr int64_t kPrefetchMaxWeightBytes = int64_t(8) << 20;
 __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
 inline void gemm_small_rows(const float* w, int64_t ldw, const float* a, int64_t lda, float* c, int64_t ldc,
-                            int64_t M, int64_t N, int64_t K, bool accumulate) {
+                            int64_t M, int64_t N, int64_t K, bool accumulate, SmallTail tail) {
   if (M <= 0) return;
   if (M >= 2) {
     if (N * K * int64_t(sizeof(float)) <= kPrefetchMaxWeightBytes) {
-      gemm_tiles<true>(w, ldw, a, lda, c, ldc, M, N, K, accumulate);
+      gemm_tiles<true>(w, ldw, a, lda, c, ldc, M, N, K, accumulate, tail);
     } else {
-      gemm_tiles<false>(w, ldw, a, lda, c, ldc, M, N, K, accumulate);
+      gemm_tiles<false>(w, ldw, a, lda, c, ldc, M, N, K, accumulate, tail);
     }
     return;
   }
   int64_t n = 0;  // one row (GEMV): 8 rows of W per block, as many loads in flight as accumulators
-  for (; n + 8 <= N; n += 8) gemm_block<1, 8>(w + n * ldw, ldw, a, lda, c + n, ldc, K, accumulate);
-  for (; n < N; ++n) gemm_rows<1, false>(w + n * ldw, ldw, a, lda, c + n, ldc, M, K, accumulate);
+  for (; n + 8 <= N; n += 8) gemm_block<1, 8>(w + n * ldw, ldw, a, lda, c + n, ldc, K, accumulate, tail);
+  for (; n < N; ++n) gemm_rows<1, false>(w + n * ldw, ldw, a, lda, c + n, ldc, M, K, accumulate, tail);
 }
 
 // When it runs (RecurrentGemm::takes_small): up to kSmallRows rows always; up to kSmallRowsNarrow
@@ -336,6 +384,7 @@ inline void gemm_small_rows(const float* w, int64_t ldw, const float* a, int64_t
 // 1.29x; RNN H=96 B=32 1.06x; RNN H=128 B=32 1.11x (2 threads 1.14x); LSTM H=32 B=32 1.04x. A wider
 // W does not gain (GRU H=64, N = 192, B=32: 0.94x).
 constexpr int64_t kSmallRows = 16, kSmallRowsLongK = 32, kSmallLongK = 256, kSmallRowsLarge = 64;
+static_assert(kSmallRowsLarge <= kSmallMaxRows && kSmallRowsLongK <= kSmallMaxRows, "gemm_small: A's tail buffer");
 constexpr int64_t kSmallRowsNarrow = 32, kSmallNarrowN = 128;
 constexpr int64_t kSmallMinWeightBytes = int64_t(3) << 20;
 
@@ -398,11 +447,27 @@ void for_column_blocks(int64_t N, int64_t K, const F& f) {
                    [&](int64_t b0, int64_t b1) { f(b0 * 8, std::min(N, b1 * 8)); });
 }
 
-// gemm_small_rows over all N columns of C (for_column_blocks).
+// gemm_small_rows over all N columns of C (for_column_blocks). K >= 16; when K is not a multiple
+// of 16, M <= kSmallMaxRows (A's tail is copied to the stack).
 inline void gemm_small(const float* w, int64_t ldw, const float* a, int64_t lda, float* c, int64_t ldc, int64_t M,
                        int64_t N, int64_t K, bool accumulate) {
+  const int64_t K16 = K / 16 * 16, rem = K - K16;
+  alignas(64) float a_tail[kSmallMaxRows * 16];
+  SmallTail tail;
+  if (rem) {
+    TORCH_CHECK(K >= 16 && M <= kSmallMaxRows, "rnnfast: internal error: gemm_small with K = ", K, " takes K >= 16 and at most ",
+                kSmallMaxRows, " rows (got ", M, ")");
+    for (int64_t m = 0; m < M; ++m) {
+      float* row = a_tail + m * 16;
+      std::memset(row, 0, size_t(16 - rem) * sizeof(float));
+      std::memcpy(row + 16 - rem, a + m * lda + K16, size_t(rem) * sizeof(float));
+    }
+    tail.a = a_tail;
+    tail.w_col = K - 16;
+    for (int j = 0; j < 16; ++j) tail.keep[j] = j >= 16 - rem ? -1 : 0;
+  }
   for_column_blocks(N, K, [&](int64_t n0, int64_t n1) {
-    gemm_small_rows(w + n0 * ldw, ldw, a, lda, c + n0, ldc, M, n1 - n0, K, accumulate);
+    gemm_small_rows(w + n0 * ldw, ldw, a, lda, c + n0, ldc, M, n1 - n0, K16, accumulate, tail);
   });
 }
 
@@ -473,11 +538,12 @@ inline void gemm_lanes(const float* w, int64_t ldw, const float* a, int64_t lda,
 }
 
 // Whether C (M, N) = [C +] A (M, K) · Wᵀ can run on gemm_small: float32 throughout, W contiguous
-// (N, K) with K a multiple of 16 (small_weight_ok: fixed for a call), A and C with unit column
+// (N, K) with K >= 16 (small_weight_ok: fixed for a call; K not a multiple of 16 takes fewer rows,
+// small_tail_max_rows), A and C with unit column
 // stride (small_rows_ok; their row strides are passed as they are). How many rows it takes is
 // RecurrentGemm::takes_small's.
 inline bool small_weight_ok(const at::Tensor& w, bool transpose) {
-  return transpose && w.scalar_type() == at::kFloat && w.is_contiguous() && w.size(1) > 0 && w.size(1) % 16 == 0;
+  return transpose && w.scalar_type() == at::kFloat && w.is_contiguous() && w.size(1) >= 16;
 }
 // The weight side of the batch-lane kernel's conditions: any K >= 1.
 inline bool lanes_weight_ok(const at::Tensor& w, bool transpose) {
@@ -602,7 +668,8 @@ class RecurrentGemm {
   bool takes_small(int64_t m) const {
     if (packed_.defined() || m < 1) return false;
     if (takes_lanes(m)) return true;
-    if (!small_) return false;
+    if (!small_ || m > kSmallMaxRows) return false;
+    if (k_ % 16 != 0) return m <= small_tail_max_rows(k_);
     return m <= kSmallRows || (m <= kSmallRowsLongK && k_ >= kSmallLongK) || (m <= kSmallRowsNarrow && n_ <= kSmallNarrowN) ||
            (m <= kSmallRowsLarge && weight_bytes() >= kSmallMinWeightBytes);
   }
