@@ -1,6 +1,6 @@
 """gemm_small with K not a multiple of 16 (csrc/cpu/blas.h SmallTail, small_tail_max_rows): the last
-K % 16 columns of W and of A come from zero-padded copies, one more 16-lane step of every
-accumulator. Input or hidden sizes from 16 that are not multiples of 16, such as 28 (a one-hot
+K % 16 columns take one more 16-lane step of every accumulator (W's read in place, masked; A's
+copied, zero-padded). K below 16 runs on a padded copy of W (small_k_padded) for 1-2 rows. Input or hidden sizes from 16 that are not multiples of 16, such as 28 (a one-hot
 vocabulary), 50, 100, 200, 300, take it for a few rows (2 rows below K = 48, 4 from 48, 8 from 96, 16 from 256); more rows go to BLAS
 or the batch-lane kernel as before.
 
@@ -54,11 +54,11 @@ def pair(kind, I, H, dtype=torch.float32, **extra):
 
 @pytest.mark.parametrize("lanes", [False, True], ids=["lanes-off", "lanes-on"])
 @pytest.mark.parametrize("kind", list(MODULES))
-@pytest.mark.parametrize("H", [17, 20, 28, 50, 100, 200, 300])
+@pytest.mark.parametrize("H", [1, 3, 15, 17, 20, 28, 50, 100, 200, 300])
 def test_rows_are_their_batch_of_one_bit_for_bit(kind, H, lanes):
     """Shapes whose every GEMM (the input projection's T*B rows, each step's B rows) stays within
     gemm_small's rows for this K: the batch's rows equal their own calls exactly, and torch.nn.
-    (K below 16 goes to BLAS, whose rows carry no such promise; the next test covers it.)"""
+    K below 16 (H = 1, 3, 15): gemm_small on the padded copy of W, up to 2 rows."""
     got, ref = pair(kind, H, H)
     ref64 = pair(kind, H, H, torch.float64)[1]
     ref64.load_state_dict(got.state_dict())
@@ -130,28 +130,31 @@ def test_cells_in_a_loop_match_torch_nn(cell, I, H, B):
 
 @pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
 @pytest.mark.parametrize("where", ["w_hh", "w_ih", "input", "both signs"])
+@pytest.mark.parametrize("K", [20, 5])
 @pytest.mark.parametrize("kind", ["RNN-relu", "LSTM"])
-def test_nonfinite_values_in_the_tail_columns_propagate_as_in_torch_nn(kind, where, value):
+def test_nonfinite_values_in_the_tail_columns_propagate_as_in_torch_nn(kind, where, value, K):
     """The tail step reads W's last 16 columns in place and clears the lanes before the tail
     bitwise: an inf or NaN in the last K % 16 columns, or just before them, gives what torch.nn
     gives (inf through ReLU, NaN everywhere; inf - inf = NaN), and the cleared lanes add nothing.
-    K = 20: 16 columns, then a tail of 4; W's columns 4..15 are read twice, masked the second time."""
-    I = H = 20
+    K = 20: 16 columns, then a tail of 4; W's columns 4..15 are read twice, masked the second time.
+    K = 5: the padded copy of W (zeros, then the 5 columns), masked the same way."""
+    I = H = K
+    c = K - 16 if K >= 16 else 0  # first column of the 16-wide window before the tail: K = 20 -> 4
     got, ref = pair(kind, I, H)
     x = torch.randn(1, 2, I).abs()  # positive: inf * x keeps its sign, +inf and -inf products cancel to NaN
     with torch.no_grad():
         for m in (got, ref):
             if where == "w_hh":
-                m.weight_hh_l0[3, 18] = value  # a tail column
-                m.weight_hh_l0[5, 10] = value  # a column the tail's read covers, masked
+                m.weight_hh_l0[3, K - 2] = value  # a tail column
+                m.weight_hh_l0[4, c + 1] = value  # a column the tail's read covers (masked), or the second
             elif where == "w_ih":
-                m.weight_ih_l0[1, 17] = value
-                m.weight_ih_l0[2, 6] = value
+                m.weight_ih_l0[1, K - 3] = value
+                m.weight_ih_l0[2, c + 2] = value
             elif where == "both signs":
-                m.weight_ih_l0[4, 19] = value
-                m.weight_ih_l0[4, 8] = -value
+                m.weight_ih_l0[4, K - 1] = value
+                m.weight_ih_l0[4, c + 3] = -value
         if where == "input":
-            x[0, 1, 19] = value
+            x[0, 1, K - 1] = value
     h0 = torch.randn(1, 2, H).abs()  # positive: inf * h keeps its sign through a ReLU
     args = (h0, torch.randn(1, 2, H)) if kind == "LSTM" else h0
     with torch.inference_mode():

@@ -447,15 +447,16 @@ void for_column_blocks(int64_t N, int64_t K, const F& f) {
                    [&](int64_t b0, int64_t b1) { f(b0 * 8, std::min(N, b1 * 8)); });
 }
 
-// gemm_small_rows over all N columns of C (for_column_blocks). K >= 16; when K is not a multiple
-// of 16, M <= kSmallMaxRows (A's tail is copied to the stack).
+// gemm_small_rows over all N columns of C (for_column_blocks). When K is not a multiple of 16: M <=
+// kSmallMaxRows (A's tail is copied to the stack), and the 16 floats ending at column K of every
+// row of W must be readable: K >= 16, or W a row of small_k_padded's copy (see there).
 inline void gemm_small(const float* w, int64_t ldw, const float* a, int64_t lda, float* c, int64_t ldc, int64_t M,
                        int64_t N, int64_t K, bool accumulate) {
   const int64_t K16 = K / 16 * 16, rem = K - K16;
   alignas(64) float a_tail[kSmallMaxRows * 16];
   SmallTail tail;
   if (rem) {
-    TORCH_CHECK(K >= 16 && M <= kSmallMaxRows, "rnnfast: internal error: gemm_small with K = ", K, " takes K >= 16 and at most ",
+    TORCH_CHECK(M <= kSmallMaxRows, "rnnfast: internal error: gemm_small with K = ", K, " takes at most ",
                 kSmallMaxRows, " rows (got ", M, ")");
     for (int64_t m = 0; m < M; ++m) {
       float* row = a_tail + m * 16;
@@ -545,6 +546,28 @@ inline void gemm_lanes(const float* w, int64_t ldw, const float* a, int64_t lda,
 inline bool small_weight_ok(const at::Tensor& w, bool transpose) {
   return transpose && w.scalar_type() == at::kFloat && w.is_contiguous() && w.size(1) >= 16;
 }
+// K below 16 (hidden sizes 1..15): gemm_small runs on a copy of W with 16 floats a row, W's K
+// columns last (small_k_padded), made once per RecurrentGemm for a W of at most kSmallPadMaxRows
+// rows and only where a step takes at most small_tail_max_rows(K) = 2 rows (then MKL's per-step
+// call, ~1 us through the tensor path, was most of the step: LSTM H = 1..8, B = 1, T = 100 forward
+// 0.90-0.93x torch.nn).
+constexpr int64_t kSmallPadMaxRows = 1024;
+inline bool small_pad_ok(const at::Tensor& w, bool transpose, int64_t max_m) {
+  return transpose && w.scalar_type() == at::kFloat && w.is_contiguous() && w.size(1) >= 1 && w.size(1) < 16 &&
+         w.size(0) <= kSmallPadMaxRows && max_m >= 1 && max_m <= 2;
+}
+// (N, 16): row n holds 16 - K zeros, then W[n, 0..K).
+inline at::Tensor small_k_padded(const at::Tensor& w) {
+  const int64_t N = w.size(0), K = w.size(1);
+  at::Tensor t = at::empty({N, 16}, w.options());
+  const float* src = w.const_data_ptr<float>();
+  float* dst = t.data_ptr<float>();
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t j = 0; j < 16 - K; ++j) dst[n * 16 + j] = 0.f;
+    for (int64_t j = 0; j < K; ++j) dst[n * 16 + 16 - K + j] = src[n * K + j];
+  }
+  return t;
+}
 // The weight side of the batch-lane kernel's conditions: any K >= 1.
 inline bool lanes_weight_ok(const at::Tensor& w, bool transpose) {
   return RNNFAST_BATCH_LANES && transpose && w.scalar_type() == at::kFloat && w.is_contiguous() && w.size(1) > 0;
@@ -572,6 +595,10 @@ class RecurrentGemm {
     n_ = transpose ? w.size(0) : w.size(1);
     k_ = transpose ? w.size(1) : w.size(0);
     const mkl::Api& a = mkl::api();
+    if (small_pad_ok(w, transpose, max_m)) {  // K < 16: gemm_small on a padded copy (max_m <= 2 never packs)
+      padded_ = small_k_padded(w);
+      small_ = true;
+    }
     const bool fits = max_m > 0 && n_ > 0 && k_ > 0 && max_m < INT32_MAX && n_ < INT32_MAX && k_ < INT32_MAX;
     const bool repays =
         steps == kUnknownSteps ||
@@ -635,6 +662,8 @@ class RecurrentGemm {
     if (!takes_small(m)) return false;
     if (takes_lanes(m)) {
       gemm_lanes(w_.const_data_ptr<float>(), w_.size(1), a, lda, c, ldc, m, n_, k_, accumulate);
+    } else if (padded_.defined()) {  // row n's K columns end at 16: W's "columns" start 16 - K in
+      gemm_small(padded_.const_data_ptr<float>() + (16 - k_), 16, a, lda, c, ldc, m, n_, k_, accumulate);
     } else {
       gemm_small(w_.const_data_ptr<float>(), w_.size(1), a, lda, c, ldc, m, n_, k_, accumulate);
     }
@@ -676,6 +705,7 @@ class RecurrentGemm {
 
  private:
   at::Tensor w_, packed_;
+  at::Tensor padded_;  // small_k_padded(w_) where K < 16 and gemm_small takes the steps (small_pad_ok)
   bool transpose_;
   // m rows run on the batch-lane kernel (run_small's choice; packed_ is checked by the callers)
   bool takes_lanes(int64_t m) const {
