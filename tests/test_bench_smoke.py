@@ -1,5 +1,5 @@
 """Smoke test of the benchmark suites' code (not of speed): a few points of the size grid, the cell
-loop and generation run through pytest-benchmark with timing disabled, and report.py's grid summary
+loop, generation and the off-grid shapes run through pytest-benchmark with timing disabled, and report.py's grid summary
 and heat map on a synthetic results file, and bench/small_gemm.py on one weight. The full grid is run
 by hand (bench/run.py), never in CI."""
 import json
@@ -17,14 +17,25 @@ import report  # noqa: E402
 def test_bench_suites_run_a_few_points(tmp_path):
     selection = ("(test_grid and (gru-fwd-H64-B1-T8-th1 or lstm-fwdbwd-H64-B8-T1-th2) and not onnx)"
                  " or (test_cell_loop and lstm-H64-B1-th1)"
-                 " or (test_predict and gru-H256-th1)")
+                 " or (test_predict and gru-H256-th1)"
+                 " or (test_offgrid and (s0- or s7-))")
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "bench/test_grid.py", "bench/test_cells.py",
-         "bench/test_predict.py", "-q", "-p", "no:cacheprovider", "--benchmark-disable",
+         "bench/test_predict.py", "bench/test_offgrid.py", "-q", "-p", "no:cacheprovider", "--benchmark-disable",
          "-k", selection],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "8 passed" in proc.stdout, proc.stdout[-2000:]
+    assert "12 passed" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_offgrid_shapes_are_fixed_and_cover_the_corners():
+    """The off-grid suite's shapes come from a fixed seed (runs stay comparable) and include the
+    corners it exists for: K below 16 and not a multiple of 16, float64, stacks, bidirectional."""
+    import test_offgrid
+    a, b = test_offgrid.shapes(), test_offgrid.shapes()
+    assert a == b and len(a) == test_offgrid.N_SHAPES
+    assert any(s["H"] < 16 for s in a) and any(s["H"] % 16 and s["H"] > 16 for s in a)
+    assert any(s["dtype"] == "float64" for s in a) and any(s["L"] == 2 for s in a) and any(s["bi"] for s in a)
 
 
 def _bench(cell, mode, H, B, T, threads, impl, median):

@@ -1,0 +1,93 @@
+"""Off the grid: seeded random shapes the size grid does not hold, rnnfast vs torch.nn in the same
+run. The grid's H are multiples of 16 in float32, one layer, I = H; users also run hidden sizes of
+1-15, 20, 100, 200, input sizes of 10 or 28 (a one-hot), float64, stacks, bidirectional layers,
+batch_first, projections and small batches at 2 threads. Three such corners were below torch.nn
+until found this way (blas.h: K not a multiple of 16, K below 16; fastmath.h: float64). The shapes
+are drawn from a fixed seed, so a run is comparable with the committed one.
+
+    python3 bench/run.py bench/test_offgrid.py        # ~3 min on 2 cores -> results/<device>-offgrid.json
+    python3 bench/report.py bench/results/<device>-offgrid.json
+
+Group 'offgrid <shape>'; the shape names cell, I, H, B, T, layers (L), bidirectional (bi),
+batch_first (bf), proj_size (p), dtype, mode and threads. mode 'fwd' runs under
+torch.inference_mode(), 'fwdbwd' is forward + backward of outputs.sum()."""
+import random
+
+import pytest
+import torch
+
+import rnnfast
+from _common import record, run_adaptive, synchronize
+
+N_SHAPES = 96
+TARGET_S = 0.25
+MODULES = {"rnn_tanh": ("RNN", {}), "rnn_relu": ("RNN", {"nonlinearity": "relu"}), "gru": ("GRU", {}),
+           "lstm": ("LSTM", {})}
+
+
+def shapes(n=N_SHAPES, seed=2026):
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        cell = rng.choice(list(MODULES))
+        H = rng.choice([1, 4, 12, 20, 32, 50, 100, 128, 200, 300, 384, 600, 768])
+        out.append(dict(cell=cell, H=H, I=rng.choice([H, 10, 28, 300]), B=rng.choice([1, 2, 3, 5, 16, 64]),
+                        T=rng.choice([1, 2, 5, 16, 50, 100]), L=rng.choice([1, 1, 2]), bi=rng.random() < 0.3,
+                        bf=rng.random() < 0.3, p=(H // 2 if cell == "lstm" and H >= 8 and rng.random() < 0.2 else 0),
+                        dtype=rng.choice(["float32", "float32", "float32", "float64"]),
+                        mode=rng.choice(["fwd", "fwdbwd"]), threads=rng.choice([1, 2])))
+    return out
+
+
+def name(s):
+    return (f"{s['cell']} I{s['I']} H{s['H']} B{s['B']} T{s['T']} L{s['L']} bi{int(s['bi'])} bf{int(s['bf'])} "
+            f"p{s['p']} {s['dtype']} {s['mode']} th{s['threads']}")
+
+
+SHAPES = shapes()
+
+
+def offgrid_step(impl, s, device):
+    cls, kw = MODULES[s["cell"]]
+    kw = dict(kw, num_layers=s["L"], bidirectional=s["bi"], batch_first=s["bf"])
+    if s["p"]:
+        kw["proj_size"] = s["p"]
+    dtype = getattr(torch, s["dtype"])
+    torch.manual_seed(0)
+    layer = getattr(torch.nn if impl == "torch" else rnnfast, cls)(s["I"], s["H"], **kw).to(device, dtype)
+    shape = (s["B"], s["T"], s["I"]) if s["bf"] else (s["T"], s["B"], s["I"])
+    x = torch.randn(shape, device=device, dtype=dtype)
+    if s["mode"] == "fwd":
+        def step():
+            with torch.inference_mode():
+                layer(x)
+            synchronize(device)
+        return step
+    x.requires_grad_(True)
+
+    def step():
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        out, _ = layer(x)
+        out.sum().backward()
+        synchronize(device)
+    return step
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+@pytest.mark.parametrize("impl", ["torch", "rnnfast"])
+@pytest.mark.parametrize("index", range(len(SHAPES)), ids=lambda i: f"s{i}")
+def test_offgrid(benchmark, device, index, impl):
+    s = SHAPES[index]
+    if device.type != "cpu" and s["dtype"] == "float64":
+        pytest.skip("float64 runs on the CPU only")
+    prev = torch.get_num_threads()
+    torch.set_num_threads(s["threads"])
+    try:
+        step = offgrid_step(impl, s, device)
+        benchmark.group = f"offgrid {name(s)}"
+        median = run_adaptive(benchmark, step, target_s=TARGET_S)
+    finally:
+        torch.set_num_threads(prev)
+    record(benchmark, median, suite="offgrid", case=name(s), impl=impl, baseline="torch", device=str(device),
+           tokens=s["B"] * s["T"], **{k: v for k, v in s.items() if k not in ("mode",)}, mode=s["mode"])
