@@ -64,6 +64,15 @@ def record(benchmark, median_s, **info):
         benchmark.extra_info["tokens_per_s"] = info["tokens"] / median_s
 
 
+def inference_step(layer, x, device):
+    """One layer call under torch.inference_mode() (the grid's and the off-grid suite's 'fwd')."""
+    def step():
+        with torch.inference_mode():
+            layer(x)
+        synchronize(device)
+    return step
+
+
 def forward_backward_step(layer, x, device):
     """One layer call with loss outputs.sum() and its backward, gradients reset first (the layer
     and grid suites' timed work)."""
@@ -112,9 +121,5 @@ def grid_step(impl, cell, mode, H, B, T, threads, device):
     if impl == "onnxruntime":
         return onnxruntime_step(layer.eval(), x, threads)
     if mode == "fwd":
-        def step():
-            with torch.inference_mode():
-                layer(x)
-            synchronize(device)
-        return step
+        return inference_step(layer, x, device)
     return forward_backward_step(layer, x.requires_grad_(True), device)

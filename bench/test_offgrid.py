@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import rnnfast
-from _common import record, run_adaptive, synchronize
+from _common import forward_backward_step, inference_step, record, run_adaptive
 
 N_SHAPES = 96
 TARGET_S = 0.25
@@ -58,20 +58,8 @@ def offgrid_step(impl, s, device):
     shape = (s["B"], s["T"], s["I"]) if s["bf"] else (s["T"], s["B"], s["I"])
     x = torch.randn(shape, device=device, dtype=dtype)
     if s["mode"] == "fwd":
-        def step():
-            with torch.inference_mode():
-                layer(x)
-            synchronize(device)
-        return step
-    x.requires_grad_(True)
-
-    def step():
-        layer.zero_grad(set_to_none=True)
-        x.grad = None
-        out, _ = layer(x)
-        out.sum().backward()
-        synchronize(device)
-    return step
+        return inference_step(layer, x, device)
+    return forward_backward_step(layer, x.requires_grad_(True), device)
 
 
 @pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")

@@ -9,10 +9,10 @@ stays on gemm_small (the order of every sum depends on K only), outputs and grad
 torch.nn in float32 (and a float64 reference), on both sides of the row limits, at 1 and 2
 threads, cells included; an inf or NaN in W's tail columns or in the input's reaches the outputs
 as in torch.nn."""
-import contextlib
-
 import pytest
 import torch
+from test_batch_lanes import lanes as batch_lanes  # the AVX-512 batch-lane switch, set for a block
+from test_batch_lanes import threads
 
 import rnnfast
 
@@ -22,25 +22,6 @@ MODULES = {"RNN": {}, "RNN-relu": {"nonlinearity": "relu"}, "GRU": {}, "LSTM": {
 def tail_max_rows(K):
     """blas.h small_tail_max_rows, restated."""
     return 16 if K >= 256 else 8 if K >= 96 else 4 if K >= 48 else 2
-
-
-@contextlib.contextmanager
-def threads(n):
-    prev = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
-
-
-@contextlib.contextmanager
-def batch_lanes(on):
-    prev = rnnfast._C._set_batch_lanes(on)
-    try:
-        yield
-    finally:
-        rnnfast._C._set_batch_lanes(prev)
 
 
 def pair(kind, I, H, dtype=torch.float32, **extra):

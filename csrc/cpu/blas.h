@@ -191,8 +191,9 @@ inline bool worth_packing(int64_t m, int64_t steps) {
 // accumulators in flight. The 16 lanes of each accumulator are summed by a fixed tree (lane_sums:
 // all the tile's accumulators at once). Every C[m, n] is summed in an order that depends on K only
 // (never on which rows share a tile, how the rows are split over threads, the batch or the step),
-// so a row's value is the same whichever call computes it, batch of one or not. K >= 16: when K is
-// not a multiple of 16, its last K % 16 columns take one more 16-lane step of every accumulator
+// so a row's value is the same whichever call computes it, batch of one or not. Any K (below 16 on
+// a padded copy of W, small_k_padded): when K is not a multiple of 16, its last K % 16 columns take
+// one more 16-lane step of every accumulator
 // (SmallTail): W's last 16 columns read in place, the lanes before the tail cleared bitwise (no
 // arithmetic on them: an inf or NaN there must not leak through 0 * inf), against a per-call copy of
 // A's last columns zero-padded in front. Before, such K went to MKL, whose one-row GEMV ran at half
