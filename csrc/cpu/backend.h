@@ -142,7 +142,13 @@ RNNFAST_SIMD_CLONES void backward_rows(const MakeRow& row, int64_t b0, int64_t b
 // At least kBatchSplitMinRows rows a block: 4 (it was 8) also splits B = 8..15 over 2 threads, measured
 // interleaved in one process, 2 threads, forward: LSTM H64 B8 T35 330 -> 196 us, T200 1907 ->
 // 1231 us, GRU H64 B8 T35 280 -> 154 us, RNN H64 B8 T35 89 -> 68 us; LSTM H256 B8 T35 unchanged.
-constexpr int64_t kBatchSplitMaxWeightBytes = 1536 * 1024;
+// The bound was 1.5 MB until an off-grid sweep found LSTM H = 300 (1.44 MB of W_hh), B = 9-13,
+// T = 50, 2 threads, forward at 0.87-0.90x torch.nn: from about 1 MB the two threads' full streams
+// of W_hh no longer share a 2 MB L2 comfortably. With 1 MB (alternating processes, 3 rounds, time
+// 1.5 MB / 1 MB): LSTM H = 300 B = 9 1.15x, B = 10 1.16x, B = 13 1.20x, H = 272 B = 10 1.05x,
+// forward+backward I = H = 300 B = 10 1.17x; RNN H = 600 B = 10 1.28x; GRU H = 300 B = 10 1.03x;
+// H = 256 (exactly 1 MB, still split) and B = 4 or 32 unchanged.
+constexpr int64_t kBatchSplitMaxWeightBytes = 1024 * 1024;
 constexpr int64_t kBatchSplitMinRows = 4;
 
 // Number of row blocks for the batch-split recurrence (1: run the plain loop). A block's GEMM is
