@@ -64,18 +64,14 @@ def offgrid_step(impl, s, device):
 
 @pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 @pytest.mark.parametrize("impl", ["torch", "rnnfast"])
-@pytest.mark.parametrize("index", range(len(SHAPES)), ids=lambda i: f"s{i}")
-def test_offgrid(benchmark, device, index, impl):
+@pytest.mark.parametrize("index, threads", [pytest.param(i, s["threads"], id=f"s{i}") for i, s in enumerate(SHAPES)],
+                         indirect=["threads"])
+def test_offgrid(benchmark, device, index, threads, impl):
     s = SHAPES[index]
     if device.type != "cpu" and s["dtype"] == "float64":
         pytest.skip("float64 runs on the CPU only")
-    prev = torch.get_num_threads()
-    torch.set_num_threads(s["threads"])
-    try:
-        step = offgrid_step(impl, s, device)
-        benchmark.group = f"offgrid {name(s)}"
-        median = run_adaptive(benchmark, step, target_s=TARGET_S)
-    finally:
-        torch.set_num_threads(prev)
+    step = offgrid_step(impl, s, device)
+    benchmark.group = f"offgrid {name(s)}"
+    median = run_adaptive(benchmark, step, target_s=TARGET_S)
     record(benchmark, median, suite="offgrid", case=name(s), impl=impl, baseline="torch", device=str(device),
            tokens=s["B"] * s["T"], **{k: v for k, v in s.items() if k not in ("mode",)}, mode=s["mode"])

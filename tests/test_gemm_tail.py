@@ -15,8 +15,9 @@ from test_batch_lanes import lanes as batch_lanes  # the AVX-512 batch-lane swit
 from test_batch_lanes import threads
 
 import rnnfast
+import test_small_sizes as small_sizes
 
-MODULES = {"RNN": {}, "RNN-relu": {"nonlinearity": "relu"}, "GRU": {}, "LSTM": {}}
+MODULES = list(small_sizes.MODULES)  # rnn_tanh, rnn_relu, gru, lstm
 
 
 def tail_max_rows(K):
@@ -24,24 +25,15 @@ def tail_max_rows(K):
     return 16 if K >= 256 else 8 if K >= 96 else 4 if K >= 48 else 2
 
 
-def pair(kind, I, H, dtype=torch.float32, **extra):
-    name = kind.split("-")[0]
-    torch.manual_seed(0)
-    got = getattr(rnnfast, name)(I, H, **MODULES[kind], **extra).to(dtype)
-    ref = getattr(torch.nn, name)(I, H, **MODULES[kind], **extra).to(dtype)
-    ref.load_state_dict(got.state_dict())
-    return got, ref
-
-
 @pytest.mark.parametrize("lanes", [False, True], ids=["lanes-off", "lanes-on"])
-@pytest.mark.parametrize("kind", list(MODULES))
+@pytest.mark.parametrize("kind", MODULES)
 @pytest.mark.parametrize("H", [1, 3, 15, 17, 20, 28, 50, 100, 200, 300])
 def test_rows_are_their_batch_of_one_bit_for_bit(kind, H, lanes):
     """Shapes whose every GEMM (the input projection's T*B rows, each step's B rows) stays within
     gemm_small's rows for this K: the batch's rows equal their own calls exactly, and torch.nn.
     K below 16 (H = 1, 3, 15): gemm_small on the padded copy of W, up to 2 rows."""
-    got, ref = pair(kind, H, H)
-    ref64 = pair(kind, H, H, torch.float64)[1]
+    ref, got = small_sizes.pair(kind, H, H)
+    ref64 = small_sizes.pair(kind, H, H, torch.float64)[0]
     ref64.load_state_dict(got.state_dict())
     limit = min(tail_max_rows(H), 15)  # 16 rows and more: the batch-lane kernel where it is on
     shapes = {(1, 1), (1, 2), (2, 1), (1, limit), (limit // 2 or 1, 2 if limit >= 2 else 1)}
@@ -58,13 +50,13 @@ def test_rows_are_their_batch_of_one_bit_for_bit(kind, H, lanes):
 
 
 @pytest.mark.parametrize("nthreads", [1, 2])
-@pytest.mark.parametrize("kind", list(MODULES))
+@pytest.mark.parametrize("kind", MODULES)
 @pytest.mark.parametrize("I, H", [(28, 100), (10, 50), (200, 200), (300, 17), (50, 300), (13, 3)])
 def test_forward_and_backward_match_torch_nn_across_the_row_limits(kind, I, H, nthreads):
     """Batches below, at and above gemm_small's rows for K = I and K = H, short sequences (the
     input projection unpacked) and long ones (W_hh may pack): outputs, final states and every
     gradient against torch.nn."""
-    got, ref = pair(kind, I, H)
+    ref, got = small_sizes.pair(kind, I, H)
     limits = {tail_max_rows(I), tail_max_rows(H)}
     batches = sorted({1, 2} | {m for k in limits for m in (k, k + 1)})
     with threads(nthreads):
@@ -75,7 +67,7 @@ def test_forward_and_backward_match_torch_nn_across_the_row_limits(kind, I, H, n
                 out, st = got(xg)
                 rout, rst = ref(xr)
                 torch.testing.assert_close(out, rout, rtol=1e-5, atol=2e-6)
-                h, rh = (st[0], rst[0]) if kind == "LSTM" else (st, rst)
+                h, rh = (st[0], rst[0]) if kind == "lstm" else (st, rst)
                 torch.testing.assert_close(h, rh, rtol=1e-5, atol=2e-6)
                 got.zero_grad(), ref.zero_grad()
                 (out.sin().sum() + h.sum()).backward()
@@ -112,7 +104,7 @@ def test_cells_in_a_loop_match_torch_nn(cell, I, H, B):
 @pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
 @pytest.mark.parametrize("where", ["w_hh", "w_ih", "input", "both signs"])
 @pytest.mark.parametrize("K", [20, 5])
-@pytest.mark.parametrize("kind", ["RNN-relu", "LSTM"])
+@pytest.mark.parametrize("kind", ["rnn_relu", "lstm"])
 def test_nonfinite_values_in_the_tail_columns_propagate_as_in_torch_nn(kind, where, value, K):
     """The tail step reads W's last 16 columns in place and clears the lanes before the tail
     bitwise: an inf or NaN in the last K % 16 columns, or just before them, gives what torch.nn
@@ -121,7 +113,7 @@ def test_nonfinite_values_in_the_tail_columns_propagate_as_in_torch_nn(kind, whe
     K = 5: the padded copy of W (zeros, then the 5 columns), masked the same way."""
     I = H = K
     c = K - 16 if K >= 16 else 0  # first column of the 16-wide window before the tail: K = 20 -> 4
-    got, ref = pair(kind, I, H)
+    ref, got = small_sizes.pair(kind, I, H)
     x = torch.randn(1, 2, I).abs()  # positive: inf * x keeps its sign, +inf and -inf products cancel to NaN
     with torch.no_grad():
         for m in (got, ref):
@@ -137,10 +129,10 @@ def test_nonfinite_values_in_the_tail_columns_propagate_as_in_torch_nn(kind, whe
         if where == "input":
             x[0, 1, K - 1] = value
     h0 = torch.randn(1, 2, H).abs()  # positive: inf * h keeps its sign through a ReLU
-    args = (h0, torch.randn(1, 2, H)) if kind == "LSTM" else h0
+    args = (h0, torch.randn(1, 2, H)) if kind == "lstm" else h0
     with torch.inference_mode():
         out, _ = got(x, args)
         rout, _ = ref(x, args)
-    if value != value or where == "both signs" or (kind == "RNN-relu" and (value > 0 or where == "input")):
+    if value != value or where == "both signs" or (kind == "rnn_relu" and (value > 0 or where == "input")):
         assert not torch.isfinite(rout).all()  # the case is not vacuous
     torch.testing.assert_close(out, rout, rtol=1e-5, atol=2e-6, equal_nan=True)

@@ -555,7 +555,7 @@ inline bool small_weight_ok(const at::Tensor& w, bool transpose) {
 constexpr int64_t kSmallPadMaxRows = 1024;
 inline bool small_pad_ok(const at::Tensor& w, bool transpose, int64_t max_m) {
   return transpose && w.scalar_type() == at::kFloat && w.is_contiguous() && w.size(1) >= 1 && w.size(1) < 16 &&
-         w.size(0) <= kSmallPadMaxRows && max_m >= 1 && max_m <= 2;
+         w.size(0) <= kSmallPadMaxRows && max_m >= 1 && max_m <= small_tail_max_rows(w.size(1));
 }
 // (N, 16): row n holds 16 - K zeros, then W[n, 0..K).
 inline at::Tensor small_k_padded(const at::Tensor& w) {

@@ -15,13 +15,13 @@
 // x > 16.6 and exactly 0 for x < -88.72 (tests/test_edges.py checks both against torch).
 // tests/test_ops_cpu.py::test_fast_math_accuracy_through_ops re-checks it through the ops (with
 // whatever ISA clone the CPU selects: AVX-512/AVX2 clones contract to FMA, which only helps).
-// double: the same forms in double precision (exp_approx_d, tanh_approx_d below): a degree-13
+// double: the same forms in double precision (the double overloads below): a degree-13
 // polynomial for e^r, 2^n through the exponent bits with only 64-bit integer adds and shifts (so
 // AVX2 vectorizes it too; glibc's exp and tanh are scalar calls, and they made the float64 LSTM
-// 0.53x torch.nn at H = 64, B = 64). Within 2 ulp of the correctly rounded value on the ranges
-// tests/test_double_math.py sweeps (against torch's float64 exp and tanh and a long-double
-// reference), exact saturation (tanh exactly +-1 from the first double where the true value rounds
-// to 1), NaN and inf as std::exp / std::tanh.
+// 0.53x torch.nn at H = 64, B = 64). Within 2 ulp of the exact value on the values
+// tests/test_double_math.py sweeps (against 50-digit mpmath; torch's own float64 tanh is within 1,
+// its sigmoid 2), exact saturation (tanh exactly +-1 from the first double whose tanh rounds to 1),
+// NaN and inf as std::exp / std::tanh. The bit helpers are overloaded for both widths.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -49,13 +49,23 @@ constexpr int32_t kSign = INT32_MIN;
 constexpr int32_t kMagnitude = 0x7fffffff;
 constexpr int32_t kInfBits = 0x7f800000;
 
-// all ones where `cond`, else zero
-RNNFAST_ALWAYS_INLINE int32_t mask_of(bool cond) { return -static_cast<int32_t>(cond); }
-RNNFAST_ALWAYS_INLINE int32_t blend(int32_t mask, int32_t if_set, int32_t if_clear) { return (mask & if_set) | (~mask & if_clear); }
+// all ones where `cond`, else zero (Bits: the float's or the double's integer)
+template <typename Bits = int32_t>
+RNNFAST_ALWAYS_INLINE Bits mask_of(bool cond) {
+  return -static_cast<Bits>(cond);
+}
+template <typename Bits>
+RNNFAST_ALWAYS_INLINE Bits blend(Bits mask, Bits if_set, Bits if_clear) {
+  return (mask & if_set) | (~mask & if_clear);
+}
 
-// |x| clamped to `limit` (given as bits of a positive float); NaN passes through unchanged.
+// |x| clamped to `limit` (given as bits of a positive value); NaN passes through unchanged.
+template <typename Bits>
+RNNFAST_ALWAYS_INLINE Bits clamp_magnitude(Bits abs_bits, Bits limit, Bits inf_bits) {
+  return blend(mask_of<Bits>((abs_bits > limit) & (abs_bits <= inf_bits)), limit, abs_bits);
+}
 RNNFAST_ALWAYS_INLINE int32_t clamp_magnitude(int32_t abs_bits, int32_t limit) {
-  return blend(mask_of((abs_bits > limit) & (abs_bits <= kInfBits)), limit, abs_bits);
+  return clamp_magnitude(abs_bits, limit, kInfBits);
 }
 
 // The range reduction both exp_approx and expm1_nonneg use: x = n ln2 + r, |r| <= ln2/2.
@@ -139,19 +149,15 @@ constexpr int64_t kSign64 = INT64_MIN;
 constexpr int64_t kMagnitude64 = INT64_MAX;
 constexpr int64_t kInfBits64 = 0x7ff0000000000000;
 constexpr int64_t kTanhOneBits64 = 0x40330fc1931f09ca;  // 19.061547465398498
-RNNFAST_ALWAYS_INLINE int64_t mask_of64(bool cond) { return -static_cast<int64_t>(cond); }
-RNNFAST_ALWAYS_INLINE int64_t blend64(int64_t mask, int64_t if_set, int64_t if_clear) {
-  return (mask & if_set) | (~mask & if_clear);
-}
-RNNFAST_ALWAYS_INLINE int64_t clamp_magnitude64(int64_t abs_bits, int64_t limit) {
-  return blend64(mask_of64((abs_bits > limit) & (abs_bits <= kInfBits64)), limit, abs_bits);
+RNNFAST_ALWAYS_INLINE int64_t clamp_magnitude(int64_t abs_bits, int64_t limit) {
+  return clamp_magnitude(abs_bits, limit, kInfBits64);
 }
 
-// x = n ln2 + r, |r| <= ln2/2, n also as an integer: rounded by adding and removing 1.5 * 2^52,
-// whose low mantissa bits then hold n (no double -> int64 conversion, which AVX2 lacks).
+// x = n ln2 + r, |r| <= ln2/2, n as an integer: rounded by adding and removing 1.5 * 2^52, whose
+// low mantissa bits then hold n (no double -> int64 conversion, which AVX2 lacks).
 struct Ln2ReducedD {
-  double n, r;
-  int64_t ni;
+  double r;
+  int64_t n;
 };
 RNNFAST_ALWAYS_INLINE Ln2ReducedD reduce_ln2(double x) {
   constexpr double kShifter = 6755399441055744.0;  // 1.5 * 2^52
@@ -159,7 +165,7 @@ RNNFAST_ALWAYS_INLINE Ln2ReducedD reduce_ln2(double x) {
   const double n = k - kShifter;
   // Cody–Waite: ln2's leading bits (exact times any |n| < 2^20) and the remainder
   const double r = (x - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
-  return {n, r, bits_of(k) - bits_of(kShifter)};
+  return {r, bits_of(k) - bits_of(kShifter)};
 }
 
 // (e^r - 1) / r for |r| <= ln2/2: the Taylor polynomial 1 + r/2! + ... + r^12/13! (truncation
@@ -180,16 +186,17 @@ RNNFAST_ALWAYS_INLINE double expm1_over_r(double r) {
   return p * r + 1.0;
 }
 
-RNNFAST_ALWAYS_INLINE double exp_approx_d(double x) {
+RNNFAST_ALWAYS_INLINE double exp_approx(double x) {
   // x clamped to [-708, 709.9]: below, the result stays at e^-708 ~ 3.3e-308 (the callers only add
   // it to 1); above 709.78 the true exp overflows and so does this one (2^n applied as 2^(n-1) * 2,
   // n reaching 1024).
   const int64_t xb = bits_of(x);
-  const int64_t limit = blend64(mask_of64(xb < 0), 0x4086200000000000 /* 708.0 */, 0x40862f3333333333 /* 709.9 */);
-  x = double_of((xb & kSign64) | clamp_magnitude64(xb & kMagnitude64, limit));
+  const int64_t limit = blend<int64_t>(mask_of<int64_t>(xb < 0), 0x4086200000000000 /* 708.0 */,
+                                       0x40862f3333333333 /* 709.9 */);
+  x = double_of((xb & kSign64) | clamp_magnitude(xb & kMagnitude64, limit));
   const Ln2ReducedD red = reduce_ln2(x);
   const double p = expm1_over_r(red.r) * red.r + 1.0;  // e^r
-  return (p * double_of((red.ni + 1022) << 52)) * 2.0;
+  return (p * double_of((red.n + 1022) << 52)) * 2.0;
 }
 
 // e^y - 1 for y in [0, 40] (NaN passes through): 2^n q + (2^n - 1), q = e^r - 1 (no constant term:
@@ -197,50 +204,30 @@ RNNFAST_ALWAYS_INLINE double exp_approx_d(double x) {
 RNNFAST_ALWAYS_INLINE double expm1_nonneg(double y) {
   const Ln2ReducedD red = reduce_ln2(y);
   const double q = expm1_over_r(red.r) * red.r;
-  const double scale = double_of((red.ni + 1023) << 52);  // 2^n, n in [0, 58]
+  const double scale = double_of((red.n + 1023) << 52);  // 2^n, n in [0, 58]
   return scale * q + (scale - 1.0);
 }
 
 // tanh as tanh_approx: em / (em + 2) below |x| = 0.55, 1 - 2 / (em + 2) above, em = e^{2|x|} - 1;
 // exactly 1 from |x| = 19.06154746539849 (the first double whose tanh rounds to 1).
-RNNFAST_ALWAYS_INLINE double tanh_approx_d(double x) {
+RNNFAST_ALWAYS_INLINE double tanh_approx(double x) {
   const int64_t xb = bits_of(x);
   const int64_t ab = xb & kMagnitude64;
-  const double a = double_of(clamp_magnitude64(ab, 0x4034000000000000 /* 20.0 */));
+  const double a = double_of(clamp_magnitude(ab, int64_t(0x4034000000000000) /* 20.0 */));
   const double em = expm1_nonneg(2.0 * a);
   const double d = 1.0 / (em + 2.0);
   const double small = em * d;
   const double large = 1.0 - 2.0 * d;
-  int64_t y = blend64(mask_of64(ab < 0x3fe199999999999a /* 0.55 */), bits_of(small), bits_of(large));
-  y = blend64(mask_of64((ab >= kTanhOneBits64) & (ab <= kInfBits64)), 0x3ff0000000000000, y);
+  int64_t y = blend<int64_t>(mask_of<int64_t>(ab < 0x3fe199999999999a /* 0.55 */), bits_of(small), bits_of(large));
+  y = blend<int64_t>(mask_of<int64_t>((ab >= kTanhOneBits64) & (ab <= kInfBits64)), 0x3ff0000000000000, y);
   return double_of(y | (xb & kSign64));
 }
 
-template <typename T>
-RNNFAST_ALWAYS_INLINE T fast_exp(T x) {
-  return std::exp(x);
-}
-template <>
-RNNFAST_ALWAYS_INLINE float fast_exp<float>(float x) {
-  return exp_approx(x);
-}
-template <>
-RNNFAST_ALWAYS_INLINE double fast_exp<double>(double x) {
-  return exp_approx_d(x);
-}
-
-template <typename T>
-RNNFAST_ALWAYS_INLINE T fast_tanh(T x) {
-  return std::tanh(x);
-}
-template <>
-RNNFAST_ALWAYS_INLINE float fast_tanh<float>(float x) {
-  return tanh_approx(x);
-}
-template <>
-RNNFAST_ALWAYS_INLINE double fast_tanh<double>(double x) {
-  return tanh_approx_d(x);
-}
+// The activations' entry points (rows.h), float and double.
+RNNFAST_ALWAYS_INLINE float fast_exp(float x) { return exp_approx(x); }
+RNNFAST_ALWAYS_INLINE double fast_exp(double x) { return exp_approx(x); }
+RNNFAST_ALWAYS_INLINE float fast_tanh(float x) { return tanh_approx(x); }
+RNNFAST_ALWAYS_INLINE double fast_tanh(double x) { return tanh_approx(x); }
 
 }  // namespace cpu
 }  // namespace rnnfast
