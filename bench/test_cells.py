@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import rnnfast
-from _common import record, run_adaptive, synchronize
+from _common import record, run_adaptive, synchronizer
 
 STEPS = 100
 CELLS = {"rnn_tanh": "RNNCell", "gru": "GRUCell", "lstm": "LSTMCell"}
@@ -23,6 +23,8 @@ def test_cell_loop(benchmark, device, cell, H, B, threads, impl):
     module = getattr(torch.nn if impl == "torch" else rnnfast, CELLS[cell])(H, H).to(device)
     xs = torch.randn(STEPS, B, H, device=device)
 
+    sync = synchronizer(device)
+
     def step():
         module.zero_grad(set_to_none=True)
         state = None
@@ -32,7 +34,7 @@ def test_cell_loop(benchmark, device, cell, H, B, threads, impl):
             h = state[0] if isinstance(state, tuple) else state
             total = total + h.sum()
         total.backward()
-        synchronize(device)
+        sync()
 
     benchmark.group = f"cells {cell} H{H} B{B} th{threads}"
     median = run_adaptive(benchmark, step, target_s=0.5)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from _common import make_layer, record, run_adaptive, synchronize
+from _common import make_layer, record, run_adaptive, synchronizer
 
 CELLS = ["rnn_tanh", "gru", "lstm"]
 B, T, I, H = 32, 35, 64, 256
@@ -24,12 +24,14 @@ def test_packed(benchmark, device, cell, backend):
     lengths[0] = T
     x = torch.randn(T, B, I, device=device, requires_grad=True)
 
+    sync = synchronizer(device)
+
     def step():
         layer.zero_grad(set_to_none=True)
         x.grad = None
         out, _ = layer(pack_padded_sequence(x, lengths, enforce_sorted=False))
         out.data.sum().backward()
-        synchronize(device)
+        sync()
 
     benchmark.group = f"packed {cell}"
     median = run_adaptive(benchmark, step)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import rnnfast
-from _common import record, run_adaptive, synchronize
+from _common import record, run_adaptive, synchronizer
 
 B, T, I, H, P = 32, 35, 64, 512, 128
 
@@ -20,6 +20,8 @@ def test_proj(benchmark, device, backend):
     layer = cls(I, H, proj_size=P).to(device)
     x = torch.randn(T, B, I, device=device, requires_grad=True)
 
+    sync = synchronizer(device)
+
     def step():
         layer.zero_grad(set_to_none=True)
         x.grad = None
@@ -27,7 +29,7 @@ def test_proj(benchmark, device, backend):
             warnings.simplefilter("ignore")  # torch: "LSTM with projections is not supported with oneDNN"
             out, _ = layer(x)
         out.sum().backward()
-        synchronize(device)
+        sync()
 
     benchmark.group = "proj lstm"
     median = run_adaptive(benchmark, step)

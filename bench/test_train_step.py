@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _common import BACKENDS, record, run_adaptive, synchronize
+from _common import BACKENDS, record, run_adaptive, synchronizer
 from rnnfast.models import RNNLM
 
 CELLS = ["rnn_tanh", "gru", "lstm"]
@@ -29,6 +29,8 @@ def test_train_step(benchmark, device, cell, size, backend):
     state = net.begin_state(B, device)
     params = list(net.parameters())
 
+    sync = synchronizer(device)
+
     def step():
         logits, _ = net(X, state)
         loss = F.cross_entropy(logits, y)
@@ -36,7 +38,7 @@ def test_train_step(benchmark, device, cell, size, backend):
         loss.backward()
         clip_grad_norm_(params, 1.0)
         opt.step()
-        synchronize(device)
+        sync()
 
     benchmark.group = f"train_step {cell} {size}"
     median = run_adaptive(benchmark, step)
