@@ -244,10 +244,11 @@ def test_errors_are_the_python_paths(monkeypatch, name):
 
 
 def test_threads_call_modules_concurrently():
-    """forward_layers releases the GIL around the ops: calls from several threads stay correct."""
+    """forward_layers releases the GIL around the ops (but for calls of a few us, which keep it):
+    calls from several threads stay correct, on both sides of that bound."""
     torch.manual_seed(0)
     m = rnnfast.GRU(8, 16)
-    xs = [torch.randn(5, 3, 8) for _ in range(4)]
+    xs = [torch.randn(5, 3, 8) for _ in range(2)] + [torch.randn(50, 9, 8) for _ in range(2)]
     with torch.inference_mode():
         want = [m(x)[0] for x in xs]
     got = [None] * len(xs)

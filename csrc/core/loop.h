@@ -256,9 +256,12 @@ ForwardResult recurrent_forward(const typename Family::Context& ctx, const Forwa
   const int64_t slots = workspace_slots<Cell>(p.projected());
   const auto opts = p.options();
   ForwardResult r;
-  r.output = at::empty({T, B, p.P}, opts);
+  r.output = new_tensor({T, B, p.P}, opts);
   const int64_t period = workspace_period(p);
-  r.ws = slots ? at::empty({period, B, slots * H}, opts) : at::empty({0}, opts);
+  // Without keep_workspace the rows are scratch of this call (scratch.h call_scratch; replaced below).
+  r.ws = !slots               ? new_tensor({0}, opts)
+         : p.keep_workspace ? new_tensor({period, B, slots * H}, opts)
+                            : call_scratch({period, B, slots * H}, opts);
   const at::Tensor len = Family::step_lengths(p.lengths, p.input);
 
   Family::dispatch(p.input.scalar_type(), [&](auto zero) {
@@ -281,7 +284,7 @@ ForwardResult recurrent_forward(const typename Family::Context& ctx, const Forwa
   const int64_t t_last = time_of(T - 1, T, p.reverse);
   r.hy = state_copy(r.output, t_last, 0, p.P);
   if (Cell::traits.has_cell_state()) r.cy = state_copy(r.ws, t_last % period, Cell::traits.state_slot * H, H);
-  if (!p.keep_workspace && slots) r.ws = at::empty({0}, opts);  // the rows kept were scratch: nothing to return
+  if (!p.keep_workspace && slots) r.ws = new_tensor({0}, opts);  // the rows kept were scratch: nothing to return
   return r;
 }
 

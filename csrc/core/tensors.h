@@ -1,11 +1,20 @@
 // ATen helpers shared by every backend's host loop (CPU, CUDA, the CUDA emulation).
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/EmptyTensor.h>
 
 #include <cstring>
 
 namespace rnnfast {
 namespace core {
+
+// at::empty for the tensors a kernel returns: on the CPU at::detail::empty_cpu, which at::empty's
+// CPU kernel runs after two dispatcher hops (~0.05 us of a small call's few), except under
+// torch.use_deterministic_algorithms, whose fill of uninitialized memory only at::empty does.
+inline at::Tensor new_tensor(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  return opts.device().is_cpu() && !at::globalContext().deterministicAlgorithms() ? at::detail::empty_cpu(sizes, opts)
+                                                                                  : at::empty(sizes, opts);
+}
 
 // h_{t-1} for every time index t, in time order, into dst (T*B, width), any row stride (one copy, no
 // per-step copies): walking forward that is [hx, output[0 .. T-2]], walking in reverse
@@ -29,7 +38,7 @@ inline at::Tensor state_copy(const at::Tensor& src, int64_t t, int64_t col0, int
   if (src.device().is_cpu() && src.is_contiguous()) {
     const int64_t B = src.size(1), W = src.size(2);
     const size_t esz = src.element_size(), row = static_cast<size_t>(cols) * esz;
-    at::Tensor out = at::empty({B, cols}, src.options());
+    at::Tensor out = new_tensor({B, cols}, src.options());
     const char* s = static_cast<const char*>(src.const_data_ptr()) + (t * B * W + col0) * esz;
     char* d = static_cast<char*>(out.data_ptr());
     for (int64_t b = 0; b < B; ++b) std::memcpy(d + b * row, s + b * W * esz, row);

@@ -323,16 +323,24 @@ class CpuForward {
     // broadcasts the bias into xg and then runs the GEMM with beta = 1 (measured 0.40 -> 0.20 ms at
     // T*B=1120, G*H=768).
     chunk_ = projection_chunk_steps(p.T, p.B, G * p.H, sizeof(T_));
-    xg_ = core::scratch_empty({chunk_ * p.B, G * p.H}, opts);  // reused across calls: scratch.h
     rec_in_.emplace(p.w_ih, /*transpose=*/true, chunk_ * p.B, /*steps=*/1);  // never packed: large chunks
-    // The folded bias and the step GEMMs' results in one allocation (each at::empty of a small
-    // call's ~12 us cost ~0.3 us); 64-byte aligned parts. Tensor views of the results only for
-    // the ATen fallback (hg(), hg1()).
+    // The projection buffer xg, the folded bias and the step GEMMs' results: one piece of the
+    // call's arena where they fit (core/scratch.h CallArena: no allocation), else xg from the
+    // scratch pool and the rest in one allocation (each at::empty of a small call's cost ~0.2 us);
+    // 64-byte aligned parts. Tensors over them only for the ATen fallback (xg(), hg(), hg1()).
     auto aligned = [](int64_t n) { return (n + 15) / 16 * 16; };
+    const int64_t n_xg = aligned(chunk_ * p.B * G * p.H);
     const int64_t n_bias = aligned(G * p.H), n_hg = aligned(p.B * G_rec * p.H);
     const int64_t n_hg1 = Cell::traits.phases == 2 ? aligned(p.B * p.H) : 0;
-    work_ = at::empty({n_bias + n_hg + n_hg1}, opts);
-    bias_ptr_ = work_.data_ptr<T_>();
+    if (T_* piece = static_cast<T_*>(core::CallArena::take(sizeof(T_) * size_t(n_xg + n_bias + n_hg + n_hg1)))) {
+      xg_ptr_ = piece;
+      bias_ptr_ = piece + n_xg;
+    } else {
+      xg_ = core::scratch_empty({chunk_ * p.B, G * p.H}, opts);  // reused across calls: scratch.h
+      xg_ptr_ = xg_.data_ptr<T_>();
+      work_ = at::empty({n_bias + n_hg + n_hg1}, opts);
+      bias_ptr_ = work_.data_ptr<T_>();
+    }
     hg_ptr_ = bias_ptr_ + n_bias;
     hg1_ptr_ = Cell::traits.phases == 2 ? hg_ptr_ + n_hg : nullptr;
     folded_bias<Cell, T_>(p, bias_ptr_);
@@ -371,11 +379,10 @@ class CpuForward {
     const int64_t t0 = p_.reverse ? p_.T - s1 : s0, n = s1 - s0;
     xg_t0_ = t0;
     if constexpr (std::is_same_v<T_, float>) {  // a few rows: gemm_small on raw pointers, no views
-      if (rec_in_->run_small(p_.input.const_data_ptr<float>() + t0 * B_ * p_.I, p_.I, xg_.data_ptr<float>(), G * H_,
-                             n * B_))
+      if (rec_in_->run_small(p_.input.const_data_ptr<float>() + t0 * B_ * p_.I, p_.I, xg_ptr_, G * H_, n * B_))
         return;
     }
-    at::Tensor xg = xg_.narrow(0, 0, n * B_);
+    at::Tensor xg = rows_of(xg_ptr_, n * B_, G * H_);
     rec_in_->run(p_.input.view({p_.T * B_, p_.I}).narrow(0, t0 * B_, n * B_), xg, /*accumulate=*/false);
   }
 
@@ -463,7 +470,7 @@ class CpuForward {
   };
 
   RowPointers pointers() const {
-    return RowPointers{xg_.const_data_ptr<T_>(),
+    return RowPointers{xg_ptr_,
                        bias_ptr_,
                        hg_ptr_,
                        hg1_ptr_,
@@ -488,18 +495,23 @@ class CpuForward {
   RecurrentGemm rec_;
   std::optional<RecurrentGemm> rec_n_, rec_in_;
   int64_t chunk_ = 1, xg_t0_ = 0;
-  // (B, G_rec*H) and (B, H) views of the step GEMMs' results, made on first use (the ATen fallback)
+  // A (rows, cols) tensor over buffer memory of this call (the ATen fallback's GEMM operands).
+  at::Tensor rows_of(T_* ptr, int64_t rows, int64_t cols) const {
+    return at::from_blob(ptr, {rows, cols}, p_.options());
+  }
+  // (B, G_rec*H) and (B, H) tensors of the step GEMMs' results, made on first use (the ATen fallback)
   at::Tensor& hg() {
-    if (!hg_.defined()) hg_ = work_.narrow(0, hg_ptr_ - bias_ptr_, B_ * G_rec * H_).view({B_, G_rec * H_});
+    if (!hg_.defined()) hg_ = rows_of(hg_ptr_, B_, G_rec * H_);
     return hg_;
   }
   at::Tensor& hg1() {
-    if (!hg1_.defined()) hg1_ = work_.narrow(0, hg1_ptr_ - bias_ptr_, B_ * H_).view({B_, H_});
+    if (!hg1_.defined()) hg1_ = rows_of(hg1_ptr_, B_, H_);
     return hg1_;
   }
 
-  at::Tensor xg_, work_, b_hn_, hg_, hg1_, h_out_, h_prev_;
-  T_* bias_ptr_ = nullptr;  // in work_: the folded bias (G*H), the GEMM results hg (B, G_rec*H), hg1 (B, H)
+  at::Tensor xg_, work_, b_hn_, hg_, hg1_, h_out_, h_prev_;  // xg_, work_: only where the arena had no room
+  T_* xg_ptr_ = nullptr;    // the projection chunk (chunk_ * B, G*H)
+  T_* bias_ptr_ = nullptr;  // then the folded bias (G*H), the GEMM results hg (B, G_rec*H), hg1 (B, H)
   T_* hg_ptr_ = nullptr;
   T_* hg1_ptr_ = nullptr;
   const T_* b_hn_ptr_ = nullptr;  // the inner_bias_gate's rows of b_hh (b_hn_: zeros without b_hh)
@@ -630,8 +642,10 @@ class CpuBackward {
 // The CPU backend family (loop.h's Family concept).
 struct CpuFamily {
   using Context = CpuContext;
+  // In force for each op call: opens the thread's call arena (core/scratch.h CallArena).
   struct Guard {
     explicit Guard(c10::Device) {}
+    core::CallArena::Scope arena;
   };
   template <class Cell, typename T_>
   using Forward = CpuForward<Cell, T_>;
