@@ -258,10 +258,10 @@ ForwardResult recurrent_forward(const typename Family::Context& ctx, const Forwa
   ForwardResult r;
   r.output = new_tensor({T, B, p.P}, opts);
   const int64_t period = workspace_period(p);
-  // Without keep_workspace the rows are scratch of this call (scratch.h call_scratch; replaced below).
+  // Without keep_workspace the rows are scratch of this call (scratch.h scratch_empty; replaced below).
   r.ws = !slots               ? new_tensor({0}, opts)
          : p.keep_workspace ? new_tensor({period, B, slots * H}, opts)
-                            : call_scratch({period, B, slots * H}, opts);
+                            : scratch_empty({period, B, slots * H}, opts);
   const at::Tensor len = Family::step_lengths(p.lengths, p.input);
 
   Family::dispatch(p.input.scalar_type(), [&](auto zero) {

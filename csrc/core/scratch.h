@@ -15,8 +15,8 @@
 // kept after use and lent again to a later request that fits. A buffer is free when nothing but
 // the pool holds its storage: a request gets a view of it, and the loan lasts as long as any view
 // of it lives (so a buffer that reached a caller is never handed out again while it is held).
-// Requests below kMinBytes (glibc serves those well) or above kMaxBytes, on another device, or
-// finding no slot, get a fresh at::empty. Every user writes its buffer before reading it, so
+// Requests below kMinBytes (the call's arena, below, takes those in a CPU op) or above kMaxBytes,
+// on another device, or finding no slot, get a fresh at::empty. Every user writes its buffer before reading it, so
 // results do not depend on what an earlier call left there.
 #pragma once
 #include <ATen/ATen.h>
@@ -131,22 +131,17 @@ class CallArena {
   }
 };
 
-// A contiguous, uninitialized tensor of `sizes` used within this op call only, never returned:
-// over the thread's CallArena where a scope is open and it has room (CPU), else at::empty.
-inline at::Tensor call_scratch(at::IntArrayRef sizes, const at::TensorOptions& opts) {
-  if (opts.device().is_cpu()) {
-    int64_t numel = 1;
-    for (const int64_t s : sizes) numel *= s;
-    const int64_t bytes = numel * int64_t(c10::elementSize(c10::typeMetaToScalarType(opts.dtype())));
-    if (void* piece = CallArena::take(static_cast<size_t>(bytes))) return at::from_blob(piece, sizes, opts);
-  }
-  return at::empty(sizes, opts);
-}
-
-// A contiguous, uninitialized tensor of `sizes` for use within one call (see ScratchPool).
+// A contiguous, uninitialized tensor of `sizes` used within this op call only and never returned
+// (every caller writes it before reading it): below ScratchPool::kMinBytes a piece of the thread's
+// CallArena where a scope is open and it has room (a CPU op's call), else the ScratchPool's buffer
+// or a fresh at::empty.
 inline at::Tensor scratch_empty(at::IntArrayRef sizes, const at::TensorOptions& opts) {
   int64_t numel = 1;
   for (const int64_t s : sizes) numel *= s;
+  const int64_t bytes = numel * int64_t(c10::elementSize(c10::typeMetaToScalarType(opts.dtype())));
+  if (bytes < ScratchPool::kMinBytes && opts.device().is_cpu()) {
+    if (void* piece = CallArena::take(static_cast<size_t>(bytes))) return at::from_blob(piece, sizes, opts);
+  }
   return ScratchPool::instance().take(numel, opts).view(sizes);
 }
 
