@@ -171,9 +171,8 @@ def eager_fast():
     """True where the modules may take their C++ fast path (forward_layers): plain eager execution,
     no graph capture (torch.compile / export, torch.jit.trace), no functorch transform and no
     forward-mode AD level. Everywhere else they take the Python path, which those systems see op by
-    op (and which refuses forward-mode AD by name). (_graph_capture's test written out: one Python
-    call fewer on every module call.)"""
-    return not (_is_compiling() or _is_tracing() or _functorch_active() or forward_ad._current_level >= 0)
+    op (and which refuses forward-mode AD by name)."""
+    return not (_graph_capture() or forward_ad._current_level >= 0)
 
 
 def _graph_capture():

@@ -1,5 +1,5 @@
 """What a small CPU call no longer allocates must never show in results (csrc/core/scratch.h
-CallArena, csrc/python.cpp kept_zero_state and with_leading_one):
+CallArena, csrc/python.cpp cpu_zero_state and with_leading_one):
 
 - the forward's projection buffer, folded bias and step results, and an inference call's workspace
   rows, are pieces of a per-thread arena, lent for one op call and taken back when it returns;

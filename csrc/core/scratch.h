@@ -131,18 +131,31 @@ class CallArena {
   }
 };
 
-// A contiguous, uninitialized tensor of `sizes` used within this op call only and never returned
-// (every caller writes it before reading it): below ScratchPool::kMinBytes a piece of the thread's
-// CallArena where a scope is open and it has room (a CPU op's call), else the ScratchPool's buffer
-// or a fresh at::empty.
+// `numel` uninitialized elements of `opts` used within this op call only and never returned
+// (every caller writes them before reading them): below ScratchPool::kMinBytes a piece of the
+// thread's CallArena where a scope is open and it has room (a CPU op's call; `owner` undefined),
+// else the ScratchPool's buffer or a fresh at::empty (`owner`, which must live as long as `ptr`
+// is used). The pointer form spares a small call the tensor around an arena piece.
+struct ScratchBuffer {
+  void* ptr;
+  at::Tensor owner;
+};
+
+inline ScratchBuffer scratch_buffer(int64_t numel, const at::TensorOptions& opts) {
+  const int64_t bytes = numel * int64_t(c10::elementSize(c10::typeMetaToScalarType(opts.dtype())));
+  if (bytes < ScratchPool::kMinBytes && opts.device().is_cpu()) {
+    if (void* piece = CallArena::take(static_cast<size_t>(bytes))) return {piece, at::Tensor()};
+  }
+  at::Tensor t = ScratchPool::instance().take(numel, opts);
+  return {t.data_ptr(), std::move(t)};
+}
+
+// The same as a contiguous tensor of `sizes`.
 inline at::Tensor scratch_empty(at::IntArrayRef sizes, const at::TensorOptions& opts) {
   int64_t numel = 1;
   for (const int64_t s : sizes) numel *= s;
-  const int64_t bytes = numel * int64_t(c10::elementSize(c10::typeMetaToScalarType(opts.dtype())));
-  if (bytes < ScratchPool::kMinBytes && opts.device().is_cpu()) {
-    if (void* piece = CallArena::take(static_cast<size_t>(bytes))) return at::from_blob(piece, sizes, opts);
-  }
-  return ScratchPool::instance().take(numel, opts).view(sizes);
+  ScratchBuffer b = scratch_buffer(numel, opts);
+  return b.owner.defined() ? b.owner.view(sizes) : at::from_blob(b.ptr, sizes, opts);
 }
 
 }  // namespace core

@@ -324,23 +324,17 @@ class CpuForward {
     // T*B=1120, G*H=768).
     chunk_ = projection_chunk_steps(p.T, p.B, G * p.H, sizeof(T_));
     rec_in_.emplace(p.w_ih, /*transpose=*/true, chunk_ * p.B, /*steps=*/1);  // never packed: large chunks
-    // The projection buffer xg, the folded bias and the step GEMMs' results: one piece of the
-    // call's arena where they fit (core/scratch.h CallArena: no allocation), else xg from the
-    // scratch pool and the rest in one allocation (each at::empty of a small call's cost ~0.2 us);
-    // 64-byte aligned parts. Tensors over them only for the ATen fallback (xg(), hg(), hg1()).
+    // The projection buffer xg, the folded bias and the step GEMMs' results in one scratch buffer
+    // of this call (core/scratch.h scratch_buffer: the call's arena when small, else the pool);
+    // 64-byte aligned parts. Tensors over them only for the ATen fallback (project(), hg(), hg1()).
     auto aligned = [](int64_t n) { return (n + 15) / 16 * 16; };
     const int64_t n_xg = aligned(chunk_ * p.B * G * p.H);
     const int64_t n_bias = aligned(G * p.H), n_hg = aligned(p.B * G_rec * p.H);
     const int64_t n_hg1 = Cell::traits.phases == 2 ? aligned(p.B * p.H) : 0;
-    if (T_* piece = static_cast<T_*>(core::CallArena::take(sizeof(T_) * size_t(n_xg + n_bias + n_hg + n_hg1)))) {
-      xg_ptr_ = piece;
-      bias_ptr_ = piece + n_xg;
-    } else {
-      xg_ = core::scratch_empty({chunk_ * p.B, G * p.H}, opts);  // reused across calls: scratch.h
-      xg_ptr_ = xg_.data_ptr<T_>();
-      work_ = at::empty({n_bias + n_hg + n_hg1}, opts);
-      bias_ptr_ = work_.data_ptr<T_>();
-    }
+    core::ScratchBuffer work = core::scratch_buffer(n_xg + n_bias + n_hg + n_hg1, opts);
+    work_ = std::move(work.owner);
+    xg_ptr_ = static_cast<T_*>(work.ptr);
+    bias_ptr_ = xg_ptr_ + n_xg;
     hg_ptr_ = bias_ptr_ + n_bias;
     hg1_ptr_ = Cell::traits.phases == 2 ? hg_ptr_ + n_hg : nullptr;
     folded_bias<Cell, T_>(p, bias_ptr_);
@@ -371,7 +365,7 @@ class CpuForward {
     walk_rows<T_>(splittable, B_, rec_, f);
   }
 
-  // The loop's chunked input projection (loop.h ChunkedProjection): xg_ = X[times of steps
+  // The loop's chunked input projection (loop.h ChunkedProjection): xg = X[times of steps
   // [s0, s1)] W_ihᵀ, rows (t - xg_t0_) * B + b.
   int64_t chunk_steps() const { return chunk_; }
   void project(int64_t s0, int64_t s1) {
@@ -509,9 +503,9 @@ class CpuForward {
     return hg1_;
   }
 
-  at::Tensor xg_, work_, b_hn_, hg_, hg1_, h_out_, h_prev_;  // xg_, work_: only where the arena had no room
-  T_* xg_ptr_ = nullptr;    // the projection chunk (chunk_ * B, G*H)
-  T_* bias_ptr_ = nullptr;  // then the folded bias (G*H), the GEMM results hg (B, G_rec*H), hg1 (B, H)
+  at::Tensor work_, b_hn_, hg_, hg1_, h_out_, h_prev_;  // work_: the pool's buffer, if any (else the arena's)
+  T_* xg_ptr_ = nullptr;    // the projection chunk (chunk_ * B, G*H),
+  T_* bias_ptr_ = nullptr;  // the folded bias (G*H), the GEMM results hg (B, G_rec*H), hg1 (B, H)
   T_* hg_ptr_ = nullptr;
   T_* hg1_ptr_ = nullptr;
   const T_* b_hn_ptr_ = nullptr;  // the inner_bias_gate's rows of b_hh (b_hn_: zeros without b_hh)
