@@ -21,7 +21,7 @@ import rnnfast
 # (cell, kwargs, I, H, B, T): xg + bias + step results well inside the 256 KiB arena, and (last
 # two) LSTMs whose projection buffer alone passes it (B*T*4H*4 bytes = 256 KiB, 1 MiB), so the
 # same sequence of calls also crosses to the allocating path and back.
-CASES = [("RNN", {}, 5, 8, 1, 1), ("RNN", {"nonlinearity": "relu"}, 64, 64, 1, 1), ("GRU", {}, 20, 20, 3, 5),
+CASES = [("GRU", {}, 1, 1, 1, 1), ("LSTM", {}, 3, 1, 2, 1), ("RNN", {}, 5, 8, 1, 1), ("RNN", {"nonlinearity": "relu"}, 64, 64, 1, 1), ("GRU", {}, 20, 20, 3, 5),
          ("GRU", {"reset_after": False}, 16, 33, 2, 4), ("LSTM", {}, 64, 64, 1, 8), ("LSTM", {}, 28, 100, 4, 3),
          ("LSTM", {}, 64, 64, 16, 16), ("LSTM", {}, 32, 128, 64, 8)]
 IDS = [f"{c}{''.join(k)}-I{i}H{h}B{b}T{t}" for c, k, i, h, b, t in CASES]
@@ -167,3 +167,20 @@ def test_threads_do_not_share_arena_or_zeros():
         for r in results[j]:
             for a, b in zip(r, alone[j]):
                 assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cell", ["RNN", "GRU", "LSTM"])
+def test_expanded_input_and_states(cell):
+    # stride-0 (expanded) input and states at batch 1-2 and hidden 1-20, through the same small
+    # calls, against torch.nn (outputs and, with grad, the gradients)
+    for I, H, B, T in ((1, 1, 1, 1), (4, 20, 2, 3)):
+        ours, ref = _pair(cell, {}, I, H, torch.float64, seed=50)
+        x = torch.randn(1, 1, I, dtype=torch.float64).expand(T, B, I)
+        h = torch.randn(1, 1, H, dtype=torch.float64).expand(1, B, H)
+        hx = (h, h) if cell == "LSTM" else h
+        with torch.inference_mode():
+            for a, b in zip(_flat(ours(x, hx)), _flat(ref(x, hx))):
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        got, want = _call(ours, x, True), _call(ref, x, True)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
