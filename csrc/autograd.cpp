@@ -165,8 +165,10 @@ class RecurrentBackward final : public torch::autograd::Node {
     const int task = torch::autograd::get_current_graph_task_id();
     std::array<bool, 2> tracked{};
     std::array<at::Tensor, 2> into;
-    if (task >= 0 && !torch::autograd::GradMode::is_enabled() && !torch::autograd::AnomalyMode::is_enabled() &&
-        post_hooks().empty() && !c10::impl::dispatch_mode_enabled() && plain_cpu(t) && plain_cpu(grads)) {
+    const bool plain = task >= 0 && !torch::autograd::GradMode::is_enabled() &&
+                       !torch::autograd::AnomalyMode::is_enabled() && post_hooks().empty() &&
+                       !c10::impl::dispatch_mode_enabled() && plain_cpu(t) && plain_cpu(grads);
+    if (plain) {
       for (size_t k = 0; k < 2; ++k) {
         const size_t pos = info_.weights[k];
         if (!task_should_compute_output(pos) || !next_edge(pos).is_valid()) continue;
@@ -192,7 +194,8 @@ class RecurrentBackward final : public torch::autograd::Node {
       info_.backward->callBoxed(stack);
     } else {
       at::AutoDispatchBelowADInplaceOrView below;
-      rnnfast::core::AccumulationScope scope({into[0], into[1]});
+      // plain: the op may also leave out the grad_input this node drops (input_grad false)
+      rnnfast::core::AccumulationScope scope({into[0], into[1], /*drops_unrequested=*/plain});
       info_.backward->callBoxed(stack);
     }
     // (grad_input, the states' and weights' grads, grad_b_ih, grad_b_hh)
@@ -206,7 +209,7 @@ class RecurrentBackward final : public torch::autograd::Node {
                             " returned a weight gradient it was asked to accumulate");
       if (tracked[k] && result[pos].defined()) PendingWeightGrads::remember(next_edge(pos), task, result[pos]);
     }
-    if (!input_grad) result[0] = at::Tensor();  // zeros from the op, not a gradient
+    if (!input_grad) result[0] = at::Tensor();  // zeros (or nothing) from the op, not a gradient
     if (!hx_grad) result[1] = at::Tensor();
     if (!has_b_ih) result[info_.front] = at::Tensor();
     if (!has_b_hh) result[info_.front + 1] = at::Tensor();

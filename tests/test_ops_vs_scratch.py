@@ -13,7 +13,9 @@ from rnnfast._cells import CELLS as REGISTRY
 GATES = F.GATES  # the registry's (rnnfast._cells)
 # (cell, reset_after): every registry cell, a cell with a reset_after option in both forms
 CELLS = [(c.name, v) for c in REGISTRY.values() for v in ((True, False) if "reset_after" in c.options else (True,))]
-SHAPES = [(1, 1, 3, 1), (7, 3, 5, 5), (35, 32, 28, 64)]  # (T, B, I, H)
+# (T, B, I, H). (1, 1, 3, 1) and (3, 2, 5, 4) have fewer rows (T*B) than 2 (I + H): their weight
+# gradients take the raw BLAS calls (csrc/cpu/backend.h weight_grads_raw), the others ATen's GEMMs.
+SHAPES = [(1, 1, 3, 1), (3, 2, 5, 4), (7, 3, 5, 5), (35, 32, 28, 64)]
 
 
 def make_case(cell, T, B, I, H, bias, dtype, seed):
@@ -112,3 +114,23 @@ def test_batch_split_path_float32(cell, reset_after, B, H, reverse):
         torch.set_num_threads(threads)
     for a, b in zip(results[1], results[2]):
         assert rel(a, b.double()) < 2e-6
+
+
+@pytest.mark.parametrize("cell,reset_after", CELLS, ids=[f"{c}-{'after' if r else 'before'}" for c, r in CELLS])
+@pytest.mark.parametrize("T,B,I,H", [(1, 3, 5, 4), (3, 2, 5, 4)])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_without_input_grad(cell, reset_after, T, B, I, H, reverse):
+    """An input that needs no gradient: the node asks for none (input_grad=False) and drops what
+    the op returns for it (nothing, on this path: grad_accumulation.h drops_unrequested); every
+    other gradient as the reference's, and the input's .grad stays None."""
+    leaves64, cast = make_case(cell, T, B, I, H, True, torch.float64, seed=T * 100 + B)
+    cast[0].requires_grad_(False)
+    ref = flat(*run_scratch(cell, reset_after, reverse, True, leaves64))
+    got = flat(*run_ops(cell, reset_after, reverse, True, cast))
+    g = torch.Generator().manual_seed(5)
+    cot = [torch.randn(r.shape, generator=g, dtype=torch.float64) for r in ref]
+    grads_ref = torch.autograd.grad(sum((r * c).sum() for r, c in zip(ref, cot)), leaves64[1:])
+    sum((o * c).sum() for o, c in zip(got, cot)).backward()
+    assert cast[0].grad is None
+    for a, b in zip([t.grad for t in cast[1:]], grads_ref):
+        assert rel(a, b) < 1e-10

@@ -26,6 +26,9 @@ namespace core {
 
 struct AccumulationTargets {
   at::Tensor w_ih, w_hh;  // either may be undefined
+  // The caller drops what it did not ask for (input_grad=False): the op may return grad_input
+  // undefined rather than allocate and zero it. Set by the node under the same conditions.
+  bool drops_unrequested = false;
 };
 
 inline AccumulationTargets& accumulation_slot() {
@@ -37,7 +40,7 @@ inline AccumulationTargets& accumulation_slot() {
 // weights: a target is kept only if it is a contiguous tensor of their size, dtype and device.
 inline AccumulationTargets take_accumulation_targets(const at::Tensor& like_ih, const at::Tensor& like_hh) {
   AccumulationTargets& slot = accumulation_slot();
-  if (!slot.w_ih.defined() && !slot.w_hh.defined()) return {};
+  if (!slot.w_ih.defined() && !slot.w_hh.defined() && !slot.drops_unrequested) return {};
   AccumulationTargets t = std::move(slot);
   slot = AccumulationTargets();
   const auto fits = [](const at::Tensor& target, const at::Tensor& like) {

@@ -248,6 +248,7 @@ struct LstmProjection {
 //   step_lengths(lengths, input)              the lengths where the steps read them (CUDA: device)
 //   grad_output_rows(grad_output)             grad_output as the steps read it (unit column stride)
 //   weight_grads<Cell>(WeightGradInputs<Family>)  its weight-gradient strategy
+//   input_grad(dG (rows, G*H), w_ih)          dL/dx (rows, I), a fresh tensor
 //   without_padding, zero_rows                the Padding policy of weight_grads.h
 
 template <class Cell, class Family>
@@ -339,7 +340,10 @@ BackwardResult recurrent_backward(const typename Family::Context& ctx, const Bac
   if (!p.hx_grad) r.grad_hx.zero_();  // it holds a partial dL/dh0 (the skipped GEMM's operand)
   const at::Tensor dG2 = dG.view({T * B, G * H});
   // input_grad=false: the input needs no gradient; zeros instead of the (T*B, G*H) x (G*H, I) GEMM
-  r.grad_input = p.input_grad ? at::mm(dG2, p.w_ih).view({T, B, p.I}) : at::zeros_like(p.input);
+  // (undefined instead when the autograd node, which drops it, says so: grad_accumulation.h)
+  r.grad_input = p.input_grad              ? Family::input_grad(dG2, p.w_ih).view({T, B, p.I})
+                 : p.into.drops_unrequested ? at::Tensor()
+                                            : at::zeros_like(p.input);
   const WeightGradInputs<Family> in{dG2, dGh.view({T * B, G * H}), p.input, len, p.hx, p.output, p.ws, p.reverse,
                                     p.into};
   WeightGrads wg = Family::template weight_grads<Cell>(in);

@@ -29,7 +29,15 @@ inline void fill_prev_states(const at::Tensor& dst, const at::Tensor& hx, const 
 
 // A dense (contiguous, unit-strided) copy of t: the buffer a loop then writes through raw pointers
 // (a clone would keep a stride-0 broadcast layout).
-inline at::Tensor dense_copy(const at::Tensor& t) { return at::empty(t.sizes(), t.options()).copy_(t); }
+// On the CPU a contiguous t is one memcpy (a cell's step: no empty and copy_ dispatch).
+inline at::Tensor dense_copy(const at::Tensor& t) {
+  if (t.device().is_cpu() && t.is_contiguous() && !t.is_conj() && !t.is_neg()) {
+    at::Tensor out = new_tensor(t.sizes(), t.options());
+    if (t.numel() > 0) std::memcpy(out.data_ptr(), t.const_data_ptr(), t.nbytes());
+    return out;
+  }
+  return at::empty(t.sizes(), t.options()).copy_(t);
+}
 
 // A fresh dense (B, cols) copy of src[t, :, col0 : col0 + cols], src (T, B, W): the final states a
 // forward returns (hy from the output, cy from the workspace). On the CPU, with src contiguous,

@@ -527,7 +527,7 @@ class CpuBackward {
               at::Tensor& dh, at::Tensor& dc, const CellIo& io)
       : serial_(small_call<G>(p, 2)), p_(p), dG_(dG), dGh_(dGh), dh_(dh), H_(p.H), B_(p.B), WS_(p.ws.dim() == 3 ? p.ws.size(2) : 0),
         // dGh[t] W_hh[phase 0 gates] and (two-phase) dn W_hn, weights packed once for all steps
-        rec_(p.w_hh.narrow(0, 0, G_rec * p.H), /*transpose=*/false, p.B, p.T) {
+        rec_(G_rec == G ? p.w_hh : p.w_hh.narrow(0, 0, G_rec * p.H), /*transpose=*/false, p.B, p.T) {
     if constexpr (Cell::traits.phases == 2) {
       drh_ = at::empty({p.B, p.H}, p.options());
       rec_n_.emplace(p.w_hh.narrow(0, G_rec * p.H, (G - G_rec) * p.H), /*transpose=*/false, p.B, p.T);
@@ -633,6 +633,75 @@ class CpuBackward {
   RowPointers ptr_{};
 };
 
+// Column sums of a row-major (rows, n) block (ld): the bias gradients, into out (n).
+template <typename T_>
+void column_sums(const T_* src, int64_t rows, int64_t n, int64_t ld, T_* out) {
+  std::memcpy(out, src, sizeof(T_) * n);
+  for (int64_t r = 1; r < rows; ++r) {
+    const T_* s = src + r * ld;
+    for (int64_t j = 0; j < n; ++j) out[j] += s[j];
+  }
+}
+
+// The weight gradients of a problem with few rows (weight_grads_separate's case: a cell's step, a
+// short sequence) through raw BLAS calls on the buffers themselves (blas.h gemm_tn): the same GEMMs
+// as weight_grads_separate, without its ~30 dispatcher calls of views and ATen GEMMs, which at a
+// small cell's step cost more than the arithmetic (rnn_tanh backward at H = 16, B = 1: 21 us a
+// call). Honours in.into the same way. False, having written nothing, where it does not apply:
+// padding rows to zero (lengths), an empty dimension, or no BLAS.
+template <class Cell, typename T_, class Padding>
+bool weight_grads_raw(const WeightGradInputs<Padding>& in, WeightGrads& g) {
+  constexpr int64_t G = Cell::traits.gates, G_rec = Cell::traits.phase0_gates;
+  const int64_t T = in.T(), B = in.B(), I = in.I(), P = in.P(), rows = in.rows(), GH = in.gate_rows(), H = GH / G;
+  constexpr int64_t kMax = INT32_MAX;  // BLAS's int sizes; checked here so no call below can refuse
+  const int64_t WS = Cell::traits.slots * H;
+  if (in.lengths.defined() || rows < 1 || I < 1 || P < 1 || GH < 1 || rows > kMax || I > kMax || P > kMax ||
+      GH > kMax || WS > kMax || !fortran::gemm<T_>()) {
+    return false;
+  }
+  const auto opts = in.dg.options();
+  const bool into_ih = in.into.w_ih.defined(), into_hh = in.into.w_hh.defined();
+  at::Tensor w_ih = into_ih ? in.into.w_ih : core::new_tensor({GH, I}, opts);
+  at::Tensor w_hh = into_hh ? in.into.w_hh : core::new_tensor({GH, P}, opts);
+  const T_* dg = in.dg.template const_data_ptr<T_>();
+  const T_* dgh = in.dgh.template const_data_ptr<T_>();
+  const T_* x = in.input.template const_data_ptr<T_>();  // (T, B, I) contiguous (make_problem)
+  const T_* hx = in.hx.template const_data_ptr<T_>();
+  const T_* out = in.output.template const_data_ptr<T_>();
+  T_* wi = w_ih.template data_ptr<T_>();
+  T_* wh = w_hh.template data_ptr<T_>();
+  const T_ beta_ih = into_ih ? 1 : 0, beta_hh = into_hh ? 1 : 0;
+  const auto run = [](bool done) { TORCH_INTERNAL_ASSERT(done, "rnnfast: a weight-gradient GEMM was refused"); };
+  // dW_ih (+)= dGᵀ X
+  run(gemm_tn<T_>(GH, I, rows, dg, GH, x, I, beta_ih, wi, I));
+  // dW_hh's phase-0 rows (+)= dGh[:, phase 0]ᵀ Hprev: the step walked first saw hx, the others the
+  // output of the step before (a shifted block of output).
+  const int64_t t_first = in.reverse ? T - 1 : 0;
+  const int64_t n0 = G_rec * H;
+  run(gemm_tn<T_>(n0, P, B, dgh + t_first * B * GH, GH, hx, P, beta_hh, wh, P));
+  if (T > 1) {
+    const T_* d_rest = dgh + (in.reverse ? 0 : B * GH);
+    const T_* h_rest = out + (in.reverse ? B * P : 0);
+    run(gemm_tn<T_>(n0, P, (T - 1) * B, d_rest, GH, h_rest, P, T_(1), wh, P));
+  }
+  if constexpr (Cell::traits.phases == 2) {
+    // the mid-step GEMM's rows saw the workspace's gemm_slot (GRU reset_before: r h_{t-1})
+    const T_* ws = in.ws.template const_data_ptr<T_>() + Cell::traits.gemm_slot * H;
+    run(gemm_tn<T_>(GH - n0, H, rows, dg + n0, GH, ws, WS, beta_hh, wh + n0 * P, P));
+  }
+  g.b_ih = core::new_tensor({GH}, opts);
+  column_sums(dg, rows, GH, GH, g.b_ih.template data_ptr<T_>());
+  g.b_hh = core::new_tensor({GH}, opts);
+  if (Cell::traits.split_grad) {
+    column_sums(dgh, rows, GH, GH, g.b_hh.template data_ptr<T_>());
+  } else {
+    std::memcpy(g.b_hh.template data_ptr<T_>(), g.b_ih.template const_data_ptr<T_>(), sizeof(T_) * GH);
+  }
+  if (!into_ih) g.w_ih = w_ih;
+  if (!into_hh) g.w_hh = w_hh;
+  return true;
+}
+
 // The CPU backend family (loop.h's Family concept).
 struct CpuFamily {
   using Context = CpuContext;
@@ -670,9 +739,31 @@ struct CpuFamily {
     return g;
   }
 
+  // dL/dx (rows, I) = dG (rows, G*H) W_ih, a fresh tensor: one BLAS call on the buffers (no
+  // dispatcher: a cell's step), at::mm where BLAS cannot take them.
+  static at::Tensor input_grad(const at::Tensor& dG, const at::Tensor& w_ih) {
+    const int64_t rows = dG.size(0), GH = dG.size(1), I = w_ih.size(1);
+    if (dG.is_contiguous() && w_ih.is_contiguous()) {
+      at::Tensor out = core::new_tensor({rows, I}, dG.options());
+      bool done = false;
+      dispatch(dG.scalar_type(), [&](auto zero) {
+        using T_ = decltype(zero);
+        done = gemm_nn<T_>(rows, I, GH, dG.const_data_ptr<T_>(), GH, w_ih.const_data_ptr<T_>(), I, out.data_ptr<T_>(), I);
+      });
+      if (done) return out;
+    }
+    return at::mm(dG, w_ih);
+  }
+
   template <class Cell>
   static WeightGrads weight_grads(const WeightGradInputs<CpuFamily>& in) {
     RECORD_FUNCTION("rnnfast::weight_grads", std::vector<c10::IValue>());
+    if (!concatenation_repays(in)) {  // weight_grads_separate's case: its GEMMs without the dispatcher
+      WeightGrads g;
+      bool done = false;
+      dispatch(in.dg.scalar_type(), [&](auto zero) { done = weight_grads_raw<Cell, decltype(zero)>(in, g); });
+      if (done) return g;
+    }
     return weight_grads_by_cell<Cell>(in);
   }
   // Padding policy (core/weight_grads.h), from the host-side lengths.

@@ -162,6 +162,63 @@ inline void check_gemm_args(int64_t m, int64_t n, int64_t k, int64_t lda, int64_
               ") has leading dimension ", ldc, "; it must lie in [max(1, ", n, "), 2^31)");
 }
 
+// ---- A plain GEMM straight into BLAS: C (m, n) = beta C + Aᵀ B -----------------------------------
+// The weight gradients of few rows (a cell's step) are a handful of small GEMMs whose operands
+// are contiguous buffers or blocks of them. Through at::mm / addmm_ each cost ~1 us of dispatch
+// and views (narrow, t, select, resolve_conj, as_strided: ~30 dispatcher calls a step) on top of
+// BLAS. The Fortran entries (sgemm_ / dgemm_) are what ATen's cpublas::gemm calls for these
+// dtypes; torch exports them (MKL's, or the BLAS it was built with), found at run time like the
+// packed API above. Absent (a torch built without BLAS): false, and the caller takes ATen.
+namespace fortran {
+template <typename T_>
+using Gemm = void (*)(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                      const T_* alpha, const T_* a, const int* lda, const T_* b, const int* ldb, const T_* beta,
+                      T_* c, const int* ldc);
+template <typename T_>
+inline Gemm<T_> gemm() {
+  static const Gemm<T_> f =
+      reinterpret_cast<Gemm<T_>>(mkl::find_symbol(std::is_same_v<T_, float> ? "sgemm_" : "dgemm_"));
+  return f;
+}
+}  // namespace fortran
+
+// Row-major C (m, n) = beta C + op(A) op(B), op(A) (m, k), op(B) (k, n); op transposes where asked.
+// Every operand row-major with unit column stride, its leading dimension at least its stored row
+// length (A: k, or m transposed; B: n, or k transposed; C: n). beta = 0 ignores C's old contents
+// (NaN or not). False, having done nothing, when there is no BLAS or a size does not fit its int
+// arguments (BLAS would print "Parameter N was incorrect" and skip the call).
+template <typename T_>
+bool blas_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T_* a, int64_t lda, const T_* b,
+               int64_t ldb, T_ beta, T_* c, int64_t ldc) {
+  static_assert(std::is_same_v<T_, float> || std::is_same_v<T_, double>, "blas_gemm: float or double");
+  const auto f = fortran::gemm<T_>();
+  constexpr int64_t kMax = INT32_MAX;
+  const int64_t row_a = trans_a ? m : k, row_b = trans_b ? k : n;
+  if (!f || m < 1 || n < 1 || k < 1 || m > kMax || n > kMax || k > kMax || lda < row_a || ldb < row_b ||
+      ldc < n || lda > kMax || ldb > kMax || ldc > kMax) {
+    return false;
+  }
+  // Column-major, C is Cᵀ (n, m) = op(B)ᵀ op(A)ᵀ, and a row-major operand is its own transpose.
+  const int M = int(n), N = int(m), K = int(k), la = int(ldb), lb = int(lda), lc = int(ldc);
+  const T_ one = 1;
+  f(trans_b ? "T" : "N", trans_a ? "T" : "N", &M, &N, &K, &one, b, &la, a, &lb, &beta, c, &lc);
+  return true;
+}
+
+// C (m, n) = beta C + Aᵀ B, A (k, m), B (k, n): a weight gradient dGᵀ X.
+template <typename T_>
+bool gemm_tn(int64_t m, int64_t n, int64_t k, const T_* a, int64_t lda, const T_* b, int64_t ldb, T_ beta, T_* c,
+             int64_t ldc) {
+  return blas_gemm<T_>(true, false, m, n, k, a, lda, b, ldb, beta, c, ldc);
+}
+
+// C (m, n) = A (m, k) B (k, n), C's old contents ignored: an input gradient dG W_ih.
+template <typename T_>
+bool gemm_nn(int64_t m, int64_t n, int64_t k, const T_* a, int64_t lda, const T_* b, int64_t ldb, T_* c,
+             int64_t ldc) {
+  return blas_gemm<T_>(false, false, m, n, k, a, lda, b, ldb, T_(0), c, ldc);
+}
+
 // Whether packing op(W) once repays over `steps` GEMMs of `m` rows each. Measured on the 2-core
 // dev box (Xeon, MKL in torch 2.13, 1 thread; bench/pack_breakeven.py):
 // - m <= 2: the packed compute is no faster than at::mm (MKL runs a GEMV-like kernel on the plain
@@ -653,7 +710,10 @@ class RecurrentGemm {
       run_rows(a, lda, c, ldc, m, accumulate);
       return true;
     }
-    return run_small(a, lda, c, ldc, m, accumulate);
+    if (run_small(a, lda, c, ldc, m, accumulate)) return true;
+    // otherwise BLAS on W as it is (what run's at::mm_out would call, without its views)
+    return w_.stride(1) == 1 && blas_gemm<float>(false, transpose_, m, n_, k_, a, lda, w_.const_data_ptr<float>(),
+                                                 std::max<int64_t>(1, w_.stride(0)), accumulate ? 1.f : 0.f, c, ldc);
   }
 
   // m rows (row strides lda, ldc; unit column strides): C = [C +] A · op(W) by gemm_small when it

@@ -266,6 +266,9 @@ struct CudaFamily {
   static Tensor step_lengths(const Tensor& lengths, const Tensor& input) { return device_lengths(lengths, input); }
   static Tensor grad_output_rows(const Tensor& g) { return g.contiguous(); }
 
+  // dL/dx (rows, I) = dG (rows, G*H) W_ih, a fresh tensor
+  static Tensor input_grad(const Tensor& dG, const Tensor& w_ih) { return at::mm(dG, w_ih); }
+
   template <class Cell>
   static core::WeightGrads weight_grads(const core::WeightGradInputs<CudaFamily>& in) {
     return core::weight_grads_separate<Cell>(in);
