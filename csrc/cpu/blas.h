@@ -199,9 +199,13 @@ bool blas_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, cons
     return false;
   }
   // Column-major, C is Cᵀ (n, m) = op(B)ᵀ op(A)ᵀ, and a row-major operand is its own transpose.
-  const int M = int(n), N = int(m), K = int(k), la = int(ldb), lb = int(lda), lc = int(ldc);
+  // The sizes are 64-bit integers below 2^31 passed by address: on a little-endian machine a
+  // 32-bit BLAS integer (LP64, torch's MKL) reads the low half, a 64-bit one (ILP64) all of it.
+  static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "blas_gemm: the integer arguments assume little-endian");
+  const int64_t M = n, N = m, K = k, la = ldb, lb = lda, lc = ldc;
+  const auto i = [](const int64_t& v) { return reinterpret_cast<const int*>(&v); };
   const T_ one = 1;
-  f(trans_b ? "T" : "N", trans_a ? "T" : "N", &M, &N, &K, &one, b, &la, a, &lb, &beta, c, &lc);
+  f(trans_b ? "T" : "N", trans_a ? "T" : "N", i(M), i(N), i(K), &one, b, i(la), a, i(lb), &beta, c, i(lc));
   return true;
 }
 
