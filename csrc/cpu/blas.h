@@ -162,7 +162,7 @@ inline void check_gemm_args(int64_t m, int64_t n, int64_t k, int64_t lda, int64_
               ") has leading dimension ", ldc, "; it must lie in [max(1, ", n, "), 2^31)");
 }
 
-// ---- A plain GEMM straight into BLAS: C (m, n) = beta C + Aᵀ B -----------------------------------
+// ---- A plain GEMM straight into BLAS: C (m, n) = beta C + op(A) op(B) ----------------------------
 // The weight gradients of few rows (a cell's step) are a handful of small GEMMs whose operands
 // are contiguous buffers or blocks of them. Through at::mm / addmm_ each cost ~1 us of dispatch
 // and views (narrow, t, select, resolve_conj, as_strided: ~30 dispatcher calls a step) on top of
@@ -214,13 +214,6 @@ template <typename T_>
 bool gemm_tn(int64_t m, int64_t n, int64_t k, const T_* a, int64_t lda, const T_* b, int64_t ldb, T_ beta, T_* c,
              int64_t ldc) {
   return blas_gemm<T_>(true, false, m, n, k, a, lda, b, ldb, beta, c, ldc);
-}
-
-// C (m, n) = A (m, k) B (k, n), C's old contents ignored: an input gradient dG W_ih.
-template <typename T_>
-bool gemm_nn(int64_t m, int64_t n, int64_t k, const T_* a, int64_t lda, const T_* b, int64_t ldb, T_* c,
-             int64_t ldc) {
-  return blas_gemm<T_>(false, false, m, n, k, a, lda, b, ldb, T_(0), c, ldc);
 }
 
 // Whether packing op(W) once repays over `steps` GEMMs of `m` rows each. Measured on the 2-core
