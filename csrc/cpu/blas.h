@@ -488,18 +488,28 @@ inline bool may_parallelize() { return at::get_num_threads() > 1 && !at::in_para
 // H256 B4 T35 868 us threaded, 1106 us not). The panel GEMM follows the same bound.
 constexpr int64_t kSequentialStepMacs = int64_t(1) << 18;
 
+// From this many multiply-adds (M x N x K, ~13 us on one core) a GEMM with a W under the
+// 2 x kElemsPerThread bound below is split too, in one block per thread: a cell's step at 2 threads,
+// module forward under no_grad, 7 blocks of 1,000 calls, 3 rounds in alternating processes, us a call
+// before / after: RNNCell H256 B16 36.6-43.8 / 31.7-35.7, B32 56.6-63.9 / 49.0-65.8; RNNCell H128
+// B64 38.0-39.8 / 37.0-43.3; GRUCell H128 B32 49.8-53.9 / 41.4-53.4; LSTMCell H128 B16 40.0-44.1 /
+// 33.9-46.6 (the third round of each was on a busy machine).
+constexpr int64_t kParallelGemmMacs = int64_t(1) << 20;
+
 // f(n0, n1) over the N columns of a small-batch GEMM with an (N, K) weight: all at once, or split
 // over the intra-op threads in blocks of 8 columns when W is large enough to repay a parallel
-// region (about 64K elements of W a thread: with 2 threads each core streams half).
+// region (about 64K elements of W a thread: with 2 threads each core streams half) or the product
+// has kParallelGemmMacs multiply-adds; never in chunks smaller than a thread's share.
 template <class F>
-void for_column_blocks(int64_t N, int64_t K, const F& f) {
+void for_column_blocks(int64_t M, int64_t N, int64_t K, const F& f) {
   constexpr int64_t kElemsPerThread = int64_t(1) << 16;
-  if (N * K < 2 * kElemsPerThread || !may_parallelize()) {
+  if ((N * K < 2 * kElemsPerThread && M * N * K < kParallelGemmMacs) || N < 16 || !may_parallelize()) {
     f(int64_t(0), N);
     return;
   }
-  at::parallel_for(0, (N + 7) / 8, std::max<int64_t>(1, kElemsPerThread / (8 * K)),
-                   [&](int64_t b0, int64_t b1) { f(b0 * 8, std::min(N, b1 * 8)); });
+  const int64_t blocks = (N + 7) / 8, nt = at::get_num_threads();
+  const int64_t grain = std::max<int64_t>(1, std::min(kElemsPerThread / (8 * K), (blocks + nt - 1) / nt));
+  at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) { f(b0 * 8, std::min(N, b1 * 8)); });
 }
 
 // gemm_small_rows over all N columns of C (for_column_blocks). When K is not a multiple of 16: M <=
@@ -522,7 +532,7 @@ inline void gemm_small(const float* w, int64_t ldw, const float* a, int64_t lda,
     tail.w_col = K - 16;
     for (int j = 0; j < 16; ++j) tail.keep[j] = j >= 16 - rem ? -1 : 0;
   }
-  for_column_blocks(N, K, [&](int64_t n0, int64_t n1) {
+  for_column_blocks(M, N, K, [&](int64_t n0, int64_t n1) {
     gemm_small_rows(w + n0 * ldw, ldw, a, lda, c + n0, ldc, M, n1 - n0, K16, accumulate, tail);
   });
 }
@@ -585,7 +595,7 @@ inline void gemm_lanes(const float* w, int64_t ldw, const float* a, int64_t lda,
 #if RNNFAST_BATCH_LANES
   float* at = lanes_buffer(batch_lanes_pack_floats(M, K));
   batch_lanes_pack(a, lda, M, K, at);
-  for_column_blocks(N, K, [&](int64_t n0, int64_t n1) {
+  for_column_blocks(M, N, K, [&](int64_t n0, int64_t n1) {
     batch_lanes_gemm(w, ldw, at, M, K, c, ldc, n0, n1, accumulate);
   });
 #else
