@@ -357,3 +357,137 @@ def test_remembered_gradients_do_not_keep_a_deleted_model_alive():
     del new
     gc.collect()
     assert all(torch._C._storage_Use_Count(s._cdata) == 1 for s in storages)
+
+
+# ---- Weight gradients deferred along the chain of steps (Carry, csrc/autograd.cpp) --------------
+
+def weight_gemm_rows(fn, weight_shapes):
+    """The K (rows summed over) of every aten::mm / addmm_ whose result has a weight's shape while
+    fn() runs: the Carries' flushes (a step's own GEMMs call BLAS directly, not these ops)."""
+    with torch.profiler.profile(record_shapes=True) as prof:
+        fn()
+    ks = []
+    for e in prof.events():
+        if e.name not in ("aten::mm", "aten::addmm_") or not e.input_shapes:
+            continue
+        a, b = e.input_shapes[:2] if e.name == "aten::mm" else e.input_shapes[1:3]
+        if len(a) == 2 and len(b) == 2 and (a[0], b[1]) in weight_shapes:
+            ks.append(a[1])
+    return ks
+
+
+@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("B, steps", [(3, 12), (64, 10), (100, 7), (129, 3)])
+def test_steps_defer_their_weight_gradients_to_few_gemms(name, B, steps):
+    """Every step of a chain leaves its rows to its predecessor; a Carry is flushed at 256 rows and
+    at the chain's first step, in one GEMM per weight over all its rows. Steps of more than 128
+    rows do not defer. float64: the sums are the same to rounding."""
+    ref, new = pair(name, dtype=torch.float64)
+    xs = torch.randn(steps, B, 6, dtype=torch.float64)
+    loop(ref, xs)[0].backward()
+    total, _ = loop(new, xs)
+    ks = weight_gemm_rows(total.backward, {tuple(new.weight_ih.shape), tuple(new.weight_hh.shape)})
+    assert_grads_close(ref, new, rtol=1e-10, atol=1e-10)
+    if 2 * B > 256:
+        return  # each step computes its own (in whatever GEMMs its size takes)
+    # The walk backward from the last step: a step defers when it has a predecessor or holds rows
+    # (the first step, t = 0, adds its rows to what it holds; alone it computes its own), and the
+    # Carry is flushed when no further step fits or there is no predecessor.
+    expected, rows = [], 0
+    for t in reversed(range(steps)):
+        if t > 0 or rows:
+            rows += B
+            if t == 0 or rows + B > 256:
+                expected.append(rows)
+                rows = 0
+    assert sorted(ks) == sorted(expected * 2)  # one GEMM per weight and Carry, K its rows
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_a_state_feeding_two_successors(name):
+    """h_0 feeds two steps (a tree): both hand their rows towards the same predecessor; the second
+    to come flushes its own (one Carry per task there), and no row is lost or counted twice."""
+    ref, new = pair(name)
+    xs = torch.randn(5, 2, 6)
+    for m in (ref, new):
+        s0 = m(xs[0])
+        a = m(xs[1], s0)
+        b = m(xs[2], s0)
+        a2 = m(xs[3], a)
+        b2 = m(xs[4], b)
+        h = [s[0] if isinstance(s, tuple) else s for s in (a2, b2)]
+        (h[0].sum() * 2 + (h[1] ** 2).sum()).backward()
+    assert_grads_close(ref, new)
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_post_hook_on_a_middle_step_sees_that_steps_gradient(name):
+    """A step whose node has a post hook is never handed a later step's rows, and keeps its own:
+    the hook sees exactly that step's contribution to dW_hh, as the engine's semantics say."""
+    ref, new = pair(name, dtype=torch.float64)
+    xs = torch.randn(8, 2, 6, dtype=torch.float64)
+    k = 4  # the hooked step
+    # the reference: step k of torch.nn's loop runs on its own copy of the weights
+    params = {n: p.detach().clone().requires_grad_(True) for n, p in ref.named_parameters()}
+    state, total = None, 0
+    for t, x in enumerate(xs):
+        state = torch.func.functional_call(ref, params, (x, state)) if t == k else ref(x, state)
+        h = state[0] if isinstance(state, tuple) else state
+        total = total + (h * torch.arange(1, h.size(-1) + 1, dtype=h.dtype)).sum()
+    total.backward()
+    step_k_dw_hh = params["weight_hh"].grad
+
+    seen = []
+    state, total = None, 0
+    for t, x in enumerate(xs):
+        state = new(x, state)
+        h = state[0] if isinstance(state, tuple) else state
+        if t == k:
+            w_hh_pos = 4 if isinstance(state, tuple) else 3  # input, hx[, cx], w_ih, w_hh, b_ih, b_hh
+            h.grad_fn.register_hook(lambda gi, go: seen.append(gi[w_hh_pos].clone()))
+        total = total + (h * torch.arange(1, h.size(-1) + 1, dtype=h.dtype)).sum()
+    total.backward()
+    assert len(seen) == 1
+    torch.testing.assert_close(seen[0], step_k_dw_hh, rtol=1e-10, atol=1e-10)
+    with torch.no_grad():  # the whole gradient: the other steps' plus step k's
+        for n, p in ref.named_parameters():
+            p.grad += params[n].grad
+    assert_grads_close(ref, new, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_frozen_weight_and_state_through_another_op(name):
+    """No deferral where not every weight wants a gradient (weight_ih frozen), nor across a state
+    that passed through another op (h * 0.5): the gradients are torch.nn's either way."""
+    ref, new = pair(name)
+    xs = torch.randn(9, 3, 6)
+    for m in (ref, new):
+        m.weight_ih.requires_grad_(False)
+        state, total = None, 0
+        for t, x in enumerate(xs):
+            state = m(x, state)
+            if t == 4:
+                state = tuple(s * 0.5 for s in state) if isinstance(state, tuple) else state * 0.5
+            h = state[0] if isinstance(state, tuple) else state
+            total = total + h.sum() * (t + 1)
+        total.backward()
+    assert_grads_close(ref, new)
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_encoder_state_into_a_decoder_of_other_weights(name):
+    """The decoder's first step's predecessor is the encoder's last: another op's weights, so the
+    decoder's rows are flushed there, and the encoder's own chain is separate."""
+    ref_enc, new_enc = pair(name)
+    ref_dec, new_dec = pair(name)
+    with torch.no_grad():
+        for p, q in zip(ref_dec.parameters(), new_dec.parameters()):
+            p.mul_(-0.7)
+            q.copy_(p)
+    xs = torch.randn(6, 2, 6)
+    for enc, dec in ((ref_enc, ref_dec), (new_enc, new_dec)):
+        _, state = loop(enc, xs[:3])
+        total, _ = loop(dec, xs[3:], state)
+        total.backward()
+    assert_grads_close(ref_enc, new_enc)
+    assert_grads_close(ref_dec, new_dec)

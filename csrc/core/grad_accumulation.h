@@ -24,11 +24,28 @@
 namespace rnnfast {
 namespace core {
 
+// Weight gradients deferred along a chain of one-step calls (a cell stepped in a loop): see
+// csrc/autograd.cpp's Carry for why and when. The node owns this; an op that takes the request
+// (T = 1, a one-phase cell without projection or lengths, `row + B <= capacity`) writes its
+// pre-activation grads into rows [row, row + B) of dg (and dgh, the recurrent side, for split_grad
+// cells) and its x and h_{t-1} into the same rows of x and h, allocating each at `capacity` rows
+// on first use (from the ScratchPool: a fresh block would fault its pages in every time), advances
+// `row`, sets `taken` and returns no weight or bias gradient: the node computes them for all the
+// rows at once, dW_ih = dgᵀ x, dW_hh = dghᵀ h.
+struct DeferredRows {
+  at::Tensor dg, dgh;  // (capacity, G*H); dgh only for split_grad cells
+  at::Tensor x, h;     // (capacity, I), (capacity, P)
+  int64_t row = 0, capacity = 0;
+  bool taken = false;  // set by the op that wrote its rows (the node clears it)
+  bool split = false;  // dgh holds the recurrent side (else dg serves both)
+};
+
 struct AccumulationTargets {
   at::Tensor w_ih, w_hh;  // either may be undefined
   // The caller drops what it did not ask for (input_grad=False): the op may return grad_input
   // undefined rather than allocate and zero it. Set by the node under the same conditions.
   bool drops_unrequested = false;
+  DeferredRows* defer = nullptr;  // the node's rows to write into instead of computing dW (or null)
 };
 
 inline AccumulationTargets& accumulation_slot() {
@@ -40,7 +57,7 @@ inline AccumulationTargets& accumulation_slot() {
 // weights: a target is kept only if it is a contiguous tensor of their size, dtype and device.
 inline AccumulationTargets take_accumulation_targets(const at::Tensor& like_ih, const at::Tensor& like_hh) {
   AccumulationTargets& slot = accumulation_slot();
-  if (!slot.w_ih.defined() && !slot.w_hh.defined() && !slot.drops_unrequested) return {};
+  if (!slot.w_ih.defined() && !slot.w_hh.defined() && !slot.drops_unrequested && !slot.defer) return {};
   AccumulationTargets t = std::move(slot);
   slot = AccumulationTargets();
   const auto fits = [](const at::Tensor& target, const at::Tensor& like) {

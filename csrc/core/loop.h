@@ -302,6 +302,37 @@ struct BackwardResult {
   at::Tensor grad_input, grad_hx, grad_cx, grad_w_ih, grad_w_hh, grad_w_hr, grad_b_ih, grad_b_hh;
 };
 
+// The node's DeferredRows if this call can take its request (one step of a one-phase cell, no
+// projection or lengths, room for B rows, buffers of this problem's width and dtype), allocating
+// them on first use; else null (the call computes its weight gradients as usual).
+template <class Cell>
+DeferredRows* deferral_of(const BackwardProblem& p) {
+  DeferredRows* d = p.into.defer;
+  if (!d || Cell::traits.phases != 1 || p.projected() || p.lengths.defined() || p.T != 1 ||
+      d->row + p.B > d->capacity) {
+    return nullptr;
+  }
+  const int64_t width = Cell::traits.gates * p.H;
+  const auto fits = [&](const at::Tensor& buf, int64_t cols) {
+    return buf.dim() == 2 && buf.size(0) == d->capacity && buf.size(1) == cols && buf.is_contiguous() &&
+           buf.scalar_type() == p.input.scalar_type() && buf.device() == p.input.device();
+  };
+  const auto ensure = [&](at::Tensor& buf, int64_t cols) {
+    if (!fits(buf, cols)) buf = ScratchPool::instance().take(d->capacity * cols, p.options()).view({d->capacity, cols});
+  };
+  if (d->row == 0) {  // first rows: (re)allocate what does not fit
+    ensure(d->dg, width);
+    if (Cell::traits.split_grad) ensure(d->dgh, width);
+    ensure(d->x, p.I);
+    ensure(d->h, p.P);
+  }
+  if (!fits(d->dg, width) || (Cell::traits.split_grad && !fits(d->dgh, width)) || !fits(d->x, p.I) ||
+      !fits(d->h, p.P) || (d->row > 0 && d->split != Cell::traits.split_grad)) {
+    return nullptr;
+  }
+  return d;
+}
+
 template <class Cell, class Family>
 BackwardResult recurrent_backward(const typename Family::Context& ctx, const BackwardProblem& p) {
   constexpr int64_t G = Cell::traits.gates;
@@ -310,9 +341,15 @@ BackwardResult recurrent_backward(const typename Family::Context& ctx, const Bac
   const at::Tensor len = Family::step_lengths(p.lengths, p.input);
   const at::Tensor grad_output = Family::grad_output_rows(p.grad_output);
 
+  // Deferred weight gradients (grad_accumulation.h DeferredRows): this step's pre-activation grads
+  // go straight into the node's rows, and the weight and bias gradients are left to the node.
+  DeferredRows* defer = deferral_of<Cell>(p);
   // scratch for this call (scratch.h): never returned, every row written before it is read
-  at::Tensor dG = scratch_empty({T, B, G * H}, opts);                                  // input side
-  at::Tensor dGh = Cell::traits.split_grad ? scratch_empty({T, B, G * H}, opts) : dG;  // recurrent side
+  at::Tensor dG = defer ? defer->dg.narrow(0, defer->row, B).view({T, B, G * H})
+                        : scratch_empty({T, B, G * H}, opts);  // input side
+  at::Tensor dGh = !Cell::traits.split_grad ? dG
+                   : defer                  ? defer->dgh.narrow(0, defer->row, B).view({T, B, G * H})
+                                            : scratch_empty({T, B, G * H}, opts);  // recurrent side
   // dL/dh_t (dL/dc_t) flowing back through the recurrence: fresh dense buffers whatever the
   // incoming grads' strides (a broadcast grad of hy has stride 0; a clone would keep it)
   BackwardResult r;
@@ -344,6 +381,14 @@ BackwardResult recurrent_backward(const typename Family::Context& ctx, const Bac
   r.grad_input = p.input_grad              ? Family::input_grad(dG2, p.w_ih).view({T, B, p.I})
                  : p.into.drops_unrequested ? at::Tensor()
                                             : at::zeros_like(p.input);
+  if (defer) {  // the node computes the weight and bias gradients of all its rows at once
+    copy_into(defer->x.narrow(0, defer->row, B), p.input);
+    copy_into(defer->h.narrow(0, defer->row, B), p.hx);
+    defer->row += B;
+    defer->taken = true;
+    defer->split = Cell::traits.split_grad;
+    return r;
+  }
   const WeightGradInputs<Family> in{dG2, dGh.view({T * B, G * H}), p.input, len, p.hx, p.output, p.ws, p.reverse,
                                     p.into};
   WeightGrads wg = Family::template weight_grads<Cell>(in);
