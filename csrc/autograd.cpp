@@ -8,6 +8,7 @@
 // them), not a torch::autograd::Function, which refuses to run under torch.func transforms.
 #include <ATen/TensorSubclassLikeUtils.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/record_function.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/autograd.h>  // Node, SavedVariable, collect_next_edges, GradMode
 #include <torch/csrc/autograd/anomaly_mode.h>
@@ -161,6 +162,12 @@ struct Carry {
 // few % of what all of a 100-step loop at once gets (the measurements above). Steps of more than
 // half of it never defer (two would not fit; a GEMM with K > 128 is efficient already).
 constexpr int64_t kCarryRows = 256;
+// Only weights of this many elements (W_ih and W_hh together) defer: below, a step's own dW is a
+// fraction of a microsecond and the Carry's bookkeeping costs more. Cells loop, 100 steps with
+// backward, 1 thread, alternating processes, us a step without / with deferral: RNNCell H64 B8
+// (8K elements) 34-38 / 40-44, GRUCell H64 B1 (24K) 3.41x / 3.06x torch.nn in the cells suite;
+// from H = 256 (RNN, 131K) it pays or ties (above).
+constexpr int64_t kCarryMinWeightElements = int64_t(1) << 16;
 
 class RecurrentBackward final : public torch::autograd::Node {
  public:
@@ -214,14 +221,21 @@ class RecurrentBackward final : public torch::autograd::Node {
     // Weight gradients deferred from later steps (Carry), and whether this step can defer its own:
     // to a predecessor of its kind, or into a Carry it already holds (then flushed below).
     Carry carry = take_carry(task);
-    RecurrentBackward* const pred = plain ? deferral_target() : nullptr;
-    const int64_t batch = t[0].dim() == 3 ? t[0].size(1) : 0;
-    const bool defer = plain && (pred || carry.active()) && all_weight_grads_wanted() && !lengths &&
-                       batch > 0 && 2 * batch <= kCarryRows;
+    // (sizes read only when plain: a symbolic tensor under torch.compile has none to read)
+    const int64_t batch = plain && t[0].dim() == 3 ? t[0].size(1) : 0;
+    const bool may_defer = plain && !lengths && batch > 0 && 2 * batch <= kCarryRows &&
+                           t[info_.weights[0]].numel() + t[info_.weights[1]].numel() >= kCarryMinWeightElements &&
+                           all_weight_grads_wanted();
+    RecurrentBackward* const pred = may_defer ? deferral_target() : nullptr;
+    const bool defer = may_defer && (pred || carry.active());
     if (defer && !carry.active()) {
       carry.task = task;
       carry.rows.capacity = kCarryRows;
     }
+    // Handed on after this step's rows if another step's fit; else the op flushes them all.
+    const bool hand_on = pred && carry.rows.row + 2 * batch <= carry.rows.capacity;
+    carry.rows.flush = defer && !hand_on;
+    carry.rows.flushed = false;
 
     // The backward op's arguments: grad_output, grad_hy[, grad_cy], the front tensors, output,
     // workspace, reverse, options, input_grad, lengths, hx_grad.
@@ -249,11 +263,14 @@ class RecurrentBackward final : public torch::autograd::Node {
     variable_list result;
     result.reserve(stack.size());
     for (auto& v : stack) result.push_back(std::move(v).toTensor());
-    const bool took = carry.rows.taken;  // the op left its rows in the Carry, returned no dW, db
+    // The op took its rows and either returned no dW, db (on to the predecessor), or flushed all
+    // the rows into its results. Where it did not take them, or the predecessor already holds a
+    // Carry of this task, the rows held are flushed here.
+    const bool took = carry.rows.taken;
     carry.rows.taken = false;
-    // On to the predecessor while another step fits (it flushes what it cannot take), else here.
-    if (carry.active() &&
-        !(took && pred && carry.rows.row + batch <= carry.rows.capacity && pred->give_carry(carry))) {
+    if (took && carry.rows.flushed) {
+      carry = Carry();
+    } else if (carry.active() && !(took && hand_on && pred->give_carry(carry))) {
       flush(carry, result, into);
     }
     for (size_t k = 0; k < 2; ++k) {
@@ -290,12 +307,20 @@ class RecurrentBackward final : public torch::autograd::Node {
     return pred;
   }
 
-  // w_ih, w_hh and the biases there are: the positions a Carry's flush fills.
-  std::vector<size_t> parameter_positions() const {
-    std::vector<size_t> pos{info_.weights[0], info_.weights[1]};
-    if (has_b_ih) pos.push_back(info_.front);
-    if (has_b_hh) pos.push_back(info_.front + 1);
-    return pos;
+  // w_ih, w_hh and the biases there are: the positions a Carry's flush fills (the first n).
+  struct Positions {
+    std::array<size_t, 4> at{};
+    size_t n = 0;
+    const size_t* begin() const { return at.data(); }
+    const size_t* end() const { return at.data() + n; }
+  };
+  Positions parameter_positions() const {
+    Positions p;
+    p.at[p.n++] = info_.weights[0];
+    p.at[p.n++] = info_.weights[1];
+    if (has_b_ih) p.at[p.n++] = info_.front;
+    if (has_b_hh) p.at[p.n++] = info_.front + 1;
+    return p;
   }
 
   bool all_weight_grads_wanted() const {
@@ -307,7 +332,9 @@ class RecurrentBackward final : public torch::autograd::Node {
 
   // This task's Carry handed over by a later step (empty if none).
   Carry take_carry(int task) {
+    if (task < 0) return Carry();
     std::lock_guard<std::mutex> lock(mutex_);
+    if (inbox_.empty()) return Carry();
     for (auto it = inbox_.begin(); it != inbox_.end(); ++it) {
       if (it->task == task) {
         Carry c = std::move(*it);
@@ -334,6 +361,7 @@ class RecurrentBackward final : public torch::autograd::Node {
   // (into), else as a fresh result.
   void flush(Carry& carry, variable_list& result, const std::array<at::Tensor, 2>& into) const {
     const int64_t K = carry.rows.row;
+    RECORD_FUNCTION("rnnfast::weight_grad_rows", std::vector<c10::IValue>({carry.rows.dg.narrow(0, 0, K)}));
     const at::Tensor dg = carry.rows.dg.narrow(0, 0, K);
     const at::Tensor dgh = carry.rows.split ? carry.rows.dgh.narrow(0, 0, K) : dg;
     const std::array<at::Tensor, 2> operands{carry.rows.x.narrow(0, 0, K), carry.rows.h.narrow(0, 0, K)};

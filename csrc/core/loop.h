@@ -18,6 +18,7 @@
 // the backend's device and stream, so backend-neutral). NoProjection is the empty hook.
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/record_function.h>
 
 #include "args.h"
 #include "cells.h"
@@ -28,6 +29,7 @@
 #include "weight_grads.h"
 
 #include <algorithm>
+#include <cstring>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -308,7 +310,7 @@ struct BackwardResult {
 template <class Cell>
 DeferredRows* deferral_of(const BackwardProblem& p) {
   DeferredRows* d = p.into.defer;
-  if (!d || Cell::traits.phases != 1 || p.projected() || p.lengths.defined() || p.T != 1 ||
+  if (!d || Cell::traits.phases != 1 || p.projected() || p.lengths.defined() || p.T != 1 || !p.input.is_cpu() ||
       d->row + p.B > d->capacity) {
     return nullptr;
   }
@@ -344,11 +346,15 @@ BackwardResult recurrent_backward(const typename Family::Context& ctx, const Bac
   // Deferred weight gradients (grad_accumulation.h DeferredRows): this step's pre-activation grads
   // go straight into the node's rows, and the weight and bias gradients are left to the node.
   DeferredRows* defer = deferral_of<Cell>(p);
+  // this step's rows of the node's buffers (CPU: from_blob, no view ops)
+  const auto rows_of = [&](const at::Tensor& buf) {
+    return at::from_blob(static_cast<char*>(buf.data_ptr()) + defer->row * buf.size(1) * buf.element_size(),
+                         {T, B, buf.size(1)}, opts);
+  };
   // scratch for this call (scratch.h): never returned, every row written before it is read
-  at::Tensor dG = defer ? defer->dg.narrow(0, defer->row, B).view({T, B, G * H})
-                        : scratch_empty({T, B, G * H}, opts);  // input side
+  at::Tensor dG = defer ? rows_of(defer->dg) : scratch_empty({T, B, G * H}, opts);  // input side
   at::Tensor dGh = !Cell::traits.split_grad ? dG
-                   : defer                  ? defer->dgh.narrow(0, defer->row, B).view({T, B, G * H})
+                   : defer                  ? rows_of(defer->dgh)
                                             : scratch_empty({T, B, G * H}, opts);  // recurrent side
   // dL/dh_t (dL/dc_t) flowing back through the recurrence: fresh dense buffers whatever the
   // incoming grads' strides (a broadcast grad of hy has stride 0; a clone would keep it)
@@ -381,16 +387,35 @@ BackwardResult recurrent_backward(const typename Family::Context& ctx, const Bac
   r.grad_input = p.input_grad              ? Family::input_grad(dG2, p.w_ih).view({T, B, p.I})
                  : p.into.drops_unrequested ? at::Tensor()
                                             : at::zeros_like(p.input);
-  if (defer) {  // the node computes the weight and bias gradients of all its rows at once
-    copy_into(defer->x.narrow(0, defer->row, B), p.input);
-    copy_into(defer->h.narrow(0, defer->row, B), p.hx);
+  WeightGradInputs<Family> in{dG2, dGh.view({T * B, G * H}), p.input, len, p.hx, p.output, p.ws, p.reverse, p.into};
+  if (defer) {  // this step's rows join the node's; their gradients are computed at the flush
+    const auto append = [&](const at::Tensor& buf, const at::Tensor& src) {  // both contiguous CPU
+      std::memcpy(static_cast<char*>(buf.data_ptr()) + defer->row * buf.size(1) * buf.element_size(),
+                  src.const_data_ptr(), src.nbytes());
+    };
+    append(defer->x, p.input);
+    append(defer->h, p.hx);
     defer->row += B;
     defer->taken = true;
     defer->split = Cell::traits.split_grad;
-    return r;
+    if (!defer->flush) return r;
+    // The flush: every row's weight and bias gradients, as one step of K rows (T = 1, B = K,
+    // h_{t-1} = hx), by the Family's strategy (a few rows: raw BLAS calls), into the targets.
+    const int64_t K = defer->row;
+    const at::Tensor hs = defer->h.narrow(0, 0, K);
+    in = WeightGradInputs<Family>{defer->dg.narrow(0, 0, K),
+                                  Cell::traits.split_grad ? defer->dgh.narrow(0, 0, K) : defer->dg.narrow(0, 0, K),
+                                  defer->x.narrow(0, 0, K).view({1, K, p.I}),
+                                  at::Tensor(),
+                                  hs,
+                                  hs.view({1, K, p.P}),
+                                  p.ws,  // read by two-phase cells only, which never defer
+                                  false,
+                                  p.into};
+    defer->row = 0;
+    defer->flushed = true;
   }
-  const WeightGradInputs<Family> in{dG2, dGh.view({T * B, G * H}), p.input, len, p.hx, p.output, p.ws, p.reverse,
-                                    p.into};
+  RECORD_FUNCTION("rnnfast::weight_grad_rows", std::vector<c10::IValue>({in.dg}));  // K: the profiler's shapes
   WeightGrads wg = Family::template weight_grads<Cell>(in);
   // A strategy that wrote a fresh result although asked to accumulate: add it in here, as the
   // autograd engine would have.

@@ -39,17 +39,6 @@ inline at::Tensor dense_copy(const at::Tensor& t) {
   return at::empty(t.sizes(), t.options()).copy_(t);
 }
 
-// dst.copy_(src) for tensors of the same shape and dtype; on the CPU, both contiguous, one memcpy
-// (a cell's step: no dispatch).
-inline void copy_into(const at::Tensor& dst, const at::Tensor& src) {
-  if (dst.device().is_cpu() && src.device().is_cpu() && dst.is_contiguous() && src.is_contiguous() &&
-      dst.scalar_type() == src.scalar_type() && dst.numel() == src.numel() && !src.is_conj() && !src.is_neg()) {
-    if (src.numel() > 0) std::memcpy(dst.data_ptr(), src.const_data_ptr(), src.nbytes());
-    return;
-  }
-  dst.copy_(src.view_as(dst));
-}
-
 // A fresh dense (B, cols) copy of src[t, :, col0 : col0 + cols], src (T, B, W): the final states a
 // forward returns (hy from the output, cy from the workspace). On the CPU, with src contiguous,
 // plain row copies: at a small size the select, narrow and clone ops cost more than the copy.
