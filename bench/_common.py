@@ -135,3 +135,32 @@ def grid_step(impl, cell, mode, H, B, T, threads, device):
     if mode == "fwd":
         return inference_step(layer, x, device)
     return forward_backward_step(layer, x.requires_grad_(True), device)
+
+
+CELL_CLASSES = {"rnn_tanh": "RNNCell", "gru": "GRUCell", "lstm": "LSTMCell"}
+CELL_STEPS = 100
+
+
+def cell_loop_step(impl, cell, H, B, device):
+    """One point of the cells suite (bench/test_cells.py; bench/recheck.py re-measures the same): the
+    cell (I = H, seed 0) stepped CELL_STEPS times in a Python loop as a decoder does, then backward
+    of the summed outputs; returns the timed unit of work."""
+    import rnnfast
+
+    torch.manual_seed(0)
+    module = getattr(torch.nn if impl == "torch" else rnnfast, CELL_CLASSES[cell])(H, H).to(device)
+    xs = torch.randn(CELL_STEPS, B, H, device=device)
+    sync = synchronizer(device)
+
+    def step():
+        module.zero_grad(set_to_none=True)
+        state = None
+        total = 0
+        for t in range(CELL_STEPS):
+            state = module(xs[t], state)
+            h = state[0] if isinstance(state, tuple) else state
+            total = total + h.sum()
+        total.backward()
+        sync()
+
+    return step

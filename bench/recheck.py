@@ -11,6 +11,10 @@ and measures each point again, interleaved. Each round times a block of calls of
 implementation, in a rotating order, and takes the ratio within that round, so a slow spell hits
 both sides. It reports the median of the per-round ratios with its quartiles.
 
+It re-checks the cells suite's points too (a bench/results/<device>-cells.json; e.g. --below 1.5,
+the cells' target): each built by bench/_common.cell_loop_step as bench/test_cells.py builds it,
+against torch.nn's cells.
+
 The points are built exactly as bench/test_grid.py builds them: one layer, I = H, time-major zero-state
 input, inference mode for 'fwd', outputs.sum() backward for 'fwdbwd', and the exported torch.nn
 layer in onnxruntime with the same intra-op thread count. The JSON written (default
@@ -31,7 +35,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from _common import grid_step  # noqa: E402
+from _common import CELL_STEPS, cell_loop_step, grid_step  # noqa: E402
 from run import device_slug, git_commit  # noqa: E402
 
 
@@ -42,7 +46,7 @@ def grid_points(path, below, vs, only=None):
     med = {}
     for b in data["benchmarks"]:
         e = b.get("extra_info", {})
-        if e.get("suite") == "grid":
+        if e.get("suite") in ("grid", "cells"):
             med[(e["case"], e["impl"])] = b["stats"]["median"]
     baselines = ["torch", "onnxruntime"] if vs == "both" else [vs]
     out = []
@@ -58,14 +62,23 @@ def grid_points(path, below, vs, only=None):
 
 
 def parse_case(case):
-    cell, mode, h, b, t, th = case.split()
+    """A grid case 'cell mode H.. B.. T.. th..', or a cells-suite case 'cell H.. B.. th..' (mode
+    'cells', T the loop's steps)."""
+    parts = case.split()
+    if len(parts) == 4:
+        cell, h, b, th = parts
+        return cell, "cells", int(h[1:]), int(b[1:]), CELL_STEPS, int(th[2:])
+    cell, mode, h, b, t, th = parts
     return cell, mode, int(h[1:]), int(b[1:]), int(t[1:]), int(th[2:])
 
 
 def steps_of(case, baseline):
     """{impl: a no-argument callable doing one timed unit of work} for rnnfast and the baseline,
-    built by bench/_common.grid_step as the grid builds them; and the point's thread count."""
+    built by bench/_common.grid_step (cell_loop_step) as the grid (the cells suite) builds them; and
+    the point's thread count."""
     cell, mode, H, B, T, threads = parse_case(case)
+    if mode == "cells":
+        return {impl: cell_loop_step(impl, cell, H, B, "cpu") for impl in ("rnnfast", baseline)}, threads
     return {impl: grid_step(impl, cell, mode, H, B, T, threads, "cpu") for impl in ("rnnfast", baseline)}, threads
 
 
@@ -101,7 +114,7 @@ def quartiles(values):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("grid", help="a grid result JSON (bench/results/<device>-grid.json)")
+    ap.add_argument("grid", help="a grid or cells result JSON (bench/results/<device>-grid.json, -cells.json)")
     ap.add_argument("--below", type=float, default=1.0, help="re-check points whose grid ratio is below this")
     ap.add_argument("--vs", choices=["torch", "onnxruntime", "both"], default="torch")
     ap.add_argument("--case", action="append", help="re-check this point (e.g. 'lstm fwd H64 B128 T35 th1'); repeatable")

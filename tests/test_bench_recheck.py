@@ -45,3 +45,18 @@ def test_recheck_end_to_end(recheck, tmp_path, mode):
     assert row["case"] == case and row["baseline"] == "torch" and row["grid_ratio"] == 0.5
     assert row["rounds"] == 3 and row["rnnfast_s"] > 0 and row["baseline_s"] > 0
     assert row["ratio_q1"] <= row["ratio"] <= row["ratio_q3"]
+
+
+def test_cells_points_end_to_end(recheck, tmp_path):
+    """A cells-suite result: its case reads as mode 'cells', and the re-check runs the cell loop."""
+    case = "gru H8 B2 th1"
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"benchmarks": [
+        {"stats": {"median": m}, "extra_info": {"suite": "cells", "case": case, "impl": i}}
+        for i, m in (("torch", 1.0), ("rnnfast", 1.0))]}))
+    assert recheck.parse_case(case) == ("gru", "cells", 8, 2, 100, 1)
+    assert recheck.grid_points(str(path), 1.5, "torch") == [(case, "torch", 1.0)]
+    out = tmp_path / "r.json"
+    assert recheck.main([str(path), "--below", "1.5", "--rounds", "3", "--block-s", "0.001", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["points"]
+    assert row["case"] == case and row["rounds"] == 3 and row["rnnfast_s"] > 0 and row["baseline_s"] > 0
