@@ -236,6 +236,7 @@ class RecurrentBackward final : public torch::autograd::Node {
     const bool hand_on = pred && carry.rows.row + 2 * batch <= carry.rows.capacity;
     carry.rows.flush = defer && !hand_on;
     carry.rows.flushed = false;
+    const int64_t rows_before = carry.rows.row;
 
     // The backward op's arguments: grad_output, grad_hy[, grad_cy], the front tensors, output,
     // workspace, reverse, options, input_grad, lengths, hx_grad.
@@ -266,9 +267,8 @@ class RecurrentBackward final : public torch::autograd::Node {
     // The op took its rows and either returned no dW, db (on to the predecessor), or flushed all
     // the rows into its results. Where it did not take them, or the predecessor already holds a
     // Carry of this task, the rows held are flushed here.
-    const bool took = carry.rows.taken;
-    carry.rows.taken = false;
-    if (took && carry.rows.flushed) {
+    const bool took = carry.rows.row > rows_before;
+    if (carry.rows.flushed) {
       carry = Carry();
     } else if (carry.active() && !(took && hand_on && pred->give_carry(carry))) {
       flush(carry, result, into);
@@ -361,9 +361,9 @@ class RecurrentBackward final : public torch::autograd::Node {
   // (into), else as a fresh result.
   void flush(Carry& carry, variable_list& result, const std::array<at::Tensor, 2>& into) const {
     const int64_t K = carry.rows.row;
-    RECORD_FUNCTION("rnnfast::weight_grad_rows", std::vector<c10::IValue>({carry.rows.dg.narrow(0, 0, K)}));
     const at::Tensor dg = carry.rows.dg.narrow(0, 0, K);
-    const at::Tensor dgh = carry.rows.split ? carry.rows.dgh.narrow(0, 0, K) : dg;
+    RECORD_FUNCTION("rnnfast::weight_grad_rows", std::vector<c10::IValue>({dg}));
+    const at::Tensor dgh = carry.rows.dgh.defined() ? carry.rows.dgh.narrow(0, 0, K) : dg;
     const std::array<at::Tensor, 2> operands{carry.rows.x.narrow(0, 0, K), carry.rows.h.narrow(0, 0, K)};
     const std::array<at::Tensor, 2> grads{dg, dgh};
     for (size_t k = 0; k < 2; ++k) {

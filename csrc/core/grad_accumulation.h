@@ -30,16 +30,15 @@ namespace core {
 // pre-activation grads into rows [row, row + B) of dg (and dgh, the recurrent side, for split_grad
 // cells) and its x and h_{t-1} into the same rows of x and h, allocating each at `capacity` rows
 // on first use (from the ScratchPool: a fresh block would fault its pages in every time), advances
-// `row`, sets `taken` and returns no weight or bias gradient; or, asked to `flush`, returns those of
-// all the rows at once, dW_ih = dgᵀ x, dW_hh = dghᵀ h and the column sums.
+// `row` and returns no weight or bias gradient; or, asked to `flush`, also returns those of all the
+// rows at once, dW_ih = dgᵀ x, dW_hh = dghᵀ h and the column sums, and sets `flushed`. The node
+// tells that the op took its rows by `row` having advanced.
 struct DeferredRows {
-  at::Tensor dg, dgh;  // (capacity, G*H); dgh only for split_grad cells
+  at::Tensor dg, dgh;  // (capacity, G*H); dgh defined only for split_grad cells (it holds the recurrent side)
   at::Tensor x, h;     // (capacity, I), (capacity, P)
   int64_t row = 0, capacity = 0;
-  bool taken = false;  // set by the op that wrote its rows (the node clears it)
-  bool split = false;  // dgh holds the recurrent side (else dg serves both)
   // Set by the node: after adding its rows the op computes the weight and bias gradients of all
-  // of them (as its own, honouring w_ih / w_hh below), sets `flushed` and empties the rows.
+  // of them (as its own, honouring w_ih / w_hh below) and sets `flushed`.
   bool flush = false, flushed = false;
 };
 

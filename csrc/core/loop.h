@@ -328,11 +328,17 @@ DeferredRows* deferral_of(const BackwardProblem& p) {
     ensure(d->x, p.I);
     ensure(d->h, p.P);
   }
-  if (!fits(d->dg, width) || (Cell::traits.split_grad && !fits(d->dgh, width)) || !fits(d->x, p.I) ||
-      !fits(d->h, p.P) || (d->row > 0 && d->split != Cell::traits.split_grad)) {
+  // (dgh is defined exactly when split_grad rows are held: rows of another kind of cell never mix)
+  if (!fits(d->dg, width) || (Cell::traits.split_grad ? !fits(d->dgh, width) : d->dgh.defined()) ||
+      !fits(d->x, p.I) || !fits(d->h, p.P)) {
     return nullptr;
   }
   return d;
+}
+
+// Row `row` of a contiguous 2-D CPU buffer, as bytes.
+inline char* row_bytes(const at::Tensor& buf, int64_t row) {
+  return static_cast<char*>(buf.data_ptr()) + row * buf.size(1) * buf.element_size();
 }
 
 template <class Cell, class Family>
@@ -348,8 +354,7 @@ BackwardResult recurrent_backward(const typename Family::Context& ctx, const Bac
   DeferredRows* defer = deferral_of<Cell>(p);
   // this step's rows of the node's buffers (CPU: from_blob, no view ops)
   const auto rows_of = [&](const at::Tensor& buf) {
-    return at::from_blob(static_cast<char*>(buf.data_ptr()) + defer->row * buf.size(1) * buf.element_size(),
-                         {T, B, buf.size(1)}, opts);
+    return at::from_blob(row_bytes(buf, defer->row), {T, B, buf.size(1)}, opts);
   };
   // scratch for this call (scratch.h): never returned, every row written before it is read
   at::Tensor dG = defer ? rows_of(defer->dg) : scratch_empty({T, B, G * H}, opts);  // input side
@@ -389,15 +394,9 @@ BackwardResult recurrent_backward(const typename Family::Context& ctx, const Bac
                                             : at::zeros_like(p.input);
   WeightGradInputs<Family> in{dG2, dGh.view({T * B, G * H}), p.input, len, p.hx, p.output, p.ws, p.reverse, p.into};
   if (defer) {  // this step's rows join the node's; their gradients are computed at the flush
-    const auto append = [&](const at::Tensor& buf, const at::Tensor& src) {  // both contiguous CPU
-      std::memcpy(static_cast<char*>(buf.data_ptr()) + defer->row * buf.size(1) * buf.element_size(),
-                  src.const_data_ptr(), src.nbytes());
-    };
-    append(defer->x, p.input);
-    append(defer->h, p.hx);
+    std::memcpy(row_bytes(defer->x, defer->row), p.input.const_data_ptr(), p.input.nbytes());  // contiguous CPU
+    std::memcpy(row_bytes(defer->h, defer->row), p.hx.const_data_ptr(), p.hx.nbytes());
     defer->row += B;
-    defer->taken = true;
-    defer->split = Cell::traits.split_grad;
     if (!defer->flush) return r;
     // The flush: every row's weight and bias gradients, as one step of K rows (T = 1, B = K,
     // h_{t-1} = hx), by the Family's strategy (a few rows: raw BLAS calls), into the targets.
@@ -412,7 +411,6 @@ BackwardResult recurrent_backward(const typename Family::Context& ctx, const Bac
                                   p.ws,  // read by two-phase cells only, which never defer
                                   false,
                                   p.into};
-    defer->row = 0;
     defer->flushed = true;
   }
   RECORD_FUNCTION("rnnfast::weight_grad_rows", std::vector<c10::IValue>({in.dg}));  // K: the profiler's shapes

@@ -758,7 +758,6 @@ struct CpuFamily {
 
   template <class Cell>
   static WeightGrads weight_grads(const WeightGradInputs<CpuFamily>& in) {
-    RECORD_FUNCTION("rnnfast::weight_grads", std::vector<c10::IValue>());
     if (!concatenation_repays(in)) {  // weight_grads_separate's case: its GEMMs without the dispatcher
       WeightGrads g;
       bool done = false;
