@@ -500,3 +500,31 @@ def test_encoder_state_into_a_decoder_of_other_weights(name):
         total.backward()
     assert_grads_close(ref_enc, new_enc)
     assert_grads_close(ref_dec, new_dec)
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_gradcheck_of_a_deferring_loop_with_expanded_inputs(name):
+    """torch.autograd.gradcheck (fast mode: random projections, so all ~100K weight elements can be
+    inputs) of a 4-step loop whose steps defer their weight gradients, float64; the inputs are
+    stride-0 expansions of one row and the initial state a broadcast one."""
+    _, new = pair(name, dtype=torch.float64)
+    names = [n for n, _ in new.named_parameters()]
+    row = torch.randn(1, IN, dtype=torch.float64)
+    h0 = torch.randn(1, HID, dtype=torch.float64).expand(3, HID)
+    lstm = name == "LSTMCell"
+
+    def f(*params):
+        state = (h0, h0 * 0.5) if lstm else h0
+        total = 0
+        for t in range(4):
+            state = torch.func.functional_call(new, dict(zip(names, params)), (row.expand(3, IN) * (t + 1), state))
+            h = state[0] if lstm else state
+            total = total + (h * torch.linspace(-1, 1, HID, dtype=torch.float64)).sum()
+        return total
+
+    params = [p.detach().clone().requires_grad_(True) for p in new.parameters()]
+    assert torch.autograd.gradcheck(f, params, fast_mode=True, eps=1e-6, atol=1e-6, rtol=1e-4)
+    # and the steps did defer: one weight-gradient computation over all 4 steps' rows
+    with torch.profiler.profile(record_shapes=True) as prof:
+        f(*params).backward()
+    assert [e.input_shapes[0][0] for e in prof.events() if e.name == "rnnfast::weight_grad_rows"] == [12]
