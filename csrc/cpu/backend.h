@@ -748,8 +748,8 @@ struct CpuFamily {
       bool done = false;
       dispatch(dG.scalar_type(), [&](auto zero) {
         using T_ = decltype(zero);
-        done = blas_gemm<T_>(false, false, rows, I, GH, dG.const_data_ptr<T_>(), GH, w_ih.const_data_ptr<T_>(), I,
-                             T_(0), out.data_ptr<T_>(), I);
+        done = blas_gemm_nn<T_>(rows, I, GH, dG.const_data_ptr<T_>(), GH, w_ih.const_data_ptr<T_>(), I, T_(0),
+                                out.data_ptr<T_>(), I);
       });
       if (done) return out;
     }

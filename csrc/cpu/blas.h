@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -512,6 +513,59 @@ void for_column_blocks(int64_t M, int64_t N, int64_t K, const F& f) {
   at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) { f(b0 * 8, std::min(N, b1 * 8)); });
 }
 
+// ---- Unpacked A · W over threads by columns ---------------------------------------------------
+// C (M, N) = beta C + A (M, K) · W (K, N), W row-major and not transposed: a step's dL/dh_{t-1} =
+// dG_t W_hh where W_hh is not packed (a cell's step, a short sequence) and dL/dx = dG W_ih. For
+// a few to 128 rows MKL's own threading of this product often scales poorly on 2 threads; each
+// thread's block of columns as one sequential BLAS call is faster there. Measured on the 2-core
+// box, 2 threads, in one C++ loop (median of 9 blocks), time MKL threaded / column blocks, rows M:
+//   N = 256:  K 256 M=24 1.37 M=32 1.39 M=128 1.10 (M=16, 1.0M MACs: 0.96); K 768 M=8 2.13
+//             M=32 1.43; K 1024 M=8 1.98 M=32 1.29 M=128 1.06
+//   N = 128:  K 512 M=24 1.57 M=64 1.31 (K 384 M=24, 1.2M MACs: 0.92)
+//   N = 512:  K 512 M=8 0.98 M=16 0.98 M=24 1.42 M=32 1.42 M=128 1.11; K 2048 M=8 0.97 M=32 1.17
+//   N = 384:  K 1152 M=8-32 0.99-1.01, M=64 1.16; K 384 M=32 0.98
+//   N = 768:  K 768 M=4 2.50 M=8 1.78 M=32 1.26 M=128 1.07; K 3072 M=8 1.54 M=32 1.18
+//   N = 1024: K 1024 M=8 1.27 M=16 1.00 M=32 0.96 M=128 0.83; K 4096 M=8 1.59 M=32 1.05 M=64 0.89
+// and M = 1 (512 x 2048: 0.53, MKL's threaded GEMV) never. So: 4 to 128 rows and at least
+// kColumnSplitMinMacs multiply-adds; N up to 256 always, N up to 512 from 24 rows, N up to 768
+// always, wider only up to 16 rows (MKL's own blocking wins past that).
+constexpr int64_t kColumnSplitMinRows = 4, kColumnSplitMaxRows = 128, kColumnSplitMinMacs = int64_t(3) << 19;
+inline bool splits_columns(int64_t M, int64_t N, int64_t K) {
+  if (M < kColumnSplitMinRows || M > kColumnSplitMaxRows || N < 64 || M * N * K < kColumnSplitMinMacs ||
+      !may_parallelize()) {
+    return false;
+  }
+  if (N > 768) return M <= 16;
+  if (N > 512) return true;
+  return N <= 256 || M >= 24;
+}
+
+// blas_gemm(false, false, ...) with the columns split over the intra-op threads where
+// splits_columns says so (blocks of a multiple of 16 columns, MKL sequential inside each);
+// otherwise one call. float only (measured); double keeps MKL's threading.
+template <typename T_>
+bool blas_gemm_nn(int64_t m, int64_t n, int64_t k, const T_* a, int64_t lda, const T_* w, int64_t ldw, T_ beta, T_* c,
+                  int64_t ldc) {
+  if (!std::is_same_v<T_, float> || !splits_columns(m, n, k)) {
+    return blas_gemm<T_>(false, false, m, n, k, a, lda, w, ldw, beta, c, ldc);
+  }
+  if (!fortran::gemm<T_>() || m > INT32_MAX || n > INT32_MAX || k > INT32_MAX || lda < k || ldw < n || ldc < n ||
+      lda > INT32_MAX || ldw > INT32_MAX || ldc > INT32_MAX) {
+    return false;  // what blas_gemm would refuse, refused before any block runs
+  }
+  const int64_t blocks = std::min<int64_t>(at::get_num_threads(), n / 64);
+  std::atomic<bool> ok{true};
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    const mkl::SequentialScope sequential;
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n0 = b == 0 ? 0 : n * b / blocks / 16 * 16, n1 = b + 1 == blocks ? n : n * (b + 1) / blocks / 16 * 16;
+      if (!blas_gemm<T_>(false, false, m, n1 - n0, k, a, lda, w + n0, ldw, beta, c + n0, ldc)) ok = false;
+    }
+  });
+  TORCH_INTERNAL_ASSERT(ok.load(), "rnnfast: a column block's GEMM was refused");
+  return true;
+}
+
 // gemm_small_rows over all N columns of C (for_column_blocks). When K is not a multiple of 16: M <=
 // kSmallMaxRows (A's tail is copied to the stack), and the 16 floats ending at column K of every
 // row of W must be readable: K >= 16, or W a row of small_k_padded's copy (see there).
@@ -719,8 +773,11 @@ class RecurrentGemm {
     }
     if (run_small(a, lda, c, ldc, m, accumulate)) return true;
     // otherwise BLAS on W as it is (what run's at::mm_out would call, without its views)
-    return w_.stride(1) == 1 && blas_gemm<float>(false, transpose_, m, n_, k_, a, lda, w_.const_data_ptr<float>(),
-                                                 std::max<int64_t>(1, w_.stride(0)), accumulate ? 1.f : 0.f, c, ldc);
+    if (w_.stride(1) != 1) return false;
+    const int64_t ldw = std::max<int64_t>(1, w_.stride(0));
+    const float beta = accumulate ? 1.f : 0.f;
+    return transpose_ ? blas_gemm<float>(false, true, m, n_, k_, a, lda, w_.const_data_ptr<float>(), ldw, beta, c, ldc)
+                      : blas_gemm_nn<float>(m, n_, k_, a, lda, w_.const_data_ptr<float>(), ldw, beta, c, ldc);
   }
 
   // m rows (row strides lda, ldc; unit column strides): C = [C +] A · op(W) by gemm_small when it
