@@ -37,15 +37,40 @@ constexpr const char* kForwardAdMessage =
     "implemented for rnnfast's recurrent ops; use reverse mode (backward(), torch.func.grad / vjp / "
     "jacrev) or torch.nn's modules";
 
-// An unused output's gradient arrives undefined. At or below this many elements backward fills
-// zeros (a cell's step: ~4 us against ~10 for the view); above, it passes a broadcast zero, and the
-// CPU backward reads a fully broadcast grad_output through one materialized row (no (T, B, H) fill).
+// An unused output's gradient arrives undefined. Outside a plain CPU call (zero_grad_like there), at
+// or below this many elements backward fills zeros (a cell's step: ~4 us against ~10 for the view);
+// above, it passes a broadcast zero, which the op reads through one materialized row.
 constexpr int64_t kSmallZeros = int64_t{1} << 14;
 
 at::Tensor dense(const at::Tensor& grad, const at::Tensor& like) {
   if (grad.defined()) return grad;
   if (like.numel() <= kSmallZeros) return at::zeros_like(like);
   return at::zeros({}, like.options()).expand(like.sizes());
+}
+
+// A zero gradient for an unused output `like` (T, B, W) of a plain CPU call: a row of W zeros
+// broadcast over (T, B), the same tensor for every call of this shape on this thread (read only:
+// the CPU op reads grad_output one (t, b) row at a time, CpuFamily::grad_output_rows), so no fill and
+// no view op per call. (It replaced a (T, B, W) zero fill up to 16K elements, ~4 us at a cell's
+// step, and above that a broadcast 0-dim zero the op then had to materialize a row of.)
+at::Tensor zero_grad_like(const at::Tensor& like) {
+  thread_local at::Tensor cached;
+  if (!cached.defined() || cached.sizes() != like.sizes() || cached.scalar_type() != like.scalar_type() ||
+      !cached.is_cpu()) {
+    cached = at::zeros({like.size(like.dim() - 1)}, like.options()).expand(like.sizes());
+  }
+  return cached;
+}
+
+// Whether the incoming gradient `grad` of a state is the engine's alone (nothing else holds the
+// tensor or its storage: not a hook that kept it, a retained or captured grad, a view) and a dense
+// buffer of the state's layout: then the op may use it as its running dL/dh (dL/dc), updated in
+// place and returned as grad_hx, instead of a fresh copy of it (AccumulationTargets::grad_hy_owned).
+bool owned_dense(const at::Tensor& grad, const at::Tensor& like) {
+  return grad.defined() && grad.use_count() == 1 && !grad.is_view() && grad.storage().use_count() == 1 &&
+         grad.is_contiguous() && grad.sizes() == like.sizes() && grad.scalar_type() == like.scalar_type() &&
+         grad.is_cpu() && grad.layout() == c10::kStrided && !grad.is_conj() && !grad.is_neg() &&
+         grad.storage_offset() == 0;
 }
 
 // Every defined tensor a plain strided CPU tensor (no subclass, functorch wrapper, sparse or meta).
@@ -242,8 +267,14 @@ class RecurrentBackward final : public torch::autograd::Node {
     // workspace, reverse, options, input_grad, lengths, hx_grad.
     torch::jit::Stack stack;
     stack.reserve(1 + info_.states + saved.size() + flags.size() + 3);
-    stack.emplace_back(dense(grads[0], output));
+    // plain: an unused output's gradient is the shared zero row; a state's gradient the engine
+    // handed over alone is the op's to update in place (owned)
+    std::array<bool, 2> owned{};
+    for (size_t s = 0; s < info_.states; ++s) owned[s] = plain && owned_dense(grads[1 + s], t[1 + s]);
+    stack.emplace_back(plain && !grads[0].defined() && output.dim() == 3 && output.size(2) > 0 ? zero_grad_like(output)
+                                                                                              : dense(grads[0], output));
     for (size_t s = 0; s < info_.states; ++s) stack.emplace_back(dense(grads[1 + s], t[1 + s]));  // like hx, cx
+    for (size_t s = 0; s < info_.states; ++s) grads[1 + s] = at::Tensor();  // the stack's alone now (owned)
     for (auto& x : t) stack.emplace_back(std::move(x));
     for (const auto& f : flags) stack.push_back(f);
     stack.emplace_back(input_grad);
@@ -257,7 +288,7 @@ class RecurrentBackward final : public torch::autograd::Node {
       at::AutoDispatchBelowADInplaceOrView below;
       // plain: the op may also leave out the grad_input this node drops (input_grad false)
       rnnfast::core::AccumulationScope scope({into[0], into[1], /*drops_unrequested=*/plain,
-                                              defer ? &carry.rows : nullptr});
+                                              defer ? &carry.rows : nullptr, owned[0], owned[1]});
       info_.backward->callBoxed(stack);
     }
     // (grad_input, the states' and weights' grads, grad_b_ih, grad_b_hh)

@@ -48,6 +48,9 @@ struct AccumulationTargets {
   // undefined rather than allocate and zero it. Set by the node under the same conditions.
   bool drops_unrequested = false;
   DeferredRows* defer = nullptr;  // the node's rows to write into instead of computing dW (or null)
+  // grad_hy (grad_cy) is the engine's alone, handed over: the op may use it as its running dL/dh
+  // (dL/dc) buffer and return it as grad_hx (grad_cx) instead of copying it.
+  bool grad_hy_owned = false, grad_cy_owned = false;
 };
 
 inline AccumulationTargets& accumulation_slot() {
@@ -59,7 +62,10 @@ inline AccumulationTargets& accumulation_slot() {
 // weights: a target is kept only if it is a contiguous tensor of their size, dtype and device.
 inline AccumulationTargets take_accumulation_targets(const at::Tensor& like_ih, const at::Tensor& like_hh) {
   AccumulationTargets& slot = accumulation_slot();
-  if (!slot.w_ih.defined() && !slot.w_hh.defined() && !slot.drops_unrequested && !slot.defer) return {};
+  if (!slot.w_ih.defined() && !slot.w_hh.defined() && !slot.drops_unrequested && !slot.defer && !slot.grad_hy_owned &&
+      !slot.grad_cy_owned) {
+    return {};
+  }
   AccumulationTargets t = std::move(slot);
   slot = AccumulationTargets();
   const auto fits = [](const at::Tensor& target, const at::Tensor& like) {

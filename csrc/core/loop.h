@@ -364,8 +364,8 @@ BackwardResult recurrent_backward(const typename Family::Context& ctx, const Bac
   // dL/dh_t (dL/dc_t) flowing back through the recurrence: fresh dense buffers whatever the
   // incoming grads' strides (a broadcast grad of hy has stride 0; a clone would keep it)
   BackwardResult r;
-  r.grad_hx = dense_copy(p.grad_hy);
-  if (Cell::traits.has_cell_state()) r.grad_cx = dense_copy(p.grad_cy);
+  r.grad_hx = p.into.grad_hy_owned ? p.grad_hy : dense_copy(p.grad_hy);
+  if (Cell::traits.has_cell_state()) r.grad_cx = p.into.grad_cy_owned ? p.grad_cy : dense_copy(p.grad_cy);
 
   Family::dispatch(p.input.scalar_type(), [&](auto zero) {
     using T_ = decltype(zero);
