@@ -93,20 +93,27 @@ def test_pack_decision_long_k(T, B):
     torch.testing.assert_close(got(x)[0], want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("T,B", [(2, 128), (1, 128), (3, 64), (8, 64), (8, 32)], ids=lambda v: str(v))
+@pytest.mark.parametrize("T,B", [(2, 128), (1, 128), (3, 64), (8, 64), (8, 32), (35, 8), (200, 8), (64, 4),
+                                 (35, 12), (20, 12)], ids=lambda v: str(v))
 def test_pack_decision_large_weight(T, B):
-    """W_hh of 4 MB (LSTM H = 512): where the batch-lane kernel takes the rows (AVX-512F), up to 64
-    rows never pack; 65-128 rows pack from B*T >= 256 again (blas.h kLanesNoPackMaxRows); without
-    the kernel, the 3 MB rule (64 rows: gemm_small) or MKL's (128 rows) decides."""
+    """W_hh of 4 MB (LSTM H = 512): where the batch-lane kernel takes the rows (AVX-512F), 16 to 64
+    rows never pack; 65-128 rows pack from B*T >= 256 again (blas.h kLanesNoPackMaxRows); up to 8
+    rows (gemm_small's) never pack either (kSmallNoPackMaxRowsLarge), 9-15 from B*T >= 256; without
+    the kernel, the 3 MB rule (up to 64 rows: gemm_small) or MKL's (128 rows) decides."""
     ref, got = pair("lstm", 4, 512)
     x = torch.randn(T, B, 4)
     with torch.no_grad():
         n_fwd = packs_seen(lambda: got(x))
         want = ref(x)[0]
-    if HAS_LANES:
-        expected = B > 64 and B * T >= 256
-    else:  # gemm_small takes up to 64 rows of a 3 MB weight: then B*T >= 256; MKL's rule above
-        expected = torch.backends.mkl.is_available() and T >= 2 and B * T >= (256 if B <= 64 else 64)
+    mkl = torch.backends.mkl.is_available()
+    if HAS_LANES and 16 <= B <= 64:
+        expected = False
+    elif B <= 64:  # gemm_small's rows of a 3 MB weight
+        expected = mkl and T >= 2 and B > 8 and B * T >= 256
+    elif HAS_LANES:
+        expected = B * T >= 256
+    else:  # MKL's rule
+        expected = mkl and T >= 2 and B * T >= 64
     assert n_fwd == int(expected), (T, B, n_fwd)
     torch.testing.assert_close(got(x)[0], want, rtol=1e-5, atol=1e-5)
 

@@ -451,7 +451,8 @@ constexpr int64_t kSmallMinWeightBytes = int64_t(3) << 20;
 // with W in L2 it breaks even in 3.5-12.6 steps (G=4 H=64: 3.3 / 2.3 / 3.2; H=256: 71 / 25 / 31),
 // at m >= 16 in 1.3-8; above 3 MB the pack costs 1-3 steps and saves 3-20% a step: 8.7-140 steps
 // at m = 8, 7-24 at m = 16, 4-9 at m = 32, 2-5.5 at m = 64 (G=4 H=512 m=32: 509 / 478 / 600).
-// So: at least 2 steps and m >= 4; then m * steps >= 256 above 3 MB, else m * steps >= 64 from 8
+// So: at least 2 steps and m >= 4; then m * steps >= 256 above 3 MB (and more than 8 rows, below),
+// else m * steps >= 64 from 8
 // rows and >= 128 below (bench/small_gemm.py times both sides; bench/pack_breakeven.py MKL's).
 // Since gemm_small prefetches W (kPrefetchMaxWeightBytes), 8-15 rows with K >= kSmallLongK also
 // wait for 128: module forward, inference, 1 thread, in one process with packing toggled in
@@ -471,10 +472,21 @@ constexpr int64_t kSmallMinWeightBytes = int64_t(3) << 20;
 // H=1024 1.06x; LSTM H=1024 B=128 T=8 1.00x), so from kLanesNoPackMaxRows + 1 rows the 3 MB rule
 // (m * steps >= 256) decides.
 constexpr int64_t kLanesNoPackMaxRows = 64;
+//
+// From 3 MB, up to kSmallNoPackMaxRowsLarge rows never pack: in the layer (module forward,
+// inference, in one process with packing toggled in alternating blocks, 5-7 rounds, median time
+// packed / unpacked) the per-call pack of a weight that streams from L3 anyway cost more than its
+// steps saved: 1 thread, 8 rows, LSTM H=1024 T=35 1.05x, T=100 1.03x, T=200 0.99x; LSTM H=512
+// T=35 1.11x, T=100 1.09x, T=200 1.11x; GRU H=1024 T=35 1.06x, GRU H=512 T=35 1.13x, T=200 1.12x;
+// RNN-tanh H=1024 T=35 0.99x; 4 rows LSTM H=1024 T=100 1.10x; 2 threads, 8 rows, LSTM H=1024 T=35
+// 1.07x, H=512 1.11x, GRU H=1024 T=200 0.97x. From 12 rows the 256 rule stands (LSTM H=1024 B=12
+// T=35 1.00x, H=512 B=15 0.98x, B=16 0.99x). (The standalone table above, bench/small_gemm.py,
+// has W hot in cache; in the layer the pack's own traffic weighs more.)
+constexpr int64_t kSmallNoPackMaxRowsLarge = 8;
 inline bool worth_packing_over_small(int64_t m, int64_t steps, int64_t weight_bytes, int64_t k, bool lanes = false) {
   if (m < kPackMinRows || steps < kPackMinSteps) return false;
   if (lanes && weight_bytes >= kSmallMinWeightBytes && m <= kLanesNoPackMaxRows) return false;
-  if (weight_bytes >= kSmallMinWeightBytes) return m * steps >= 256;
+  if (weight_bytes >= kSmallMinWeightBytes) return m > kSmallNoPackMaxRowsLarge && m * steps >= 256;
   const bool quick_small = m < 8 || (m < 16 && k >= kSmallLongK);
   return m * steps >= (quick_small ? 128 : 64);
 }
