@@ -270,3 +270,39 @@ def test_cell_loops_with_deferred_weight_grads_match_torch(cell, batch, steps, s
         torch.set_num_threads(prev)
     for a, b in zip(*grads):
         assert_matches(b, a, torch.float64, "parameter grad")
+
+
+@bounded(10)
+@given(cell=st.sampled_from(["RNNCell_tanh", "GRUCell", "LSTMCell"]), batch=st.integers(4, 128),
+       hidden=st.sampled_from([64, 100, 200, 256, 400, 512, 600, 700, 1000]), input_size=st.sampled_from([48, 250, 333]),
+       steps=st.integers(1, 3), seed=st.integers(0, 2 ** 16))
+def test_cells_backward_at_2_threads_match_torch(capfd, cell, batch, hidden, input_size, steps, seed):
+    """Float32 cells at 2 threads over the sizes where a step's dL/dh = dG W_hh and dL/dx = dG W_ih may
+    run as one BLAS call per thread's block of columns (csrc/cpu/blas.h splits_columns: 4-128 rows,
+    every branch of its column rule, column counts not multiples of 16): the input's and every
+    parameter's gradient against torch.nn in float64 (the float32 tolerance, scaled)."""
+    name, _, nl = cell.partition("_")
+    kw = {"nonlinearity": nl} if nl else {}
+    torch.manual_seed(seed)
+    ref = getattr(torch.nn, name)(input_size, hidden, **kw).double()
+    mine = getattr(rnnfast, name)(input_size, hidden, **kw)
+    mine.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
+    xs = torch.randn(steps, batch, input_size, dtype=torch.float64)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for net, dtype in ((ref, torch.float64), (mine, torch.float32)):
+            x = xs.to(dtype).detach().requires_grad_(True)
+            s, total = None, 0
+            for t in range(steps):
+                s = net(x[t], s)
+                h = s[0] if isinstance(s, tuple) else s
+                total = total + (h * torch.linspace(-1, 1, hidden, dtype=dtype)).sum()
+            total.backward()
+            grads.append([x.grad] + [p.grad for p in net.parameters()])
+    finally:
+        torch.set_num_threads(prev)
+    assert_no_blas_error(capfd)
+    for k, (a, b) in enumerate(zip(*grads)):
+        assert_matches(b.double(), a, torch.float32, f"grad {k}")
