@@ -15,27 +15,16 @@ cell's step) and dL/dx = dG W_ih of 4 to 128 rows run as one sequential BLAS cal
 of columns. The shapes below are ones the rule splits (noted at each), including a column count
 that is not a multiple of the 16-column block boundary.
 """
-import contextlib
-
 import pytest
 import torch
 
 import rnnfast
+from test_batch_lanes import threads
 from test_small_sizes import CELLS as BY_KIND, cell_pair
 
 KIND = {name: kind for kind, (name, _) in BY_KIND.items()}
 CELLS = list(KIND)
 TOL = dict(rtol=1e-4, atol=1e-5)
-
-
-@contextlib.contextmanager
-def threads(n):
-    prev = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
 
 
 def states_of(cell, xs, hook=None, retain=False):
