@@ -55,8 +55,7 @@ at::Tensor dense(const at::Tensor& grad, const at::Tensor& like) {
 // step, and above that a broadcast 0-dim zero the op then had to materialize a row of.)
 at::Tensor zero_grad_like(const at::Tensor& like) {
   thread_local at::Tensor cached;
-  if (!cached.defined() || cached.sizes() != like.sizes() || cached.scalar_type() != like.scalar_type() ||
-      !cached.is_cpu()) {
+  if (!cached.defined() || cached.sizes() != like.sizes() || cached.scalar_type() != like.scalar_type()) {
     cached = at::zeros({like.size(like.dim() - 1)}, like.options()).expand(like.sizes());
   }
   return cached;
@@ -365,7 +364,6 @@ class RecurrentBackward final : public torch::autograd::Node {
   Carry take_carry(int task) {
     if (task < 0) return Carry();
     std::lock_guard<std::mutex> lock(mutex_);
-    if (inbox_.empty()) return Carry();
     for (auto it = inbox_.begin(); it != inbox_.end(); ++it) {
       if (it->task == task) {
         Carry c = std::move(*it);

@@ -62,10 +62,6 @@ inline AccumulationTargets& accumulation_slot() {
 // weights: a target is kept only if it is a contiguous tensor of their size, dtype and device.
 inline AccumulationTargets take_accumulation_targets(const at::Tensor& like_ih, const at::Tensor& like_hh) {
   AccumulationTargets& slot = accumulation_slot();
-  if (!slot.w_ih.defined() && !slot.w_hh.defined() && !slot.drops_unrequested && !slot.defer && !slot.grad_hy_owned &&
-      !slot.grad_cy_owned) {
-    return {};
-  }
   AccumulationTargets t = std::move(slot);
   slot = AccumulationTargets();
   const auto fits = [](const at::Tensor& target, const at::Tensor& like) {

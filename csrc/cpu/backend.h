@@ -171,16 +171,6 @@ inline bool small_call(const ForwardProblem& p, int64_t passes) {
          double(passes) * double(p.T) * step < double(kSerialCallMacs);
 }
 
-// f(b0, b1) for each of `chunks` contiguous blocks of the B batch rows, the blocks spread over the
-// threads, MKL single-threaded inside (each block walks the whole sequence).
-template <class F>
-void for_row_blocks(int64_t chunks, int64_t B, const F& f) {
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    const mkl::SequentialScope sequential;
-    for (int64_t ch = c0; ch < c1; ++ch) f(B * ch / chunks, B * (ch + 1) / chunks);
-  });
-}
-
 // The rows a walk of the loop covers: all B rows, or (block) one thread's block of a batch split.
 struct Rows {
   int64_t b0, b1;

@@ -19,7 +19,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -187,18 +186,20 @@ inline Gemm<T_> gemm() {
 // Every operand row-major with unit column stride, its leading dimension at least its stored row
 // length (A: k, or m transposed; B: n, or k transposed; C: n). beta = 0 ignores C's old contents
 // (NaN or not). False, having done nothing, when there is no BLAS or a size does not fit its int
-// arguments (BLAS would print "Parameter N was incorrect" and skip the call).
+// arguments (BLAS would print "Parameter N was incorrect" and skip the call): blas_args_ok.
+template <typename T_>
+bool blas_args_ok(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc) {
+  constexpr int64_t kMax = INT32_MAX;
+  const int64_t row_a = trans_a ? m : k, row_b = trans_b ? k : n;
+  return fortran::gemm<T_>() && m >= 1 && n >= 1 && k >= 1 && m <= kMax && n <= kMax && k <= kMax && lda >= row_a &&
+         ldb >= row_b && ldc >= n && lda <= kMax && ldb <= kMax && ldc <= kMax;
+}
 template <typename T_>
 bool blas_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T_* a, int64_t lda, const T_* b,
                int64_t ldb, T_ beta, T_* c, int64_t ldc) {
   static_assert(std::is_same_v<T_, float> || std::is_same_v<T_, double>, "blas_gemm: float or double");
+  if (!blas_args_ok<T_>(trans_a, trans_b, m, n, k, lda, ldb, ldc)) return false;
   const auto f = fortran::gemm<T_>();
-  constexpr int64_t kMax = INT32_MAX;
-  const int64_t row_a = trans_a ? m : k, row_b = trans_b ? k : n;
-  if (!f || m < 1 || n < 1 || k < 1 || m > kMax || n > kMax || k > kMax || lda < row_a || ldb < row_b ||
-      ldc < n || lda > kMax || ldb > kMax || ldc > kMax) {
-    return false;
-  }
   // Column-major, C is Cᵀ (n, m) = op(B)ᵀ op(A)ᵀ, and a row-major operand is its own transpose.
   // The sizes are 64-bit integers below 2^31 passed by address: on a little-endian machine a
   // 32-bit BLAS integer (LP64, torch's MKL) reads the low half, a 64-bit one (ILP64) all of it.
@@ -525,6 +526,16 @@ void for_column_blocks(int64_t M, int64_t N, int64_t K, const F& f) {
   at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) { f(b0 * 8, std::min(N, b1 * 8)); });
 }
 
+// f(i0, i1) for each of `chunks` contiguous blocks of n items (a batch split's rows, a GEMM's column
+// units), the blocks spread over the intra-op threads, MKL single-threaded inside each.
+template <class F>
+void for_row_blocks(int64_t chunks, int64_t n, const F& f) {
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    const mkl::SequentialScope sequential;
+    for (int64_t ch = c0; ch < c1; ++ch) f(n * ch / chunks, n * (ch + 1) / chunks);
+  });
+}
+
 // ---- Unpacked A · W over threads by columns ---------------------------------------------------
 // C (M, N) = beta C + A (M, K) · W (K, N), W row-major and not transposed: a step's dL/dh_{t-1} =
 // dG_t W_hh where W_hh is not packed (a cell's step, a short sequence) and dL/dx = dG W_ih. For
@@ -561,20 +572,12 @@ bool blas_gemm_nn(int64_t m, int64_t n, int64_t k, const T_* a, int64_t lda, con
   if (!std::is_same_v<T_, float> || !splits_columns(m, n, k)) {
     return blas_gemm<T_>(false, false, m, n, k, a, lda, w, ldw, beta, c, ldc);
   }
-  if (!fortran::gemm<T_>() || m > INT32_MAX || n > INT32_MAX || k > INT32_MAX || lda < k || ldw < n || ldc < n ||
-      lda > INT32_MAX || ldw > INT32_MAX || ldc > INT32_MAX) {
-    return false;  // what blas_gemm would refuse, refused before any block runs
-  }
-  const int64_t blocks = std::min<int64_t>(at::get_num_threads(), n / 64);
-  std::atomic<bool> ok{true};
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    const mkl::SequentialScope sequential;
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t n0 = b == 0 ? 0 : n * b / blocks / 16 * 16, n1 = b + 1 == blocks ? n : n * (b + 1) / blocks / 16 * 16;
-      if (!blas_gemm<T_>(false, false, m, n1 - n0, k, a, lda, w + n0, ldw, beta, c + n0, ldc)) ok = false;
-    }
+  if (!blas_args_ok<T_>(false, false, m, n, k, lda, ldw, ldc)) return false;  // then no block is refused either
+  const int64_t units = (n + 15) / 16;  // blocks of whole 16-column units, the last one short
+  for_row_blocks(std::min<int64_t>(at::get_num_threads(), n / 64), units, [&](int64_t u0, int64_t u1) {
+    const int64_t n0 = u0 * 16, n1 = std::min(n, u1 * 16);
+    TORCH_INTERNAL_ASSERT(blas_gemm<T_>(false, false, m, n1 - n0, k, a, lda, w + n0, ldw, beta, c + n0, ldc));
   });
-  TORCH_INTERNAL_ASSERT(ok.load(), "rnnfast: a column block's GEMM was refused");
   return true;
 }
 
