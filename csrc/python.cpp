@@ -138,28 +138,111 @@ PyObject* tuple_of(std::initializer_list<at::Tensor> ts) {
   return t;
 }
 
+// A PackedSequence's layout, as rnnfast.nn._Packing: packed row k is row idx[k] of the (T*B, *)
+// zero-padded batch (time-major, in the caller's batch order); lengths (B,) int64 in that order.
+struct Packing {
+  at::Tensor lengths, idx;
+  int64_t T = 0, B = 0;
+};
+
+// The Packing of (batch_sizes, sorted_indices, unsorted_indices) for packed data `data` (N, I) on the
+// CPU, the three as torch.nn.utils.rnn makes them. nullopt for anything else: what _Packing.of must
+// check and name (its errors), and index tensors or data off the CPU (it copies those to the host).
+std::optional<Packing> cpu_packing(PyObject* packing, const at::Tensor& data) {
+  if (!PyTuple_Check(packing) || PyTuple_GET_SIZE(packing) != 3 || !data.is_cpu() || data.dim() != 2) {
+    return std::nullopt;
+  }
+  PyObject *sizes_o = PyTuple_GET_ITEM(packing, 0), *sorted_o = PyTuple_GET_ITEM(packing, 1),
+           *unsorted_o = PyTuple_GET_ITEM(packing, 2);
+  if (!plain_tensor(sizes_o)) return std::nullopt;
+  const at::Tensor& sizes = THPVariable_Unpack(sizes_o);
+  if (sizes.scalar_type() != at::kLong || sizes.dim() != 1 || !sizes.is_cpu() || sizes.numel() == 0) {
+    return std::nullopt;
+  }
+  const at::Tensor batch_sizes = sizes.contiguous();
+  const int64_t* b = batch_sizes.const_data_ptr<int64_t>();
+  const int64_t T = batch_sizes.numel(), B = b[0];
+  int64_t N = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    if (b[t] < 1 || (t > 0 && b[t] > b[t - 1])) return std::nullopt;
+    N += b[t];
+  }
+  if (data.size(0) != N) return std::nullopt;
+  std::vector<int64_t> perm(static_cast<size_t>(B));  // sorted slot j holds sequence perm[j]
+  for (int64_t j = 0; j < B; ++j) perm[j] = j;
+  if (sorted_o != Py_None || unsorted_o != Py_None) {
+    if (!plain_tensor(sorted_o) || !plain_tensor(unsorted_o)) return std::nullopt;
+    std::array<at::Tensor, 2> ix = {THPVariable_Unpack(sorted_o), THPVariable_Unpack(unsorted_o)};
+    for (at::Tensor& t : ix) {
+      if (t.scalar_type() != at::kLong || t.dim() != 1 || t.size(0) != B || !t.is_cpu()) return std::nullopt;
+      t = t.contiguous();
+    }
+    const int64_t *sorted = ix[0].const_data_ptr<int64_t>(), *unsorted = ix[1].const_data_ptr<int64_t>();
+    std::vector<char> seen(static_cast<size_t>(B), 0);
+    for (int64_t j = 0; j < B; ++j) {  // a permutation, and unsorted its inverse
+      const int64_t s = sorted[j];
+      if (s < 0 || s >= B || seen[s] || unsorted[s] != j) return std::nullopt;
+      seen[s] = 1;
+      perm[j] = s;
+    }
+  }
+  Packing p;
+  p.T = T;
+  p.B = B;
+  p.lengths = at::zeros({B}, at::kLong);
+  p.idx = at::empty({N}, at::kLong);
+  int64_t *lengths = p.lengths.data_ptr<int64_t>(), *idx = p.idx.data_ptr<int64_t>(), k = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t j = 0; j < b[t]; ++j) {
+      idx[k++] = t * B + perm[j];
+      ++lengths[perm[j]];
+    }
+  }
+  return p;
+}
+
+// Packed rows (N, F) -> (T, B, F), zeros past each sequence's end (_Packing.padded).
+at::Tensor padded(const Packing& p, const at::Tensor& rows) {
+  return at::zeros({p.T * p.B, rows.size(1)}, rows.options()).index_copy(0, p.idx, rows).view({p.T, p.B, rows.size(1)});
+}
+
+// (T, B, F) -> its packed rows (N, F) (_Packing.rows).
+at::Tensor packed_rows(const Packing& p, const at::Tensor& x) { return x.reshape({p.T * p.B, x.size(2)}).index_select(0, p.idx); }
+
 // forward_layers(cell, option, input, states, params, names, num_layers, bidirectional, batch_first,
-//                input_size, hidden_size, step)
+//                input_size, hidden_size, step, dropout, packing)
 //   cell         the cell's op name ("rnn_tanh", "gru", "lstm", ...); option: its option value (gru's
 //                reset_after; False for the others)
-//   input        module (step False): (T, B, I), or (B, T, I) with batch_first; cell: (B, I)
-//   states       None, or a tuple of h (and c): module (L*D, B, H) each, cell (B, H) each
+//   input        module (step False): (T, B, I), or (B, T, I) with batch_first, or unbatched (T, I);
+//                cell: (B, I) or unbatched (I,); with packing: the PackedSequence's data (N, I)
+//   states       None, or a tuple of h (and c): module (L*D, B, H) each (unbatched (L*D, H)), cell
+//                (B, H) each (unbatched (H,))
 //   params       module._parameters; names: a list or tuple of the parameter names, per layer and
 //                direction w_ih, w_hh and (when there are biases) b_ih, b_hh, in torch.nn's
 //                _flat_weights_names order
-// Returns module: (output, h_n) or (output, (h_n, c_n)); cell: (h',) or (h', c'); None to decline.
+//   dropout      the probability of dropout between layers (torch.nn's, drawn by the same
+//                at::dropout calls as the Python path), 0 for none (eval mode)
+//   packing      None, or a PackedSequence's (batch_sizes, sorted_indices, unsorted_indices)
+// Returns module: (output, h_n) or (output, (h_n, c_n)), output the packed rows (N, D*H) with
+// packing (the caller makes them a PackedSequence); cell: (h',) or (h', c'); None to decline.
 PyObject* forward_layers(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 12) {
-    PyErr_SetString(PyExc_TypeError, "rnnfast._C.forward_layers takes 12 arguments");
+  if (nargs != 14) {
+    PyErr_SetString(PyExc_TypeError, "rnnfast._C.forward_layers takes 14 arguments");
     return nullptr;
   }
   PyObject *cell = args[0], *input = args[2], *states = args[3], *params = args[4], *names = args[5];
   const bool option = args[1] == Py_True, bidirectional = args[7] == Py_True, batch_first = args[8] == Py_True;
   const bool step = args[11] == Py_True;
   const int64_t L = exact_int(args[6]), I = exact_int(args[9]), H = exact_int(args[10]);
+  double dropout = -1;  // declined unless a float or int in [0, 1]
+  if (PyFloat_CheckExact(args[12])) {
+    dropout = PyFloat_AS_DOUBLE(args[12]);
+  } else if (PyLong_CheckExact(args[12])) {
+    dropout = double(exact_int(args[12]));
+  }
   if (!PyUnicode_Check(cell) || !PyDict_Check(params) || !(PyList_Check(names) || PyTuple_Check(names)) ||
-      !plain_tensor(input) ||
-      (args[7] != Py_True && args[7] != Py_False) || L < 1 || I < 0 || H < 0 || at::impl::torch_function_mode_enabled()) {
+      !plain_tensor(input) || (args[7] != Py_True && args[7] != Py_False) || L < 1 || I < 0 || H < 0 ||
+      !(dropout >= 0 && dropout <= 1) || (step && args[13] != Py_None) || at::impl::torch_function_mode_enabled()) {
     Py_RETURN_NONE;
   }
   const CellOps* ops = find_cell_ops(cell);
@@ -180,17 +263,34 @@ PyObject* forward_layers(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   }
   const at::Tensor& w0 = w[0];
   at::Tensor x = THPVariable_Unpack(input);
-  if (x.dim() != (step ? 2 : 3) || x.scalar_type() != w0.scalar_type() || x.device() != w0.device() ||
-      x.size(-1) != I) {
+  if (x.scalar_type() != w0.scalar_type() || x.device() != w0.device() || x.dim() == 0 || x.size(-1) != I) {
     Py_RETURN_NONE;
   }
-  if (step) {
+  // Unbatched input (a module's (T, I), a cell's (I,)) runs as a batch of one: (T, 1, I) (whatever
+  // batch_first says, as torch.nn), states and results with that batch dimension added and removed.
+  std::optional<Packing> packing;
+  bool unbatched = false;
+  if (args[13] != Py_None) {
+    packing = cpu_packing(args[13], x);
+    if (!packing) Py_RETURN_NONE;
+  } else if (x.dim() == (step ? 1 : 2)) {
+    unbatched = true;
+  } else if (x.dim() != (step ? 2 : 3)) {
+    Py_RETURN_NONE;
+  }
+  const at::Tensor packed_data = packing ? x : at::Tensor();
+  if (packing) {
+    // padded below, once the GIL is let go; only the shape is needed before
+  } else if (step) {
     x = x.unsqueeze(0);
+    if (unbatched) x = x.unsqueeze(0);
+  } else if (unbatched) {
+    x = x.unsqueeze(1);
   } else if (batch_first) {
     x = x.transpose(0, 1);
   }
-  if (x.size(0) == 0) Py_RETURN_NONE;  // a zero-length sequence: the Python path's error
-  const int64_t B = x.size(1), num_states = ops->cell_state ? 2 : 1;
+  if (!packing && x.size(0) == 0) Py_RETURN_NONE;  // a zero-length sequence: the Python path's error
+  const int64_t B = packing ? packing->B : x.size(1), num_states = ops->cell_state ? 2 : 1;
   const std::vector<int64_t> state_shape = step ? std::vector<int64_t>{B, H} : std::vector<int64_t>{L * D, B, H};
   std::vector<at::Tensor> s(static_cast<size_t>(num_states));
   if (states != Py_None) {
@@ -199,10 +299,12 @@ PyObject* forward_layers(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       PyObject* o = PyTuple_GET_ITEM(states, k);
       if (!plain_tensor(o)) Py_RETURN_NONE;
       s[k] = THPVariable_Unpack(o);
-      if (s[k].sizes() != at::IntArrayRef(state_shape) || s[k].scalar_type() != w0.scalar_type() ||
-          s[k].device() != w0.device()) {
-        Py_RETURN_NONE;
+      if (s[k].scalar_type() != w0.scalar_type() || s[k].device() != w0.device()) Py_RETURN_NONE;
+      if (unbatched) {  // the unbatched state: the shape without its batch dimension
+        if (s[k].dim() != int64_t(state_shape.size()) - 1) Py_RETURN_NONE;
+        s[k] = s[k].unsqueeze(step ? 0 : 1);
       }
+      if (s[k].sizes() != at::IntArrayRef(state_shape)) Py_RETURN_NONE;
     }
   }
 
@@ -214,12 +316,16 @@ PyObject* forward_layers(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   }
   at::Tensor output, h_n, c_n;
   try {
+    const int64_t T = packing ? packing->T : x.size(0);
     // The GIL is let go for the ops, unless the call is a few us at most (letting it go and
     // taking it back costs ~0.05 us): under 2^15 multiply-adds per gate, T*B*(I+H)*H per layer.
     std::optional<ReleasedGil> released;
-    if (double(x.size(0)) * double(x.size(1)) * double(I + H) * double(H) * double(L * D) >= double(1 << 15)) {
+    if (double(T) * double(B) * double(I + H) * double(H) * double(L * D) >= double(1 << 15)) {
       released.emplace();
     }
+    if (packing) x = padded(*packing, packed_data);
+    const c10::optional<at::Tensor> lengths =
+        packing ? c10::optional<at::Tensor>(packing->lengths) : c10::optional<at::Tensor>();
     // No states given: one zeros tensor serves h0 and c0 alike (the ops only read them; one
     // allocation and fill fewer per LSTM call). Given: all of them (checked above).
     // On CPU the fill is a memset, and with one layer-direction the tensor is made (B, H) at once,
@@ -248,20 +354,28 @@ PyObject* forward_layers(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
         const bool whole = step || (single && zero_state.defined());  // s[k] is this layer-direction's (B, H) state
         const at::Tensor h0 = whole ? s[0] : s[0].select(0, idx);
         const at::Tensor c0 = num_states == 2 ? (whole ? s[1] : s[1].select(0, idx)) : at::Tensor();
-        LayerResult r = op(layer_input, h0, c0, p[0], p[1], b_ih, b_hh, /*reverse=*/d == 1, grad);
+        LayerResult r = op(layer_input, h0, c0, p[0], p[1], b_ih, b_hh, /*reverse=*/d == 1, grad, lengths);
         outs[d] = std::move(r.output);
         hs.push_back(std::move(r.hy));
         if (num_states == 2) cs.push_back(std::move(r.cy));
       }
       layer_input = D == 1 ? outs[0] : at::cat({outs[0], outs[1]}, 2);
+      if (dropout > 0 && l < L - 1) {  // as rnnfast.nn's _dropout: on the packed rows for packed input
+        layer_input = packing ? padded(*packing, at::dropout(packed_rows(*packing, layer_input), dropout, true))
+                              : at::dropout(layer_input, dropout, true);
+      }
     }
-    if (!step) {
-      output = batch_first ? layer_input.transpose(0, 1) : layer_input;
+    if (step) {
+      h_n = unbatched ? hs[0].squeeze(0) : hs[0];
+      if (num_states == 2) c_n = unbatched ? cs[0].squeeze(0) : cs[0];
+    } else if (unbatched) {  // (T, D*H), (L*D, H)
+      output = layer_input.squeeze(1);
+      h_n = hs.size() == 1 ? hs[0] : at::cat(hs);
+      if (num_states == 2) c_n = cs.size() == 1 ? cs[0] : at::cat(cs);
+    } else {
+      output = packing ? packed_rows(*packing, layer_input) : batch_first ? layer_input.transpose(0, 1) : layer_input;
       h_n = hs.size() == 1 ? with_leading_one(std::move(hs[0])) : at::stack(hs);
       if (num_states == 2) c_n = cs.size() == 1 ? with_leading_one(std::move(cs[0])) : at::stack(cs);
-    } else {
-      h_n = hs[0];
-      if (num_states == 2) c_n = cs[0];
     }
   } catch (python_error& e) {
     // Python code under the ops raised (a saved-tensor hook, the autocast kernel). As in the

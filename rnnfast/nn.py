@@ -372,14 +372,23 @@ class _RecurrentMixin:
 
     def _fast(self, input, states):
         """The usual call in C++ (rnnfast._C.forward_layers, csrc/python.cpp): the same op calls as
-        _run with the same arguments, without the Python around them; None where it declines (see
-        there) or where this is not plain eager execution (_ops.eager_fast), and then forward takes
-        the Python path. Dropout between layers while training stays in Python (torch.nn's draws)."""
-        if not _ops.eager_fast() or (self.dropout and self.training and self.num_layers > 1):
+        _run with the same arguments (unbatched input, a PackedSequence and dropout between layers
+        while training too, with the same dropout draws), without the Python around them; None where
+        it declines (see there) or where this is not plain eager execution (_ops.eager_fast), and then
+        forward takes the Python path."""
+        if not _ops.eager_fast():
             return None
-        return _ops.forward_layers(_OP_OF_MODE.get(self.mode), self._reset_after, input, states, self._parameters,
+        packing = None
+        if isinstance(input, PackedSequence):
+            packing = (input.batch_sizes, input.sorted_indices, input.unsorted_indices)
+            input = input.data
+        fast = _ops.forward_layers(_OP_OF_MODE.get(self.mode), self._reset_after, input, states, self._parameters,
                                    self._flat_weights_names, self.num_layers, self.bidirectional,
-                                   self.batch_first, self.input_size, self.hidden_size, False)
+                                   self.batch_first, self.input_size, self.hidden_size, False,
+                                   self.dropout if self.training else 0.0, packing)
+        if fast is None or packing is None:
+            return fast
+        return PackedSequence(fast[0], *packing), fast[1]
 
     def forward(self, input, hx=None):
         fast = self._fast(input, None if hx is None else (hx,))
@@ -502,7 +511,7 @@ class _CellMixin:
         if _ops.eager_fast():  # the usual call in C++ (see _RecurrentMixin._fast)
             fast = _ops.forward_layers(_OP_OF_MODE.get(self.mode), self._reset_after, input, states, self._parameters,
                                        _CELL_PARAMS[self.bias], 1, False, False, self.input_size,
-                                       self.hidden_size, True)
+                                       self.hidden_size, True, 0.0, None)
             if fast is not None:
                 return fast
         w_ih = _param(self, "weight_ih")

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnnfast
 from rnnfast import _ops
@@ -146,12 +146,9 @@ class _Sub(torch.Tensor):
 def _declined_cases():
     """(module, call) pairs the fast path must decline, and the Python path then runs."""
     x = torch.randn(3, 2, 4)
-    yield "packed", rnnfast.GRU(4, 6), lambda m: m(pack_padded_sequence(x, torch.tensor([3, 2])))
-    yield "unbatched", rnnfast.GRU(4, 6), lambda m: m(x[:, 0])
     yield "proj_size", rnnfast.LSTM(4, 6, proj_size=3), lambda m: m(x)
     yield "subclass input", rnnfast.GRU(4, 6), lambda m: m(x.as_subclass(_Sub))
     yield "hx list", rnnfast.LSTM(4, 6), lambda m: m(x, [torch.zeros(1, 2, 6), torch.zeros(1, 2, 6)])
-    yield "unbatched cell", rnnfast.LSTMCell(4, 6), lambda m: m(x[0, 0])
 
 
 @pytest.mark.parametrize("case", list(_declined_cases()), ids=lambda c: c[0])
@@ -171,12 +168,12 @@ def test_the_fast_path_declines_what_it_does_not_run(fast_calls):
     rnnfast.GRU(4, 6)(x.as_subclass(_Sub))
     rnnfast.LSTM(4, 6, proj_size=3)(x)
     assert fast_calls == [False, False]
-    # dropout while training stays in Python (torch.nn's draws); in eval it runs fast
+    # dropout between layers runs fast, training (torch.nn's draws) and eval
     m = rnnfast.GRU(4, 6, num_layers=2, dropout=0.5)
     m(x)
     m.eval()
     m(x)
-    assert fast_calls == [False, False, True]
+    assert fast_calls == [False, False, True, True]
     # a TorchFunctionMode sees the Python path's ops
     seen = []
 
@@ -188,6 +185,138 @@ def test_the_fast_path_declines_what_it_does_not_run(fast_calls):
     with Mode():
         rnnfast.GRU(4, 6)(x)
     assert fast_calls[-1] is False and seen
+
+
+def _packed(T, B, I, sort, grad=False):
+    """(pack, x): pack() packs x (T, B, I), B random sequences of lengths 1..T (the longest T),
+    sorted by length (enforce_sorted) or not (sorted_indices / unsorted_indices)."""
+    lengths = torch.tensor([T] + [1 + (7 * b) % T for b in range(1, B)])
+    if sort:
+        lengths = lengths.sort(descending=True).values
+    x = torch.randn(T, B, I, requires_grad=grad)
+    return (lambda: pack_padded_sequence(x, lengths, enforce_sorted=sort)), x
+
+
+def _calls():
+    """(id, module or cell, call, inputs that require grad) of the calls the fast path runs beyond
+    the usual one: a PackedSequence (sorted and not, with and without hx), unbatched input of modules
+    and cells, dropout between layers while training (also on packed rows)."""
+    torch.manual_seed(1)
+    p_sorted, xs = _packed(5, 4, 3, True, grad=True)
+    p_unsorted, xu = _packed(6, 5, 3, False, grad=True)
+    h = torch.randn(2 * 2, 5, 4, requires_grad=True)
+    yield "packed sorted gru 2 layers bidirectional", rnnfast.GRU(3, 4, num_layers=2, bidirectional=True), \
+        lambda m: m(p_sorted()), [xs]
+    yield "packed unsorted lstm hx", rnnfast.LSTM(3, 4, num_layers=2, bidirectional=True), \
+        lambda m: m(p_unsorted(), (h, h * 0.5)), [xu, h]
+    yield "packed unsorted rnn relu batch_first", rnnfast.RNN(3, 4, nonlinearity="relu", batch_first=True), \
+        lambda m: m(p_unsorted()), [xu]
+    yield "packed dropout training", rnnfast.GRU(3, 4, num_layers=3, dropout=0.4, bidirectional=True), \
+        lambda m: m(p_unsorted()), [xu]
+    x = torch.randn(5, 3, requires_grad=True)
+    h1 = torch.randn(2, 4, requires_grad=True)
+    yield "unbatched gru", rnnfast.GRU(3, 4), lambda m: m(x), [x]
+    yield "unbatched lstm 2 layers hx", rnnfast.LSTM(3, 4, num_layers=2), lambda m: m(x, (h1, h1 * 2)), [x, h1]
+    yield "unbatched rnn bidirectional batch_first", rnnfast.RNN(3, 4, bidirectional=True, batch_first=True), \
+        lambda m: m(x, h1), [x, h1]
+    v, hv = torch.randn(3, requires_grad=True), torch.randn(4, requires_grad=True)
+    yield "unbatched lstm cell", rnnfast.LSTMCell(3, 4), lambda m: m(v), [v]
+    yield "unbatched gru cell hx", rnnfast.GRUCell(3, 4, reset_after=False), lambda m: m(v, hv), [v, hv]
+    yield "unbatched rnn cell hx", rnnfast.RNNCell(3, 4, nonlinearity="relu"), lambda m: m(v, hv), [v, hv]
+    xb = torch.randn(4, 6, 3, requires_grad=True)
+    yield "dropout training lstm batch_first", rnnfast.LSTM(3, 4, num_layers=3, dropout=0.5, batch_first=True), \
+        lambda m: m(xb), [xb]
+    yield "dropout 1.0 training rnn", rnnfast.RNN(3, 4, num_layers=2, dropout=1.0), lambda m: m(xb), [xb]
+
+
+def _outputs_and_grads(m, call, inputs, grad):
+    """A call's outputs (and with grad: the gradients of its inputs and the parameters), the dropout
+    seed fixed so both paths draw the same masks."""
+    params = list(m.parameters())
+    for t in inputs + params:
+        t.grad = None
+    torch.manual_seed(7)
+    if not grad:
+        with torch.inference_mode():
+            return [t.clone() for t in _flat(call(m))]
+    out = _flat(call(m))
+    sum(o.sin().sum() for o in out).backward()
+    return [o.detach() for o in out] + [t.grad for t in inputs + params]
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("case", list(_calls()), ids=lambda c: c[0])
+def test_packed_unbatched_and_dropout_run_fast_bit_for_bit(monkeypatch, fast_calls, case, grad):
+    """PackedSequence input, unbatched input and dropout while training run in C++, with the Python
+    path's results bit for bit (the same ops, the same dropout draws), forward and backward."""
+    _, m, call, inputs = case
+    fast = _outputs_and_grads(m, call, inputs, grad)
+    assert fast_calls == [True]
+    python_path(monkeypatch)
+    slow = _outputs_and_grads(m, call, inputs, grad)
+    assert len(fast) == len(slow)
+    for a, b in zip(fast, slow):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("sort", [True, False])
+@pytest.mark.parametrize("name", ["GRU", "LSTM"])
+def test_packed_fast_path_matches_torch_nn_with_dropout(fast_calls, name, sort):
+    """The fast path's packed and dropout results against torch.nn's, the same dropout masks drawn
+    (float64, so the comparison is tight)."""
+    torch.manual_seed(0)
+    got = getattr(rnnfast, name)(3, 5, num_layers=3, dropout=0.3, bidirectional=True).double()
+    ref = getattr(torch.nn, name)(3, 5, num_layers=3, dropout=0.3, bidirectional=True).double()
+    ref.load_state_dict(got.state_dict())
+    pack, _ = _packed(7, 6, 3, sort)
+    packed = pack()
+    packed = PackedSequence(packed.data.double(), packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
+    results = []
+    for m in (got, ref):
+        torch.manual_seed(3)
+        out, state = m(packed)
+        results.append([out.data] + _flat(state))
+    assert fast_calls == [True]
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", [
+    "batch_sizes increasing", "batch_sizes zero", "rows", "not a permutation", "not the inverse",
+    "float batch_sizes", "unbatched hx 3-D", "unbatched cell hx 2-D", "dropout out of range"])
+def test_calls_the_fast_path_declines_raise_the_python_paths_errors(monkeypatch, case):
+    """Malformed PackedSequences, unbatched input with batched states and a bad dropout: the fast
+    path declines and the Python path raises its named error, the same with it forced."""
+    def call():
+        if case == "batch_sizes increasing":
+            return rnnfast.GRU(3, 4)(PackedSequence(torch.randn(3, 3), torch.tensor([1, 2])))
+        if case == "batch_sizes zero":
+            return rnnfast.GRU(3, 4)(PackedSequence(torch.randn(2, 3), torch.tensor([2, 0])))
+        if case == "rows":
+            return rnnfast.LSTM(3, 4)(PackedSequence(torch.randn(4, 3), torch.tensor([2, 1])))
+        if case == "not a permutation":
+            return rnnfast.GRU(3, 4)(PackedSequence(torch.randn(6, 3), torch.tensor([3, 2, 1]), torch.tensor([0, 0, 1]),
+                                                    torch.tensor([0, 2, 1])))
+        if case == "not the inverse":
+            return rnnfast.GRU(3, 4)(PackedSequence(torch.randn(6, 3), torch.tensor([3, 2, 1]), torch.tensor([2, 0, 1]),
+                                                    torch.tensor([2, 0, 1])))
+        if case == "float batch_sizes":
+            return rnnfast.RNN(3, 4)(PackedSequence(torch.randn(3, 3), torch.tensor([2.0, 1.0])))
+        if case == "unbatched hx 3-D":
+            return rnnfast.GRU(3, 4)(torch.randn(5, 3), torch.zeros(1, 1, 4))
+        if case == "unbatched cell hx 2-D":
+            return rnnfast.GRUCell(3, 4)(torch.randn(3), torch.zeros(1, 4))
+        m = rnnfast.GRU(3, 4, num_layers=2)
+        m.dropout = 1.5
+        return m(torch.randn(5, 2, 3))
+
+    with pytest.raises(Exception) as fast:
+        call()
+    python_path(monkeypatch)
+    with pytest.raises(Exception) as slow:
+        call()
+    assert type(fast.value) is type(slow.value) and str(fast.value) == str(slow.value)
+    assert isinstance(fast.value, (ValueError, TypeError, RuntimeError))
 
 
 def test_parametrized_weights_are_used(fast_calls):

@@ -47,7 +47,8 @@ LayerStep layer_step(const c10::List<bool>& options) {
   const LayerOp op = layer_op<Cell>(has_option<Cell>() && options.get(0));
   return [op](const Tensor& x, Tensor* h, Tensor* c, const Tensor& w_ih, const Tensor& w_hh, const Opt& b_ih,
               const Opt& b_hh) {
-    LayerResult r = op(x, *h, c ? *c : Tensor(), w_ih, w_hh, b_ih, b_hh, /*reverse=*/false, /*workspace=*/false);
+    LayerResult r = op(x, *h, c ? *c : Tensor(), w_ih, w_hh, b_ih, b_hh, /*reverse=*/false, /*workspace=*/false,
+                     /*lengths=*/c10::nullopt);
     *h = std::move(r.hy);
     if (c) *c = std::move(r.cy);
     return std::move(r.output);

@@ -24,10 +24,12 @@ struct LayerResult {
 
 // x (T, B, I), h (B, H), c (B, H) or undefined -> the op's (output, hy[, cy]). `workspace`: keep the
 // workspace for backward (false when nothing will be differentiated: the op's workspace=False).
+// `lengths`: the op's per-sequence lengths (B,) int64 on the CPU (a PackedSequence's), or none.
 using LayerOp = std::function<LayerResult(const at::Tensor& x, const at::Tensor& h, const at::Tensor& c,
                                           const at::Tensor& w_ih, const at::Tensor& w_hh,
                                           const c10::optional<at::Tensor>& b_ih,
-                                          const c10::optional<at::Tensor>& b_hh, bool reverse, bool workspace)>;
+                                          const c10::optional<at::Tensor>& b_hh, bool reverse, bool workspace,
+                                          const c10::optional<at::Tensor>& lengths)>;
 
 // Cell's forward op, looked up and typed once (by the shape of its schema: csrc/ops.cpp's
 // templates, the entry points of csrc/core/recurrent_ops.h have the same types); `option` is the
@@ -43,8 +45,8 @@ LayerOp layer_op(bool option) {
         const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Opt&, const Opt&, bool,
         const Opt&, bool)>();
     return [op](const Tensor& x, const Tensor& h, const Tensor& c, const Tensor& w_ih, const Tensor& w_hh,
-                const Opt& b_ih, const Opt& b_hh, bool reverse, bool workspace) {
-      auto r = op.call(x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, /*lengths=*/c10::nullopt, workspace);
+                const Opt& b_ih, const Opt& b_hh, bool reverse, bool workspace, const Opt& lengths) {
+      auto r = op.call(x, h, c, w_ih, w_hh, b_ih, b_hh, reverse, lengths, workspace);
       return LayerResult{std::move(std::get<0>(r)), std::move(std::get<1>(r)), std::move(std::get<2>(r))};
     };
   } else if constexpr (has_option<Cell>()) {
@@ -52,8 +54,8 @@ LayerOp layer_op(bool option) {
                                                               const Tensor&, const Opt&, const Opt&, bool, bool,
                                                               const Opt&, bool)>();
     return [op, option](const Tensor& x, const Tensor& h, const Tensor&, const Tensor& w_ih, const Tensor& w_hh,
-                        const Opt& b_ih, const Opt& b_hh, bool reverse, bool workspace) {
-      auto r = op.call(x, h, w_ih, w_hh, b_ih, b_hh, reverse, option, /*lengths=*/c10::nullopt, workspace);
+                        const Opt& b_ih, const Opt& b_hh, bool reverse, bool workspace, const Opt& lengths) {
+      auto r = op.call(x, h, w_ih, w_hh, b_ih, b_hh, reverse, option, lengths, workspace);
       return LayerResult{std::move(std::get<0>(r)), std::move(std::get<1>(r)), Tensor()};
     };
   } else {
@@ -61,8 +63,8 @@ LayerOp layer_op(bool option) {
                                                               const Tensor&, const Opt&, const Opt&, bool,
                                                               const Opt&, bool)>();
     return [op](const Tensor& x, const Tensor& h, const Tensor&, const Tensor& w_ih, const Tensor& w_hh,
-                const Opt& b_ih, const Opt& b_hh, bool reverse, bool workspace) {
-      auto r = op.call(x, h, w_ih, w_hh, b_ih, b_hh, reverse, /*lengths=*/c10::nullopt, workspace);
+                const Opt& b_ih, const Opt& b_hh, bool reverse, bool workspace, const Opt& lengths) {
+      auto r = op.call(x, h, w_ih, w_hh, b_ih, b_hh, reverse, lengths, workspace);
       return LayerResult{std::move(std::get<0>(r)), std::move(std::get<1>(r)), Tensor()};
     };
   }
