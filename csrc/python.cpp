@@ -139,10 +139,14 @@ PyObject* tuple_of(std::initializer_list<at::Tensor> ts) {
 }
 
 // A PackedSequence's layout, as rnnfast.nn._Packing: packed row k is row idx[k] of the (T*B, *)
-// zero-padded batch (time-major, in the caller's batch order); lengths (B,) int64 in that order.
+// zero-padded batch, time-major, its sequences in the PackedSequence's sorted order (longest first,
+// so the ops' steps run over their live rows only: cpu/backend.h live_end); lengths (B,) int64 in
+// that order. sorted / unsorted: the PackedSequence's indices (undefined when it has none), which
+// put states given in the caller's batch order into the sorted order and the final states back.
 struct Packing {
-  at::Tensor lengths, idx;
+  at::Tensor lengths, idx, sorted, unsorted;
   int64_t T = 0, B = 0;
+  bool full = false;  // every sequence T long: idx is the identity, the data already the padded batch
 };
 
 // The Packing of (batch_sizes, sorted_indices, unsorted_indices) for packed data `data` (N, I) on the
@@ -168,8 +172,7 @@ std::optional<Packing> cpu_packing(PyObject* packing, const at::Tensor& data) {
     N += b[t];
   }
   if (data.size(0) != N) return std::nullopt;
-  std::vector<int64_t> perm(static_cast<size_t>(B));  // sorted slot j holds sequence perm[j]
-  for (int64_t j = 0; j < B; ++j) perm[j] = j;
+  Packing p;
   if (sorted_o != Py_None || unsorted_o != Py_None) {
     if (!plain_tensor(sorted_o) || !plain_tensor(unsorted_o)) return std::nullopt;
     std::array<at::Tensor, 2> ix = {THPVariable_Unpack(sorted_o), THPVariable_Unpack(unsorted_o)};
@@ -183,31 +186,37 @@ std::optional<Packing> cpu_packing(PyObject* packing, const at::Tensor& data) {
       const int64_t s = sorted[j];
       if (s < 0 || s >= B || seen[s] || unsorted[s] != j) return std::nullopt;
       seen[s] = 1;
-      perm[j] = s;
     }
+    p.sorted = ix[0];
+    p.unsorted = ix[1];
   }
-  Packing p;
   p.T = T;
   p.B = B;
+  p.full = N == T * B;
   p.lengths = at::zeros({B}, at::kLong);
   p.idx = at::empty({N}, at::kLong);
   int64_t *lengths = p.lengths.data_ptr<int64_t>(), *idx = p.idx.data_ptr<int64_t>(), k = 0;
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t j = 0; j < b[t]; ++j) {
-      idx[k++] = t * B + perm[j];
-      ++lengths[perm[j]];
+      idx[k++] = t * B + j;
+      ++lengths[j];
     }
   }
   return p;
 }
 
-// Packed rows (N, F) -> (T, B, F), zeros past each sequence's end (_Packing.padded).
+// Packed rows (N, F) -> (T, B, F), zeros past each sequence's end (_Packing.padded; in place on the
+// fresh zeros, not index_copy's copy of them).
 at::Tensor padded(const Packing& p, const at::Tensor& rows) {
-  return at::zeros({p.T * p.B, rows.size(1)}, rows.options()).index_copy(0, p.idx, rows).view({p.T, p.B, rows.size(1)});
+  if (p.full) return rows.reshape({p.T, p.B, rows.size(1)});
+  return at::zeros({p.T * p.B, rows.size(1)}, rows.options()).index_copy_(0, p.idx, rows).view({p.T, p.B, rows.size(1)});
 }
 
 // (T, B, F) -> its packed rows (N, F) (_Packing.rows).
-at::Tensor packed_rows(const Packing& p, const at::Tensor& x) { return x.reshape({p.T * p.B, x.size(2)}).index_select(0, p.idx); }
+at::Tensor packed_rows(const Packing& p, const at::Tensor& x) {
+  const at::Tensor rows = x.reshape({p.T * p.B, x.size(2)});
+  return p.full ? rows : rows.index_select(0, p.idx);
+}
 
 // forward_layers(cell, option, input, states, params, names, num_layers, bidirectional, batch_first,
 //                input_size, hidden_size, step, dropout, packing)
@@ -307,6 +316,7 @@ PyObject* forward_layers(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       if (s[k].sizes() != at::IntArrayRef(state_shape)) Py_RETURN_NONE;
     }
   }
+  const bool reorder = packing && packing->sorted.defined();  // states to and from the sorted order
 
   // The workspace is kept only where something will be differentiated (as rnnfast._ops does).
   bool grad = at::GradMode::is_enabled() && x.requires_grad();
@@ -340,7 +350,11 @@ PyObject* forward_layers(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
         zero_state = at::zeros(shape, w0.options());
       }
     }
-    for (int64_t k = 0; k < num_states; ++k) s[k] = zero_state.defined() ? zero_state : s[k].contiguous();
+    for (int64_t k = 0; k < num_states; ++k) {
+      s[k] = zero_state.defined() ? zero_state
+             : reorder            ? s[k].index_select(1, packing->sorted)
+                                  : s[k].contiguous();
+    }
     const LayerOp& op = ops->op[option ? 1 : 0];
     at::Tensor layer_input = x.contiguous();
     std::vector<at::Tensor> hs, cs;
@@ -376,6 +390,10 @@ PyObject* forward_layers(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       output = packing ? packed_rows(*packing, layer_input) : batch_first ? layer_input.transpose(0, 1) : layer_input;
       h_n = hs.size() == 1 ? with_leading_one(std::move(hs[0])) : at::stack(hs);
       if (num_states == 2) c_n = cs.size() == 1 ? with_leading_one(std::move(cs[0])) : at::stack(cs);
+      if (reorder) {
+        h_n = h_n.index_select(1, packing->unsorted);
+        if (num_states == 2) c_n = c_n.index_select(1, packing->unsorted);
+      }
     }
   } catch (python_error& e) {
     // Python code under the ops raised (a saved-tensor hook, the autocast kernel). As in the

@@ -39,7 +39,7 @@ treated as before).
 from __future__ import annotations
 
 import numbers
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -69,13 +69,26 @@ def _rnn_mode(nonlinearity):
 
 class _Packing(NamedTuple):
     """The layout of a PackedSequence input: packed row k is row idx[k] of the (T*B, *) zero-padded
-    batch (time-major, in the caller's batch order, as torch.nn reads hx and returns h_n for packed
-    input); lengths (B,) int64 are in that order too."""
+    batch, time-major, its sequences in the PackedSequence's sorted order (longest first: the ops'
+    steps then run over their live rows only, csrc/cpu/backend.h live_end); lengths (B,) int64 are
+    in that order too. sorted_indices / unsorted_indices (None when the PackedSequence has none) put
+    hx, given in the caller's batch order as torch.nn reads it, into the sorted order (states_in)
+    and h_n back (states_out)."""
     like: PackedSequence
     lengths: Tensor
     idx: Tensor
     T: int
     B: int
+    sorted_indices: Optional[Tensor] = None
+    unsorted_indices: Optional[Tensor] = None
+
+    def states_in(self, s):
+        """A state (L*D, B, H) in the caller's batch order -> the sorted order."""
+        return s if self.sorted_indices is None else s.index_select(1, self.sorted_indices)
+
+    def states_out(self, s):
+        """A final state (L*D, B, H) in the sorted order -> the caller's batch order."""
+        return s if self.unsorted_indices is None else s.index_select(1, self.unsorted_indices)
 
     @classmethod
     def of(cls, packed):
@@ -125,26 +138,32 @@ class _Packing(NamedTuple):
                                  f"({perm.tolist()}), got {inverse.tolist()}")
         alive = torch.arange(B)[None, :] < batch_sizes[:, None]  # (T, B): sorted slot j alive at step t
         t_idx, j_idx = alive.nonzero(as_tuple=True)               # t-major, then slot: the packed order
-        slots = alive.sum(0)  # the length of the sequence in each sorted slot
-        b_idx, lengths = j_idx, slots
-        if perm is not None:  # slot j holds sequence perm[j]
-            b_idx = perm[j_idx]
-            lengths = torch.empty_like(slots).index_copy_(0, perm, slots)
-        idx = t_idx * B + b_idx
+        lengths = alive.sum(0)  # the length of the sequence in each sorted slot
+        idx = t_idx * B + j_idx
         if data.device.type == "cuda":
             idx = idx.pin_memory().to(data.device, non_blocking=True)
         else:
             idx = idx.to(data.device)
-        return cls(packed, lengths, idx, T, B)
+        if perm is None:
+            return cls(packed, lengths, idx, T, B)
+        return cls(packed, lengths, idx, T, B, sorted_indices.to(data.device), unsorted_indices.to(data.device))
 
     def rows(self, padded):
         """(T, B, *) padded -> its packed rows (N, *)."""
-        return padded.reshape((-1,) + tuple(padded.shape[2:])).index_select(0, self.idx)
+        rows = padded.reshape((-1,) + tuple(padded.shape[2:]))
+        return rows if self.full else rows.index_select(0, self.idx)
+
+    @property
+    def full(self):
+        """Every sequence T long: idx is the identity, the packed rows already the padded batch."""
+        return self.idx.numel() == self.T * self.B
 
     def padded(self, rows):
         """Packed rows (N, *) -> (T, B, *), zeros past each sequence's end."""
         tail = tuple(rows.shape[1:])
-        return rows.new_zeros((self.T * self.B,) + tail).index_copy(0, self.idx, rows).view((self.T, self.B) + tail)
+        if self.full:
+            return rows.reshape((self.T, self.B) + tail)
+        return rows.new_zeros((self.T * self.B,) + tail).index_copy_(0, self.idx, rows).view((self.T, self.B) + tail)
 
     def repack(self, padded):
         """(T, B, *) padded output -> a PackedSequence laid out as the input."""
@@ -325,6 +344,8 @@ class _RecurrentMixin:
                 msg = (f"Expected hidden[{i}] size {{}}, got {{}}" if len(states) == 2
                        else "Expected hidden size {}, got {}")
                 _check_shape(s, shapes[i], msg)
+        if packing is not None:
+            states = tuple(packing.states_in(s) for s in states)
         return input.contiguous(), tuple(s.contiguous() for s in states), is_batched, packing
 
     def _run(self, input, h0, c0, packing=None):
@@ -400,6 +421,8 @@ class _RecurrentMixin:
             return (output.transpose(0, 1) if self.batch_first else output), h_n
         input, (h0,), is_batched, packing = self._prepare(input, None if hx is None else (hx,))
         output, h_n, _ = self._run(input, h0, None, packing)
+        if packing is not None:
+            h_n = packing.states_out(h_n)
         return self._finish(output, is_batched, packing), (h_n if is_batched else h_n.squeeze(1))
 
 
@@ -493,6 +516,8 @@ class LSTM(_PicklableMixin, _RecurrentMixin, torch.nn.LSTM):
             return (output.transpose(0, 1) if self.batch_first else output), (h_n, c_n)
         input, (h0, c0), is_batched, packing = self._prepare(input, None if hx is None else tuple(hx))
         output, h_n, c_n = self._run(input, h0, c0, packing)
+        if packing is not None:
+            h_n, c_n = packing.states_out(h_n), packing.states_out(c_n)
         if not is_batched:
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
         return self._finish(output, is_batched, packing), (h_n, c_n)

@@ -524,8 +524,19 @@ def test_torch_compile_inductor_one_op():
 
 
 # ---- variable-length batches (lengths) ------------------------------------------------------------
-def _lengths(T, B, seed=0):
+def _lengths(T, B, seed=0, kind="random"):
+    """Lengths in [1, T]: random (the longest first, the rest in no order), or ragged, a few long
+    sequences among many of length 1, so that at most half the rows of the batch are live and the
+    steps run on their live rows only (csrc/cpu/backend.h live_end, project_live): sorted longest
+    first (a PackedSequence's order, where the live rows are a prefix) or not."""
     g = torch.Generator().manual_seed(seed)
+    if kind != "random":
+        lengths = torch.ones(B, dtype=torch.int64)
+        lengths[0], lengths[B // 6], lengths[B // 3] = T, T // 2, 2
+        if kind == "ragged sorted":
+            lengths = lengths.sort(descending=True).values
+        assert 2 * int(lengths.sum()) <= T * B
+        return lengths
     lengths = torch.randint(1, T + 1, (B,), generator=g)
     lengths[0] = T  # the longest one need not come first: rows are independent, no sorting
     if B > 2:
@@ -545,14 +556,15 @@ def _per_sequence_reference(cell, x, h0, c0, params, reverse, lengths):
     return outs, hys, cys
 
 
+@pytest.mark.parametrize("kind", ["random", "ragged sorted", "ragged unsorted"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_lengths_match_each_sequence_alone(cell, dtype, reverse):
+def test_lengths_match_each_sequence_alone(cell, dtype, reverse, kind):
     # B=32 (float32) takes the batch-split loop, float64 the shared one; outputs, final states and
     # every gradient against the reference run on each sequence by itself, in float64.
     T, B, I, H = 9, 32, 5, 16
-    lengths = _lengths(T, B)
+    lengths = _lengths(T, B, kind=kind)
     x, h0, c0, params = make(cell, T, B, I, H, dtype)
     c0 = c0 if cell == "lstm" else None
     w_ih, w_hh, b_ih, b_hh = params

@@ -6,6 +6,7 @@
 
 #include "cells.h"
 
+#include <algorithm>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -153,13 +154,14 @@ inline at::Tensor check_lengths(const char* op, const c10::optional<at::Tensor>&
   check_rank(op, l, "lengths", 1, "(B,)");
   check_shape(op, l, "lengths", {B}, "(B,)");
   at::Tensor c = l.contiguous();
-  if (B > 0) {
-    const auto [lo, hi] = at::aminmax(c);
-    const int64_t mn = lo.item<int64_t>(), mx = hi.item<int64_t>();
-    TORCH_CHECK(mn >= 0 && mx <= T, op, ": lengths must lie in [0, T] = [0, ", T, "], got values in [", mn, ", ",
-                mx, "]");
-  }
-  return c;
+  if (B == 0) return c;
+  const int64_t* v = c.const_data_ptr<int64_t>();
+  const auto [lo, hi] = std::minmax_element(v, v + B);
+  TORCH_CHECK(*lo >= 0 && *hi <= T, op, ": lengths must lie in [0, T] = [0, ", T, "], got values in [", *lo, ", ", *hi,
+              "]");
+  // Lengths that freeze no row (all T: a PackedSequence of equal lengths) are no lengths: the ops then
+  // take the plain path (the same numbers, none of the per-row freezing checks or zeroed padding).
+  return *lo == T ? at::Tensor() : c;
 }
 
 }  // namespace core

@@ -22,6 +22,7 @@
 #include <limits>
 #include <optional>
 #include <type_traits>
+#include <vector>
 
 #include "../core/loop.h"
 #include "blas.h"
@@ -63,6 +64,18 @@ inline void for_rows(int64_t B, int64_t row_elems, const F& f) {
 // t >= len[b]. A frozen row carries its state unchanged (h_out = h, c_out = c) and zeroes the rest
 // of its workspace row (the weight-grad GEMMs read every row; zeros times zero gradient stays zero).
 inline bool frozen(const int64_t* len, int64_t t, int64_t b) { return len != nullptr && t >= len[b]; }
+
+// The end of the live rows of [b0, b1) at time t: one past the last row not frozen (b0 when all
+// are). A step's GEMMs run over [b0, live_end) only: the rows after it are frozen, and a frozen row
+// reads no GEMM result in forward (freeze_forward) and has a zero dGh row in backward (its product
+// would add zeros). Lengths sorted longest first (rnnfast.nn passes a PackedSequence in its sorted
+// order) make [b0, live_end) exactly the live rows, so a step costs what its live rows do (as
+// torch.nn's packed steps), not the whole padded batch.
+inline int64_t live_end(const int64_t* len, int64_t t, int64_t b0, int64_t b1) {
+  if (len == nullptr) return b1;
+  while (b1 > b0 && t >= len[b1 - 1]) --b1;
+  return b1;
+}
 
 template <class Cell, typename T>
 RNNFAST_ALWAYS_INLINE void freeze_forward(const FwdRow<T>& r, int64_t H) {
@@ -362,6 +375,8 @@ class CpuForward {
     RECORD_FUNCTION("rnnfast::input_projection", std::vector<c10::IValue>());
     const int64_t t0 = p_.reverse ? p_.T - s1 : s0, n = s1 - s0;
     xg_t0_ = t0;
+    xg_rows_ = nullptr;
+    if (len_ != nullptr && project_live(t0, n)) return;
     if constexpr (std::is_same_v<T_, float>) {  // a few rows: gemm_small on raw pointers, no views
       if (rec_in_->run_small(p_.input.const_data_ptr<float>() + t0 * B_ * p_.I, p_.I, xg_ptr_, G * H_, n * B_))
         return;
@@ -371,31 +386,38 @@ class CpuForward {
   }
 
   void recurrent_gemm(const Rows& rows, const Step& st) {
+    const int64_t b0 = rows.block ? rows.b0 : 0;
+    const int64_t m = live_end(len_, st.t, b0, rows.block ? rows.b1 : B_) - b0;  // the live rows
     if (zero_first_ && st.s == 0) {  // h_{-1} = hx = 0, W_hh finite: the product is zeros
-      const int64_t b0 = rows.block ? rows.b0 : 0, m = rows.block ? rows.b1 - rows.b0 : B_;
       std::fill_n(hg_ptr_ + b0 * G_rec * H_, m * G_rec * H_, T_(0));
       return;
     }
+    if (m == 0) return;
     if constexpr (std::is_same_v<T_, float>) {
       // packed or gemm_small: raw pointers, no views per step. A batch-split block (one thread's
       // rows) always has one of the two (batch_split_chunks).
-      const int64_t b0 = rows.block ? rows.b0 : 0, m = rows.block ? rows.b1 - rows.b0 : B_;
       if (rec_.run_ptr(prev_.h(st.s) + b0 * p_.P, p_.P, hg_ptr_ + b0 * G_rec * H_, G_rec * H_, m,
                        /*accumulate=*/false)) {
         return;
       }
       TORCH_CHECK(!rows.block, "rnnfast: internal error: a batch-split block without a GEMM that takes it");
     }
-    rec_.run(st.s ? output_.select(0, st.tp) : p_.hx, hg(), /*accumulate=*/false);
+    const at::Tensor h = st.s ? output_.select(0, st.tp) : p_.hx;
+    if (m == B_) return rec_.run(h, hg(), /*accumulate=*/false);
+    at::Tensor c = hg().narrow(0, 0, m);
+    rec_.run(h.narrow(0, 0, m), c, /*accumulate=*/false);
   }
 
   // The mid-step GEMM on the workspace's gemm_slot (GRU reset_before: r ⊙ h), row stride WS.
   void mid_gemm(const Rows&, const Step& st) {
+    const int64_t m = live_end(len_, st.t, 0, B_);
+    if (m == 0) return;
     if constexpr (std::is_same_v<T_, float>) {
       const float* a = ws_.const_data_ptr<float>() + prev_.ws_row(st.t) * B_ * WS_ + Cell::traits.gemm_slot * H_;
-      if (rec_n_->run_ptr(a, WS_, hg1_ptr_, H_, B_, /*accumulate=*/false)) return;
+      if (rec_n_->run_ptr(a, WS_, hg1_ptr_, H_, m, /*accumulate=*/false)) return;
     }
-    rec_n_->run(ws_.select(0, prev_.ws_row(st.t)).narrow(1, Cell::traits.gemm_slot * H_, H_), hg1(),
+    at::Tensor c = hg1().narrow(0, 0, m);
+    rec_n_->run(ws_.select(0, prev_.ws_row(st.t)).narrow(0, 0, m).narrow(1, Cell::traits.gemm_slot * H_, H_), c,
                 /*accumulate=*/false);
   }
 
@@ -412,6 +434,37 @@ class CpuForward {
   }
 
  private:
+  // project's form for a variable-length batch where at most half the chunk's rows live (the rows
+  // [0, live_end) of each time): those rows gathered into one buffer and projected by one GEMM,
+  // their results packed in xg time after time (xg_rows_[t - t0]: the xg row of time t's row 0),
+  // so a ragged batch (one long sequence among short ones) projects what lives, not T * B rows.
+  // False (nothing done) where more rows live: the chunk's one GEMM over all its rows is cheaper.
+  bool project_live(int64_t t0, int64_t n) {
+    int64_t live = 0;
+    for (int64_t t = t0; t < t0 + n; ++t) live += live_end(len_, t, 0, B_);
+    if (2 * live > n * B_) return false;
+    xg_row_of_.resize(static_cast<size_t>(n));
+    xg_rows_ = xg_row_of_.data();
+    if (live == 0) return true;
+    const int64_t I = p_.I;
+    at::Tensor a = core::scratch_empty({live, I}, p_.options());
+    T_* dst = a.data_ptr<T_>();
+    const T_* x = p_.input.const_data_ptr<T_>();
+    int64_t row = 0;
+    for (int64_t t = t0; t < t0 + n; ++t) {
+      const int64_t m = live_end(len_, t, 0, B_);
+      xg_row_of_[t - t0] = row;
+      std::memcpy(dst + row * I, x + t * B_ * I, sizeof(T_) * m * I);
+      row += m;
+    }
+    if constexpr (std::is_same_v<T_, float>) {
+      if (rec_in_->run_small(dst, I, xg_ptr_, G * H_, live)) return true;
+    }
+    at::Tensor xg = rows_of(xg_ptr_, live, G * H_);
+    rec_in_->run(a, xg, /*accumulate=*/false);
+    return true;
+  }
+
   template <int P, bool Keep>
   void forward_step_as(const Rows& rows, const Step& st) {
     const RowPointers ptr = pointers();
@@ -437,11 +490,12 @@ class CpuForward {
     const PrevState<T_>* prev;
     int64_t B, H, WS, P;
     int64_t xg_t0;  // the time of xg's first rows (the current projection chunk)
+    const int64_t* xg_rows;  // project_live's xg row of each time's row 0, or nullptr: (t - xg_t0) * B
 
     template <int Ph>
     FwdRow<T_> row(const Step& st, int64_t b) const {
       FwdRow<T_> r;
-      r.xg = xg + ((st.t - xg_t0) * B + b) * G * H;
+      r.xg = xg + ((xg_rows ? xg_rows[st.t - xg_t0] : (st.t - xg_t0) * B) + b) * G * H;
       r.bias = bias;
       r.hg = Ph == 0 ? hg + b * G_rec * H : hg1 + b * H;
       r.b_hn = b_hn;
@@ -469,7 +523,8 @@ class CpuForward {
                        H_,
                        WS_,
                        p_.P,
-                       xg_t0_};
+                       xg_t0_,
+                       xg_rows_};
   }
 
   SerialScope serial_;  // first: in force while the members below are built (the pack) and used
@@ -479,6 +534,8 @@ class CpuForward {
   RecurrentGemm rec_;
   std::optional<RecurrentGemm> rec_n_, rec_in_;
   int64_t chunk_ = 1, xg_t0_ = 0;
+  std::vector<int64_t> xg_row_of_;      // project_live's row offsets (its chunk's times)
+  const int64_t* xg_rows_ = nullptr;    // xg_row_of_.data() while project_live's layout holds, else nullptr
   // A (rows, cols) tensor over buffer memory of this call (the ATen fallback's GEMM operands).
   at::Tensor rows_of(T_* ptr, int64_t rows, int64_t cols) const {
     return at::from_blob(ptr, {rows, cols}, p_.options());
@@ -558,19 +615,27 @@ class CpuBackward {
   }
 
   // d(gemm slot) = dG[t][phase 1 gates] W_hh[phase 1 gates] (GRU reset_before: d(r ⊙ h) = dn W_hn).
+  // (Rows past live_end are frozen: their drh is never read, their dGh rows are zero.)
   void mid_gemm_backward(const Rows&, const Step& st) {
+    const int64_t m = live_end(len_, st.t, 0, B_);
+    if (m == 0) return;
     if constexpr (std::is_same_v<T_, float>) {
       const float* a = ptr_.dg + st.t * B_ * G * H_ + G_rec * H_;
-      if (rec_n_->run_ptr(a, G * H_, drh_.data_ptr<float>(), H_, B_, /*accumulate=*/false)) return;
+      if (rec_n_->run_ptr(a, G * H_, drh_.data_ptr<float>(), H_, m, /*accumulate=*/false)) return;
     }
-    rec_n_->run(dG_.select(0, st.t).narrow(1, G_rec * H_, (G - G_rec) * H_), drh_, /*accumulate=*/false);
+    at::Tensor c = drh_.narrow(0, 0, m);
+    rec_n_->run(dG_.select(0, st.t).narrow(0, 0, m).narrow(1, G_rec * H_, (G - G_rec) * H_), c, /*accumulate=*/false);
   }
 
   // dh_{t-1} (+)= dGh[t] W_hh[phase 0 gates]
+  // (With lengths it accumulates, so the frozen rows past live_end, whose dGh rows are zero, are
+  // left out.)
   void recurrent_gemm_backward(const Rows& rows, const Step& st) {
+    const int64_t b0 = rows.block ? rows.b0 : 0;
+    const int64_t m = live_end(len_, st.t, b0, rows.block ? rows.b1 : B_) - b0;
+    if (m == 0) return;
     if constexpr (std::is_same_v<T_, float>) {
       // packed (a batch-split block always is: batch_split_chunks) or gemm_small: raw pointers
-      const int64_t b0 = rows.block ? rows.b0 : 0, m = rows.block ? rows.b1 - rows.b0 : B_;
       if (rec_.run_ptr(ptr_.dgh + (st.t * B_ + b0) * G * H_, G * H_, dh_.data_ptr<float>() + b0 * p_.P, p_.P, m,
                        accumulate_dh_)) {
         return;
@@ -578,7 +643,9 @@ class CpuBackward {
       TORCH_CHECK(!rows.block, "rnnfast: internal error: a batch-split block without a GEMM that takes it");
     }
     const at::Tensor dgh_t = G_rec == G ? dGh_.select(0, st.t) : dGh_.select(0, st.t).narrow(1, 0, G_rec * H_);
-    rec_.run(dgh_t, dh_, accumulate_dh_);
+    if (m == B_) return rec_.run(dgh_t, dh_, accumulate_dh_);
+    at::Tensor c = dh_.narrow(0, 0, m);
+    rec_.run(dgh_t.narrow(0, 0, m), c, accumulate_dh_);
   }
 
  private:
