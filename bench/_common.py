@@ -137,6 +137,47 @@ def grid_step(impl, cell, mode, H, B, T, threads, device):
     return forward_backward_step(layer, x.requires_grad_(True), device)
 
 
+def packed_lengths(profile, T, B):
+    """Sequence lengths (B,) of a PackedSequence suite point, seed 0, the longest T: 'equal' (all T,
+    a bucketed batch), 'uniform' (uniform in [1, T]) or 'ragged' (one of T, the rest uniform in
+    [1, max(1, T // 10)]: one long sequence among short ones)."""
+    g = torch.Generator().manual_seed(0)
+    if profile == "equal":
+        return torch.full((B,), T, dtype=torch.int64)
+    top = T if profile == "uniform" else max(1, T // 10)
+    lengths = torch.randint(1, top + 1, (B,), generator=g)
+    lengths[0] = T
+    return lengths
+
+
+def packed_step(impl, cell, mode, profile, H, B, T, device):
+    """One point of the PackedSequence suite (bench/test_packed_grid.py): a layer with I = H from seed
+    0 called on pack_padded_sequence(x, packed_lengths(...), enforce_sorted=False) of a time-major x
+    (T, B, H), packing included in the timed work as a user's loop does it; 'fwd' under
+    torch.inference_mode(), 'fwdbwd' forward + backward of the packed output's data summed."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    torch.manual_seed(0)
+    layer = make_layer(impl, cell, H, H, device)
+    lengths = packed_lengths(profile, T, B)
+    x = torch.randn(T, B, H, device=device, requires_grad=mode == "fwdbwd")
+    sync = synchronizer(device)
+
+    def fwd():
+        with torch.inference_mode():
+            layer(pack_padded_sequence(x, lengths, enforce_sorted=False))
+        sync()
+
+    def fwdbwd():
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        out, _ = layer(pack_padded_sequence(x, lengths, enforce_sorted=False))
+        out.data.sum().backward()
+        sync()
+
+    return fwd if mode == "fwd" else fwdbwd
+
+
 CELL_CLASSES = {"rnn_tanh": "RNNCell", "gru": "GRUCell", "lstm": "LSTMCell"}
 CELL_STEPS = 100
 

@@ -21,7 +21,7 @@ import sys
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-LONG_SUITES = ["test_grid.py", "test_cells.py", "test_predict.py"]
+LONG_SUITES = ["test_grid.py", "test_cells.py", "test_predict.py", "test_packed_grid.py"]
 
 
 def _load_bench_conftest():

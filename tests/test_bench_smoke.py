@@ -1,5 +1,5 @@
 """Smoke test of the benchmark suites' code (not of speed): a few points of the size grid, the cell
-loop, generation and the off-grid shapes run through pytest-benchmark with timing disabled, and report.py's grid summary
+loop, generation, the off-grid shapes and the PackedSequence suite run through pytest-benchmark with timing disabled, and report.py's grid summary
 and heat map on a synthetic results file, and bench/small_gemm.py on one weight. The full grid is run
 by hand (bench/run.py), never in CI."""
 import json
@@ -18,14 +18,15 @@ def test_bench_suites_run_a_few_points(tmp_path):
     selection = ("(test_grid and (gru-fwd-H64-B1-T8-th1 or lstm-fwdbwd-H64-B8-T1-th2) and not onnx)"
                  " or (test_cell_loop and lstm-H64-B1-th1)"
                  " or (test_predict and gru-H256-th1)"
-                 " or (test_offgrid and (s0- or s7-))")
+                 " or (test_offgrid and (s0- or s7-))"
+                 " or (test_packed_grid and (gru-fwd-H64-B8-T35-ragged-th1 or lstm-fwdbwd-H64-B8-T35-uniform-th2))")
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "bench/test_grid.py", "bench/test_cells.py",
-         "bench/test_predict.py", "bench/test_offgrid.py", "-q", "-p", "no:cacheprovider", "--benchmark-disable",
-         "-k", selection],
+         "bench/test_predict.py", "bench/test_offgrid.py", "bench/test_packed_grid.py", "-q", "-p", "no:cacheprovider",
+         "--benchmark-disable", "-k", selection],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "12 passed" in proc.stdout, proc.stdout[-2000:]
+    assert "16 passed" in proc.stdout, proc.stdout[-2000:]
 
 
 def test_offgrid_shapes_are_fixed_and_cover_the_corners():

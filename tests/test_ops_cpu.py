@@ -735,10 +735,11 @@ def test_lstm_proj_matches_torch(dtype, bias, reverse):
 
 
 @pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+@pytest.mark.parametrize("kind", ["random", "ragged sorted", "ragged unsorted"])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_lstm_proj_lengths_match_each_sequence_alone(reverse):
-    T, B = 7, 5
-    lengths = _lengths(T, B, seed=3)
+def test_lstm_proj_lengths_match_each_sequence_alone(reverse, kind):
+    T, B = 7, (5 if kind == "random" else 12)
+    lengths = _lengths(T, B, seed=3, kind=kind)
     x, h0, c0, w, w_hr = _proj_make(T, B, 3, 6, 2, torch.float64)
     out, hy, cy = F.lstm(x, h0, c0, *w, reverse=reverse, lengths=lengths, w_hr=w_hr)
     valid = (torch.arange(T)[:, None] < lengths[None, :])[..., None]

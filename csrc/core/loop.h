@@ -341,6 +341,62 @@ inline char* row_bytes(const at::Tensor& buf, int64_t row) {
   return static_cast<char*>(buf.data_ptr()) + row * buf.size(1) * buf.element_size();
 }
 
+// A ragged variable-length batch on the CPU: at most half of its (t, b) rows live (t < lengths[b]),
+// as with one long sequence among short ones. A frozen row's gate gradients are zero, so the weight
+// gradients are sums over the live rows only and dL/dx is zero elsewhere: their GEMMs then run on
+// the live rows gathered (the T*B-row indices returned here), not on the whole padded batch.
+// Undefined otherwise (no lengths, more rows live, lengths or data off the CPU).
+inline at::Tensor live_rows(const at::Tensor& len, int64_t T, int64_t B, const at::Tensor& input) {
+  if (!len.defined() || !input.is_cpu() || !len.is_cpu()) return at::Tensor();
+  const int64_t* l = len.const_data_ptr<int64_t>();
+  int64_t live = 0;
+  for (int64_t b = 0; b < B; ++b) live += std::min(l[b], T);
+  if (2 * live > T * B) return at::Tensor();
+  at::Tensor idx = at::empty({live}, at::kLong);
+  int64_t* out = idx.data_ptr<int64_t>();
+  for (int64_t t = 0, k = 0; t < T; ++t) {
+    for (int64_t b = 0; b < B; ++b) {
+      if (t < l[b]) out[k++] = t * B + b;
+    }
+  }
+  return idx;
+}
+
+// h_{t-1} of the rows idx (T*B-row indices) of a layer, (rows, P): hx's row where the step was the
+// walk's first, else the previous step's output (as fill_prev_states for every row). CPU, contiguous.
+inline at::Tensor prev_state_rows(const at::Tensor& idx, const at::Tensor& hx_, const at::Tensor& output_, bool reverse) {
+  const at::Tensor hx = hx_.contiguous(), output = output_.contiguous();
+  const int64_t T = output.size(0), B = output.size(1), P = output.size(2), n = idx.size(0);
+  at::Tensor dst = at::empty({n, P}, output.options());
+  const size_t bytes = size_t(P) * output.element_size();
+  const int64_t* rows = idx.const_data_ptr<int64_t>();
+  const char* out = static_cast<const char*>(output.const_data_ptr());
+  const char* h0 = static_cast<const char*>(hx.const_data_ptr());
+  char* d = static_cast<char*>(dst.data_ptr());
+  for (int64_t k = 0; k < n; ++k) {
+    const int64_t t = rows[k] / B, b = rows[k] % B, tp = reverse ? t + 1 : t - 1;
+    const char* src = (tp < 0 || tp >= T) ? h0 + b * bytes : out + (tp * B + b) * bytes;
+    std::memcpy(d + k * bytes, src, bytes);
+  }
+  return dst;
+}
+
+// The weight and bias gradients of `in` by the Family's strategy into r (or into the accumulation
+// targets p.into).
+template <class Cell, class Family>
+BackwardResult finish_weight_grads(const WeightGradInputs<Family>& in, const BackwardProblem& p, BackwardResult r) {
+  WeightGrads wg = Family::template weight_grads<Cell>(in);
+  // A strategy that wrote a fresh result although asked to accumulate: add it in here, as the
+  // autograd engine would have.
+  if (p.into.w_ih.defined() && wg.w_ih.defined()) p.into.w_ih.add_(std::exchange(wg.w_ih, at::Tensor()));
+  if (p.into.w_hh.defined() && wg.w_hh.defined()) p.into.w_hh.add_(std::exchange(wg.w_hh, at::Tensor()));
+  r.grad_w_ih = wg.w_ih;
+  r.grad_w_hh = wg.w_hh;
+  r.grad_b_ih = wg.b_ih;
+  r.grad_b_hh = wg.b_hh;
+  return r;
+}
+
 template <class Cell, class Family>
 BackwardResult recurrent_backward(const typename Family::Context& ctx, const BackwardProblem& p) {
   constexpr int64_t G = Cell::traits.gates;
@@ -387,6 +443,24 @@ BackwardResult recurrent_backward(const typename Family::Context& ctx, const Bac
 
   if (!p.hx_grad) r.grad_hx.zero_();  // it holds a partial dL/dh0 (the skipped GEMM's operand)
   const at::Tensor dG2 = dG.view({T * B, G * H});
+  const at::Tensor live = defer ? at::Tensor() : live_rows(len, T, B, p.input);
+  if (live.defined()) {  // a ragged batch: dL/dx and the weight gradients from the live rows only
+    const int64_t n = live.size(0), WS = p.ws.dim() == 3 ? p.ws.size(2) : 0;
+    const at::Tensor dg = dG2.index_select(0, live);
+    const at::Tensor dgh = Cell::traits.split_grad ? dGh.view({T * B, G * H}).index_select(0, live) : dg;
+    if (p.input_grad) {
+      r.grad_input = at::zeros({T * B, p.I}, opts).index_copy_(0, live, Family::input_grad(dg, p.w_ih)).view({T, B, p.I});
+    } else if (!p.into.drops_unrequested) {
+      r.grad_input = at::zeros_like(p.input);
+    }
+    // the live rows as one step of n rows (T = 1, B = n, h_{t-1} = hx), as the deferred flush below
+    const at::Tensor hs = prev_state_rows(live, p.hx, p.output, p.reverse);
+    const at::Tensor ws = Cell::traits.phases == 2 ? p.ws.view({T * B, WS}).index_select(0, live).view({1, n, WS}) : p.ws;
+    const WeightGradInputs<Family> in{dg, dgh, p.input.view({T * B, p.I}).index_select(0, live).view({1, n, p.I}),
+                                      at::Tensor(), hs, hs.view({1, n, p.P}), ws, false, p.into};
+    RECORD_FUNCTION("rnnfast::weight_grad_live_rows", std::vector<c10::IValue>({in.dg}));
+    return finish_weight_grads<Cell, Family>(in, p, std::move(r));
+  }
   // input_grad=false: the input needs no gradient; zeros instead of the (T*B, G*H) x (G*H, I) GEMM
   // (undefined instead when the autograd node, which drops it, says so: grad_accumulation.h)
   r.grad_input = p.input_grad              ? Family::input_grad(dG2, p.w_ih).view({T, B, p.I})
@@ -414,16 +488,7 @@ BackwardResult recurrent_backward(const typename Family::Context& ctx, const Bac
     defer->flushed = true;
   }
   RECORD_FUNCTION("rnnfast::weight_grad_rows", std::vector<c10::IValue>({in.dg}));  // K: the profiler's shapes
-  WeightGrads wg = Family::template weight_grads<Cell>(in);
-  // A strategy that wrote a fresh result although asked to accumulate: add it in here, as the
-  // autograd engine would have.
-  if (p.into.w_ih.defined() && wg.w_ih.defined()) p.into.w_ih.add_(std::exchange(wg.w_ih, at::Tensor()));
-  if (p.into.w_hh.defined() && wg.w_hh.defined()) p.into.w_hh.add_(std::exchange(wg.w_hh, at::Tensor()));
-  r.grad_w_ih = wg.w_ih;
-  r.grad_w_hh = wg.w_hh;
-  r.grad_b_ih = wg.b_ih;
-  r.grad_b_hh = wg.b_hh;
-  return r;
+  return finish_weight_grads<Cell, Family>(in, p, std::move(r));
 }
 
 }  // namespace core
