@@ -31,6 +31,7 @@
 
 #include "core/cells.h"
 #include "core/layer_op.h"
+#include "core/scratch.h"
 #include "cpu/isa.h"
 
 namespace {
@@ -205,11 +206,31 @@ std::optional<Packing> cpu_packing(PyObject* packing, const at::Tensor& data) {
   return p;
 }
 
-// Packed rows (N, F) -> (T, B, F), zeros past each sequence's end (_Packing.padded; in place on the
-// fresh zeros, not index_copy's copy of them).
-at::Tensor padded(const Packing& p, const at::Tensor& rows) {
-  if (p.full) return rows.reshape({p.T, p.B, rows.size(1)});
-  return at::zeros({p.T * p.B, rows.size(1)}, rows.options()).index_copy_(0, p.idx, rows).view({p.T, p.B, rows.size(1)});
+// Packed rows (N, F) -> (T, B, F), zeros past each sequence's end (_Packing.padded): the padding
+// positions (rows [batch_sizes[t], B) of each time, in the sorted order) zeroed and the packed rows
+// copied in, each element written once. `lend`: a call that differentiates nothing takes the buffer
+// from the scratch pool (core/scratch.h; lent while the result lives), so a large padded batch does
+// not fault its pages in afresh on every call.
+at::Tensor padded(const Packing& p, const at::Tensor& rows, bool lend) {
+  const int64_t F = rows.size(1);
+  if (p.full) return rows.reshape({p.T, p.B, F});
+  at::Tensor out = lend && !rows.requires_grad()
+                       ? rnnfast::core::ScratchPool::instance().take(p.T * p.B * F, rows.options()).view({p.T * p.B, F})
+                       : at::empty({p.T * p.B, F}, rows.options());
+  const int64_t* idx = p.idx.const_data_ptr<int64_t>();
+  const int64_t N = p.idx.size(0);
+  const size_t row_bytes = size_t(F) * out.element_size();
+  char* base = static_cast<char*>(out.data_ptr());
+  for (int64_t k = 0, t = 0; t < p.T; ++t) {  // idx: time t's rows t*B + [0, batch_sizes[t])
+    const int64_t live = [&] {
+      int64_t j = k;
+      while (j < N && idx[j] < (t + 1) * p.B) ++j;
+      return j - k;
+    }();
+    k += live;
+    std::memset(base + (t * p.B + live) * row_bytes, 0, (p.B - live) * row_bytes);
+  }
+  return out.index_copy_(0, p.idx, rows).view({p.T, p.B, F});
 }
 
 // (T, B, F) -> its packed rows (N, F) (_Packing.rows).
@@ -333,7 +354,7 @@ PyObject* forward_layers(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     if (double(T) * double(B) * double(I + H) * double(H) * double(L * D) >= double(1 << 15)) {
       released.emplace();
     }
-    if (packing) x = padded(*packing, packed_data);
+    if (packing) x = padded(*packing, packed_data, /*lend=*/!grad);
     const c10::optional<at::Tensor> lengths =
         packing ? c10::optional<at::Tensor>(packing->lengths) : c10::optional<at::Tensor>();
     // No states given: one zeros tensor serves h0 and c0 alike (the ops only read them; one
@@ -375,7 +396,7 @@ PyObject* forward_layers(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       }
       layer_input = D == 1 ? outs[0] : at::cat({outs[0], outs[1]}, 2);
       if (dropout > 0 && l < L - 1) {  // as rnnfast.nn's _dropout: on the packed rows for packed input
-        layer_input = packing ? padded(*packing, at::dropout(packed_rows(*packing, layer_input), dropout, true))
+        layer_input = packing ? padded(*packing, at::dropout(packed_rows(*packing, layer_input), dropout, true), false)
                               : at::dropout(layer_input, dropout, true);
       }
     }
