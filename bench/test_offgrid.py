@@ -8,6 +8,10 @@ are drawn from a fixed seed, so a run is comparable with the committed one.
     python3 bench/run.py bench/test_offgrid.py        # ~3 min on 2 cores -> results/<device>-offgrid.json
     python3 bench/report.py bench/results/<device>-offgrid.json
 
+Beside them (test_offgrid_call, CALLS below): unbatched input, dropout between layers while
+training and a PackedSequence at T = 1, the calls a random sweep found below torch.nn until the C++
+fast path ran them.
+
 Group 'offgrid <shape>'; the shape names cell, I, H, B, T, layers (L), bidirectional (bi),
 batch_first (bf), proj_size (p), dtype, mode and threads. mode 'fwd' runs under
 torch.inference_mode(), 'fwdbwd' is forward + backward of outputs.sum()."""
@@ -75,3 +79,60 @@ def test_offgrid(benchmark, device, index, threads, impl):
     median = run_adaptive(benchmark, step, target_s=TARGET_S)
     record(benchmark, median, suite="offgrid", case=name(s), impl=impl, baseline="torch", device=str(device),
            tokens=s["B"] * s["T"], **{k: v for k, v in s.items() if k not in ("mode",)}, mode=s["mode"])
+
+
+# Calls beside the shapes above, each a corner a random sweep of calls found below torch.nn before
+# the fast path ran it (csrc/python.cpp forward_layers): unbatched input of a module or cell, dropout
+# between layers while training (forward only, as an evaluation pass left in train mode, and with
+# backward), a PackedSequence at T = 1. Group 'offgrid call <name>'.
+CALLS = {
+    "unbatched GRUCell H64 fwd": ("GRUCell", dict(I=32, H=64), "unbatched", "fwd"),
+    "unbatched LSTM H64 T5 fwdbwd": ("LSTM", dict(I=32, H=64, T=5), "unbatched", "fwdbwd"),
+    "unbatched RNN 2 layers H64 T5 fwd": ("RNN", dict(I=32, H=64, T=5, L=2), "unbatched", "fwd"),
+    "dropout RNN-ReLU 3 layers H48 B100 T1 train fwd": ("RNN", dict(I=48, H=48, B=100, T=1, L=3), "dropout", "train"),
+    "dropout LSTM 2 layers H128 B20 T35 fwdbwd": ("LSTM", dict(I=128, H=128, B=20, T=35, L=2), "dropout", "fwdbwd"),
+    "packed GRU H128 I16 B10 T1 fwd": ("GRU", dict(I=16, H=128, B=10, T=1), "packed", "fwd"),
+}
+
+
+def call_step(impl, name, device):
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    cls, s, kind, mode = CALLS[name]
+    torch.manual_seed(0)
+    kw = dict(num_layers=s.get("L", 1), dropout=0.3 if kind == "dropout" else 0.0) if "Cell" not in cls else {}
+    if cls == "RNN" and kind == "dropout":
+        kw["nonlinearity"] = "relu"
+    layer = getattr(torch.nn if impl == "torch" else rnnfast, cls)(s["I"], s["H"], **kw).to(device)
+    T, B = s.get("T", 1), s.get("B", 1)
+    shape = (s["I"],) if "Cell" in cls else (T, s["I"]) if kind == "unbatched" else (T, B, s["I"])
+    x = torch.randn(shape, device=device, requires_grad=mode == "fwdbwd")
+    lengths = torch.tensor([T] * B)
+    arg = (lambda: pack_padded_sequence(x, lengths, enforce_sorted=False)) if kind == "packed" else (lambda: x)
+
+    def out(r):
+        r = r[0] if isinstance(r, tuple) else r
+        return r.data if hasattr(r, "batch_sizes") else r
+
+    def step():
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        if mode == "fwd":
+            with torch.inference_mode():
+                layer(arg())
+        elif mode == "train":
+            layer(arg())
+        else:
+            out(layer(arg())).sum().backward()
+    return step
+
+
+@pytest.mark.parametrize("impl", ["torch", "rnnfast"])
+@pytest.mark.parametrize("threads", [1, 2], indirect=True, ids=lambda n: f"th{n}")
+@pytest.mark.parametrize("name", list(CALLS), ids=lambda n: n.replace(" ", "-"))
+def test_offgrid_call(benchmark, device, name, threads, impl):
+    step = call_step(impl, name, device)
+    benchmark.group = f"offgrid call {name} th{threads}"
+    median = run_adaptive(benchmark, step, target_s=TARGET_S)
+    record(benchmark, median, suite="offgrid", case=f"call {name} th{threads}", impl=impl, baseline="torch",
+           device=str(device), threads=threads, mode=CALLS[name][3])

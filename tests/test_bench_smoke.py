@@ -19,6 +19,7 @@ def test_bench_suites_run_a_few_points(tmp_path):
                  " or (test_cell_loop and lstm-H64-B1-th1)"
                  " or (test_predict and gru-H256-th1)"
                  " or (test_offgrid and (s0- or s7-))"
+                 " or (test_offgrid_call and th1 and (unbatched-GRUCell or dropout-LSTM or packed-GRU))"
                  " or (test_packed_grid and (gru-fwd-H64-B8-T35-ragged-th1 or lstm-fwdbwd-H64-B8-T35-uniform-th2))")
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "bench/test_grid.py", "bench/test_cells.py",
@@ -26,7 +27,7 @@ def test_bench_suites_run_a_few_points(tmp_path):
          "--benchmark-disable", "-k", selection],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "16 passed" in proc.stdout, proc.stdout[-2000:]
+    assert "22 passed" in proc.stdout, proc.stdout[-2000:]
 
 
 def test_offgrid_shapes_are_fixed_and_cover_the_corners():
