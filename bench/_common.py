@@ -150,17 +150,12 @@ def packed_lengths(profile, T, B):
     return lengths
 
 
-def packed_step(impl, cell, mode, profile, H, B, T, device):
-    """One point of the PackedSequence suite (bench/test_packed_grid.py): a layer with I = H from seed
-    0 called on pack_padded_sequence(x, packed_lengths(...), enforce_sorted=False) of a time-major x
-    (T, B, H), packing included in the timed work as a user's loop does it; 'fwd' under
-    torch.inference_mode(), 'fwdbwd' forward + backward of the packed output's data summed."""
+def packed_layer_step(layer, x, lengths, mode, device):
+    """The timed call of `layer` on pack_padded_sequence(x, lengths, enforce_sorted=False), the
+    packing included as a user's loop does it: 'fwd' under torch.inference_mode(), 'fwdbwd' forward
+    + backward of the packed output's data summed (x then requires grad; grads reset first)."""
     from torch.nn.utils.rnn import pack_padded_sequence
 
-    torch.manual_seed(0)
-    layer = make_layer(impl, cell, H, H, device)
-    lengths = packed_lengths(profile, T, B)
-    x = torch.randn(T, B, H, device=device, requires_grad=mode == "fwdbwd")
     sync = synchronizer(device)
 
     def fwd():
@@ -176,6 +171,15 @@ def packed_step(impl, cell, mode, profile, H, B, T, device):
         sync()
 
     return fwd if mode == "fwd" else fwdbwd
+
+
+def packed_step(impl, cell, mode, profile, H, B, T, device):
+    """One point of the PackedSequence suite (bench/test_packed_grid.py): a layer with I = H from seed
+    0 on a time-major x (T, B, H) with packed_lengths(profile, T, B), timed by packed_layer_step."""
+    torch.manual_seed(0)
+    layer = make_layer(impl, cell, H, H, device)
+    x = torch.randn(T, B, H, device=device, requires_grad=mode == "fwdbwd")
+    return packed_layer_step(layer, x, packed_lengths(profile, T, B), mode, device)
 
 
 CELL_CLASSES = {"rnn_tanh": "RNNCell", "gru": "GRUCell", "lstm": "LSTMCell"}

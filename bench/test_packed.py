@@ -7,9 +7,8 @@ with per-sequence lengths (frozen rows), torch.nn its packed kernels (oneDNN/ATe
 """
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence
 
-from _common import make_layer, record, run_adaptive, synchronizer
+from _common import make_layer, packed_layer_step, record, run_adaptive
 
 CELLS = ["rnn_tanh", "gru", "lstm"]
 B, T, I, H = 32, 35, 64, 256
@@ -23,16 +22,7 @@ def test_packed(benchmark, device, cell, backend):
     lengths = torch.randint(T // 4, T + 1, (B,))
     lengths[0] = T
     x = torch.randn(T, B, I, device=device, requires_grad=True)
-
-    sync = synchronizer(device)
-
-    def step():
-        layer.zero_grad(set_to_none=True)
-        x.grad = None
-        out, _ = layer(pack_padded_sequence(x, lengths, enforce_sorted=False))
-        out.data.sum().backward()
-        sync()
-
+    step = packed_layer_step(layer, x, lengths, "fwdbwd", device)
     benchmark.group = f"packed {cell}"
     median = run_adaptive(benchmark, step)
     record(benchmark, median, suite="packed", case=f"{cell} B{B} T<={T} H{H}", impl=backend, baseline="torch",
