@@ -308,15 +308,12 @@ PyObject* forward_layers(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   } else if (x.dim() != (step ? 2 : 3)) {
     Py_RETURN_NONE;
   }
-  const at::Tensor packed_data = packing ? x : at::Tensor();
-  if (packing) {
-    // padded below, once the GIL is let go; only the shape is needed before
-  } else if (step) {
-    x = x.unsqueeze(0);
-    if (unbatched) x = x.unsqueeze(0);
+  const at::Tensor packed_data = packing ? x : at::Tensor();  // padded below, once the GIL is let go
+  if (step) {
+    x = unbatched ? x.unsqueeze(0).unsqueeze(0) : x.unsqueeze(0);
   } else if (unbatched) {
     x = x.unsqueeze(1);
-  } else if (batch_first) {
+  } else if (batch_first && !packing) {  // packed data is time-major whatever batch_first says
     x = x.transpose(0, 1);
   }
   if (!packing && x.size(0) == 0) Py_RETURN_NONE;  // a zero-length sequence: the Python path's error
