@@ -77,3 +77,28 @@ def test_small_gemm_script_builds_and_checks_its_kernels():
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| 256x64 |")]
     assert len(rows) == 2, proc.stdout[-2000:]
+
+
+def test_call_sweep_runs_and_keeps_a_seeds_calls(tmp_path):
+    """bench/sweep.py: a seed draws the same base calls with or without the extra fields (so the
+    README's --plain sweeps stay reproducible), and a short sweep runs both libraries and writes its
+    rows."""
+    import random
+
+    import sweep
+    extras = ("bf", "proj", "f64", "nobias", "unsorted")
+    rng_a, rng_b = random.Random(11), random.Random(11)
+    drawn = []
+    for i in range(40):
+        a, b = sweep.draw(rng_a, None), sweep.draw(rng_b, random.Random(i))
+        assert {k: v for k, v in a.items() if k not in extras} == {k: v for k, v in b.items() if k not in extras}
+        assert not any(a[k] for k in extras)
+        drawn.append(b)
+    assert all(any(d[k] for d in drawn) for k in extras)  # each extra field is drawn on somewhere
+    out = tmp_path / "sweep.json"
+    proc = subprocess.run([sys.executable, "bench/sweep.py", "--seed", "11", "--n", "2", "--rounds", "1", "--plain",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 2 and all(r["ratio"] > 0 and r["rnnfast_s"] > 0 for r in rows)
+    assert "geometric mean" in proc.stdout
