@@ -145,7 +145,7 @@ PyObject* tuple_of(std::initializer_list<at::Tensor> ts) {
 // that order. sorted / unsorted: the PackedSequence's indices (undefined when it has none), which
 // put states given in the caller's batch order into the sorted order and the final states back.
 struct Packing {
-  at::Tensor lengths, idx, sorted, unsorted;
+  at::Tensor batch_sizes, lengths, idx, sorted, unsorted;  // batch_sizes: contiguous, on the CPU
   int64_t T = 0, B = 0;
   bool full = false;  // every sequence T long: idx is the identity, the data already the padded batch
 };
@@ -191,6 +191,7 @@ std::optional<Packing> cpu_packing(PyObject* packing, const at::Tensor& data) {
     p.sorted = ix[0];
     p.unsorted = ix[1];
   }
+  p.batch_sizes = batch_sizes;
   p.T = T;
   p.B = B;
   p.full = N == T * B;
@@ -214,22 +215,12 @@ std::optional<Packing> cpu_packing(PyObject* packing, const at::Tensor& data) {
 at::Tensor padded(const Packing& p, const at::Tensor& rows, bool lend) {
   const int64_t F = rows.size(1);
   if (p.full) return rows.reshape({p.T, p.B, F});
-  at::Tensor out = lend && !rows.requires_grad()
-                       ? rnnfast::core::ScratchPool::instance().take(p.T * p.B * F, rows.options()).view({p.T * p.B, F})
-                       : at::empty({p.T * p.B, F}, rows.options());
-  const int64_t* idx = p.idx.const_data_ptr<int64_t>();
-  const int64_t N = p.idx.size(0);
+  at::Tensor out = lend ? rnnfast::core::ScratchPool::instance().take(p.T * p.B * F, rows.options()).view({p.T * p.B, F})
+                        : at::empty({p.T * p.B, F}, rows.options());
+  const int64_t* b = p.batch_sizes.const_data_ptr<int64_t>();
   const size_t row_bytes = size_t(F) * out.element_size();
   char* base = static_cast<char*>(out.data_ptr());
-  for (int64_t k = 0, t = 0; t < p.T; ++t) {  // idx: time t's rows t*B + [0, batch_sizes[t])
-    const int64_t live = [&] {
-      int64_t j = k;
-      while (j < N && idx[j] < (t + 1) * p.B) ++j;
-      return j - k;
-    }();
-    k += live;
-    std::memset(base + (t * p.B + live) * row_bytes, 0, (p.B - live) * row_bytes);
-  }
+  for (int64_t t = 0; t < p.T; ++t) std::memset(base + (t * p.B + b[t]) * row_bytes, 0, (p.B - b[t]) * row_bytes);
   return out.index_copy_(0, p.idx, rows).view({p.T, p.B, F});
 }
 

@@ -441,22 +441,22 @@ class CpuForward {
   // GEMM's G*H*I multiply-adds. False (nothing done) where more rows live: then the chunk's one GEMM
   // over all its rows.
   bool project_live(int64_t t0, int64_t n) {
-    int64_t live = 0;
-    for (int64_t t = t0; t < t0 + n; ++t) live += live_end(len_, t, 0, B_);
-    if (16 * live > 15 * n * B_) return false;
     xg_row_of_.resize(static_cast<size_t>(n));
+    int64_t live = 0;  // xg_row_of_: each time's first xg row, the live rows of the times before it
+    for (int64_t t = t0; t < t0 + n; ++t) {
+      xg_row_of_[t - t0] = live;
+      live += live_end(len_, t, 0, B_);
+    }
+    if (16 * live > 15 * n * B_) return false;
     xg_rows_ = xg_row_of_.data();
     if (live == 0) return true;
     const int64_t I = p_.I;
     at::Tensor a = core::scratch_empty({live, I}, p_.options());
     T_* dst = a.data_ptr<T_>();
     const T_* x = p_.input.const_data_ptr<T_>();
-    int64_t row = 0;
     for (int64_t t = t0; t < t0 + n; ++t) {
-      const int64_t m = live_end(len_, t, 0, B_);
-      xg_row_of_[t - t0] = row;
-      std::memcpy(dst + row * I, x + t * B_ * I, sizeof(T_) * m * I);
-      row += m;
+      const int64_t row = xg_row_of_[t - t0], end = t + 1 < t0 + n ? xg_row_of_[t + 1 - t0] : live;
+      std::memcpy(dst + row * I, x + t * B_ * I, sizeof(T_) * (end - row) * I);
     }
     if constexpr (std::is_same_v<T_, float>) {
       if (rec_in_->run_small(dst, I, xg_ptr_, G * H_, live)) return true;
