@@ -553,3 +553,44 @@ def test_an_op_refusal_under_autocast_gets_the_python_paths_error(monkeypatch):
     assert fast[0] is ValueError and "w_hh must have shape" in fast[1]
     python_path(monkeypatch)
     assert fast == error()
+
+
+@pytest.mark.parametrize("case", ["packed B1 H1 T1", "packed expanded data and hx", "unbatched H1 expanded hx",
+                                  "unbatched cell H1 expanded"])
+def test_new_fast_paths_at_the_edges_match_torch_nn(fast_calls, case):
+    """The packed and unbatched fast paths at batch 1, hidden 1, T = 1 and with stride-0 (expanded)
+    data and states, forward and backward, against torch.nn in float64."""
+    f64 = dict(dtype=torch.float64)
+    if case == "packed B1 H1 T1":
+        make, arg = (lambda lib: lib.GRU(1, 1)), (lambda: (pack_padded_sequence(x, [1]),))
+        x = torch.randn(1, 1, 1, **f64, requires_grad=True)
+        leaves = [x]
+    elif case == "packed expanded data and hx":
+        x = torch.randn(1, 1, 3, **f64, requires_grad=True)
+        h = torch.randn(1, 1, 2, **f64, requires_grad=True)
+        make = lambda lib: lib.LSTM(3, 2, num_layers=2, bidirectional=True)  # noqa: E731
+        arg = lambda: (pack_padded_sequence(x.expand(4, 3, 3), [2, 4, 1], enforce_sorted=False),  # noqa: E731
+                       (h.expand(4, 3, 2), h.expand(4, 3, 2)))
+        leaves = [x, h]
+    elif case == "unbatched H1 expanded hx":
+        x = torch.randn(1, 2, **f64, requires_grad=True)
+        h = torch.randn(1, **f64, requires_grad=True)
+        make, arg = (lambda lib: lib.RNN(2, 1, num_layers=2)), (lambda: (x.expand(5, 2), h.expand(2, 1)))
+        leaves = [x, h]
+    else:
+        x = torch.randn(1, **f64, requires_grad=True)
+        h = torch.randn(1, **f64, requires_grad=True)
+        make, arg = (lambda lib: lib.LSTMCell(2, 1)), (lambda: (x.expand(2), (h.expand(1), h * 2)))
+        leaves = [x, h]
+    results = []
+    for lib in (rnnfast, torch.nn):
+        torch.manual_seed(1)
+        m = make(lib).double()
+        for t in leaves:
+            t.grad = None
+        out = _flat(m(*arg()))
+        sum(o.sin().sum() for o in out).backward()
+        results.append([o.detach() for o in out] + [t.grad.clone() for t in leaves])
+    assert fast_calls == [True]
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
