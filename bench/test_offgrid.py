@@ -9,8 +9,8 @@ are drawn from a fixed seed, so a run is comparable with the committed one.
     python3 bench/report.py bench/results/<device>-offgrid.json
 
 Beside them (test_offgrid_call, CALLS below): unbatched input, dropout between layers while
-training and a PackedSequence at T = 1, the calls a random sweep found below torch.nn until the C++
-fast path ran them.
+training, a PackedSequence at T = 1 and an LSTM with a projection on a PackedSequence, the calls a
+random sweep found below torch.nn until the C++ fast path ran them.
 
 Group 'offgrid <shape>'; the shape names cell, I, H, B, T, layers (L), bidirectional (bi),
 batch_first (bf), proj_size (p), dtype, mode and threads. mode 'fwd' runs under
@@ -92,6 +92,8 @@ CALLS = {
     "dropout RNN-ReLU 3 layers H48 B100 T1 train fwd": ("RNN", dict(I=48, H=48, B=100, T=1, L=3), "dropout", "train"),
     "dropout LSTM 2 layers H128 B20 T35 fwdbwd": ("LSTM", dict(I=128, H=128, B=20, T=35, L=2), "dropout", "fwdbwd"),
     "packed GRU H128 I16 B10 T1 fwd": ("GRU", dict(I=16, H=128, B=10, T=1), "packed", "fwd"),
+    "packed LSTM proj 2 layers H160 P64 I128 B4 T3 fwd": ("LSTM", dict(I=128, H=160, P=64, B=4, T=3, L=2), "packed",
+                                                           "fwd"),
 }
 
 
@@ -103,6 +105,8 @@ def call_step(impl, name, device):
     kw = dict(num_layers=s.get("L", 1), dropout=0.3 if kind == "dropout" else 0.0) if "Cell" not in cls else {}
     if cls == "RNN" and kind == "dropout":
         kw["nonlinearity"] = "relu"
+    if "P" in s:
+        kw["proj_size"] = s["P"]
     layer = getattr(torch.nn if impl == "torch" else rnnfast, cls)(s["I"], s["H"], **kw).to(device)
     T, B = s.get("T", 1), s.get("B", 1)
     shape = (s["I"],) if "Cell" in cls else (T, s["I"]) if kind == "unbatched" else (T, B, s["I"])

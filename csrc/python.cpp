@@ -231,7 +231,7 @@ at::Tensor packed_rows(const Packing& p, const at::Tensor& x) {
 }
 
 // forward_layers(cell, option, input, states, params, names, num_layers, bidirectional, batch_first,
-//                input_size, hidden_size, step, dropout, packing)
+//                input_size, hidden_size, step, dropout, packing, proj_size)
 //   cell         the cell's op name ("rnn_tanh", "gru", "lstm", ...); option: its option value (gru's
 //                reset_after; False for the others)
 //   input        module (step False): (T, B, I), or (B, T, I) with batch_first, or unbatched (T, I);
@@ -239,22 +239,24 @@ at::Tensor packed_rows(const Packing& p, const at::Tensor& x) {
 //   states       None, or a tuple of h (and c): module (L*D, B, H) each (unbatched (L*D, H)), cell
 //                (B, H) each (unbatched (H,))
 //   params       module._parameters; names: a list or tuple of the parameter names, per layer and
-//                direction w_ih, w_hh and (when there are biases) b_ih, b_hh, in torch.nn's
-//                _flat_weights_names order
+//                direction w_ih, w_hh, (when there are biases) b_ih, b_hh and (with proj_size) w_hr,
+//                in torch.nn's _flat_weights_names order
 //   dropout      the probability of dropout between layers (torch.nn's, drawn by the same
 //                at::dropout calls as the Python path), 0 for none (eval mode)
 //   packing      None, or a PackedSequence's (batch_sizes, sorted_indices, unsorted_indices)
+//   proj_size    0, or an LSTM's projection size P (torch.nn.LSTM proj_size): each layer-direction
+//                runs lstm_proj_forward, h states and outputs have P features, c states H
 // Returns module: (output, h_n) or (output, (h_n, c_n)), output the packed rows (N, D*H) with
 // packing (the caller makes them a PackedSequence); cell: (h',) or (h', c'); None to decline.
 PyObject* forward_layers(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 14) {
-    PyErr_SetString(PyExc_TypeError, "rnnfast._C.forward_layers takes 14 arguments");
+  if (nargs != 15) {
+    PyErr_SetString(PyExc_TypeError, "rnnfast._C.forward_layers takes 15 arguments");
     return nullptr;
   }
   PyObject *cell = args[0], *input = args[2], *states = args[3], *params = args[4], *names = args[5];
   const bool option = args[1] == Py_True, bidirectional = args[7] == Py_True, batch_first = args[8] == Py_True;
   const bool step = args[11] == Py_True;
-  const int64_t L = exact_int(args[6]), I = exact_int(args[9]), H = exact_int(args[10]);
+  const int64_t L = exact_int(args[6]), I = exact_int(args[9]), H = exact_int(args[10]), P = exact_int(args[14]);
   double dropout = -1;  // declined unless a float or int in [0, 1]
   if (PyFloat_CheckExact(args[12])) {
     dropout = PyFloat_AS_DOUBLE(args[12]);
@@ -262,17 +264,22 @@ PyObject* forward_layers(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     dropout = double(exact_int(args[12]));
   }
   if (!PyUnicode_Check(cell) || !PyDict_Check(params) || !(PyList_Check(names) || PyTuple_Check(names)) ||
-      !plain_tensor(input) || (args[7] != Py_True && args[7] != Py_False) || L < 1 || I < 0 || H < 0 ||
+      !plain_tensor(input) || (args[7] != Py_True && args[7] != Py_False) || L < 1 || I < 0 || H < 0 || P < 0 ||
+      (step && P != 0) ||
       !(dropout >= 0 && dropout <= 1) || (step && args[13] != Py_None) || at::impl::torch_function_mode_enabled()) {
     Py_RETURN_NONE;
   }
   const CellOps* ops = find_cell_ops(cell);
   if (!ops) Py_RETURN_NONE;
+  // An LSTM with a projection runs lstm_proj_forward (looked up once); only the LSTM has one.
+  const bool proj = P > 0;
+  if (proj && std::strcmp(ops->name, "lstm") != 0) Py_RETURN_NONE;
+  static const rnnfast::core::ProjLayerOp proj_op = rnnfast::core::lstm_proj_layer_op();
 
-  // The parameters, per layer-direction w_ih, w_hh[, b_ih, b_hh].
+  // The parameters, per layer-direction w_ih, w_hh[, b_ih, b_hh][, w_hr].
   const int64_t D = bidirectional ? 2 : 1, n = PySequence_Fast_GET_SIZE(names);
-  const int64_t per = n / (L * D);
-  if (per * L * D != n || (per != 2 && per != 4)) Py_RETURN_NONE;
+  const int64_t per = n / (L * D), biases = per - 2 - (proj ? 1 : 0);
+  if (per * L * D != n || (biases != 0 && biases != 2)) Py_RETURN_NONE;
   std::vector<at::Tensor> w(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
     PyObject* p = PyDict_GetItemWithError(params, PySequence_Fast_GET_ITEM(names, i));  // borrowed
@@ -309,7 +316,10 @@ PyObject* forward_layers(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   }
   if (!packing && x.size(0) == 0) Py_RETURN_NONE;  // a zero-length sequence: the Python path's error
   const int64_t B = packing ? packing->B : x.size(1), num_states = ops->cell_state ? 2 : 1;
-  const std::vector<int64_t> state_shape = step ? std::vector<int64_t>{B, H} : std::vector<int64_t>{L * D, B, H};
+  // h's shape (P features with a projection) and c's
+  const std::array<std::vector<int64_t>, 2> state_shapes = {
+      step ? std::vector<int64_t>{B, proj ? P : H} : std::vector<int64_t>{L * D, B, proj ? P : H},
+      step ? std::vector<int64_t>{B, H} : std::vector<int64_t>{L * D, B, H}};
   std::vector<at::Tensor> s(static_cast<size_t>(num_states));
   if (states != Py_None) {
     if (!PyTuple_Check(states) || PyTuple_GET_SIZE(states) != num_states) Py_RETURN_NONE;
@@ -318,6 +328,7 @@ PyObject* forward_layers(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       if (!plain_tensor(o)) Py_RETURN_NONE;
       s[k] = THPVariable_Unpack(o);
       if (s[k].scalar_type() != w0.scalar_type() || s[k].device() != w0.device()) Py_RETURN_NONE;
+      const std::vector<int64_t>& state_shape = state_shapes[static_cast<size_t>(k)];
       if (unbatched) {  // the unbatched state: the shape without its batch dimension
         if (s[k].dim() != int64_t(state_shape.size()) - 1) Py_RETURN_NONE;
         s[k] = s[k].unsqueeze(step ? 0 : 1);
@@ -346,13 +357,15 @@ PyObject* forward_layers(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     const c10::optional<at::Tensor> lengths =
         packing ? c10::optional<at::Tensor>(packing->lengths) : c10::optional<at::Tensor>();
     // No states given: one zeros tensor serves h0 and c0 alike (the ops only read them; one
-    // allocation and fill fewer per LSTM call). Given: all of them (checked above).
+    // allocation and fill fewer per LSTM call; with a projection h0 is its first B*P zeros).
+    // Given: all of them (checked above).
     // On CPU the fill is a memset, and with one layer-direction the tensor is made (B, H) at once,
     // so no select() per call either (each dispatch ~0.3 us of a ~12 us call).
-    at::Tensor zero_state;
+    at::Tensor zero_state, zero_h;
     const bool single = !step && L * D == 1;
+    const at::IntArrayRef full_shape(state_shapes[num_states - 1]);  // c's (H wide), else h's
     if (states == Py_None) {
-      const at::IntArrayRef shape = single ? at::IntArrayRef(state_shape).slice(1) : at::IntArrayRef(state_shape);
+      const at::IntArrayRef shape = single ? full_shape.slice(1) : full_shape;
       if (w0.is_cpu()) {
         zero_state = cpu_zero_state(shape, w0.options(), /*keep=*/!grad);
       } else {
@@ -364,6 +377,7 @@ PyObject* forward_layers(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
              : reorder            ? s[k].index_select(1, packing->sorted)
                                   : s[k].contiguous();
     }
+    if (proj && zero_state.defined()) zero_h = zero_state.view(-1).narrow(0, 0, B * P).view({B, P});
     const LayerOp& op = ops->op[option ? 1 : 0];
     at::Tensor layer_input = x.contiguous();
     std::vector<at::Tensor> hs, cs;
@@ -372,12 +386,14 @@ PyObject* forward_layers(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       for (int64_t d = 0; d < D; ++d) {
         const int64_t idx = l * D + d;
         const at::Tensor* p = &w[static_cast<size_t>(idx * per)];
-        const c10::optional<at::Tensor> b_ih = per == 4 ? c10::optional<at::Tensor>(p[2]) : c10::nullopt;
-        const c10::optional<at::Tensor> b_hh = per == 4 ? c10::optional<at::Tensor>(p[3]) : c10::nullopt;
+        const c10::optional<at::Tensor> b_ih = biases ? c10::optional<at::Tensor>(p[2]) : c10::nullopt;
+        const c10::optional<at::Tensor> b_hh = biases ? c10::optional<at::Tensor>(p[3]) : c10::nullopt;
         const bool whole = step || (single && zero_state.defined());  // s[k] is this layer-direction's (B, H) state
-        const at::Tensor h0 = whole ? s[0] : s[0].select(0, idx);
+        const at::Tensor h0 = zero_h.defined() ? zero_h : whole ? s[0] : s[0].select(0, idx);
         const at::Tensor c0 = num_states == 2 ? (whole ? s[1] : s[1].select(0, idx)) : at::Tensor();
-        LayerResult r = op(layer_input, h0, c0, p[0], p[1], b_ih, b_hh, /*reverse=*/d == 1, grad, lengths);
+        LayerResult r = proj ? proj_op(layer_input, h0, c0, p[0], p[1], p[per - 1], b_ih, b_hh, /*reverse=*/d == 1,
+                                       grad, lengths)
+                             : op(layer_input, h0, c0, p[0], p[1], b_ih, b_hh, /*reverse=*/d == 1, grad, lengths);
         outs[d] = std::move(r.output);
         hs.push_back(std::move(r.hy));
         if (num_states == 2) cs.push_back(std::move(r.cy));

@@ -406,7 +406,7 @@ class _RecurrentMixin:
         fast = _ops.forward_layers(_OP_OF_MODE.get(self.mode), self._reset_after, input, states, self._parameters,
                                    self._flat_weights_names, self.num_layers, self.bidirectional,
                                    self.batch_first, self.input_size, self.hidden_size, False,
-                                   self.dropout if self.training else 0.0, packing)
+                                   self.dropout if self.training else 0.0, packing, self.proj_size)
         if fast is None or packing is None:
             return fast
         return PackedSequence(fast[0], *packing), fast[1]
@@ -536,7 +536,7 @@ class _CellMixin:
         if _ops.eager_fast():  # the usual call in C++ (see _RecurrentMixin._fast)
             fast = _ops.forward_layers(_OP_OF_MODE.get(self.mode), self._reset_after, input, states, self._parameters,
                                        _CELL_PARAMS[self.bias], 1, False, False, self.input_size,
-                                       self.hidden_size, True, 0.0, None)
+                                       self.hidden_size, True, 0.0, None, 0)
             if fast is not None:
                 return fast
         w_ih = _param(self, "weight_ih")

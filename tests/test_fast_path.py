@@ -146,7 +146,6 @@ class _Sub(torch.Tensor):
 def _declined_cases():
     """(module, call) pairs the fast path must decline, and the Python path then runs."""
     x = torch.randn(3, 2, 4)
-    yield "proj_size", rnnfast.LSTM(4, 6, proj_size=3), lambda m: m(x)
     yield "subclass input", rnnfast.GRU(4, 6), lambda m: m(x.as_subclass(_Sub))
     yield "hx list", rnnfast.LSTM(4, 6), lambda m: m(x, [torch.zeros(1, 2, 6), torch.zeros(1, 2, 6)])
 
@@ -166,14 +165,15 @@ def test_unusual_calls_take_the_python_path_with_the_same_results(monkeypatch, f
 def test_the_fast_path_declines_what_it_does_not_run(fast_calls):
     x = torch.randn(3, 2, 4)
     rnnfast.GRU(4, 6)(x.as_subclass(_Sub))
-    rnnfast.LSTM(4, 6, proj_size=3)(x)
+    rnnfast.GRU(4, 6)(x, torch.zeros(1, 2, 6).as_subclass(_Sub))
     assert fast_calls == [False, False]
-    # dropout between layers runs fast, training (torch.nn's draws) and eval
+    # dropout between layers runs fast, training (torch.nn's draws) and eval; so do projections
     m = rnnfast.GRU(4, 6, num_layers=2, dropout=0.5)
     m(x)
     m.eval()
     m(x)
-    assert fast_calls == [False, False, True, True]
+    rnnfast.LSTM(4, 6, proj_size=3)(x)
+    assert fast_calls == [False, False, True, True, True]
     # a TorchFunctionMode sees the Python path's ops
     seen = []
 
@@ -227,6 +227,18 @@ def _calls():
     yield "dropout training lstm batch_first", rnnfast.LSTM(3, 4, num_layers=3, dropout=0.5, batch_first=True), \
         lambda m: m(xb), [xb]
     yield "dropout 1.0 training rnn", rnnfast.RNN(3, 4, num_layers=2, dropout=1.0), lambda m: m(xb), [xb]
+    # LSTM projections (proj_size: lstm_proj_forward per layer-direction; h P wide, c H wide)
+    xt = torch.randn(6, 4, 3, requires_grad=True)
+    yield "lstm proj 2 layers", rnnfast.LSTM(3, 5, num_layers=2, proj_size=2), lambda m: m(xt), [xt]
+    hp, cp = torch.randn(4, 5, 2, requires_grad=True), torch.randn(4, 5, 4, requires_grad=True)
+    yield "packed unsorted lstm proj hx bidirectional", \
+        rnnfast.LSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2), lambda m: m(p_unsorted(), (hp, cp)), \
+        [xu, hp, cp]
+    yield "dropout training lstm proj batch_first no bias", \
+        rnnfast.LSTM(3, 4, num_layers=3, dropout=0.5, batch_first=True, proj_size=3, bias=False), \
+        lambda m: m(xb), [xb]
+    h2, c2 = torch.randn(1, 1, requires_grad=True), torch.randn(1, 4, requires_grad=True)
+    yield "unbatched lstm proj hx", rnnfast.LSTM(3, 4, proj_size=1), lambda m: m(x, (h2, c2)), [x, h2, c2]
 
 
 def _outputs_and_grads(m, call, inputs, grad):
@@ -260,13 +272,13 @@ def test_packed_unbatched_and_dropout_run_fast_bit_for_bit(monkeypatch, fast_cal
 
 
 @pytest.mark.parametrize("sort", [True, False])
-@pytest.mark.parametrize("name", ["GRU", "LSTM"])
-def test_packed_fast_path_matches_torch_nn_with_dropout(fast_calls, name, sort):
+@pytest.mark.parametrize("name,kw", [("GRU", {}), ("LSTM", {}), ("LSTM", {"proj_size": 2})], ids=str)
+def test_packed_fast_path_matches_torch_nn_with_dropout(fast_calls, name, kw, sort):
     """The fast path's packed and dropout results against torch.nn's, the same dropout masks drawn
     (float64, so the comparison is tight)."""
     torch.manual_seed(0)
-    got = getattr(rnnfast, name)(3, 5, num_layers=3, dropout=0.3, bidirectional=True).double()
-    ref = getattr(torch.nn, name)(3, 5, num_layers=3, dropout=0.3, bidirectional=True).double()
+    got = getattr(rnnfast, name)(3, 5, num_layers=3, dropout=0.3, bidirectional=True, **kw).double()
+    ref = getattr(torch.nn, name)(3, 5, num_layers=3, dropout=0.3, bidirectional=True, **kw).double()
     ref.load_state_dict(got.state_dict())
     pack, _ = _packed(7, 6, 3, sort)
     packed = pack()
@@ -283,7 +295,8 @@ def test_packed_fast_path_matches_torch_nn_with_dropout(fast_calls, name, sort):
 
 @pytest.mark.parametrize("case", [
     "batch_sizes increasing", "batch_sizes zero", "rows", "not a permutation", "not the inverse",
-    "float batch_sizes", "unbatched hx 3-D", "unbatched cell hx 2-D", "dropout out of range"])
+    "float batch_sizes", "unbatched hx 3-D", "unbatched cell hx 2-D", "dropout out of range", "proj hx H wide",
+    "proj cx P wide", "proj weight_hr replaced"])
 def test_calls_the_fast_path_declines_raise_the_python_paths_errors(monkeypatch, case):
     """Malformed PackedSequences, unbatched input with batched states and a bad dropout: the fast
     path declines and the Python path raises its named error, the same with it forced."""
@@ -306,6 +319,14 @@ def test_calls_the_fast_path_declines_raise_the_python_paths_errors(monkeypatch,
             return rnnfast.GRU(3, 4)(torch.randn(5, 3), torch.zeros(1, 1, 4))
         if case == "unbatched cell hx 2-D":
             return rnnfast.GRUCell(3, 4)(torch.randn(3), torch.zeros(1, 4))
+        if case == "proj hx H wide":
+            return rnnfast.LSTM(3, 4, proj_size=2)(torch.randn(5, 2, 3), (torch.zeros(1, 2, 4), torch.zeros(1, 2, 4)))
+        if case == "proj cx P wide":
+            return rnnfast.LSTM(3, 4, proj_size=2)(torch.randn(5, 2, 3), (torch.zeros(1, 2, 2), torch.zeros(1, 2, 2)))
+        if case == "proj weight_hr replaced":
+            m = rnnfast.LSTM(3, 4, proj_size=2)
+            m.weight_hr_l0 = torch.nn.Parameter(torch.randn(3, 4))
+            return m(torch.randn(5, 2, 3))
         m = rnnfast.GRU(3, 4, num_layers=2)
         m.dropout = 1.5
         return m(torch.randn(5, 2, 3))
@@ -556,7 +577,7 @@ def test_an_op_refusal_under_autocast_gets_the_python_paths_error(monkeypatch):
 
 
 @pytest.mark.parametrize("case", ["packed B1 H1 T1", "packed expanded data and hx", "unbatched H1 expanded hx",
-                                  "unbatched cell H1 expanded"])
+                                  "unbatched cell H1 expanded", "packed proj P1 expanded data and states"])
 def test_new_fast_paths_at_the_edges_match_torch_nn(fast_calls, case):
     """The packed and unbatched fast paths at batch 1, hidden 1, T = 1 and with stride-0 (expanded)
     data and states, forward and backward, against torch.nn in float64."""
@@ -572,6 +593,14 @@ def test_new_fast_paths_at_the_edges_match_torch_nn(fast_calls, case):
         arg = lambda: (pack_padded_sequence(x.expand(4, 3, 3), [2, 4, 1], enforce_sorted=False),  # noqa: E731
                        (h.expand(4, 3, 2), h.expand(4, 3, 2)))
         leaves = [x, h]
+    elif case == "packed proj P1 expanded data and states":
+        x = torch.randn(1, 1, 3, **f64, requires_grad=True)
+        h = torch.randn(1, 1, 1, **f64, requires_grad=True)
+        c = torch.randn(1, 1, 2, **f64, requires_grad=True)
+        make = lambda lib: lib.LSTM(3, 2, num_layers=2, bidirectional=True, proj_size=1)  # noqa: E731
+        arg = lambda: (pack_padded_sequence(x.expand(4, 3, 3), [2, 4, 1], enforce_sorted=False),  # noqa: E731
+                       (h.expand(4, 3, 1), c.expand(4, 3, 2)))
+        leaves = [x, h, c]
     elif case == "unbatched H1 expanded hx":
         x = torch.randn(1, 2, **f64, requires_grad=True)
         h = torch.randn(1, **f64, requires_grad=True)

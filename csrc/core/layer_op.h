@@ -70,5 +70,29 @@ LayerOp layer_op(bool option) {
   }
 }
 
+// LSTM with a projection (proj_size > 0): lstm_proj_forward's call, the LayerOp's arguments plus
+// w_hr (P, H); h (B, P), c (B, H), output (T, B, P).
+using ProjLayerOp = std::function<LayerResult(const at::Tensor& x, const at::Tensor& h, const at::Tensor& c,
+                                              const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& w_hr,
+                                              const c10::optional<at::Tensor>& b_ih,
+                                              const c10::optional<at::Tensor>& b_hh, bool reverse, bool workspace,
+                                              const c10::optional<at::Tensor>& lengths)>;
+
+inline ProjLayerOp lstm_proj_layer_op() {
+  using Tensor = at::Tensor;
+  using Opt = c10::optional<at::Tensor>;
+  const c10::OperatorHandle handle =
+      c10::Dispatcher::singleton().findSchemaOrThrow("rnnfast::lstm_proj_forward", "");
+  auto op = handle.typed<std::tuple<Tensor, Tensor, Tensor, Tensor>(
+      const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Opt&,
+      const Opt&, bool, const Opt&, bool)>();
+  return [op](const Tensor& x, const Tensor& h, const Tensor& c, const Tensor& w_ih, const Tensor& w_hh,
+              const Tensor& w_hr, const Opt& b_ih, const Opt& b_hh, bool reverse, bool workspace,
+              const Opt& lengths) {
+    auto r = op.call(x, h, c, w_ih, w_hh, w_hr, b_ih, b_hh, reverse, lengths, workspace);
+    return LayerResult{std::move(std::get<0>(r)), std::move(std::get<1>(r)), std::move(std::get<2>(r))};
+  };
+}
+
 }  // namespace core
 }  // namespace rnnfast
