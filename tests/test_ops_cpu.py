@@ -648,6 +648,42 @@ def test_lengths_gradcheck(cell, reverse):
     assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("padding", ["nan", "inf", "large"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_lengths_whatever_the_padding_holds(cell, dtype, padding):
+    """The input at frozen positions (t >= lengths[b]) is never read into a result: gradients are
+    equal whether it holds zeros, a large finite value (read in place: 0 * x), inf or NaN (zeroed
+    first). A short problem (T * B < 2 (I + H)) whose rows mostly live takes the weight-gradient
+    GEMMs on raw BLAS (cpu/backend.h weight_grads_raw, frozen_rows_finite)."""
+    T, B, I, H = 3, 4, 16, 16
+    lengths = torch.tensor([3, 3, 2, 1])  # 9 of 12 rows live: not the ragged (live rows) path
+    frozen = (torch.arange(T)[:, None] >= lengths[None, :])[..., None]  # (T, B, 1)
+    fill = {"nan": float("nan"), "inf": float("inf"), "large": 1e30}[padding]
+    results = []
+    x0, h0, c0, params = make(cell, T, B, I, H, dtype)
+    c0 = c0 if cell == "lstm" else None
+    for value in (0.0, fill):
+        x = torch.where(frozen, torch.full_like(x0, value), x0.detach()).requires_grad_()
+        w_ih, w_hh, b_ih, b_hh = params
+        if cell == "lstm":
+            got = F.lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=lengths)
+        elif cell.startswith("gru"):
+            got = F.gru(x, h0, w_ih, w_hh, b_ih, b_hh, reset_after=cell == "gru", lengths=lengths)
+        else:
+            got = getattr(F, cell)(x, h0, w_ih, w_hh, b_ih, b_hh, lengths=lengths)
+        loss = (got[0] * ~frozen).sum() + sum(g.sum() for g in got[1:])
+        leaves = [h0] + ([c0] if cell == "lstm" else []) + params
+        results.append(torch.autograd.grad(loss, leaves))
+    for a, b in zip(*results):
+        assert torch.isfinite(b).all()
+        if padding == "large":  # the same GEMMs on the same rows: 0 * 1e30 adds exact zeros
+            assert torch.equal(a, b)
+        else:  # X zeroed first, the weight gradients then by ATen's GEMMs: another summation order
+            tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(a, b, **tol)
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_lengths_opcheck(cell):
     name, fwd, args, extra = _op_args(cell, T=4, B=3)

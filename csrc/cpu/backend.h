@@ -302,6 +302,21 @@ inline bool all_finite(const float* x, int64_t n) {
 
 inline bool all_finite(const double* x, int64_t n) { return all_finite_bits(x, n, int64_t(0x7fefffffffffffffll)); }
 
+// Whether every row of x (T, B, I), contiguous, at a frozen position (t >= lengths[b]) is finite.
+// Their dG rows are zeros, so with finite values there the weight-gradient GEMMs may read X as it
+// is (0 * x = 0) instead of a copy with those rows zeroed (zero_padding); an inf or NaN there must
+// not reach the gradients (0 * inf), and then the copy is made.
+template <typename T_>
+bool frozen_rows_finite(const T_* x, const at::Tensor& lengths, int64_t T, int64_t B, int64_t I) {
+  const int64_t* len = lengths.const_data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t t = std::max<int64_t>(len[b], 0); t < T; ++t) {
+      if (!all_finite(x + (t * B + b) * I, I)) return false;
+    }
+  }
+  return true;
+}
+
 template <typename T_>
 bool zero_first_recurrence(const ForwardProblem& p) {
   if (p.B < kZeroStateMinRows || !p.hx.is_contiguous() || !p.w_hh.is_contiguous()) return false;
@@ -705,16 +720,21 @@ void column_sums(const T_* src, int64_t rows, int64_t n, int64_t ld, T_* out) {
 // short sequence) through raw BLAS calls on the buffers themselves (blas.h gemm_tn): the same GEMMs
 // as weight_grads_separate, without its ~30 dispatcher calls of views and ATen GEMMs, which at a
 // small cell's step cost more than the arithmetic (rnn_tanh backward at H = 16, B = 1: 21 us a
-// call). Honours in.into the same way. False, having written nothing, where it does not apply:
-// padding rows to zero (lengths), an empty dimension, or no BLAS.
+// call). Honours in.into the same way. False, having written nothing, where it does not apply: an
+// inf or NaN in X at a frozen position of a variable-length batch (those rows must be zeroed
+// first: frozen_rows_finite), an empty dimension, or no BLAS. With lengths and finite frozen rows
+// it reads X in place (their dG rows are zeros): a PackedSequence's padded batch has zeros there,
+// and its backward no longer copies X (RNN-tanh I = 512 H = 256 B = 100 T = 3, 2 layers, packed,
+// 68% of the rows live, forward+backward, 1 thread: 0.88x torch.nn in a random sweep).
 template <class Cell, typename T_, class Padding>
 bool weight_grads_raw(const WeightGradInputs<Padding>& in, WeightGrads& g) {
   constexpr int64_t G = Cell::traits.gates, G_rec = Cell::traits.phase0_gates;
   const int64_t T = in.T(), B = in.B(), I = in.I(), P = in.P(), rows = in.rows(), GH = in.gate_rows(), H = GH / G;
   constexpr int64_t kMax = INT32_MAX;  // BLAS's int sizes; checked here so no call below can refuse
   const int64_t WS = Cell::traits.slots * H;
-  if (in.lengths.defined() || rows < 1 || I < 1 || P < 1 || GH < 1 || rows > kMax || I > kMax || P > kMax ||
-      GH > kMax || WS > kMax || !fortran::gemm<T_>()) {
+  if (rows < 1 || I < 1 || P < 1 || GH < 1 || rows > kMax || I > kMax || P > kMax || GH > kMax || WS > kMax ||
+      !fortran::gemm<T_>() ||
+      (in.lengths.defined() && !frozen_rows_finite(in.input.template const_data_ptr<T_>(), in.lengths, T, B, I))) {
     return false;
   }
   const auto opts = in.dg.options();
