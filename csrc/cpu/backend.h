@@ -721,11 +721,13 @@ void column_sums(const T_* src, int64_t rows, int64_t n, int64_t ld, T_* out) {
 // as weight_grads_separate, without its ~30 dispatcher calls of views and ATen GEMMs, which at a
 // small cell's step cost more than the arithmetic (rnn_tanh backward at H = 16, B = 1: 21 us a
 // call). Honours in.into the same way. False, having written nothing, where it does not apply: an
-// inf or NaN in X at a frozen position of a variable-length batch (those rows must be zeroed
-// first: frozen_rows_finite), an empty dimension, or no BLAS. With lengths and finite frozen rows
-// it reads X in place (their dG rows are zeros): a PackedSequence's padded batch has zeros there,
-// and its backward no longer copies X (RNN-tanh I = 512 H = 256 B = 100 T = 3, 2 layers, packed,
-// 68% of the rows live, forward+backward, 1 thread: 0.88x torch.nn in a random sweep).
+// empty dimension, or no BLAS. A variable-length batch's X is read in place where its rows at
+// frozen positions are finite (frozen_rows_finite: their dG rows are zeros, so 0 * x adds exact
+// zeros; a PackedSequence's padded batch has zeros there), else from a copy with those rows zeroed
+// (an inf or NaN there must not reach the gradients as 0 * inf); the same GEMMs either way, so the
+// same bits whatever the padding holds. (RNN-tanh I = 512 H = 256 B = 100 T = 3, 2 layers, packed,
+// 68% of the rows live, forward+backward, 1 thread, was 0.88x torch.nn in a random sweep with
+// these on ATen GEMMs over a zeroed copy.)
 template <class Cell, typename T_, class Padding>
 bool weight_grads_raw(const WeightGradInputs<Padding>& in, WeightGrads& g) {
   constexpr int64_t G = Cell::traits.gates, G_rec = Cell::traits.phase0_gates;
@@ -733,8 +735,7 @@ bool weight_grads_raw(const WeightGradInputs<Padding>& in, WeightGrads& g) {
   constexpr int64_t kMax = INT32_MAX;  // BLAS's int sizes; checked here so no call below can refuse
   const int64_t WS = Cell::traits.slots * H;
   if (rows < 1 || I < 1 || P < 1 || GH < 1 || rows > kMax || I > kMax || P > kMax || GH > kMax || WS > kMax ||
-      !fortran::gemm<T_>() ||
-      (in.lengths.defined() && !frozen_rows_finite(in.input.template const_data_ptr<T_>(), in.lengths, T, B, I))) {
+      !fortran::gemm<T_>()) {
     return false;
   }
   const auto opts = in.dg.options();
@@ -744,6 +745,11 @@ bool weight_grads_raw(const WeightGradInputs<Padding>& in, WeightGrads& g) {
   const T_* dg = in.dg.template const_data_ptr<T_>();
   const T_* dgh = in.dgh.template const_data_ptr<T_>();
   const T_* x = in.input.template const_data_ptr<T_>();  // (T, B, I) contiguous (make_problem)
+  at::Tensor x_zeroed;  // X with the frozen rows zeroed, where they hold an inf or NaN
+  if (in.lengths.defined() && !frozen_rows_finite(x, in.lengths, T, B, I)) {
+    x_zeroed = zero_padding(in.input, in.lengths);
+    x = x_zeroed.template const_data_ptr<T_>();
+  }
   const T_* hx = in.hx.template const_data_ptr<T_>();
   const T_* out = in.output.template const_data_ptr<T_>();
   T_* wi = w_ih.template data_ptr<T_>();
