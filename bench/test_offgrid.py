@@ -9,8 +9,10 @@ are drawn from a fixed seed, so a run is comparable with the committed one.
     python3 bench/report.py bench/results/<device>-offgrid.json
 
 Beside them (test_offgrid_call, CALLS below): unbatched input, dropout between layers while
-training, a PackedSequence at T = 1 and an LSTM with a projection on a PackedSequence, the calls a
-random sweep found below torch.nn until the C++ fast path ran them.
+training, a PackedSequence at T = 1, an LSTM with a projection on a PackedSequence and a short
+packed batch of uniform lengths forward+backward, the calls random sweeps found below torch.nn
+until the C++ fast path ran them (and, the last, until its weight gradients and packing copies
+lost their ATen detours).
 
 Group 'offgrid <shape>'; the shape names cell, I, H, B, T, layers (L), bidirectional (bi),
 batch_first (bf), proj_size (p), dtype, mode and threads. mode 'fwd' runs under
@@ -21,7 +23,7 @@ import pytest
 import torch
 
 import rnnfast
-from _common import forward_backward_step, inference_step, record, run_adaptive
+from _common import forward_backward_step, inference_step, packed_lengths, record, run_adaptive
 
 N_SHAPES = 96
 TARGET_S = 0.25
@@ -94,6 +96,8 @@ CALLS = {
     "packed GRU H128 I16 B10 T1 fwd": ("GRU", dict(I=16, H=128, B=10, T=1), "packed", "fwd"),
     "packed LSTM proj 2 layers H160 P64 I128 B4 T3 fwd": ("LSTM", dict(I=128, H=160, P=64, B=4, T=3, L=2), "packed",
                                                            "fwd"),
+    "packed uniform RNN 2 layers H256 I512 B100 T3 fwdbwd": ("RNN", dict(I=512, H=256, B=100, T=3, L=2,
+                                                                      lengths="uniform"), "packed", "fwdbwd"),
 }
 
 
@@ -111,7 +115,7 @@ def call_step(impl, name, device):
     T, B = s.get("T", 1), s.get("B", 1)
     shape = (s["I"],) if "Cell" in cls else (T, s["I"]) if kind == "unbatched" else (T, B, s["I"])
     x = torch.randn(shape, device=device, requires_grad=mode == "fwdbwd")
-    lengths = torch.tensor([T] * B)
+    lengths = packed_lengths(s.get("lengths", "equal"), T, B)
     arg = (lambda: pack_padded_sequence(x, lengths, enforce_sorted=False)) if kind == "packed" else (lambda: x)
 
     def out(r):
