@@ -96,8 +96,10 @@ def test_call_sweep_runs_and_keeps_a_seeds_calls(tmp_path):
         drawn.append(b)
     assert all(any(d[k] for d in drawn) for k in extras)  # each extra field is drawn on somewhere
     out = tmp_path / "sweep.json"
+    # this checkout's rnnfast, whatever is installed (bench/sweep.py's own directory is bench/)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
     proc = subprocess.run([sys.executable, "bench/sweep.py", "--seed", "11", "--n", "2", "--rounds", "1", "--plain",
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 2 and all(r["ratio"] > 0 and r["rnnfast_s"] > 0 for r in rows)
