@@ -525,11 +525,19 @@ def test_torch_compile_inductor_one_op():
 
 # ---- variable-length batches (lengths) ------------------------------------------------------------
 def _lengths(T, B, seed=0, kind="random"):
-    """Lengths in [1, T]: random (the longest first, the rest in no order), or ragged, a few long
-    sequences among many of length 1, so that at most half the rows of the batch are live and the
-    steps run on their live rows only (csrc/cpu/backend.h live_end, project_live): sorted longest
-    first (a PackedSequence's order, where the live rows are a prefix) or not."""
+    """Lengths in [1, T]: random (the longest first, the rest in no order), mostly live (a few rows
+    one or two steps short: more than 7/8 of the rows live, so the backward's weight gradients and
+    dL/dx run over the whole padded batch, not the gathered live rows: core/loop.h live_rows), or
+    ragged, a few long sequences among many of length 1, so that at most half the rows of the batch
+    are live and the steps run on their live rows only (csrc/cpu/backend.h live_end,
+    project_live): sorted longest first (a PackedSequence's order, where the live rows are a prefix)
+    or not."""
     g = torch.Generator().manual_seed(seed)
+    if kind == "mostly live":
+        lengths = torch.full((B,), T, dtype=torch.int64)
+        lengths[1], lengths[B // 2] = T - 1, T - 2
+        assert 8 * int(lengths.sum()) > 7 * T * B
+        return lengths
     if kind != "random":
         lengths = torch.ones(B, dtype=torch.int64)
         lengths[0], lengths[B // 6], lengths[B // 3] = T, T // 2, 2
@@ -556,7 +564,7 @@ def _per_sequence_reference(cell, x, h0, c0, params, reverse, lengths):
     return outs, hys, cys
 
 
-@pytest.mark.parametrize("kind", ["random", "ragged sorted", "ragged unsorted"])
+@pytest.mark.parametrize("kind", ["random", "mostly live", "ragged sorted", "ragged unsorted"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("cell", CELLS)
@@ -656,8 +664,8 @@ def test_lengths_whatever_the_padding_holds(cell, dtype, padding):
     equal, bit for bit, whether it holds zeros, a large finite value (read in place: 0 * x), inf or
     NaN (a copy with them zeroed). A short problem (T * B < 2 (I + H)) whose rows mostly live takes the weight-gradient
     GEMMs on raw BLAS (cpu/backend.h weight_grads_raw, frozen_rows_finite)."""
-    T, B, I, H = 3, 4, 16, 16
-    lengths = torch.tensor([3, 3, 2, 1])  # 9 of 12 rows live: not the ragged (live rows) path
+    T, B, I, H = 4, 8, 16, 16
+    lengths = torch.tensor([4, 4, 4, 3, 4, 4, 4, 4])  # 31 of 32 rows live: not the gathered live rows
     frozen = (torch.arange(T)[:, None] >= lengths[None, :])[..., None]  # (T, B, 1)
     fill = {"nan": float("nan"), "inf": float("inf"), "large": 1e30}[padding]
     results = []
