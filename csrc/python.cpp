@@ -147,8 +147,9 @@ PyObject* tuple_of(std::initializer_list<at::Tensor> ts) {
 // zero-padded batch, time-major, its sequences in the PackedSequence's sorted order (longest first,
 // so the ops' steps run over their live rows only: cpu/backend.h live_end), idx[k] = t * B + j for
 // the j-th of time t's batch_sizes[t] rows (padded_copy and rows_copy below copy those blocks);
-// N rows in all; lengths (B,) int64 in that order. sorted / unsorted: the PackedSequence's indices (undefined when it has none), which
-// put states given in the caller's batch order into the sorted order and the final states back.
+// N rows in all; lengths (B,) int64 in that order. sorted / unsorted: the PackedSequence's indices
+// (undefined when it has none), which put states given in the caller's batch order into the sorted
+// order and the final states back.
 struct Packing {
   at::Tensor batch_sizes, lengths, sorted, unsorted;  // batch_sizes: contiguous, on the CPU
   int64_t T = 0, B = 0, N = 0;
@@ -228,37 +229,38 @@ std::vector<int64_t> block_offsets(const at::Tensor& batch_sizes, int64_t T) {
   return off;
 }
 
-at::Tensor padded_copy(const at::Tensor& rows, const at::Tensor& batch_sizes, int64_t T, int64_t B, at::Tensor out) {
-  const at::Tensor src = rows.contiguous();
+// Each time's block from src to dst: to_padded, packed src (N, F) into the padded dst (T*B, F), its
+// padding zeroed; else the padded src into the packed dst.
+void copy_blocks(const at::Tensor& src_, const at::Tensor& batch_sizes, int64_t T, int64_t B, at::Tensor& dst,
+                 bool to_padded) {
+  const at::Tensor src = src_.contiguous();
   const int64_t* b = batch_sizes.const_data_ptr<int64_t>();
   const std::vector<int64_t> off = block_offsets(batch_sizes, T);
   const size_t row_bytes = size_t(src.size(1)) * src.element_size();
   const char* from = static_cast<const char*>(src.const_data_ptr());
-  char* to = static_cast<char*>(out.data_ptr());
+  char* to = static_cast<char*>(dst.data_ptr());
   const int64_t grain = std::max<int64_t>(1, kCopyGrainBytes / std::max<int64_t>(1, B * int64_t(row_bytes)));
   at::parallel_for(0, T, grain, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      if (b[t] > 0) std::memcpy(to + t * B * row_bytes, from + off[t] * row_bytes, b[t] * row_bytes);
-      if (b[t] < B) std::memset(to + (t * B + b[t]) * row_bytes, 0, (B - b[t]) * row_bytes);
+      const size_t n = b[t] * row_bytes, packed_at = off[t] * row_bytes, padded_at = t * B * row_bytes;
+      if (!to_padded) {
+        if (n > 0) std::memcpy(to + packed_at, from + padded_at, n);
+        continue;
+      }
+      if (n > 0) std::memcpy(to + padded_at, from + packed_at, n);
+      if (b[t] < B) std::memset(to + padded_at + n, 0, (B - b[t]) * row_bytes);
     }
   });
+}
+
+at::Tensor padded_copy(const at::Tensor& rows, const at::Tensor& batch_sizes, int64_t T, int64_t B, at::Tensor out) {
+  copy_blocks(rows, batch_sizes, T, B, out, /*to_padded=*/true);
   return out;
 }
 
 at::Tensor rows_copy(const at::Tensor& padded2d, const at::Tensor& batch_sizes, int64_t T, int64_t B, int64_t N) {
-  const at::Tensor src = padded2d.contiguous();
-  at::Tensor out = at::empty({N, src.size(1)}, src.options());
-  const int64_t* b = batch_sizes.const_data_ptr<int64_t>();
-  const std::vector<int64_t> off = block_offsets(batch_sizes, T);
-  const size_t row_bytes = size_t(src.size(1)) * src.element_size();
-  const char* from = static_cast<const char*>(src.const_data_ptr());
-  char* to = static_cast<char*>(out.data_ptr());
-  const int64_t grain = std::max<int64_t>(1, kCopyGrainBytes / std::max<int64_t>(1, B * int64_t(row_bytes)));
-  at::parallel_for(0, T, grain, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      if (b[t] > 0) std::memcpy(to + off[t] * row_bytes, from + t * B * row_bytes, b[t] * row_bytes);
-    }
-  });
+  at::Tensor out = at::empty({N, padded2d.size(1)}, padded2d.options());
+  copy_blocks(padded2d, batch_sizes, T, B, out, /*to_padded=*/false);
   return out;
 }
 

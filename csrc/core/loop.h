@@ -342,8 +342,8 @@ inline char* row_bytes(const at::Tensor& buf, int64_t row) {
   return static_cast<char*>(buf.data_ptr()) + row * buf.size(1) * buf.element_size();
 }
 
-// A ragged variable-length batch on the CPU: at most kLiveRowsMaxFraction of its (t, b) rows live
-// (t < lengths[b]), as with one long sequence among short ones, or lengths spread over [1, T]. A
+// A ragged variable-length batch on the CPU: at most kLiveRowsMaxNum / kLiveRowsMaxDen of its (t, b)
+// rows live (t < lengths[b]), as with one long sequence among short ones, or lengths spread over [1, T]. A
 // frozen row's gate gradients are zero, so the weight gradients are sums over the live rows only
 // and dL/dx is zero elsewhere: their GEMMs then run on the live rows gathered (the T*B-row indices
 // returned here, ascending; gather_rows), not on the whole padded batch. Undefined otherwise (no
