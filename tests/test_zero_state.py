@@ -112,3 +112,21 @@ def test_non_finite_weight_or_state_propagates(mode, value, where):
         assert want.isnan().any()
     assert torch.equal(got.isnan(), want.isnan())
     torch.testing.assert_close(got.nan_to_num(), want.nan_to_num(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["RNN", "GRU", "LSTM"])
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_one_nonzero_anywhere_in_a_large_state_is_seen(mode, where):
+    """all_zero reads hx in blocks and stops at the first nonzero one: a state of zeros but one
+    element, in the first or the last block of a state much larger than a block, is not zero."""
+    ref, mine = make(mode, H=300)
+    state = initial_state(ref, 8, "zeros")
+    h = state[0] if isinstance(state, tuple) else state
+    with torch.no_grad():
+        h.view(-1)[0 if where == "first" else -1] = 0.5
+    x = torch.randn(1, 8, 12)
+    with torch.inference_mode():
+        assert skipped(lambda: mine(x, state)) == 0
+        want, _ = ref(x, state)
+        got, _ = mine(x, state)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-6)
