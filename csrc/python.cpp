@@ -25,9 +25,6 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/python_variable.h>
 
-#include <ATen/Parallel.h>
-
-#include <algorithm>
 #include <array>
 #include <cstring>
 #include <optional>
@@ -36,6 +33,7 @@
 #include "core/cells.h"
 #include "core/layer_op.h"
 #include "core/scratch.h"
+#include "core/tensors.h"
 #include "cpu/isa.h"
 
 namespace {
@@ -146,13 +144,13 @@ PyObject* tuple_of(std::initializer_list<at::Tensor> ts) {
 // A PackedSequence's layout, as rnnfast.nn._Packing: packed row k is row idx[k] of the (T*B, *)
 // zero-padded batch, time-major, its sequences in the PackedSequence's sorted order (longest first,
 // so the ops' steps run over their live rows only: cpu/backend.h live_end), idx[k] = t * B + j for
-// the j-th of time t's batch_sizes[t] rows (padded_copy and rows_copy below copy those blocks);
-// N rows in all; lengths (B,) int64 in that order. sorted / unsorted: the PackedSequence's indices
-// (undefined when it has none), which put states given in the caller's batch order into the sorted
-// order and the final states back.
+// the j-th of time t's batch_sizes[t] rows (ascending: one run of rows per time step); lengths (B,)
+// int64 in that order. sorted / unsorted: the PackedSequence's indices (undefined when it has none),
+// which put states given in the caller's batch order into the sorted order and the final states
+// back.
 struct Packing {
-  at::Tensor batch_sizes, lengths, sorted, unsorted;  // batch_sizes: contiguous, on the CPU
-  int64_t T = 0, B = 0, N = 0;
+  at::Tensor lengths, idx, sorted, unsorted;
+  int64_t T = 0, B = 0;
   bool full = false;  // every sequence T long: idx is the identity, the data already the padded batch
 };
 
@@ -197,109 +195,53 @@ std::optional<Packing> cpu_packing(PyObject* packing, const at::Tensor& data) {
     p.sorted = ix[0];
     p.unsorted = ix[1];
   }
-  p.batch_sizes = batch_sizes;
   p.T = T;
   p.B = B;
-  p.N = N;
   p.full = N == T * B;
   p.lengths = at::zeros({B}, at::kLong);
-  int64_t* lengths = p.lengths.data_ptr<int64_t>();
+  p.idx = at::empty({N}, at::kLong);
+  int64_t *lengths = p.lengths.data_ptr<int64_t>(), *idx = p.idx.data_ptr<int64_t>(), k = 0;
   for (int64_t t = 0; t < T; ++t) {
-    for (int64_t j = 0; j < b[t]; ++j) ++lengths[j];
+    for (int64_t j = 0; j < b[t]; ++j) {
+      idx[k++] = t * B + j;
+      ++lengths[j];
+    }
   }
   return p;
 }
 
-// Between the packed rows (N, F) and the padded batch (T*B, F), time-major, in the sorted order:
-// the packed rows of time t are a block of batch_sizes[t] rows, and so are their padded rows
-// (rows [t*B, t*B + batch_sizes[t])), so each time is one memcpy (and one memset of its padding)
-// rather than a row-indexed ATen op (index_copy_ / index_select and, in backward, their index
-// kernels: RNN-tanh I = 512 B = 100 T = 3 packed spent ~0.5 ms a forward+backward call in them).
-// Plain copies: the same values as _Packing's index ops, bit for bit. Times are split over the
-// intra-op threads in blocks of about kCopyGrainBytes (as ATen's fill and index kernels are: a
-// single-threaded fill of a 3.2 MB padded gradient cost RNN-tanh H = 256 B = 32 T = 100 ragged
-// forward+backward at 2 threads ~15%).
-constexpr int64_t kCopyGrainBytes = int64_t(1) << 16;
-
-// The packed row at which each time's block starts (T + 1 offsets).
-std::vector<int64_t> block_offsets(const at::Tensor& batch_sizes, int64_t T) {
-  const int64_t* b = batch_sizes.const_data_ptr<int64_t>();
-  std::vector<int64_t> off(static_cast<size_t>(T + 1), 0);
-  for (int64_t t = 0; t < T; ++t) off[t + 1] = off[t] + b[t];
-  return off;
-}
-
-// Each time's block from src to dst: to_padded, packed src (N, F) into the padded dst (T*B, F), its
-// padding zeroed; else the padded src into the packed dst.
-void copy_blocks(const at::Tensor& src_, const at::Tensor& batch_sizes, int64_t T, int64_t B, at::Tensor& dst,
-                 bool to_padded) {
-  const at::Tensor src = src_.contiguous();
-  const int64_t* b = batch_sizes.const_data_ptr<int64_t>();
-  const std::vector<int64_t> off = block_offsets(batch_sizes, T);
-  const size_t row_bytes = size_t(src.size(1)) * src.element_size();
-  const char* from = static_cast<const char*>(src.const_data_ptr());
-  char* to = static_cast<char*>(dst.data_ptr());
-  const int64_t grain = std::max<int64_t>(1, kCopyGrainBytes / std::max<int64_t>(1, B * int64_t(row_bytes)));
-  at::parallel_for(0, T, grain, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const size_t n = b[t] * row_bytes, packed_at = off[t] * row_bytes, padded_at = t * B * row_bytes;
-      if (!to_padded) {
-        if (n > 0) std::memcpy(to + packed_at, from + padded_at, n);
-        continue;
-      }
-      if (n > 0) std::memcpy(to + padded_at, from + packed_at, n);
-      if (b[t] < B) std::memset(to + padded_at + n, 0, (B - b[t]) * row_bytes);
-    }
-  });
-}
-
-at::Tensor padded_copy(const at::Tensor& rows, const at::Tensor& batch_sizes, int64_t T, int64_t B, at::Tensor out) {
-  copy_blocks(rows, batch_sizes, T, B, out, /*to_padded=*/true);
-  return out;
-}
-
-at::Tensor rows_copy(const at::Tensor& padded2d, const at::Tensor& batch_sizes, int64_t T, int64_t B, int64_t N) {
-  at::Tensor out = at::empty({N, padded2d.size(1)}, padded2d.options());
-  copy_blocks(padded2d, batch_sizes, T, B, out, /*to_padded=*/false);
-  return out;
-}
-
-// The two as autograd functions, each the other's backward (so differentiable to any order).
+// Between the packed rows (N, F) and the padded batch (T*B, F): core::scatter_rows / gather_rows
+// over idx (core/tensors.h), one memcpy per time step (the packed rows of time t are the padded rows
+// [t*B, t*B + batch_sizes[t])) and the padding zeroed, rather than the Python path's index_copy_ /
+// index_select and, in backward, their index kernels (RNN-tanh I = 512 B = 100 T = 3 packed spent
+// ~0.5 ms a forward+backward call in them). Plain copies: the same values, bit for bit. With grad,
+// two autograd functions, each the other's backward (so differentiable to any order).
 struct PadRows : public torch::autograd::Function<PadRows> {
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& rows,
-                            const at::Tensor& batch_sizes, int64_t T, int64_t B) {
-    ctx->saved_data["batch_sizes"] = batch_sizes;
-    ctx->saved_data["T"] = T;
-    ctx->saved_data["B"] = B;
-    ctx->saved_data["N"] = rows.size(0);
-    return padded_copy(rows, batch_sizes, T, B, at::empty({T * B, rows.size(1)}, rows.options()));
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& rows, const at::Tensor& idx,
+                            int64_t padded_rows) {
+    ctx->saved_data["idx"] = idx;
+    return rnnfast::core::scatter_rows(rows, idx, at::empty({padded_rows, rows.size(1)}, rows.options()));
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads);
 };
 
 struct GatherRows : public torch::autograd::Function<GatherRows> {
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& padded2d,
-                            const at::Tensor& batch_sizes, int64_t T, int64_t B, int64_t N) {
-    ctx->saved_data["batch_sizes"] = batch_sizes;
-    ctx->saved_data["T"] = T;
-    ctx->saved_data["B"] = B;
-    return rows_copy(padded2d, batch_sizes, T, B, N);
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& padded2d, const at::Tensor& idx) {
+    ctx->saved_data["idx"] = idx;
+    ctx->saved_data["padded_rows"] = padded2d.size(0);
+    return rnnfast::core::gather_rows(padded2d, idx, at::empty({idx.size(0), padded2d.size(1)}, padded2d.options()));
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    const at::Tensor bs = ctx->saved_data["batch_sizes"].toTensor();
-    return {PadRows::apply(grads[0], bs, ctx->saved_data["T"].toInt(), ctx->saved_data["B"].toInt()), at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor()};
+    return {PadRows::apply(grads[0], ctx->saved_data["idx"].toTensor(), ctx->saved_data["padded_rows"].toInt()),
+            at::Tensor()};
   }
 };
 
 torch::autograd::variable_list PadRows::backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-  const at::Tensor bs = ctx->saved_data["batch_sizes"].toTensor();
-  const int64_t T = ctx->saved_data["T"].toInt(), B = ctx->saved_data["B"].toInt();
-  return {GatherRows::apply(grads[0], bs, T, B, ctx->saved_data["N"].toInt()), at::Tensor(), at::Tensor(),
-          at::Tensor()};
+  return {GatherRows::apply(grads[0], ctx->saved_data["idx"].toTensor()), at::Tensor(), at::Tensor()};
 }
 
 // Packed rows (N, F) -> (T, B, F), zeros past each sequence's end (_Packing.padded), each element
@@ -310,19 +252,19 @@ at::Tensor padded(const Packing& p, const at::Tensor& rows, bool lend) {
   const int64_t F = rows.size(1);
   if (p.full) return rows.reshape({p.T, p.B, F});
   if (rows.requires_grad() && at::GradMode::is_enabled()) {
-    return PadRows::apply(rows, p.batch_sizes, p.T, p.B).view({p.T, p.B, F});
+    return PadRows::apply(rows, p.idx, p.T * p.B).view({p.T, p.B, F});
   }
   at::Tensor out = lend ? rnnfast::core::ScratchPool::instance().take(p.T * p.B * F, rows.options()).view({p.T * p.B, F})
                         : at::empty({p.T * p.B, F}, rows.options());
-  return padded_copy(rows, p.batch_sizes, p.T, p.B, out).view({p.T, p.B, F});
+  return rnnfast::core::scatter_rows(rows, p.idx, out).view({p.T, p.B, F});
 }
 
 // (T, B, F) -> its packed rows (N, F) (_Packing.rows).
 at::Tensor packed_rows(const Packing& p, const at::Tensor& x) {
   const at::Tensor rows = x.reshape({p.T * p.B, x.size(2)});
   if (p.full) return rows;
-  if (x.requires_grad() && at::GradMode::is_enabled()) return GatherRows::apply(rows, p.batch_sizes, p.T, p.B, p.N);
-  return rows_copy(rows, p.batch_sizes, p.T, p.B, p.N);
+  if (x.requires_grad() && at::GradMode::is_enabled()) return GatherRows::apply(rows, p.idx);
+  return rnnfast::core::gather_rows(rows, p.idx, at::empty({p.idx.size(0), rows.size(1)}, rows.options()));
 }
 
 // forward_layers(cell, option, input, states, params, names, num_layers, bidirectional, batch_first,

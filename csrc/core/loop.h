@@ -18,7 +18,6 @@
 // the backend's device and stream, so backend-neutral). NoProjection is the empty hook.
 #pragma once
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <ATen/record_function.h>
 
 #include "args.h"
@@ -373,59 +372,6 @@ inline at::Tensor live_rows(const at::Tensor& len, int64_t T, int64_t B, const a
   return idx;
 }
 
-// Row runs of ascending row indices idx: calls f(k, row, n) for each run of n consecutive indices
-// starting at position k (idx[k] = row), over the intra-op threads in blocks of positions.
-template <class F>
-void for_row_runs(const at::Tensor& idx, int64_t row_elems, const F& f) {
-  const int64_t n = idx.size(0);
-  const int64_t* r = idx.const_data_ptr<int64_t>();
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(1, row_elems));
-  at::parallel_for(0, n, grain, [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1;) {
-      int64_t e = k + 1;
-      while (e < k1 && r[e] == r[e - 1] + 1) ++e;
-      f(k, r[k], e - k);
-      k = e;
-    }
-  });
-}
-
-// Rows idx (ascending) of a contiguous 2-D CPU tensor into dst (idx.size(0), F), one memcpy per run
-// of consecutive rows: index_select's values, without its per-row index kernel.
-inline at::Tensor gather_rows(const at::Tensor& src, const at::Tensor& idx, at::Tensor dst) {
-  const at::Tensor s = src.contiguous();
-  const size_t bytes = size_t(s.size(1)) * s.element_size();
-  const char* from = static_cast<const char*>(s.const_data_ptr());
-  char* to = static_cast<char*>(dst.data_ptr());
-  for_row_runs(idx, s.size(1), [&](int64_t k, int64_t row, int64_t n) {
-    std::memcpy(to + k * bytes, from + row * bytes, n * bytes);
-  });
-  return dst;
-}
-
-// The inverse: a fresh (rows, F) tensor with src's rows at idx (ascending) and zeros elsewhere, as
-// at::zeros(...).index_copy_(0, idx, src), each element written once.
-inline at::Tensor scatter_rows(int64_t rows, const at::Tensor& idx, const at::Tensor& src) {
-  const at::Tensor s = src.contiguous();
-  at::Tensor dst = at::empty({rows, s.size(1)}, s.options());
-  const size_t bytes = size_t(s.size(1)) * s.element_size();
-  const int64_t n = idx.size(0);
-  const int64_t* r = idx.const_data_ptr<int64_t>();
-  const char* from = static_cast<const char*>(s.const_data_ptr());
-  char* to = static_cast<char*>(dst.data_ptr());
-  // the gaps: before idx[0], between runs, after the last
-  int64_t next = 0;
-  for (int64_t k = 0; k < n; ++k) {
-    if (r[k] > next) std::memset(to + next * bytes, 0, (r[k] - next) * bytes);
-    next = r[k] + 1;
-  }
-  if (rows > next) std::memset(to + next * bytes, 0, (rows - next) * bytes);
-  for_row_runs(idx, s.size(1), [&](int64_t k, int64_t row, int64_t m) {
-    std::memcpy(to + row * bytes, from + k * bytes, m * bytes);
-  });
-  return dst;
-}
-
 // h_{t-1} of the rows idx (T*B-row indices) of a layer, (rows, P): hx's row where the step was the
 // walk's first, else the previous step's output (as fill_prev_states for every row). CPU, contiguous.
 inline at::Tensor prev_state_rows(const at::Tensor& idx, const at::Tensor& hx_, const at::Tensor& output_, bool reverse) {
@@ -515,7 +461,8 @@ BackwardResult recurrent_backward(const typename Family::Context& ctx, const Bac
     const at::Tensor dgh =
         Cell::traits.split_grad ? gather_rows(dGh.view({T * B, G * H}), live, scratch_empty({n, G * H}, opts)) : dg;
     if (p.input_grad) {
-      r.grad_input = scatter_rows(T * B, live, Family::input_grad(dg, p.w_ih)).view({T, B, p.I});
+      r.grad_input =
+          scatter_rows(Family::input_grad(dg, p.w_ih), live, at::empty({T * B, p.I}, opts)).view({T, B, p.I});
     } else if (!p.into.drops_unrequested) {
       r.grad_input = at::zeros_like(p.input);
     }

@@ -15,7 +15,8 @@
 // batch (t >= lengths[b], which callers never promise to fill) are zeroed in X, since 0 * NaN
 // would otherwise reach every weight gradient (their dG rows are zero):
 //   Padding::without_padding(input (T, B, I), lengths) -> X with those rows zeroed (input itself
-//       when there is nothing to zero and the backend can tell cheaply)
+//       when there is nothing to zero, or, on the CPU, when those rows are all finite: 0 * x is
+//       then an exact zero)
 //   Padding::zero_rows(rows (T*B, n) view, lengths, T, B) -> zeroes them in place
 #pragma once
 #include <ATen/ATen.h>

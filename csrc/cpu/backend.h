@@ -219,17 +219,6 @@ inline void zero_frozen_rows(const at::Tensor& rows, const at::Tensor& lengths, 
   }
 }
 
-// input (T, B, I) with the rows of frozen positions zeroed: a copy when some row is frozen, else
-// input itself.
-inline at::Tensor zero_padding(const at::Tensor& input, const at::Tensor& lengths) {
-  if (!lengths.defined()) return input;
-  const int64_t T = input.size(0), B = input.size(1);
-  const int64_t* len = lengths.const_data_ptr<int64_t>();
-  if (std::all_of(len, len + B, [T](int64_t l) { return l >= T; })) return input;
-  at::Tensor out = input.clone(at::MemoryFormat::Contiguous);
-  zero_frozen_rows(out.view({T * B, input.size(2)}), lengths, T, B);
-  return out;
-}
 
 // Bias added to the input projection, (G*H) of T_: b_ih + b_hh, except the b_hh rows a cell keeps
 // inside its pointwise math (CellTraits::inner_bias_gate: GRU reset_after's b_hn). Zeros when there
@@ -322,6 +311,28 @@ bool frozen_rows_finite(const T_* x, const at::Tensor& lengths, int64_t T, int64
     }
   }
   return true;
+}
+
+// input (T, B, I) as the weight-gradient GEMMs may read it, rows of frozen positions times their
+// zero dG rows: input itself when no row is frozen or every frozen row is finite (0 * x is then
+// an exact zero: frozen_rows_finite), else a copy with those rows zeroed (an inf or NaN there must
+// not reach the gradients). The same GEMMs run on the same values either way.
+inline at::Tensor zero_padding(const at::Tensor& input, const at::Tensor& lengths) {
+  if (!lengths.defined()) return input;
+  const int64_t T = input.size(0), B = input.size(1), I = input.size(2);
+  const int64_t* len = lengths.const_data_ptr<int64_t>();
+  if (std::all_of(len, len + B, [T](int64_t l) { return l >= T; })) return input;
+  if (input.is_contiguous()) {
+    if (input.scalar_type() == at::kFloat && frozen_rows_finite(input.const_data_ptr<float>(), lengths, T, B, I)) {
+      return input;
+    }
+    if (input.scalar_type() == at::kDouble && frozen_rows_finite(input.const_data_ptr<double>(), lengths, T, B, I)) {
+      return input;
+    }
+  }
+  at::Tensor out = input.clone(at::MemoryFormat::Contiguous);
+  zero_frozen_rows(out.view({T * B, I}), lengths, T, B);
+  return out;
 }
 
 template <typename T_>
@@ -728,11 +739,10 @@ void column_sums(const T_* src, int64_t rows, int64_t n, int64_t ld, T_* out) {
 // as weight_grads_separate, without its ~30 dispatcher calls of views and ATen GEMMs, which at a
 // small cell's step cost more than the arithmetic (rnn_tanh backward at H = 16, B = 1: 21 us a
 // call). Honours in.into the same way. False, having written nothing, where it does not apply: an
-// empty dimension, or no BLAS. A variable-length batch's X is read in place where its rows at
-// frozen positions are finite (frozen_rows_finite: their dG rows are zeros, so 0 * x adds exact
-// zeros; a PackedSequence's padded batch has zeros there), else from a copy with those rows zeroed
-// (an inf or NaN there must not reach the gradients as 0 * inf); the same GEMMs either way, so the
-// same bits whatever the padding holds. (RNN-tanh I = 512 H = 256 B = 100 T = 3, 2 layers, packed,
+// empty dimension, or no BLAS. A variable-length batch's X is read as zero_padding gives it: in
+// place where its rows at frozen positions are finite (a PackedSequence's padded batch has zeros
+// there), else a copy with those rows zeroed; the same GEMMs either way, so the same bits whatever
+// the padding holds. (RNN-tanh I = 512 H = 256 B = 100 T = 3, 2 layers, packed,
 // 68% of the rows live, forward+backward, 1 thread, was 0.88x torch.nn in a random sweep with
 // these on ATen GEMMs over a zeroed copy.)
 template <class Cell, typename T_, class Padding>
@@ -751,12 +761,8 @@ bool weight_grads_raw(const WeightGradInputs<Padding>& in, WeightGrads& g) {
   at::Tensor w_hh = into_hh ? in.into.w_hh : core::new_tensor({GH, P}, opts);
   const T_* dg = in.dg.template const_data_ptr<T_>();
   const T_* dgh = in.dgh.template const_data_ptr<T_>();
-  const T_* x = in.input.template const_data_ptr<T_>();  // (T, B, I) contiguous (make_problem)
-  at::Tensor x_zeroed;  // X with the frozen rows zeroed, where they hold an inf or NaN
-  if (in.lengths.defined() && !frozen_rows_finite(x, in.lengths, T, B, I)) {
-    x_zeroed = zero_padding(in.input, in.lengths);
-    x = x_zeroed.template const_data_ptr<T_>();
-  }
+  const at::Tensor x_read = zero_padding(in.input, in.lengths);  // (T, B, I) contiguous (make_problem)
+  const T_* x = x_read.template const_data_ptr<T_>();
   const T_* hx = in.hx.template const_data_ptr<T_>();
   const T_* out = in.output.template const_data_ptr<T_>();
   T_* wi = w_ih.template data_ptr<T_>();
