@@ -1,6 +1,6 @@
 """The small-batch GEMMs against MKL: the measurements behind csrc/cpu/blas.h's `takes_small` and
 `takes_lanes` (which rows gemm_small and the batch-lane GEMM take), `worth_packing_over_small` (when
-packing W_hh repays against them) and `kPanelsMaxK` (where the panel GEMM replaces MKL's packed one).
+packing W_hh repays against them) and `panels_ok` (where the panel GEMM replaces MKL's packed one).
 
 For a (N, K) weight W and M rows of A, C = A Wᵀ, times (median µs of 7 runs of a loop, 1 thread
 unless --threads), all in one C++ loop (torch.utils.cpp_extension.load compiling blas.h and the
@@ -11,7 +11,7 @@ dispatcher cost is in the numbers:
   mm       at::mm_out (MKL; copies W on every call from 2 rows)
   pack     MKL's pack of Wᵀ for M rows (once per layer call when it packs; the AVX-512 GEMMs off)
   packed   one step on MKL's packed weight (cblas_sgemm_compute)
-  p.pack   RecurrentGemm's panel pack (K <= 128 on AVX-512F, else '-')
+  p.pack   the panel GEMM's pack of Wᵀ (AVX-512F, else '-'; RecurrentGemm uses it where panels_ok)
   p.step   one step of the panel GEMM
 and the break-even step count pack / (small - packed) ('inf': packing never repays). Every result
 is also checked against at::mm's within 1e-4 (they sum in other orders).
@@ -82,13 +82,14 @@ std::vector<double> bench(int64_t M, int64_t N, int64_t K, int64_t iters) {
     check("MKL's packed GEMM");
     t_packed = median_us([&] { r.run_rows(A, K, c.data_ptr<float>(), N, M, false); }, iters);
   }
-  if (avx512 && K <= rnnfast::cpu::kPanelsMaxK) {
-    rnnfast::cpu::set_batch_lanes(true);  // RecurrentGemm packs panels
-    t_ppack = median_us([&] { RecurrentGemm r(w, true, M, RecurrentGemm::kUnknownSteps); }, iters);
-    RecurrentGemm r(w, true, M, RecurrentGemm::kUnknownSteps);
-    r.run_rows(A, K, c.data_ptr<float>(), N, M, false);
+  if (avx512) {  // the panel GEMM's own pack and step, whether or not RecurrentGemm takes it here (panels_ok)
+    const int64_t floats = rnnfast::cpu::panels_pack_floats(N, K);
+    at::Tensor buf = at::empty({floats + 16});
+    float* wp = reinterpret_cast<float*>((reinterpret_cast<std::uintptr_t>(buf.data_ptr<float>()) + 63) / 64 * 64);
+    t_ppack = median_us([&] { rnnfast::cpu::panels_pack(W, K, N, K, true, wp); }, iters);
+    rnnfast::cpu::panels_gemm(A, K, wp, K, c.data_ptr<float>(), N, M, 0, N, false);
     check("the panel GEMM");
-    t_pstep = median_us([&] { r.run_rows(A, K, c.data_ptr<float>(), N, M, false); }, iters);
+    t_pstep = median_us([&] { rnnfast::cpu::panels_gemm(A, K, wp, K, c.data_ptr<float>(), N, M, 0, N, false); }, iters);
   }
   rnnfast::cpu::set_batch_lanes(avx512);
   return {t_small, t_lanes, t_mm, t_pack, t_packed, t_ppack, t_pstep};

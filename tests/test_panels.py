@@ -1,12 +1,13 @@
 """The panel GEMM (csrc/cpu/gemm_avx512.cpp panels_pack / panels_gemm): where a recurrent weight is
-packed once per call (blas.h RecurrentGemm: a sequence long enough, B >= 4) and K <= 128, on a CPU
-with AVX-512F, the per-step GEMM runs on rnnfast's own packed panels instead of MKL's packed API:
-the forward's h W_hhᵀ (K = H) and the backward's dG W_hh (K = G*H, so H <= 32 for the LSTM).
+packed once per call (blas.h RecurrentGemm: a sequence long enough) and the panels measure faster
+than MKL's packed API (blas.h panels_ok: K <= 128, a narrow W of at most 1 MB, or up to 7 rows), on
+a CPU with AVX-512F, the per-step GEMM runs on rnnfast's own packed panels instead of MKL's: the
+forward's h W_hhᵀ (K = H) and the backward's dG W_hh (K = G*H).
 
 Each case runs with the AVX-512 GEMMs on and off (rnnfast._C._set_batch_lanes, the switch the
 panel GEMM shares with the batch-lane GEMM; off, MKL's packed API runs as before) and checks every
 cell against torch.nn (the textbook loop for the reset-before GRU): outputs, states and every
-gradient. The shapes cover the kernel's tails: rows past a block of 6 (B = 4, 5, 7, 13), columns
+gradient. The shapes cover the kernel's tails: rows in blocks (B = 4, 5, 7, 8, 13), columns
 past a panel of 64 and a vector of 16 (G*H = 20, 80, 99, 132), K not a multiple of 16 (H = 5, 9,
 33). The profiler shows which packs ran (rnnfast::pack_panels inside rnnfast::pack_recurrent_weight).
 Row independence holds bit for bit (one FMA chain over k per output), also across threads."""
@@ -46,7 +47,7 @@ def test_training_call_matches_reference(cell, shape, on):
     for a, b in zip(got + ggot, want + gwant):
         assert rel_err(a, b) < 2e-5
     # the forward's W_hhᵀ (K = H <= 128) always goes to the panels when they are on; the backward's
-    # W_hh (K = G*H) too where G*H <= 128
+    # W_hh (K = G*H, N = H: a narrow W) too
     assert (PACK_PANELS in seen) == on
 
 
@@ -66,9 +67,52 @@ def test_backward_weight_on_panels_too(cell):
         assert rel_err(a, b) < 2e-5
 
 
+def panel_packs(cell, T, B, I, H, train):
+    """How many weights one call packs into panels, and how many it packs at all, on the AVX-512
+    GEMMs; the call is checked against the reference (training: every gradient too)."""
+    torch.manual_seed(7)
+    x, h0, c0, params = make(cell, T, B, I, H, torch.float32)
+    if train:
+        want, gwant, up = run_with_grads(reference, cell, x, h0, c0, params, False)
+        with lanes(True):
+            seen = events(lambda: run_with_grads(ours, cell, x, h0, c0, params, False, up))
+            got, ggot, _ = run_with_grads(ours, cell, x, h0, c0, params, False, up)
+        pairs = zip(got + ggot, want + gwant)
+    else:
+        detached = [p.detach() for p in params]
+        with lanes(True), torch.inference_mode():
+            seen = events(lambda: ours(cell, x.detach(), h0.detach(), c0.detach(), detached, False))
+            got = ours(cell, x.detach(), h0.detach(), c0.detach(), detached, False)
+            want = reference(cell, x.detach(), h0.detach(), c0.detach(), detached, False)
+        pairs = zip(got, want)
+    for a, b in pairs:
+        assert rel_err(a, b) < 2e-5
+    return seen.count(PACK_PANELS), seen.count("rnnfast::pack_recurrent_weight")
+
+
+@needs_panels
+@pytest.mark.parametrize("B", [3, 5, 7])
+@pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "lstm"])
+def test_up_to_seven_rows_on_panels_whatever_k(cell, B):
+    """K = 256 (H = 256 forward), 3-7 rows: the panel GEMM, not MKL's packed API, which packs 3-4x
+    slower at these rows and steps slower too (blas.h kPanelsMaxRows); and it packs from B*T >= 64
+    (T = 22 at B = 3: kPanelsQuickRowSteps)."""
+    assert panel_packs(cell, 22, B, 16, 256, False) == (1, 1)
+
+
+@needs_panels
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm"])
+def test_narrow_weights_on_panels_at_any_batch(cell):
+    """B = 32, H = 256: an RNN's W_hh (256 x 256) is narrow and goes to the panels, forward and
+    backward; an LSTM's forward W_hhᵀ (1024 x 256) is wide and stays with MKL, while its backward's
+    dG W_hh (256 columns of C, K = 1024, 1 MB) is narrow: one panel pack of two (kPanelsNarrowMaxN)."""
+    assert panel_packs(cell, 35, 32, 8, 256, True) == ((2, 2) if cell == "rnn_tanh" else (1, 2))
+
+
 @needs_panels
 def test_wider_weights_keep_mkl():
-    """K = 256 (H = 256 forward): MKL's packed API, as before (no panel pack)."""
+    """K = 256 (H = 256 forward), 8 rows of a wide W (768 x 256): MKL's packed API, as before (no
+    panel pack)."""
     torch.manual_seed(2)
     x, h0, c0, params = make("gru", 35, 8, 16, 256, torch.float32)
     with lanes(True), torch.inference_mode():
@@ -78,14 +122,15 @@ def test_wider_weights_keep_mkl():
 
 @needs_panels
 @pytest.mark.parametrize("n_threads", [1, 2])
-@pytest.mark.parametrize("B", [4, 7, 13, 32])
+@pytest.mark.parametrize("B,H", [(4, 128), (7, 128), (8, 128), (13, 128), (32, 128), (7, 256), (8, 256)])
 @pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "lstm"])
-def test_a_row_depends_on_its_own_input_only(cell, B, n_threads):
-    """Each output is one FMA chain over k: the same bits wherever the row sits in its block of 6
-    and whatever the other rows hold; and the same at 2 threads as at 1 (H = 128, B = 4..7: the
-    panels split over the threads; from B = 8 the batch split gives each thread its rows)."""
+def test_a_row_depends_on_its_own_input_only(cell, B, H, n_threads):
+    """Each output is one FMA chain over k: the same bits wherever the row sits in its block (up
+    to 6 rows against the whole panel, 7 or 8 against half of it at a time) and whatever the other
+    rows hold; and the same at 2 threads as at 1 (B = 4..7: the panels split over the threads;
+    from B = 8 the batch split gives each thread its rows)."""
     torch.manual_seed(3)
-    x, h0, c0, params = make(cell, 40, B, 128, 128, torch.float32)
+    x, h0, c0, params = make(cell, 40, B, 128, H, torch.float32)
     x, h0, c0 = x.detach(), h0.detach(), c0.detach()
     params = [p.detach() for p in params]
     out = rows_are_independent(cell, x, h0, c0, params, n_threads)

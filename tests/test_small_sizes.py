@@ -1,7 +1,8 @@
 """Small sizes (issue 12): the CPU recurrent GEMM packs W_hh only when that repays
 (csrc/cpu/blas.h worth_packing: B >= 4 rows, T >= 2 steps and B*T >= 64, against MKL's unpacked
 GEMM; worth_packing_over_small where gemm_small would take the rows: B*T >= 64 from 8 rows (from
-16 when K >= 256), >= 128 below, >= 256 above 3 MB of weight), else runs the unpacked GEMM per step. Both paths, on both sides of the threshold, against torch.nn forward and backward; which
+16 when K >= 256), >= 128 below (>= 64 from 3 rows where the panel GEMM takes a weight of at most
+1 MB), >= 256 above 3 MB of weight), else runs the unpacked GEMM per step. Both paths, on both sides of the threshold, against torch.nn forward and backward; which
 path ran is read from the profiler (the pack has its own scope, rnnfast::pack_recurrent_weight).
 Also: an in-place update of the weights (optimizer step, no_grad copy_, load_state_dict, .data)
 is seen by the very next call, for modules and cells."""
@@ -25,10 +26,14 @@ def takes_small(B, K, N):
 
 def worth_packing(B, T, small=False, K=16, N=64):
     """blas.h's rule, restated: the test checks the extension follows it. Who packs: MKL's packed
-    API, or for K <= 128 on AVX-512F rnnfast's panel GEMM (test_panels.py); a torch without MKL on
-    a CPU without AVX-512F never packs. small: a forward's W_hhᵀ (H a multiple of 16), where
+    API, or on AVX-512F rnnfast's panel GEMM where panels_ok (K <= 128, a narrow W of at most 1 MB,
+    or up to 7 rows; test_panels.py), which packs from B*T >= 64 already at 3-7 rows of a W of at
+    most 1 MB; a torch without MKL on a CPU without AVX-512F packs only for the panels. small: a forward's W_hhᵀ (H a multiple of 16), where
     gemm_small would take the B rows when takes_small(B, K, N); K, N: W_hh's columns and rows."""
-    if not (B >= 4 and T >= 2 and (torch.backends.mkl.is_available() or (HAS_LANES and K <= 128))):
+    panels = HAS_LANES and (K <= 128 or (N <= 512 and N * K * 4 <= 1 << 20) or B <= 7)  # blas.h panels_ok
+    if small and takes_small(B, K, N) and panels and N * K * 4 <= 1 << 20 and 3 <= B <= 7:
+        return T >= 2 and B * T >= 64  # kPanelsQuickRowSteps: the panels' pack is cheap
+    if not (B >= 4 and T >= 2 and (torch.backends.mkl.is_available() or panels)):
         return False
     if small and takes_small(B, K, N):
         quick_small = B < 8 or (B < 16 and K >= 256)
@@ -38,7 +43,7 @@ def worth_packing(B, T, small=False, K=16, N=64):
 
 # (T, B) on both sides of every clause of the rule
 SHAPES = [(1, 1), (1, 64), (2, 31), (2, 32), (8, 7), (8, 8), (7, 8), (16, 4), (15, 4), (32, 4), (31, 4),
-          (64, 3), (64, 1), (3, 2), (4, 17), (4, 16)]
+          (64, 3), (64, 1), (3, 2), (4, 17), (4, 16), (22, 3), (21, 3), (64, 2), (10, 7), (9, 7)]
 
 
 def pair(kind, I, H, dtype=torch.float32, **extra):

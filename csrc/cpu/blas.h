@@ -484,7 +484,19 @@ constexpr int64_t kLanesNoPackMaxRows = 64;
 // T=35 1.00x, H=512 B=15 0.98x, B=16 0.99x). (The standalone table above, bench/small_gemm.py,
 // has W hot in cache; in the layer the pack's own traffic weighs more.)
 constexpr int64_t kSmallNoPackMaxRowsLarge = 8;
-inline bool worth_packing_over_small(int64_t m, int64_t steps, int64_t weight_bytes, int64_t k, bool lanes = false) {
+//
+// Where the panel GEMM takes the weight (`panels`, RecurrentGemm::panels_ok) and it is at most
+// kPanelsQuickMaxBytes, its pack costs a third of MKL's at 3, 5, 6 or 7 rows and its step beats
+// gemm_small by more, so packing repays from m * steps >= kPanelsQuickRowSteps and 3 rows
+// (bench/small_gemm.py, panel columns: break-even 4-8 steps at 3-7 rows for W 1024 x 256,
+// 768 x 256, 256 x 256; 8-16 for 512 x 512; 2 rows 7-20, 1 row never). Above it (LSTM H = 384,
+// 2.25 MB) gemm_small is as fast as the panels at up to 4 rows, and the rules above stand.
+constexpr int64_t kPanelsQuickMaxBytes = int64_t(1) << 20, kPanelsQuickMinRows = 3, kPanelsQuickRowSteps = 64;
+inline bool worth_packing_over_small(int64_t m, int64_t steps, int64_t weight_bytes, int64_t k, bool lanes = false,
+                                     bool panels = false) {
+  if (panels && weight_bytes <= kPanelsQuickMaxBytes && m >= kPanelsQuickMinRows && m < kPackMinRows * 2) {
+    return steps >= kPackMinSteps && m * steps >= kPanelsQuickRowSteps;
+  }
   if (m < kPackMinRows || steps < kPackMinSteps) return false;
   if (lanes && weight_bytes >= kSmallMinWeightBytes && m <= kLanesNoPackMaxRows) return false;
   if (weight_bytes >= kSmallMinWeightBytes) return m > kSmallNoPackMaxRowsLarge && m * steps >= 256;
@@ -627,19 +639,35 @@ inline void gemm_small(const float* w, int64_t ldw, const float* a, int64_t lda,
 constexpr int64_t kLanesMinRows = 16, kLanesMaxRows = 64, kLanesMaxRowsLarge = 128;
 
 // ---- The panel GEMM (gemm_avx512.h) ---------------------------------------------------------
-// Where a weight repays packing (worth_packing, worth_packing_over_small) and K <= kPanelsMaxK, on
-// a CPU with AVX-512F, W is packed into rnnfast's own panels and every step runs the panel GEMM
-// instead of MKL's cblas_sgemm_compute. Measured in a standalone loop (1 thread, us per call, MKL
-// packed compute / panel GEMM; the packs themselves cost about the same, 1.6-2.2 / 1.7-1.8 us at
-// 256 x 64; `python3 bench/small_gemm.py` prints both, its packed and panel step columns):
+// Where a weight repays packing (worth_packing, worth_packing_over_small), on a CPU with AVX-512F,
+// W is packed into rnnfast's own panels and every step runs the panel GEMM instead of MKL's
+// cblas_sgemm_compute, where that measures faster (RecurrentGemm::panels_ok): K <= kPanelsMaxK;
+// a narrow W (N <= kPanelsNarrowMaxN columns of C, at most kPanelsNarrowMaxBytes); or at most
+// kPanelsMaxRows rows a step. Measured in a standalone loop (1 thread, us per call, MKL packed
+// compute / panel GEMM; the packs themselves cost about the same, 1.6-2.2 / 1.7-1.8 us at 256 x 64;
+// `python3 bench/small_gemm.py` prints both, its packed and panel step columns):
 //   W 256 x 64   M=4 1.11 / 0.67   M=8 1.72 / 1.30   M=32 5.73 / 5.03   M=128 20.8 / 19.9
 //   W 192 x 64   M=8 1.39 / 0.99   M=32 4.43 / 3.78
 //   W 512 x 128  M=8 4.95 / 4.76   M=20 12.6 / 11.8  M=32 20.3 / 19.6   M=128 78.2 / 76.7
-//   W 1024 x 256 M=8 19.8 / 20.5   M=32 76.9 / 76.9  M=128 311 / 316      (not taken: K > 128)
-//   W 2048 x 512 M=32 367 / 386    M=128 1291 / 1296                         (not taken)
-// MKL's compute copies A and sets up on every call, which weighs most where K is short; from
-// K = 256 its kernel is as fast or faster (a K x 64 panel no longer stays in L1).
-constexpr int64_t kPanelsMaxK = 128;
+// MKL's compute copies A and sets up on every call, which weighs most where K is short. For longer
+// K (a K x 64 panel no longer fits in L1) it depends on the rows and the width of W, us per step
+// (per pack), MKL / panels (N x K as op(W)ᵀ; 256 x 1024 is an LSTM H=256 backward's dG W_hh):
+//   W 1024 x 256 M=3 11.8 (151) / 7.9 (45)   M=7 18.3 (152) / 18.2 (44)   M=8 18.3 / 19.8  M=32 78.5 / 81.7
+//   W 768 x 256  M=3 8.7 (105) / 6.3 (24)    M=7 13.6 (105) / 12.1 (24)   M=8 14.9 / 13.6  M=32 61.4 / 61.7
+//   W 1536 x 384 M=3 63.0 (538) / 46.2 (185) M=7 76.8 (532) / 71.5 (185)  M=8 59.7 / 73.3  M=16 109 / 122
+//   W 2048 x 512 M=3 163 (4237) / 139 (336)  M=6 213 (3787) / 150 (349)   M=8 143 / 181    M=32 374 / 403
+//   W 512 x 512  M=3 10.0 (142) / 7.8 (50)   M=7 18.7 (143) / 16.1 (50)   M=8 18.7 / 17.5  M=32 83.2 / 80.6
+//   W 256 x 1024 M=3 13.3 (179) / 7.8 (53)   M=7 19.9 (170) / 16.3 (59)   M=8 19.7 / 17.7  M=32 78.6 / 71.1
+//   W 256 x 768  M=3 8.0 (139) / 5.8 (28)    M=8 14.6 / 13.1  M=32 58.0 / 52.3
+//   W 256 x 256  M=3 2.7 (31) / 2.0 (7)      M=8 5.3 / 4.4    M=32 21.9 / 19.7
+//   W 128 x 512  M=3 2.9 (27) / 2.1 (7)      M=8 5.9 / 4.9    M=32 23.7 / 20.7
+// MKL packs 3-4x slower (10x from 4 MB) for 1, 3, 5, 6 or 7 rows than for 2, 4 or 8 and more, and
+// up to 7 rows its step is slower too, at every W measured (1024 x 1024 and 2048 x 512 to 6 rows).
+// From 8 rows its blocking of a wide W wins (N >= 1024; weights from 3 MB never pack at up to 8
+// rows, worth_packing_over_small). For K <= 384 both kernels give the same bits (each C[m, n] one
+// FMA chain over k in order): only K > 384 moves results, by rounding.
+constexpr int64_t kPanelsMaxK = 128, kPanelsMaxRows = 7;
+constexpr int64_t kPanelsNarrowMaxN = 512, kPanelsNarrowMaxBytes = int64_t(1) << 20;
 
 // The packed A of this thread's batch-lane GEMM: 64-byte aligned, grown as needed, kept.
 inline float* lanes_buffer(int64_t floats) {
@@ -736,12 +764,12 @@ class RecurrentGemm {
     const bool fits = max_m > 0 && n_ > 0 && k_ > 0 && max_m < INT32_MAX && n_ < INT32_MAX && k_ < INT32_MAX;
     const bool repays =
         steps == kUnknownSteps ||
-        (takes_small(max_m) ? worth_packing_over_small(max_m, steps, weight_bytes(), k_, takes_lanes(max_m))
+        (takes_small(max_m) ? worth_packing_over_small(max_m, steps, weight_bytes(), k_, takes_lanes(max_m), panels_ok(max_m))
                             : worth_packing(max_m, steps));
-    if (w.scalar_type() == at::kFloat && w.is_contiguous() && fits && repays && (panels_ok() || a.ok())) {
+    if (w.scalar_type() == at::kFloat && w.is_contiguous() && fits && repays && (panels_ok(max_m) || a.ok())) {
       // a profiler scope of its own: tests/test_small_sizes.py checks which calls pack
       RECORD_FUNCTION("rnnfast::pack_recurrent_weight", std::vector<c10::IValue>());
-      if (panels_ok()) {
+      if (panels_ok(max_m)) {
         pack_panels(w, transpose);
       } else {
         // W (rows, cols) contiguous: row-major with ld = cols, as the rule asks
@@ -853,17 +881,39 @@ class RecurrentGemm {
            m <= (weight_bytes() >= kSmallMinWeightBytes ? kLanesMaxRowsLarge : kLanesMaxRows);
   }
 
-  // Whether a weight that repays packing goes to the panel GEMM: AVX-512F (the batch_lanes()
-  // switch, shared by rnnfast's AVX-512 GEMMs) and K <= kPanelsMaxK.
-  bool panels_ok() const { return RNNFAST_BATCH_LANES && k_ <= kPanelsMaxK && batch_lanes(); }
-  // op(W) into the panel GEMM's panels (gemm_avx512.h), 64-byte aligned inside packed_ (panels_).
+  // Whether a weight that repays packing for max_m rows goes to the panel GEMM: AVX-512F (the
+  // batch_lanes() switch, shared by rnnfast's AVX-512 GEMMs) and one of kPanelsMaxK, a narrow W
+  // (kPanelsNarrowMaxN, kPanelsNarrowMaxBytes), kPanelsMaxRows (see there).
+  bool panels_ok(int64_t max_m) const {
+    const bool narrow = n_ <= kPanelsNarrowMaxN && weight_bytes() <= kPanelsNarrowMaxBytes;
+    return RNNFAST_BATCH_LANES && (k_ <= kPanelsMaxK || narrow || max_m <= kPanelsMaxRows) && batch_lanes();
+  }
+  // op(W) into the panel GEMM's panels (gemm_avx512.h), 64-byte aligned inside packed_ (panels_);
+  // split over the intra-op threads from kParallelPackElements (may_parallelize).
+  // From ~13 us of packing (128K elements) a pack split over 2 threads repays its fork and join,
+  // and more: each thread packs the panels that at::parallel_for's same split gives it in every
+  // step (run_panels), so they are in its own core's L2. Module forward, inference, 2 threads,
+  // alternating processes, 6 rounds, time against MKL's pack and steps, serial / split pack: LSTM
+  // H=256 B=7 T=20 1.06x / 0.84x, B=3 T=35 1.04x / 0.87x, B=5 T=35 1.00x / 0.87x.
+  static constexpr int64_t kParallelPackElements = int64_t(1) << 17;
   void pack_panels(const at::Tensor& w, bool transpose) {
 #if RNNFAST_BATCH_LANES
     RECORD_FUNCTION("rnnfast::pack_panels", std::vector<c10::IValue>());  // tests/test_panels.py
     packed_ = core::scratch_empty({panels_pack_floats(n_, k_) + 16}, w.options());
     const auto p = reinterpret_cast<std::uintptr_t>(packed_.data_ptr<float>());
     panels_ = reinterpret_cast<float*>((p + 63) / 64 * 64);
-    panels_pack(w.const_data_ptr<float>(), w.size(1), n_, k_, transpose, panels_);
+    const float* src = w.const_data_ptr<float>();
+    const int64_t ldw = w.size(1), panels = (n_ + kPanelCols - 1) / kPanelCols;
+    if (panels < 2 || n_ * k_ < kParallelPackElements || !may_parallelize()) {
+      panels_pack(src, ldw, n_, k_, transpose, panels_);
+      return;
+    }
+    // a range of whole panels is packed as a weight of its own: its columns of op(W) (rows of W
+    // when transposed) into its panels
+    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+      const int64_t n0 = p0 * kPanelCols, cols = std::min(n_, p1 * kPanelCols) - n0;
+      panels_pack(transpose ? src + n0 * ldw : src + n0, ldw, cols, k_, transpose, panels_ + n0 * k_);
+    });
 #else
     (void)w, (void)transpose;
 #endif

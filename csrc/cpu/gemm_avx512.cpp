@@ -172,23 +172,40 @@ RNNFAST_ALWAYS_INLINE void panel_block(const float* a, int64_t lda, const float*
   }
 }
 
-// All M rows against one panel of NV vectors: blocks of 6 rows (24 accumulators, 4 loads of the
-// panel and 6 broadcasts per 24 FMAs), then the last 1-5 rows.
+// All M rows against one panel of NV vectors. Up to 6 rows in one block against all NV vectors
+// (up to 24 accumulators; 4 loads of the panel and 6 broadcasts per 24 FMAs). 7 or 8 rows in one
+// block too, against half of the panel at a time (14-16 accumulators): every block reads the
+// panel once, where 4 + 3 rows read it twice (and 6 + 1 left one row's 4 FMA chains waiting on
+// their latency). More rows: blocks of at most 6, as equal as they can be.
 template <int NV>
 RNNFAST_ALWAYS_INLINE void panel_rows(const float* a, int64_t lda, const float* panel, int64_t K, float* c,
                                       int64_t ldc, int64_t M, const __mmask16* masks, bool accumulate) {
-  constexpr int MR = 6;
+  if (NV > 2 && (M == 7 || M == 8)) {
+    for (int h = 0; h < NV; h += 2) {
+      if (M == 7) {
+        panel_block<7, 2>(a, lda, panel + 16 * h, K, c + 16 * h, ldc, masks + h, accumulate);
+      } else {
+        panel_block<8, 2>(a, lda, panel + 16 * h, K, c + 16 * h, ldc, masks + h, accumulate);
+      }
+    }
+    return;
+  }
+  constexpr int64_t kMaxRows = 6;
+  const int64_t blocks = (M + kMaxRows - 1) / kMaxRows;
   int64_t m = 0;
-  for (; m + MR <= M; m += MR) panel_block<MR, NV>(a + m * lda, lda, panel, K, c + m * ldc, ldc, masks, accumulate);
-  a += m * lda;
-  c += m * ldc;
-  switch (M - m) {
-    case 1: panel_block<1, NV>(a, lda, panel, K, c, ldc, masks, accumulate); break;
-    case 2: panel_block<2, NV>(a, lda, panel, K, c, ldc, masks, accumulate); break;
-    case 3: panel_block<3, NV>(a, lda, panel, K, c, ldc, masks, accumulate); break;
-    case 4: panel_block<4, NV>(a, lda, panel, K, c, ldc, masks, accumulate); break;
-    case 5: panel_block<5, NV>(a, lda, panel, K, c, ldc, masks, accumulate); break;
-    default: break;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t rows = (M - m) / (blocks - b);  // the larger blocks last
+    const float* ab = a + m * lda;
+    float* cb = c + m * ldc;
+    switch (rows) {
+      case 1: panel_block<1, NV>(ab, lda, panel, K, cb, ldc, masks, accumulate); break;
+      case 2: panel_block<2, NV>(ab, lda, panel, K, cb, ldc, masks, accumulate); break;
+      case 3: panel_block<3, NV>(ab, lda, panel, K, cb, ldc, masks, accumulate); break;
+      case 4: panel_block<4, NV>(ab, lda, panel, K, cb, ldc, masks, accumulate); break;
+      case 5: panel_block<5, NV>(ab, lda, panel, K, cb, ldc, masks, accumulate); break;
+      default: panel_block<6, NV>(ab, lda, panel, K, cb, ldc, masks, accumulate); break;
+    }
+    m += rows;
   }
 }
 
