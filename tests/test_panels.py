@@ -101,6 +101,14 @@ def test_up_to_seven_rows_on_panels_whatever_k(cell, B):
 
 
 @needs_panels
+@pytest.mark.parametrize("B,panels", [(8, 0), (10, 1), (13, 1), (16, 0)])
+def test_rows_between_multiples_of_8_on_panels_at_k_256(B, panels):
+    """LSTM H = 256 (W_hhᵀ 1024 x 256, wide): 9-15 rows go to the panels while K <= 256
+    (kPanelsOddRowsMaxK), where MKL's step pays for its tails; 8 and 16 rows stay with MKL."""
+    assert panel_packs("lstm", 22, B, 16, 256, False) == (panels, 1)
+
+
+@needs_panels
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm"])
 def test_narrow_weights_on_panels_at_any_batch(cell):
     """B = 32, H = 256: an RNN's W_hh (256 x 256) is narrow and goes to the panels, forward and

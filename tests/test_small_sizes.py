@@ -30,7 +30,8 @@ def worth_packing(B, T, small=False, K=16, N=64):
     or up to 7 rows; test_panels.py), which packs from B*T >= 64 already at 3-7 rows of a W of at
     most 1 MB; a torch without MKL on a CPU without AVX-512F packs only for the panels. small: a forward's W_hhᵀ (H a multiple of 16), where
     gemm_small would take the B rows when takes_small(B, K, N); K, N: W_hh's columns and rows."""
-    panels = HAS_LANES and (K <= 128 or (N <= 512 and N * K * 4 <= 1 << 20) or B <= 7)  # blas.h panels_ok
+    odd_rows = B <= 7 or (B < 16 and B != 8 and K <= 256)
+    panels = HAS_LANES and (K <= 128 or (N <= 512 and N * K * 4 <= 1 << 20) or odd_rows)  # blas.h panels_ok
     if small and takes_small(B, K, N) and panels and N * K * 4 <= 1 << 20 and 3 <= B <= 7:
         return T >= 2 and B * T >= 64  # kPanelsQuickRowSteps: the panels' pack is cheap
     if not (B >= 4 and T >= 2 and (torch.backends.mkl.is_available() or panels)):

@@ -642,8 +642,8 @@ constexpr int64_t kLanesMinRows = 16, kLanesMaxRows = 64, kLanesMaxRowsLarge = 1
 // Where a weight repays packing (worth_packing, worth_packing_over_small), on a CPU with AVX-512F,
 // W is packed into rnnfast's own panels and every step runs the panel GEMM instead of MKL's
 // cblas_sgemm_compute, where that measures faster (RecurrentGemm::panels_ok): K <= kPanelsMaxK;
-// a narrow W (N <= kPanelsNarrowMaxN columns of C, at most kPanelsNarrowMaxBytes); or at most
-// kPanelsMaxRows rows a step. Measured in a standalone loop (1 thread, us per call, MKL packed
+// a narrow W (N <= kPanelsNarrowMaxN columns of C, at most kPanelsNarrowMaxBytes); at most
+// kPanelsMaxRows rows a step; or 9-15 rows for K <= kPanelsOddRowsMaxK. Measured in a standalone loop (1 thread, us per call, MKL packed
 // compute / panel GEMM; the packs themselves cost about the same, 1.6-2.2 / 1.7-1.8 us at 256 x 64;
 // `python3 bench/small_gemm.py` prints both, its packed and panel step columns):
 //   W 256 x 64   M=4 1.11 / 0.67   M=8 1.72 / 1.30   M=32 5.73 / 5.03   M=128 20.8 / 19.9
@@ -664,9 +664,13 @@ constexpr int64_t kLanesMinRows = 16, kLanesMaxRows = 64, kLanesMaxRowsLarge = 1
 // MKL packs 3-4x slower (10x from 4 MB) for 1, 3, 5, 6 or 7 rows than for 2, 4 or 8 and more, and
 // up to 7 rows its step is slower too, at every W measured (1024 x 1024 and 2048 x 512 to 6 rows).
 // From 8 rows its blocking of a wide W wins (N >= 1024; weights from 3 MB never pack at up to 8
-// rows, worth_packing_over_small). For K <= 384 both kernels give the same bits (each C[m, n] one
+// rows, worth_packing_over_small), except between its multiples of 8 while K <= 256 (W 1024 x 256
+// M=9 24.6-26.1 / 20.0-22.5, M=12 27.9-31.2 / 26.3-28.2, M=13 37.1-37.9 / 32.6-33.9; in the layer,
+// module forward, alternating processes, time panels / MKL, LSTM H=256 T=35 1 thread B=10 0.95x,
+// B=12 0.95x, B=13 0.95x, forward+backward B=10 0.97x; 2 threads B=10 0.87x, B=13 0.87x; at
+// K = 384 1.02x (LSTM H=384 B=12), so not there). For K <= 384 both kernels give the same bits (each C[m, n] one
 // FMA chain over k in order): only K > 384 moves results, by rounding.
-constexpr int64_t kPanelsMaxK = 128, kPanelsMaxRows = 7;
+constexpr int64_t kPanelsMaxK = 128, kPanelsMaxRows = 7, kPanelsOddRowsMaxK = 256;
 constexpr int64_t kPanelsNarrowMaxN = 512, kPanelsNarrowMaxBytes = int64_t(1) << 20;
 
 // The packed A of this thread's batch-lane GEMM: 64-byte aligned, grown as needed, kept.
@@ -886,7 +890,8 @@ class RecurrentGemm {
   // (kPanelsNarrowMaxN, kPanelsNarrowMaxBytes), kPanelsMaxRows (see there).
   bool panels_ok(int64_t max_m) const {
     const bool narrow = n_ <= kPanelsNarrowMaxN && weight_bytes() <= kPanelsNarrowMaxBytes;
-    return RNNFAST_BATCH_LANES && (k_ <= kPanelsMaxK || narrow || max_m <= kPanelsMaxRows) && batch_lanes();
+    const bool odd_rows = max_m <= kPanelsMaxRows || (max_m < 16 && max_m != 8 && k_ <= kPanelsOddRowsMaxK);
+    return RNNFAST_BATCH_LANES && (k_ <= kPanelsMaxK || narrow || odd_rows) && batch_lanes();
   }
   // op(W) into the panel GEMM's panels (gemm_avx512.h), 64-byte aligned inside packed_ (panels_);
   // split over the intra-op threads from kParallelPackElements (may_parallelize).
