@@ -643,9 +643,10 @@ constexpr int64_t kLanesMinRows = 16, kLanesMaxRows = 64, kLanesMaxRowsLarge = 1
 // W is packed into rnnfast's own panels and every step runs the panel GEMM instead of MKL's
 // cblas_sgemm_compute, where that measures faster (RecurrentGemm::panels_ok): K <= kPanelsMaxK;
 // a narrow W (N <= kPanelsNarrowMaxN columns of C, at most kPanelsNarrowMaxBytes); at most
-// kPanelsMaxRows rows a step; or 9-15 rows for K <= kPanelsOddRowsMaxK. Measured in a standalone loop (1 thread, us per call, MKL packed
-// compute / panel GEMM; the packs themselves cost about the same, 1.6-2.2 / 1.7-1.8 us at 256 x 64;
-// `python3 bench/small_gemm.py` prints both, its packed and panel step columns):
+// kPanelsMaxRows rows a step; or 9-15 rows for K <= kPanelsOddRowsMaxK. Measured in a standalone
+// loop (1 thread, us per call, MKL packed compute / panel GEMM; the packs themselves cost about the
+// same, 1.6-2.2 / 1.7-1.8 us at 256 x 64; `python3 bench/small_gemm.py` prints both, its packed
+// and panel step columns):
 //   W 256 x 64   M=4 1.11 / 0.67   M=8 1.72 / 1.30   M=32 5.73 / 5.03   M=128 20.8 / 19.9
 //   W 192 x 64   M=8 1.39 / 0.99   M=32 4.43 / 3.78
 //   W 512 x 128  M=8 4.95 / 4.76   M=20 12.6 / 11.8  M=32 20.3 / 19.6   M=128 78.2 / 76.7
@@ -668,8 +669,8 @@ constexpr int64_t kLanesMinRows = 16, kLanesMaxRows = 64, kLanesMaxRowsLarge = 1
 // M=9 24.6-26.1 / 20.0-22.5, M=12 27.9-31.2 / 26.3-28.2, M=13 37.1-37.9 / 32.6-33.9; in the layer,
 // module forward, alternating processes, time panels / MKL, LSTM H=256 T=35 1 thread B=10 0.95x,
 // B=12 0.95x, B=13 0.95x, forward+backward B=10 0.97x; 2 threads B=10 0.87x, B=13 0.87x; at
-// K = 384 1.02x (LSTM H=384 B=12), so not there). For K <= 384 both kernels give the same bits (each C[m, n] one
-// FMA chain over k in order): only K > 384 moves results, by rounding.
+// K = 384 1.02x (LSTM H=384 B=12), so not there). For K <= 384 both kernels give the same bits
+// (each C[m, n] one FMA chain over k in order): only K > 384 moves results, by rounding.
 constexpr int64_t kPanelsMaxK = 128, kPanelsMaxRows = 7, kPanelsOddRowsMaxK = 256;
 constexpr int64_t kPanelsNarrowMaxN = 512, kPanelsNarrowMaxBytes = int64_t(1) << 20;
 
@@ -768,8 +769,9 @@ class RecurrentGemm {
     const bool fits = max_m > 0 && n_ > 0 && k_ > 0 && max_m < INT32_MAX && n_ < INT32_MAX && k_ < INT32_MAX;
     const bool repays =
         steps == kUnknownSteps ||
-        (takes_small(max_m) ? worth_packing_over_small(max_m, steps, weight_bytes(), k_, takes_lanes(max_m), panels_ok(max_m))
-                            : worth_packing(max_m, steps));
+        (takes_small(max_m)
+             ? worth_packing_over_small(max_m, steps, weight_bytes(), k_, takes_lanes(max_m), panels_ok(max_m))
+             : worth_packing(max_m, steps));
     if (w.scalar_type() == at::kFloat && w.is_contiguous() && fits && repays && (panels_ok(max_m) || a.ok())) {
       // a profiler scope of its own: tests/test_small_sizes.py checks which calls pack
       RECORD_FUNCTION("rnnfast::pack_recurrent_weight", std::vector<c10::IValue>());
@@ -887,7 +889,7 @@ class RecurrentGemm {
 
   // Whether a weight that repays packing for max_m rows goes to the panel GEMM: AVX-512F (the
   // batch_lanes() switch, shared by rnnfast's AVX-512 GEMMs) and one of kPanelsMaxK, a narrow W
-  // (kPanelsNarrowMaxN, kPanelsNarrowMaxBytes), kPanelsMaxRows (see there).
+  // (kPanelsNarrowMaxN, kPanelsNarrowMaxBytes), kPanelsMaxRows, kPanelsOddRowsMaxK (see there).
   bool panels_ok(int64_t max_m) const {
     const bool narrow = n_ <= kPanelsNarrowMaxN && weight_bytes() <= kPanelsNarrowMaxBytes;
     const bool odd_rows = max_m <= kPanelsMaxRows || (max_m < 16 && max_m != 8 && k_ <= kPanelsOddRowsMaxK);
