@@ -67,9 +67,15 @@ def test_backward_weight_on_panels_too(cell):
         assert rel_err(a, b) < 2e-5
 
 
-def panel_packs(cell, T, B, I, H, train):
+def panel_packs(cell, T, B, I, H, train, n_threads=1):
     """How many weights one call packs into panels, and how many it packs at all, on the AVX-512
-    GEMMs; the call is checked against the reference (training: every gradient too)."""
+    GEMMs at n_threads threads; the call is checked against the reference (training: every gradient
+    too)."""
+    with threads(n_threads):
+        return _panel_packs(cell, T, B, I, H, train)
+
+
+def _panel_packs(cell, T, B, I, H, train):
     torch.manual_seed(7)
     x, h0, c0, params = make(cell, T, B, I, H, torch.float32)
     if train:
@@ -109,6 +115,15 @@ def test_rows_between_multiples_of_8_on_panels_at_k_256(B, panels):
 
 
 @needs_panels
+@pytest.mark.parametrize("B,n_threads,panels", [(20, 1, 0), (20, 2, 1), (8, 2, 1), (26, 2, 1), (32, 2, 0)])
+def test_batch_split_rows_pick_the_kernel(B, n_threads, panels):
+    """At 2 threads a W_hh of at most 1 MB runs batch-split (csrc/cpu/backend.h): each thread steps
+    on B/2 rows, and the kernel is picked by those (batch_split_rows): LSTM H = 256 B = 20 runs 10
+    rows a thread on the panels, B = 8 four; B = 32 sixteen on MKL; at 1 thread B = 20 is MKL's."""
+    assert panel_packs("lstm", 22, B, 16, 256, False, n_threads) == (panels, 1)
+
+
+@needs_panels
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm"])
 def test_narrow_weights_on_panels_at_any_batch(cell):
     """B = 32, H = 256: an RNN's W_hh (256 x 256) is narrow and goes to the panels, forward and
@@ -119,11 +134,11 @@ def test_narrow_weights_on_panels_at_any_batch(cell):
 
 @needs_panels
 def test_wider_weights_keep_mkl():
-    """K = 256 (H = 256 forward), 8 rows of a wide W (768 x 256): MKL's packed API, as before (no
-    panel pack)."""
+    """K = 256 (H = 256 forward), 8 rows of a wide W (768 x 256), 1 thread: MKL's packed API, as
+    before (no panel pack)."""
     torch.manual_seed(2)
     x, h0, c0, params = make("gru", 35, 8, 16, 256, torch.float32)
-    with lanes(True), torch.inference_mode():
+    with lanes(True), threads(1), torch.inference_mode():
         seen = events(lambda: ours("gru", x.detach(), h0.detach(), c0.detach(), [p.detach() for p in params], False))
     assert "rnnfast::pack_recurrent_weight" in seen and PACK_PANELS not in seen
 

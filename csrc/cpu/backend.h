@@ -174,6 +174,20 @@ inline int64_t batch_split_chunks(int64_t B, const RecurrentGemm& rec) {
   return chunks;
 }
 
+// The rows each step GEMM of a call runs at once: a batch-split block's (batch_split_chunks), or all
+// B. RecurrentGemm picks its kernel by them (blas.h panels_ok: at 2 threads B = 10-30 runs 5-15
+// rows a thread, where the panel GEMM beats MKL's). Predicted before W is packed, so without
+// batch_split_chunks' packed-or-gemm_small condition and its loop's `splittable`: a call that then
+// runs all B rows on a kernel picked for fewer gets the panels from 16 rows, where they tie with MKL
+// at the weights that split (at most 1 MB; bench/small_gemm.py W 1024 x 256 M=16-32).
+inline int64_t batch_split_rows(int64_t B, const at::Tensor& w) {
+  if (w.numel() * int64_t(w.element_size()) > kBatchSplitMaxWeightBytes || at::in_parallel_region() || serial_call()) {
+    return B;
+  }
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B / kBatchSplitMinRows));
+  return (B + chunks - 1) / chunks;
+}
+
 // Whether one layer's call is small enough to run on one thread (kSerialCallMacs, blas.h): W_hh
 // under kSerialMaxWeight elements, its steps under kSerialStepMacs and all its `passes` (forward 1,
 // backward 2) under kSerialCallMacs.
@@ -352,7 +366,8 @@ class CpuForward {
              at::Tensor& ws, const CellIo& io)
       : serial_(small_call<G>(p, 1)), p_(p), output_(output), ws_(ws), H_(p.H), B_(p.B), WS_(ws.dim() == 3 ? ws.size(2) : 0),
         // h_{t-1} W_hh[phase 0 gates]ᵀ and (two-phase) the mid-step GEMM, weights packed once for all steps
-        rec_(G_rec == G ? p.w_hh : p.w_hh.narrow(0, 0, G_rec * p.H), /*transpose=*/true, p.B, p.T) {
+        rec_(G_rec == G ? p.w_hh : p.w_hh.narrow(0, 0, G_rec * p.H), /*transpose=*/true, p.B, p.T,
+             batch_split_rows(p.B, p.w_hh)) {
     const auto opts = p.options();
     // The input projection X W_ihᵀ, chunk_ steps at a time (project(), called by the loop) into
     // one reused buffer; the biases are added in the pointwise pass, not here: at::addmm_out first
@@ -608,7 +623,8 @@ class CpuBackward {
               at::Tensor& dh, at::Tensor& dc, const CellIo& io)
       : serial_(small_call<G>(p, 2)), p_(p), dG_(dG), dGh_(dGh), dh_(dh), H_(p.H), B_(p.B), WS_(p.ws.dim() == 3 ? p.ws.size(2) : 0),
         // dGh[t] W_hh[phase 0 gates] and (two-phase) dn W_hn, weights packed once for all steps
-        rec_(G_rec == G ? p.w_hh : p.w_hh.narrow(0, 0, G_rec * p.H), /*transpose=*/false, p.B, p.T) {
+        rec_(G_rec == G ? p.w_hh : p.w_hh.narrow(0, 0, G_rec * p.H), /*transpose=*/false, p.B, p.T,
+             batch_split_rows(p.B, p.w_hh)) {
     if constexpr (Cell::traits.phases == 2) {
       drh_ = at::empty({p.B, p.H}, p.options());
       rec_n_.emplace(p.w_hh.narrow(0, G_rec * p.H, (G - G_rec) * p.H), /*transpose=*/false, p.B, p.T);

@@ -754,7 +754,10 @@ class RecurrentGemm {
  public:
   static constexpr int64_t kUnknownSteps = INT32_MAX;
 
-  RecurrentGemm(const at::Tensor& w, bool transpose, int64_t max_m, int64_t steps = kUnknownSteps)
+  // block_rows: the rows a step's GEMM runs at a time where the caller splits the batch over threads
+  // (backend.h batch_split_rows; 0: max_m), by which the packed kernel is picked (panels_ok).
+  RecurrentGemm(const at::Tensor& w, bool transpose, int64_t max_m, int64_t steps = kUnknownSteps,
+                int64_t block_rows = 0)
       : w_(w),
         transpose_(transpose),
         small_(small_weight_ok(w, transpose)),
@@ -772,10 +775,11 @@ class RecurrentGemm {
         (takes_small(max_m)
              ? worth_packing_over_small(max_m, steps, weight_bytes(), k_, takes_lanes(max_m), panels_ok(max_m))
              : worth_packing(max_m, steps));
-    if (w.scalar_type() == at::kFloat && w.is_contiguous() && fits && repays && (panels_ok(max_m) || a.ok())) {
+    const bool panels = panels_ok(block_rows > 0 ? std::min(block_rows, max_m) : max_m);
+    if (w.scalar_type() == at::kFloat && w.is_contiguous() && fits && repays && (panels || a.ok())) {
       // a profiler scope of its own: tests/test_small_sizes.py checks which calls pack
       RECORD_FUNCTION("rnnfast::pack_recurrent_weight", std::vector<c10::IValue>());
-      if (panels_ok(max_m)) {
+      if (panels) {
         pack_panels(w, transpose);
       } else {
         // W (rows, cols) contiguous: row-major with ld = cols, as the rule asks
