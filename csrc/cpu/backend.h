@@ -164,28 +164,31 @@ RNNFAST_SIMD_CLONES void backward_rows(const MakeRow& row, int64_t b0, int64_t b
 constexpr int64_t kBatchSplitMaxWeightBytes = 1024 * 1024;
 constexpr int64_t kBatchSplitMinRows = 4;
 
+// Row blocks a batch split may use for B rows of a W_hh of weight_bytes: one per thread, of at least
+// kBatchSplitMinRows rows, while W_hh fits (1: no split).
+inline int64_t batch_split_blocks(int64_t B, int64_t weight_bytes) {
+  if (weight_bytes > kBatchSplitMaxWeightBytes || at::in_parallel_region() || serial_call()) return 1;
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B / kBatchSplitMinRows));
+}
+
 // Number of row blocks for the batch-split recurrence (1: run the plain loop). A block's GEMM is
 // the packed one, or gemm_small when W_hh is unpacked and gemm_small takes the largest block.
 inline int64_t batch_split_chunks(int64_t B, const RecurrentGemm& rec) {
-  if (rec.weight_bytes() > kBatchSplitMaxWeightBytes || at::in_parallel_region() || serial_call()) return 1;
-  const int64_t nt = at::get_num_threads();
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(nt, B / kBatchSplitMinRows));
+  const int64_t chunks = batch_split_blocks(B, rec.weight_bytes());
   if (chunks > 1 && !rec.packed() && !rec.takes_small((B + chunks - 1) / chunks)) return 1;
   return chunks;
 }
 
 // The rows each step GEMM of a call runs at once: a batch-split block's (batch_split_chunks), or all
 // B. RecurrentGemm picks its kernel by them (blas.h panels_ok: at 2 threads B = 10-30 runs 5-15
-// rows a thread, where the panel GEMM beats MKL's). Predicted before W is packed, so without
-// batch_split_chunks' packed-or-gemm_small condition and its loop's `splittable`: a call that then
-// runs all B rows on a kernel picked for fewer gets the panels from 16 rows, where they tie with MKL
-// at the weights that split (at most 1 MB; bench/small_gemm.py W 1024 x 256 M=16-32).
-inline int64_t batch_split_rows(int64_t B, const at::Tensor& w) {
-  if (w.numel() * int64_t(w.element_size()) > kBatchSplitMaxWeightBytes || at::in_parallel_region() || serial_call()) {
-    return B;
-  }
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B / kBatchSplitMinRows));
-  return (B + chunks - 1) / chunks;
+// rows a thread, where the panel GEMM beats MKL's). Predicted before W is packed (weight_bytes: of
+// the weight RecurrentGemm is given), so without batch_split_chunks' packed-or-gemm_small condition
+// and its loop's `splittable`: a call that then runs all B rows on a kernel picked for fewer gets
+// the panels from 16 rows, where they tie with MKL at the weights that split (at most 1 MB;
+// bench/small_gemm.py W 1024 x 256 M=16-32).
+inline int64_t batch_split_rows(int64_t B, int64_t weight_bytes) {
+  const int64_t blocks = batch_split_blocks(B, weight_bytes);
+  return (B + blocks - 1) / blocks;
 }
 
 // Whether one layer's call is small enough to run on one thread (kSerialCallMacs, blas.h): W_hh
@@ -355,6 +358,19 @@ bool zero_first_recurrence(const ForwardProblem& p) {
   return all_zero(p.hx.const_data_ptr<T_>(), p.hx.numel()) && all_finite(p.w_hh.const_data_ptr<T_>(), p.w_hh.numel());
 }
 
+// W_hh's rows of the cell's phase-0 gates (all of it for a one-phase cell): the weight of the step
+// GEMM both Backends pack once per call.
+template <class Cell, class Problem>
+at::Tensor phase0_weight(const Problem& p) {
+  constexpr int64_t G = Cell::traits.gates, G_rec = Cell::traits.phase0_gates;
+  return G_rec == G ? p.w_hh : p.w_hh.narrow(0, 0, G_rec * p.H);
+}
+// Its size in bytes (batch_split_rows), without the view.
+template <class Cell, class Problem>
+int64_t phase0_weight_bytes(const Problem& p) {
+  return Cell::traits.phase0_gates * p.H * p.w_hh.size(1) * int64_t(p.w_hh.element_size());
+}
+
 // The forward Backend (loop.h) of Cell over data of type T_.
 template <class Cell, typename T_>
 class CpuForward {
@@ -366,8 +382,7 @@ class CpuForward {
              at::Tensor& ws, const CellIo& io)
       : serial_(small_call<G>(p, 1)), p_(p), output_(output), ws_(ws), H_(p.H), B_(p.B), WS_(ws.dim() == 3 ? ws.size(2) : 0),
         // h_{t-1} W_hh[phase 0 gates]ᵀ and (two-phase) the mid-step GEMM, weights packed once for all steps
-        rec_(G_rec == G ? p.w_hh : p.w_hh.narrow(0, 0, G_rec * p.H), /*transpose=*/true, p.B, p.T,
-             batch_split_rows(p.B, p.w_hh)) {
+        rec_(phase0_weight<Cell>(p), /*transpose=*/true, p.B, p.T, batch_split_rows(p.B, phase0_weight_bytes<Cell>(p))) {
     const auto opts = p.options();
     // The input projection X W_ihᵀ, chunk_ steps at a time (project(), called by the loop) into
     // one reused buffer; the biases are added in the pointwise pass, not here: at::addmm_out first
@@ -623,8 +638,7 @@ class CpuBackward {
               at::Tensor& dh, at::Tensor& dc, const CellIo& io)
       : serial_(small_call<G>(p, 2)), p_(p), dG_(dG), dGh_(dGh), dh_(dh), H_(p.H), B_(p.B), WS_(p.ws.dim() == 3 ? p.ws.size(2) : 0),
         // dGh[t] W_hh[phase 0 gates] and (two-phase) dn W_hn, weights packed once for all steps
-        rec_(G_rec == G ? p.w_hh : p.w_hh.narrow(0, 0, G_rec * p.H), /*transpose=*/false, p.B, p.T,
-             batch_split_rows(p.B, p.w_hh)) {
+        rec_(phase0_weight<Cell>(p), /*transpose=*/false, p.B, p.T, batch_split_rows(p.B, phase0_weight_bytes<Cell>(p))) {
     if constexpr (Cell::traits.phases == 2) {
       drh_ = at::empty({p.B, p.H}, p.options());
       rec_n_.emplace(p.w_hh.narrow(0, G_rec * p.H, (G - G_rec) * p.H), /*transpose=*/false, p.B, p.T);

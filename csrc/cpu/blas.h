@@ -770,12 +770,12 @@ class RecurrentGemm {
       small_ = true;
     }
     const bool fits = max_m > 0 && n_ > 0 && k_ > 0 && max_m < INT32_MAX && n_ < INT32_MAX && k_ < INT32_MAX;
+    // the kernel a pack would be for, by the rows a step runs at once
+    const bool panels = panels_ok(block_rows > 0 ? std::min(block_rows, max_m) : max_m);
     const bool repays =
         steps == kUnknownSteps ||
-        (takes_small(max_m)
-             ? worth_packing_over_small(max_m, steps, weight_bytes(), k_, takes_lanes(max_m), panels_ok(max_m))
-             : worth_packing(max_m, steps));
-    const bool panels = panels_ok(block_rows > 0 ? std::min(block_rows, max_m) : max_m);
+        (takes_small(max_m) ? worth_packing_over_small(max_m, steps, weight_bytes(), k_, takes_lanes(max_m), panels)
+                            : worth_packing(max_m, steps));
     if (w.scalar_type() == at::kFloat && w.is_contiguous() && fits && repays && (panels || a.ok())) {
       // a profiler scope of its own: tests/test_small_sizes.py checks which calls pack
       RECORD_FUNCTION("rnnfast::pack_recurrent_weight", std::vector<c10::IValue>());
