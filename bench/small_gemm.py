@@ -108,7 +108,7 @@ def main():
     main_cpp = os.path.join(tempfile.mkdtemp(prefix="rnnfast_small_gemm_"), "small_gemm.cpp")
     with open(main_cpp, "w") as f:
         f.write(SOURCE + '\nPYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("bench", &bench); }\n')
-    mod = load("rnnfast_bench_small_gemm", [main_cpp] + [os.path.join(CSRC_CPU, n) for n in ("isa.cpp", "gemm_avx512.cpp")],
+    mod = load("rnnfast_bench_small_gemm", [main_cpp] + [os.path.join(CSRC_CPU, n) for n in ("isa.cpp", "gemm_lanes.cpp", "gemm_avx512.cpp", "gemm_avx2.cpp")],
                extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], extra_include_paths=[CSRC_CPU])
     torch.set_num_threads(args.threads)
     print(f"{args.threads} thread(s), torch {torch.__version__}")

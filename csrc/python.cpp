@@ -490,9 +490,10 @@ PyObject* forward_layers(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   return result;
 }
 
-// rnnfast._C._set_vector_rows(on) and _set_batch_lanes(on) -> the previous setting: the AVX-512
-// paths' switches (csrc/cpu/isa.h: the forward row passes, the batch-lane GEMM). Tests run both
-// paths; on is refused (stays False) where the CPU or the build has no such path.
+// rnnfast._C._set_vector_rows(on), _set_batch_lanes(on) and _set_lanes_avx512(on) -> the previous
+// setting: the SIMD paths' switches (csrc/cpu/isa.h: the AVX-512 forward row passes; the batch-lane
+// and panel GEMMs; whether those run their AVX-512 or their AVX2 kernels). Tests run every path;
+// on is refused (stays False) where the CPU or the build has no such path.
 template <bool (*Set)(bool)>
 PyObject* set_switch(PyObject*, PyObject* on) {
   const int flag = PyObject_IsTrue(on);
@@ -504,7 +505,10 @@ PyMethodDef methods[] = {
     {"_set_vector_rows", set_switch<rnnfast::cpu::set_vector_rows>, METH_O,
      "Turn the AVX-512 forward row passes on or off (tests); returns the previous setting."},
     {"_set_batch_lanes", set_switch<rnnfast::cpu::set_batch_lanes>, METH_O,
-     "Turn the AVX-512 batch-lane and panel GEMMs on or off (tests); returns the previous setting."},
+     "Turn the batch-lane and panel GEMMs (AVX-512 or AVX2) on or off (tests); returns the previous setting."},
+    {"_set_lanes_avx512", set_switch<rnnfast::cpu::set_lanes_avx512>, METH_O,
+     "Run the batch-lane and panel GEMMs' AVX-512 kernels (True) or their AVX2 ones (tests); returns the previous "
+     "setting."},
     {"forward_layers", reinterpret_cast<PyCFunction>(reinterpret_cast<void*>(forward_layers)), METH_FASTCALL,
      "The usual call of a recurrent module or cell in C++ (csrc/python.cpp); None to decline."},
     {nullptr, nullptr, 0, nullptr}};

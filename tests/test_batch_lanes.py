@@ -1,5 +1,6 @@
-"""The batch-lane GEMM (csrc/cpu/gemm_avx512.cpp): the unpacked float32 GEMMs C = A Wᵀ of 16 to 64
-rows (128 for a weight of 3 MB or more) on a CPU with AVX-512F, the rows of A in vector lanes.
+"""The batch-lane GEMM (csrc/cpu/gemm_avx512.cpp, and gemm_avx2.cpp where the CPU lacks AVX-512F):
+the unpacked float32 GEMMs C = A Wᵀ of 16 to 64 rows (128 for a weight of 3 MB or more) on a CPU with
+AVX-512F or AVX2 with FMA, the rows of A in vector lanes.
 
 Each case runs the ops with the kernel on and off (rnnfast._C._set_batch_lanes) and checks, for every
 cell: outputs, states and every gradient against torch.nn (the textbook loop for the reset-before
@@ -9,8 +10,11 @@ every other row leaves it unchanged), also when the columns are split over two t
 cover the kernel's tails: rows past a block of 16 or 32, columns past a block of 8 (G*H not a
 multiple of 8), and K not a multiple of 16 (an input size of 7 or 28, a hidden size of 5 or 20).
 
-Where the CPU lacks AVX-512F, _set_batch_lanes(True) is refused and the kernel's cases are skipped;
-the other suites then test the gemm_small / MKL paths the kernel replaces."""
+The cases run whichever kernels the CPU has (the AVX2 ones where it lacks AVX-512F); where it has
+both, test_avx2_kernels_give_the_avx512_bits runs the AVX2 ones too (rnnfast._C._set_lanes_avx512)
+and checks they give the same bits. Where the CPU has neither, _set_batch_lanes(True) is refused and
+the kernel's cases are skipped; the other suites then test the gemm_small / MKL paths the kernel
+replaces."""
 import contextlib
 
 import pytest
@@ -37,7 +41,8 @@ def threads(n):
 
 
 HAS_LANES = accepted(_C._set_batch_lanes)
-needs_lanes = pytest.mark.skipif(not HAS_LANES, reason="CPU without AVX-512F")
+HAS_LANES_AVX512 = accepted(_C._set_lanes_avx512)
+needs_lanes = pytest.mark.skipif(not HAS_LANES, reason="CPU without AVX-512F or AVX2 with FMA")
 PATHS = [pytest.param(True, id="lanes", marks=needs_lanes), pytest.param(False, id="without")]
 CELLS = ["rnn_tanh", "rnn_relu", "gru", "gru_reset_before", "lstm"]
 # (T, B, I, H): rows 16 (one block), 17 (a block of 32 with 15 of padding), 33 and 64 (blocks of 32,
@@ -186,3 +191,32 @@ def test_non_finite_weights_propagate(on):
     """The kernel skips nothing."""
     torch.manual_seed(5)
     non_finite_weights_propagate(on, 16, 1, 16)
+
+
+def lanes_isa(avx512):
+    return switched(_C._set_lanes_avx512, avx512)
+
+
+# (T, B, I, H): the batch-lane kernel's tails as SHAPES, and the panel GEMM's (a pack: B of 1-15 rows
+# over T steps; G * H not a multiple of 8 or 16, a last panel of 1-63 columns; K = H of 5-300)
+ISA_SHAPES = SHAPES + [(20, 1, 7, 5), (20, 3, 28, 33), (35, 7, 16, 64), (35, 8, 64, 100), (30, 13, 20, 300),
+                       (40, 5, 64, 129)]
+
+
+@pytest.mark.skipif(not HAS_LANES_AVX512, reason="CPU without AVX-512F: only the AVX2 kernels run here")
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("shape", ISA_SHAPES, ids=lambda s: "T{}B{}I{}H{}".format(*s))
+@pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "lstm"])
+def test_avx2_kernels_give_the_avx512_bits(cell, shape, n_threads):
+    """The batch-lane and panel GEMMs' AVX2 kernels (gemm_avx2.cpp: 8 lanes, other blocks) compute
+    every C[m, n] as the AVX-512 ones do, one FMA chain over k in order: outputs, states and every
+    gradient are the same bits."""
+    torch.manual_seed(3)
+    x, h0, c0, params = make(cell, *shape, torch.float32)
+    results = {}
+    for avx512 in (True, False):
+        with lanes(True), lanes_isa(avx512), threads(n_threads):
+            got, ggot, _ = run_with_grads(ours, cell, x, h0, c0, params, False)
+        results[avx512] = got + ggot
+    for a, b in zip(results[True], results[False]):
+        assert (a is None and b is None) or torch.equal(a, b)

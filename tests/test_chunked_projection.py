@@ -84,6 +84,12 @@ def run(module, x, lengths=None):
     return [out, h, x.grad] + [p.grad for p in module.parameters()]
 
 
+# float32: a weight gradient here sums 7,000-9,090 rows, which the two libraries' GEMMs add in orders of
+# their own, and MKL's order depends on the CPU: RNN H = 256 came 5e-5 to 8e-5 apart (values ~2) on an
+# AVX2 Zen 2 core, within 2e-5 on AVX-512 Sapphire Rapids.
+TOL32 = 1e-4
+
+
 def check_close(got, ref, tol):
     for a, b in zip(got, ref, strict=True):
         torch.testing.assert_close(a, b.to(a.dtype), rtol=tol, atol=tol)
@@ -103,7 +109,7 @@ def test_chunked_matches_reference(name, kw, T, B, I, H, threads):
             assert projections_seen(lambda: got(x)) == layers * projections(T, B, rows, 4) > layers
         ref_x = x.double() if next(ref.parameters()).dtype == torch.float64 else x
         full = run(got, x)
-        check_close(full, run(ref, ref_x), 2e-5)
+        check_close(full, run(ref, ref_x), TOL32)
         with torch.inference_mode():  # the forward without workspace: the same outputs, bit for bit
             torch.testing.assert_close(got(x)[0], full[0].detach(), rtol=0, atol=0)
     finally:
@@ -121,7 +127,7 @@ def test_chunked_with_lengths(name, kw, H):
     lengths = torch.randint(1, T + 1, (B,))
     lengths[0] = T
     lengths[1] = 51  # exactly a chunk boundary for the LSTM
-    check_close(run(got, x, lengths), run(ref, x, lengths), 2e-5)
+    check_close(run(got, x, lengths), run(ref, x, lengths), TOL32)
 
 
 def test_chunked_float64():

@@ -20,7 +20,7 @@ from test_ops_cpu import make, ours, reference, rel_err, run_with_grads
 
 import rnnfast
 
-needs_panels = pytest.mark.skipif(not HAS_LANES, reason="CPU without AVX-512F")
+needs_panels = pytest.mark.skipif(not HAS_LANES, reason="CPU without AVX-512F or AVX2 with FMA")
 PATHS = [pytest.param(True, id="panels", marks=needs_panels), pytest.param(False, id="without")]
 CELLS = ["rnn_tanh", "rnn_relu", "gru", "gru_reset_before", "lstm"]
 # (T, B, I, H): every one packs W_hh (B * T >= 64 or 128, blas.h worth_packing_over_small)
@@ -151,14 +151,21 @@ def test_a_row_depends_on_its_own_input_only(cell, B, H, n_threads):
     """Each output is one FMA chain over k: the same bits wherever the row sits in its block (up
     to 6 rows against the whole panel, 7 or 8 against half of it at a time) and whatever the other
     rows hold; and the same at 2 threads as at 1 (B = 4..7: the panels split over the threads;
-    from B = 8 the batch split gives each thread its rows)."""
+    from B = 8 the batch split gives each thread its rows). Where the 1-thread call runs 8 rows of a
+    wide W (GRU and LSTM at H = 256) on MKL's packed GEMM instead, the two agree to rounding only:
+    MKL's order of summation depends on the CPU (the same bits as the panels' on AVX-512 Sapphire
+    Rapids at K <= 384, not on an AVX2 Zen 2)."""
     torch.manual_seed(3)
     x, h0, c0, params = make(cell, 40, B, 128, H, torch.float32)
     x, h0, c0 = x.detach(), h0.detach(), c0.detach()
     params = [p.detach() for p in params]
     out = rows_are_independent(cell, x, h0, c0, params, n_threads)
     with lanes(True), threads(1):
-        assert torch.equal(_rows_of(cell, x, h0, c0, params), out)
+        one = _rows_of(cell, x, h0, c0, params)
+    if B == 8 and H == 256 and cell != "rnn_tanh":
+        torch.testing.assert_close(one, out, rtol=1e-5, atol=1e-6)
+    else:
+        assert torch.equal(one, out)
 
 
 @pytest.mark.parametrize("on", PATHS)

@@ -280,7 +280,13 @@ def test_in_place_weight_update_is_seen_by_the_next_call(name, how):
     with torch.no_grad():
         before = got(x)
     UPDATES[how](got, source)
-    UPDATES[how](ref, source)
+    if how == "optimizer_step":
+        # the two backwards sum the weight gradients in orders of their own (MKL's depends on the CPU), so
+        # the stepped weights differ by rounding, which 35 steps grow past 1e-5 on some CPUs: the
+        # reference takes the weights rnnfast's step wrote
+        ref.load_state_dict(got.state_dict())
+    else:
+        UPDATES[how](ref, source)
     with torch.no_grad():
         after, want = got(x), ref(x)
     flat = lambda r: torch.cat([t.reshape(-1) for t in (r if isinstance(r, tuple) else (r,))  # noqa: E731

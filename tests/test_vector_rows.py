@@ -9,6 +9,7 @@ it; this file also pins the portable path, which such a CPU otherwise never runs
 lacks AVX-512F, rnnfast._C._set_vector_rows(True) is refused and the vector-path cases are skipped
 (they have nothing to run there)."""
 import contextlib
+import platform
 
 import pytest
 import torch
@@ -47,15 +48,30 @@ CELLS = ["rnn_tanh", "rnn_relu", "gru", "gru_reset_before", "lstm"]
 WIDTHS = [1, 5, 16, 17, 40]  # a partial vector only, one full vector, full + partial, two + partial
 
 
-@pytest.mark.parametrize("name", ["_set_vector_rows", "_set_batch_lanes"])
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next(line for line in f if line.startswith("flags")).split(":")[1].split())
+    except (OSError, StopIteration):
+        return None
+
+
+@pytest.mark.parametrize("name", ["_set_vector_rows", "_set_batch_lanes", "_set_lanes_avx512"])
 def test_switch_reports_and_restores(name):
-    """Both AVX-512 switches (the row passes; the batch-lane GEMM, tests/test_batch_lanes.py)."""
+    """The SIMD switches (the AVX-512 row passes; the batch-lane GEMM, tests/test_batch_lanes.py; its
+    AVX-512 kernels over its AVX2 ones): each reports the previous setting, and can be on exactly
+    where the CPU has what it needs (read from /proc/cpuinfo where there is one)."""
     setter = getattr(_C, name)
     prev = setter(False)
     try:
         assert setter(False) is False
         assert setter(True) is False
-        assert setter(prev) is HAS_VECTOR
+        can = setter(prev)
+        assert can is accepted(setter)
+        flags = _cpu_flags()
+        if flags is not None and platform.machine() == "x86_64":
+            avx512, avx2 = "avx512f" in flags, {"avx2", "fma"} <= flags
+            assert can is (avx512 or avx2 if name == "_set_batch_lanes" else avx512)
     finally:
         setter(prev)
 

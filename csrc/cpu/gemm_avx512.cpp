@@ -12,7 +12,8 @@
 //
 // Like rows_avx512.cpp: everything after RNNFAST_BEGIN_AVX512 (`#pragma GCC target`, isa.h) is
 // compiled for AVX-512F, the standard headers are included before it, and this file is entered
-// only after batch_lanes() said the CPU has it.
+// only after batch_lanes() and lanes_avx512() said the CPU has it (gemm_lanes.cpp). gemm_avx2.cpp is
+// the same on AVX2.
 #include <cstdint>
 
 #include <immintrin.h>
@@ -26,6 +27,7 @@ RNNFAST_BEGIN_AVX512
 
 namespace rnnfast {
 namespace cpu {
+namespace avx512 {
 
 namespace {
 
@@ -288,6 +290,7 @@ void batch_lanes_gemm(const float* w, int64_t ldw, const float* at, int64_t M, i
   }
 }
 
+}  // namespace avx512
 }  // namespace cpu
 }  // namespace rnnfast
 

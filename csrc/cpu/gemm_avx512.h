@@ -1,9 +1,10 @@
-// The batch-lane GEMM (gemm_avx512.cpp): C (M, N) = [C +] A (M, K) · Wᵀ with W (N, K) read in
-// place, the rows of A in the 16 lanes of AVX-512 vectors. For the unpacked GEMMs of 16 rows and
+// The batch-lane GEMM (gemm_avx512.cpp; gemm_avx2.cpp on CPUs without AVX-512F, 8 lanes, the same
+// packed layouts and numerics; gemm_lanes.cpp picks one per call by lanes_avx512()): C (M, N) =
+// [C +] A (M, K) · Wᵀ with W (N, K) read in place, the rows of A in the 16 lanes of AVX-512 vectors. For the unpacked GEMMs of 16 rows and
 // more (blas.h RecurrentGemm::run_small): one row of W is broadcast one element at a time against
 // 16 or 32 rows of A at once, so every FMA is a full vector and no lane ever needs summing, and W
 // is never copied (MKL's unpacked GEMM copies all of it on every call). Chosen at run time, where
-// the CPU has AVX-512F; elsewhere gemm_small and MKL run as before.
+// the CPU has AVX-512F or AVX2 with FMA; elsewhere gemm_small and MKL run as before.
 //
 // Numerics: every C[m, n] is one FMA chain over k = 0, 1, ..., K-1 in order, starting from 0 (then
 // added to C when accumulating). Its value depends on A's row m, W's row n and K only: not on the
@@ -61,6 +62,23 @@ void panels_pack(const float* w, int64_t ldw, int64_t N, int64_t K, bool transpo
 // after batch_lanes() said yes.
 void panels_gemm(const float* a, int64_t lda, const float* wp, int64_t K, float* c, int64_t ldc, int64_t M, int64_t n0,
                  int64_t n1, bool accumulate);
+
+// The two implementations behind the four entry points above (gemm_lanes.cpp dispatches): the
+// same signatures, the same layouts, the same bits.
+#define RNNFAST_LANES_KERNELS                                                                                    \
+  void batch_lanes_pack(const float* a, int64_t lda, int64_t M, int64_t K, float* at);                          \
+  void batch_lanes_gemm(const float* w, int64_t ldw, const float* at, int64_t M, int64_t K, float* c,            \
+                        int64_t ldc, int64_t n0, int64_t n1, bool accumulate);                                    \
+  void panels_pack(const float* w, int64_t ldw, int64_t N, int64_t K, bool transpose, float* wp);                \
+  void panels_gemm(const float* a, int64_t lda, const float* wp, int64_t K, float* c, int64_t ldc, int64_t M,   \
+                   int64_t n0, int64_t n1, bool accumulate);
+namespace avx512 {
+RNNFAST_LANES_KERNELS
+}  // namespace avx512
+namespace avx2 {
+RNNFAST_LANES_KERNELS
+}  // namespace avx2
+#undef RNNFAST_LANES_KERNELS
 
 }  // namespace cpu
 }  // namespace rnnfast

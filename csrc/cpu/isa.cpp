@@ -1,5 +1,5 @@
-// The AVX-512 paths' run-time switches (isa.h), compiled for the baseline ISA: they are read before
-// anything compiled for AVX-512 may run.
+// The SIMD paths' run-time switches (isa.h), compiled for the baseline ISA: they are read before
+// anything compiled for AVX-512 or AVX2 may run.
 #include <atomic>
 #include <cstdlib>
 
@@ -17,22 +17,40 @@ bool cpu_has_avx512f() {
 #endif
 }
 
-class Avx512Switch {
+bool cpu_has_avx2_fma() {
+#if RNNFAST_GCC_X86
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
+
+bool avx512_allowed() { return std::getenv("RNNFAST_DISABLE_AVX512") == nullptr; }
+
+// A switch that can be on only where `Has` says the CPU can run its path.
+template <bool (*Has)()>
+class Switch {
  public:
+  explicit Switch(bool on) : on_(on && Has()) {}
   bool on() const { return on_.load(std::memory_order_relaxed); }
-  bool set(bool on) { return on_.exchange(on && cpu_has_avx512f()); }
+  bool set(bool on) { return on_.exchange(on && Has()); }
 
  private:
-  std::atomic<bool> on_{cpu_has_avx512f() && std::getenv("RNNFAST_DISABLE_AVX512") == nullptr};
+  std::atomic<bool> on_;
 };
 
-Avx512Switch g_vector_rows, g_batch_lanes;
+bool has_lanes() { return cpu_has_avx512f() || cpu_has_avx2_fma(); }
+
+Switch<cpu_has_avx512f> g_vector_rows{avx512_allowed()}, g_lanes_avx512{avx512_allowed()};
+Switch<has_lanes> g_batch_lanes{true};
 }  // namespace
 
 bool vector_rows() { return g_vector_rows.on(); }
 bool set_vector_rows(bool on) { return g_vector_rows.set(on); }
 bool batch_lanes() { return g_batch_lanes.on(); }
 bool set_batch_lanes(bool on) { return g_batch_lanes.set(on); }
+bool lanes_avx512() { return g_lanes_avx512.on(); }
+bool set_lanes_avx512(bool on) { return g_lanes_avx512.set(on); }
 
 }  // namespace cpu
 }  // namespace rnnfast

@@ -26,17 +26,29 @@
   _Pragma("GCC push_options") _Pragma("GCC target(\"avx512f,fma\")") _Pragma("GCC diagnostic push") \
       _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")
 #define RNNFAST_END_AVX512 _Pragma("GCC diagnostic pop") _Pragma("GCC pop_options")
+// The same for AVX2 with FMA (gemm_avx2.cpp).
+#define RNNFAST_BEGIN_AVX2                                                                  \
+  _Pragma("GCC push_options") _Pragma("GCC target(\"avx2,fma\")") _Pragma("GCC diagnostic push") \
+      _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")
+#define RNNFAST_END_AVX2 _Pragma("GCC diagnostic pop") _Pragma("GCC pop_options")
 
 namespace rnnfast {
 namespace cpu {
 
-// The AVX-512 paths' switches: each is on where the CPU has AVX-512F and the environment does not set
-// RNNFAST_DISABLE_AVX512 (read once, at load); set_*(on) turns it on or off (tests compare the
-// paths), refuses on where the CPU lacks AVX-512F, and returns the previous setting.
-bool vector_rows();  // the forward row passes on AVX-512 vectors (rows_avx512.h)
+// The SIMD paths' switches, read once at load; set_*(on) turns one on or off (tests compare the
+// paths), refuses on where the CPU lacks what it needs, and returns the previous setting.
+// vector_rows: the forward row passes on AVX-512 vectors (rows_avx512.h); on where the CPU has
+// AVX-512F and the environment does not set RNNFAST_DISABLE_AVX512.
+bool vector_rows();
 bool set_vector_rows(bool on);
-bool batch_lanes();  // the batch-lane GEMM and the panel GEMM (gemm_avx512.h)
+// batch_lanes: the batch-lane GEMM and the panel GEMM (gemm_avx512.h); on where the CPU has
+// AVX-512F or AVX2 with FMA. lanes_avx512: which kernels they run, the AVX-512 ones
+// (gemm_avx512.cpp; on where the CPU has AVX-512F and RNNFAST_DISABLE_AVX512 is not set) or the
+// AVX2 ones (gemm_avx2.cpp): the same numerics, so the same bits.
+bool batch_lanes();
 bool set_batch_lanes(bool on);
+bool lanes_avx512();
+bool set_lanes_avx512(bool on);
 
 }  // namespace cpu
 }  // namespace rnnfast
