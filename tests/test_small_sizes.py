@@ -8,7 +8,7 @@ Also: an in-place update of the weights (optimizer step, no_grad copy_, load_sta
 is seen by the very next call, for modules and cells."""
 import pytest
 import torch
-from test_batch_lanes import HAS_LANES
+from test_batch_lanes import HAS_LANES, HAS_LANES_AVX512
 from torch.profiler import ProfilerActivity, profile
 
 import rnnfast
@@ -102,8 +102,8 @@ def test_pack_decision_long_k(T, B):
 @pytest.mark.parametrize("T,B", [(2, 128), (1, 128), (3, 64), (8, 64), (8, 32), (35, 8), (200, 8), (64, 4),
                                  (35, 12), (20, 12)], ids=lambda v: str(v))
 def test_pack_decision_large_weight(T, B):
-    """W_hh of 4 MB (LSTM H = 512): where the batch-lane kernel takes the rows (AVX-512F), 16 to 64
-    rows never pack; 65-128 rows pack from B*T >= 256 again (blas.h kLanesNoPackMaxRows); up to 8
+    """W_hh of 4 MB (LSTM H = 512): where the batch-lane kernel takes the rows (AVX-512F: 16, AVX2: 8,
+    to 64), they never pack; 65-128 rows pack from B*T >= 256 again (blas.h kLanesNoPackMaxRows); up to 8
     rows (gemm_small's) never pack either (kSmallNoPackMaxRowsLarge), 9-15 from B*T >= 256; without
     the kernel, the 3 MB rule (up to 64 rows: gemm_small) or MKL's (128 rows) decides."""
     ref, got = pair("lstm", 4, 512)
@@ -112,7 +112,8 @@ def test_pack_decision_large_weight(T, B):
         n_fwd = packs_seen(lambda: got(x))
         want = ref(x)[0]
     mkl = torch.backends.mkl.is_available()
-    if HAS_LANES and 16 <= B <= 64:
+    lanes_min = 16 if HAS_LANES_AVX512 else 8  # the AVX2 kernel takes from 8 rows (blas.h kLanesMinRowsAvx2)
+    if HAS_LANES and lanes_min <= B <= 64:
         expected = False
     elif B <= 64:  # gemm_small's rows of a 3 MB weight
         expected = mkl and T >= 2 and B > 8 and B * T >= 256

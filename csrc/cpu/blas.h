@@ -358,37 +358,39 @@ RNNFAST_ALWAYS_INLINE void gemm_block(const float* __restrict w, int64_t ldw, co
   }
 }
 
-// R rows of W against all M rows of A: tiles of kTileRows rows, then the remaining 1..3 rows.
-constexpr int kTileRows = 4, kTileCols = 4;  // measured best of 8x2, 6x2, 4x3, 4x4, 2x8 (4x4 by 1.2-2x)
-template <int R, bool Prefetch>
+// R rows of W against all M rows of A: tiles of TR rows, then the remaining rows one tile.
+// Tiles (TR x TC, rows of A x rows of W): 4 x 4 on AVX-512 (measured best of 8x2, 6x2, 4x3, 4x4, 2x8,
+// 4x4 by 1.2-2x): 16 accumulators of one register each. On AVX2 a 16-lane vector is two registers
+// and there are 16 of them, so 2 x 2 (8 registers of accumulators, 4 of W, 2 of A).
+template <int R, bool Prefetch, int TR>
 RNNFAST_ALWAYS_INLINE void gemm_rows(const float* w, int64_t ldw, const float* a, int64_t lda, float* c, int64_t ldc,
                                      int64_t M, int64_t K, bool accumulate, SmallTail tail) {
   int64_t m = 0;
-  for (; m + kTileRows <= M; m += kTileRows) {
+  for (; m + TR <= M; m += TR) {
     SmallTail t = tail;
     if (t.a) t.a += m * 16;  // null stays null: no tail
-    gemm_block<kTileRows, R, Prefetch>(w, ldw, a + m * lda, lda, c + m * ldc, ldc, K, accumulate, t);
+    gemm_block<TR, R, Prefetch>(w, ldw, a + m * lda, lda, c + m * ldc, ldc, K, accumulate, t);
   }
   a += m * lda;
   c += m * ldc;
   if (tail.a) tail.a += m * 16;
   switch (M - m) {
     case 1: gemm_block<1, R, Prefetch>(w, ldw, a, lda, c, ldc, K, accumulate, tail); break;
-    case 2: gemm_block<2, R, Prefetch>(w, ldw, a, lda, c, ldc, K, accumulate, tail); break;
-    case 3: gemm_block<3, R, Prefetch>(w, ldw, a, lda, c, ldc, K, accumulate, tail); break;
+    case 2: if constexpr (TR > 2) gemm_block<2, R, Prefetch>(w, ldw, a, lda, c, ldc, K, accumulate, tail); break;
+    case 3: if constexpr (TR > 3) gemm_block<3, R, Prefetch>(w, ldw, a, lda, c, ldc, K, accumulate, tail); break;
     default: break;
   }
 }
 
-// Two or more rows: blocks of kTileCols rows of W, then single rows.
-template <bool Prefetch>
+// Two or more rows: blocks of TC rows of W, then single rows.
+template <bool Prefetch, int TR, int TC>
 RNNFAST_ALWAYS_INLINE void gemm_tiles(const float* w, int64_t ldw, const float* a, int64_t lda, float* c, int64_t ldc,
                                       int64_t M, int64_t N, int64_t K, bool accumulate, SmallTail tail) {
   int64_t n = 0;
-  for (; n + kTileCols <= N; n += kTileCols) {
-    gemm_rows<kTileCols, Prefetch>(w + n * ldw, ldw, a, lda, c + n, ldc, M, K, accumulate, tail);
+  for (; n + TC <= N; n += TC) {
+    gemm_rows<TC, Prefetch, TR>(w + n * ldw, ldw, a, lda, c + n, ldc, M, K, accumulate, tail);
   }
-  for (; n < N; ++n) gemm_rows<1, false>(w + n * ldw, ldw, a, lda, c + n, ldc, M, K, accumulate, tail);
+  for (; n < N; ++n) gemm_rows<1, false, TR>(w + n * ldw, ldw, a, lda, c + n, ldc, M, K, accumulate, tail);
 }
 
 // From 2 rows of A, the next block of W is prefetched while a block is multiplied, for a W of at
@@ -400,23 +402,60 @@ RNNFAST_ALWAYS_INLINE void gemm_tiles(const float* w, int64_t ldw, const float* 
 // H = 256, GRU H = 512), so it does not prefetch.
 constexpr int64_t kPrefetchMaxWeightBytes = int64_t(8) << 20;
 
-#if RNNFAST_GCC_X86
-__attribute__((target_clones("avx512f", "avx2", "default")))
-#endif
-inline void gemm_small_rows(const float* w, int64_t ldw, const float* a, int64_t lda, float* c, int64_t ldc,
-                            int64_t M, int64_t N, int64_t K, bool accumulate, SmallTail tail) {
+// TR x TC: the tiles (gemm_rows); GV: rows of W per block of one row of A (GEMV), as many loads in
+// flight as accumulators. The same sums in the same order whatever the tiles: each C[m, n] is 16
+// lanes of FMAs over k, then lane_sums' tree.
+template <int TR, int TC, int GV>
+RNNFAST_ALWAYS_INLINE void gemm_small_rows_impl(const float* w, int64_t ldw, const float* a, int64_t lda, float* c,
+                                                int64_t ldc, int64_t M, int64_t N, int64_t K, bool accumulate,
+                                                SmallTail tail) {
   if (M <= 0) return;
   if (M >= 2) {
     if (N * K * int64_t(sizeof(float)) <= kPrefetchMaxWeightBytes) {
-      gemm_tiles<true>(w, ldw, a, lda, c, ldc, M, N, K, accumulate, tail);
+      gemm_tiles<true, TR, TC>(w, ldw, a, lda, c, ldc, M, N, K, accumulate, tail);
     } else {
-      gemm_tiles<false>(w, ldw, a, lda, c, ldc, M, N, K, accumulate, tail);
+      gemm_tiles<false, TR, TC>(w, ldw, a, lda, c, ldc, M, N, K, accumulate, tail);
     }
     return;
   }
-  int64_t n = 0;  // one row (GEMV): 8 rows of W per block, as many loads in flight as accumulators
-  for (; n + 8 <= N; n += 8) gemm_block<1, 8>(w + n * ldw, ldw, a, lda, c + n, ldc, K, accumulate, tail);
-  for (; n < N; ++n) gemm_rows<1, false>(w + n * ldw, ldw, a, lda, c + n, ldc, M, K, accumulate, tail);
+  int64_t n = 0;  // one row (GEMV)
+  for (; n + GV <= N; n += GV) gemm_block<1, GV>(w + n * ldw, ldw, a, lda, c + n, ldc, K, accumulate, tail);
+  for (; n < N; ++n) gemm_rows<1, false, TR>(w + n * ldw, ldw, a, lda, c + n, ldc, M, K, accumulate, tail);
+}
+
+// Picked at run time: for AVX-512F (4 x 4 tiles, 8 rows of W a GEMV block, a target attribute on the
+// generic vectors above), for AVX2 with FMA (gemm_avx2.cpp avx2::gemm_small_rows: the same sums in
+// the same order, written with intrinsics; the generic 16-lane vectors compiled for AVX2, as a
+// target_clones "avx2" clone of this function was before, kept their accumulators on the stack and
+// had no FMA: 3-10x slower than MKL on an AMD Zen 2 core) and for the baseline ISA.
+#if RNNFAST_GCC_X86
+__attribute__((target("avx512f"))) inline void gemm_small_rows_avx512(const float* w, int64_t ldw, const float* a,
+                                                                      int64_t lda, float* c, int64_t ldc, int64_t M,
+                                                                      int64_t N, int64_t K, bool accumulate,
+                                                                      SmallTail tail) {
+  gemm_small_rows_impl<4, 4, 8>(w, ldw, a, lda, c, ldc, M, N, K, accumulate, tail);
+}
+#endif
+inline void gemm_small_rows_baseline(const float* w, int64_t ldw, const float* a, int64_t lda, float* c, int64_t ldc,
+                                     int64_t M, int64_t N, int64_t K, bool accumulate, SmallTail tail) {
+  gemm_small_rows_impl<4, 4, 8>(w, ldw, a, lda, c, ldc, M, N, K, accumulate, tail);
+}
+inline void gemm_small_rows(const float* w, int64_t ldw, const float* a, int64_t lda, float* c, int64_t ldc,
+                            int64_t M, int64_t N, int64_t K, bool accumulate, SmallTail tail) {
+#if RNNFAST_GCC_X86
+  static const int isa = __builtin_cpu_supports("avx512f")                                     ? 2
+                         : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1
+                                                                                            : 0;
+  if (isa == 2) return gemm_small_rows_avx512(w, ldw, a, lda, c, ldc, M, N, K, accumulate, tail);
+  if (isa == 1) {
+    int rem = 0;  // the tail's width: keep's set lanes (the last rem of 16)
+    for (int j = 0; j < 16; ++j) rem += tail.keep[j] != 0;
+    return avx2::gemm_small_rows(w, ldw, a, lda, c, ldc, M, N, K, accumulate,
+                                 N * K * int64_t(sizeof(float)) <= kPrefetchMaxWeightBytes,
+                                 SmallTailArgs{tail.a, tail.w_col, rem});
+  }
+#endif
+  gemm_small_rows_baseline(w, ldw, a, lda, c, ldc, M, N, K, accumulate, tail);
 }
 
 // When it runs (RecurrentGemm::takes_small): up to kSmallRows rows always; up to kSmallRowsNarrow
@@ -637,6 +676,11 @@ inline void gemm_small(const float* w, int64_t ldw, const float* a, int64_t lda,
 // H=256 0.94x) and 128 rows of a W under 3 MB (LSTM H=256 B=128 0.95x, where MKL's copy of W is
 // spread over enough rows).
 constexpr int64_t kLanesMinRows = 16, kLanesMaxRows = 64, kLanesMaxRowsLarge = 128;
+// On AVX2 (gemm_avx2.cpp) a vector holds 8 rows, so 8 rows fill one and the kernel takes them, with
+// 12 rows of W a block: standalone on an AMD Zen 2 core (bench/small_gemm.py, 1 thread, us, batch
+// lanes / gemm_small / MKL): W 1024 x 256 M=8 75 / 87 / 138, M=15 115 / 171 / 224; W 1536 x 512
+// M=8 203 / 254 / 354; W 400 x 100 M=8 13.8 / 16.9 / 14.5; W 256 x 64 M=8 6.5 / 6.4 / 6.7.
+constexpr int64_t kLanesMinRowsAvx2 = 8;
 
 // ---- The panel GEMM (gemm_avx512.h) ---------------------------------------------------------
 // Where a weight repays packing (worth_packing, worth_packing_over_small), on a CPU with AVX-512F,
@@ -673,6 +717,14 @@ constexpr int64_t kLanesMinRows = 16, kLanesMaxRows = 64, kLanesMaxRowsLarge = 1
 // (each C[m, n] one FMA chain over k in order): only K > 384 moves results, by rounding.
 constexpr int64_t kPanelsMaxK = 128, kPanelsMaxRows = 7, kPanelsOddRowsMaxK = 256;
 constexpr int64_t kPanelsNarrowMaxN = 512, kPanelsNarrowMaxBytes = int64_t(1) << 20;
+// On AVX2 (gemm_avx2.cpp: 6 rows against 16 columns at a time) the panel step beats MKL's packed one
+// up to 32 rows at every weight measured, and loses from 64 (A's rows re-read per slice): on an AMD
+// Zen 2 core (bench/small_gemm.py, 1 thread, us, panel / MKL packed step): W 1024 x 256 M=8 65 / 102,
+// M=16 112 / 171, M=32 219 / 292, M=64 380 / 534; W 1536 x 512 M=16 278 / 509, M=32 635 / 980,
+// M=64 3177 / 1680; W 2048 x 512 M=32 1103 / 2042, M=64 5303 / 3448. So there it takes up to 32,
+// for a W of at most 3 MB: above, packing 16 MB for 8 rows (LSTM H = 1024 B = 8 T = 35, inference)
+// made the layer 0.78x torch.nn where it had been 1.24x.
+constexpr int64_t kPanelsMaxRowsAvx2 = 32, kPanelsMaxBytesAvx2 = int64_t(3) << 20;
 
 // The packed A of this thread's batch-lane GEMM: 64-byte aligned, grown as needed, kept.
 inline float* lanes_buffer(int64_t floats) {
@@ -887,7 +939,7 @@ class RecurrentGemm {
   bool transpose_;
   // m rows run on the batch-lane kernel (run_small's choice; packed_ is checked by the callers)
   bool takes_lanes(int64_t m) const {
-    return lanes_ && m >= kLanesMinRows &&
+    return lanes_ && m >= (lanes_avx512() ? kLanesMinRows : kLanesMinRowsAvx2) &&
            m <= (weight_bytes() >= kSmallMinWeightBytes ? kLanesMaxRowsLarge : kLanesMaxRows);
   }
 
@@ -897,7 +949,9 @@ class RecurrentGemm {
   bool panels_ok(int64_t max_m) const {
     const bool narrow = n_ <= kPanelsNarrowMaxN && weight_bytes() <= kPanelsNarrowMaxBytes;
     const bool odd_rows = max_m <= kPanelsMaxRows || (max_m < 16 && max_m != 8 && k_ <= kPanelsOddRowsMaxK);
-    return RNNFAST_BATCH_LANES && (k_ <= kPanelsMaxK || narrow || odd_rows) && batch_lanes();
+    const bool avx2_rows =
+        max_m <= kPanelsMaxRowsAvx2 && weight_bytes() <= kPanelsMaxBytesAvx2 && !lanes_avx512();
+    return RNNFAST_BATCH_LANES && (k_ <= kPanelsMaxK || narrow || odd_rows || avx2_rows) && batch_lanes();
   }
   // op(W) into the panel GEMM's panels (gemm_avx512.h), 64-byte aligned inside packed_ (panels_);
   // split over the intra-op threads from kParallelPackElements (may_parallelize).

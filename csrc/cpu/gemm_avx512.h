@@ -80,5 +80,19 @@ RNNFAST_LANES_KERNELS
 }  // namespace avx2
 #undef RNNFAST_LANES_KERNELS
 
+// blas.h's gemm_small_rows on AVX2 with FMA, written with intrinsics (gemm_avx2.cpp): the same sums
+// in the same order as its AVX-512 compilation. K a multiple of 16; the tail (K mod 16 = rem > 0
+// columns): `a` rows of 16 floats, zeros then the tail, and W's 16 columns from w_col; prefetch:
+// the next rows of W (blas.h kPrefetchMaxWeightBytes decides).
+struct SmallTailArgs {
+  const float* a = nullptr;
+  int64_t w_col = 0;
+  int rem = 0;
+};
+namespace avx2 {
+void gemm_small_rows(const float* w, int64_t ldw, const float* a, int64_t lda, float* c, int64_t ldc, int64_t M,
+                     int64_t N, int64_t K, bool accumulate, bool prefetch, SmallTailArgs tail);
+}  // namespace avx2
+
 }  // namespace cpu
 }  // namespace rnnfast
