@@ -220,3 +220,31 @@ def test_avx2_kernels_give_the_avx512_bits(cell, shape, n_threads):
         results[avx512] = got + ggot
     for a, b in zip(results[True], results[False]):
         assert (a is None and b is None) or torch.equal(a, b)
+
+
+@pytest.mark.parametrize("env", [{"RNNFAST_DISABLE_AVX512": "1"}, {"RNNFAST_DISABLE_AVX512": "1", "RNNFAST_DISABLE_AVX2": "1"}],
+                         ids=["no-avx512", "no-avx512-no-avx2"])
+def test_environment_switches(env):
+    """RNNFAST_DISABLE_AVX512=1: the GEMMs keep their AVX2 kernels where the CPU has AVX2 with FMA
+    (isa.h lanes_avx512 off); with RNNFAST_DISABLE_AVX2=1 too, neither (gemm_small and MKL run).
+    The results still match torch.nn. In a fresh process: the switches are read at load."""
+    import os
+    import subprocess
+    import sys
+    code = (
+        "import json, torch, rnnfast, rnnfast._C as C\n"
+        "torch.manual_seed(0)\n"
+        "ref = torch.nn.LSTM(24, 40); got = rnnfast.LSTM(24, 40); got.load_state_dict(ref.state_dict())\n"
+        "x = torch.randn(20, 17, 24)\n"
+        "with torch.no_grad(): err = (got(x)[0] - ref(x)[0]).abs().max().item()\n"
+        "print(json.dumps([C._set_batch_lanes(True), C._set_lanes_avx512(True), err]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env), capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    import json
+    lanes_on, avx512_on, err = json.loads(out.stdout.strip().splitlines()[-1])
+    assert avx512_on is False  # off at load; the switch reports the previous setting
+    avx2_allowed = "RNNFAST_DISABLE_AVX2" not in env
+    assert lanes_on is (HAS_LANES and avx2_allowed)  # every CPU with AVX-512F has AVX2 with FMA
+    assert err < 1e-5

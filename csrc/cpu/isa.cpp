@@ -39,7 +39,12 @@ class Switch {
   std::atomic<bool> on_;
 };
 
-bool has_lanes() { return cpu_has_avx512f() || cpu_has_avx2_fma(); }
+// The GEMMs run where one of their kernels may: AVX-512 (RNNFAST_DISABLE_AVX512 not set) or AVX2
+// with FMA (RNNFAST_DISABLE_AVX2 not set, as for clip.cpp's loops).
+bool has_lanes() {
+  return (cpu_has_avx512f() && avx512_allowed()) ||
+         (cpu_has_avx2_fma() && std::getenv("RNNFAST_DISABLE_AVX2") == nullptr);
+}
 
 Switch<cpu_has_avx512f> g_vector_rows{avx512_allowed()}, g_lanes_avx512{avx512_allowed()};
 Switch<has_lanes> g_batch_lanes{true};

@@ -41,8 +41,9 @@ namespace cpu {
 // AVX-512F and the environment does not set RNNFAST_DISABLE_AVX512.
 bool vector_rows();
 bool set_vector_rows(bool on);
-// batch_lanes: the batch-lane GEMM and the panel GEMM (gemm_avx512.h); on where the CPU has
-// AVX-512F or AVX2 with FMA. lanes_avx512: which kernels they run, the AVX-512 ones
+// batch_lanes: the batch-lane GEMM and the panel GEMM (gemm_avx512.h); on where one of their
+// kernels may run: AVX-512F without RNNFAST_DISABLE_AVX512, or AVX2 with FMA without
+// RNNFAST_DISABLE_AVX2. lanes_avx512: which kernels they run, the AVX-512 ones
 // (gemm_avx512.cpp; on where the CPU has AVX-512F and RNNFAST_DISABLE_AVX512 is not set) or the
 // AVX2 ones (gemm_avx2.cpp): the same numerics, so the same bits.
 bool batch_lanes();
