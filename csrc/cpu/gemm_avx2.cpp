@@ -18,6 +18,7 @@
 // starting from 0 (then added to C when accumulating), so both ISAs give the same bits
 // (tests/test_batch_lanes.py, tests/test_panels.py compare them where the CPU has both).
 #include <cstdint>
+#include <type_traits>
 
 #include <immintrin.h>
 
@@ -179,23 +180,9 @@ RNNFAST_ALWAYS_INLINE void panel_block(const float* a, int64_t lda, const float*
 template <int NV>
 RNNFAST_ALWAYS_INLINE void panel_rows(const float* a, int64_t lda, const float* slice, int64_t K, float* c,
                                       int64_t ldc, int64_t M, const __m256i* masks, bool accumulate) {
-  constexpr int64_t kMaxRows = 6;
-  const int64_t blocks = (M + kMaxRows - 1) / kMaxRows;
-  int64_t m = 0;
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t rows = (M - m) / (blocks - b);  // the larger blocks last
-    const float* ab = a + m * lda;
-    float* cb = c + m * ldc;
-    switch (rows) {
-      case 1: panel_block<1, NV>(ab, lda, slice, K, cb, ldc, masks, accumulate); break;
-      case 2: panel_block<2, NV>(ab, lda, slice, K, cb, ldc, masks, accumulate); break;
-      case 3: panel_block<3, NV>(ab, lda, slice, K, cb, ldc, masks, accumulate); break;
-      case 4: panel_block<4, NV>(ab, lda, slice, K, cb, ldc, masks, accumulate); break;
-      case 5: panel_block<5, NV>(ab, lda, slice, K, cb, ldc, masks, accumulate); break;
-      default: panel_block<6, NV>(ab, lda, slice, K, cb, ldc, masks, accumulate); break;
-    }
-    m += rows;
-  }
+  for_panel_row_blocks(M, [&](int64_t m, auto rows) RNNFAST_ALWAYS_INLINE_LAMBDA {
+    panel_block<decltype(rows)::value, NV>(a + m * lda, lda, slice, K, c + m * ldc, ldc, masks, accumulate);
+  });
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 // only after batch_lanes() and lanes_avx512() said the CPU has it (gemm_lanes.cpp). gemm_avx2.cpp is
 // the same on AVX2.
 #include <cstdint>
+#include <type_traits>
 
 #include <immintrin.h>
 
@@ -192,23 +193,9 @@ RNNFAST_ALWAYS_INLINE void panel_rows(const float* a, int64_t lda, const float* 
     }
     return;
   }
-  constexpr int64_t kMaxRows = 6;
-  const int64_t blocks = (M + kMaxRows - 1) / kMaxRows;
-  int64_t m = 0;
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t rows = (M - m) / (blocks - b);  // the larger blocks last
-    const float* ab = a + m * lda;
-    float* cb = c + m * ldc;
-    switch (rows) {
-      case 1: panel_block<1, NV>(ab, lda, panel, K, cb, ldc, masks, accumulate); break;
-      case 2: panel_block<2, NV>(ab, lda, panel, K, cb, ldc, masks, accumulate); break;
-      case 3: panel_block<3, NV>(ab, lda, panel, K, cb, ldc, masks, accumulate); break;
-      case 4: panel_block<4, NV>(ab, lda, panel, K, cb, ldc, masks, accumulate); break;
-      case 5: panel_block<5, NV>(ab, lda, panel, K, cb, ldc, masks, accumulate); break;
-      default: panel_block<6, NV>(ab, lda, panel, K, cb, ldc, masks, accumulate); break;
-    }
-    m += rows;
-  }
+  for_panel_row_blocks(M, [&](int64_t m, auto rows) RNNFAST_ALWAYS_INLINE_LAMBDA {
+    panel_block<decltype(rows)::value, NV>(a + m * lda, lda, panel, K, c + m * ldc, ldc, masks, accumulate);
+  });
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 // other rows, on M, on the tiling or on how the columns are split over threads.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include "isa.h"
 
@@ -46,6 +47,27 @@ void batch_lanes_gemm(const float* w, int64_t ldw, const float* at, int64_t M, i
 
 // Columns of C per panel (4 vectors).
 constexpr int64_t kPanelCols = 64;
+
+// The panel GEMMs' split of M rows (both ISAs): blocks of at most kPanelBlockRows, as equal as they
+// can be (the larger last), each run as f(m0, std::integral_constant<int, rows>{}).
+constexpr int kPanelBlockRows = 6;
+template <class F>
+RNNFAST_ALWAYS_INLINE void for_panel_row_blocks(int64_t M, const F& f) {
+  const int64_t blocks = (M + kPanelBlockRows - 1) / kPanelBlockRows;
+  int64_t m = 0;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t rows = (M - m) / (blocks - b);
+    switch (rows) {
+      case 1: f(m, std::integral_constant<int, 1>{}); break;
+      case 2: f(m, std::integral_constant<int, 2>{}); break;
+      case 3: f(m, std::integral_constant<int, 3>{}); break;
+      case 4: f(m, std::integral_constant<int, 4>{}); break;
+      case 5: f(m, std::integral_constant<int, 5>{}); break;
+      default: f(m, std::integral_constant<int, kPanelBlockRows>{}); break;
+    }
+    m += rows;
+  }
+}
 
 // Floats of the packed weight: N rounded up to kPanelCols columns, times K.
 inline int64_t panels_pack_floats(int64_t N, int64_t K) {
