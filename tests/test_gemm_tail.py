@@ -67,9 +67,12 @@ def test_forward_and_backward_match_torch_nn_across_the_row_limits(kind, I, H, n
                 xg, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
                 out, st = got(xg)
                 rout, rst = ref(xr)
-                torch.testing.assert_close(out, rout, rtol=1e-5, atol=2e-6)
+                # atol 5e-6: on AVX2 the input projection of more than 64 rows runs the batch-lane
+                # kernel (blas.h gemm_lanes_blocked), one FMA chain over K = I = 300 per output, where
+                # MKL and oneDNN sum in blocks: 3.7e-6 apart at one of 11,560 outputs (I = 300, H = 17)
+                torch.testing.assert_close(out, rout, rtol=1e-5, atol=5e-6)
                 h, rh = (st[0], rst[0]) if kind == "lstm" else (st, rst)
-                torch.testing.assert_close(h, rh, rtol=1e-5, atol=2e-6)
+                torch.testing.assert_close(h, rh, rtol=1e-5, atol=5e-6)
                 got.zero_grad(), ref.zero_grad()
                 (out.sin().sum() + h.sum()).backward()
                 (rout.sin().sum() + rh.sum()).backward()

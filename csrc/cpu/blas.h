@@ -757,6 +757,41 @@ inline void gemm_lanes(const float* w, int64_t ldw, const float* a, int64_t lda,
 #endif
 }
 
+// C (M, N) = [C +] A (M, K) · Wᵀ for more rows than a step has (the input projection of a sequence)
+// on the batch-lane kernel, where it runs its AVX2 kernels (RecurrentGemm::run, unpacked, K >=
+// kLanesBlockedMinK): blocks of kLanesBlockRows rows, each packed by the thread that multiplies it
+// against all of W (read in place, 6 rows at a time), the blocks split over the intra-op threads.
+// MKL's GEMMs on an AMD Zen 2 core reach ~27 GMAC/s (LSTM I = H = 400 B = 48 T = 35: the projection
+// was 38-41 ms of the layer's 87-92 ms). Module forward, inference / no_grad, alternating processes
+// (2 rounds), torch.nn / rnnfast without -> with: LSTM I = H = 400 B = 48 T = 35 0.75-0.79x ->
+// 0.86-0.88x; LSTM H = 256 B = 32 T = 35 0.89-0.96x -> 1.00-1.02x; GRU H = 512 B = 32 T = 35 2 threads
+// 1.45-1.49x -> 1.49-1.61x; RNN H = 1024 B = 128 T = 35 1.04-1.05x -> 1.11-1.15x. At K = 28 (d2l's
+// one-hot) it lost (LSTM d2l-256 forward+backward 0.97x -> 0.92-0.94x), so K >= 64. On AVX-512 MKL's
+// GEMMs run at the core's peak and keep it. Each C[m, n] is one FMA chain over k, as everywhere on
+// this kernel.
+constexpr int64_t kLanesBlockRows = 64, kLanesBlockedMinK = 64;
+inline void gemm_lanes_blocked(const float* w, int64_t ldw, const float* a, int64_t lda, float* c, int64_t ldc,
+                               int64_t M, int64_t N, int64_t K, bool accumulate) {
+#if RNNFAST_BATCH_LANES
+  const int64_t blocks = (M + kLanesBlockRows - 1) / kLanesBlockRows;
+  auto run = [&](int64_t b0, int64_t b1) {
+    float* at = lanes_buffer(batch_lanes_pack_floats(kLanesBlockRows, K));
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t m0 = b * kLanesBlockRows, m = std::min(kLanesBlockRows, M - m0);
+      batch_lanes_pack(a + m0 * lda, lda, m, K, at);
+      batch_lanes_gemm(w, ldw, at, m, K, c + m0 * ldc, ldc, 0, N, accumulate);
+    }
+  };
+  if (blocks < 2 || !may_parallelize()) {
+    run(0, blocks);
+  } else {
+    at::parallel_for(0, blocks, 1, run);
+  }
+#else
+  TORCH_CHECK(false, "rnnfast: internal error: the batch-lane GEMM is not in this build");
+#endif
+}
+
 // Whether C (M, N) = [C +] A (M, K) · Wᵀ can run on gemm_small: float32 throughout, W contiguous
 // (N, K) with K >= 16 (small_weight_ok: fixed for a call; K not a multiple of 16 takes fewer rows,
 // small_tail_max_rows), A and C with unit column
@@ -911,6 +946,11 @@ class RecurrentGemm {
     const int64_t m = a_.size(0);
     if (small_rows_ok(a_, c) && run_small(a_.const_data_ptr<float>(), m > 1 ? a_.stride(0) : k_, c.data_ptr<float>(),
                                           m > 1 ? c.stride(0) : n_, m, accumulate)) {
+      return;
+    }
+    if (lanes_ && m > kLanesMaxRows && k_ >= kLanesBlockedMinK && !lanes_avx512() && small_rows_ok(a_, c)) {
+      gemm_lanes_blocked(w_.const_data_ptr<float>(), w_.size(1), a_.const_data_ptr<float>(), a_.stride(0),
+                         c.data_ptr<float>(), c.stride(0), m, n_, k_, accumulate);
       return;
     }
     const at::Tensor op_w = transpose_ ? w_.t() : w_;
