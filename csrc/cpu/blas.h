@@ -309,10 +309,10 @@ using Vec16i = int32_t __attribute__((vector_size(64)));
 // The last K % 16 columns of a gemm_small call whose K is not a multiple of 16 (gemm_block's K is
 // then the multiple of 16 below it): W's are read in place as the 16 columns ending at K, lanes
 // masked bitwise to the tail's; A's come from `a`, rows of 16 floats, zeros then the tail columns.
-struct SmallTail {
-  const float* a = nullptr;  // (rows of A, 16); null: K is a multiple of 16, no tail
-  int64_t w_col = 0;         // K - 16: the first of the 16 columns of W read
-  Vec16i keep{};             // all ones in the tail's lanes (the last K % 16), zero before
+// a: (rows of A, 16), null where K is a multiple of 16 (no tail); w_col = K - 16, the first of the 16
+// columns of W read; rem = K % 16 (gemm_avx512.h SmallTailArgs, what the AVX2 kernel takes).
+struct SmallTail : SmallTailArgs {
+  Vec16i keep{};  // all ones in the tail's lanes (the last rem), zero before
 };
 
 template <int M, int R, bool Prefetch = false>
@@ -358,39 +358,37 @@ RNNFAST_ALWAYS_INLINE void gemm_block(const float* __restrict w, int64_t ldw, co
   }
 }
 
-// R rows of W against all M rows of A: tiles of TR rows, then the remaining rows one tile.
-// Tiles (TR x TC, rows of A x rows of W): 4 x 4 on AVX-512 (measured best of 8x2, 6x2, 4x3, 4x4, 2x8,
-// 4x4 by 1.2-2x): 16 accumulators of one register each. On AVX2 a 16-lane vector is two registers
-// and there are 16 of them, so 2 x 2 (8 registers of accumulators, 4 of W, 2 of A).
-template <int R, bool Prefetch, int TR>
+// R rows of W against all M rows of A: tiles of kTileRows rows, then the remaining 1..3 rows.
+constexpr int kTileRows = 4, kTileCols = 4;  // measured best of 8x2, 6x2, 4x3, 4x4, 2x8 (4x4 by 1.2-2x)
+template <int R, bool Prefetch>
 RNNFAST_ALWAYS_INLINE void gemm_rows(const float* w, int64_t ldw, const float* a, int64_t lda, float* c, int64_t ldc,
                                      int64_t M, int64_t K, bool accumulate, SmallTail tail) {
   int64_t m = 0;
-  for (; m + TR <= M; m += TR) {
+  for (; m + kTileRows <= M; m += kTileRows) {
     SmallTail t = tail;
     if (t.a) t.a += m * 16;  // null stays null: no tail
-    gemm_block<TR, R, Prefetch>(w, ldw, a + m * lda, lda, c + m * ldc, ldc, K, accumulate, t);
+    gemm_block<kTileRows, R, Prefetch>(w, ldw, a + m * lda, lda, c + m * ldc, ldc, K, accumulate, t);
   }
   a += m * lda;
   c += m * ldc;
   if (tail.a) tail.a += m * 16;
   switch (M - m) {
     case 1: gemm_block<1, R, Prefetch>(w, ldw, a, lda, c, ldc, K, accumulate, tail); break;
-    case 2: if constexpr (TR > 2) gemm_block<2, R, Prefetch>(w, ldw, a, lda, c, ldc, K, accumulate, tail); break;
-    case 3: if constexpr (TR > 3) gemm_block<3, R, Prefetch>(w, ldw, a, lda, c, ldc, K, accumulate, tail); break;
+    case 2: gemm_block<2, R, Prefetch>(w, ldw, a, lda, c, ldc, K, accumulate, tail); break;
+    case 3: gemm_block<3, R, Prefetch>(w, ldw, a, lda, c, ldc, K, accumulate, tail); break;
     default: break;
   }
 }
 
-// Two or more rows: blocks of TC rows of W, then single rows.
-template <bool Prefetch, int TR, int TC>
+// Two or more rows: blocks of kTileCols rows of W, then single rows.
+template <bool Prefetch>
 RNNFAST_ALWAYS_INLINE void gemm_tiles(const float* w, int64_t ldw, const float* a, int64_t lda, float* c, int64_t ldc,
                                       int64_t M, int64_t N, int64_t K, bool accumulate, SmallTail tail) {
   int64_t n = 0;
-  for (; n + TC <= N; n += TC) {
-    gemm_rows<TC, Prefetch, TR>(w + n * ldw, ldw, a, lda, c + n, ldc, M, K, accumulate, tail);
+  for (; n + kTileCols <= N; n += kTileCols) {
+    gemm_rows<kTileCols, Prefetch>(w + n * ldw, ldw, a, lda, c + n, ldc, M, K, accumulate, tail);
   }
-  for (; n < N; ++n) gemm_rows<1, false, TR>(w + n * ldw, ldw, a, lda, c + n, ldc, M, K, accumulate, tail);
+  for (; n < N; ++n) gemm_rows<1, false>(w + n * ldw, ldw, a, lda, c + n, ldc, M, K, accumulate, tail);
 }
 
 // From 2 rows of A, the next block of W is prefetched while a block is multiplied, for a W of at
@@ -402,25 +400,22 @@ RNNFAST_ALWAYS_INLINE void gemm_tiles(const float* w, int64_t ldw, const float* 
 // H = 256, GRU H = 512), so it does not prefetch.
 constexpr int64_t kPrefetchMaxWeightBytes = int64_t(8) << 20;
 
-// TR x TC: the tiles (gemm_rows); GV: rows of W per block of one row of A (GEMV), as many loads in
-// flight as accumulators. The same sums in the same order whatever the tiles: each C[m, n] is 16
-// lanes of FMAs over k, then lane_sums' tree.
-template <int TR, int TC, int GV>
+// The generic-vector gemm_small, compiled for AVX-512F and for the baseline ISA below.
 RNNFAST_ALWAYS_INLINE void gemm_small_rows_impl(const float* w, int64_t ldw, const float* a, int64_t lda, float* c,
                                                 int64_t ldc, int64_t M, int64_t N, int64_t K, bool accumulate,
                                                 SmallTail tail) {
   if (M <= 0) return;
   if (M >= 2) {
     if (N * K * int64_t(sizeof(float)) <= kPrefetchMaxWeightBytes) {
-      gemm_tiles<true, TR, TC>(w, ldw, a, lda, c, ldc, M, N, K, accumulate, tail);
+      gemm_tiles<true>(w, ldw, a, lda, c, ldc, M, N, K, accumulate, tail);
     } else {
-      gemm_tiles<false, TR, TC>(w, ldw, a, lda, c, ldc, M, N, K, accumulate, tail);
+      gemm_tiles<false>(w, ldw, a, lda, c, ldc, M, N, K, accumulate, tail);
     }
     return;
   }
-  int64_t n = 0;  // one row (GEMV)
-  for (; n + GV <= N; n += GV) gemm_block<1, GV>(w + n * ldw, ldw, a, lda, c + n, ldc, K, accumulate, tail);
-  for (; n < N; ++n) gemm_rows<1, false, TR>(w + n * ldw, ldw, a, lda, c + n, ldc, M, K, accumulate, tail);
+  int64_t n = 0;  // one row (GEMV): 8 rows of W per block, as many loads in flight as accumulators
+  for (; n + 8 <= N; n += 8) gemm_block<1, 8>(w + n * ldw, ldw, a, lda, c + n, ldc, K, accumulate, tail);
+  for (; n < N; ++n) gemm_rows<1, false>(w + n * ldw, ldw, a, lda, c + n, ldc, M, K, accumulate, tail);
 }
 
 // Picked at run time: for AVX-512F (4 x 4 tiles, 8 rows of W a GEMV block, a target attribute on the
@@ -433,26 +428,21 @@ __attribute__((target("avx512f"))) inline void gemm_small_rows_avx512(const floa
                                                                       int64_t lda, float* c, int64_t ldc, int64_t M,
                                                                       int64_t N, int64_t K, bool accumulate,
                                                                       SmallTail tail) {
-  gemm_small_rows_impl<4, 4, 8>(w, ldw, a, lda, c, ldc, M, N, K, accumulate, tail);
+  gemm_small_rows_impl(w, ldw, a, lda, c, ldc, M, N, K, accumulate, tail);
 }
 #endif
 inline void gemm_small_rows_baseline(const float* w, int64_t ldw, const float* a, int64_t lda, float* c, int64_t ldc,
                                      int64_t M, int64_t N, int64_t K, bool accumulate, SmallTail tail) {
-  gemm_small_rows_impl<4, 4, 8>(w, ldw, a, lda, c, ldc, M, N, K, accumulate, tail);
+  gemm_small_rows_impl(w, ldw, a, lda, c, ldc, M, N, K, accumulate, tail);
 }
 inline void gemm_small_rows(const float* w, int64_t ldw, const float* a, int64_t lda, float* c, int64_t ldc,
                             int64_t M, int64_t N, int64_t K, bool accumulate, SmallTail tail) {
 #if RNNFAST_GCC_X86
-  static const int isa = __builtin_cpu_supports("avx512f")                                     ? 2
-                         : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1
-                                                                                            : 0;
-  if (isa == 2) return gemm_small_rows_avx512(w, ldw, a, lda, c, ldc, M, N, K, accumulate, tail);
-  if (isa == 1) {
-    int rem = 0;  // the tail's width: keep's set lanes (the last rem of 16)
-    for (int j = 0; j < 16; ++j) rem += tail.keep[j] != 0;
+  static const bool avx512 = cpu_has_avx512f(), avx2 = cpu_has_avx2_fma();  // isa.cpp's probes
+  if (avx512) return gemm_small_rows_avx512(w, ldw, a, lda, c, ldc, M, N, K, accumulate, tail);
+  if (avx2) {
     return avx2::gemm_small_rows(w, ldw, a, lda, c, ldc, M, N, K, accumulate,
-                                 N * K * int64_t(sizeof(float)) <= kPrefetchMaxWeightBytes,
-                                 SmallTailArgs{tail.a, tail.w_col, rem});
+                                 N * K * int64_t(sizeof(float)) <= kPrefetchMaxWeightBytes, tail);
   }
 #endif
   gemm_small_rows_baseline(w, ldw, a, lda, c, ldc, M, N, K, accumulate, tail);
@@ -650,6 +640,7 @@ inline void gemm_small(const float* w, int64_t ldw, const float* a, int64_t lda,
     }
     tail.a = a_tail;
     tail.w_col = K - 16;
+    tail.rem = int(rem);
     for (int j = 0; j < 16; ++j) tail.keep[j] = j >= 16 - rem ? -1 : 0;
   }
   for_column_blocks(M, N, K, [&](int64_t n0, int64_t n1) {

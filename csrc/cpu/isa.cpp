@@ -8,7 +8,6 @@
 namespace rnnfast {
 namespace cpu {
 
-namespace {
 bool cpu_has_avx512f() {
 #if RNNFAST_GCC_X86
   return __builtin_cpu_supports("avx512f");
@@ -25,6 +24,7 @@ bool cpu_has_avx2_fma() {
 #endif
 }
 
+namespace {
 bool avx512_allowed() { return std::getenv("RNNFAST_DISABLE_AVX512") == nullptr; }
 
 // A switch that can be on only where `Has` says the CPU can run its path.

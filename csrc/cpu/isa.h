@@ -50,6 +50,9 @@ bool batch_lanes();
 bool set_batch_lanes(bool on);
 bool lanes_avx512();
 bool set_lanes_avx512(bool on);
+// What the CPU has (the switches' probes; also blas.h gemm_small's dispatch).
+bool cpu_has_avx512f();
+bool cpu_has_avx2_fma();
 
 }  // namespace cpu
 }  // namespace rnnfast
