@@ -111,15 +111,15 @@ def test_up_to_seven_rows_on_panels_whatever_k(cell, B):
 def test_rows_between_multiples_of_8_on_panels_at_k_256(B, panels):
     """LSTM H = 256 (W_hhᵀ 1024 x 256, wide): 9-15 rows go to the panels while K <= 256
     (kPanelsOddRowsMaxK), where MKL's step pays for its tails; 8 and 16 rows stay with MKL."""
-    assert panel_packs("lstm", 22, B, 16, 256, False) == (on_avx2_panels(panels, B), 1)
+    assert panel_packs("lstm", 22, B, 16, 256, False) == (on_avx2_panels(panels), 1)
 
 
-def on_avx2_panels(avx512_panels, rows, weight_bytes=1 << 20):
-    """What the AVX-512 rule says, or on the AVX2 kernels (a CPU without AVX-512F) the panels for up
-    to 32 rows of a W of at most 3 MB (blas.h kPanelsMaxRowsAvx2, kPanelsMaxBytesAvx2)."""
+def on_avx2_panels(avx512_panels):
+    """What the AVX-512 rule says, or on the AVX2 kernels (a CPU without AVX-512F) the panels for
+    every weight that is packed, at any row count (blas.h panels_ok)."""
     if HAS_LANES_AVX512:
         return avx512_panels
-    return 1 if rows <= 32 and weight_bytes <= 3 << 20 else avx512_panels
+    return 1
 
 
 @needs_panels
@@ -128,7 +128,7 @@ def test_batch_split_rows_pick_the_kernel(B, n_threads, panels):
     """At 2 threads a W_hh of at most 1 MB runs batch-split (csrc/cpu/backend.h): each thread steps
     on B/2 rows, and the kernel is picked by those (batch_split_rows): LSTM H = 256 B = 20 runs 10
     rows a thread on the panels, B = 8 four; B = 32 sixteen on MKL; at 1 thread B = 20 is MKL's."""
-    assert panel_packs("lstm", 22, B, 16, 256, False, n_threads) == (on_avx2_panels(panels, B), 1)
+    assert panel_packs("lstm", 22, B, 16, 256, False, n_threads) == (on_avx2_panels(panels), 1)
 
 
 @needs_panels
@@ -137,18 +137,18 @@ def test_narrow_weights_on_panels_at_any_batch(cell):
     """B = 32, H = 256: an RNN's W_hh (256 x 256) is narrow and goes to the panels, forward and
     backward; an LSTM's forward W_hhᵀ (1024 x 256) is wide and stays with MKL, while its backward's
     dG W_hh (256 columns of C, K = 1024, 1 MB) is narrow: one panel pack of two (kPanelsNarrowMaxN)."""
-    assert panel_packs(cell, 35, 32, 8, 256, True) == ((2, 2) if cell == "rnn_tanh" else (on_avx2_panels(0, 32) + 1, 2))
+    assert panel_packs(cell, 35, 32, 8, 256, True) == ((2, 2) if cell == "rnn_tanh" else (on_avx2_panels(0) + 1, 2))
 
 
 @needs_panels
 def test_wider_weights_keep_mkl():
     """K = 256 (H = 256 forward), 8 rows of a wide W (768 x 256), 1 thread: MKL's packed API, as
-    before (no panel pack); on the AVX2 kernels the panels (up to 32 rows)."""
+    before (no panel pack); on the AVX2 kernels the panels (every packed weight)."""
     torch.manual_seed(2)
     x, h0, c0, params = make("gru", 35, 8, 16, 256, torch.float32)
     with lanes(True), threads(1), torch.inference_mode():
         seen = events(lambda: ours("gru", x.detach(), h0.detach(), c0.detach(), [p.detach() for p in params], False))
-    assert "rnnfast::pack_recurrent_weight" in seen and (PACK_PANELS in seen) == bool(on_avx2_panels(0, 8))
+    assert "rnnfast::pack_recurrent_weight" in seen and (PACK_PANELS in seen) == bool(on_avx2_panels(0))
 
 
 @needs_panels

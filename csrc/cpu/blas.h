@@ -708,14 +708,19 @@ constexpr int64_t kLanesMinRowsAvx2 = 8;
 // (each C[m, n] one FMA chain over k in order): only K > 384 moves results, by rounding.
 constexpr int64_t kPanelsMaxK = 128, kPanelsMaxRows = 7, kPanelsOddRowsMaxK = 256;
 constexpr int64_t kPanelsNarrowMaxN = 512, kPanelsNarrowMaxBytes = int64_t(1) << 20;
-// On AVX2 (gemm_avx2.cpp: 6 rows against 16 columns at a time) the panel step beats MKL's packed one
-// up to 32 rows at every weight measured, and loses from 64 (A's rows re-read per slice): on an AMD
-// Zen 2 core (bench/small_gemm.py, 1 thread, us, panel / MKL packed step): W 1024 x 256 M=8 65 / 102,
-// M=16 112 / 171, M=32 219 / 292, M=64 380 / 534; W 1536 x 512 M=16 278 / 509, M=32 635 / 980,
-// M=64 3177 / 1680; W 2048 x 512 M=32 1103 / 2042, M=64 5303 / 3448. So there it takes up to 32,
-// for a W of at most 3 MB: above, packing 16 MB for 8 rows (LSTM H = 1024 B = 8 T = 35, inference)
-// made the layer 0.78x torch.nn where it had been 1.24x.
-constexpr int64_t kPanelsMaxRowsAvx2 = 32, kPanelsMaxBytesAvx2 = int64_t(3) << 20;
+// On AVX2 (gemm_avx2.cpp: 6 rows against 16 columns at a time) the panels take every weight that
+// repays packing, at any row count: on an AMD Zen 2 core MKL's packed step reaches 20-33 GMAC/s
+// and the panel step 33-46 (bench/small_gemm.py, 1 thread, us, panel / MKL packed step, noisy
+// machine, best of 2-3 runs): W 1024 x 256 M=32 199 / 281, M=64 425 / 569, M=128 773 / 1022;
+// W 2048 x 512 M=32 727 / 1205, M=64 1564 / 2206, M=128 3064 / 4011; W 1024 x 1024 M=64 1647 / 2334,
+// M=128 3280 / 4218; W 4096 x 1024 M=64 9349 / 17164, M=128 16438 / 27567; its pack is 5-7x
+// cheaper too (4096 x 1024: 3.0 / 20.0 ms). In the layer (module forward, inference, alternating
+// processes, 2 rounds, torch.nn / rnnfast before -> after): LSTM H=1024 B=128 T=8 1 thread
+// 0.89-1.01 -> 0.98-0.99x, 2 threads 0.79-0.97 -> 1.04-1.06x; H=512 B=128 T=35 0.86-0.91 ->
+// 0.91-1.00x; H=256 B=128 T=35 2 threads 0.87 -> 0.91-1.05x; GRU H=512 B=128 T=35 forward+backward
+// 2 threads 1.09-1.10 -> 1.20x. (Session 36 had bounded it to 32 rows of at most 3 MB from single
+// runs that this noisy box did not reproduce; the pack decision itself, worth_packing_over_small,
+// already keeps 8 rows of a 16 MB W unpacked.) So panels_ok is always true on the AVX2 kernels.
 
 // The packed A of this thread's batch-lane GEMM: 64-byte aligned, grown as needed, kept.
 inline float* lanes_buffer(int64_t floats) {
@@ -976,13 +981,12 @@ class RecurrentGemm {
 
   // Whether a weight that repays packing for max_m rows goes to the panel GEMM: AVX-512F (the
   // batch_lanes() switch, shared by rnnfast's AVX-512 GEMMs) and one of kPanelsMaxK, a narrow W
-  // (kPanelsNarrowMaxN, kPanelsNarrowMaxBytes), kPanelsMaxRows, kPanelsOddRowsMaxK (see there).
+  // (kPanelsNarrowMaxN, kPanelsNarrowMaxBytes), kPanelsMaxRows, kPanelsOddRowsMaxK (see there); on
+  // the AVX2 kernels (!lanes_avx512()) every weight.
   bool panels_ok(int64_t max_m) const {
     const bool narrow = n_ <= kPanelsNarrowMaxN && weight_bytes() <= kPanelsNarrowMaxBytes;
     const bool odd_rows = max_m <= kPanelsMaxRows || (max_m < 16 && max_m != 8 && k_ <= kPanelsOddRowsMaxK);
-    const bool avx2_rows =
-        max_m <= kPanelsMaxRowsAvx2 && weight_bytes() <= kPanelsMaxBytesAvx2 && !lanes_avx512();
-    return RNNFAST_BATCH_LANES && (k_ <= kPanelsMaxK || narrow || odd_rows || avx2_rows) && batch_lanes();
+    return RNNFAST_BATCH_LANES && (k_ <= kPanelsMaxK || narrow || odd_rows || !lanes_avx512()) && batch_lanes();
   }
   // op(W) into the panel GEMM's panels (gemm_avx512.h), 64-byte aligned inside packed_ (panels_);
   // split over the intra-op threads from kParallelPackElements (may_parallelize).
