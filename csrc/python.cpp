@@ -36,6 +36,12 @@
 #include "core/tensors.h"
 #include "cpu/isa.h"
 
+namespace rnnfast {
+namespace cpu {
+bool gemm_into_for_tests(at::Tensor& dst, const at::Tensor& a, const at::Tensor& b, bool accumulate);  // cpu/recurrent.cpp
+}  // namespace cpu
+}  // namespace rnnfast
+
 namespace {
 
 using rnnfast::core::LayerOp;
@@ -494,6 +500,26 @@ PyObject* forward_layers(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 // setting: the SIMD paths' switches (csrc/cpu/isa.h: the AVX-512 forward row passes; the batch-lane
 // and panel GEMMs; whether those run their AVX-512 or their AVX2 kernels). Tests run every path;
 // on is refused (stays False) where the CPU or the build has no such path.
+// rnnfast._C._gemm_into(dst, a, b, accumulate) -> whether rnnfast's blocked GEMM took dst = [dst +]
+// a b (CpuFamily::gemm_into, the weight gradients' path; csrc/cpu/recurrent.cpp); tests only.
+PyObject* gemm_into(PyObject*, PyObject* args) {
+  HANDLE_TH_ERRORS
+  PyObject *d, *a, *b;
+  int accumulate = 0;
+  if (!PyArg_ParseTuple(args, "OOOp", &d, &a, &b, &accumulate)) return nullptr;
+  if (!THPVariable_Check(d) || !THPVariable_Check(a) || !THPVariable_Check(b)) {
+    PyErr_SetString(PyExc_TypeError, "_gemm_into: dst, a and b must be tensors");
+    return nullptr;
+  }
+  at::Tensor dst = THPVariable_Unpack(d);
+  const at::Tensor &ta = THPVariable_Unpack(a), &tb = THPVariable_Unpack(b);
+  TORCH_CHECK(!dst.is_cuda() && dst.dim() == 2 && ta.dim() == 2 && tb.dim() == 2 && ta.size(1) == tb.size(0) &&
+                  dst.size(0) == ta.size(0) && dst.size(1) == tb.size(1),
+              "_gemm_into: CPU matrices dst (m, n), a (m, k), b (k, n)");
+  return PyBool_FromLong(rnnfast::cpu::gemm_into_for_tests(dst, ta, tb, accumulate != 0));
+  END_HANDLE_TH_ERRORS
+}
+
 template <bool (*Set)(bool)>
 PyObject* set_switch(PyObject*, PyObject* on) {
   const int flag = PyObject_IsTrue(on);
@@ -509,6 +535,8 @@ PyMethodDef methods[] = {
     {"_set_lanes_avx512", set_switch<rnnfast::cpu::set_lanes_avx512>, METH_O,
      "Run the batch-lane and panel GEMMs' AVX-512 kernels (True) or their AVX2 ones (tests); returns the previous "
      "setting."},
+    {"_gemm_into", gemm_into, METH_VARARGS,
+     "dst = [dst +] a b on rnnfast's blocked AVX2 GEMM where it takes them (tests); returns whether it did."},
     {"forward_layers", reinterpret_cast<PyCFunction>(reinterpret_cast<void*>(forward_layers)), METH_FASTCALL,
      "The usual call of a recurrent module or cell in C++ (csrc/python.cpp); None to decline."},
     {nullptr, nullptr, 0, nullptr}};

@@ -32,6 +32,23 @@ namespace core {
 // Column count of the weight-gradient GEMMs' right operand, rounded up to a multiple of 16.
 inline int64_t padded_cols(int64_t n) { return (n + 15) / 16 * 16; }
 
+// dst = a b, or dst += a b when accumulating (beta = 0 ignores dst's old contents, NaN or not):
+// the backend's own GEMM where it takes the operands (Padding::gemm_into: on the CPU, rnnfast's
+// blocked AVX2 GEMM for the large ones, cpu/blas.h blocked_gemm), else ATen's.
+template <class Padding>
+void product_into(at::Tensor& dst, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
+  if (Padding::gemm_into(dst, a, b, accumulate)) return;
+  if (accumulate) dst.addmm_(a, b);
+  else at::mm_out(dst, a, b);
+}
+// a b, a fresh tensor, as product_into.
+template <class Padding>
+at::Tensor product(const at::Tensor& a, const at::Tensor& b) {
+  at::Tensor dst = at::empty({a.size(0), b.size(1)}, a.options());
+  product_into<Padding>(dst, a, b, false);
+  return dst;
+}
+
 template <class Padding>
 struct WeightGradInputs {
   at::Tensor dg;       // (T*B, G*H) input-side pre-activation grads
@@ -87,7 +104,7 @@ WeightGrads weight_grads_fused(const WeightGradInputs<Padding>& in) {
     in.fill_x(d.narrow(1, 0, I));
     in.fill_hprev(d.narrow(1, I, P));
   });
-  const at::Tensor w = at::mm(in.dg.t(), a);
+  const at::Tensor w = product<Padding>(in.dg.t(), a);
   WeightGrads g;
   g.w_ih = w.narrow(1, 0, I).contiguous();
   g.w_hh = w.narrow(1, I, P).contiguous();
@@ -109,32 +126,27 @@ WeightGrads weight_grads_split(const WeightGradInputs<Padding>& in) {
     const at::Tensor ax = with_ones_column(in.rows(), I, opts, [&](const at::Tensor& d) { in.fill_x(d); });
     // [X | 1 | 0...]ᵀ dG, the transposed product: MKL then packs the narrow operand rather than
     // all of dG (measured 0.37 -> 0.27 ms at T*B = 1120, G*H = 768, I = 28).
-    const at::Tensor wx = at::mm(ax.t(), in.dg);
+    const at::Tensor wx = product<Padding>(ax.t(), in.dg);
     g.w_ih = wx.narrow(0, 0, I).t().contiguous();
     g.b_ih = wx.select(0, I).clone();  // a row view is contiguous: copy it out (no view of wx)
   } else {
-    g.w_ih = at::mm(in.dg.t(), in.x_padding_zeroed());
+    g.w_ih = product<Padding>(in.dg.t(), in.x_padding_zeroed());
     g.b_ih = in.dg.sum(0);
   }
   if (P % 16 != 0) {
     const at::Tensor ah = with_ones_column(in.rows(), P, opts, [&](const at::Tensor& d) { in.fill_hprev(d); });
-    const at::Tensor wh = at::mm(in.dgh.t(), ah);
+    const at::Tensor wh = product<Padding>(in.dgh.t(), ah);
     g.w_hh = wh.narrow(1, 0, P).contiguous();
     g.b_hh = wh.select(1, P).contiguous();
   } else {
     at::Tensor hprev = scratch_empty({in.rows(), P}, opts);
     in.fill_hprev(hprev);
-    g.w_hh = at::mm(in.dgh.t(), hprev);
+    g.w_hh = product<Padding>(in.dgh.t(), hprev);
     g.b_hh = in.dgh.sum(0);
   }
   return g;
 }
 
-// dst = a b, or dst += a b when accumulating (beta = 0 ignores dst's old contents, NaN or not).
-inline void product_into(at::Tensor& dst, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
-  if (accumulate) dst.addmm_(a, b);
-  else at::mm_out(dst, a, b);
-}
 
 // The rows of dW_hh that the mid-step GEMM of a two-phase cell produced: they saw the workspace's
 // gemm_slot (GRU reset_before: r h_{t-1}). Written into dst ((G - phase0_gates)*H, H).
@@ -143,7 +155,7 @@ template <class Cell, class Padding>
 void mid_gemm_weight_grad(const WeightGradInputs<Padding>& in, at::Tensor& dst, bool accumulate = false) {
   constexpr int64_t G = Cell::traits.gates, G_rec = Cell::traits.phase0_gates;
   const int64_t H = in.gate_rows() / G;
-  product_into(dst, in.dg.narrow(1, G_rec * H, (G - G_rec) * H).t(),
+  product_into<Padding>(dst, in.dg.narrow(1, G_rec * H, (G - G_rec) * H).t(),
                in.ws.view({in.rows(), Cell::traits.slots * H}).narrow(1, Cell::traits.gemm_slot * H, H), accumulate);
 }
 
@@ -154,10 +166,10 @@ WeightGrads weight_grads_two_phase(const WeightGradInputs<Padding>& in) {
   at::Tensor hprev = scratch_empty({in.rows(), H}, in.dg.options());
   in.fill_hprev(hprev);
   WeightGrads g;
-  g.w_ih = at::mm(in.dg.t(), in.x_padding_zeroed());
+  g.w_ih = product<Padding>(in.dg.t(), in.x_padding_zeroed());
   g.w_hh = at::empty({G * H, H}, in.dg.options());
   at::Tensor phase0_rows = g.w_hh.narrow(0, 0, G_rec * H), phase1_rows = g.w_hh.narrow(0, G_rec * H, (G - G_rec) * H);
-  at::mm_out(phase0_rows, in.dg.narrow(1, 0, G_rec * H).t(), hprev);
+  product_into<Padding>(phase0_rows, in.dg.narrow(1, 0, G_rec * H).t(), hprev, false);
   mid_gemm_weight_grad<Cell>(in, phase1_rows);
   g.b_ih = in.dg.sum(0);
   g.b_hh = g.b_ih.clone();
@@ -166,17 +178,18 @@ WeightGrads weight_grads_two_phase(const WeightGradInputs<Padding>& in) {
 
 // dst (rows, P) = dGr[..]ᵀ Hprev without materializing Hprev: the step taken first saw hx, every
 // other step the previous step's output, a shifted view of output. dgr (T, B, rows).
-inline void recurrent_weight_grad_shifted(at::Tensor& dst, const at::Tensor& dgr, const at::Tensor& hx,
+template <class Padding>
+void recurrent_weight_grad_shifted(at::Tensor& dst, const at::Tensor& dgr, const at::Tensor& hx,
                                           const at::Tensor& output, bool reverse, bool accumulate = false) {
   const int64_t T = output.size(0), B = output.size(1), P = output.size(2), n = dgr.size(2);
   const int64_t t_first = reverse ? T - 1 : 0;
   if (T > 1) {
     const at::Tensor d_rest = (reverse ? dgr.narrow(0, 0, T - 1) : dgr.narrow(0, 1, T - 1)).reshape({(T - 1) * B, n});
     const at::Tensor h_rest = (reverse ? output.narrow(0, 1, T - 1) : output.narrow(0, 0, T - 1)).reshape({(T - 1) * B, P});
-    product_into(dst, d_rest.t(), h_rest, accumulate);
+    product_into<Padding>(dst, d_rest.t(), h_rest, accumulate);
     dst.addmm_(dgr.select(0, t_first).t(), hx);
   } else {
-    product_into(dst, dgr.select(0, t_first).t(), hx, accumulate);
+    product_into<Padding>(dst, dgr.select(0, t_first).t(), hx, accumulate);
   }
 }
 
@@ -188,10 +201,10 @@ WeightGrads weight_grads_separate(const WeightGradInputs<Padding>& in) {
   const int64_t H = in.gate_rows() / G, P = in.P();
   const bool into_ih = in.into.w_ih.defined(), into_hh = in.into.w_hh.defined();
   at::Tensor w_ih = into_ih ? in.into.w_ih : at::empty({G * H, in.I()}, in.dg.options());
-  product_into(w_ih, in.dg.t(), in.x_padding_zeroed(), into_ih);
+  product_into<Padding>(w_ih, in.dg.t(), in.x_padding_zeroed(), into_ih);
   at::Tensor w_hh = into_hh ? in.into.w_hh : at::empty({G * H, P}, in.dg.options());
   at::Tensor phase0_rows = w_hh.narrow(0, 0, G_rec * H);
-  recurrent_weight_grad_shifted(phase0_rows, in.dgh.view({in.T(), in.B(), G * H}).narrow(2, 0, G_rec * H), in.hx,
+  recurrent_weight_grad_shifted<Padding>(phase0_rows, in.dgh.view({in.T(), in.B(), G * H}).narrow(2, 0, G_rec * H), in.hx,
                                 in.output, in.reverse, into_hh);
   if constexpr (Cell::traits.phases == 2) {
     at::Tensor phase1_rows = w_hh.narrow(0, G_rec * H, (G - G_rec) * H);

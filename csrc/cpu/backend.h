@@ -883,6 +883,26 @@ struct CpuFamily {
     return at::mm(dG, w_ih);
   }
 
+  // dst = [dst +] a b on rnnfast's blocked AVX2 GEMM where blas.h blocked_gemm takes it (float32,
+  // every operand a BLAS matrix, large: the weight gradients, core/weight_grads.h product_into);
+  // false, having done nothing, otherwise (then ATen's GEMM).
+  static bool gemm_into(at::Tensor& dst, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
+    if (dst.scalar_type() != at::kFloat || a.scalar_type() != at::kFloat || b.scalar_type() != at::kFloat) return false;
+    const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
+    if (m < 2 || n < 2 || k < 2 || dst.stride(1) != 1 || dst.stride(0) < n) return false;
+    // (transposed, leading dimension) of a row-major matrix with `cols` columns, or none
+    auto layout = [](const at::Tensor& t, int64_t cols) -> std::optional<std::pair<bool, int64_t>> {
+      if (t.stride(1) == 1 && t.stride(0) >= cols) return std::make_pair(false, t.stride(0));
+      if (t.stride(0) == 1 && t.stride(1) >= t.size(0)) return std::make_pair(true, t.stride(1));
+      return std::nullopt;
+    };
+    const auto la = layout(a, k), lb = layout(b, n);
+    if (!la || !lb) return false;
+    return blocked_gemm(la->first, lb->first, m, n, k, a.const_data_ptr<float>(), la->second,
+                        b.const_data_ptr<float>(), lb->second, accumulate ? 1.f : 0.f, dst.data_ptr<float>(),
+                        dst.stride(0));
+  }
+
   template <class Cell>
   static WeightGrads weight_grads(const WeightGradInputs<CpuFamily>& in) {
     if (!concatenation_repays(in)) {  // weight_grads_separate's case: its GEMMs without the dispatcher

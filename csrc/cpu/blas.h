@@ -194,11 +194,16 @@ bool blas_args_ok(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, i
   return fortran::gemm<T_>() && m >= 1 && n >= 1 && k >= 1 && m <= kMax && n <= kMax && k <= kMax && lda >= row_a &&
          ldb >= row_b && ldc >= n && lda <= kMax && ldb <= kMax && ldc <= kMax;
 }
+inline bool blocked_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                         const float* b, int64_t ldb, float beta, float* c, int64_t ldc);  // below
 template <typename T_>
 bool blas_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T_* a, int64_t lda, const T_* b,
                int64_t ldb, T_ beta, T_* c, int64_t ldc) {
   static_assert(std::is_same_v<T_, float> || std::is_same_v<T_, double>, "blas_gemm: float or double");
   if (!blas_args_ok<T_>(trans_a, trans_b, m, n, k, lda, ldb, ldc)) return false;
+  if constexpr (std::is_same_v<T_, float>) {  // on the AVX2 kernels, the large ones: rnnfast's blocked GEMM
+    if (blocked_gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc)) return true;
+  }
   const auto f = fortran::gemm<T_>();
   // Column-major, C is Cᵀ (n, m) = op(B)ᵀ op(A)ᵀ, and a row-major operand is its own transpose.
   // The sizes are 64-bit integers below 2^31 passed by address: on a little-endian machine a
@@ -575,6 +580,55 @@ void for_row_blocks(int64_t chunks, int64_t n, const F& f) {
     const mkl::SequentialScope sequential;
     for (int64_t ch = c0; ch < c1; ++ch) f(n * ch / chunks, n * (ch + 1) / chunks);
   });
+}
+
+// ---- The blocked GEMM (AVX2) ------------------------------------------------------------------
+// blas_gemm's float GEMMs of at least kBlockedMinMacs multiply-adds and kBlockedMinRows rows run on
+// rnnfast's cache-blocked kernel (gemm_blocked_avx2.cpp) where the batch-lane and panel GEMMs run
+// their AVX2 kernels (batch_lanes() && !lanes_avx512(): a CPU without AVX-512F); elsewhere MKL.
+// Split over the intra-op threads (outside a parallel region) by rows of C, or by columns when C is
+// wider than tall, in whole micro-tiles: the same bits at any thread count. MKL's sgemm reaches
+// 30-35 GMAC/s on an AMD Zen 2 core, the blocked kernel 35-40 (`python3 bench/large_gemm.py`, the
+// layer's GEMMs for an LSTM with I = H, 1 thread, ms MKL / blocked): weight gradients dGᵀ [X | H | 1]
+// H=256 T*B=6400 108 / 88, H=512 T*B=1120 75 / 60, T*B=6400 428 / 357, H=1024 T*B=6400 1561 / 1360;
+// dL/dx = dG W_ih H=256 T*B=6400 54.6 / 48.1, H=512 193 / 193, H=1024 765 / 722; at 2 threads
+// H=256 T*B=1120 weight gradients 9.8 / 9.2, dL/dx 4.6 / 4.2. Below 256 rows it loses (a step's 16
+// to 128 rows against W_hhᵀ: 0.65-0.96x MKL, every call packing all of W), so those stay with MKL
+// (and a step with the panel GEMM or gemm_small anyway). In the layer (alternating processes, 2
+// rounds, torch.nn / rnnfast, forward+backward, before -> after): LSTM H=512 B=32 T=200 1 thread
+// 0.86-0.92 -> 0.94-0.99x, H=1024 B=8 T=35 2 threads 0.77-0.79 -> 0.82-0.86x, H=256 B=128 T=35
+// 2 threads 0.94-1.00 -> 1.05-1.06x; GRU H=1024 B=32 T=35 1.37-1.42 -> 1.49-1.54x.
+constexpr int64_t kBlockedMinMacs = int64_t(1) << 22, kBlockedMinRows = 256;
+inline bool blocked_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                         const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+#if RNNFAST_BATCH_LANES
+  if (!batch_lanes() || lanes_avx512() || m < kBlockedMinRows || m * n * k < kBlockedMinMacs) return false;
+  RECORD_FUNCTION("rnnfast::blocked_gemm", std::vector<c10::IValue>());  // tests/test_blocked_gemm.py
+  const int64_t nt = may_parallelize() ? at::get_num_threads() : 1;
+  if (nt <= 1) {
+    avx2::gemm_blocked(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc);
+    return true;
+  }
+  const bool by_rows = m >= n;
+  const int64_t unit = by_rows ? 6 : 16, units = ((by_rows ? m : n) + unit - 1) / unit;
+  const int64_t chunks = std::min(nt, units);
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      const int64_t u0 = units * ch / chunks * unit, u1 = std::min(units * (ch + 1) / chunks * unit, by_rows ? m : n);
+      if (u1 <= u0) continue;
+      if (by_rows) {
+        avx2::gemm_blocked(trans_a, trans_b, u1 - u0, n, k, trans_a ? a + u0 : a + u0 * lda, lda, b, ldb, beta,
+                           c + u0 * ldc, ldc);
+      } else {
+        avx2::gemm_blocked(trans_a, trans_b, m, u1 - u0, k, a, lda, trans_b ? b + u0 * ldb : b + u0, ldb, beta,
+                           c + u0, ldc);
+      }
+    }
+  });
+  return true;
+#else
+  return false;
+#endif
 }
 
 // ---- Unpacked A · W over threads by columns ---------------------------------------------------

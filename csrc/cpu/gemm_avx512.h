@@ -112,6 +112,11 @@ struct SmallTailArgs {
   int rem = 0;
 };
 namespace avx2 {
+// C (m, n) = beta C + op(A) op(B), row-major with leading dimensions lda, ldb, ldc; op(A) = Aᵀ
+// (A stored k x m) when trans_a, op(B) = Bᵀ (B stored n x k) when trans_b. One thread; the cache-
+// blocked kernel of gemm_blocked_avx2.cpp (blas.h blocked_gemm picks it and splits it over threads).
+void gemm_blocked(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                  const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 void gemm_small_rows(const float* w, int64_t ldw, const float* a, int64_t lda, float* c, int64_t ldc, int64_t M,
                      int64_t N, int64_t K, bool accumulate, bool prefetch, SmallTailArgs tail);
 }  // namespace avx2

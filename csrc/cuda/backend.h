@@ -268,6 +268,8 @@ struct CudaFamily {
 
   // dL/dx (rows, I) = dG (rows, G*H) W_ih, a fresh tensor
   static Tensor input_grad(const Tensor& dG, const Tensor& w_ih) { return at::mm(dG, w_ih); }
+  // core/weight_grads.h product_into: ATen's GEMM (cuBLAS) takes every product here
+  static bool gemm_into(Tensor&, const Tensor&, const Tensor&, bool) { return false; }
 
   template <class Cell>
   static core::WeightGrads weight_grads(const core::WeightGradInputs<CudaFamily>& in) {
