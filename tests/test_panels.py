@@ -17,6 +17,7 @@ from torch.profiler import ProfilerActivity, profile
 from test_batch_lanes import (HAS_LANES, HAS_LANES_AVX512, _rows_of, lanes, non_finite_weights_propagate, rows_are_independent,
                               stacked_modules_match, threads)
 from test_ops_cpu import make, ours, reference, rel_err, run_with_grads
+from test_vector_rows import switched
 
 import rnnfast
 
@@ -206,3 +207,16 @@ def test_weight_update_between_calls(on):
         out, _ = mine(x)
         want, _ = ref(x)
     torch.testing.assert_close(out, want, rtol=1e-5, atol=2e-6)
+
+
+@needs_panels
+@pytest.mark.parametrize("cell,B,H,packs", [("rnn_tanh", 8, 1024, True), ("rnn_tanh", 4, 1024, True),
+                                              ("rnn_tanh", 2, 1024, False), ("lstm", 8, 512, False),
+                                              ("gru", 8, 1024, False)])
+def test_avx2_packs_few_rows_of_long_k(cell, B, H, packs):
+    """3 to 8 rows of a W_hh with K >= 1024 of at most 8 MB (RNN H = 1024: 4 MB) go to the panels on
+    the AVX2 kernels, where the batch-lane kernel streams 12 rows of W at a time poorly (blas.h
+    kPanelsQuickMinKAvx2); not 2 rows, not K = 512 (LSTM H = 512), not a W of 12 MB (GRU H = 1024).
+    Inference, T = 35, the AVX2 kernels chosen where the CPU also has AVX-512F."""
+    with switched(rnnfast._C._set_lanes_avx512, False):
+        assert panel_packs(cell, 35, B, 16, H, False)[0] == int(packs)

@@ -526,9 +526,25 @@ constexpr int64_t kSmallNoPackMaxRowsLarge = 8;
 // 768 x 256, 256 x 256; 8-16 for 512 x 512; 2 rows 7-20, 1 row never). Above it (LSTM H = 384,
 // 2.25 MB) gemm_small is as fast as the panels at up to 4 rows, and the rules above stand.
 constexpr int64_t kPanelsQuickMaxBytes = int64_t(1) << 20, kPanelsQuickMinRows = 3, kPanelsQuickRowSteps = 64;
+//
+// On the AVX2 kernels (!lanes_avx512(): the panels take every packed weight) the same holds for 3
+// to 8 rows of a W with K >= kPanelsQuickMinKAvx2 up to kPanelsQuickMaxBytesAvx2, which stays in
+// L3: there the batch-lane kernel's 12 rows of W a block stream poorly and the panel step is 25-60%
+// faster, its pack costing about 1.3 steps (AMD Zen 2, bench/small_gemm.py, 1 thread, us, two runs,
+// panel step / gemm_small / batch lanes, pack: W 1024 x 1024 M=4 114-116 / 156 / -, M=8 225-239 /
+// 313-320 / 537-546, pack 245-280). In the layer (module forward, inference, alternating processes,
+// 2 rounds, torch.nn / rnnfast without -> with): RNN-tanh H=1024 B=8 T=35 1.15-1.19 -> 1.79x. At
+// K = 512 the unpacked kernels are closer (W 2048 x 512 M=8 231-242 / 310 / 273-283) and the layer
+// did not gain (LSTM H=512 B=8 T=200 1.48-1.55 / 1.50-1.59x; GRU H=512 B=8 T=35 1.52-1.59 /
+// 1.46-1.47x), nor does a W that streams from memory (3072 x 1024, 12 MB: M=8 1898-2047 /
+// 1700-1901 / 1810-1832), so not above 8 MB.
+constexpr int64_t kPanelsQuickMaxBytesAvx2 = int64_t(8) << 20, kPanelsQuickMinKAvx2 = 1024;
 inline bool worth_packing_over_small(int64_t m, int64_t steps, int64_t weight_bytes, int64_t k, bool lanes = false,
                                      bool panels = false) {
-  if (panels && weight_bytes <= kPanelsQuickMaxBytes && m >= kPanelsQuickMinRows && m < kPackMinRows * 2) {
+  const bool avx2 = panels && !lanes_avx512() && k >= kPanelsQuickMinKAvx2;
+  const int64_t quick_bytes = avx2 ? kPanelsQuickMaxBytesAvx2 : kPanelsQuickMaxBytes;
+  const int64_t quick_max_rows = avx2 ? kPackMinRows * 2 : kPackMinRows * 2 - 1;
+  if (panels && weight_bytes <= quick_bytes && m >= kPanelsQuickMinRows && m <= quick_max_rows) {
     return steps >= kPackMinSteps && m * steps >= kPanelsQuickRowSteps;
   }
   if (m < kPackMinRows || steps < kPackMinSteps) return false;
