@@ -4,14 +4,14 @@ packing W_hh repays against them) and `panels_ok` (where the panel GEMM replaces
 
 For a (N, K) weight W and M rows of A, C = A Wᵀ, times (median µs of 7 runs of a loop, 1 thread
 unless --threads), all in one C++ loop (torch.utils.cpp_extension.load compiling blas.h and the
-AVX-512 GEMMs, csrc/cpu/gemm_avx512.cpp, themselves, ~1 minute the first time), so no Python or
+AVX-512 and AVX2 GEMMs, csrc/cpu/gemm_avx512.cpp and gemm_avx2.cpp, themselves, ~1 minute the first time), so no Python or
 dispatcher cost is in the numbers:
   small    gemm_small (W unpacked, read in place)
-  lanes    the batch-lane GEMM (A packed per call, W read in place; AVX-512F only, else '-')
+  lanes    the batch-lane GEMM (A packed per call, W read in place; AVX-512F or AVX2 with FMA, else '-')
   mm       at::mm_out (MKL; copies W on every call from 2 rows)
   pack     MKL's pack of Wᵀ for M rows (once per layer call when it packs; the AVX-512 GEMMs off)
   packed   one step on MKL's packed weight (cblas_sgemm_compute)
-  p.pack   the panel GEMM's pack of Wᵀ (AVX-512F, else '-'; RecurrentGemm uses it where panels_ok)
+  p.pack   the panel GEMM's pack of Wᵀ (AVX-512F or AVX2 with FMA, else '-'; RecurrentGemm uses it where panels_ok)
   p.step   one step of the panel GEMM
 and the break-even step count pack / (small - packed) ('inf': packing never repays). Every result
 is also checked against at::mm's within 1e-4 (they sum in other orders).
@@ -108,7 +108,7 @@ def main():
     main_cpp = os.path.join(tempfile.mkdtemp(prefix="rnnfast_small_gemm_"), "small_gemm.cpp")
     with open(main_cpp, "w") as f:
         f.write(SOURCE + '\nPYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("bench", &bench); }\n')
-    mod = load("rnnfast_bench_small_gemm", [main_cpp] + [os.path.join(CSRC_CPU, n) for n in ("isa.cpp", "gemm_lanes.cpp", "gemm_avx512.cpp", "gemm_avx2.cpp")],
+    mod = load("rnnfast_bench_small_gemm", [main_cpp] + [os.path.join(CSRC_CPU, n) for n in ("isa.cpp", "gemm_lanes.cpp", "gemm_avx512.cpp", "gemm_avx2.cpp", "gemm_blocked_avx2.cpp")],
                extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], extra_include_paths=[CSRC_CPU])
     torch.set_num_threads(args.threads)
     print(f"{args.threads} thread(s), torch {torch.__version__}")

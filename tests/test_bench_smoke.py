@@ -1,6 +1,6 @@
 """Smoke test of the benchmark suites' code (not of speed): a few points of the size grid, the cell
 loop, generation, the off-grid shapes and the PackedSequence suite run through pytest-benchmark with timing disabled, and report.py's grid summary
-and heat map on a synthetic results file, and bench/small_gemm.py on one weight. The full grid is run
+and heat map on a synthetic results file, and bench/small_gemm.py and bench/large_gemm.py on one weight. The full grid is run
 by hand (bench/run.py), never in CI."""
 import json
 import os
@@ -77,6 +77,17 @@ def test_small_gemm_script_builds_and_checks_its_kernels():
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| 256x64 |")]
     assert len(rows) == 2, proc.stdout[-2000:]
+
+
+def test_large_gemm_script_builds_and_checks_its_kernels():
+    """bench/large_gemm.py compiles blas.h with the blocked AVX2 GEMM into its own extension and
+    checks MKL's and the blocked kernel's products against at::mm (H = 64: the smallest shapes the
+    blocked GEMM takes; '-' where it does not, e.g. on a CPU without AVX2)."""
+    proc = subprocess.run([sys.executable, "bench/large_gemm.py", "--H", "64", "--rows", "1120", "--step-rows", "256"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "| 64 |" in line]
+    assert len(rows) == 4, proc.stdout[-2000:]
 
 
 def test_call_sweep_runs_and_keeps_a_seeds_calls(tmp_path):
