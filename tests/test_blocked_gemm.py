@@ -2,7 +2,8 @@
 float32 GEMMs (at least 256 rows and 2^22 multiply-adds) on a CPU where the batch-lane and panel
 GEMMs run their AVX2 kernels: a CPU without AVX-512F, or one with it after
 rnnfast._C._set_lanes_avx512(False). It takes the weight gradients (core/weight_grads.h
-product_into, CpuFamily::gemm_into) and every raw blas_gemm call of that size (dL/dx = dG W_ih).
+product_into, CpuFamily::gemm_into), every raw blas_gemm call of that size (dL/dx = dG W_ih) and
+the forward input projection of a W_ih under 3 MB.
 
 The kernel is driven directly through rnnfast._C._gemm_into (CpuFamily::gemm_into: dst = [dst +]
 a b where it takes them) against a float64 product, over its tails (rows past a 6-row sliver or a
@@ -129,4 +130,20 @@ def test_layer_gradients_match_reference(cell, tbi):
         assert blocked_ran(lambda: run_with_grads(ours, cell, x, h0, c0, params, False, up))
         got, ggot, _ = run_with_grads(ours, cell, x, h0, c0, params, False, up)
     for a, b in zip(got + ggot, want + gwant):
+        assert rel_err(a, b) < 2e-5
+
+
+@needs_avx2
+@pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "lstm"])
+def test_forward_projection_of_a_small_weight(cell):
+    """Inference: the input projection X W_ihᵀ (T * B = 1120 rows) of a W_ih under 3 MB (I = H = 256)
+    runs the blocked GEMM on the AVX2 kernels (blas.h RecurrentGemm::run); outputs against torch.nn."""
+    torch.manual_seed(1)
+    x, h0, c0, params = make(cell, 35, 32, 256, 256, torch.float32)
+    detached = [p.detach() for p in params]
+    with avx2_kernels(), torch.inference_mode():
+        assert blocked_ran(lambda: ours(cell, x.detach(), h0.detach(), c0.detach(), detached, False))
+        got = ours(cell, x.detach(), h0.detach(), c0.detach(), detached, False)
+        want = reference(cell, x.detach(), h0.detach(), c0.detach(), detached, False)
+    for a, b in zip(got, want):
         assert rel_err(a, b) < 2e-5
